@@ -1,0 +1,47 @@
+//! Types shared between the eBPF programs (`ebpf/relay-ebpf`, built for bpfel) and the
+//! daemon (`relay`). Everything here is `no_std`, `#[repr(C)]` and plain old data, so
+//! that a map's key and value have one layout on both sides of the syscall boundary.
+#![no_std]
+
+/// Names of the maps and programs in the eBPF object; userspace looks them up by name.
+pub mod names {
+    /// The XDP program that answers STUN Binding requests (and, later, relays TURN).
+    pub const XDP_PROGRAM: &str = "relay_xdp";
+    /// `PerCpuArray<u64>` of [`crate::counter`] indices.
+    pub const COUNTERS: &str = "RELAY_COUNTERS";
+    /// `HashMap<u16, u8>`: UDP ports (host byte order) on which Binding is answered.
+    pub const STUN_PORTS: &str = "STUN_PORTS";
+}
+
+/// Indices into the per-CPU counter array. Keep in sync with [`counter::NAMES`].
+pub mod counter {
+    /// Binding requests over IPv4 answered in the kernel.
+    pub const STUN_ANSWERED_V4: u32 = 0;
+    /// Binding requests over IPv6 answered in the kernel.
+    pub const STUN_ANSWERED_V6: u32 = 1;
+    /// STUN on a served port that the kernel passed up (attributes it does not handle,
+    /// not a request, bad FINGERPRINT, too long): userspace decides.
+    pub const STUN_PASSED: u32 = 2;
+    /// Frames that are not for a served UDP port (or not IP/UDP at all).
+    pub const OTHER_PASSED: u32 = 3;
+    /// Frames on a served port that are truncated or malformed below STUN (bad lengths,
+    /// fragments, IP options): passed up for the stack to judge.
+    pub const MALFORMED_PASSED: u32 = 4;
+    /// Frames on a served port whose UDP checksum is wrong: passed up (the stack drops them).
+    pub const BAD_CHECKSUM_PASSED: u32 = 5;
+    /// Number of counters.
+    pub const COUNT: u32 = 6;
+    /// Human-readable names, in index order (metrics, `relay stats`).
+    pub const NAMES: [&str; COUNT as usize] = [
+        "stun_answered_v4",
+        "stun_answered_v6",
+        "stun_passed",
+        "other_passed",
+        "malformed_passed",
+        "bad_checksum_passed",
+    ];
+}
+
+/// The largest STUN message (header included) the kernel answers; longer requests pass up.
+/// Bounds the verifier's loops over the message.
+pub const XDP_MAX_STUN_LEN: usize = 512;

@@ -1,0 +1,1 @@
+//! Control socket (to be written).

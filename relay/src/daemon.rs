@@ -1,0 +1,1 @@
+//! Daemon lifecycle (to be written).

@@ -1,0 +1,16 @@
+//! The relay: STUN/TURN server, SFU and their data paths.
+//!
+//! Protocol logic is sans-IO (bytes and time in, bytes and decisions out): [`stun`].
+//! The IO that drives it lives apart: [`dataplane`] (io_uring workers, one per core, and a
+//! portable fallback), [`xdp`] (loading the kernel fast path and reading its counters),
+//! [`control`] (the operator's control socket), [`daemon`] (wiring, signals, lifecycle).
+//! [`wire`] builds and parses Ethernet/IP/UDP frames: the differential harness and the
+//! bench use it to put userspace answers in the same frames the kernel path emits.
+
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod dataplane;
+pub mod stun;
+pub mod wire;
+pub mod xdp;

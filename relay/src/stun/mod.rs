@@ -1,0 +1,2 @@
+//! STUN (RFC 8489), sans-IO: a zero-copy codec and the Binding service.
+pub mod binding;
