@@ -1,0 +1,627 @@
+//! The daemon's configuration: a TOML file (or the embedded default), command-line
+//! overrides on top, and validation that names the offending key.
+//!
+//! It exists so that every operator mistake is caught once, at start-up, with a message
+//! saying which key is wrong, on which line, and what would be accepted — before any
+//! socket is bound or any eBPF program is loaded.
+
+mod error;
+pub mod interfaces;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use error::ConfigError;
+
+/// The configuration used when no file is given (also the reference for every default).
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Default path of the operator's control socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/relay/control.sock";
+
+/// Most worker threads accepted (a typo guard, far above any machine's core count).
+pub const MAX_WORKERS: usize = 1024;
+
+/// Longest path a Unix socket address can hold (`sun_path` minus the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Which userspace data path backend to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendChoice {
+    /// io_uring when the kernel permits it, the portable backend otherwise.
+    #[default]
+    Auto,
+    /// io_uring only (start-up fails if it is unavailable).
+    IoUring,
+    /// recvmmsg/sendmmsg, works everywhere.
+    Portable,
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpModeChoice {
+    /// Native (driver) mode, falling back to generic per interface.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode.
+    Generic,
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// UDP addresses served (STUN).
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads; 0 = one per online CPU.
+    pub workers: usize,
+    /// Userspace backend.
+    pub backend: BackendChoice,
+    /// Kernel fast path settings.
+    pub xdp: XdpConfig,
+    /// Path of the control socket.
+    pub control_socket: PathBuf,
+    /// Log filter (a level or a tracing filter directive).
+    pub log_level: String,
+}
+
+/// The `[xdp]` section, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// Whether the fast path is started at all.
+    pub enabled: bool,
+    /// Interfaces to attach to; empty = derive them from the listen addresses.
+    pub interfaces: Vec<String>,
+    /// Attach mode.
+    pub mode: XdpModeChoice,
+}
+
+/// Values given on the command line; each set one replaces the file's value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--listen` (replaces `server.listen` when non-empty).
+    pub listen: Vec<SocketAddr>,
+    /// `--workers`.
+    pub workers: Option<usize>,
+    /// `--backend`.
+    pub backend: Option<BackendChoice>,
+    /// `--no-xdp`.
+    pub no_xdp: bool,
+    /// `--xdp-iface` (replaces `xdp.interfaces` when non-empty).
+    pub xdp_interfaces: Vec<String>,
+    /// `--xdp-mode`.
+    pub xdp_mode: Option<XdpModeChoice>,
+    /// `--control-socket`.
+    pub control_socket: Option<PathBuf>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+}
+
+// ---- the file's shape (serde) ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    dataplane: DataplaneSection,
+    #[serde(default)]
+    xdp: XdpSection,
+    #[serde(default)]
+    control: ControlSection,
+    #[serde(default)]
+    log: LogSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    #[serde(default = "default_listen")]
+    listen: Vec<String>,
+    #[serde(default)]
+    workers: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            workers: 0,
+        }
+    }
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:3478".to_owned(), "[::1]:3478".to_owned()]
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataplaneSection {
+    #[serde(default)]
+    backend: BackendChoice,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct XdpSection {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    #[serde(default)]
+    interfaces: Vec<String>,
+    #[serde(default)]
+    mode: XdpModeChoice,
+}
+
+impl Default for XdpSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interfaces: Vec::new(),
+            mode: XdpModeChoice::Auto,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlSection {
+    #[serde(default = "default_socket")]
+    socket: PathBuf,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+        }
+    }
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_CONTROL_SOCKET)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogSection {
+    #[serde(default = "default_level")]
+    level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            level: default_level(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".to_owned()
+}
+
+impl Config {
+    /// The embedded default configuration (STUN on 127.0.0.1:3478 and [::1]:3478).
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::parse(DEFAULT_TOML, "embedded default")
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| error::from_toml(&e, text, origin))?;
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key,
+            message,
+        };
+        let mut listen = Vec::with_capacity(file.server.listen.len());
+        for (i, raw) in file.server.listen.iter().enumerate() {
+            let addr: SocketAddr = raw.trim().parse().map_err(|_| {
+                invalid(
+                    format!("server.listen[{i}]"),
+                    format!(
+                        "{raw:?} is not a socket address (expected IP:PORT, \
+                         e.g. \"127.0.0.1:3478\" or \"[::1]:3478\")"
+                    ),
+                )
+            })?;
+            listen.push(addr);
+        }
+        let config = Config {
+            listen,
+            workers: file.server.workers,
+            backend: file.dataplane.backend,
+            xdp: XdpConfig {
+                enabled: file.xdp.enabled,
+                interfaces: file.xdp.interfaces,
+                mode: file.xdp.mode,
+            },
+            control_socket: file.control.socket,
+            log_level: file.log.level,
+        };
+        config
+            .check()
+            .map_err(|(key, message)| invalid(key, message))?;
+        Ok(config)
+    }
+
+    /// Applies command-line overrides and validates the result again.
+    pub fn apply(mut self, o: &Overrides) -> Result<Config, ConfigError> {
+        if !o.listen.is_empty() {
+            self.listen = o.listen.clone();
+        }
+        if let Some(w) = o.workers {
+            self.workers = w;
+        }
+        if let Some(b) = o.backend {
+            self.backend = b;
+        }
+        if o.no_xdp {
+            self.xdp.enabled = false;
+        }
+        if !o.xdp_interfaces.is_empty() {
+            self.xdp.interfaces = o.xdp_interfaces.clone();
+        }
+        if let Some(m) = o.xdp_mode {
+            self.xdp.mode = m;
+        }
+        if let Some(p) = &o.control_socket {
+            self.control_socket = p.clone();
+        }
+        if let Some(l) = &o.log_level {
+            self.log_level = l.clone();
+        }
+        self.check()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                origin: "command line".to_owned(),
+                key,
+                message,
+            })?;
+        Ok(self)
+    }
+
+    /// The distinct UDP ports served, in listen order.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports = Vec::new();
+        for a in &self.listen {
+            if !ports.contains(&a.port()) {
+                ports.push(a.port());
+            }
+        }
+        ports
+    }
+
+    /// Checks the invariants that do not depend on the text's shape.
+    /// Returns the key and what is wrong with it.
+    fn check(&self) -> Result<(), (String, String)> {
+        if self.listen.is_empty() {
+            return Err((
+                "server.listen".into(),
+                "is empty: give at least one address to serve, e.g. [\"0.0.0.0:3478\"]".into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, a) in self.listen.iter().enumerate() {
+            if !seen.insert(*a) {
+                return Err((
+                    format!("server.listen[{i}]"),
+                    format!("\"{a}\" is listed twice"),
+                ));
+            }
+            if a.port() == 0 && self.listen.len() > 1 {
+                return Err((
+                    format!("server.listen[{i}]"),
+                    format!(
+                        "\"{a}\" has port 0 (any free port), which is only allowed \
+                         when it is the only listen address"
+                    ),
+                ));
+            }
+        }
+        if self.workers > MAX_WORKERS {
+            return Err((
+                "server.workers".into(),
+                format!(
+                    "{} is more than {MAX_WORKERS}; use 0 for one per online CPU",
+                    self.workers
+                ),
+            ));
+        }
+        for (i, name) in self.xdp.interfaces.iter().enumerate() {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\t', '\n', ':']) {
+                return Err((
+                    format!("xdp.interfaces[{i}]"),
+                    format!(
+                        "{name:?} is not an interface name (1 to 15 characters, \
+                         no '/', ':' or spaces; see `ip link`)"
+                    ),
+                ));
+            }
+        }
+        let sock = self.control_socket.as_os_str();
+        if sock.is_empty() {
+            return Err(("control.socket".into(), "is empty: give a path".into()));
+        }
+        if sock.len() > MAX_SOCKET_PATH {
+            return Err((
+                "control.socket".into(),
+                format!(
+                    "{:?} is {} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+                    self.control_socket,
+                    sock.len()
+                ),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err((
+                "log.level".into(),
+                format!(
+                    "{:?} is not a log level or filter ({e}); use one of error, warn, \
+                     info, debug, trace",
+                    self.log_level
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "test.toml")
+            .expect_err("config must be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn embedded_default_serves_loopback_v4_and_v6() {
+        let c = Config::embedded_default().expect("embedded default must parse");
+        assert_eq!(
+            c.listen,
+            vec![
+                "127.0.0.1:3478".parse::<SocketAddr>().unwrap(),
+                "[::1]:3478".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.workers, 0);
+        assert_eq!(c.backend, BackendChoice::Auto);
+        assert!(c.xdp.enabled);
+        assert!(c.xdp.interfaces.is_empty());
+        assert_eq!(c.xdp.mode, XdpModeChoice::Auto);
+        assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.ports(), vec![3478]);
+    }
+
+    #[test]
+    fn empty_file_equals_embedded_default() {
+        assert_eq!(
+            Config::parse("", "empty").expect("empty file is valid"),
+            Config::embedded_default().expect("default")
+        );
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::parse(
+            r#"
+[server]
+listen = ["0.0.0.0:3479"]
+workers = 3
+[dataplane]
+backend = "portable"
+[xdp]
+enabled = false
+interfaces = ["eth0", "veth-r"]
+mode = "generic"
+[control]
+socket = "/tmp/r.sock"
+[log]
+level = "relay=debug,info"
+"#,
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.listen,
+            vec!["0.0.0.0:3479".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.backend, BackendChoice::Portable);
+        assert!(!c.xdp.enabled);
+        assert_eq!(c.xdp.interfaces, vec!["eth0", "veth-r"]);
+        assert_eq!(c.xdp.mode, XdpModeChoice::Generic);
+        assert_eq!(c.control_socket, PathBuf::from("/tmp/r.sock"));
+        assert_eq!(c.log_level, "relay=debug,info");
+    }
+
+    #[test]
+    fn bad_listen_names_index_and_value() {
+        let e = err("[server]\nlisten = [\"127.0.0.1:3478\", \"1.2.3.4:99999\"]\n");
+        assert!(
+            e.contains("server.listen[1]: \"1.2.3.4:99999\" is not a socket address"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_path_line_and_known_keys() {
+        let e = err("[server]\nworkers = 1\nlisten_on = []\n");
+        assert!(e.contains("server.listen_on"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("listen") && e.contains("workers"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let e = err("[sever]\nworkers = 1\n");
+        assert!(e.contains("sever"), "{e}");
+        assert!(e.contains("line 1"), "{e}");
+        assert!(e.contains("server"), "known sections listed: {e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let e = err("[server]\nworkers = \"two\"\n");
+        assert!(e.contains("server.workers"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn bad_backend_lists_choices() {
+        let e = err("[dataplane]\nbackend = \"dpdk\"\n");
+        assert!(e.contains("dataplane.backend"), "{e}");
+        assert!(e.contains("io-uring") && e.contains("portable"), "{e}");
+    }
+
+    #[test]
+    fn bad_xdp_mode_is_named() {
+        let e = err("[xdp]\nmode = \"offload\"\n");
+        assert!(e.contains("xdp.mode"), "{e}");
+        assert!(e.contains("native") && e.contains("generic"), "{e}");
+    }
+
+    #[test]
+    fn multi_line_array_error_names_key() {
+        let e = err("[xdp]\ninterfaces = [\n  \"eth0\",\n  7,\n]\n");
+        assert!(e.contains("xdp.interfaces"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn toml_syntax_error_has_line() {
+        let e = err("[server]\nworkers = = 2\n");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn empty_listen_rejected() {
+        let e = err("[server]\nlisten = []\n");
+        assert!(e.contains("server.listen: is empty"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_listen_rejected() {
+        let e = err("[server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n");
+        assert!(e.contains("server.listen[1]") && e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn port_zero_only_alone() {
+        assert!(Config::parse("[server]\nlisten = [\"127.0.0.1:0\"]\n", "t").is_ok());
+        let e = err("[server]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\n");
+        assert!(
+            e.contains("server.listen[0]") && e.contains("port 0"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn too_many_workers_rejected() {
+        let e = err("[server]\nworkers = 100000\n");
+        assert!(e.contains("server.workers: 100000"), "{e}");
+    }
+
+    #[test]
+    fn negative_workers_rejected() {
+        let e = err("[server]\nworkers = -1\n");
+        assert!(e.contains("server.workers"), "{e}");
+    }
+
+    #[test]
+    fn bad_interface_name_rejected() {
+        let e = err("[xdp]\ninterfaces = [\"eth0\", \"this-name-is-too-long\"]\n");
+        assert!(e.contains("xdp.interfaces[1]"), "{e}");
+    }
+
+    #[test]
+    fn bad_log_level_rejected() {
+        let e = err("[log]\nlevel = \"loud!!=[\"\n");
+        assert!(e.contains("log.level"), "{e}");
+    }
+
+    #[test]
+    fn long_socket_path_rejected() {
+        let long = "/tmp/".to_owned() + &"x".repeat(120);
+        let e = err(&format!("[control]\nsocket = \"{long}\"\n"));
+        assert!(e.contains("control.socket"), "{e}");
+    }
+
+    #[test]
+    fn error_names_origin() {
+        let e = err("[log]\nlevel = 3\n");
+        assert!(e.starts_with("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn overrides_replace_file_values() {
+        let c = Config::embedded_default()
+            .expect("default")
+            .apply(&Overrides {
+                listen: vec!["127.0.0.1:4000".parse().unwrap()],
+                workers: Some(1),
+                backend: Some(BackendChoice::Portable),
+                no_xdp: true,
+                xdp_interfaces: vec!["veth0".into()],
+                xdp_mode: Some(XdpModeChoice::Native),
+                control_socket: Some("/tmp/c.sock".into()),
+                log_level: Some("debug".into()),
+            })
+            .expect("valid overrides");
+        assert_eq!(
+            c.listen,
+            vec!["127.0.0.1:4000".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.workers, 1);
+        assert_eq!(c.backend, BackendChoice::Portable);
+        assert!(!c.xdp.enabled);
+        assert_eq!(c.xdp.interfaces, vec!["veth0"]);
+        assert_eq!(c.xdp.mode, XdpModeChoice::Native);
+        assert_eq!(c.control_socket, PathBuf::from("/tmp/c.sock"));
+        assert_eq!(c.log_level, "debug");
+    }
+
+    #[test]
+    fn empty_overrides_change_nothing() {
+        let d = Config::embedded_default().expect("default");
+        assert_eq!(d.clone().apply(&Overrides::default()).expect("ok"), d);
+    }
+
+    #[test]
+    fn invalid_override_is_reported() {
+        let e = Config::embedded_default()
+            .expect("default")
+            .apply(&Overrides {
+                log_level: Some("[[".into()),
+                ..Overrides::default()
+            })
+            .expect_err("bad level")
+            .to_string();
+        assert!(e.contains("command line") && e.contains("log.level"), "{e}");
+    }
+}
