@@ -1,1 +1,650 @@
-//! Helpers for end-to-end tests (to be written).
+//! Helpers for end-to-end tests and benches that run the real `relay` binary in network
+//! namespaces this suite creates itself.
+//!
+//! Everything here is a guard: a namespace ([`Netns`]) is deleted, and the processes in it
+//! killed, when it is dropped; a daemon ([`Daemon`]) gets SIGTERM then SIGKILL; an XDP
+//! program attached for a test ([`XdpPass`]) is detached. Names carry the test process's
+//! pid and a counter so tests run in parallel, and leftovers of dead runs of this suite
+//! (same prefix, pid no longer alive) are removed on first use.
+
+use std::{
+    collections::VecDeque,
+    fs::File,
+    io::{BufRead, BufReader},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        Arc, Condvar, Mutex, Once,
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+/// Prefix of every namespace this suite creates: `<prefix>-<pid>-<n>-<tag>`.
+pub const NS_PREFIX: &str = "rlt";
+
+/// Whether privileged tests can run. Not root: with `RELAY_REQUIRE_PRIVILEGED=1` this
+/// panics (the test fails); otherwise it prints "skipped: needs root" and returns false.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    if std::env::var("RELAY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+        panic!("{test}: needs root (network namespaces, XDP) and RELAY_REQUIRE_PRIVILEGED=1");
+    }
+    eprintln!("{test}: skipped: needs root");
+    false
+}
+
+/// Runs a command, failing with its stderr when it does not succeed.
+pub fn sh(program: &str, args: &[&str]) -> Result<Output> {
+    let out = Command::new(program).args(args).output().with_context(|| {
+        format!("could not run {program} (is it installed? `cargo xtask setup`)")
+    })?;
+    ensure!(
+        out.status.success(),
+        "`{program} {}` failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out)
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Deletes namespaces named `<prefix>-<pid>-...` whose pid is not alive (a crashed run).
+pub fn cleanup_leftovers(prefix: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if !pid_alive(pid) {
+            eprintln!("removing leftover namespace {name}");
+            kill_all_in(name);
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+fn kill_all_in(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: sending a signal to a pid has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+static CLEANUP: Once = Once::new();
+
+/// A network namespace, deleted (with every process in it killed) on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `<prefix>-<pid>-<n>-<tag>` with loopback up.
+    pub fn new(prefix: &str, tag: &str) -> Result<Netns> {
+        CLEANUP.call_once(|| cleanup_leftovers(prefix));
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{prefix}-{}-{n}-{tag}", std::process::id());
+        sh("ip", &["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name (for `ip netns exec`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n <ns> <args>`.
+    pub fn ip(&self, args: &[&str]) -> Result<Output> {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        sh("ip", &all)
+    }
+
+    /// A command that runs `program` inside the namespace (`ip netns exec`, which execs
+    /// the program, so the child's pid is the program's).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a fresh thread that has entered this namespace. Sockets created there
+    /// stay in the namespace when used from other threads.
+    pub fn enter<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("open {path}"))?;
+        thread::spawn(move || {
+            // SAFETY: setns with a valid namespace fd affects only this thread's network
+            // namespace; the fd outlives the call.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error()).context("setns(CLONE_NEWNET)");
+            }
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread inside namespace panicked"))?
+    }
+
+    /// A UDP socket bound to `addr` inside this namespace, with a read timeout.
+    pub fn udp_socket(&self, addr: SocketAddr) -> Result<UdpSocket> {
+        self.enter(move || {
+            let s = UdpSocket::bind(addr).with_context(|| format!("bind {addr}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            Ok(s)
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        kill_all_in(&self.name);
+        if let Err(e) = sh("ip", &["netns", "del", &self.name]) {
+            eprintln!("warning: could not delete namespace {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// Two namespaces joined by a veth pair: `veth-r` in the relay namespace, `veth-c` in
+/// the client namespace, with addresses in 10.200.X.0/24 and fd00:200:X::/64 only there.
+#[derive(Debug)]
+pub struct Topology {
+    // Field order is drop order: the XDP guard before the namespaces.
+    client_pass: Option<XdpPass>,
+    /// The daemon's namespace.
+    pub relay: Netns,
+    /// The clients' namespace.
+    pub client: Netns,
+    /// Address of `veth-r`.
+    pub relay_v4: Ipv4Addr,
+    /// Address of `veth-c`.
+    pub client_v4: Ipv4Addr,
+    /// Address of `veth-r`.
+    pub relay_v6: Ipv6Addr,
+    /// Address of `veth-c`.
+    pub client_v6: Ipv6Addr,
+}
+
+/// Name of the relay-side veth.
+pub const RELAY_IF: &str = "veth-r";
+/// Name of the client-side veth.
+pub const CLIENT_IF: &str = "veth-c";
+
+impl Topology {
+    /// Creates the two namespaces and the veth pair, and prepares the client side to
+    /// receive frames the relay side sends with XDP_TX (see [`XdpPass`]) and to send
+    /// UDP with a complete checksum.
+    pub fn new(prefix: &str) -> Result<Topology> {
+        let relay = Netns::new(prefix, "r")?;
+        let client = Netns::new(prefix, "c")?;
+        let x = (COUNTER.load(Ordering::Relaxed) % 250) as u8;
+        let relay_v4 = Ipv4Addr::new(10, 200, x, 1);
+        let client_v4 = Ipv4Addr::new(10, 200, x, 2);
+        let relay_v6 = Ipv6Addr::new(0xfd00, 0x200, x.into(), 0, 0, 0, 0, 1);
+        let client_v6 = Ipv6Addr::new(0xfd00, 0x200, x.into(), 0, 0, 0, 0, 2);
+        relay.ip(&[
+            "link",
+            "add",
+            RELAY_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            CLIENT_IF,
+            "netns",
+            client.name(),
+        ])?;
+        for (ns, dev, v4, v6) in [
+            (&relay, RELAY_IF, relay_v4, relay_v6),
+            (&client, CLIENT_IF, client_v4, client_v6),
+        ] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev])?;
+            // nodad: usable at once, no duplicate address detection delay.
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"])?;
+            ns.ip(&["link", "set", dev, "up"])?;
+        }
+        // Locally generated UDP over a veth leaves the checksum to "hardware"
+        // (CHECKSUM_PARTIAL: only the pseudo-header sum is in the field). The XDP program
+        // verifies UDP checksums and would pass such frames up as bad, so the client side
+        // computes full checksums in software.
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                client.name(),
+                "ethtool",
+                "-K",
+                CLIENT_IF,
+                "tx",
+                "off",
+            ],
+        )?;
+        let mut topo = Topology {
+            client_pass: None,
+            relay,
+            client,
+            relay_v4,
+            client_v4,
+            relay_v6,
+            client_v6,
+        };
+        // A veth only receives frames its peer sends with XDP_TX when it has an XDP
+        // program itself (enabling GRO was tried: not enough on Linux 6.18).
+        topo.client_pass = Some(XdpPass::attach(&topo.client, CLIENT_IF)?);
+        Ok(topo)
+    }
+
+    /// The relay side's address of the given family.
+    pub fn relay_addr(&self, v6: bool) -> IpAddr {
+        if v6 {
+            self.relay_v6.into()
+        } else {
+            self.relay_v4.into()
+        }
+    }
+
+    /// The client side's address of the given family.
+    pub fn client_addr(&self, v6: bool) -> IpAddr {
+        if v6 {
+            self.client_v6.into()
+        } else {
+            self.client_v4.into()
+        }
+    }
+}
+
+/// The name of the trivial XDP_PASS program in the relay's eBPF object.
+pub const XDP_PASS_PROGRAM: &str = "relay_xdp_pass";
+
+/// The relay's `relay_xdp_pass` program attached in native mode to an interface inside a
+/// namespace; detached when dropped. A thread holds the loaded object (aya's handle is
+/// not moved across threads).
+#[derive(Debug)]
+pub struct XdpPass {
+    stop: Option<mpsc::Sender<()>>,
+    holder: Option<thread::JoinHandle<()>>,
+}
+
+impl XdpPass {
+    /// Loads the relay's embedded eBPF object and attaches [`XDP_PASS_PROGRAM`] to `iface`
+    /// in `ns` in native (driver) mode.
+    pub fn attach(ns: &Netns, iface: &str) -> Result<XdpPass> {
+        let path = format!("/run/netns/{}", ns.name());
+        let file = File::open(&path).with_context(|| format!("open {path}"))?;
+        let iface = iface.to_owned();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let holder = thread::spawn(move || {
+            let loaded = (|| -> Result<aya::Ebpf> {
+                // SAFETY: see Netns::enter.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error()).context("setns");
+                }
+                ensure!(
+                    !relay::xdp::EBPF_OBJECT.is_empty(),
+                    "the relay was built without its eBPF object (RELAY_SKIP_EBPF=1)"
+                );
+                let mut ebpf =
+                    aya::Ebpf::load(relay::xdp::EBPF_OBJECT).context("load the eBPF object")?;
+                let prog: &mut aya::programs::Xdp = ebpf
+                    .program_mut(XDP_PASS_PROGRAM)
+                    .with_context(|| {
+                        format!("the eBPF object has no program named {XDP_PASS_PROGRAM}")
+                    })?
+                    .try_into()
+                    .context("not an XDP program")?;
+                prog.load().context("load relay_xdp_pass")?;
+                prog.attach(&iface, aya::programs::XdpMode::Driver)
+                    .with_context(|| format!("attach {XDP_PASS_PROGRAM} to {iface} (native)"))?;
+                Ok(ebpf)
+            })();
+            match loaded {
+                Ok(ebpf) => {
+                    let _ = ready_tx.send(Ok(()));
+                    let _ = stop_rx.recv();
+                    drop(ebpf);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        });
+        let result = ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .context("attaching the XDP pass program timed out")?;
+        let guard = XdpPass {
+            stop: Some(stop_tx),
+            holder: Some(holder),
+        };
+        result.map(|()| guard)
+    }
+}
+
+impl Drop for XdpPass {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(h) = self.holder.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Path of the `relay` binary: `RELAY_BIN`, else `<target>/debug/relay` of this workspace.
+pub fn relay_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("RELAY_BIN") {
+        let p = PathBuf::from(p);
+        ensure!(p.exists(), "RELAY_BIN={} does not exist", p.display());
+        return Ok(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let p = target.join("debug/relay");
+    ensure!(
+        p.exists(),
+        "no relay binary at {}: build it with `cargo build -p relay` (or run `cargo xtask test`), or set RELAY_BIN",
+        p.display()
+    );
+    Ok(p)
+}
+
+#[derive(Default)]
+struct LogState {
+    lines: VecDeque<String>,
+    ready: bool,
+    closed: usize,
+}
+
+type Log = Arc<(Mutex<LogState>, Condvar)>;
+
+/// The `relay` daemon (`relay run ...`) running inside a namespace; SIGTERM then SIGKILL
+/// on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    log: Log,
+    control_socket: PathBuf,
+    ns_name: String,
+    bin: PathBuf,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("ns", &self.ns_name)
+            .field("control_socket", &self.control_socket)
+            .finish()
+    }
+}
+
+/// How long a daemon gets to print `relay ready`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Daemon {
+    /// Starts `relay run <args> --control-socket <unique path>` in `ns` and waits (bounded)
+    /// for the log line containing `relay ready`.
+    pub fn start(ns: &Netns, args: &[&str]) -> Result<Daemon> {
+        Self::start_with(ns, &relay_bin()?, None, args)
+    }
+
+    /// Like [`Daemon::start`] with an explicit binary and optional CPU list (taskset).
+    pub fn start_with(
+        ns: &Netns,
+        bin: &std::path::Path,
+        cpus: Option<&str>,
+        args: &[&str],
+    ) -> Result<Daemon> {
+        let control_socket = std::env::temp_dir().join(format!("{}.sock", ns.name()));
+        let _ = std::fs::remove_file(&control_socket);
+        let mut cmd = match cpus {
+            Some(c) => {
+                let mut cmd = Command::new("taskset");
+                cmd.args(["-c", c, "ip", "netns", "exec", ns.name()])
+                    .arg(bin);
+                cmd
+            }
+            None => ns.command(bin),
+        };
+        cmd.arg("run")
+            .args(args)
+            .arg("--control-socket")
+            .arg(&control_socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("NO_COLOR", "1");
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let log: Log = Arc::default();
+        let tag = format!("[relay {}]", ns.name());
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = Arc::clone(&log);
+            let tag = tag.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("{tag} {line}");
+                    let (m, cv) = &*log;
+                    let mut st = m.lock().unwrap_or_else(|e| e.into_inner());
+                    if line.contains("relay ready") {
+                        st.ready = true;
+                    }
+                    st.lines.push_back(line);
+                    if st.lines.len() > 2000 {
+                        st.lines.pop_front();
+                    }
+                    cv.notify_all();
+                }
+                let (m, cv) = &*log;
+                m.lock().unwrap_or_else(|e| e.into_inner()).closed += 1;
+                cv.notify_all();
+            });
+        }
+        let mut daemon = Daemon {
+            child: Some(child),
+            log,
+            control_socket,
+            ns_name: ns.name().to_owned(),
+            bin: bin.to_owned(),
+        };
+        daemon.wait_ready(READY_TIMEOUT)?;
+        Ok(daemon)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.log;
+        let mut st = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if st.ready {
+                return Ok(());
+            }
+            if st.closed == 2 {
+                drop(st);
+                let status = self.child.as_mut().and_then(|c| c.wait().ok());
+                bail!(
+                    "relay exited before `relay ready` ({status:?}); its log:\n{}",
+                    self.log_text()
+                );
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(st);
+                bail!(
+                    "relay did not print `relay ready` within {timeout:?}; its log:\n{}",
+                    self.log_text()
+                );
+            }
+            st = cv
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Everything the daemon logged so far (last 2000 lines).
+    pub fn log_text(&self) -> String {
+        let (m, _) = &*self.log;
+        let st = m.lock().unwrap_or_else(|e| e.into_inner());
+        st.lines.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The control socket the daemon was started with.
+    pub fn control_socket(&self) -> &std::path::Path {
+        &self.control_socket
+    }
+
+    /// `relay stats --json` run in the daemon's namespace, parsed.
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns_name])
+            .arg(&self.bin)
+            .arg("stats")
+            .arg("--control-socket")
+            .arg(&self.control_socket)
+            .arg("--json")
+            .output()
+            .context("run relay stats")?;
+        ensure!(
+            out.status.success(),
+            "relay stats failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "relay stats --json printed invalid JSON: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn stop(mut self, timeout: Duration) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("daemon already stopped")?;
+        terminate(&mut child, timeout)
+    }
+}
+
+/// SIGTERM, wait up to `timeout`, then SIGKILL.
+fn terminate(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
+    let pid = i32::try_from(child.id()).context("pid out of range")?;
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let status = child.wait()?;
+    bail!("process {pid} did not exit within {timeout:?} of SIGTERM; killed ({status})")
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take()
+            && let Err(e) = terminate(&mut child, Duration::from_secs(5))
+        {
+            eprintln!("warning: {e:#}");
+        }
+    }
+}
+
+/// Any process started in a namespace, killed (SIGTERM, then SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Process {
+    child: Option<Child>,
+}
+
+impl Process {
+    /// Wraps a spawned child.
+    pub fn new(child: Child) -> Process {
+        Process { child: Some(child) }
+    }
+
+    /// Sends SIGTERM and waits (bounded).
+    pub fn stop(mut self, timeout: Duration) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        terminate(&mut child, timeout)
+    }
+
+    /// The process id.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = terminate(&mut child, Duration::from_secs(3));
+        }
+    }
+}
+
+/// A minimal STUN Binding request: 20-byte header, the given transaction id, no attributes.
+pub fn binding_request(txid: [u8; 12]) -> [u8; 20] {
+    let mut m = [0u8; 20];
+    m[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
+    m[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+    m[8..20].copy_from_slice(&txid);
+    m
+}

@@ -1,1 +1,327 @@
-fn main() {}
+//! `cargo xtask`: the project's two front-door commands (`run`, `test`) and the helpers
+//! behind them (`setup`, `fuzz`, `bench`).
+//!
+//! It exists so that a fresh machine needs nothing done by hand: every command first runs
+//! the idempotent `scripts/setup.sh`, then the cargo steps, printing each command before it
+//! runs and stopping at the first failure with a message naming the step.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, test, fuzz and bench the relay"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what a fresh machine lacks (Debian packages, rust-src, bpf-linker, bpffs).
+    Setup {
+        /// Also install cargo-fuzz.
+        #[arg(long)]
+        fuzz: bool,
+    },
+    /// Set up, build in release and run the daemon (`relay run`); arguments after `--`
+    /// go to `relay run` (none: the embedded default, STUN on 127.0.0.1:3478 and [::1]:3478).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// THE test command: set-up, fmt, clippy, all tests (privileged ones must run),
+    /// the namespace end-to-end tests, a fuzz smoke run and a bench smoke run.
+    Test {
+        /// Seconds of fuzzing in the smoke run.
+        #[arg(long, default_value_t = 20)]
+        fuzz_seconds: u64,
+        /// Skip the fuzz smoke run (for quick local iterations only).
+        #[arg(long)]
+        no_fuzz: bool,
+        /// Skip the bench smoke run (for quick local iterations only).
+        #[arg(long)]
+        no_bench: bool,
+    },
+    /// Run a cargo-fuzz target for a bounded time.
+    Fuzz {
+        #[arg(long, default_value = "stun_decode")]
+        target: String,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Benchmarks on a namespace topology.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// STUN Binding: our relay with XDP, our relay on io_uring, coturn; one table.
+    Stun {
+        /// Seconds of load per server.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Target request rate (requests/s); 0 = as fast as possible.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Client sockets (source ports).
+        #[arg(long, default_value_t = 64)]
+        sockets: usize,
+        /// Two seconds per server, debug build, no Markdown file: proves the bench works.
+        #[arg(long)]
+        smoke: bool,
+        /// Where to write the Markdown table.
+        #[arg(long, default_value = "target/bench/stun.md")]
+        markdown: PathBuf,
+    },
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
+    match cli.command {
+        Cmd::Setup { fuzz } => setup(&root, fuzz, false),
+        Cmd::Run { args } => {
+            setup(&root, false, true)?;
+            let mut cmd = cargo();
+            cmd.args(["run", "--release", "-p", "relay", "--", "run"])
+                .args(args);
+            // exec-like: the daemon's exit status is ours.
+            run("run the relay", &mut cmd)
+        }
+        Cmd::Test {
+            fuzz_seconds,
+            no_fuzz,
+            no_bench,
+        } => test(&root, fuzz_seconds, no_fuzz, no_bench),
+        Cmd::Fuzz { target, seconds } => {
+            setup(&root, true, true)?;
+            fuzz(&root, &target, seconds)
+        }
+        Cmd::Bench {
+            what:
+                BenchCmd::Stun {
+                    duration,
+                    rate,
+                    sockets,
+                    smoke,
+                    markdown,
+                },
+        } => {
+            setup(&root, false, false)?;
+            bench_stun(&root, duration, rate, sockets, smoke, &markdown)
+        }
+    }
+}
+
+/// The workspace root: xtask lives in `<root>/xtask`.
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .unwrap_or_else(|| root.join("target"))
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Prints the command, runs it with inherited stdio, fails naming `step` if it fails.
+fn run(step: &str, cmd: &mut Command) -> Result<()> {
+    let shown = show(cmd);
+    eprintln!("\n==> [{step}] {shown}");
+    let started = Instant::now();
+    let status = cmd
+        .status()
+        .with_context(|| format!("step '{step}': could not start `{shown}`"))?;
+    if !status.success() {
+        bail!(
+            "step '{step}' failed ({status}) after {:.0?}: `{shown}`",
+            started.elapsed()
+        );
+    }
+    eprintln!("==> [{step}] ok ({:.0?})", started.elapsed());
+    Ok(())
+}
+
+fn show(cmd: &Command) -> String {
+    let mut s = String::new();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            s.push_str(&format!("{}={} ", k.to_string_lossy(), v.to_string_lossy()));
+        }
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        s.push_str(&format!("(cd {}) ", dir.display()));
+    }
+    s.push_str(&cmd.get_program().to_string_lossy());
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn setup(root: &Path, fuzz: bool, minimal: bool) -> Result<()> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(root.join("scripts/setup.sh"));
+    if fuzz {
+        cmd.env("SETUP_FUZZ", "1");
+    }
+    if minimal {
+        cmd.env("SETUP_MINIMAL", "1");
+    }
+    run("setup", &mut cmd)
+}
+
+fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result<()> {
+    let started = Instant::now();
+    setup(root, !no_fuzz, false)?;
+    run("fmt", cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("formatting differs: run `cargo fmt --all`")?;
+    run(
+        "clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    // The end-to-end tests run the `relay` binary; a dependent crate cannot build another
+    // package's binary, so build it here and hand its path over.
+    run(
+        "build relay",
+        cargo().args(["build", "-p", "relay", "--bins"]),
+    )?;
+    let relay_bin = target_dir(root).join("debug/relay");
+    run(
+        "unit and integration tests",
+        cargo()
+            .args(["test", "--workspace", "--exclude", "relay-e2e"])
+            .env("RELAY_REQUIRE_PRIVILEGED", "1"),
+    )?;
+    run(
+        "namespace end-to-end tests",
+        cargo()
+            .args(["test", "-p", "relay-e2e"])
+            .env("RELAY_REQUIRE_PRIVILEGED", "1")
+            .env("RELAY_BIN", &relay_bin),
+    )?;
+    if !no_fuzz {
+        fuzz(root, "stun_decode", fuzz_seconds)?;
+    }
+    if !no_bench {
+        bench_stun(
+            root,
+            2,
+            0,
+            16,
+            true,
+            &target_dir(root).join("bench/stun-smoke.md"),
+        )?;
+    }
+    eprintln!(
+        "\nxtask test: all steps passed in {:.0?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+fn fuzz(root: &Path, target: &str, seconds: u64) -> Result<()> {
+    let fuzz_dir = root.join("relay/fuzz");
+    if !fuzz_dir.join("Cargo.toml").exists() {
+        bail!(
+            "no fuzz crate at {}: the fuzz target '{target}' does not exist yet",
+            fuzz_dir.display()
+        );
+    }
+    run(
+        "fuzz",
+        Command::new("rustup")
+            .args(["run", "nightly", "cargo", "fuzz", "run", target])
+            .arg("--fuzz-dir")
+            .arg(&fuzz_dir)
+            .args(["--", &format!("-max_total_time={seconds}")])
+            // The fuzzer only exercises the codec: no eBPF object needed.
+            .env("RELAY_SKIP_EBPF", "1")
+            // The stable toolchain's cargo must not leak into the nightly build.
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO")
+            .current_dir(root.join("relay")),
+    )
+}
+
+fn bench_stun(
+    root: &Path,
+    duration: u64,
+    rate: u64,
+    sockets: usize,
+    smoke: bool,
+    markdown: &Path,
+) -> Result<()> {
+    let (profile, profile_dir) = if smoke {
+        ("dev", "debug")
+    } else {
+        ("release", "release")
+    };
+    run(
+        "build bench",
+        cargo().args([
+            "build",
+            "--profile",
+            profile,
+            "-p",
+            "relay",
+            "-p",
+            "relay-bench",
+            "--bins",
+        ]),
+    )?;
+    let bin_dir = target_dir(root).join(profile_dir);
+    let duration = if smoke { 2 } else { duration };
+    let mut cmd = Command::new(bin_dir.join("relay-bench"));
+    cmd.arg("compare")
+        .arg("--relay-bin")
+        .arg(bin_dir.join("relay"))
+        .args(["--duration", &duration.to_string()])
+        .args(["--rate", &rate.to_string()])
+        .args(["--sockets", &sockets.to_string()])
+        .arg("--markdown")
+        .arg(if markdown.is_absolute() {
+            markdown.to_path_buf()
+        } else {
+            root.join(markdown)
+        });
+    if smoke {
+        cmd.arg("--smoke");
+    }
+    run("bench stun", &mut cmd)
+}
