@@ -17,6 +17,11 @@ pub mod header;
 pub mod integrity;
 pub mod message;
 
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod rfc5769;
+
 pub use attr::Attribute;
 pub use builder::MessageBuilder;
 pub use error::StunError;
