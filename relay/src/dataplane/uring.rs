@@ -1,0 +1,497 @@
+//! The io_uring backend: one ring per worker, a multishot RecvMsg per socket into a
+//! provided buffer ring, replies sent with SendMsg from preallocated slots, one `submit`
+//! (which also waits, with a timeout) per completion batch.
+
+use std::alloc::Layout;
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use io_uring::types::{BufRingEntry, CancelBuilder, Fd, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::{IoUring, Probe, Submitter, cqueue, opcode, squeue};
+
+use super::counters::{Counts, IoDrop, WorkerCounters};
+use super::slots::SendSlots;
+use super::socket::{NAME_LEN, decode_sockaddr};
+use super::{DatagramHandler, DataplaneError, Verdict};
+
+/// Submission queue entries.
+const SQ_ENTRIES: u32 = 1024;
+/// Completion queue entries (multishot receives can complete many times per SQE).
+const CQ_ENTRIES: u32 = 8192;
+/// Receive buffers in the provided buffer ring (a power of two).
+const BUF_COUNT: u16 = 1024;
+/// Bytes per receive buffer: recvmsg header + name + payload.
+const BUF_SIZE: usize = 2048;
+/// Preallocated send slots.
+const SEND_SLOTS: u32 = 512;
+/// Buffer group id of the worker's ring.
+const BGID: u16 = 0;
+/// How long one wait for completions may block (bounds shutdown latency).
+const WAIT: Timespec = Timespec::new().nsec(100_000_000);
+/// Longest the teardown waits for cancelled operations to complete.
+const DRAIN: Duration = Duration::from_secs(1);
+
+const TAG_SHIFT: u32 = 56;
+const TAG_RECV: u64 = 1;
+const TAG_SEND: u64 = 2;
+const INDEX_MASK: u64 = (1 << TAG_SHIFT) - 1;
+
+#[inline]
+fn tag(kind: u64, index: u64) -> u64 {
+    (kind << TAG_SHIFT) | (index & INDEX_MASK)
+}
+
+/// Checks that this kernel and process may use the io_uring features the workers need.
+/// Returns why not, for the operator.
+pub(super) fn probe() -> Result<(), String> {
+    let ring = IoUring::new(8).map_err(|e| describe_setup_error(&e))?;
+    if !ring.params().is_feature_ext_arg() {
+        return Err("the kernel lacks IORING_FEAT_EXT_ARG (needs Linux 5.11 or later)".into());
+    }
+    let mut p = Probe::new();
+    ring.submitter()
+        .register_probe(&mut p)
+        .map_err(|e| format!("io_uring probe failed: {e}"))?;
+    for (code, name) in [
+        (opcode::RecvMsg::CODE, "RECVMSG"),
+        (opcode::SendMsg::CODE, "SENDMSG"),
+    ] {
+        if !p.is_supported(code) {
+            return Err(format!("the kernel's io_uring does not support {name}"));
+        }
+    }
+    let br = BufRing::new(8, 64).map_err(|e| format!("cannot allocate a buffer ring: {e}"))?;
+    br.register(&ring.submitter())
+        .map_err(|e| format!("cannot register a provided buffer ring (needs Linux 5.19+): {e}"))?;
+    let _ = ring.submitter().unregister_buf_ring(BGID);
+    drop(ring);
+    drop(br);
+    Ok(())
+}
+
+fn describe_setup_error(e: &io::Error) -> String {
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "?".into());
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => format!(
+            "io_uring_setup: {e} (kernel.io_uring_disabled = {disabled}, or a seccomp \
+             filter / container policy forbids io_uring)"
+        ),
+        Some(libc::ENOSYS) => format!("io_uring_setup: {e} (kernel built without io_uring)"),
+        _ => format!("io_uring_setup: {e}"),
+    }
+}
+
+/// A provided buffer ring: the ring of entries (page-aligned, shared with the kernel) and
+/// the buffers it hands out.
+struct BufRing {
+    entries: *mut BufRingEntry,
+    layout: Layout,
+    bufs: Box<[u8]>,
+    count: u16,
+    size: usize,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(count: u16, size: usize) -> io::Result<BufRing> {
+        if !count.is_power_of_two() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "count must be a power of two",
+            ));
+        }
+        let layout = Layout::from_size_align(
+            usize::from(count) * std::mem::size_of::<BufRingEntry>(),
+            4096,
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: the layout has a non-zero size (count >= 1, entries are 16 bytes).
+        let entries = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<BufRingEntry>();
+        if entries.is_null() {
+            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "buffer ring"));
+        }
+        let mut br = BufRing {
+            entries,
+            layout,
+            bufs: vec![0u8; usize::from(count) * size].into_boxed_slice(),
+            count,
+            size,
+            tail: 0,
+        };
+        for bid in 0..count {
+            br.push(bid);
+        }
+        br.publish();
+        Ok(br)
+    }
+
+    fn register(&self, submitter: &Submitter<'_>) -> io::Result<()> {
+        // SAFETY: the entries stay allocated until this BufRing drops, and every owner
+        // unregisters (or closes the ring) and drains in-flight receives before that.
+        unsafe { submitter.register_buf_ring_with_flags(self.entries as u64, self.count, BGID, 0) }
+    }
+
+    /// Hands buffer `bid` back to the kernel (visible after [`BufRing::publish`]).
+    #[inline]
+    fn push(&mut self, bid: u16) {
+        let mask = self.count - 1;
+        let index = usize::from(self.tail & mask);
+        // SAFETY: index < count, inside the allocation; the kernel only reads entries
+        // between its head and our published tail, and this one is past the tail.
+        let entry = unsafe { &mut *self.entries.add(index) };
+        let offset = usize::from(bid) * self.size;
+        entry.set_addr(self.bufs[offset..].as_ptr() as u64);
+        entry.set_len(self.size as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Publishes the pushed buffers to the kernel.
+    #[inline]
+    fn publish(&self) {
+        // SAFETY: `entries` is the base of the ring; the tail field overlays the first
+        // entry's reserved field, is 2-byte aligned and shared with the kernel, so it is
+        // accessed atomically.
+        let tail = unsafe { AtomicU16::from_ptr(BufRingEntry::tail(self.entries).cast_mut()) };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    /// The first `len` bytes of buffer `bid` (None if out of range).
+    #[inline]
+    fn buf(&self, bid: u16, len: usize) -> Option<&[u8]> {
+        if bid >= self.count || len > self.size {
+            return None;
+        }
+        let offset = usize::from(bid) * self.size;
+        self.bufs.get(offset..offset + len)
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.entries.cast(), self.layout) };
+    }
+}
+
+/// One worker's ring and everything its in-flight operations point at.
+pub(super) struct UringWorker<H> {
+    // Field order matters: the ring closes before the memory it may reference is freed.
+    ring: IoUring,
+    bufring: BufRing,
+    recv_hdr: Box<libc::msghdr>,
+    slots: SendSlots,
+    sockets: Vec<UdpSocket>,
+    armed: Vec<bool>,
+    handler: H,
+    counters: Arc<WorkerCounters>,
+    counts: Counts,
+    index: usize,
+}
+
+impl<H: DatagramHandler> UringWorker<H> {
+    pub(super) fn new(
+        index: usize,
+        sockets: Vec<UdpSocket>,
+        handler: H,
+        counters: Arc<WorkerCounters>,
+    ) -> Result<Self, DataplaneError> {
+        let io = |what: &'static str| {
+            move |source| DataplaneError::Io {
+                worker: index,
+                what,
+                source,
+            }
+        };
+        let ring = IoUring::builder()
+            .setup_cqsize(CQ_ENTRIES)
+            .build(SQ_ENTRIES)
+            .map_err(io("io_uring_setup"))?;
+        let bufring =
+            BufRing::new(BUF_COUNT, BUF_SIZE).map_err(io("allocating receive buffers"))?;
+        bufring
+            .register(&ring.submitter())
+            .map_err(io("registering the provided buffer ring"))?;
+        // SAFETY: msghdr is a plain C struct; all-zero is valid. Only the name and control
+        // lengths matter for a multishot RecvMsg: they fix the layout of each buffer.
+        let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        recv_hdr.msg_namelen = NAME_LEN as libc::socklen_t;
+        recv_hdr.msg_controllen = 0;
+        let armed = vec![false; sockets.len()];
+        Ok(UringWorker {
+            ring,
+            bufring,
+            recv_hdr,
+            slots: SendSlots::new(SEND_SLOTS),
+            sockets,
+            armed,
+            handler,
+            counters,
+            counts: Counts::default(),
+            index,
+        })
+    }
+
+    pub(super) fn run(mut self, shutdown: &AtomicBool) -> Result<(), DataplaneError> {
+        let result = self.event_loop(shutdown);
+        self.teardown();
+        result
+    }
+
+    fn event_loop(&mut self, shutdown: &AtomicBool) -> Result<(), DataplaneError> {
+        let index = self.index;
+        let io = |what: &'static str| {
+            move |source| DataplaneError::Io {
+                worker: index,
+                what,
+                source,
+            }
+        };
+        let UringWorker {
+            ring,
+            bufring,
+            recv_hdr,
+            slots,
+            sockets,
+            armed,
+            handler,
+            counters,
+            counts,
+            ..
+        } = self;
+        let fds: Vec<i32> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
+        let args = SubmitArgs::new().timespec(&WAIT);
+        {
+            let (submitter, mut sq, _) = ring.split();
+            for (i, &fd) in fds.iter().enumerate() {
+                let e = recv_entry(fd, recv_hdr, i);
+                push(&submitter, &mut sq, &e).map_err(io("arming multishot receive"))?;
+                armed[i] = true;
+            }
+        }
+        while !shutdown.load(Ordering::Relaxed) {
+            let (submitter, mut sq, mut cq) = ring.split();
+            match submitter.submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                    ) => {}
+                Err(e) => return Err(io("io_uring_enter")(e)),
+            }
+            cq.sync();
+            for cqe in &mut cq {
+                let ud = cqe.user_data();
+                let i = (ud & INDEX_MASK) as usize;
+                let res = cqe.result();
+                let flags = cqe.flags();
+                match ud >> TAG_SHIFT {
+                    TAG_RECV => {
+                        if res < 0 {
+                            if res == -libc::ENOBUFS {
+                                counts.drop_io(IoDrop::NoBuffer);
+                            } else {
+                                counts.errors += 1;
+                            }
+                        } else if let Some(bid) = cqueue::buffer_select(flags) {
+                            if let Some(buf) = bufring.buf(bid, res as usize) {
+                                if let Some(&fd) = fds.get(i) {
+                                    on_datagram(
+                                        buf, recv_hdr, fd, handler, slots, counts, &submitter,
+                                        &mut sq,
+                                    );
+                                }
+                            } else {
+                                counts.errors += 1;
+                            }
+                            bufring.push(bid);
+                        } else {
+                            counts.errors += 1;
+                        }
+                        if !cqueue::more(flags)
+                            && let Some(&fd) = fds.get(i)
+                        {
+                            // The multishot ended (buffers ran out, or an error): re-arm.
+                            let e = recv_entry(fd, recv_hdr, i);
+                            if push(&submitter, &mut sq, &e).is_err() {
+                                armed[i] = false;
+                                counts.errors += 1;
+                            }
+                        }
+                    }
+                    TAG_SEND => {
+                        if res < 0 {
+                            counts.errors += 1;
+                        }
+                        slots.release(i as u32);
+                    }
+                    _ => {}
+                }
+            }
+            bufring.publish();
+            counters.publish(counts);
+            // Re-arm sockets whose re-arm failed earlier (queue was full).
+            for (i, &fd) in fds.iter().enumerate() {
+                if !armed[i] {
+                    let e = recv_entry(fd, recv_hdr, i);
+                    if push(&submitter, &mut sq, &e).is_ok() {
+                        armed[i] = true;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels every operation and waits (bounded) until none references our memory.
+    fn teardown(&mut self) {
+        let _ = self
+            .ring
+            .submitter()
+            .register_sync_cancel(Some(WAIT), CancelBuilder::any());
+        let deadline = Instant::now() + DRAIN;
+        let mut recv_live = self.armed.iter().filter(|a| **a).count();
+        loop {
+            {
+                let mut cq = self.ring.completion();
+                cq.sync();
+                for cqe in &mut cq {
+                    let ud = cqe.user_data();
+                    match ud >> TAG_SHIFT {
+                        TAG_RECV if !cqueue::more(cqe.flags()) => {
+                            recv_live = recv_live.saturating_sub(1);
+                        }
+                        TAG_SEND => self.slots.release((ud & INDEX_MASK) as u32),
+                        _ => {}
+                    }
+                }
+            }
+            if (recv_live == 0 && self.slots.in_flight() == 0) || Instant::now() >= deadline {
+                break;
+            }
+            let _ = self.ring.submitter().submit_with_args(
+                1,
+                &SubmitArgs::new().timespec(&Timespec::new().nsec(10_000_000)),
+            );
+        }
+        self.counters.publish(&self.counts);
+        if recv_live != 0 || self.slots.in_flight() != 0 {
+            tracing::warn!(
+                worker = self.index,
+                "io_uring operations still in flight at shutdown; leaking their buffers"
+            );
+            let leaked = std::mem::replace(&mut self.bufring.bufs, Box::new([]));
+            std::mem::forget(leaked);
+            return;
+        }
+        let _ = self.ring.submitter().unregister_buf_ring(BGID);
+    }
+}
+
+#[inline]
+fn recv_entry(fd: i32, hdr: &libc::msghdr, i: usize) -> squeue::Entry {
+    opcode::RecvMsgMulti::new(Fd(fd), hdr, BGID)
+        .build()
+        .user_data(tag(TAG_RECV, i as u64))
+}
+
+/// Queues `e`, submitting once to make room if the queue is full.
+#[inline]
+fn push(
+    submitter: &Submitter<'_>,
+    sq: &mut squeue::SubmissionQueue<'_>,
+    e: &squeue::Entry,
+) -> io::Result<()> {
+    for _ in 0..2 {
+        // SAFETY: every pointer in our entries (msghdr, buffers, slots) lives in the worker
+        // and stays valid until the operation's completion has been reaped.
+        if unsafe { sq.push(e) }.is_ok() {
+            return Ok(());
+        }
+        sq.sync();
+        submitter.submit()?;
+        sq.sync();
+    }
+    Err(io::Error::new(
+        io::ErrorKind::WouldBlock,
+        "submission queue full",
+    ))
+}
+
+/// One received buffer: parse, hand to the handler, queue the reply.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn on_datagram<H: DatagramHandler>(
+    buf: &[u8],
+    recv_hdr: &libc::msghdr,
+    fd: i32,
+    handler: &mut H,
+    slots: &mut SendSlots,
+    counts: &mut Counts,
+    submitter: &Submitter<'_>,
+    sq: &mut squeue::SubmissionQueue<'_>,
+) {
+    let Ok(msg) = RecvMsgOut::parse(buf, recv_hdr) else {
+        counts.errors += 1;
+        return;
+    };
+    counts.received += 1;
+    if msg.is_payload_truncated() {
+        counts.drop_io(IoDrop::Truncated);
+        return;
+    }
+    let Some(source) = decode_sockaddr(msg.name_data()) else {
+        counts.drop_io(IoDrop::BadSource);
+        return;
+    };
+    let Some(slot) = slots.alloc() else {
+        counts.drop_io(IoDrop::NoSendSlot);
+        return;
+    };
+    match handler.handle(msg.payload_data(), source, slots.buf_mut(slot)) {
+        Verdict::Reply(n) => {
+            let hdr = slots.prepare(slot, n, &source);
+            let e = opcode::SendMsg::new(Fd(fd), hdr)
+                .build()
+                .user_data(tag(TAG_SEND, u64::from(slot)));
+            if push(submitter, sq, &e).is_ok() {
+                counts.answered += 1;
+            } else {
+                slots.release(slot);
+                counts.errors += 1;
+            }
+        }
+        Verdict::Drop(code) => {
+            slots.release(slot);
+            counts.drop_handler(code);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip() {
+        let t = tag(TAG_SEND, 511);
+        assert_eq!(t >> TAG_SHIFT, TAG_SEND);
+        assert_eq!(t & INDEX_MASK, 511);
+    }
+
+    #[test]
+    fn buf_ring_bounds() {
+        let br = BufRing::new(8, 64).expect("alloc");
+        assert!(br.buf(7, 64).is_some());
+        assert!(br.buf(8, 1).is_none());
+        assert!(br.buf(0, 65).is_none());
+        assert!(BufRing::new(6, 64).is_err());
+    }
+}

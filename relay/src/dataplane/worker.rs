@@ -1,0 +1,55 @@
+//! One worker: its sockets, its handler and the backend loop that drives them.
+//!
+//! A worker is built and run on its own thread (its ring and buffers hold raw pointers
+//! and never cross threads). It is public so that tests can run one on a thread they
+//! control (e.g. to count allocations on that thread only).
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use super::counters::WorkerCounters;
+use super::portable::PortableWorker;
+use super::uring::UringWorker;
+use super::{Backend, DatagramHandler, DataplaneError};
+
+/// A worker ready to run.
+pub struct Worker<H> {
+    inner: Inner<H>,
+}
+
+enum Inner<H> {
+    Uring(Box<UringWorker<H>>),
+    Portable(Box<PortableWorker<H>>),
+}
+
+impl<H: DatagramHandler> Worker<H> {
+    /// Sets up the backend (ring, buffers, slots) for `sockets`. Allocates; call it on
+    /// the thread that will [`Worker::run`] it.
+    pub fn new(
+        index: usize,
+        backend: Backend,
+        sockets: Vec<UdpSocket>,
+        handler: H,
+        counters: Arc<WorkerCounters>,
+    ) -> Result<Self, DataplaneError> {
+        let inner = match backend {
+            Backend::IoUring => Inner::Uring(Box::new(UringWorker::new(
+                index, sockets, handler, counters,
+            )?)),
+            Backend::Portable => Inner::Portable(Box::new(PortableWorker::new(
+                index, sockets, handler, counters,
+            )?)),
+        };
+        Ok(Worker { inner })
+    }
+
+    /// Serves until `shutdown` becomes true (noticed within ~100 ms). Does not allocate
+    /// per datagram.
+    pub fn run(self, shutdown: &AtomicBool) -> Result<(), DataplaneError> {
+        match self.inner {
+            Inner::Uring(w) => w.run(shutdown),
+            Inner::Portable(w) => w.run(shutdown),
+        }
+    }
+}

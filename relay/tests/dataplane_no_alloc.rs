@@ -1,0 +1,198 @@
+//! Proves the worker's steady state allocates nothing: a counting global allocator counts
+//! allocations made on the worker thread only, and 10,000 Binding requests answered after
+//! a warm-up must not add a single one. Runs for both backends.
+#![allow(clippy::unwrap_used)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use relay::config::BackendChoice;
+use relay::dataplane::{Backend, StunHandler, Worker, WorkerCounters, select_backend, socket};
+
+struct Counting;
+
+static WORKER_ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static ON_WORKER: Cell<bool> = const { Cell::new(false) };
+}
+
+#[inline]
+fn note() {
+    if ON_WORKER.try_with(Cell::get).unwrap_or(false) {
+        WORKER_ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; counting has no
+// effect on the memory returned.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const WARM_UP: u64 = 1_000;
+const N: u64 = 10_000;
+const WINDOW: u64 = 32;
+
+fn request(id: u64) -> [u8; 20] {
+    let mut r = [0u8; 20];
+    r[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
+    r[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+    r[8..16].copy_from_slice(&id.to_be_bytes());
+    r[16..20].copy_from_slice(b"nall");
+    r
+}
+
+/// Sends `count` requests starting at `first` in windows, checks every answer is a
+/// Binding success response for one of the window's transactions.
+fn exchange(client: &UdpSocket, server: SocketAddr, first: u64, count: u64) {
+    let mut buf = [0u8; 1500];
+    let mut id = first;
+    while id < first + count {
+        let n = WINDOW.min(first + count - id);
+        for k in 0..n {
+            client.send_to(&request(id + k), server).expect("send");
+        }
+        for _ in 0..n {
+            let (len, from) = client
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("no answer within the window at id {id}: {e}"));
+            assert_eq!(from, server);
+            assert!(len >= 20, "answer too short: {len}");
+            assert_eq!(
+                &buf[0..2],
+                &0x0101u16.to_be_bytes(),
+                "Binding success response"
+            );
+            let answered = u64::from_be_bytes(buf[8..16].try_into().unwrap());
+            assert!(
+                (id..id + n).contains(&answered),
+                "answer {answered} outside window {id}"
+            );
+            assert_eq!(&buf[16..20], b"nall");
+        }
+        id += n;
+    }
+}
+
+fn wait_for(counters: &WorkerCounters, received: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let c = counters.snapshot();
+        if c.received >= received && c.answered >= received {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counters stuck at {c:?}, want {received}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The allocation counter is process-wide: one measurement at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn steady_state_allocates_nothing(backend: Backend) {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let sock = socket::bind_udp("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let server = sock.local_addr().unwrap();
+    let counters = Arc::new(WorkerCounters::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let worker = {
+        let counters = counters.clone();
+        let shutdown = shutdown.clone();
+        std::thread::spawn(move || {
+            ON_WORKER.with(|f| f.set(true));
+            let w = Worker::new(0, backend, vec![sock], StunHandler, counters);
+            let ok = w.is_ok();
+            ready_tx.send(ok).unwrap();
+            w.expect("worker set-up").run(&shutdown)
+        })
+    };
+    assert!(
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("worker ready")
+    );
+
+    let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    exchange(&client, server, 0, WARM_UP);
+    wait_for(&counters, WARM_UP);
+    let before = WORKER_ALLOCS.load(Ordering::SeqCst);
+    exchange(&client, server, WARM_UP, N);
+    wait_for(&counters, WARM_UP + N);
+    let after = WORKER_ALLOCS.load(Ordering::SeqCst);
+
+    let stop = Instant::now();
+    shutdown.store(true, Ordering::Relaxed);
+    worker.join().expect("worker thread").expect("worker loop");
+    let stopped_in = stop.elapsed();
+
+    let c = counters.snapshot();
+    assert_eq!(c.received, WARM_UP + N, "{c:?}");
+    assert_eq!(c.answered, WARM_UP + N, "{c:?}");
+    assert_eq!(c.dropped(), 0, "{c:?}");
+    assert_eq!(c.errors, 0, "{c:?}");
+    assert!(
+        before > 0,
+        "the counting allocator saw the worker's set-up allocations"
+    );
+    assert_eq!(
+        after - before,
+        0,
+        "{} allocations on the worker thread while answering {N} requests ({backend:?})",
+        after - before
+    );
+    assert!(
+        stopped_in < Duration::from_millis(300),
+        "worker took {stopped_in:?} to stop"
+    );
+}
+
+#[test]
+fn io_uring_worker_does_not_allocate_per_packet() {
+    match select_backend(BackendChoice::IoUring) {
+        Ok((b, _)) => steady_state_allocates_nothing(b),
+        Err(e) if std::env::var_os("RELAY_REQUIRE_IO_URING").is_some() => {
+            panic!("io_uring required but unavailable: {e}")
+        }
+        Err(e) => eprintln!("skipped: io_uring unavailable here: {e}"),
+    }
+}
+
+#[test]
+fn portable_worker_does_not_allocate_per_packet() {
+    steady_state_allocates_nothing(Backend::Portable);
+}
