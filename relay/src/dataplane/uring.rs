@@ -47,7 +47,20 @@ fn tag(kind: u64, index: u64) -> u64 {
 
 /// Checks that this kernel and process may use the io_uring features the workers need.
 /// Returns why not, for the operator.
+///
+/// The probe runs on a short-lived thread of its own: tearing a ring down may queue task
+/// work to the thread that created it, which would interrupt (EINTR) that thread's next
+/// blocking system call.
 pub(super) fn probe() -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("relay-uring-probe".into())
+        .spawn(probe_here)
+        .map_err(|e| format!("cannot spawn the probe thread: {e}"))?
+        .join()
+        .map_err(|_| "the io_uring probe panicked".to_owned())?
+}
+
+fn probe_here() -> Result<(), String> {
     let ring = IoUring::new(8).map_err(|e| describe_setup_error(&e))?;
     if !ring.params().is_feature_ext_arg() {
         return Err("the kernel lacks IORING_FEAT_EXT_ARG (needs Linux 5.11 or later)".into());
@@ -209,9 +222,25 @@ impl<H: DatagramHandler> UringWorker<H> {
                 source,
             }
         };
+        // One thread owns the ring and is the only submitter: defer completion task work
+        // to our own io_uring_enter calls instead of interrupting other syscalls for it
+        // (Linux 6.1+); older kernels get the plain set-up.
         let ring = IoUring::builder()
             .setup_cqsize(CQ_ENTRIES)
+            .setup_single_issuer()
+            .setup_defer_taskrun()
             .build(SQ_ENTRIES)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(CQ_ENTRIES)
+                    .setup_coop_taskrun()
+                    .build(SQ_ENTRIES)
+            })
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(CQ_ENTRIES)
+                    .build(SQ_ENTRIES)
+            })
             .map_err(io("io_uring_setup"))?;
         let bufring =
             BufRing::new(BUF_COUNT, BUF_SIZE).map_err(io("allocating receive buffers"))?;
