@@ -7,6 +7,9 @@
 pub mod names {
     /// The XDP program that answers STUN Binding requests (and, later, relays TURN).
     pub const XDP_PROGRAM: &str = "relay_xdp";
+    /// An XDP program that passes every frame: attached to the peer of a veth so that
+    /// frames XDP_TX'ed (or redirected) into the pair are received there.
+    pub const XDP_PASS_PROGRAM: &str = "relay_xdp_pass";
     /// `PerCpuArray<u64>` of [`crate::counter`] indices.
     pub const COUNTERS: &str = "RELAY_COUNTERS";
     /// `HashMap<u16, u8>`: UDP ports (host byte order) on which Binding is answered.

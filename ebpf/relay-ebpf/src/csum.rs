@@ -33,5 +33,9 @@ pub fn fold(sum: u32) -> u16 {
 #[inline(always)]
 pub fn finish(sum: u32) -> [u8; 2] {
     let c = !fold(sum);
-    if c == 0 { [0xff, 0xff] } else { c.to_ne_bytes() }
+    if c == 0 {
+        [0xff, 0xff]
+    } else {
+        c.to_ne_bytes()
+    }
 }

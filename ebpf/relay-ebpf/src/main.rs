@@ -116,7 +116,11 @@ fn answer_binding(ctx: &XdpContext) -> Result<u32, u32> {
         // The packet was already resized: it cannot be passed up unchanged any more.
         return Ok(xdp_action::XDP_ABORTED);
     }
-    counters::bump(if udp.v6 { STUN_ANSWERED_V6 } else { STUN_ANSWERED_V4 });
+    counters::bump(if udp.v6 {
+        STUN_ANSWERED_V6
+    } else {
+        STUN_ANSWERED_V4
+    });
     Ok(xdp_action::XDP_TX)
 }
 
@@ -129,7 +133,13 @@ fn store(ctx: &XdpContext, frame: *mut u8, len: usize) -> bool {
 /// Verifies the request's UDP checksum: pseudo-header + UDP header from the packet,
 /// payload from the scratch copy (`n` bytes, a multiple of 4).
 #[inline(always)]
-fn udp_checksum_ok(ctx: &XdpContext, v6: bool, l4: usize, msg: *const u8, n: usize) -> Result<bool, u32> {
+fn udp_checksum_ok(
+    ctx: &XdpContext,
+    v6: bool,
+    l4: usize,
+    msg: *const u8,
+    n: usize,
+) -> Result<bool, u32> {
     let udp_hdr = parse::bytes_at::<{ parse::UDP_HLEN }>(ctx, l4).ok_or(STUN_PASSED)?;
     // SAFETY: `msg` holds `n` loaded bytes (n <= 512, a multiple of 4).
     let sum = unsafe { csum::add(msg, n as u32, 0) }.ok_or(STUN_PASSED)?;

@@ -95,7 +95,8 @@ fn parse_v4(ctx: &XdpContext, eth: &[u8; ETH_HLEN], frame_len: usize) -> Result<
         return Err(MALFORMED_PASSED);
     }
     // SAFETY: the 20 header bytes are inside the packet (checked above).
-    let sum = unsafe { csum::add(ip_ptr as *const u8, IPV4_HLEN as u32, 0) }.ok_or(MALFORMED_PASSED)?;
+    let sum =
+        unsafe { csum::add(ip_ptr as *const u8, IPV4_HLEN as u32, 0) }.ok_or(MALFORMED_PASSED)?;
     if csum::fold(sum) != 0xffff {
         return Err(BAD_CHECKSUM_PASSED);
     }

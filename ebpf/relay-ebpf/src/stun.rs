@@ -136,8 +136,26 @@ pub unsafe fn build_answer(f: *mut u8, v6: bool, peer: &Peer, txid: &[u8; 12]) -
         put(f, ip, &[0x45, 0]);
         put(f, ip + 2, &((total - ip) as u16).to_be_bytes());
         put(f, ip + 4, &[0, 0, 0x40, 0, 64, 17, 0, 0]);
-        put(f, ip + 12, &[peer.dst_ip[0], peer.dst_ip[1], peer.dst_ip[2], peer.dst_ip[3]]);
-        put(f, ip + 16, &[peer.src_ip[0], peer.src_ip[1], peer.src_ip[2], peer.src_ip[3]]);
+        put(
+            f,
+            ip + 12,
+            &[
+                peer.dst_ip[0],
+                peer.dst_ip[1],
+                peer.dst_ip[2],
+                peer.dst_ip[3],
+            ],
+        );
+        put(
+            f,
+            ip + 16,
+            &[
+                peer.src_ip[0],
+                peer.src_ip[1],
+                peer.src_ip[2],
+                peer.src_ip[3],
+            ],
+        );
     }
 
     // UDP (checksum filled in last).
@@ -157,7 +175,11 @@ pub unsafe fn build_answer(f: *mut u8, v6: bool, peer: &Peer, txid: &[u8; 12]) -
     put(f, a, &ATTR_XOR_MAPPED_ADDRESS.to_be_bytes());
     put(f, a + 2, &((attr_len - 4) as u16).to_be_bytes());
     put(f, a + 4, &[0, if v6 { 0x02 } else { 0x01 }]);
-    put(f, a + 6, &[peer.src_port[0] ^ 0x21, peer.src_port[1] ^ 0x12]);
+    put(
+        f,
+        a + 6,
+        &[peer.src_port[0] ^ 0x21, peer.src_port[1] ^ 0x12],
+    );
     let cookie = MAGIC_COOKIE.to_be_bytes();
     let mut i = 0;
     while i < 16 {

@@ -128,7 +128,9 @@ mod tests {
     fn udp_v4_known_checksum() {
         // 10.0.0.1:1000 -> 10.0.0.2:3478, payload "abcd"; checksum computed by hand:
         // pseudo 0a00+0001+0a00+0002+0011+000c, header 03e8+0d96+000c, data 6162+6364.
-        let seg = [0x03, 0xe8, 0x0d, 0x96, 0x00, 0x0c, 0x00, 0x00, b'a', b'b', b'c', b'd'];
+        let seg = [
+            0x03, 0xe8, 0x0d, 0x96, 0x00, 0x0c, 0x00, 0x00, b'a', b'b', b'c', b'd',
+        ];
         let src = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
         let dst = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!(udp_checksum(src, dst, &seg), 0x158f);
@@ -144,7 +146,9 @@ mod tests {
     #[test]
     fn udp_v6_known_checksum() {
         // fe80::1:1000 -> fe80::2:3478, payload "abcd".
-        let seg = [0x03, 0xe8, 0x0d, 0x96, 0x00, 0x0c, 0x00, 0x00, b'a', b'b', b'c', b'd'];
+        let seg = [
+            0x03, 0xe8, 0x0d, 0x96, 0x00, 0x0c, 0x00, 0x00, b'a', b'b', b'c', b'd',
+        ];
         let src = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1));
         let dst = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2));
         assert_eq!(udp_checksum(src, dst, &seg), 0x2c8d);

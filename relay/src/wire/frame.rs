@@ -372,15 +372,8 @@ mod tests {
     #[test]
     fn padding_is_ignored_and_truncation_detected() {
         let mut buf = [0u8; 128];
-        let n = build_udp_request(
-            A,
-            B,
-            addr("10.0.0.1:1"),
-            addr("10.0.0.2:2"),
-            b"",
-            &mut buf,
-        )
-        .expect("build");
+        let n = build_udp_request(A, B, addr("10.0.0.1:1"), addr("10.0.0.2:2"), b"", &mut buf)
+            .expect("build");
         let padded = parse_udp_frame(&buf[..60]).expect("padded frame");
         assert_eq!(padded.payload, b"");
         for len in 0..n {
@@ -422,7 +415,14 @@ mod tests {
     fn family_mismatch_and_small_buffer() {
         let mut small = [0u8; 10];
         assert!(matches!(
-            build_udp_request(A, B, addr("10.0.0.1:1"), addr("10.0.0.2:2"), b"", &mut small),
+            build_udp_request(
+                A,
+                B,
+                addr("10.0.0.1:1"),
+                addr("10.0.0.2:2"),
+                b"",
+                &mut small
+            ),
             Err(WireError::BufferTooSmall { needed: 42, .. })
         ));
         let mut buf = [0u8; 128];

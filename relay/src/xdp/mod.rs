@@ -200,9 +200,7 @@ pub(crate) fn read_counters(ebpf: &Ebpf) -> Result<[u64; counter::COUNT as usize
         .map_err(map_err(names::COUNTERS))?;
     let mut out = [0u64; counter::COUNT as usize];
     for (i, slot) in out.iter_mut().enumerate() {
-        let values = map
-            .get(&(i as u32), 0)
-            .map_err(map_err(names::COUNTERS))?;
+        let values = map.get(&(i as u32), 0).map_err(map_err(names::COUNTERS))?;
         *slot = values.iter().copied().fold(0u64, u64::wrapping_add);
     }
     Ok(out)
