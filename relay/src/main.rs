@@ -1,12 +1,253 @@
-//! The `relay` binary: the daemon (`relay run`) and the operator CLI.
+//! The `relay` binary: the daemon (`relay run`) and the operator CLI (`relay stats`,
+//! `relay check-config`).
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
+use relay::config::{BackendChoice, Config, DEFAULT_CONTROL_SOCKET, Overrides, XdpModeChoice};
+use relay::control::{self, Stats};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-fn main() {
-    println!(
-        "relay: {} bytes of eBPF object",
-        relay::xdp::EBPF_OBJECT.len()
+/// Exit code for a configuration the daemon refuses.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "relay",
+    version,
+    about = "Kernel-bypass WebRTC media relay (STUN today)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (STUN on 127.0.0.1:3478 and [::1]:3478 when given no config).
+    Run(RunArgs),
+    /// Print the running daemon's counters.
+    Stats {
+        /// Control socket of the daemon.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+        /// Print the raw JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a configuration file and exit.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// TOML configuration file (default: the embedded configuration).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to serve (repeatable; replaces server.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Worker threads (0 = one per online CPU).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Userspace data path backend.
+    #[arg(long, value_enum)]
+    backend: Option<BackendChoice>,
+    /// Do not start the XDP fast path.
+    #[arg(long)]
+    no_xdp: bool,
+    /// Interface for the XDP fast path (repeatable; replaces xdp.interfaces).
+    #[arg(long = "xdp-iface", value_name = "IFACE")]
+    xdp_iface: Vec<String>,
+    /// XDP attach mode.
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpModeChoice>,
+    /// Control socket path (replaces control.socket).
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
+    /// Log level or filter (overrides RUST_LOG and log.level).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Stats {
+            control_socket,
+            json,
+        } => report(stats(&control_socket, json)),
+        Command::CheckConfig { file } => check_config(&file),
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, skipping causes whose text the message already contains
+/// (many errors print their source themselves).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+fn load(args: &RunArgs) -> Result<Config, relay::config::ConfigError> {
+    let base = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded_default()?,
+    };
+    base.apply(&Overrides {
+        listen: args.listen.clone(),
+        workers: args.workers,
+        backend: args.backend,
+        no_xdp: args.no_xdp,
+        xdp_interfaces: args.xdp_iface.clone(),
+        xdp_mode: args.xdp_mode,
+        control_socket: args.control_socket.clone(),
+        log_level: args.log_level.clone(),
+    })
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(&config, args.log_level.is_some());
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %args.config.as_deref().map_or("embedded default".into(), |p| p.display().to_string()),
+        "relay starting"
     );
+    report(relay::daemon::run(&config).context("relay run"))
+}
+
+/// Logs to stderr. Filter: --log-level, else RUST_LOG, else log.level.
+fn init_logging(config: &Config, from_flag: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !from_flag && !env.trim().is_empty() => {
+            EnvFilter::try_new(&env).unwrap_or_else(|e| {
+                eprintln!("warning: ignoring RUST_LOG={env:?}: {e}");
+                EnvFilter::new(&config.log_level)
+            })
+        }
+        _ => EnvFilter::new(&config.log_level),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn stats(path: &Path, json: bool) -> anyhow::Result<()> {
+    let (stats, raw) = control::fetch_stats(path)?;
+    if json {
+        println!("{raw}");
+    } else {
+        print!("{}", table(&stats));
+    }
+    Ok(())
+}
+
+/// The human view of the stats.
+fn table(s: &Stats) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "relay {} | backend {} | {} workers | listening on {}",
+        s.version,
+        s.backend,
+        s.workers,
+        s.listen.join(", ")
+    );
+    let _ = writeln!(out, "\nuserspace");
+    let u = &s.userspace;
+    for (k, v) in [
+        ("received", u.received),
+        ("stun_answered", u.stun_answered),
+        ("dropped", u.dropped),
+        ("errors", u.errors),
+    ] {
+        let _ = writeln!(out, "  {k:<22}{v:>14}");
+    }
+    for (k, v) in &u.dropped_by_reason {
+        let _ = writeln!(out, "    dropped {k:<20}{v:>12}");
+    }
+    match &s.xdp {
+        None => {
+            let _ = writeln!(out, "\nxdp fast path: off");
+        }
+        Some(x) => {
+            let attached: Vec<String> = x
+                .attached
+                .iter()
+                .map(|a| format!("{} ({})", a.interface, a.mode))
+                .collect();
+            let _ = writeln!(out, "\nxdp fast path: {}", attached.join(", "));
+            match &x.counters {
+                Some(c) => {
+                    for name in relay_common::counter::NAMES {
+                        let v = c.get(name).copied().unwrap_or(0);
+                        let _ = writeln!(out, "  {name:<22}{v:>14}");
+                    }
+                }
+                None => {
+                    let _ = writeln!(out, "  counters unavailable (see the daemon's log)");
+                }
+            }
+        }
+    }
+    out
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(c) => {
+            let listen: Vec<String> = c.listen.iter().map(ToString::to_string).collect();
+            println!(
+                "{}: ok (serves {}; backend {}; XDP {})",
+                file.display(),
+                listen.join(", "),
+                c.backend.as_str(),
+                if c.xdp.enabled { "on" } else { "off" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
 }

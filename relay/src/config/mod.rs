@@ -41,6 +41,17 @@ pub enum BackendChoice {
     Portable,
 }
 
+impl BackendChoice {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::IoUring => "io-uring",
+            BackendChoice::Portable => "portable",
+        }
+    }
+}
+
 /// How the XDP program is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]

@@ -1,1 +1,261 @@
-//! Daemon lifecycle (to be written).
+//! The daemon's lifecycle: wire the data path, the XDP fast path and the control socket
+//! together from a validated [`Config`], serve until SIGINT/SIGTERM, then take everything
+//! down again (workers stopped, XDP detached, control socket removed) so that nothing is
+//! left behind.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::config::{Config, XdpModeChoice, interfaces};
+use crate::control::{Attached, ControlError, ControlServer, Stats, UserspaceStats, XdpStats};
+use crate::dataplane::{Dataplane, DataplaneConfig, DataplaneError, StunHandler};
+use crate::xdp::{FastPath, XdpError, XdpMode, XdpOptions};
+
+/// How often the main loop looks at the shutdown flag (and serves the control socket).
+const TICK: Duration = Duration::from_millis(100);
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Installing the signal handlers failed.
+    #[error("cannot install SIGINT/SIGTERM handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The control socket could not be created.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The data path failed.
+    #[error("data path: {0}")]
+    Dataplane(#[from] DataplaneError),
+    /// The fast path failed and the configuration requires it.
+    #[error(
+        "XDP fast path: {0} (xdp.mode is not \"auto\", so this is fatal; use --no-xdp or \
+         --xdp-mode auto to run without it)"
+    )]
+    Xdp(#[source] XdpError),
+    /// A worker stopped while the daemon was serving.
+    #[error("a data path worker stopped unexpectedly")]
+    WorkerExited,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM. Logging must already be initialised.
+pub fn run(config: &Config) -> Result<(), DaemonError> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, shutdown.clone()).map_err(DaemonError::Signals)?;
+    }
+
+    let control = ControlServer::bind(&config.control_socket)?;
+    let dataplane = Dataplane::start(
+        &DataplaneConfig {
+            listen: config.listen.clone(),
+            workers: config.workers,
+            backend: config.backend,
+        },
+        StunHandler,
+    )?;
+    let fast_path = start_fast_path(config, dataplane.listen())?;
+
+    let listen: Vec<String> = dataplane.listen().iter().map(ToString::to_string).collect();
+    let xdp_summary = match &fast_path {
+        Some(fp) => fp
+            .attachments()
+            .iter()
+            .map(|(i, m)| format!("{i} ({m})"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => "off".to_owned(),
+    };
+    tracing::info!(
+        control = %control.path().display(),
+        "relay ready: serving STUN on {} ({} workers on {}; XDP fast path: {})",
+        listen.join(", "),
+        dataplane.workers(),
+        dataplane.backend().name(),
+        xdp_summary,
+    );
+
+    let stats = || collect_stats(&dataplane, fast_path.as_ref());
+    let mut result = Ok(());
+    while !shutdown.load(Ordering::Relaxed) {
+        control.serve_for(TICK, &stats);
+        if dataplane.any_worker_exited() {
+            tracing::error!("a data path worker stopped; shutting down");
+            result = Err(DaemonError::WorkerExited);
+            break;
+        }
+    }
+    tracing::info!("shutting down");
+
+    let stopped = dataplane.stop();
+    if let Some(fp) = fast_path {
+        match fp.detach() {
+            Ok(()) => tracing::info!("XDP fast path detached"),
+            Err(e) => tracing::warn!(error = %e, "detaching the XDP fast path failed"),
+        }
+    }
+    drop(control);
+    if let Err(e) = stopped {
+        tracing::error!(error = %e, "data path worker failed");
+        if result.is_ok() {
+            result = Err(e.into());
+        }
+    }
+    if result.is_ok() {
+        tracing::info!("relay stopped");
+    }
+    result
+}
+
+/// The interfaces the fast path should attach to, or None (with a log line saying why).
+fn fast_path_interfaces(config: &Config, listen: &[SocketAddr]) -> Option<Vec<String>> {
+    if !config.xdp.enabled {
+        tracing::info!(
+            "XDP fast path disabled (--no-xdp or xdp.enabled = false): userspace answers everything"
+        );
+        return None;
+    }
+    if !config.xdp.interfaces.is_empty() {
+        return Some(config.xdp.interfaces.clone());
+    }
+    match interfaces::default_interfaces(listen) {
+        Ok(d) if !d.interfaces.is_empty() => {
+            if !d.loopback_skipped.is_empty() {
+                tracing::info!(
+                    skipped = ?d.loopback_skipped,
+                    "XDP fast path not attached to loopback; its listen addresses are served in userspace"
+                );
+            }
+            Some(d.interfaces)
+        }
+        Ok(d) => {
+            tracing::info!(
+                loopback = ?d.loopback_skipped,
+                unowned = ?d.unowned,
+                "XDP fast path off: no listen address is on a non-loopback interface, so \
+                 userspace answers everything. To use it, listen on a real interface's \
+                 address (e.g. --listen 0.0.0.0:3478) or name the interface with \
+                 --xdp-iface IFACE / xdp.interfaces = [\"IFACE\"]"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "cannot list the interfaces (getifaddrs) to place the XDP fast path; running \
+                 userspace-only (set xdp.interfaces to choose them explicitly)"
+            );
+            None
+        }
+    }
+}
+
+fn start_fast_path(
+    config: &Config,
+    listen: &[SocketAddr],
+) -> Result<Option<FastPath>, DaemonError> {
+    let Some(interfaces) = fast_path_interfaces(config, listen) else {
+        return Ok(None);
+    };
+    let mut stun_ports = Vec::new();
+    for a in listen {
+        if !stun_ports.contains(&a.port()) {
+            stun_ports.push(a.port());
+        }
+    }
+    let opts = XdpOptions {
+        interfaces,
+        mode: match config.xdp.mode {
+            XdpModeChoice::Auto => XdpMode::Auto,
+            XdpModeChoice::Native => XdpMode::Native,
+            XdpModeChoice::Generic => XdpMode::Generic,
+        },
+        stun_ports,
+    };
+    match FastPath::start(&opts) {
+        Ok(fp) => Ok(Some(fp)),
+        Err(e) if e.is_not_permitted() => {
+            tracing::warn!(
+                error = %e,
+                "XDP fast path not permitted: running userspace-only. Run as root (or with \
+                 CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON) to enable it, or pass --no-xdp to \
+                 silence this"
+            );
+            Ok(None)
+        }
+        Err(e) if e.is_not_built() => {
+            tracing::warn!(
+                error = %e,
+                "this relay was built without the eBPF object (RELAY_SKIP_EBPF): running \
+                 userspace-only; rebuild with the eBPF toolchain (cargo xtask setup) to \
+                 enable the fast path"
+            );
+            Ok(None)
+        }
+        Err(e) if config.xdp.mode == XdpModeChoice::Auto => {
+            tracing::warn!(
+                error = %e,
+                "XDP fast path failed to start: running userspace-only (xdp.mode = \"auto\")"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(DaemonError::Xdp(e)),
+    }
+}
+
+/// The stats answer of the control socket.
+pub fn collect_stats(dataplane: &Dataplane, fast_path: Option<&FastPath>) -> Stats {
+    let c = dataplane.counts();
+    let names = dataplane.drop_reasons();
+    let mut by_reason = std::collections::BTreeMap::new();
+    for (i, n) in c.dropped_by_handler.iter().enumerate() {
+        if *n > 0 {
+            let name = names.get(i).copied().unwrap_or("other");
+            *by_reason.entry(name.to_owned()).or_insert(0) += n;
+        }
+    }
+    for (i, n) in c.dropped_by_io.iter().enumerate() {
+        if *n > 0 {
+            let name = crate::dataplane::counters::IO_DROP_NAMES[i];
+            *by_reason.entry(name.to_owned()).or_insert(0) += n;
+        }
+    }
+    let xdp = fast_path.map(|fp| XdpStats {
+        attached: fp
+            .attachments()
+            .iter()
+            .map(|(i, m)| Attached {
+                interface: i.clone(),
+                mode: m.as_str().to_owned(),
+            })
+            .collect(),
+        counters: match fp.counters() {
+            Ok(values) => Some(
+                relay_common::counter::NAMES
+                    .iter()
+                    .zip(values)
+                    .map(|(n, v)| ((*n).to_owned(), v))
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the XDP counters");
+                None
+            }
+        },
+    });
+    Stats {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        backend: dataplane.backend().name().to_owned(),
+        workers: dataplane.workers(),
+        listen: dataplane.listen().iter().map(ToString::to_string).collect(),
+        xdp,
+        userspace: UserspaceStats {
+            received: c.received,
+            stun_answered: c.answered,
+            dropped: c.dropped(),
+            errors: c.errors,
+            dropped_by_reason: by_reason,
+        },
+    }
+}
