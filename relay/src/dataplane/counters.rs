@@ -135,9 +135,11 @@ mod tests {
     #[test]
     fn publish_snapshot_and_sum() {
         let w = WorkerCounters::default();
-        let mut c = Counts::default();
-        c.received = 5;
-        c.answered = 3;
+        let mut c = Counts {
+            received: 5,
+            answered: 3,
+            ..Counts::default()
+        };
         c.drop_handler(1);
         c.drop_handler(200);
         c.drop_io(IoDrop::NoSendSlot);
