@@ -67,6 +67,12 @@ impl SendSlots {
         }
     }
 
+    /// Number of free slots.
+    #[inline]
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
     /// Number of slots currently taken.
     pub fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len()

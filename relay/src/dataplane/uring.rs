@@ -27,7 +27,7 @@ const BUF_COUNT: u16 = 1024;
 /// Bytes per receive buffer: recvmsg header + name + payload.
 const BUF_SIZE: usize = 2048;
 /// Preallocated send slots.
-const SEND_SLOTS: u32 = 512;
+const SEND_SLOTS: u32 = 1024;
 /// Buffer group id of the worker's ring.
 const BGID: u16 = 0;
 /// How long one wait for completions may block (bounds shutdown latency).
@@ -316,7 +316,12 @@ impl<H: DatagramHandler> UringWorker<H> {
                 Err(e) => return Err(io("io_uring_enter")(e)),
             }
             cq.sync();
-            for cqe in &mut cq {
+            // Stop taking completions while every send slot is in flight: the sends are
+            // submitted (and usually complete inline) at the next enter, which frees
+            // slots; the rest of the queue waits for the next round instead of being
+            // dropped for lack of a slot.
+            while slots.available() > 0 {
+                let Some(cqe) = cq.next() else { break };
                 let ud = cqe.user_data();
                 let i = (ud & INDEX_MASK) as usize;
                 let res = cqe.result();
