@@ -290,7 +290,7 @@ impl Topology {
 }
 
 /// The name of the trivial XDP_PASS program in the relay's eBPF object.
-pub const XDP_PASS_PROGRAM: &str = "relay_xdp_pass";
+pub use relay_common::names::XDP_PASS_PROGRAM;
 
 /// The relay's `relay_xdp_pass` program attached in native mode to an interface inside a
 /// namespace; detached when dropped. A thread holds the loaded object (aya's handle is

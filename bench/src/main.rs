@@ -1,1 +1,71 @@
-fn main() {}
+//! `relay-bench`: load generators and side-by-side benchmarks of the relay.
+//!
+//! `load` is the STUN Binding generator (run it inside a client namespace), `probe` waits
+//! for a server to answer, and `compare` builds the namespace topology and measures the
+//! relay's XDP path, its io_uring path and coturn in one run (`cargo xtask bench stun`).
+
+mod compare;
+mod load;
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "relay-bench",
+    about = "Load generators and benchmarks of the relay"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load a STUN server with Binding requests; prints progress every second.
+    Load(load::LoadArgs),
+    /// Wait until a STUN server answers a Binding request.
+    Probe {
+        #[arg(long)]
+        target: SocketAddr,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// XDP vs io_uring vs coturn on a namespace topology, one table (needs root).
+    Compare(compare::CompareArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Load(args) => {
+            let s = load::run(&args)?;
+            eprintln!(
+                "sent {} answered {} invalid {} in {:.1}s: {:.0} answers/s, loss {:.2}%, rtt p50 {:.1}us p90 {:.1}us p99 {:.1}us p99.9 {:.1}us max {:.1}us",
+                s.sent,
+                s.answered,
+                s.invalid,
+                s.seconds,
+                s.answers_per_sec(),
+                s.loss_pct(),
+                s.quantile_us(0.5),
+                s.quantile_us(0.9),
+                s.quantile_us(0.99),
+                s.quantile_us(0.999),
+                s.hist.max() as f64 / 1000.0
+            );
+            if args.json {
+                println!("{}", s.to_json());
+            }
+            Ok(())
+        }
+        Cmd::Probe { target, timeout } => {
+            let t = load::probe(target, Duration::from_secs(timeout))?;
+            eprintln!("{target} answered after {t:.0?}");
+            Ok(())
+        }
+        Cmd::Compare(args) => compare::run(&args),
+    }
+}
