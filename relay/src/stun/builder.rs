@@ -60,7 +60,7 @@ impl<'b> MessageBuilder<'b> {
         self.len
     }
 
-    /// Whether only the header has been written (never true of `len()`: the header counts).
+    /// Whether no attribute has been written yet.
     pub fn is_empty(&self) -> bool {
         self.len == HEADER_LEN
     }
