@@ -264,8 +264,11 @@ pub fn run(args: &LoadArgs) -> Result<Summary> {
                 sent += rc as u64;
             }
         }
-        // Collect answers.
-        let timeout = if n > 0 { 0 } else { 1 };
+        // Collect answers. Paced runs spin (the generator has its own CPU) so that sends
+        // leave on time, one or a few at a time, instead of in bursts after a 1 ms sleep
+        // that would show up as queueing in the RTT. Closed-loop runs sleep until an
+        // answer arrives when the window is full.
+        let timeout = if n > 0 || args.rate > 0 { 0 } else { 1 };
         // SAFETY: `events` is a valid buffer of the given length.
         let ready =
             unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, timeout) };
