@@ -1,5 +1,8 @@
 //! Loading and attaching the XDP fast path, and reading its counters.
 //!
+//! No RLIMIT_MEMLOCK handling: Linux 5.11+ charges BPF memory to the memory cgroup (checked
+//! on 6.18: loading and test-running work with `ulimit -l 0`).
+//!
 //! The kernel program (`ebpf/relay-ebpf`, embedded as [`EBPF_OBJECT`]) answers STUN
 //! Binding requests on the configured ports and passes everything else up. This module
 //! is the daemon's handle on it ([`FastPath`]); [`testrun`] runs the same program through
