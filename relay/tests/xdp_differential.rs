@@ -251,7 +251,18 @@ fn random_case(rng: &mut Rng) -> (Vec<u8>, bool) {
     let dst_mac: [u8; 6] = rng.bytes();
     let txid: [u8; 12] = rng.bytes();
     let sw_len = rng.below(60) as usize;
-    let software: Vec<u8> = (0..sw_len).map(|_| b' ' + (rng.below(95) as u8)).collect();
+    // Printable ASCII, or (one case in four) arbitrary bytes: SOFTWARE's value is
+    // not interpreted by either path.
+    let arbitrary = rng.below(4) == 0;
+    let software: Vec<u8> = (0..sw_len)
+        .map(|_| {
+            if arbitrary {
+                rng.next() as u8
+            } else {
+                b' ' + (rng.below(95) as u8)
+            }
+        })
+        .collect();
     let extras = Extras {
         software: (rng.below(2) == 1).then_some(&software[..]),
         fingerprint: rng.below(2) == 1,
@@ -656,8 +667,21 @@ fn cost_per_frame() {
         d.as_nanos()
     );
     assert_eq!(action, XdpAction::Pass);
+    let mut bad_csum = req4.clone();
+    bad_csum[41] ^= 0x10;
+    let mut bad_type = req4.clone();
+    bad_type[43] = 0x03;
+    fix_checksums(&mut bad_type);
     for (name, f) in [
         ("other UDP (passed)", &other),
+        (
+            "v4 Allocate request on the STUN port (passed after the STUN header)",
+            &bad_type,
+        ),
+        (
+            "v4 Binding with a bad UDP checksum (passed after the checksum)",
+            &bad_csum,
+        ),
         ("v4 Binding (plain, answered)", &req4),
         (
             "v4 Binding (SOFTWARE 100 B + FINGERPRINT, answered)",
