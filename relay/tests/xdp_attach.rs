@@ -427,3 +427,53 @@ fn fast_path_is_send() {
     fn assert_send<T: Send>() {}
     assert_send::<FastPath>();
 }
+
+/// Without privileges, loading fails with an error the daemon recognises
+/// (`is_not_permitted`) so that it can run userspace-only. As root the test re-runs
+/// itself as `nobody` (with setpriv) to see that.
+#[test]
+fn unprivileged_load_is_not_permitted() {
+    const CHILD: &str = "RELAY_XDP_UNPRIVILEGED_CHILD";
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if std::env::var(CHILD).is_ok_and(|v| v == "1") {
+        assert_ne!(euid, 0, "the child must not be root");
+        let err = FastPath::start(&XdpOptions {
+            interfaces: vec![],
+            mode: XdpMode::Auto,
+            stun_ports: vec![3478],
+        })
+        .expect_err("an unprivileged user cannot load BPF maps and programs");
+        assert!(
+            err.is_not_permitted(),
+            "not recognised as a permission error: {err}"
+        );
+        assert!(!err.is_not_built());
+        return;
+    }
+    if !privileged() {
+        return;
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&exe)
+        .args([
+            "unprivileged_load_is_not_permitted",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => panic!("setpriv (util-linux) is needed to run this test as nobody: {e}"),
+    };
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "unprivileged child failed:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "child did not run the check:\n{text}"
+    );
+}
