@@ -27,10 +27,14 @@ pub mod counter {
     pub const STUN_PASSED: u32 = 2;
     /// Frames that are not for a served UDP port (or not IP/UDP at all).
     pub const OTHER_PASSED: u32 = 3;
-    /// Frames on a served port that are truncated or malformed below STUN (bad lengths,
-    /// fragments, IP options): passed up for the stack to judge.
+    /// Frames on a served port that are truncated or malformed below STUN, or that the
+    /// kernel does not answer by rule (bad lengths, fragments, IP options, multicast or
+    /// unspecified addresses, multicast source MAC, source port 0): passed up for the
+    /// stack to judge.
     pub const MALFORMED_PASSED: u32 = 4;
-    /// Frames on a served port whose UDP checksum is wrong: passed up (the stack drops them).
+    /// Frames on a served port whose IPv4 header checksum or UDP checksum is wrong (an IPv6
+    /// zero UDP checksum included): passed up (the stack drops them). Locally sent UDP
+    /// over veth/lo with checksum offload carries a partial checksum and lands here too.
     pub const BAD_CHECKSUM_PASSED: u32 = 5;
     /// Number of counters.
     pub const COUNT: u32 = 6;
