@@ -45,7 +45,7 @@ pub fn bytes_at<const N: usize>(ctx: &XdpContext, off: usize) -> Option<*const [
 #[inline(always)]
 fn served(port: u16) -> bool {
     // SAFETY: the value is only tested for presence, never read through a stale pointer.
-    unsafe { STUN_PORTS.get(&port) }.is_some()
+    unsafe { STUN_PORTS.get(port) }.is_some()
 }
 
 #[inline(always)]

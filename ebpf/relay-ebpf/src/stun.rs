@@ -37,7 +37,7 @@ pub fn is_binding_request(h: &[u8; HEADER_LEN], stun_len: usize) -> bool {
     let cookie = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
     ty == BINDING_REQUEST
         && cookie == MAGIC_COOKIE
-        && len % 4 == 0
+        && len.is_multiple_of(4)
         && HEADER_LEN + len == stun_len
         && stun_len <= XDP_MAX_STUN_LEN
 }
