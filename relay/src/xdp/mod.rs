@@ -1,5 +1,15 @@
 //! Loading and attaching the XDP fast path, and reading its counters.
 //!
+//! Facts the defaults rest on (checked on Linux 6.18 by `tests/xdp_attach.rs`):
+//! - `lo` has no native XDP: `Auto` attaches it in generic mode. There the kernel path
+//!   answers only datagrams with a complete (or, IPv4, zero) UDP checksum; local senders
+//!   over `lo` leave a partial checksum to the (fixed-on) offload, so their requests are
+//!   passed up and userspace answers them. Answers XDP_TX'ed on `lo` do reach a local client.
+//! - Over a veth, locally sent UDP has a partial checksum too unless the sender's veth has
+//!   TX checksumming off (`ethtool -K IFACE tx off`); such requests are passed up.
+//! - Frames XDP_TX'ed into a veth are received by its peer only if the peer has an XDP
+//!   program attached (e.g. `relay_xdp_pass`); without one they are silently lost.
+//!
 //! No RLIMIT_MEMLOCK handling: Linux 5.11+ charges BPF memory to the memory cgroup (checked
 //! on 6.18: loading and test-running work with `ulimit -l 0`).
 //!
