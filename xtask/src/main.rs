@@ -8,7 +8,7 @@
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Instant,
 };
 
@@ -169,6 +169,73 @@ fn run(step: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Like [`run`], but also keeps cargo test's "Running ..." and "test result:" lines
+/// (forwarding all output as it comes) so that they can be shown again at the end.
+fn run_test_step(step: &str, cmd: &mut Command, summary: &mut Vec<String>) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Mutex};
+
+    let shown = show(cmd);
+    eprintln!("\n==> [{step}] {shown}");
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("step '{step}': could not start `{shown}`"))?;
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let mut threads = Vec::new();
+    let streams: [(Box<dyn std::io::Read + Send>, bool); 2] = [
+        (Box::new(child.stdout.take().context("stdout")?), true),
+        (Box::new(child.stderr.take().context("stderr")?), false),
+    ];
+    for (stream, is_stdout) in streams {
+        let kept = Arc::clone(&kept);
+        threads.push(std::thread::spawn(move || {
+            for line in BufReader::new(stream).split(b'\n') {
+                let Ok(line) = line else { break };
+                if is_stdout {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&line);
+                    let _ = out.write_all(b"\n");
+                } else {
+                    let mut err = std::io::stderr().lock();
+                    let _ = err.write_all(&line);
+                    let _ = err.write_all(b"\n");
+                }
+                let text = String::from_utf8_lossy(&line);
+                let t = text.trim_start();
+                if t.starts_with("Running ")
+                    || t.starts_with("Doc-tests ")
+                    || t.starts_with("test result:")
+                {
+                    kept.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(text.into_owned());
+                }
+            }
+        }));
+    }
+    let status = child.wait()?;
+    for t in threads {
+        let _ = t.join();
+    }
+    summary.push(format!("[{step}]"));
+    summary.extend(kept.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
+    if !status.success() {
+        eprintln!("\n==> summary of the cargo test runs so far:");
+        for l in summary.iter() {
+            eprintln!("{l}");
+        }
+        bail!(
+            "step '{step}' failed ({status}) after {:.0?}: `{shown}`",
+            started.elapsed()
+        );
+    }
+    eprintln!("==> [{step}] ok ({:.0?})", started.elapsed());
+    Ok(())
+}
+
 fn show(cmd: &Command) -> String {
     let mut s = String::new();
     for (k, v) in cmd.get_envs() {
@@ -222,18 +289,21 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
         cargo().args(["build", "-p", "relay", "--bins"]),
     )?;
     let relay_bin = target_dir(root).join("debug/relay");
-    run(
+    let mut summary = Vec::new();
+    run_test_step(
         "unit and integration tests",
         cargo()
             .args(["test", "--workspace", "--exclude", "relay-e2e"])
             .env("RELAY_REQUIRE_PRIVILEGED", "1"),
+        &mut summary,
     )?;
-    run(
+    run_test_step(
         "namespace end-to-end tests",
         cargo()
             .args(["test", "-p", "relay-e2e"])
             .env("RELAY_REQUIRE_PRIVILEGED", "1")
             .env("RELAY_BIN", &relay_bin),
+        &mut summary,
     )?;
     if !no_fuzz {
         fuzz(root, "stun_decode", fuzz_seconds)?;
@@ -247,6 +317,10 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
             true,
             &target_dir(root).join("bench/stun-smoke.md"),
         )?;
+    }
+    eprintln!("\n==> cargo test summary");
+    for l in &summary {
+        eprintln!("{l}");
     }
     eprintln!(
         "\nxtask test: all steps passed in {:.0?}",
