@@ -648,3 +648,339 @@ pub fn binding_request(txid: [u8; 12]) -> [u8; 20] {
     m[8..20].copy_from_slice(&txid);
     m
 }
+
+/// Three namespaces for TURN: `client` ↔ `relay` ↔ `peer`, each side on its own veth
+/// pair. The client side is 10.201.X.0/24 (+ fd00:201:X::/64), the peer side
+/// 10.202.X.0/24 (+ fd00:202:X::/64), only inside the namespaces. The relay namespace
+/// does not forward (a new namespace's default), so client and peer reach each other
+/// only through the TURN server.
+#[derive(Debug)]
+pub struct TurnTopology {
+    /// The TURN server's namespace (two veths: `vc` to the client, `vp` to the peer).
+    pub relay: Netns,
+    /// The TURN clients' namespace (`eth0`).
+    pub client: Netns,
+    /// The peers' namespace (`eth0`).
+    pub peer: Netns,
+    /// The relay's address on the client side (where clients connect).
+    pub relay_client_v4: Ipv4Addr,
+    /// The client's address.
+    pub client_v4: Ipv4Addr,
+    /// The relay's address on the peer side (relayed transport addresses live here).
+    pub relay_peer_v4: Ipv4Addr,
+    /// The peer's address.
+    pub peer_v4: Ipv4Addr,
+    /// The relay's IPv6 address on the client side.
+    pub relay_client_v6: Ipv6Addr,
+    /// The client's IPv6 address.
+    pub client_v6: Ipv6Addr,
+    /// The relay's IPv6 address on the peer side.
+    pub relay_peer_v6: Ipv6Addr,
+    /// The peer's IPv6 address.
+    pub peer_v6: Ipv6Addr,
+}
+
+/// The CIDR of every peer-side address [`TurnTopology`] hands out (for a relay's allow list).
+pub const TURN_PEER_NET_V4: &str = "10.202.0.0/16";
+/// The IPv6 counterpart of [`TURN_PEER_NET_V4`].
+pub const TURN_PEER_NET_V6: &str = "fd00:202::/32";
+
+impl TurnTopology {
+    /// Creates the three namespaces and the two veth pairs.
+    pub fn new(prefix: &str) -> Result<TurnTopology> {
+        let relay = Netns::new(prefix, "r")?;
+        let client = Netns::new(prefix, "c")?;
+        let peer = Netns::new(prefix, "p")?;
+        let x = (COUNTER.load(Ordering::Relaxed) % 250) as u8;
+        let v4 = |net: u8, host: u8| Ipv4Addr::new(10, net, x, host);
+        let v6 = |net: u16, host: u16| Ipv6Addr::new(0xfd00, net, x.into(), 0, 0, 0, 0, host);
+        let topo = TurnTopology {
+            relay_client_v4: v4(201, 1),
+            client_v4: v4(201, 2),
+            relay_peer_v4: v4(202, 1),
+            peer_v4: v4(202, 2),
+            relay_client_v6: v6(0x201, 1),
+            client_v6: v6(0x201, 2),
+            relay_peer_v6: v6(0x202, 1),
+            peer_v6: v6(0x202, 2),
+            relay,
+            client,
+            peer,
+        };
+        for (other, relay_dev, (rv4, rv6), (ov4, ov6)) in [
+            (
+                &topo.client,
+                "vc",
+                (topo.relay_client_v4, topo.relay_client_v6),
+                (topo.client_v4, topo.client_v6),
+            ),
+            (
+                &topo.peer,
+                "vp",
+                (topo.relay_peer_v4, topo.relay_peer_v6),
+                (topo.peer_v4, topo.peer_v6),
+            ),
+        ] {
+            topo.relay.ip(&[
+                "link",
+                "add",
+                relay_dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                other.name(),
+            ])?;
+            for (ns, dev, a4, a6) in [
+                (&topo.relay, relay_dev, rv4, rv6),
+                (other, "eth0", ov4, ov6),
+            ] {
+                ns.ip(&["addr", "add", &format!("{a4}/24"), "dev", dev])?;
+                ns.ip(&["addr", "add", &format!("{a6}/64"), "dev", dev, "nodad"])?;
+                ns.ip(&["link", "set", dev, "up"])?;
+            }
+        }
+        Ok(topo)
+    }
+}
+
+/// What a bounded run of a command produced.
+#[derive(Debug)]
+pub struct BoundedOutput {
+    /// The exit status; `None` when it was killed at the time limit.
+    pub status: Option<ExitStatus>,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+impl BoundedOutput {
+    /// Whether it exited by itself with status 0.
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// Standard output then standard error.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `cmd` with piped output, killing it (SIGKILL) when it has not exited within
+/// `limit`. The command must exec the program (as `ip netns exec` does) for the kill to
+/// reach it.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<BoundedOutput> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {:?}", cmd.get_program()))?;
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .map(|s| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut s) = s {
+                let _ = s.read_to_end(&mut buf);
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    })
+    .collect();
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut texts = readers.into_iter().map(|h| h.join().unwrap_or_default());
+    Ok(BoundedOutput {
+        status,
+        stdout: texts.next().unwrap_or_default(),
+        stderr: texts.next().unwrap_or_default(),
+    })
+}
+
+/// The totals `turnutils_uclient` prints at the end of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UclientTotals {
+    /// `tot_send_msgs`: messages the clients sent to the peer through the relay.
+    pub sent: u64,
+    /// `tot_recv_msgs`: messages that came back (the peer echoes).
+    pub received: u64,
+    /// `Total lost packets N`.
+    pub lost: u64,
+    /// `total send dropped N`.
+    pub send_dropped: u64,
+}
+
+fn number_after(line: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    let rest = rest.trim_start_matches([' ', '=', '~']);
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+impl UclientTotals {
+    /// Parses the final report of `turnutils_uclient` (coturn 4.6):
+    ///
+    /// ```text
+    /// 5: : start_mclient: tot_send_msgs=200, tot_recv_msgs=200
+    /// 5: : Total lost packets 0 (0.000000%), total send dropped 0 (0.000000%)
+    /// ```
+    ///
+    /// The progress lines also carry `tot_send_msgs` (with `msz=`): only the final one,
+    /// without `msz=`, counts. `None` when either line is missing (the run did not finish).
+    pub fn parse(output: &str) -> Option<UclientTotals> {
+        let mut t = UclientTotals::default();
+        let (mut counts, mut losses) = (false, false);
+        for line in output.lines() {
+            if line.contains("tot_send_msgs=") && !line.contains("msz=") {
+                t.sent = number_after(line, "tot_send_msgs")?;
+                t.received = number_after(line, "tot_recv_msgs")?;
+                counts = true;
+            }
+            if line.contains("Total lost packets") {
+                t.lost = number_after(line, "Total lost packets")?;
+                t.send_dropped = number_after(line, "total send dropped")?;
+                losses = true;
+            }
+        }
+        (counts && losses).then_some(t)
+    }
+}
+
+/// A directory for a test's files (configs, certificates), removed on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `<tmp>/<name>-<pid>-<n>`.
+    pub fn new(name: &str) -> Result<TempDir> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(TempDir { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Writes `name` in the directory and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> Result<PathBuf> {
+        let p = self.path.join(name);
+        std::fs::write(&p, contents).with_context(|| format!("write {}", p.display()))?;
+        Ok(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Waits (bounded) until something accepts TCP connections on `addr` inside `ns`.
+pub fn wait_tcp_listening(ns: &Netns, addr: SocketAddr, limit: Duration) -> Result<()> {
+    ns.enter(move || {
+        let deadline = Instant::now() + limit;
+        loop {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    bail!("nothing listens on tcp {addr} after {limit:?}: {e}")
+                }
+                Err(_) => thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    })
+}
+
+/// Starts a process inside `ns` with its output discarded or logged to `log` (a file).
+pub fn spawn_in(
+    ns: &Netns,
+    program: &str,
+    args: &[&str],
+    log: Option<&std::path::Path>,
+) -> Result<Process> {
+    let mut cmd = ns.command(program);
+    cmd.args(args).stdin(Stdio::null());
+    match log {
+        Some(p) => {
+            let f = File::create(p).with_context(|| format!("create {}", p.display()))?;
+            cmd.stdout(f.try_clone()?).stderr(f);
+        }
+        None => {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("spawn {program} (is it installed? `cargo xtask setup`)"))?;
+    Ok(Process::new(child))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uclient_totals_from_a_real_report() {
+        let out = "\
+0: : Total connect time is 1
+2: : start_mclient: msz=4, tot_send_msgs=23, tot_recv_msgs=23, tot_send_bytes ~ 2300, tot_recv_bytes ~ 2300
+5: : start_mclient: msz=4, tot_send_msgs=166, tot_recv_msgs=165, tot_send_bytes ~ 16600, tot_recv_bytes ~ 16500
+5: : start_mclient: tot_send_msgs=200, tot_recv_msgs=199
+5: : start_mclient: tot_send_bytes ~ 20000, tot_recv_bytes ~ 19900
+5: : Total transmit time is 5
+5: : Total lost packets 1 (0.500000%), total send dropped 2 (0.000000%)
+5: : Average round trip delay 0.000000 ms; min = 0 ms, max = 0 ms
+";
+        assert_eq!(
+            UclientTotals::parse(out),
+            Some(UclientTotals {
+                sent: 200,
+                received: 199,
+                lost: 1,
+                send_dropped: 2
+            })
+        );
+        assert_eq!(
+            UclientTotals::parse("0: : ERROR: Cannot complete Allocation\n"),
+            None
+        );
+        let progress_only = out
+            .lines()
+            .filter(|l| l.contains("msz="))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(UclientTotals::parse(&progress_only), None);
+    }
+}

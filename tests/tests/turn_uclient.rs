@@ -1,0 +1,558 @@
+//! TURN interop with coturn's own test client: `turnutils_uclient` in a client namespace
+//! talks to the relay daemon in a relay namespace, which relays to `turnutils_peer` (an
+//! echo peer) in a peer namespace. The peer echoes every datagram, so a clean run means
+//! each message went client → relay → peer → relay → client.
+//!
+//! The matrix covers the client legs (UDP, TCP, TLS), channels (uclient's default) and
+//! Send/Data indications (`-s`), static long-term credentials (`-u -w`) and the
+//! shared-secret scheme (`-W`), and many concurrent clients (`-m`). Without `-c` every
+//! uclient client makes two allocations (RTP and RTCP, with EVEN-PORT and a
+//! RESERVATION-TOKEN), so those are exercised too. Each run must finish within a time
+//! limit and report zero lost packets and a non-zero received count, and the relay's own
+//! counters (`relay stats --json`, "turn") must have seen the traffic.
+//!
+//! Negative runs: a wrong password must make uclient fail; a peer outside the allow list
+//! (the default deny-list covers RFC 1918) must get nothing, and the relay counts 403s.
+//!
+//! `harness_against_coturn` runs the same harness against coturn's `turnserver`, so a
+//! failure against our relay is known not to come from the harness or the topology.
+//!
+//! Needs root; without it the tests print "skipped: needs root" (or fail when
+//! RELAY_REQUIRE_PRIVILEGED=1, as `cargo xtask test` sets).
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use relay_e2e::{
+    BoundedOutput, Daemon, Process, TURN_PEER_NET_V4, TempDir, TurnTopology, UclientTotals,
+    require_root, run_bounded, spawn_in, wait_tcp_listening,
+};
+
+const PORT: u16 = 3478;
+const TLS_PORT: u16 = 5349;
+const PEER_PORT: u16 = 3480;
+const REALM: &str = "relay.test";
+const USER: &str = "alice";
+const PASSWORD: &str = "alice-secret-pw";
+/// Two shared secrets, as during a rotation; the tests use the second one.
+const SECRETS: [&str; 2] = ["old-rest-secret", "new-rest-secret"];
+/// Longest a single uclient run may take (a clean one takes about 5 s).
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leg {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Creds {
+    Static,
+    Secret,
+    WrongPassword,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    leg: Leg,
+    /// Send indications (`-s`) instead of channels.
+    send: bool,
+    creds: Creds,
+    clients: u32,
+    messages: u32,
+}
+
+impl Run {
+    fn new(leg: Leg, send: bool, creds: Creds) -> Run {
+        Run {
+            leg,
+            send,
+            creds,
+            clients: 10,
+            messages: 40,
+        }
+    }
+
+    fn args(&self, topo: &TurnTopology) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        match self.leg {
+            Leg::Udp => {}
+            Leg::Tcp => a.push("-t".into()),
+            Leg::Tls => a.extend(["-t".into(), "-S".into()]),
+        }
+        if self.send {
+            a.push("-s".into());
+        }
+        match self.creds {
+            Creds::Static => a.extend(["-u".into(), USER.into(), "-w".into(), PASSWORD.into()]),
+            Creds::WrongPassword => {
+                a.extend(["-u".into(), USER.into(), "-w".into(), "not-the-pw".into()]);
+            }
+            Creds::Secret => a.extend(["-u".into(), USER.into(), "-W".into(), SECRETS[1].into()]),
+        }
+        let port = if self.leg == Leg::Tls { TLS_PORT } else { PORT };
+        a.extend([
+            "-p".into(),
+            port.to_string(),
+            "-e".into(),
+            topo.peer_v4.to_string(),
+            "-r".into(),
+            PEER_PORT.to_string(),
+            "-m".into(),
+            self.clients.to_string(),
+            "-n".into(),
+            self.messages.to_string(),
+            "-l".into(),
+            "180".into(),
+            topo.relay_client_v4.to_string(),
+        ]);
+        a
+    }
+
+    fn exec(&self, topo: &TurnTopology) -> BoundedOutput {
+        let args = self.args(topo);
+        eprintln!("run {self:?}: turnutils_uclient {}", args.join(" "));
+        run_bounded(
+            topo.client.command("turnutils_uclient").args(&args),
+            RUN_LIMIT,
+        )
+        .expect("run turnutils_uclient (is coturn installed? `cargo xtask setup`)")
+    }
+
+    /// Runs uclient and asserts a clean run: exit 0 within the limit, every message
+    /// echoed, nothing lost. Returns the totals.
+    fn expect_clean(&self, topo: &TurnTopology) -> UclientTotals {
+        let out = self.exec(topo);
+        let text = out.text();
+        let tail: String = {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        assert!(
+            out.status.is_some(),
+            "{self:?}: turnutils_uclient did not finish within {RUN_LIMIT:?}; its output ends:\n{tail}"
+        );
+        assert!(
+            out.success(),
+            "{self:?}: turnutils_uclient failed ({:?}); its output ends:\n{tail}",
+            out.status
+        );
+        let totals = UclientTotals::parse(&text)
+            .unwrap_or_else(|| panic!("{self:?}: no final report in the output:\n{tail}"));
+        let expected = u64::from(self.clients) * u64::from(self.messages);
+        assert_eq!(totals.lost, 0, "{self:?}: lost packets: {totals:?}\n{tail}");
+        assert_eq!(totals.send_dropped, 0, "{self:?}: send dropped: {totals:?}");
+        assert!(
+            totals.received > 0,
+            "{self:?}: nothing received: {totals:?}"
+        );
+        assert_eq!(totals.sent, expected, "{self:?}: sent count: {totals:?}");
+        assert_eq!(
+            totals.received, totals.sent,
+            "{self:?}: not every message came back: {totals:?}"
+        );
+        eprintln!("{self:?}: clean, {totals:?}");
+        totals
+    }
+}
+
+/// A self-signed certificate for the TLS leg (uclient does not verify it without -E).
+fn write_cert(files: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["relay.test".to_owned()]).expect("rcgen");
+    let cert = files.write("cert.pem", &ck.cert.pem()).unwrap();
+    let key = files
+        .write("key.pem", &ck.signing_key.serialize_pem())
+        .unwrap();
+    (cert, key)
+}
+
+/// The relay's test configuration. `allow_peers`: the peer-side range is allowed
+/// explicitly (the default deny-list covers RFC 1918, where the test addresses live).
+fn relay_config(topo: &TurnTopology, files: &TempDir, allow_peers: bool) -> std::path::PathBuf {
+    let (cert, key) = write_cert(files);
+    let listen = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT);
+    let listen_tls = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), TLS_PORT);
+    let policy = if allow_peers {
+        format!("[policy]\nallow = [\"{TURN_PEER_NET_V4}\"]\n")
+    } else {
+        String::new()
+    };
+    let text = format!(
+        r#"[server]
+listen = ["{listen}"]
+workers = 2
+
+[xdp]
+enabled = false
+
+[log]
+level = "info"
+
+[turn]
+enabled = true
+realm = "{REALM}"
+listen_tcp = ["{listen}"]
+listen_tls = ["{listen_tls}"]
+tls_cert = "{cert}"
+tls_key = "{key}"
+relay_ipv4 = "{relay_v4}"
+
+[turn.users]
+{USER} = "{PASSWORD}"
+
+[turn.auth]
+secrets = ["{s0}", "{s1}"]
+
+[quota]
+per_user = 1000
+total = 10000
+
+{policy}"#,
+        cert = cert.display(),
+        key = key.display(),
+        relay_v4 = topo.relay_peer_v4,
+        s0 = SECRETS[0],
+        s1 = SECRETS[1],
+    );
+    files.write("relay.toml", &text).unwrap()
+}
+
+struct Setup {
+    // Field order is drop order: processes before the namespaces.
+    relay: Option<Daemon>,
+    _coturn: Option<Process>,
+    _peer: Option<Process>,
+    topo: TurnTopology,
+    _files: TempDir,
+}
+
+fn start_peer(topo: &TurnTopology) -> Process {
+    let peer = spawn_in(
+        &topo.peer,
+        "turnutils_peer",
+        &[
+            "-L",
+            &topo.peer_v4.to_string(),
+            "-p",
+            &PEER_PORT.to_string(),
+        ],
+        None,
+    )
+    .expect("start turnutils_peer");
+    // turnutils_peer binds at once; give it a moment to do so.
+    std::thread::sleep(Duration::from_millis(300));
+    peer
+}
+
+fn relay_setup(allow_peers: bool) -> Setup {
+    let topo = TurnTopology::new("rlt").expect("create the TURN topology");
+    let files = TempDir::new("relay-turn-e2e").unwrap();
+    let config = relay_config(&topo, &files, allow_peers);
+    let peer = start_peer(&topo);
+    let config_s = config.display().to_string();
+    let relay = Daemon::start(&topo.relay, &["--config", &config_s]).expect("start the relay");
+    wait_tcp_listening(
+        &topo.relay,
+        SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT),
+        Duration::from_secs(10),
+    )
+    .expect("the relay's TCP listener");
+    Setup {
+        relay: Some(relay),
+        _coturn: None,
+        _peer: Some(peer),
+        topo,
+        _files: files,
+    }
+}
+
+/// The relay's "turn" stats object; fails when there is none.
+fn turn_stats(relay: &Daemon) -> serde_json::Value {
+    let stats = relay.stats().expect("relay stats --json");
+    let turn = stats
+        .get("turn")
+        .unwrap_or_else(|| panic!("relay stats --json has no \"turn\" object: {stats}"));
+    turn.clone()
+}
+
+/// Sum of every number under `v` whose key path contains all of `words`.
+fn sum_matching(v: &serde_json::Value, words: &[&str]) -> u64 {
+    fn walk(v: &serde_json::Value, path: &str, words: &[&str], acc: &mut u64) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    walk(x, &format!("{path}.{k}"), words, acc);
+                }
+            }
+            serde_json::Value::Number(n) => {
+                if words.iter().all(|w| path.contains(w)) {
+                    *acc += n.as_u64().unwrap_or(0);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut acc = 0;
+    walk(v, "", words, &mut acc);
+    acc
+}
+
+/// Runs a list of clean runs against the relay and checks its counters grew with them.
+fn relay_matrix(runs: &[Run]) {
+    let s = relay_setup(true);
+    let relay = s.relay.as_ref().unwrap();
+    for run in runs {
+        let before = turn_stats(relay);
+        let totals = run.expect_clean(&s.topo);
+        let after = turn_stats(relay);
+        let grew = |words: &[&str]| {
+            sum_matching(&after, words).saturating_sub(sum_matching(&before, words))
+        };
+        // Each echoed message crossed the relay twice (to the peer and back).
+        let packets = grew(&["packets"]);
+        assert!(
+            packets >= 2 * totals.received,
+            "{run:?}: the relay's packet counters grew by {packets}, expected at least {} \
+             (2 per echoed message); turn stats after: {after}",
+            2 * totals.received
+        );
+        let allocations = grew(&["alloc"]);
+        assert!(
+            allocations > 0,
+            "{run:?}: the relay's allocation counters did not grow; turn stats after: {after}"
+        );
+    }
+    let status = s
+        .relay
+        .unwrap()
+        .stop(Duration::from_secs(10))
+        .expect("stop the relay");
+    assert!(status.success(), "relay exited with {status}");
+}
+
+#[test]
+#[ignore = "waiting for TURN in the daemon: config [turn], relay/src/turn, stats \"turn\""]
+fn uclient_udp() {
+    if !require_root("uclient_udp") {
+        return;
+    }
+    relay_matrix(&[
+        Run::new(Leg::Udp, false, Creds::Static),
+        Run::new(Leg::Udp, true, Creds::Static),
+        Run::new(Leg::Udp, false, Creds::Secret),
+        Run::new(Leg::Udp, true, Creds::Secret),
+    ]);
+}
+
+#[test]
+#[ignore = "waiting for TURN in the daemon: config [turn], relay/src/turn, stats \"turn\""]
+fn uclient_tcp() {
+    if !require_root("uclient_tcp") {
+        return;
+    }
+    relay_matrix(&[
+        Run::new(Leg::Tcp, false, Creds::Static),
+        Run::new(Leg::Tcp, true, Creds::Static),
+        Run::new(Leg::Tcp, false, Creds::Secret),
+        Run::new(Leg::Tcp, true, Creds::Secret),
+    ]);
+}
+
+#[test]
+#[ignore = "waiting for TURN in the daemon: config [turn], relay/src/turn, stats \"turn\""]
+fn uclient_tls() {
+    if !require_root("uclient_tls") {
+        return;
+    }
+    relay_matrix(&[
+        Run::new(Leg::Tls, false, Creds::Static),
+        Run::new(Leg::Tls, true, Creds::Secret),
+    ]);
+}
+
+#[test]
+#[ignore = "waiting for TURN in the daemon: config [turn], relay/src/turn, stats \"turn\""]
+fn uclient_many_clients() {
+    if !require_root("uclient_many_clients") {
+        return;
+    }
+    // 50 clients × 2 allocations each on UDP, 30 over TCP, at the same time per run.
+    let mut udp = Run::new(Leg::Udp, false, Creds::Static);
+    udp.clients = 50;
+    let mut tcp = Run::new(Leg::Tcp, true, Creds::Secret);
+    tcp.clients = 30;
+    relay_matrix(&[udp, tcp]);
+}
+
+#[test]
+#[ignore = "waiting for TURN in the daemon: config [turn], relay/src/turn, stats \"turn\""]
+fn uclient_wrong_password_fails() {
+    if !require_root("uclient_wrong_password_fails") {
+        return;
+    }
+    let s = relay_setup(true);
+    let relay = s.relay.as_ref().unwrap();
+    let before = turn_stats(relay);
+    let mut run = Run::new(Leg::Udp, false, Creds::WrongPassword);
+    run.clients = 1;
+    let out = run.exec(&s.topo);
+    assert!(out.status.is_some(), "uclient did not finish in time");
+    assert!(
+        !out.success(),
+        "uclient succeeded with a wrong password:\n{}",
+        out.text()
+    );
+    let totals = UclientTotals::parse(&out.text());
+    assert!(
+        totals.is_none_or(|t| t.received == 0),
+        "data was relayed with a wrong password: {totals:?}"
+    );
+    let after = turn_stats(relay);
+    let failures = sum_matching(&after, &["auth"]).saturating_sub(sum_matching(&before, &["auth"]));
+    assert!(
+        failures > 0,
+        "the relay did not count the failed authentication; turn stats: {after}"
+    );
+    // The right password still works on the same relay (the failures are rate-limited
+    // per source, but a success must not be refused because of one bad attempt each).
+    let mut ok = Run::new(Leg::Udp, false, Creds::Static);
+    ok.clients = 1;
+    ok.expect_clean(&s.topo);
+}
+
+#[test]
+#[ignore = "waiting for TURN in the daemon: config [turn], relay/src/turn, stats \"turn\""]
+fn uclient_peer_denied_by_default_policy() {
+    if !require_root("uclient_peer_denied_by_default_policy") {
+        return;
+    }
+    // No [policy] allow: the peer's 10.202.X.2 is RFC 1918, denied by default.
+    let s = relay_setup(false);
+    let relay = s.relay.as_ref().unwrap();
+    // A second, silent peer socket that counts what reaches it (turnutils_peer echoes
+    // and does not count).
+    let watch = s
+        .topo
+        .peer
+        .udp_socket(SocketAddr::new(IpAddr::V4(s.topo.peer_v4), PEER_PORT + 1))
+        .unwrap();
+    watch
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let before = turn_stats(relay);
+    for (leg, send) in [(Leg::Udp, false), (Leg::Udp, true), (Leg::Tcp, false)] {
+        let mut run = Run::new(leg, send, Creds::Static);
+        run.clients = 2;
+        let mut args = run.args(&s.topo);
+        // Aim at the watching socket.
+        let r = args.iter().position(|a| a == "-r").unwrap();
+        args[r + 1] = (PEER_PORT + 1).to_string();
+        let out = run_bounded(
+            s.topo.client.command("turnutils_uclient").args(&args),
+            RUN_LIMIT,
+        )
+        .unwrap();
+        assert!(
+            out.status.is_some(),
+            "{run:?}: uclient did not finish in time"
+        );
+        let totals = UclientTotals::parse(&out.text());
+        assert!(
+            !out.success() || totals.is_some_and(|t| t.received == 0),
+            "{run:?}: traffic to a denied peer was relayed: {totals:?}\n{}",
+            out.text()
+        );
+    }
+    let mut buf = [0u8; 2048];
+    match watch.recv_from(&mut buf) {
+        Ok((n, from)) => panic!("the denied peer received {n} bytes from {from}"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "recv: {e}"
+        ),
+    }
+    let after = turn_stats(relay);
+    let forbidden = sum_matching(&after, &["403"]).saturating_sub(sum_matching(&before, &["403"]));
+    assert!(
+        forbidden > 0,
+        "the relay did not count 403 answers; turn stats: {after}"
+    );
+}
+
+/// Validates the harness itself (topology, uclient invocation, output parsing, negative
+/// detection) against coturn's turnserver.
+#[test]
+fn harness_against_coturn() {
+    if !require_root("harness_against_coturn") {
+        return;
+    }
+    let topo = TurnTopology::new("rlt").expect("create the TURN topology");
+    let files = TempDir::new("relay-turn-e2e-coturn").unwrap();
+    let (cert, key) = write_cert(&files);
+    let peer = start_peer(&topo);
+    let coturn = spawn_in(
+        &topo.relay,
+        "turnserver",
+        &[
+            "-n",
+            "--no-cli",
+            "--no-dtls",
+            "--lt-cred-mech",
+            "--user",
+            &format!("{USER}:{PASSWORD}"),
+            "--realm",
+            REALM,
+            "-L",
+            &topo.relay_client_v4.to_string(),
+            "-p",
+            &PORT.to_string(),
+            "--tls-listening-port",
+            &TLS_PORT.to_string(),
+            "--cert",
+            &cert.display().to_string(),
+            "--pkey",
+            &key.display().to_string(),
+            "--relay-ip",
+            &topo.relay_peer_v4.to_string(),
+            "--allowed-peer-ip",
+            "10.202.0.0-10.202.255.255",
+            "-m",
+            "1",
+            "--log-file",
+            "stdout",
+        ],
+        Some(&files.path().join("turnserver.log")),
+    )
+    .expect("start coturn's turnserver");
+    wait_tcp_listening(
+        &topo.relay,
+        SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT),
+        Duration::from_secs(10),
+    )
+    .expect("turnserver listening");
+    for run in [
+        Run::new(Leg::Udp, false, Creds::Static),
+        Run::new(Leg::Tcp, true, Creds::Static),
+        Run::new(Leg::Tls, false, Creds::Static),
+    ] {
+        run.expect_clean(&topo);
+    }
+    let mut bad = Run::new(Leg::Udp, false, Creds::WrongPassword);
+    bad.clients = 1;
+    let out = bad.exec(&topo);
+    assert!(
+        out.status.is_some() && !out.success(),
+        "a wrong password was not detected as a failure: {:?}\n{}",
+        out.status,
+        out.text()
+    );
+    drop(coturn);
+    drop(peer);
+}
