@@ -13,5 +13,6 @@ pub mod daemon;
 pub mod dataplane;
 pub mod policy;
 pub mod stun;
+pub mod turn;
 pub mod wire;
 pub mod xdp;
