@@ -14,5 +14,6 @@ pub mod dataplane;
 pub mod policy;
 pub mod stun;
 pub mod turn;
+pub mod tls;
 pub mod wire;
 pub mod xdp;

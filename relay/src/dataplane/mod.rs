@@ -4,13 +4,23 @@
 //!
 //! It exists to move datagrams between sockets and the sans-IO protocol logic as cheaply
 //! as possible: no locks, no allocation and no system call per packet beyond the ring.
-//! What to answer is decided by a [`DatagramHandler`] chosen at start-up (today the STUN
-//! Binding service, [`StunHandler`]; later TURN and the SFU), never by the IO code.
+//! What to answer is decided by a [`DatagramHandler`] chosen at start-up (the STUN
+//! Binding service, [`StunHandler`]) or, with [`Dataplane::start_turn`], by one
+//! [`TurnServer`](crate::turn::TurnServer) per worker ([`turn_io`]): client datagrams on
+//! the listen sockets, peer datagrams on relayed sockets bound and armed in the worker
+//! that owns the allocation, TCP/TLS clients on per-worker SO_REUSEPORT listeners, and a
+//! command channel per worker for the control plane — never by the IO code.
+//!
+//! Listen addresses for TURN should be specific IPs: the server half of a client's
+//! 5-tuple is the listen socket's local address, so on a wildcard bind (0.0.0.0) it reads
+//! as the wildcard (allocations stay correct, listings show 0.0.0.0), and on a host with
+//! several addresses the reply source is the kernel's choice, as for STUN.
 
 pub mod counters;
 mod portable;
 pub mod slots;
 pub mod socket;
+pub mod turn_io;
 mod uring;
 mod worker;
 
@@ -19,12 +29,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 pub use counters::{Counts, WorkerCounters};
+pub use turn_io::{RelaySpec, TurnSetup, WorkerCommand};
 pub use worker::Worker;
 
 use crate::config::BackendChoice;
 use crate::stun::binding::{self, DropReason, Reply};
+use crate::tls::{TlsError, TlsReloader};
+use crate::turn::{AllocationInfo, KickTarget, Shared, TurnConfig, TurnStats};
 
 /// What a handler decided for one datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +146,20 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    /// A TCP/TLS listener could not be created or bound.
+    #[error("cannot listen on TCP {addr}: {source} (is another process using the port?)")]
+    BindTcp {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS listeners were configured without a certificate.
+    #[error(
+        "turn.listen_tls is set but no certificate is loaded: set turn.tls_cert and turn.tls_key"
+    )]
+    NoCertificate,
     /// A worker thread could not be spawned or panicked.
     #[error("worker {0} thread failed: {1}")]
     Thread(usize, String),
@@ -146,6 +174,69 @@ pub struct DataplaneConfig {
     pub workers: usize,
     /// Backend choice.
     pub backend: BackendChoice,
+}
+
+/// TURN on top of [`DataplaneConfig`]: what [`Dataplane::start_turn`] needs besides the
+/// UDP listen addresses.
+pub struct TurnDataplane {
+    /// TURN settings (relay addresses are taken from `relay_ipv4` / `relay_ipv6`).
+    pub config: Arc<TurnConfig>,
+    /// Credentials, policy, quotas, nonce key.
+    pub shared: Arc<Shared>,
+    /// Relay port range, inclusive.
+    pub port_range: (u16, u16),
+    /// TCP listen addresses (port 0 = any, resolved once for all workers).
+    pub listen_tcp: Vec<SocketAddr>,
+    /// TLS listen addresses.
+    pub listen_tls: Vec<SocketAddr>,
+    /// Certificate for the TLS listeners.
+    pub tls: Option<Arc<TlsReloader>>,
+}
+
+/// How long the control plane waits for a worker's answer.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Binds one worker's TCP listener on `addr` (SO_REUSEPORT so every worker has its own
+/// accept queue; v6-only for IPv6).
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Binds `addrs` once per worker; port 0 resolves at the first bind.
+fn bind_tcp_all(
+    addrs: &mut [SocketAddr],
+    workers: usize,
+) -> Result<Vec<Vec<std::net::TcpListener>>, DataplaneError> {
+    let mut out = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let mut v = Vec::with_capacity(addrs.len());
+        for addr in addrs.iter_mut() {
+            let l = bind_tcp(*addr).map_err(|source| DataplaneError::BindTcp {
+                addr: *addr,
+                source,
+            })?;
+            if addr.port() == 0 {
+                let bound = l.local_addr().map_err(|source| DataplaneError::BindTcp {
+                    addr: *addr,
+                    source,
+                })?;
+                addr.set_port(bound.port());
+            }
+            v.push(l);
+        }
+        out.push(v);
+    }
+    Ok(out)
 }
 
 /// Picks the backend for `choice`, probing io_uring; returns it and why, for the log.
@@ -180,6 +271,10 @@ pub struct Dataplane {
     drop_reasons: &'static [&'static str],
     shutdown: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Result<(), DataplaneError>>>,
+    commands: Vec<mpsc::Sender<WorkerCommand>>,
+    listen_tcp: Vec<SocketAddr>,
+    listen_tls: Vec<SocketAddr>,
+    tls: Option<Arc<TlsReloader>>,
 }
 
 impl Dataplane {
@@ -187,6 +282,27 @@ impl Dataplane {
     pub fn start<H: DatagramHandler + Clone>(
         config: &DataplaneConfig,
         handler: H,
+    ) -> Result<Dataplane, DataplaneError> {
+        Self::start_inner(config, handler, None)
+    }
+
+    /// Starts workers that serve TURN (and STUN Binding) on the UDP listen addresses and
+    /// on `turn`'s TCP/TLS listeners, with relayed sockets bound in the worker that owns
+    /// the allocation.
+    pub fn start_turn(
+        config: &DataplaneConfig,
+        turn: TurnDataplane,
+    ) -> Result<Dataplane, DataplaneError> {
+        if !turn.listen_tls.is_empty() && turn.tls.is_none() {
+            return Err(DataplaneError::NoCertificate);
+        }
+        Self::start_inner(config, StunHandler, Some(turn))
+    }
+
+    fn start_inner<H: DatagramHandler + Clone>(
+        config: &DataplaneConfig,
+        handler: H,
+        turn: Option<TurnDataplane>,
     ) -> Result<Dataplane, DataplaneError> {
         let (backend, why) = select_backend(config.backend)?;
         tracing::info!(
@@ -222,6 +338,36 @@ impl Dataplane {
             }
             per_worker.push(sockets);
         }
+        let mut listen_tcp = turn
+            .as_ref()
+            .map_or_else(Vec::new, |t| t.listen_tcp.clone());
+        let mut listen_tls = turn
+            .as_ref()
+            .map_or_else(Vec::new, |t| t.listen_tls.clone());
+        let mut tcp_per_worker = bind_tcp_all(&mut listen_tcp, workers)?;
+        let mut tls_per_worker = bind_tcp_all(&mut listen_tls, workers)?;
+        let mut setups: Vec<Option<TurnSetup>> = Vec::with_capacity(workers);
+        let mut commands = Vec::new();
+        for _ in 0..workers {
+            let setup = turn.as_ref().map(|t| {
+                let (tx, rx) = mpsc::channel();
+                commands.push(tx);
+                TurnSetup {
+                    config: t.config.clone(),
+                    shared: t.shared.clone(),
+                    relay: RelaySpec {
+                        ipv4: t.config.relay_ipv4,
+                        ipv6: t.config.relay_ipv6,
+                        ports: t.port_range,
+                    },
+                    tcp: tcp_per_worker.pop().unwrap_or_default(),
+                    tls: tls_per_worker.pop().unwrap_or_default(),
+                    tls_config: t.tls.clone(),
+                    commands: rx,
+                }
+            });
+            setups.push(setup);
+        }
 
         let shutdown = Arc::new(AtomicBool::new(false));
         let drop_reasons = handler.drop_reasons();
@@ -232,9 +378,13 @@ impl Dataplane {
             drop_reasons,
             shutdown: shutdown.clone(),
             threads: Vec::with_capacity(workers),
+            commands,
+            listen_tcp,
+            listen_tls,
+            tls: turn.as_ref().and_then(|t| t.tls.clone()),
         };
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), DataplaneError>>();
-        for (index, sockets) in per_worker.into_iter().enumerate() {
+        for (index, (sockets, setup)) in per_worker.into_iter().zip(setups).enumerate() {
             let counters = Arc::new(WorkerCounters::default());
             dp.counters.push(counters.clone());
             let core = if cores.is_empty() {
@@ -257,7 +407,13 @@ impl Dataplane {
                             "cannot pin worker to its core; it will float"
                         );
                     }
-                    let worker = match Worker::new(index, backend, sockets, handler, counters) {
+                    let built = match setup {
+                        Some(setup) => {
+                            Worker::with_turn(index, backend, sockets, handler, counters, setup)
+                        }
+                        None => Worker::new(index, backend, sockets, handler, counters),
+                    };
+                    let worker = match built {
                         Ok(w) => {
                             let _ = ready.send(Ok(()));
                             w
@@ -300,6 +456,91 @@ impl Dataplane {
     /// The addresses served (port 0 resolved).
     pub fn listen(&self) -> &[SocketAddr] {
         &self.listen
+    }
+
+    /// TCP addresses served by TURN (port 0 resolved).
+    pub fn listen_tcp(&self) -> &[SocketAddr] {
+        &self.listen_tcp
+    }
+
+    /// TLS addresses served by TURN (port 0 resolved).
+    pub fn listen_tls(&self) -> &[SocketAddr] {
+        &self.listen_tls
+    }
+
+    /// Whether the workers serve TURN.
+    pub fn is_turn(&self) -> bool {
+        !self.commands.is_empty()
+    }
+
+    /// Sends a command to every worker and collects the answers (a worker answers within
+    /// one loop iteration; one that does not within [`COMMAND_TIMEOUT`] is skipped with a
+    /// warning).
+    fn ask_all<T>(&self, make: impl Fn(mpsc::Sender<T>) -> WorkerCommand) -> Vec<T> {
+        let mut pending = Vec::with_capacity(self.commands.len());
+        for (i, c) in self.commands.iter().enumerate() {
+            let (tx, rx) = mpsc::channel();
+            if c.send(make(tx)).is_ok() {
+                pending.push((i, rx));
+            }
+        }
+        let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+        let mut out = Vec::with_capacity(pending.len());
+        for (i, rx) in pending {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(v) => out.push(v),
+                Err(_) => tracing::warn!(worker = i, "worker did not answer a control command"),
+            }
+        }
+        out
+    }
+
+    /// The allocations of all workers, optionally only of `user` and/or touching `addr`
+    /// (its IP, and its port when non-zero, as client, server or relayed address).
+    pub fn allocations(&self, user: Option<&str>, addr: Option<SocketAddr>) -> Vec<AllocationInfo> {
+        let mut all: Vec<AllocationInfo> = self
+            .ask_all(|reply| WorkerCommand::Allocations {
+                user: user.map(str::to_owned),
+                addr,
+                reply,
+            })
+            .into_iter()
+            .flatten()
+            .collect();
+        all.sort_by(|a, b| (a.user.as_str(), a.client).cmp(&(b.user.as_str(), b.client)));
+        all
+    }
+
+    /// Deletes the allocations matching `target` on every worker; returns how many.
+    pub fn kick(&self, target: &KickTarget) -> usize {
+        self.ask_all(|reply| WorkerCommand::Kick {
+            target: target.clone(),
+            reply,
+        })
+        .into_iter()
+        .sum()
+    }
+
+    /// TURN counters summed over the workers (None when not serving TURN).
+    pub fn turn_stats(&self) -> Option<TurnStats> {
+        if !self.is_turn() {
+            return None;
+        }
+        let mut total = TurnStats::default();
+        for s in self.ask_all(|reply| WorkerCommand::Stats { reply }) {
+            total.add(&s);
+        }
+        Some(total)
+    }
+
+    /// Re-reads the TLS certificate and key: new handshakes use them, established
+    /// connections and all allocations stay. Ok(false) when no TLS is configured.
+    pub fn reload_tls(&self) -> Result<bool, TlsError> {
+        match &self.tls {
+            Some(t) => t.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Number of workers.

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::counters::{Counts, IoDrop, WorkerCounters};
 use super::socket::{NAME_LEN, decode_sockaddr, encode_sockaddr, storage_bytes};
+use super::turn_io::{Op, TurnIo, UdpSend};
 use super::{DatagramHandler, DataplaneError, Verdict};
 
 /// Datagrams per recvmmsg/sendmmsg call.
@@ -44,6 +45,54 @@ pub(super) struct PortableWorker<H> {
     counters: Arc<WorkerCounters>,
     counts: Counts,
     index: usize,
+    turn: Option<Box<TurnIo>>,
+    /// TURN mode: what each pollfd is.
+    kinds: Vec<Watch>,
+    ops: Vec<Op>,
+}
+
+/// What a pollfd watches in TURN mode.
+#[derive(Debug, Clone, Copy)]
+enum Watch {
+    Listen(usize),
+    Relay(u32),
+    Acceptor(usize),
+    Conn(u64),
+}
+
+/// [`UdpSend`] by plain sendto (the portable backend's TURN path).
+struct PortableSend<'a> {
+    counts: &'a mut Counts,
+}
+
+impl UdpSend for PortableSend<'_> {
+    #[inline]
+    fn send(&mut self, fd: std::os::fd::RawFd, to: std::net::SocketAddr, bytes: &[u8]) -> bool {
+        // SAFETY: sockaddr_in6 is plain old data; all-zero is a valid value.
+        let mut name: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        let namelen = encode_sockaddr(&to, &mut name);
+        loop {
+            // SAFETY: `bytes` and `name` are live for the call, with the given lengths.
+            let r = unsafe {
+                libc::sendto(
+                    fd,
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    libc::MSG_DONTWAIT,
+                    std::ptr::from_ref(&name).cast(),
+                    namelen,
+                )
+            };
+            if r >= 0 {
+                self.counts.answered += 1;
+                return true;
+            }
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                self.counts.errors += 1;
+                return false;
+            }
+        }
+    }
 }
 
 impl<H: DatagramHandler> PortableWorker<H> {
@@ -52,6 +101,7 @@ impl<H: DatagramHandler> PortableWorker<H> {
         sockets: Vec<UdpSocket>,
         handler: H,
         counters: Arc<WorkerCounters>,
+        turn: Option<Box<TurnIo>>,
     ) -> Result<Self, DataplaneError> {
         let pollfds = sockets
             .iter()
@@ -70,10 +120,16 @@ impl<H: DatagramHandler> PortableWorker<H> {
             counters,
             counts: Counts::default(),
             index,
+            turn,
+            kinds: Vec::new(),
+            ops: Vec::with_capacity(64),
         })
     }
 
     pub(super) fn run(mut self, shutdown: &AtomicBool) -> Result<(), DataplaneError> {
+        if self.turn.is_some() {
+            return self.run_turn(shutdown);
+        }
         while !shutdown.load(Ordering::Relaxed) {
             // SAFETY: pollfds is a live slice of pollfd of the given length.
             let r = unsafe {
@@ -103,6 +159,213 @@ impl<H: DatagramHandler> PortableWorker<H> {
         }
         self.counters.publish(&self.counts);
         Ok(())
+    }
+
+    /// Rebuilds the watch list from the listen sockets, listeners, relays and connections.
+    fn rebuild_watch(&mut self) {
+        let Some(turn) = self.turn.as_deref() else {
+            return;
+        };
+        self.pollfds.clear();
+        self.kinds.clear();
+        let mut add = |fd: i32, events: i16, w: Watch| {
+            self.pollfds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
+            self.kinds.push(w);
+        };
+        for (i, s) in self.sockets.iter().enumerate() {
+            add(s.as_raw_fd(), libc::POLLIN, Watch::Listen(i));
+        }
+        for (i, l) in turn.listeners.iter().enumerate() {
+            add(l.socket.as_raw_fd(), libc::POLLIN, Watch::Acceptor(i));
+        }
+        for (h, fd) in turn.relays.borrow().live() {
+            add(fd, libc::POLLIN, Watch::Relay(h));
+        }
+        for (token, fd, out) in turn.streams.borrow().live() {
+            let events = if out {
+                libc::POLLIN | libc::POLLOUT
+            } else {
+                libc::POLLIN
+            };
+            add(fd, events, Watch::Conn(token));
+        }
+    }
+
+    fn run_turn(mut self, shutdown: &AtomicBool) -> Result<(), DataplaneError> {
+        self.rebuild_watch();
+        while !shutdown.load(Ordering::Relaxed) {
+            let pending = self.turn.as_deref().is_some_and(TurnIo::has_pending);
+            // SAFETY: pollfds is a live slice of pollfd of the given length.
+            let r = unsafe {
+                libc::poll(
+                    self.pollfds.as_mut_ptr(),
+                    self.pollfds.len() as libc::nfds_t,
+                    if pending { 0 } else { POLL_MS },
+                )
+            };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    return Err(DataplaneError::Io {
+                        worker: self.index,
+                        what: "poll",
+                        source: e,
+                    });
+                }
+                continue;
+            }
+            if let Some(t) = self.turn.as_deref_mut() {
+                t.tick_clock();
+            }
+            for i in 0..self.pollfds.len() {
+                let revents = self.pollfds[i].revents;
+                if revents == 0 {
+                    continue;
+                }
+                let fd = self.pollfds[i].fd;
+                match self.kinds[i] {
+                    Watch::Listen(l) => self.drain_turn(fd, Watch::Listen(l)),
+                    Watch::Relay(h) => self.drain_turn(fd, Watch::Relay(h)),
+                    Watch::Acceptor(a) => {
+                        if let Some(t) = self.turn.as_deref_mut() {
+                            t.on_accept(a);
+                        }
+                    }
+                    Watch::Conn(token) => {
+                        let Some(t) = self.turn.as_deref_mut() else {
+                            continue;
+                        };
+                        if revents & libc::POLLOUT != 0 {
+                            t.on_writable(token);
+                        }
+                        if revents & !libc::POLLOUT != 0 {
+                            t.on_readable(
+                                &mut PortableSend {
+                                    counts: &mut self.counts,
+                                },
+                                token,
+                            );
+                        }
+                    }
+                }
+            }
+            let Some(t) = self.turn.as_deref_mut() else {
+                break;
+            };
+            t.retry_pending(&mut PortableSend {
+                counts: &mut self.counts,
+            });
+            t.housekeeping();
+            t.take_ops(&mut self.ops);
+            if !self.ops.is_empty() {
+                for op in self.ops.drain(..) {
+                    if let Op::CancelRelay(h) = op {
+                        // No receive is in flight here: the socket can close now.
+                        t.relays.borrow_mut().finish_close(h);
+                    }
+                }
+                self.rebuild_watch();
+            } else {
+                // A writability wish changes the events of an existing entry.
+                self.refresh_out_events();
+            }
+            self.counters.publish(&self.counts);
+        }
+        if let Some(t) = self.turn.as_deref_mut() {
+            t.close_all();
+        }
+        self.counters.publish(&self.counts);
+        Ok(())
+    }
+
+    fn refresh_out_events(&mut self) {
+        let Some(turn) = self.turn.as_deref() else {
+            return;
+        };
+        for (p, k) in self.pollfds.iter_mut().zip(&self.kinds) {
+            if let Watch::Conn(token) = k {
+                p.events = if turn.conn_wants_write(*token) {
+                    libc::POLLIN | libc::POLLOUT
+                } else {
+                    libc::POLLIN
+                };
+            }
+        }
+    }
+
+    /// Receives what a listen or relayed socket has queued and feeds it to TURN.
+    fn drain_turn(&mut self, fd: i32, from: Watch) {
+        let Some(turn) = self.turn.as_deref_mut() else {
+            return;
+        };
+        for _ in 0..ROUNDS {
+            let rx = &mut *self.rx;
+            for j in 0..BATCH {
+                rx.iovs[j].iov_base = rx.bufs[j].as_mut_ptr().cast();
+                rx.iovs[j].iov_len = BUF;
+                let h = &mut rx.hdrs[j];
+                h.msg_hdr.msg_name = std::ptr::from_mut(&mut rx.names[j]).cast();
+                h.msg_hdr.msg_namelen = NAME_LEN as libc::socklen_t;
+                h.msg_hdr.msg_iov = &mut rx.iovs[j];
+                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_control = std::ptr::null_mut();
+                h.msg_hdr.msg_controllen = 0;
+                h.msg_hdr.msg_flags = 0;
+                h.msg_len = 0;
+            }
+            // SAFETY: every header points at buffers inside `rx`, alive for the call.
+            let n = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    rx.hdrs.as_mut_ptr(),
+                    BATCH as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error().raw_os_error();
+                if e != Some(libc::EAGAIN) && e != Some(libc::EINTR) {
+                    self.counts.errors += 1;
+                }
+                return;
+            }
+            let n = n as usize;
+            for j in 0..n {
+                self.counts.received += 1;
+                let h = &rx.hdrs[j];
+                if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                    self.counts.drop_io(IoDrop::Truncated);
+                    continue;
+                }
+                let Some(source) =
+                    decode_sockaddr(storage_bytes(&rx.names[j], h.msg_hdr.msg_namelen))
+                else {
+                    self.counts.drop_io(IoDrop::BadSource);
+                    continue;
+                };
+                let len = (h.msg_len as usize).min(BUF);
+                let mut tx = PortableSend {
+                    counts: &mut self.counts,
+                };
+                match from {
+                    Watch::Listen(i) => {
+                        turn.on_client_datagram(&mut tx, i, source, &rx.bufs[j][..len]);
+                    }
+                    Watch::Relay(handle) => {
+                        turn.on_peer_datagram(&mut tx, handle, source, &rx.bufs[j][..len]);
+                    }
+                    _ => {}
+                }
+            }
+            if n < BATCH {
+                return;
+            }
+        }
     }
 
     /// Receives and answers what socket `i` has queued (bounded rounds).

@@ -16,6 +16,7 @@ use io_uring::{IoUring, Probe, Submitter, cqueue, opcode, squeue};
 use super::counters::{Counts, IoDrop, WorkerCounters};
 use super::slots::SendSlots;
 use super::socket::{NAME_LEN, decode_sockaddr};
+use super::turn_io::{Op, TurnIo, UdpSend};
 use super::{DatagramHandler, DataplaneError, Verdict};
 
 /// Submission queue entries.
@@ -38,6 +39,16 @@ const DRAIN: Duration = Duration::from_secs(1);
 const TAG_SHIFT: u32 = 56;
 const TAG_RECV: u64 = 1;
 const TAG_SEND: u64 = 2;
+/// TURN: a relayed socket's multishot receive (index = relay handle).
+const TAG_RELAY: u64 = 3;
+/// TURN: a stream listener is readable (index = listener index).
+const TAG_ACCEPT: u64 = 4;
+/// TURN: a client connection is readable (index = connection token).
+const TAG_CONN: u64 = 5;
+/// TURN: a client connection is writable (index = connection token).
+const TAG_CONN_OUT: u64 = 6;
+/// An AsyncCancel's own completion (ignored).
+const TAG_CANCEL: u64 = 7;
 const INDEX_MASK: u64 = (1 << TAG_SHIFT) - 1;
 
 #[inline]
@@ -206,6 +217,9 @@ pub(super) struct UringWorker<H> {
     counters: Arc<WorkerCounters>,
     counts: Counts,
     index: usize,
+    /// TURN mode: listen datagrams go to the TURN server instead of `handler`. Declared
+    /// after `ring`, so relayed sockets close after the ring stopped using them.
+    turn: Option<Box<TurnIo>>,
 }
 
 impl<H: DatagramHandler> UringWorker<H> {
@@ -214,6 +228,7 @@ impl<H: DatagramHandler> UringWorker<H> {
         sockets: Vec<UdpSocket>,
         handler: H,
         counters: Arc<WorkerCounters>,
+        turn: Option<Box<TurnIo>>,
     ) -> Result<Self, DataplaneError> {
         let io = |what: &'static str| {
             move |source| DataplaneError::Io {
@@ -264,6 +279,7 @@ impl<H: DatagramHandler> UringWorker<H> {
             counters,
             counts: Counts::default(),
             index,
+            turn,
         })
     }
 
@@ -292,8 +308,10 @@ impl<H: DatagramHandler> UringWorker<H> {
             handler,
             counters,
             counts,
+            turn,
             ..
         } = self;
+        let mut ops: Vec<Op> = Vec::with_capacity(256);
         let fds: Vec<i32> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
         let args = SubmitArgs::new().timespec(&WAIT);
         {
@@ -303,10 +321,17 @@ impl<H: DatagramHandler> UringWorker<H> {
                 push(&submitter, &mut sq, &e).map_err(io("arming multishot receive"))?;
                 armed[i] = true;
             }
+            if let Some(t) = turn.as_deref() {
+                for (i, l) in t.listeners.iter().enumerate() {
+                    let e = poll_entry(l.socket.as_raw_fd(), TAG_ACCEPT, i as u64, true, false);
+                    push(&submitter, &mut sq, &e).map_err(io("watching a stream listener"))?;
+                }
+            }
         }
         while !shutdown.load(Ordering::Relaxed) {
             let (submitter, mut sq, mut cq) = ring.split();
-            match submitter.submit_with_args(1, &args) {
+            let want = usize::from(!turn.as_deref().is_some_and(TurnIo::has_pending));
+            match submitter.submit_with_args(want, &args) {
                 Ok(_) => {}
                 Err(e)
                     if matches!(
@@ -316,6 +341,9 @@ impl<H: DatagramHandler> UringWorker<H> {
                 Err(e) => return Err(io("io_uring_enter")(e)),
             }
             cq.sync();
+            if let Some(t) = turn.as_deref_mut() {
+                t.tick_clock();
+            }
             // Stop taking completions while every send slot is in flight: the sends are
             // submitted (and usually complete inline) at the next enter, which frees
             // slots; the rest of the queue waits for the next round instead of being
@@ -336,7 +364,20 @@ impl<H: DatagramHandler> UringWorker<H> {
                             }
                         } else if let Some(bid) = cqueue::buffer_select(flags) {
                             if let Some(buf) = bufring.buf(bid, res as usize) {
-                                if let Some(&fd) = fds.get(i) {
+                                if let Some(t) = turn.as_deref_mut() {
+                                    on_turn_datagram(
+                                        buf,
+                                        recv_hdr,
+                                        Source::Listen(i),
+                                        t,
+                                        &mut UringSend {
+                                            slots,
+                                            submitter: &submitter,
+                                            sq: &mut sq,
+                                            counts,
+                                        },
+                                    );
+                                } else if let Some(&fd) = fds.get(i) {
                                     on_datagram(
                                         buf, recv_hdr, fd, handler, slots, counts, &submitter,
                                         &mut sq,
@@ -366,7 +407,61 @@ impl<H: DatagramHandler> UringWorker<H> {
                         }
                         slots.release(i as u32);
                     }
+                    kind @ (TAG_RELAY | TAG_ACCEPT | TAG_CONN | TAG_CONN_OUT) => {
+                        let Some(t) = turn.as_deref_mut() else {
+                            continue;
+                        };
+                        let data = ud & INDEX_MASK;
+                        let mut tx = UringSend {
+                            slots,
+                            submitter: &submitter,
+                            sq: &mut sq,
+                            counts,
+                        };
+                        on_turn_completion(kind, data, res, flags, bufring, recv_hdr, t, &mut tx);
+                    }
                     _ => {}
+                }
+            }
+            if let Some(t) = turn.as_deref_mut() {
+                t.retry_pending(&mut UringSend {
+                    slots,
+                    submitter: &submitter,
+                    sq: &mut sq,
+                    counts,
+                });
+                t.housekeeping();
+                t.take_ops(&mut ops);
+                for op in ops.drain(..) {
+                    let e = match op {
+                        Op::ArmRelay(h, fd) => {
+                            recv_entry_tagged(fd, recv_hdr, TAG_RELAY, u64::from(h))
+                        }
+                        Op::CancelRelay(h) => cancel_entry(TAG_RELAY, u64::from(h)),
+                        Op::WatchConn(token, fd) => poll_entry(fd, TAG_CONN, token, true, false),
+                        Op::WantWrite(token, fd) => {
+                            poll_entry(fd, TAG_CONN_OUT, token, false, true)
+                        }
+                        Op::UnwatchConn(token) => {
+                            if push(&submitter, &mut sq, &cancel_entry(TAG_CONN_OUT, token))
+                                .is_err()
+                            {
+                                counts.errors += 1;
+                            }
+                            cancel_entry(TAG_CONN, token)
+                        }
+                    };
+                    if push(&submitter, &mut sq, &e).is_err() {
+                        counts.errors += 1;
+                        if let Op::CancelRelay(h) = op {
+                            // Nothing will complete for it now; the socket closes with the
+                            // slot (its receive, if any, is cancelled at shutdown).
+                            tracing::debug!(
+                                relay = h,
+                                "cannot queue the cancel of a relayed socket"
+                            );
+                        }
+                    }
                 }
             }
             bufring.publish();
@@ -431,9 +526,181 @@ impl<H: DatagramHandler> UringWorker<H> {
 
 #[inline]
 fn recv_entry(fd: i32, hdr: &libc::msghdr, i: usize) -> squeue::Entry {
+    recv_entry_tagged(fd, hdr, TAG_RECV, i as u64)
+}
+
+#[inline]
+fn recv_entry_tagged(fd: i32, hdr: &libc::msghdr, kind: u64, data: u64) -> squeue::Entry {
     opcode::RecvMsgMulti::new(Fd(fd), hdr, BGID)
         .build()
-        .user_data(tag(TAG_RECV, i as u64))
+        .user_data(tag(kind, data))
+}
+
+/// A poll for readability (multishot) or writability (one shot).
+#[inline]
+fn poll_entry(fd: i32, kind: u64, data: u64, read: bool, write: bool) -> squeue::Entry {
+    let mut mask = 0u32;
+    if read {
+        mask |= libc::POLLIN as u32;
+    }
+    if write {
+        mask |= libc::POLLOUT as u32;
+    }
+    opcode::PollAdd::new(Fd(fd), mask)
+        .multi(read)
+        .build()
+        .user_data(tag(kind, data))
+}
+
+/// Cancels every operation tagged `(kind, data)`.
+#[inline]
+fn cancel_entry(kind: u64, data: u64) -> squeue::Entry {
+    opcode::AsyncCancel2::new(CancelBuilder::user_data(tag(kind, data)).all())
+        .build()
+        .user_data(tag(TAG_CANCEL, 0))
+}
+
+/// [`UdpSend`] through the worker's send slots.
+struct UringSend<'a, 'r, 's> {
+    slots: &'a mut SendSlots,
+    submitter: &'a Submitter<'r>,
+    sq: &'a mut squeue::SubmissionQueue<'s>,
+    counts: &'a mut Counts,
+}
+
+impl UdpSend for UringSend<'_, '_, '_> {
+    #[inline]
+    fn send(&mut self, fd: std::os::fd::RawFd, to: std::net::SocketAddr, bytes: &[u8]) -> bool {
+        if bytes.len() > super::slots::SLOT_BYTES {
+            self.counts.errors += 1;
+            return false;
+        }
+        let Some(slot) = self.slots.alloc() else {
+            self.counts.drop_io(IoDrop::NoSendSlot);
+            return false;
+        };
+        self.slots.buf_mut(slot)[..bytes.len()].copy_from_slice(bytes);
+        let hdr = self.slots.prepare(slot, bytes.len(), &to);
+        let e = opcode::SendMsg::new(Fd(fd), hdr)
+            .build()
+            .user_data(tag(TAG_SEND, u64::from(slot)));
+        if push(self.submitter, self.sq, &e).is_ok() {
+            self.counts.answered += 1;
+            true
+        } else {
+            self.slots.release(slot);
+            self.counts.errors += 1;
+            false
+        }
+    }
+}
+
+/// Where a TURN datagram came from.
+enum Source {
+    Listen(usize),
+    Relay(u32),
+}
+
+/// One received TURN datagram (client on a listen socket, or peer on a relayed socket).
+#[inline]
+fn on_turn_datagram(
+    buf: &[u8],
+    recv_hdr: &libc::msghdr,
+    from: Source,
+    turn: &mut TurnIo,
+    tx: &mut UringSend<'_, '_, '_>,
+) {
+    let Ok(msg) = RecvMsgOut::parse(buf, recv_hdr) else {
+        tx.counts.errors += 1;
+        return;
+    };
+    tx.counts.received += 1;
+    if msg.is_payload_truncated() {
+        tx.counts.drop_io(IoDrop::Truncated);
+        return;
+    }
+    let Some(source) = decode_sockaddr(msg.name_data()) else {
+        tx.counts.drop_io(IoDrop::BadSource);
+        return;
+    };
+    match from {
+        Source::Listen(i) => turn.on_client_datagram(tx, i, source, msg.payload_data()),
+        Source::Relay(h) => turn.on_peer_datagram(tx, h, source, msg.payload_data()),
+    }
+}
+
+/// A completion of a TURN operation (relay receive, listener / connection poll).
+#[allow(clippy::too_many_arguments)]
+fn on_turn_completion(
+    kind: u64,
+    data: u64,
+    res: i32,
+    flags: u32,
+    bufring: &mut BufRing,
+    recv_hdr: &libc::msghdr,
+    turn: &mut TurnIo,
+    tx: &mut UringSend<'_, '_, '_>,
+) {
+    match kind {
+        TAG_RELAY => {
+            let handle = data as u32;
+            if res >= 0 {
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    if let Some(buf) = bufring.buf(bid, res as usize) {
+                        on_turn_datagram(buf, recv_hdr, Source::Relay(handle), turn, tx);
+                    }
+                    bufring.push(bid);
+                }
+            } else if res == -libc::ENOBUFS {
+                tx.counts.drop_io(IoDrop::NoBuffer);
+            } else if res != -libc::ECANCELED {
+                tx.counts.errors += 1;
+            }
+            if !cqueue::more(flags) {
+                let fd = turn.relays.borrow().fd(handle);
+                match fd {
+                    Some(fd) => {
+                        let e = recv_entry_tagged(fd, recv_hdr, TAG_RELAY, data);
+                        if push(tx.submitter, tx.sq, &e).is_err() {
+                            tx.counts.errors += 1;
+                        }
+                    }
+                    None => turn.relays.borrow_mut().finish_close(handle),
+                }
+            }
+        }
+        TAG_ACCEPT => {
+            let i = data as usize;
+            if res >= 0 {
+                turn.on_accept(i);
+            }
+            if !cqueue::more(flags)
+                && res != -libc::ECANCELED
+                && let Some(l) = turn.listeners.get(i)
+            {
+                let e = poll_entry(l.socket.as_raw_fd(), TAG_ACCEPT, data, true, false);
+                if push(tx.submitter, tx.sq, &e).is_err() {
+                    tx.counts.errors += 1;
+                }
+            }
+        }
+        TAG_CONN => {
+            if res >= 0 {
+                turn.on_readable(tx, data);
+            }
+            if !cqueue::more(flags)
+                && res != -libc::ECANCELED
+                && let Some(fd) = turn.conn_fd(data)
+            {
+                let e = poll_entry(fd, TAG_CONN, data, true, false);
+                if push(tx.submitter, tx.sq, &e).is_err() {
+                    tx.counts.errors += 1;
+                }
+            }
+        }
+        TAG_CONN_OUT if res >= 0 => turn.on_writable(data),
+        _ => {}
+    }
 }
 
 /// Queues `e`, submitting once to make room if the queue is full.

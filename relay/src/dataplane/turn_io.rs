@@ -1,0 +1,1158 @@
+//! The IO half of TURN inside one worker: relayed UDP sockets, TCP/TLS client
+//! connections, the per-worker control channel, and the glue that feeds
+//! [`TurnServer`](crate::turn::TurnServer) and carries out what it asks for.
+//!
+//! Why it is shared: both backends (io_uring and portable) need the same bookkeeping —
+//! which relayed socket a handle names, which connection a 5-tuple names, how a stream is
+//! cut into messages, when a slow client is disconnected — and differ only in how a
+//! socket is watched and how a datagram leaves. The backend supplies a [`UdpSend`] and
+//! carries out the queued [`Op`]s (arm a receive, cancel it, watch a connection).
+//!
+//! The sans-IO core takes `&mut impl RelayPorts` and `&mut impl Transmit` in the same
+//! call, and both need the relay table; so the tables sit in `RefCell`s and the two trait
+//! objects are thin views over them. Nothing here allocates per relayed packet: UDP bytes
+//! go straight into the backend's send path, stream bytes into a bounded, preallocated
+//! write queue (TLS encrypts through rustls, which buffers internally).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::tls::TlsReloader;
+use crate::turn::{
+    AllocationInfo, FiveTuple, IpFamily, KickTarget, PortError, PortRequest, RelayHandle,
+    RelayPorts, Shared, Transmit, Transport, TurnConfig, TurnServer, TurnStats, framing,
+};
+
+/// Bytes buffered per connection for reading (one message must fit; larger frames
+/// disconnect the client: TURN messages are relayed as UDP datagrams, so nothing useful
+/// is that big).
+pub const STREAM_READ_BYTES: usize = 16 * 1024;
+/// Bytes queued per connection for writing before the client counts as too slow and is
+/// disconnected (bounded memory per client).
+pub const STREAM_WRITE_BYTES: usize = 256 * 1024;
+/// Connections accepted per listener readiness event (fairness).
+const ACCEPT_BURST: usize = 32;
+/// Backstop for reserved ports: the core releases unused reservations after its
+/// `reservation_lifetime` (30 s); this only catches a token the core lost track of.
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(120);
+/// Random port picks before giving up with "no port".
+const PORT_TRIES: usize = 64;
+
+/// Where relayed sockets are bound.
+#[derive(Debug, Clone)]
+pub struct RelaySpec {
+    /// Relay address for IPv4 allocations (None: IPv4 relays unsupported).
+    pub ipv4: Option<Ipv4Addr>,
+    /// Relay address for IPv6 allocations.
+    pub ipv6: Option<Ipv6Addr>,
+    /// Inclusive port range.
+    pub ports: (u16, u16),
+}
+
+/// A request from the control plane to one worker, answered within one loop iteration.
+#[derive(Debug)]
+pub enum WorkerCommand {
+    /// The allocations of this worker matching the filter.
+    Allocations {
+        /// Only this user.
+        user: Option<String>,
+        /// Only allocations whose client, server or relayed address has this IP (and port,
+        /// when non-zero).
+        addr: Option<SocketAddr>,
+        /// Where to answer.
+        reply: mpsc::Sender<Vec<AllocationInfo>>,
+    },
+    /// Deletes matching allocations; answers how many.
+    Kick {
+        /// What to delete.
+        target: KickTarget,
+        /// Where to answer.
+        reply: mpsc::Sender<usize>,
+    },
+    /// A copy of the worker's TURN counters.
+    Stats {
+        /// Where to answer.
+        reply: mpsc::Sender<TurnStats>,
+    },
+}
+
+/// Everything a worker needs to serve TURN (built by [`super::Dataplane::start_turn`]).
+pub struct TurnSetup {
+    /// The TURN configuration.
+    pub config: Arc<TurnConfig>,
+    /// Credentials, peer policy and quotas shared by all workers.
+    pub shared: Arc<Shared>,
+    /// Where relayed sockets go.
+    pub relay: RelaySpec,
+    /// This worker's TCP listeners (SO_REUSEPORT copies, one per address).
+    pub tcp: Vec<TcpListener>,
+    /// This worker's TLS listeners.
+    pub tls: Vec<TcpListener>,
+    /// The TLS config (required when `tls` is not empty).
+    pub tls_config: Option<Arc<TlsReloader>>,
+    /// Control-plane requests.
+    pub commands: mpsc::Receiver<WorkerCommand>,
+}
+
+/// A backend operation the shared code asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Op {
+    /// Start receiving on relayed socket `handle`.
+    ArmRelay(RelayHandle, RawFd),
+    /// Stop receiving on it; call [`Relays::finish_close`] once nothing references it.
+    CancelRelay(RelayHandle),
+    /// Watch connection `token` for readability (and keep watching).
+    WatchConn(u64, RawFd),
+    /// Connection `token` has queued output: tell when it is writable.
+    WantWrite(u64, RawFd),
+    /// Stop watching connection `token` (it is closed already).
+    UnwatchConn(u64),
+}
+
+/// How a backend sends one UDP datagram (copying `bytes`). Returns false if it was
+/// dropped (no slot, queue full, send error); the backend counts why.
+pub(super) trait UdpSend {
+    fn send(&mut self, fd: RawFd, to: SocketAddr, bytes: &[u8]) -> bool;
+}
+
+// ---------------------------------------------------------------------------------------
+// Relayed sockets
+
+enum RelayState {
+    Live,
+    Closing,
+}
+
+struct Relay {
+    socket: UdpSocket,
+    generation: u16,
+    state: RelayState,
+}
+
+/// The relayed sockets of one worker, by handle (`generation << 16 | index`).
+pub(super) struct Relays {
+    spec: RelaySpec,
+    slots: Vec<Option<Relay>>,
+    generations: Vec<u16>,
+    free: Vec<u16>,
+    reservations: HashMap<u64, (UdpSocket, Instant)>,
+    rng: u64,
+    ops: Vec<Op>,
+}
+
+impl Relays {
+    pub(super) fn new(spec: RelaySpec, seed: u64) -> Self {
+        Relays {
+            spec,
+            slots: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            reservations: HashMap::new(),
+            rng: seed | 1,
+            ops: Vec::with_capacity(64),
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: port choice only needs to be spread, not secret.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// The socket of a live relay.
+    #[inline]
+    pub(super) fn fd(&self, handle: RelayHandle) -> Option<RawFd> {
+        let index = (handle & 0xFFFF) as usize;
+        match self.slots.get(index) {
+            Some(Some(r)) if u32::from(r.generation) == handle >> 16 => {
+                matches!(r.state, RelayState::Live).then(|| r.socket.as_raw_fd())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `handle` names a slot that is still occupied (live or closing).
+    #[inline]
+    pub(super) fn is_current(&self, handle: RelayHandle) -> bool {
+        let index = (handle & 0xFFFF) as usize;
+        matches!(self.slots.get(index), Some(Some(r)) if u32::from(r.generation) == handle >> 16)
+    }
+
+    /// Frees the slot of a relay whose receive is gone.
+    pub(super) fn finish_close(&mut self, handle: RelayHandle) {
+        let index = (handle & 0xFFFF) as usize;
+        if self.is_current(handle)
+            && let Some(slot) = self.slots.get_mut(index)
+        {
+            *slot = None;
+            self.free.push(index as u16);
+        }
+    }
+
+    /// Takes the queued backend operations (into `out`, reusing its capacity).
+    pub(super) fn take_ops(&mut self, out: &mut Vec<Op>) {
+        out.append(&mut self.ops);
+    }
+
+    /// Live relays (handle, fd): for backends that rebuild a watch list.
+    pub(super) fn live(&self) -> impl Iterator<Item = (RelayHandle, RawFd)> + '_ {
+        self.slots.iter().enumerate().filter_map(|(i, s)| match s {
+            Some(r) if matches!(r.state, RelayState::Live) => Some((
+                (u32::from(r.generation) << 16) | i as u32,
+                r.socket.as_raw_fd(),
+            )),
+            _ => None,
+        })
+    }
+
+    /// Drops reservations whose token was not used in time.
+    pub(super) fn expire_reservations(&mut self, now: Instant) {
+        if !self.reservations.is_empty() {
+            self.reservations.retain(|_, (_, until)| *until > now);
+        }
+    }
+
+    fn bind(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
+        let addr = SocketAddr::new(ip, port);
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        // No SO_REUSEPORT: a relayed port belongs to exactly one allocation.
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(socket.into())
+    }
+
+    fn pick(&mut self, ip: IpAddr, even: bool) -> Result<(UdpSocket, u16), PortError> {
+        let (lo, hi) = self.spec.ports;
+        let span = u64::from(hi - lo) + 1;
+        for _ in 0..PORT_TRIES {
+            let mut port = lo as u64 + self.next_random() % span;
+            if even {
+                port &= !1;
+                if port < u64::from(lo) {
+                    port += 2;
+                }
+                // EVEN-PORT with R bit needs port + 1 in range too; the caller checks.
+            }
+            let Ok(port) = u16::try_from(port) else {
+                continue;
+            };
+            if port > hi {
+                continue;
+            }
+            match Self::bind(ip, port) {
+                Ok(s) => return Ok((s, port)),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => {
+                    tracing::warn!(%ip, port, error = %e, "cannot bind a relayed socket");
+                    return Err(PortError::Io(e.kind()));
+                }
+            }
+        }
+        Err(PortError::Exhausted)
+    }
+
+    fn insert(&mut self, socket: UdpSocket) -> Result<RelayHandle, PortError> {
+        let index = match self.free.pop() {
+            Some(i) => usize::from(i),
+            None => {
+                if self.slots.len() > usize::from(u16::MAX) {
+                    return Err(PortError::Exhausted);
+                }
+                self.slots.push(None);
+                self.generations.push(0);
+                self.slots.len() - 1
+            }
+        };
+        let generation = self.generations[index].wrapping_add(1);
+        self.generations[index] = generation;
+        let fd = socket.as_raw_fd();
+        self.slots[index] = Some(Relay {
+            socket,
+            generation,
+            state: RelayState::Live,
+        });
+        let handle = (u32::from(generation) << 16) | index as u32;
+        self.ops.push(Op::ArmRelay(handle, fd));
+        Ok(handle)
+    }
+
+    fn random_token(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        // SAFETY: writes at most 8 bytes into `b`.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
+        if n == 8 {
+            u64::from_ne_bytes(b)
+        } else {
+            self.next_random()
+        }
+    }
+
+    fn open(
+        &mut self,
+        family: IpFamily,
+        req: PortRequest,
+    ) -> Result<(RelayHandle, SocketAddr, Option<u64>), PortError> {
+        if let PortRequest::Reserved(token) = req {
+            let Some((socket, _)) = self.reservations.remove(&token) else {
+                return Err(PortError::UnknownToken);
+            };
+            let local = socket.local_addr().map_err(|e| PortError::Io(e.kind()))?;
+            let handle = self.insert(socket)?;
+            return Ok((handle, local, None));
+        }
+        let ip: IpAddr = match family {
+            IpFamily::V4 => self.spec.ipv4.map(IpAddr::V4),
+            IpFamily::V6 => self.spec.ipv6.map(IpAddr::V6),
+        }
+        .ok_or(PortError::FamilyUnsupported)?;
+        let (socket, port, token) = match req {
+            PortRequest::Any => {
+                let (s, p) = self.pick(ip, false)?;
+                (s, p, None)
+            }
+            PortRequest::Even {
+                reserve_next: false,
+            } => {
+                let (s, p) = self.pick(ip, true)?;
+                (s, p, None)
+            }
+            PortRequest::Even { reserve_next: true } => {
+                let mut found = None;
+                for _ in 0..PORT_TRIES {
+                    let (s, p) = self.pick(ip, true)?;
+                    if p >= self.spec.ports.1 {
+                        continue;
+                    }
+                    if let Ok(next) = Self::bind(ip, p + 1) {
+                        found = Some((s, p, next));
+                        break;
+                    }
+                }
+                let (s, p, next) = found.ok_or(PortError::Exhausted)?;
+                let token = self.random_token();
+                self.reservations
+                    .insert(token, (next, Instant::now() + RESERVATION_LIFETIME));
+                (s, p, Some(token))
+            }
+            PortRequest::Reserved(_) => return Err(PortError::UnknownToken),
+        };
+        let handle = self.insert(socket)?;
+        Ok((handle, SocketAddr::new(ip, port), token))
+    }
+
+    fn close(&mut self, handle: RelayHandle) {
+        let index = (handle & 0xFFFF) as usize;
+        if let Some(Some(r)) = self.slots.get_mut(index)
+            && u32::from(r.generation) == handle >> 16
+            && matches!(r.state, RelayState::Live)
+        {
+            r.state = RelayState::Closing;
+            self.ops.push(Op::CancelRelay(handle));
+        }
+    }
+}
+
+/// [`RelayPorts`] over the shared relay table.
+pub(super) struct Ports<'a>(pub(super) &'a RefCell<Relays>);
+
+impl RelayPorts for Ports<'_> {
+    fn open(
+        &mut self,
+        family: IpFamily,
+        req: PortRequest,
+    ) -> Result<(RelayHandle, SocketAddr, Option<u64>), PortError> {
+        self.0.borrow_mut().open(family, req)
+    }
+
+    fn close(&mut self, relay: RelayHandle) {
+        self.0.borrow_mut().close(relay);
+    }
+
+    fn release_reservation(&mut self, token: u64) {
+        self.0.borrow_mut().reservations.remove(&token);
+    }
+
+    fn set_dont_fragment(&mut self, relay: RelayHandle) -> bool {
+        let Some(fd) = self.0.borrow().fd(relay) else {
+            return false;
+        };
+        set_dont_fragment(fd)
+    }
+}
+
+/// Sets the Don't Fragment bit on everything `fd` sends (path MTU discovery "do").
+fn set_dont_fragment(fd: RawFd) -> bool {
+    let mut name: libc::sockaddr_in6 = unsafe_zeroed_sockaddr();
+    let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    // SAFETY: `name` is a writable sockaddr_in6 of `len` bytes.
+    let r = unsafe { libc::getsockname(fd, std::ptr::from_mut(&mut name).cast(), &mut len) };
+    if r != 0 {
+        return false;
+    }
+    let (level, opt, value) = if i32::from(name.sin6_family) == libc::AF_INET6 {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+    };
+    // SAFETY: passes a c_int option value of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
+}
+
+fn unsafe_zeroed_sockaddr() -> libc::sockaddr_in6 {
+    // SAFETY: sockaddr_in6 is plain old data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+// ---------------------------------------------------------------------------------------
+// Stream connections
+
+/// One TCP or TLS client connection.
+struct Conn {
+    stream: TcpStream,
+    tuple: FiveTuple,
+    tls: Option<Box<rustls::ServerConnection>>,
+    rbuf: Box<[u8]>,
+    rlen: usize,
+    wq: VecDeque<u8>,
+    generation: u32,
+    /// A writability watch is armed (io_uring) / wanted (portable).
+    want_write: bool,
+}
+
+/// Connection tokens: `generation << 24 | index`.
+const CONN_INDEX_BITS: u32 = 24;
+const CONN_INDEX_MASK: u64 = (1 << CONN_INDEX_BITS) - 1;
+
+/// The stream connections of one worker.
+pub(super) struct Streams {
+    conns: Vec<Option<Conn>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    by_tuple: HashMap<FiveTuple, u64>,
+    /// Connections to close after the current call into the TURN core returns.
+    doomed: Vec<u64>,
+    ops: Vec<Op>,
+}
+
+impl Streams {
+    pub(super) fn new() -> Self {
+        Streams {
+            conns: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            by_tuple: HashMap::new(),
+            doomed: Vec::with_capacity(16),
+            ops: Vec::with_capacity(64),
+        }
+    }
+
+    fn get_mut(&mut self, token: u64) -> Option<&mut Conn> {
+        conn_mut(&mut self.conns, token)
+    }
+
+    /// Takes the queued backend operations.
+    pub(super) fn take_ops(&mut self, out: &mut Vec<Op>) {
+        out.append(&mut self.ops);
+    }
+
+    /// Live connections (token, fd, wants POLLOUT): for backends that rebuild a watch list.
+    pub(super) fn live(&self) -> impl Iterator<Item = (u64, RawFd, bool)> + '_ {
+        self.conns.iter().enumerate().filter_map(|(i, c)| {
+            c.as_ref().map(|c| {
+                let token = (u64::from(c.generation) << CONN_INDEX_BITS) | i as u64;
+                (token, c.stream.as_raw_fd(), c.want_write)
+            })
+        })
+    }
+
+    fn add(&mut self, conn: Conn) -> u64 {
+        let index = match self.free.pop() {
+            Some(i) => i as usize,
+            None => {
+                self.conns.push(None);
+                self.generations.push(0);
+                self.conns.len() - 1
+            }
+        };
+        let generation = self.generations[index].wrapping_add(1) & 0xFF_FFFF;
+        self.generations[index] = generation;
+        let token = (u64::from(generation) << CONN_INDEX_BITS) | index as u64;
+        let fd = conn.stream.as_raw_fd();
+        self.by_tuple.insert(conn.tuple, token);
+        self.conns[index] = Some(Conn { generation, ..conn });
+        self.ops.push(Op::WatchConn(token, fd));
+        token
+    }
+
+    /// Removes a connection; returns its 5-tuple. The socket is shut down and closed.
+    fn remove(&mut self, token: u64) -> Option<FiveTuple> {
+        let index = (token & CONN_INDEX_MASK) as usize;
+        let slot = self.conns.get_mut(index)?;
+        match slot {
+            Some(c) if u64::from(c.generation) == token >> CONN_INDEX_BITS => {}
+            _ => return None,
+        }
+        let conn = slot.take()?;
+        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        self.by_tuple.remove(&conn.tuple);
+        self.free.push(index as u32);
+        self.ops.push(Op::UnwatchConn(token));
+        Some(conn.tuple)
+    }
+
+    /// Queues `bytes` (one whole message) for the client of `tuple`; a client whose
+    /// queue would overflow is marked for disconnection.
+    fn write(&mut self, tuple: &FiveTuple, bytes: &[u8]) -> bool {
+        let Some(&token) = self.by_tuple.get(tuple) else {
+            return false;
+        };
+        let Some(conn) = conn_mut(&mut self.conns, token) else {
+            return false;
+        };
+        let ok = match &mut conn.tls {
+            Some(tls) => {
+                // rustls bounds its plaintext+ciphertext buffers at set_buffer_limit.
+                matches!(tls.writer().write(bytes), Ok(n) if n == bytes.len())
+            }
+            None => {
+                if conn.wq.is_empty() {
+                    match (&conn.stream).write(bytes) {
+                        Ok(n) if n == bytes.len() => return true,
+                        Ok(n) => enqueue(&mut conn.wq, &bytes[n..]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            enqueue(&mut conn.wq, bytes)
+                        }
+                        Err(_) => false,
+                    }
+                } else {
+                    enqueue(&mut conn.wq, bytes)
+                }
+            }
+        };
+        if !ok {
+            tracing::debug!(client = %tuple.client, "stream client too slow or gone; disconnecting");
+            self.doomed.push(token);
+            return false;
+        }
+        let flushed = flush(conn);
+        match flushed {
+            Ok(true) => {}
+            Ok(false) => {
+                if !conn.want_write {
+                    conn.want_write = true;
+                    self.ops.push(Op::WantWrite(token, conn.stream.as_raw_fd()));
+                }
+            }
+            Err(_) => self.doomed.push(token),
+        }
+        true
+    }
+}
+
+fn conn_mut(conns: &mut [Option<Conn>], token: u64) -> Option<&mut Conn> {
+    let index = (token & CONN_INDEX_MASK) as usize;
+    match conns.get_mut(index) {
+        Some(Some(c)) if u64::from(c.generation) == token >> CONN_INDEX_BITS => Some(c),
+        _ => None,
+    }
+}
+
+fn enqueue(wq: &mut VecDeque<u8>, bytes: &[u8]) -> bool {
+    if wq.len() + bytes.len() > STREAM_WRITE_BYTES {
+        return false;
+    }
+    wq.extend(bytes);
+    true
+}
+
+/// Writes what is queued; Ok(true) when nothing is left.
+fn flush(conn: &mut Conn) -> io::Result<bool> {
+    match &mut conn.tls {
+        Some(tls) => {
+            while tls.wants_write() {
+                match tls.write_tls(&mut &conn.stream) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(true)
+        }
+        None => {
+            while !conn.wq.is_empty() {
+                let (a, _) = conn.wq.as_slices();
+                match (&conn.stream).write(a) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        conn.wq.drain(..n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(true)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Transmit
+
+/// [`Transmit`] for one call into the TURN core.
+pub(super) struct Tx<'a, S> {
+    pub(super) udp: &'a mut S,
+    /// Listen UDP sockets: (local address, fd).
+    pub(super) listen: &'a [(SocketAddr, RawFd)],
+    pub(super) relays: &'a RefCell<Relays>,
+    pub(super) streams: &'a RefCell<Streams>,
+}
+
+impl<S: UdpSend> Transmit for Tx<'_, S> {
+    #[inline]
+    fn to_client(&mut self, tuple: &FiveTuple, bytes: &[u8]) {
+        match tuple.transport {
+            Transport::Udp => {
+                if let Some(&(_, fd)) = self.listen.iter().find(|(a, _)| *a == tuple.server) {
+                    self.udp.send(fd, tuple.client, bytes);
+                }
+            }
+            Transport::Tcp | Transport::Tls => {
+                self.streams.borrow_mut().write(tuple, bytes);
+            }
+        }
+    }
+
+    #[inline]
+    fn to_peer(&mut self, relay: RelayHandle, peer: SocketAddr, bytes: &[u8]) {
+        let fd = self.relays.borrow().fd(relay);
+        if let Some(fd) = fd {
+            self.udp.send(fd, peer, bytes);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The per-worker TURN state
+
+/// A stream listener of this worker.
+pub(super) struct Listener {
+    pub(super) socket: TcpListener,
+    pub(super) transport: Transport,
+    pub(super) local: SocketAddr,
+}
+
+/// One worker's TURN server and the IO state around it.
+pub(super) struct TurnIo {
+    pub(super) server: TurnServer,
+    pub(super) relays: RefCell<Relays>,
+    pub(super) streams: RefCell<Streams>,
+    pub(super) listeners: Vec<Listener>,
+    tls: Option<Arc<TlsReloader>>,
+    commands: mpsc::Receiver<WorkerCommand>,
+    /// Listen UDP sockets (local address, fd).
+    pub(super) listen: Vec<(SocketAddr, RawFd)>,
+    ops: Vec<Op>,
+    /// Connections that may have more to read than one readiness event handled.
+    pending_read: Vec<u64>,
+    pending_swap: Vec<u64>,
+    scratch: Box<[u8]>,
+    last_sweep: Instant,
+    pub(super) now: Instant,
+    pub(super) wall: SystemTime,
+}
+
+impl TurnIo {
+    pub(super) fn new(
+        index: usize,
+        setup: TurnSetup,
+        listen: Vec<(SocketAddr, RawFd)>,
+    ) -> io::Result<Self> {
+        let mut listeners = Vec::new();
+        for (list, transport) in [(setup.tcp, Transport::Tcp), (setup.tls, Transport::Tls)] {
+            for socket in list {
+                socket.set_nonblocking(true)?;
+                let local = socket.local_addr()?;
+                listeners.push(Listener {
+                    socket,
+                    transport,
+                    local,
+                });
+            }
+        }
+        if listeners.iter().any(|l| l.transport == Transport::Tls) && setup.tls_config.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "TLS listeners need a certificate (turn.tls_cert / turn.tls_key)",
+            ));
+        }
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ ((index as u64) << 48);
+        Ok(TurnIo {
+            server: TurnServer::new(setup.config, setup.shared),
+            relays: RefCell::new(Relays::new(setup.relay, seed)),
+            streams: RefCell::new(Streams::new()),
+            listeners,
+            tls: setup.tls_config,
+            commands: setup.commands,
+            listen,
+            ops: Vec::with_capacity(64),
+            pending_read: Vec::with_capacity(64),
+            pending_swap: Vec::with_capacity(64),
+            scratch: vec![0u8; STREAM_READ_BYTES].into_boxed_slice(),
+            last_sweep: Instant::now(),
+            now: Instant::now(),
+            wall: SystemTime::now(),
+        })
+    }
+
+    /// Reads the clocks once per loop iteration.
+    #[inline]
+    pub(super) fn tick_clock(&mut self) {
+        self.now = Instant::now();
+        self.wall = SystemTime::now();
+    }
+
+    /// A datagram from a client on listen socket `listen_index`.
+    #[inline]
+    pub(super) fn on_client_datagram<S: UdpSend>(
+        &mut self,
+        udp: &mut S,
+        listen_index: usize,
+        source: SocketAddr,
+        bytes: &[u8],
+    ) {
+        let Some(&(server, _)) = self.listen.get(listen_index) else {
+            return;
+        };
+        let tuple = FiveTuple {
+            client: source,
+            server,
+            transport: Transport::Udp,
+        };
+        let mut ports = Ports(&self.relays);
+        let mut tx = Tx {
+            udp,
+            listen: &self.listen,
+            relays: &self.relays,
+            streams: &self.streams,
+        };
+        self.server
+            .on_client(&tuple, bytes, self.now, self.wall, &mut ports, &mut tx);
+        self.after_call();
+    }
+
+    /// A datagram from a peer on relayed socket `relay`.
+    #[inline]
+    pub(super) fn on_peer_datagram<S: UdpSend>(
+        &mut self,
+        udp: &mut S,
+        relay: RelayHandle,
+        source: SocketAddr,
+        bytes: &[u8],
+    ) {
+        if self.relays.borrow().fd(relay).is_none() {
+            return;
+        }
+        let mut tx = Tx {
+            udp,
+            listen: &self.listen,
+            relays: &self.relays,
+            streams: &self.streams,
+        };
+        self.server.on_peer(relay, source, bytes, self.now, &mut tx);
+        self.after_call();
+    }
+
+    /// Closes connections the last call marked as doomed.
+    fn after_call(&mut self) {
+        loop {
+            let token = self.streams.borrow_mut().doomed.pop();
+            let Some(token) = token else { break };
+            self.close_conn(token);
+        }
+    }
+
+    fn close_conn(&mut self, token: u64) {
+        let tuple = self.streams.borrow_mut().remove(token);
+        if let Some(tuple) = tuple {
+            let mut ports = Ports(&self.relays);
+            self.server.on_client_closed(&tuple, &mut ports);
+        }
+    }
+
+    /// Listener `i` is readable: accept what is waiting.
+    pub(super) fn on_accept(&mut self, i: usize) {
+        for _ in 0..ACCEPT_BURST {
+            let Some(l) = self.listeners.get(i) else {
+                return;
+            };
+            let (stream, client) = match l.socket.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: say so and try again at the next readiness.
+                    tracing::warn!(listen = %l.local, error = %e, "accept failed");
+                    return;
+                }
+            };
+            let transport = l.transport;
+            let server = stream.local_addr().unwrap_or(l.local);
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let tls = if transport == Transport::Tls {
+                let Some(cfg) = &self.tls else { continue };
+                match rustls::ServerConnection::new(cfg.current()) {
+                    Ok(mut c) => {
+                        c.set_buffer_limit(Some(STREAM_WRITE_BYTES));
+                        Some(Box::new(c))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start a TLS session");
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let conn = Conn {
+                stream,
+                tuple: FiveTuple {
+                    client,
+                    server,
+                    transport,
+                },
+                tls,
+                rbuf: vec![0u8; STREAM_READ_BYTES].into_boxed_slice(),
+                rlen: 0,
+                wq: VecDeque::with_capacity(4096),
+                generation: 0,
+                want_write: false,
+            };
+            tracing::debug!(%client, %server, ?transport, "stream client connected");
+            self.streams.borrow_mut().add(conn);
+        }
+    }
+
+    /// Connection `token` is writable.
+    pub(super) fn on_writable(&mut self, token: u64) {
+        let mut guard = self.streams.borrow_mut();
+        let streams = &mut *guard;
+        let Some(conn) = conn_mut(&mut streams.conns, token) else {
+            return;
+        };
+        conn.want_write = false;
+        match flush(conn) {
+            Ok(true) => {}
+            Ok(false) => {
+                conn.want_write = true;
+                let fd = conn.stream.as_raw_fd();
+                streams.ops.push(Op::WantWrite(token, fd));
+            }
+            Err(_) => streams.doomed.push(token),
+        }
+        drop(guard);
+        self.after_call();
+    }
+
+    /// Whether connection `token` has output waiting for writability.
+    pub(super) fn conn_wants_write(&self, token: u64) -> bool {
+        let mut streams = self.streams.borrow_mut();
+        streams.get_mut(token).is_some_and(|c| c.want_write)
+    }
+
+    /// The socket of connection `token`, if it is open.
+    pub(super) fn conn_fd(&self, token: u64) -> Option<RawFd> {
+        let mut streams = self.streams.borrow_mut();
+        streams.get_mut(token).map(|c| c.stream.as_raw_fd())
+    }
+
+    /// Continues reading connections that had more than one round's worth (readiness
+    /// events are edge-like: nothing else would wake us for the rest).
+    pub(super) fn retry_pending<S: UdpSend>(&mut self, udp: &mut S) {
+        if self.pending_read.is_empty() {
+            return;
+        }
+        std::mem::swap(&mut self.pending_read, &mut self.pending_swap);
+        let mut list = std::mem::take(&mut self.pending_swap);
+        for token in list.drain(..) {
+            self.on_readable(udp, token);
+        }
+        self.pending_swap = list;
+    }
+
+    /// Whether some connection waits in [`TurnIo::retry_pending`] (the loop should not
+    /// block).
+    pub(super) fn has_pending(&self) -> bool {
+        !self.pending_read.is_empty()
+    }
+
+    /// Connection `token` is readable: read, cut into messages, hand them to the core.
+    pub(super) fn on_readable<S: UdpSend>(&mut self, udp: &mut S, token: u64) {
+        // Bounded: one socket read per round, a few rounds; the rest next iteration.
+        for round in 0..16 {
+            if round == 15 {
+                if !self.pending_read.contains(&token) {
+                    self.pending_read.push(token);
+                }
+                return;
+            }
+            let (tuple, got) = {
+                let mut streams = self.streams.borrow_mut();
+                let Some(conn) = streams.get_mut(token) else {
+                    return;
+                };
+                let tuple = conn.tuple;
+                (tuple, read_some(conn))
+            };
+            let more = match got {
+                Ok(ReadOutcome::Data(more)) => more,
+                Ok(ReadOutcome::Eof) | Err(_) => {
+                    self.streams.borrow_mut().doomed.push(token);
+                    self.after_call();
+                    return;
+                }
+            };
+            if !self.process_frames(udp, token, &tuple) {
+                self.streams.borrow_mut().doomed.push(token);
+                self.after_call();
+                return;
+            }
+            self.after_call();
+            // TLS may have produced handshake bytes to send.
+            {
+                let mut guard = self.streams.borrow_mut();
+                let streams = &mut *guard;
+                if let Some(conn) = conn_mut(&mut streams.conns, token)
+                    && conn.tls.is_some()
+                {
+                    match flush(conn) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            if !conn.want_write {
+                                conn.want_write = true;
+                                let fd = conn.stream.as_raw_fd();
+                                streams.ops.push(Op::WantWrite(token, fd));
+                            }
+                        }
+                        Err(_) => streams.doomed.push(token),
+                    }
+                }
+            }
+            self.after_call();
+            if !more {
+                return;
+            }
+        }
+    }
+
+    /// Cuts complete frames out of the connection's buffer and feeds them to the core.
+    /// False if the stream is unusable (bad framing, frame too large).
+    fn process_frames<S: UdpSend>(&mut self, udp: &mut S, token: u64, tuple: &FiveTuple) -> bool {
+        loop {
+            let len = {
+                let mut streams = self.streams.borrow_mut();
+                let Some(conn) = streams.get_mut(token) else {
+                    return true;
+                };
+                let have = &conn.rbuf[..conn.rlen];
+                match framing::frame_len(have) {
+                    None => {
+                        if conn.rlen == conn.rbuf.len() {
+                            tracing::debug!(client = %tuple.client, "frame larger than the read buffer");
+                            return false;
+                        }
+                        return true;
+                    }
+                    Some(Err(_)) => {
+                        tracing::debug!(client = %tuple.client, "stream is not STUN/ChannelData");
+                        return false;
+                    }
+                    Some(Ok(n)) if n > conn.rbuf.len() => return false,
+                    Some(Ok(n)) if n > conn.rlen => return true,
+                    Some(Ok(n)) => {
+                        self.scratch[..n].copy_from_slice(&conn.rbuf[..n]);
+                        conn.rbuf.copy_within(n..conn.rlen, 0);
+                        conn.rlen -= n;
+                        n
+                    }
+                }
+            };
+            let mut ports = Ports(&self.relays);
+            let mut tx = Tx {
+                udp: &mut *udp,
+                listen: &self.listen,
+                relays: &self.relays,
+                streams: &self.streams,
+            };
+            self.server.on_client(
+                tuple,
+                &self.scratch[..len],
+                self.now,
+                self.wall,
+                &mut ports,
+                &mut tx,
+            );
+        }
+    }
+
+    /// Once per loop iteration: timers, control commands, reservation expiry. Returns
+    /// the backend operations to carry out (in `self.take_ops`).
+    pub(super) fn housekeeping(&mut self) {
+        if let Some(t) = self.server.next_timeout()
+            && t <= self.now
+        {
+            let mut ports = Ports(&self.relays);
+            self.server.on_timeout(self.now, &mut ports);
+        }
+        while let Ok(cmd) = self.commands.try_recv() {
+            self.command(cmd);
+        }
+        if self.now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
+            self.last_sweep = self.now;
+            self.relays.borrow_mut().expire_reservations(self.now);
+        }
+    }
+
+    fn command(&mut self, cmd: WorkerCommand) {
+        match cmd {
+            WorkerCommand::Allocations { user, addr, reply } => {
+                let list = self
+                    .server
+                    .allocations(self.now)
+                    .filter(|a| user.as_ref().is_none_or(|u| &a.user == u))
+                    .filter(|a| addr.is_none_or(|f| allocation_matches(a, f)))
+                    .collect();
+                let _ = reply.send(list);
+            }
+            WorkerCommand::Kick { target, reply } => {
+                let mut ports = Ports(&self.relays);
+                let n = self.server.kick(&target, &mut ports);
+                // Stream clients of kicked allocations keep their connection; the core
+                // deleted the allocation, which is what the operator asked for.
+                let _ = reply.send(n);
+            }
+            WorkerCommand::Stats { reply } => {
+                let _ = reply.send(self.server.stats().clone());
+            }
+        }
+    }
+
+    /// Moves the queued backend operations into `out`.
+    pub(super) fn take_ops(&mut self, out: &mut Vec<Op>) {
+        self.relays.borrow_mut().take_ops(out);
+        self.streams.borrow_mut().take_ops(out);
+        out.append(&mut self.ops);
+    }
+
+    /// Closes every connection and relay (shutdown).
+    pub(super) fn close_all(&mut self) {
+        let tokens: Vec<u64> = self.streams.borrow().by_tuple.values().copied().collect();
+        for t in tokens {
+            self.close_conn(t);
+        }
+    }
+}
+
+fn allocation_matches(a: &AllocationInfo, f: SocketAddr) -> bool {
+    let hit = |s: &SocketAddr| s.ip() == f.ip() && (f.port() == 0 || s.port() == f.port());
+    hit(&a.client) || hit(&a.server) || a.relayed.iter().any(hit)
+}
+
+enum ReadOutcome {
+    /// Read something (true: the socket may have more).
+    Data(bool),
+    Eof,
+}
+
+/// One read from the socket into the connection's buffer (through TLS if any).
+fn read_some(conn: &mut Conn) -> io::Result<ReadOutcome> {
+    match &mut conn.tls {
+        None => {
+            let space = &mut conn.rbuf[conn.rlen..];
+            if space.is_empty() {
+                return Ok(ReadOutcome::Data(false));
+            }
+            match (&conn.stream).read(space) {
+                Ok(0) => Ok(ReadOutcome::Eof),
+                Ok(n) => {
+                    conn.rlen += n;
+                    Ok(ReadOutcome::Data(true))
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::Data(false)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(ReadOutcome::Data(true)),
+                Err(e) => Err(e),
+            }
+        }
+        Some(tls) => {
+            let more = match tls.read_tls(&mut &conn.stream) {
+                Ok(0) => return Ok(ReadOutcome::Eof),
+                Ok(_) => true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+                Err(e) => return Err(e),
+            };
+            if let Err(e) = tls.process_new_packets() {
+                tracing::debug!(error = %e, "TLS error; closing the connection");
+                // Try to send the alert.
+                let _ = tls.write_tls(&mut &conn.stream);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            let mut more = more;
+            loop {
+                let space = &mut conn.rbuf[conn.rlen..];
+                if space.is_empty() {
+                    // Plaintext may be left inside rustls: come back for it.
+                    more = true;
+                    break;
+                }
+                match tls.reader().read(space) {
+                    Ok(0) => return Ok(ReadOutcome::Eof),
+                    Ok(n) => conn.rlen += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(ReadOutcome::Data(more))
+        }
+    }
+}
