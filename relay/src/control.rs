@@ -1,6 +1,11 @@
 //! The operator's control socket: a Unix stream socket taking one JSON request per line
-//! (`{"cmd":"stats"}`) and answering one JSON line, plus the client side used by
-//! `relay stats`.
+//! and answering one JSON line, plus the client side used by `relay stats`, `relay status`,
+//! `relay allocations`, `relay kick` and `relay reload`.
+//!
+//! Requests: `{"cmd":"stats"}`, `{"cmd":"allocations","user":?,"addr":?}`,
+//! `{"cmd":"kick","user":?|"client":?|"relayed":?}`, `{"cmd":"reload"}`. The daemon side
+//! answers them through the [`Commands`] trait, so this module knows nothing about
+//! workers or TURN state: the daemon implements it on top of the data path.
 //!
 //! It exists so that a running daemon can be inspected without a network listener: the
 //! socket is created mode 0600 (root or the daemon's user only), a stale file from a
@@ -9,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -19,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 /// How long one client may take to send its request / read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the CLI waits for an answer (a reload reads files and asks every worker).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 4096;
 /// Requests served per connection before it is closed.
@@ -39,6 +47,189 @@ pub struct Stats {
     pub xdp: Option<XdpStats>,
     /// The userspace data path, summed over workers.
     pub userspace: UserspaceStats,
+    /// The TURN service, summed over workers; null when TURN is disabled.
+    #[serde(default)]
+    pub turn: Option<TurnStatsJson>,
+}
+
+/// TURN counters in the stats answer (and the source of the Prometheus families).
+/// Maps only contain fixed, bounded keys (reasons, error codes), never user names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnStatsJson {
+    /// Live allocations.
+    pub allocations: u64,
+    /// Live permissions over all allocations.
+    pub permissions: u64,
+    /// Live channel bindings over all allocations.
+    pub channels: u64,
+    /// Allocations created since start.
+    #[serde(default)]
+    pub allocations_created: u64,
+    /// Datagrams relayed, by direction: `client_to_peer`, `peer_to_client`.
+    #[serde(default)]
+    pub packets: BTreeMap<String, u64>,
+    /// Payload bytes relayed, by direction: `client_to_peer`, `peer_to_client`.
+    #[serde(default)]
+    pub bytes: BTreeMap<String, u64>,
+    /// Failed authentications by reason (e.g. `bad_integrity`, `unknown_user`,
+    /// `stale_nonce`, `rate_limited`).
+    #[serde(default)]
+    pub auth_failures: BTreeMap<String, u64>,
+    /// Error responses sent, by code (`"403"`, `"486"`, ...).
+    #[serde(default)]
+    pub errors: BTreeMap<String, u64>,
+    /// Datagrams dropped, by reason (no permission, bandwidth limit, ...).
+    #[serde(default)]
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// One allocation as the control socket reports it (`relay allocations`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationRow {
+    /// The username it authenticated with.
+    pub user: String,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Server (listen) address the client talks to.
+    pub server: SocketAddr,
+    /// Client transport: `udp`, `tcp` or `tls`.
+    pub transport: String,
+    /// Relayed address(es): one, or two for a dual-stack allocation.
+    pub relayed: Vec<SocketAddr>,
+    /// Seconds until it expires unless refreshed.
+    pub expires_in_s: u64,
+    /// Peer addresses with a permission.
+    pub permissions: Vec<IpAddr>,
+    /// Bound channels: number and peer.
+    pub channels: Vec<(u16, SocketAddr)>,
+    /// Datagrams relayed client → peer.
+    pub packets_to_peer: u64,
+    /// Payload bytes relayed client → peer.
+    pub bytes_to_peer: u64,
+    /// Datagrams relayed peer → client.
+    pub packets_to_client: u64,
+    /// Payload bytes relayed peer → client.
+    pub bytes_to_client: u64,
+}
+
+/// Which allocations `relay allocations` lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllocationFilter {
+    /// Exact username, or the user part of a REST username `expiry:user`.
+    pub user: Option<String>,
+    /// An IP (matches any port) or IP:port, compared with the client and relayed
+    /// addresses.
+    pub addr: Option<AddrFilter>,
+}
+
+/// An address filter: a bare IP or a socket address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrFilter {
+    /// Any port on this IP.
+    Ip(IpAddr),
+    /// Exactly this address.
+    Socket(SocketAddr),
+}
+
+impl AddrFilter {
+    /// Parses `IP` or `IP:PORT` (`[v6]:port`).
+    pub fn parse(s: &str) -> Option<AddrFilter> {
+        let s = s.trim();
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Some(AddrFilter::Socket(a));
+        }
+        s.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok()
+            .map(AddrFilter::Ip)
+    }
+
+    fn matches(&self, a: SocketAddr) -> bool {
+        match self {
+            AddrFilter::Ip(ip) => a.ip() == *ip,
+            AddrFilter::Socket(s) => a == *s,
+        }
+    }
+}
+
+/// Whether `user` (as stored on an allocation) is `wanted`, directly or as the user
+/// part of a REST username `expiry:user`.
+pub fn user_matches(user: &str, wanted: &str) -> bool {
+    user == wanted || user.split_once(':').is_some_and(|(_, u)| u == wanted)
+}
+
+impl AllocationFilter {
+    /// Whether `row` passes the filter.
+    pub fn matches(&self, row: &AllocationRow) -> bool {
+        if let Some(u) = &self.user
+            && !user_matches(&row.user, u)
+        {
+            return false;
+        }
+        if let Some(a) = &self.addr
+            && !a.matches(row.client)
+            && !row.relayed.iter().any(|r| a.matches(*r))
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// What `relay kick` removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KickTarget {
+    /// Every allocation of this user (also matching the user part of `expiry:user`).
+    User(String),
+    /// The allocation(s) of this client address.
+    Client(SocketAddr),
+    /// The allocation owning this relayed address.
+    Relayed(SocketAddr),
+}
+
+/// What a reload changed, for the operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// What was reloaded, one line each (e.g. "tls certificate /etc/relay/cert.pem").
+    pub reloaded: Vec<String>,
+    /// Settings that changed in the file but need a restart to take effect.
+    #[serde(default)]
+    pub needs_restart: Vec<String>,
+}
+
+/// The daemon side of the control socket. The daemon implements it on top of its data
+/// path; every call returns promptly (workers answer within one loop iteration).
+pub trait Commands {
+    /// The stats answer.
+    fn stats(&self) -> Stats;
+    /// Every live allocation (the control socket applies the filter).
+    fn allocations(&self) -> Vec<AllocationRow>;
+    /// Removes the matching allocations; returns how many went.
+    fn kick(&self, target: &KickTarget) -> usize;
+    /// Re-reads the configuration file and applies what can change live (TLS
+    /// certificate and key, users and shared secrets, peer policy, quotas) without
+    /// dropping allocations. On error nothing is changed.
+    fn reload(&self) -> Result<ReloadReport, String>;
+}
+
+/// A [`Commands`] answering only `stats` (the rest are empty / refused): for tests and
+/// daemons without TURN.
+pub struct StatsOnly<F: Fn() -> Stats>(pub F);
+
+impl<F: Fn() -> Stats> Commands for StatsOnly<F> {
+    fn stats(&self) -> Stats {
+        (self.0)()
+    }
+    fn allocations(&self) -> Vec<AllocationRow> {
+        Vec::new()
+    }
+    fn kick(&self, _: &KickTarget) -> usize {
+        0
+    }
+    fn reload(&self) -> Result<ReloadReport, String> {
+        Err("reload is not supported by this daemon".into())
+    }
 }
 
 /// Fast path state.
@@ -77,8 +268,17 @@ pub struct UserspaceStats {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Request {
     cmd: String,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    addr: Option<String>,
+    #[serde(default)]
+    client: Option<String>,
+    #[serde(default)]
+    relayed: Option<String>,
 }
 
 /// Control socket failures.
@@ -182,9 +382,9 @@ impl ControlServer {
         &self.path
     }
 
-    /// Waits up to `timeout` for clients and serves every pending one with `stats`.
+    /// Waits up to `timeout` for clients and serves every pending one with `commands`.
     /// Returns early when a signal interrupts the wait.
-    pub fn serve_for(&self, timeout: Duration, stats: &dyn Fn() -> Stats) {
+    pub fn serve_for(&self, timeout: Duration, commands: &dyn Commands) {
         let mut pfd = libc::pollfd {
             fd: self.listener.as_raw_fd(),
             events: libc::POLLIN,
@@ -199,7 +399,7 @@ impl ControlServer {
         for _ in 0..MAX_REQUESTS_PER_CONNECTION {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if let Err(e) = serve_connection(stream, stats) {
+                    if let Err(e) = serve_connection(stream, commands) {
                         tracing::debug!(error = %e, "control client went away");
                     }
                 }
@@ -223,7 +423,7 @@ impl Drop for ControlServer {
     }
 }
 
-fn serve_connection(stream: UnixStream, stats: &dyn Fn() -> Stats) -> io::Result<()> {
+fn serve_connection(stream: UnixStream, commands: &dyn Commands) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
@@ -234,7 +434,7 @@ fn serve_connection(stream: UnixStream, stats: &dyn Fn() -> Stats) -> io::Result
         if reader.read_line(&mut line)? == 0 {
             return Ok(());
         }
-        let answer = answer(line.trim(), stats);
+        let answer = answer(line.trim(), commands);
         writer.write_all(answer.as_bytes())?;
         writer.write_all(b"\n")?;
     }
@@ -242,32 +442,84 @@ fn serve_connection(stream: UnixStream, stats: &dyn Fn() -> Stats) -> io::Result
 }
 
 /// The answer line (without newline) for one request line.
-pub fn answer(line: &str, stats: &dyn Fn() -> Stats) -> String {
+pub fn answer(line: &str, commands: &dyn Commands) -> String {
     let error = |msg: String| serde_json::json!({ "error": msg }).to_string();
-    match serde_json::from_str::<Request>(line) {
-        Ok(r) if r.cmd == "stats" => {
-            serde_json::to_string(&stats()).unwrap_or_else(|e| error(e.to_string()))
+    let to_json = |v: Result<String, serde_json::Error>| v.unwrap_or_else(|e| error(e.to_string()));
+    let r = match serde_json::from_str::<Request>(line) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(format!(
+                "bad request ({e}); send one JSON object per line, e.g. {{\"cmd\":\"stats\"}}"
+            ));
         }
-        Ok(r) => error(format!(
-            "unknown command {:?}; known commands: stats",
-            r.cmd
-        )),
-        Err(e) => error(format!(
-            "bad request ({e}); send one JSON object per line, e.g. {{\"cmd\":\"stats\"}}"
+    };
+    let sock = |key: &str, v: &str| -> Result<SocketAddr, String> {
+        v.trim().parse().map_err(|_| {
+            format!("{key}: {v:?} is not an address (IP:PORT, e.g. \"192.0.2.1:50000\")")
+        })
+    };
+    match r.cmd.as_str() {
+        "stats" => to_json(serde_json::to_string(&commands.stats())),
+        "allocations" => {
+            let addr = match r.addr.as_deref().map(|a| (a, AddrFilter::parse(a))) {
+                None => None,
+                Some((_, Some(f))) => Some(f),
+                Some((a, None)) => {
+                    return error(format!("addr: {a:?} is not an IP or IP:PORT"));
+                }
+            };
+            let filter = AllocationFilter { user: r.user, addr };
+            let rows: Vec<AllocationRow> = commands
+                .allocations()
+                .into_iter()
+                .filter(|row| filter.matches(row))
+                .collect();
+            to_json(serde_json::to_string(
+                &serde_json::json!({ "allocations": rows }),
+            ))
+        }
+        "kick" => {
+            let target = match (r.user, r.client, r.relayed) {
+                (Some(u), None, None) if !u.is_empty() => KickTarget::User(u),
+                (None, Some(c), None) => match sock("client", &c) {
+                    Ok(a) => KickTarget::Client(a),
+                    Err(e) => return error(e),
+                },
+                (None, None, Some(c)) => match sock("relayed", &c) {
+                    Ok(a) => KickTarget::Relayed(a),
+                    Err(e) => return error(e),
+                },
+                _ => {
+                    return error(
+                        "kick needs exactly one of \"user\" (non-empty), \"client\" or \"relayed\""
+                            .into(),
+                    );
+                }
+            };
+            let n = commands.kick(&target);
+            serde_json::json!({ "kicked": n }).to_string()
+        }
+        "reload" => match commands.reload() {
+            Ok(report) => to_json(serde_json::to_string(&report)),
+            Err(e) => error(format!("reload failed, nothing changed: {e}")),
+        },
+        other => error(format!(
+            "unknown command {other:?}; known commands: stats, allocations, kick, reload"
         )),
     }
 }
 
-/// Sends `{"cmd":cmd}` to the daemon at `path` and returns its raw JSON answer.
-pub fn request(path: &Path, cmd: &str) -> Result<String, ControlError> {
+/// Sends one JSON request to the daemon at `path` and returns its raw JSON answer
+/// (an `{"error":..}` answer becomes [`ControlError::Daemon`]).
+pub fn request_value(path: &Path, req: &serde_json::Value) -> Result<String, ControlError> {
     let mut stream = UnixStream::connect(path).map_err(|source| ControlError::Connect {
         path: path.to_owned(),
         source,
     })?;
     stream
-        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .set_read_timeout(Some(RELOAD_TIMEOUT))
         .map_err(ControlError::Exchange)?;
-    let req = serde_json::json!({ "cmd": cmd }).to_string() + "\n";
+    let req = req.to_string() + "\n";
     stream
         .write_all(req.as_bytes())
         .map_err(ControlError::Exchange)?;
@@ -290,12 +542,64 @@ pub fn request(path: &Path, cmd: &str) -> Result<String, ControlError> {
     Ok(line)
 }
 
+/// Sends `{"cmd":cmd}` to the daemon at `path` and returns its raw JSON answer.
+pub fn request(path: &Path, cmd: &str) -> Result<String, ControlError> {
+    request_value(path, &serde_json::json!({ "cmd": cmd }))
+}
+
+fn invalid_answer(e: serde_json::Error) -> ControlError {
+    ControlError::Exchange(io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// Asks the daemon for its stats.
 pub fn fetch_stats(path: &Path) -> Result<(Stats, String), ControlError> {
     let raw = request(path, "stats")?;
-    let stats = serde_json::from_str(&raw)
-        .map_err(|e| ControlError::Exchange(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+    let stats = serde_json::from_str(&raw).map_err(invalid_answer)?;
     Ok((stats, raw))
+}
+
+/// Asks the daemon for its allocations, filtered by user and/or address.
+pub fn fetch_allocations(
+    path: &Path,
+    user: Option<&str>,
+    addr: Option<&str>,
+) -> Result<(Vec<AllocationRow>, String), ControlError> {
+    let mut req = serde_json::json!({ "cmd": "allocations" });
+    if let Some(u) = user {
+        req["user"] = u.into();
+    }
+    if let Some(a) = addr {
+        req["addr"] = a.into();
+    }
+    let raw = request_value(path, &req)?;
+    #[derive(Deserialize)]
+    struct Answer {
+        allocations: Vec<AllocationRow>,
+    }
+    let a: Answer = serde_json::from_str(&raw).map_err(invalid_answer)?;
+    Ok((a.allocations, raw))
+}
+
+/// Asks the daemon to remove allocations; returns how many went.
+pub fn kick(path: &Path, target: &KickTarget) -> Result<usize, ControlError> {
+    let req = match target {
+        KickTarget::User(u) => serde_json::json!({ "cmd": "kick", "user": u }),
+        KickTarget::Client(a) => serde_json::json!({ "cmd": "kick", "client": a.to_string() }),
+        KickTarget::Relayed(a) => serde_json::json!({ "cmd": "kick", "relayed": a.to_string() }),
+    };
+    let raw = request_value(path, &req)?;
+    #[derive(Deserialize)]
+    struct Answer {
+        kicked: usize,
+    }
+    let a: Answer = serde_json::from_str(&raw).map_err(invalid_answer)?;
+    Ok(a.kicked)
+}
+
+/// Asks the daemon to reload its configuration.
+pub fn reload(path: &Path) -> Result<ReloadReport, ControlError> {
+    let raw = request(path, "reload")?;
+    serde_json::from_str(&raw).map_err(invalid_answer)
 }
 
 #[cfg(test)]
@@ -317,13 +621,159 @@ mod tests {
                 errors: 0,
                 dropped_by_reason: BTreeMap::from([("not_stun".into(), 1)]),
             },
+            turn: None,
         }
+    }
+
+    struct Fake {
+        kicked: std::cell::RefCell<Vec<KickTarget>>,
+    }
+
+    fn row(user: &str, client: &str, relayed: &str) -> AllocationRow {
+        AllocationRow {
+            user: user.into(),
+            client: client.parse().unwrap(),
+            server: "127.0.0.1:3478".parse().unwrap(),
+            transport: "udp".into(),
+            relayed: vec![relayed.parse().unwrap()],
+            expires_in_s: 600,
+            permissions: vec!["192.0.2.9".parse().unwrap()],
+            channels: vec![(0x4000, "192.0.2.9:7000".parse().unwrap())],
+            packets_to_peer: 1,
+            bytes_to_peer: 100,
+            packets_to_client: 2,
+            bytes_to_client: 200,
+        }
+    }
+
+    impl Commands for Fake {
+        fn stats(&self) -> Stats {
+            let mut s = sample();
+            s.turn = Some(TurnStatsJson {
+                allocations: 2,
+                auth_failures: BTreeMap::from([("stale_nonce".into(), 4)]),
+                ..TurnStatsJson::default()
+            });
+            s
+        }
+        fn allocations(&self) -> Vec<AllocationRow> {
+            vec![
+                row("alice", "198.51.100.1:5000", "203.0.113.1:50000"),
+                row("1700000000:bob", "198.51.100.2:5000", "203.0.113.1:50002"),
+            ]
+        }
+        fn kick(&self, target: &KickTarget) -> usize {
+            self.kicked.borrow_mut().push(target.clone());
+            1
+        }
+        fn reload(&self) -> Result<ReloadReport, String> {
+            Err("tls_cert: cannot read".into())
+        }
+    }
+
+    fn fake() -> Fake {
+        Fake {
+            kicked: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    fn users(answer_line: &str) -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(answer_line).unwrap();
+        v["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["user"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn stats_carry_turn_object() {
+        let v: serde_json::Value =
+            serde_json::from_str(&answer("{\"cmd\":\"stats\"}", &fake())).unwrap();
+        assert_eq!(v["turn"]["allocations"], 2);
+        assert_eq!(v["turn"]["auth_failures"]["stale_nonce"], 4);
+        // Without TURN the key is null, and old answers without it still parse.
+        let v: serde_json::Value =
+            serde_json::from_str(&answer("{\"cmd\":\"stats\"}", &StatsOnly(sample))).unwrap();
+        assert!(v["turn"].is_null());
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("turn");
+        let s: Stats = serde_json::from_value(old).unwrap();
+        assert_eq!(s, sample());
+    }
+
+    #[test]
+    fn allocations_filter_by_user_and_addr() {
+        let f = fake();
+        let all = answer("{\"cmd\":\"allocations\"}", &f);
+        assert_eq!(users(&all), ["alice", "1700000000:bob"]);
+        let bob = answer("{\"cmd\":\"allocations\",\"user\":\"bob\"}", &f);
+        assert_eq!(users(&bob), ["1700000000:bob"]);
+        let by_ip = answer("{\"cmd\":\"allocations\",\"addr\":\"198.51.100.1\"}", &f);
+        assert_eq!(users(&by_ip), ["alice"]);
+        let by_relay = answer(
+            "{\"cmd\":\"allocations\",\"addr\":\"203.0.113.1:50002\"}",
+            &f,
+        );
+        assert_eq!(users(&by_relay), ["1700000000:bob"]);
+        let none = answer(
+            "{\"cmd\":\"allocations\",\"user\":\"alice\",\"addr\":\"198.51.100.2\"}",
+            &f,
+        );
+        assert!(users(&none).is_empty());
+        let bad = answer("{\"cmd\":\"allocations\",\"addr\":\"nope\"}", &f);
+        assert!(bad.contains("error") && bad.contains("addr"), "{bad}");
+    }
+
+    #[test]
+    fn kick_needs_exactly_one_target() {
+        let f = fake();
+        assert_eq!(
+            answer("{\"cmd\":\"kick\",\"user\":\"alice\"}", &f),
+            "{\"kicked\":1}"
+        );
+        assert_eq!(
+            answer("{\"cmd\":\"kick\",\"client\":\"198.51.100.1:5000\"}", &f),
+            "{\"kicked\":1}"
+        );
+        assert_eq!(
+            answer("{\"cmd\":\"kick\",\"relayed\":\"[2001:db8::1]:50000\"}", &f),
+            "{\"kicked\":1}"
+        );
+        assert_eq!(
+            *f.kicked.borrow(),
+            vec![
+                KickTarget::User("alice".into()),
+                KickTarget::Client("198.51.100.1:5000".parse().unwrap()),
+                KickTarget::Relayed("[2001:db8::1]:50000".parse().unwrap()),
+            ]
+        );
+        for bad in [
+            "{\"cmd\":\"kick\"}",
+            "{\"cmd\":\"kick\",\"user\":\"\"}",
+            "{\"cmd\":\"kick\",\"user\":\"a\",\"client\":\"1.2.3.4:5\"}",
+            "{\"cmd\":\"kick\",\"client\":\"1.2.3.4\"}",
+            "{\"cmd\":\"kick\",\"who\":\"a\"}",
+        ] {
+            assert!(answer(bad, &f).contains("error"), "{bad}");
+        }
+        assert_eq!(f.kicked.borrow().len(), 3, "no kick on a bad request");
+    }
+
+    #[test]
+    fn reload_error_is_reported() {
+        let a = answer("{\"cmd\":\"reload\"}", &fake());
+        assert!(
+            a.contains("reload failed, nothing changed: tls_cert"),
+            "{a}"
+        );
     }
 
     #[test]
     fn stats_json_has_contract_fields() {
         let v: serde_json::Value =
-            serde_json::from_str(&answer("{\"cmd\":\"stats\"}", &sample)).unwrap();
+            serde_json::from_str(&answer("{\"cmd\":\"stats\"}", &StatsOnly(sample))).unwrap();
         assert_eq!(v["version"], "0.1.0");
         assert_eq!(v["backend"], "io_uring");
         assert_eq!(v["workers"], 2);
@@ -337,8 +787,8 @@ mod tests {
 
     #[test]
     fn bad_requests_get_errors() {
-        assert!(answer("{\"cmd\":\"reboot\"}", &sample).contains("unknown command"));
-        assert!(answer("stats", &sample).contains("bad request"));
+        assert!(answer("{\"cmd\":\"reboot\"}", &StatsOnly(sample)).contains("unknown command"));
+        assert!(answer("stats", &StatsOnly(sample)).contains("bad request"));
     }
 
     #[test]
@@ -359,7 +809,7 @@ mod tests {
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !client.is_finished() && std::time::Instant::now() < deadline {
-            server.serve_for(Duration::from_millis(50), &sample);
+            server.serve_for(Duration::from_millis(50), &StatsOnly(sample));
         }
         let (stats, raw) = client.join().unwrap().expect("stats");
         assert_eq!(stats, sample());

@@ -77,6 +77,9 @@ struct RunArgs {
     /// Log level or filter (overrides RUST_LOG and log.level).
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Serve Prometheus metrics on this address (replaces metrics.listen).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -131,6 +134,7 @@ fn load(args: &RunArgs) -> Result<Config, relay::config::ConfigError> {
         xdp_mode: args.xdp_mode,
         control_socket: args.control_socket.clone(),
         log_level: args.log_level.clone(),
+        metrics_listen: args.metrics_listen,
     })
 }
 

@@ -7,6 +7,7 @@
 
 mod error;
 pub mod interfaces;
+mod turn;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -15,6 +16,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
+pub use turn::{MetricsSettings, QuotaSettings, Secret, TurnSettings, parse_port_range};
+
+use crate::policy::PolicyConfig;
 
 /// The configuration used when no file is given (also the reference for every default).
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -80,6 +84,14 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// Log filter (a level or a tracing filter directive).
     pub log_level: String,
+    /// The TURN service (`[turn]`, `[turn.users]`, `[turn.auth]`).
+    pub turn: TurnSettings,
+    /// Peer allow/deny lists (`[policy]`).
+    pub policy: PolicyConfig,
+    /// Allocation quotas (`[quota]`).
+    pub quota: QuotaSettings,
+    /// The Prometheus endpoint (`[metrics]`).
+    pub metrics: MetricsSettings,
 }
 
 /// The `[xdp]` section, validated.
@@ -112,6 +124,8 @@ pub struct Overrides {
     pub control_socket: Option<PathBuf>,
     /// `--log-level`.
     pub log_level: Option<String>,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 // ---- the file's shape (serde) ----
@@ -129,6 +143,14 @@ struct File {
     control: ControlSection,
     #[serde(default)]
     log: LogSection,
+    #[serde(default)]
+    turn: turn::TurnSection,
+    #[serde(default)]
+    policy: turn::PolicySection,
+    #[serde(default)]
+    quota: turn::QuotaSection,
+    #[serde(default)]
+    metrics: turn::MetricsSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -259,6 +281,9 @@ impl Config {
             })?;
             listen.push(addr);
         }
+        let (turn, policy, quota, metrics) =
+            turn::build(file.turn, file.policy, file.quota, file.metrics)
+                .map_err(|(key, message)| invalid(key, message))?;
         let config = Config {
             listen,
             workers: file.server.workers,
@@ -270,6 +295,10 @@ impl Config {
             },
             control_socket: file.control.socket,
             log_level: file.log.level,
+            turn,
+            policy,
+            quota,
+            metrics,
         };
         config
             .check()
@@ -302,6 +331,9 @@ impl Config {
         }
         if let Some(l) = &o.log_level {
             self.log_level = l.clone();
+        }
+        if let Some(m) = o.metrics_listen {
+            self.metrics.listen = Some(m);
         }
         self.check()
             .map_err(|(key, message)| ConfigError::Invalid {
@@ -394,6 +426,8 @@ impl Config {
                 ),
             ));
         }
+        self.turn.check()?;
+        turn::check_policy(&self.policy)?;
         Ok(())
     }
 }
@@ -602,6 +636,7 @@ level = "relay=debug,info"
                 xdp_mode: Some(XdpModeChoice::Native),
                 control_socket: Some("/tmp/c.sock".into()),
                 log_level: Some("debug".into()),
+                metrics_listen: Some("127.0.0.1:9000".parse().unwrap()),
             })
             .expect("valid overrides");
         assert_eq!(
@@ -615,6 +650,262 @@ level = "relay=debug,info"
         assert_eq!(c.xdp.mode, XdpModeChoice::Native);
         assert_eq!(c.control_socket, PathBuf::from("/tmp/c.sock"));
         assert_eq!(c.log_level, "debug");
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9000".parse().unwrap()));
+    }
+
+    fn write_tmp(name: &str, text: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("relay-cfg-{}-{name}", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn turn_defaults_are_safe() {
+        let c = Config::embedded_default().unwrap();
+        assert!(c.turn.enabled);
+        assert_eq!(c.turn.realm, "relay.local");
+        assert!(
+            !c.turn.has_credentials(),
+            "no credentials: every Allocate refused"
+        );
+        assert!(c.turn.listen_tcp.is_empty() && c.turn.listen_tls.is_empty());
+        assert_eq!(c.turn.port_range, (49152, 65535));
+        assert_eq!((c.turn.default_lifetime, c.turn.max_lifetime), (600, 3600));
+        assert_eq!(c.turn.nonce_lifetime, 600);
+        assert_eq!(c.turn.bandwidth_limit, 0);
+        assert_eq!(c.policy, PolicyConfig::default());
+        assert_eq!((c.quota.per_user, c.quota.total), (0, 0));
+        assert_eq!(c.metrics.listen, None);
+        let (v4, v6, notes) = c.turn.relay_addrs(&c.listen);
+        assert_eq!(v4, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(v6, Some("::1".parse().unwrap()));
+        assert!(notes.is_empty());
+    }
+
+    #[test]
+    fn full_turn_file_parses() {
+        let c = Config::parse(
+            r#"
+[turn]
+realm = "example.org"
+listen_tcp = ["0.0.0.0:3478"]
+relay_ipv4 = "203.0.113.10"
+relay_ipv6 = "2001:db8::10"
+port_range = "40000-40100"
+default_lifetime = 300
+max_lifetime = 1200
+max_permissions = 10
+bandwidth_limit = 125000
+[turn.users]
+alice = "pw1"
+"bob@example.org" = "pw2"
+[turn.auth]
+secrets = ["s1", "s2"]
+nonce_lifetime = 120
+[policy]
+allow = ["10.0.0.0/8"]
+deny = ["10.9.0.0/16"]
+[quota]
+per_user = 3
+total = 1000
+[metrics]
+listen = "127.0.0.1:9641"
+"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.turn.realm, "example.org");
+        assert_eq!(
+            c.turn.listen_tcp,
+            vec!["0.0.0.0:3478".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.turn.port_range, (40000, 40100));
+        assert_eq!(c.turn.users.len(), 2);
+        assert_eq!(c.turn.users["alice"].expose(), "pw1");
+        assert_eq!(c.turn.secrets.len(), 2);
+        assert_eq!(c.turn.nonce_lifetime, 120);
+        assert_eq!(c.turn.max_permissions, 10);
+        assert_eq!(c.turn.bandwidth_limit, 125_000);
+        assert_eq!(c.policy.deny, vec!["10.9.0.0/16"]);
+        assert_eq!((c.quota.per_user, c.quota.total), (3, 1000));
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9641".parse().unwrap()));
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("pw1") && !dbg.contains("s2\""),
+            "secrets redacted: {dbg}"
+        );
+    }
+
+    #[test]
+    fn relay_addrs_from_unspecified_listen_need_config() {
+        let c = Config::parse("[server]\nlisten = [\"0.0.0.0:3478\"]\n", "t").unwrap();
+        let (v4, v6, notes) = c.turn.relay_addrs(&c.listen);
+        assert_eq!((v4, v6), (None, None));
+        assert!(notes[0].contains("turn.relay_ipv4"), "{notes:?}");
+    }
+
+    #[test]
+    fn turn_validation_errors_name_the_key() {
+        for (text, key, what) in [
+            (
+                "[turn]\nport_range = \"50000\"\n",
+                "turn.port_range",
+                "LOW-HIGH",
+            ),
+            (
+                "[turn]\nport_range = \"60000-50000\"\n",
+                "turn.port_range",
+                "lower port first",
+            ),
+            (
+                "[turn]\nport_range = \"0-100\"\n",
+                "turn.port_range",
+                "port 0",
+            ),
+            (
+                "[turn]\nport_range = \"1-70000\"\n",
+                "turn.port_range",
+                "LOW-HIGH",
+            ),
+            (
+                "[turn]\ndefault_lifetime = 0\n",
+                "turn.default_lifetime",
+                "above 0",
+            ),
+            ("[turn]\nmax_lifetime = 0\n", "turn.max_lifetime", "1..="),
+            (
+                "[turn]\ndefault_lifetime = 900\nmax_lifetime = 600\n",
+                "turn.max_lifetime",
+                "at least the default",
+            ),
+            ("[turn]\nrealm = \" \"\n", "turn.realm", "empty"),
+            (
+                "[turn.auth]\nnonce_lifetime = 0\n",
+                "turn.auth.nonce_lifetime",
+                "above 0",
+            ),
+            (
+                "[turn.auth]\nsecrets = [\"a\", \"\"]\n",
+                "turn.auth.secrets[1]",
+                "empty",
+            ),
+            (
+                "[turn.users]\n\"\" = \"pw\"\n",
+                "turn.users",
+                "name is empty",
+            ),
+            (
+                "[turn.users]\nalice = \"\"\n",
+                "turn.users.\"alice\"",
+                "password is empty",
+            ),
+            (
+                "[turn]\nlisten_tcp = [\"x\"]\n",
+                "turn.listen_tcp[0]",
+                "socket address",
+            ),
+            (
+                "[turn]\nlisten_tcp = [\"0.0.0.0:1\"]\nlisten_tls = [\"0.0.0.0:1\"]\ntls_cert = \"/c\"\ntls_key = \"/k\"\n",
+                "turn.listen_tls[0]",
+                "already",
+            ),
+            ("[turn]\nrelay_ipv4 = \"::1\"\n", "turn.relay_ipv4", "IPv4"),
+            (
+                "[turn]\nrelay_ipv4 = \"0.0.0.0\"\n",
+                "turn.relay_ipv4",
+                "IPv4",
+            ),
+            (
+                "[turn]\nrelay_ipv6 = \"10.0.0.1\"\n",
+                "turn.relay_ipv6",
+                "IPv6",
+            ),
+            (
+                "[turn]\nlisten_tls = [\"0.0.0.0:5349\"]\n",
+                "turn.tls_cert",
+                "missing",
+            ),
+            (
+                "[turn]\nlisten_tls = [\"0.0.0.0:5349\"]\ntls_cert = \"/nonexistent/c.pem\"\n",
+                "turn.tls_key",
+                "missing",
+            ),
+            (
+                "[turn]\nlisten_tls = [\"0.0.0.0:5349\"]\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n",
+                "turn.tls_cert",
+                "/nonexistent/c.pem: cannot read",
+            ),
+            (
+                "[policy]\nallow = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n",
+                "policy.allow[1]",
+                "host bits",
+            ),
+            (
+                "[policy]\ndeny = [\"bogus\"]\n",
+                "policy.deny[0]",
+                "not an IP",
+            ),
+            (
+                "[metrics]\nlisten = \"localhost\"\n",
+                "metrics.listen",
+                "socket address",
+            ),
+            ("[quota]\nper_user = -1\n", "quota.per_user", ""),
+            ("[turn]\nrealms = \"x\"\n", "turn.realms", ""),
+            ("[turn.auth]\nsecret = \"x\"\n", "turn.auth.secret", ""),
+        ] {
+            let e = err(text);
+            assert!(
+                e.contains(&format!("{key}:")) || e.contains(&format!("{key} ")),
+                "{text:?}: {e}"
+            );
+            assert!(e.contains(what), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn tls_files_are_parsed() {
+        let ck = rcgen::generate_simple_self_signed(vec!["relay.test".into()]).unwrap();
+        let cert = write_tmp("cert.pem", &ck.cert.pem());
+        let key = write_tmp("key.pem", &ck.signing_key.serialize_pem());
+        let junk = write_tmp("junk.pem", "not pem at all\n");
+        let tls = |c: &Path, k: &Path| {
+            format!(
+                "[turn]\nlisten_tls = [\"127.0.0.1:5349\"]\ntls_cert = {:?}\ntls_key = {:?}\n",
+                c.display().to_string(),
+                k.display().to_string()
+            )
+        };
+        let c = Config::parse(&tls(&cert, &key), "t").expect("valid TLS files");
+        assert_eq!(c.turn.tls_cert.as_deref(), Some(cert.as_path()));
+        let e = err(&tls(&junk, &key));
+        assert!(
+            e.contains("turn.tls_cert")
+                && e.contains("junk.pem")
+                && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let e = err(&tls(&cert, &junk));
+        assert!(
+            e.contains("turn.tls_key")
+                && e.contains("junk.pem")
+                && e.contains("no PEM private key"),
+            "{e}"
+        );
+        // A certificate given as the key is refused too.
+        let e = err(&tls(&cert, &cert));
+        assert!(e.contains("turn.tls_key"), "{e}");
+        for p in [cert, key, junk] {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+
+    #[test]
+    fn check_config_and_port_range_helper() {
+        assert_eq!(parse_port_range(" 1000 - 2000 "), Ok((1000, 2000)));
+        assert_eq!(parse_port_range("5-5"), Ok((5, 5)));
+        assert!(parse_port_range("a-b").is_err());
+        assert!(parse_port_range("-5").is_err());
     }
 
     #[test]

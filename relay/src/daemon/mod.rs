@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::config::{Config, XdpModeChoice, interfaces};
-use crate::control::{Attached, ControlError, ControlServer, Stats, UserspaceStats, XdpStats};
+use crate::control::{
+    Attached, ControlError, ControlServer, Stats, StatsOnly, UserspaceStats, XdpStats,
+};
 use crate::dataplane::{Dataplane, DataplaneConfig, DataplaneError, StunHandler};
 use crate::xdp::{FastPath, XdpError, XdpMode, XdpOptions};
 
@@ -79,7 +81,7 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
     let stats = || collect_stats(&dataplane, fast_path.as_ref());
     let mut result = Ok(());
     while !shutdown.load(Ordering::Relaxed) {
-        control.serve_for(TICK, &stats);
+        control.serve_for(TICK, &StatsOnly(stats));
         if dataplane.any_worker_exited() {
             tracing::error!("a data path worker stopped; shutting down");
             result = Err(DaemonError::WorkerExited);
@@ -257,5 +259,6 @@ pub fn collect_stats(dataplane: &Dataplane, fast_path: Option<&FastPath>) -> Sta
             errors: c.errors,
             dropped_by_reason: by_reason,
         },
+        turn: None,
     }
 }
