@@ -1,30 +1,114 @@
 //! The [`TurnServer`]: one per worker. Dispatches client messages (STUN requests and
-//! indications, ChannelData) and peer datagrams, and runs the expiry timers.
+//! indications, ChannelData) and peer datagrams, answers, and runs the expiry timers.
+//!
+//! Order of checks for a request (RFC 8489 §6.3, §9.2.4; RFC 8656 §6-§11): parse (drop
+//! what is not STUN, a bad FINGERPRINT, responses), retransmitted Allocate (same answer
+//! again), malformed layout (400), authentication (401/438/400/drop), unknown
+//! comprehension-required attributes (420, signed), then the method's own rules.
+//!
+//! Answers are written into one scratch buffer owned by the server, so neither requests
+//! nor the relay path allocate for their output.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::stats::TurnStats;
+use super::allocation::{Allocation, Relay, family_index};
+use super::attrs;
+use super::auth::{AuthResult, Authenticated, Authenticator, PASSWORD_ALGORITHMS_VALUE};
+use super::stats::{AuthFailure, TurnStats};
+use super::timers::{Timer, Timers};
 use super::{
-    AllocationInfo, FiveTuple, KickTarget, RelayHandle, RelayPorts, Shared, Transmit, TurnConfig,
+    AllocationInfo, FiveTuple, IpFamily, KickTarget, RelayHandle, RelayPorts, Shared, Transmit,
+    TurnConfig,
 };
+use crate::stun::attr::{self as sattr, Attribute};
+use crate::stun::binding::{self, Reply};
+use crate::stun::integrity::check_fingerprint;
+use crate::stun::{Class, Message, MessageBuilder, MessageType, Method, StunError, TransactionId};
+
+/// Scratch buffer size: the largest ChannelData frame (4 + 65535 + padding) or STUN
+/// message (20 + 65532) with room to spare.
+pub(super) const SCRATCH: usize = 4 + 65536 + 64;
+
+/// Reason phrase of each error code we send.
+pub(super) fn reason(code: u16) -> &'static str {
+    match code {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        420 => "Unknown Attribute",
+        437 => "Allocation Mismatch",
+        438 => "Stale Nonce",
+        440 => "Address Family not Supported",
+        441 => "Wrong Credentials",
+        442 => "Unsupported Transport Protocol",
+        443 => "Peer Address Family Mismatch",
+        486 => "Allocation Quota Reached",
+        508 => "Insufficient Capacity",
+        _ => "Server Error",
+    }
+}
 
 /// TURN state of one worker: the allocations whose client 5-tuples land on it.
 #[derive(Debug)]
 pub struct TurnServer {
-    config: Arc<TurnConfig>,
-    shared: Arc<Shared>,
-    stats: TurnStats,
+    pub(super) config: Arc<TurnConfig>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) stats: TurnStats,
+    pub(super) auth: Authenticator,
+    pub(super) allocs: HashMap<u64, Allocation>,
+    pub(super) by_tuple: HashMap<FiveTuple, u64>,
+    pub(super) by_relay: HashMap<RelayHandle, u64>,
+    /// Reservation tokens this server obtained and their expiry.
+    pub(super) reservations: HashMap<u64, Instant>,
+    pub(super) timers: Timers,
+    pub(super) next_id: u64,
+    /// Transaction ids of Data indications: a counter mixed with a per-server seed.
+    pub(super) txn_seed: [u8; 12],
+    pub(super) txn_counter: u64,
+    pub(super) scratch: Box<[u8]>,
+}
+
+/// Unix seconds of `wall` (0 before the epoch).
+pub(super) fn unix(wall: SystemTime) -> u64 {
+    wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `addr` with an IPv4-mapped IPv6 address turned into IPv4.
+#[inline]
+pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 impl TurnServer {
     /// A server with no allocations.
     pub fn new(config: Arc<TurnConfig>, shared: Arc<Shared>) -> Self {
+        let auth = Authenticator::new(
+            config.auth_failures_per_sec,
+            config.auth_failure_burst,
+            config.auth_limiter_entries,
+        );
+        let mut txn_seed = [0u8; 12];
+        let k = super::nonce::NonceKey::random().issue(IpAddr::from([0, 0, 0, 0]), 0);
+        for (i, b) in k.iter().rev().take(12).enumerate() {
+            txn_seed[i] = *b;
+        }
         TurnServer {
             config,
             shared,
             stats: TurnStats::default(),
+            auth,
+            allocs: HashMap::new(),
+            by_tuple: HashMap::new(),
+            by_relay: HashMap::new(),
+            reservations: HashMap::new(),
+            timers: Timers::default(),
+            next_id: 1,
+            txn_seed,
+            txn_counter: 0,
+            scratch: vec![0u8; SCRATCH].into_boxed_slice(),
         }
     }
 
@@ -40,12 +124,123 @@ impl TurnServer {
         ports: &mut impl RelayPorts,
         tx: &mut impl Transmit,
     ) {
-        let _ = (tuple, msg, now, wall, ports, tx, &self.config, &self.shared);
+        match msg.first() {
+            Some(b) if b >> 6 == 0b01 => return self.channel_data_from_client(tuple, msg, now, tx),
+            Some(b) if b >> 6 == 0b00 => {}
+            _ => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        }
+        let Ok(m) = Message::parse(msg) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        let layout = m.layout();
+        if let Ok(l) = &layout
+            && let Some(fp) = &l.fingerprint
+            && check_fingerprint(&m, fp).is_err()
+        {
+            self.stats.dropped_malformed += 1;
+            return;
+        }
+        match m.class() {
+            Class::Request => {}
+            Class::Indication if m.method().value() == attrs::method::SEND => {
+                return self.send_indication(tuple, &m, now, tx);
+            }
+            _ => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        }
+        if m.method() == Method::BINDING {
+            return self.binding(tuple, msg, tx);
+        }
+        let method = m.method().value();
+        let known = matches!(
+            method,
+            attrs::method::ALLOCATE
+                | attrs::method::REFRESH
+                | attrs::method::CREATE_PERMISSION
+                | attrs::method::CHANNEL_BIND
+        );
+        // A retransmitted Allocate gets the answer it got before, even if its nonce has
+        // expired since.
+        if method == attrs::method::ALLOCATE
+            && let Some(id) = self.by_tuple.get(tuple)
+            && let Some(a) = self.allocs.get(id)
+            && a.txn == *m.transaction_id()
+        {
+            tx.to_client(tuple, &a.response);
+            return;
+        }
+        if layout.is_err() || !known {
+            return self.unauthenticated_error(tuple, &m, 400, tx);
+        }
+        let creds = self.shared.credentials();
+        let auth = match self.auth.check(
+            &m,
+            &creds,
+            &self.shared.nonce_key,
+            tuple.client.ip(),
+            now,
+            unix(wall),
+        ) {
+            AuthResult::Ok(a) => a,
+            AuthResult::Unauthorized(why) => {
+                self.stats.auth_failure(why);
+                return self.challenge(tuple, &m, 401, &creds.realm, wall, tx);
+            }
+            AuthResult::StaleNonce => {
+                self.stats.auth_failure(AuthFailure::StaleNonce);
+                return self.challenge(tuple, &m, 438, &creds.realm, wall, tx);
+            }
+            AuthResult::BadRequest => {
+                self.stats.auth_failure(AuthFailure::BadRequest);
+                return self.unauthenticated_error(tuple, &m, 400, tx);
+            }
+            AuthResult::Drop => {
+                self.stats.auth_failure(AuthFailure::RateLimited);
+                return;
+            }
+        };
+        match unknown_attributes(&m) {
+            Ok(false) => {}
+            Ok(true) => {
+                return self.error_with(tuple, &m, 420, Some(&auth), tx, |b, m| {
+                    add_unknown_list(b, m)
+                });
+            }
+            Err(_) => return self.error(tuple, &m, 400, Some(&auth), tx),
+        }
+        // Every request but Allocate needs the 5-tuple's allocation, by the same user.
+        if method != attrs::method::ALLOCATE {
+            let Some(a) = self.by_tuple.get(tuple).and_then(|id| self.allocs.get(id)) else {
+                return self.error(tuple, &m, 437, Some(&auth), tx);
+            };
+            if a.username != auth.username {
+                return self.error(tuple, &m, 441, Some(&auth), tx);
+            }
+        }
+        match method {
+            attrs::method::ALLOCATE => self.allocate(tuple, &m, &auth, now, ports, tx),
+            attrs::method::REFRESH => self.refresh(tuple, &m, &auth, now, ports, tx),
+            attrs::method::CREATE_PERMISSION => self.create_permission(tuple, &m, &auth, now, tx),
+            _ => self.channel_bind(tuple, &m, &auth, now, tx),
+        }
+    }
+
+    fn binding(&mut self, tuple: &FiveTuple, msg: &[u8], tx: &mut impl Transmit) {
+        match binding::handle_datagram(msg, tuple.client, &mut self.scratch) {
+            Reply::Send(n) if n <= self.scratch.len() => tx.to_client(tuple, &self.scratch[..n]),
+            _ => self.stats.dropped_malformed += 1,
+        }
     }
 
     /// Handles a datagram from `peer` received on the relayed socket `relay`: relayed to
     /// the client as ChannelData (bound channel) or a Data indication (permission only),
-    /// dropped otherwise.
+    /// dropped otherwise. Does not allocate.
     pub fn on_peer(
         &mut self,
         relay: RelayHandle,
@@ -54,39 +249,566 @@ impl TurnServer {
         now: Instant,
         tx: &mut impl Transmit,
     ) {
-        let _ = (relay, peer, datagram, now, tx);
+        let peer = canonical(peer);
+        let Some(a) = self
+            .by_relay
+            .get(&relay)
+            .and_then(|id| self.allocs.get_mut(id))
+        else {
+            self.stats.dropped_unknown_relay += 1;
+            return;
+        };
+        if a.expires <= now || !a.permitted(peer.ip(), now) {
+            self.stats.dropped_peer_no_permission += 1;
+            return;
+        }
+        if !a.within_bandwidth(datagram.len(), now) {
+            self.stats.dropped_bandwidth += 1;
+            return;
+        }
+        let channel = a
+            .peer_channels
+            .get(&peer)
+            .copied()
+            .filter(|c| a.channels.get(c).is_some_and(|ch| ch.expires > now));
+        let out = &mut self.scratch;
+        let n = match channel {
+            Some(number) => {
+                let Ok(len) = u16::try_from(datagram.len()) else {
+                    self.stats.dropped_malformed += 1;
+                    return;
+                };
+                let padded = if a.tuple.transport.is_stream() {
+                    datagram.len().next_multiple_of(4)
+                } else {
+                    datagram.len()
+                };
+                out[0..2].copy_from_slice(&number.to_be_bytes());
+                out[2..4].copy_from_slice(&len.to_be_bytes());
+                out[4..4 + datagram.len()].copy_from_slice(datagram);
+                out[4 + datagram.len()..4 + padded].fill(0);
+                4 + padded
+            }
+            None => {
+                self.txn_counter = self.txn_counter.wrapping_add(1);
+                let mut tid = self.txn_seed;
+                for (t, c) in tid.iter_mut().zip(self.txn_counter.to_be_bytes()) {
+                    *t ^= c;
+                }
+                let tid = TransactionId(tid);
+                let built = MessageBuilder::new(
+                    out,
+                    MessageType::new(attrs::method::m(attrs::method::DATA), Class::Indication),
+                    tid,
+                )
+                .and_then(|mut b| {
+                    let mut v = [0u8; attrs::XOR_ADDRESS_MAX];
+                    let l = attrs::encode_xor_address(peer, &tid, &mut v);
+                    b.add(&Attribute::Other {
+                        attr_type: attrs::XOR_PEER_ADDRESS,
+                        value: &v[..l],
+                    })?;
+                    b.add(&Attribute::Other {
+                        attr_type: attrs::DATA,
+                        value: datagram,
+                    })?;
+                    Ok(b.finish())
+                });
+                match built {
+                    Ok(n) => n,
+                    Err(_) => {
+                        self.stats.dropped_malformed += 1;
+                        return;
+                    }
+                }
+            }
+        };
+        a.traffic.packets_to_client += 1;
+        a.traffic.bytes_to_client += datagram.len() as u64;
+        self.stats.packets_peer_to_client += 1;
+        self.stats.bytes_peer_to_client += datagram.len() as u64;
+        tx.to_client(&a.tuple, &out[..n]);
+    }
+
+    /// ChannelData from the client: relayed to the channel's peer. Does not allocate.
+    fn channel_data_from_client(
+        &mut self,
+        tuple: &FiveTuple,
+        frame: &[u8],
+        now: Instant,
+        tx: &mut impl Transmit,
+    ) {
+        let Some([c0, c1, l0, l1]) = frame.first_chunk::<4>().copied() else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        let number = u16::from_be_bytes([c0, c1]);
+        let len = usize::from(u16::from_be_bytes([l0, l1]));
+        // UDP may carry padding or not; streams hand us the padded frame.
+        let Some(payload) = frame.get(4..4 + len) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        let Some(a) = self
+            .by_tuple
+            .get(tuple)
+            .and_then(|id| self.allocs.get_mut(id))
+        else {
+            self.stats.dropped_no_permission += 1;
+            return;
+        };
+        let Some(ch) = a.channels.get(&number).copied() else {
+            self.stats.dropped_no_permission += 1;
+            return;
+        };
+        if ch.expires <= now || a.expires <= now || !a.permitted(ch.peer.ip(), now) {
+            self.stats.dropped_no_permission += 1;
+            return;
+        }
+        let Some(relay) = a.relay_for(IpFamily::of(ch.peer.ip())) else {
+            self.stats.dropped_no_permission += 1;
+            return;
+        };
+        if !a.within_bandwidth(payload.len(), now) {
+            self.stats.dropped_bandwidth += 1;
+            return;
+        }
+        a.traffic.packets_to_peer += 1;
+        a.traffic.bytes_to_peer += payload.len() as u64;
+        self.stats.packets_client_to_peer += 1;
+        self.stats.bytes_client_to_peer += payload.len() as u64;
+        tx.to_peer(relay.handle, ch.peer, payload);
+    }
+
+    /// Send indication: DATA to XOR-PEER-ADDRESS if permitted; silently dropped otherwise
+    /// (RFC 8656 §11.2). Does not allocate.
+    fn send_indication(
+        &mut self,
+        tuple: &FiveTuple,
+        m: &Message<'_>,
+        now: Instant,
+        tx: &mut impl Transmit,
+    ) {
+        let Some(a) = self
+            .by_tuple
+            .get(tuple)
+            .and_then(|id| self.allocs.get_mut(id))
+        else {
+            self.stats.dropped_no_permission += 1;
+            return;
+        };
+        let mut peer = None;
+        let mut data = None;
+        for item in m.attributes() {
+            let Ok(at) = item else {
+                self.stats.dropped_malformed += 1;
+                return;
+            };
+            match at.attr_type {
+                attrs::XOR_PEER_ADDRESS if peer.is_none() => {
+                    peer = attrs::decode_xor_address(at.value, m.transaction_id());
+                }
+                attrs::DATA if data.is_none() => data = Some(at.value),
+                // DONT-FRAGMENT is honoured per allocation (RelayPorts::set_dont_fragment);
+                // a per-datagram DF cannot be set on a shared relay socket.
+                t if sattr::is_comprehension_required(t)
+                    && !sattr::is_known(t)
+                    && !attrs::is_known_turn(t) =>
+                {
+                    self.stats.dropped_malformed += 1;
+                    return;
+                }
+                _ => {}
+            }
+        }
+        let (Some(peer), Some(data)) = (peer, data) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        let peer = canonical(peer);
+        if a.expires <= now || !a.permitted(peer.ip(), now) {
+            self.stats.dropped_no_permission += 1;
+            return;
+        }
+        let Some(relay) = a.relay_for(IpFamily::of(peer.ip())) else {
+            self.stats.dropped_no_permission += 1;
+            return;
+        };
+        if !a.within_bandwidth(data.len(), now) {
+            self.stats.dropped_bandwidth += 1;
+            return;
+        }
+        a.traffic.packets_to_peer += 1;
+        a.traffic.bytes_to_peer += data.len() as u64;
+        self.stats.packets_client_to_peer += 1;
+        self.stats.bytes_client_to_peer += data.len() as u64;
+        tx.to_peer(relay.handle, peer, data);
     }
 
     /// When [`TurnServer::on_timeout`] should next be called (`None`: nothing pending).
     /// May be early (a refreshed entry's old deadline); never late.
     pub fn next_timeout(&self) -> Option<Instant> {
-        None
+        self.timers.next()
     }
 
     /// Expires allocations, permissions, channels and port reservations due at `now`.
+    /// Work is proportional to the entries due, not to the number of allocations.
     pub fn on_timeout(&mut self, now: Instant, ports: &mut impl RelayPorts) {
-        let _ = (now, ports);
+        while let Some(t) = self.timers.pop_due(now) {
+            match t {
+                Timer::Allocation(id) => {
+                    if self.allocs.get(&id).is_some_and(|a| a.expires <= now) {
+                        self.remove(id, ports);
+                        self.stats.allocations_expired += 1;
+                    }
+                }
+                Timer::Permission(id, ip) => {
+                    if let Some(a) = self.allocs.get_mut(&id)
+                        && a.permissions.get(&ip).is_some_and(|&e| e <= now)
+                    {
+                        a.permissions.remove(&ip);
+                        self.stats.permissions = self.stats.permissions.saturating_sub(1);
+                    }
+                }
+                Timer::Channel(id, number) => {
+                    if let Some(a) = self.allocs.get_mut(&id)
+                        && let Some(ch) = a.channels.get(&number).copied()
+                        && ch.expires <= now
+                    {
+                        a.channels.remove(&number);
+                        a.peer_channels.remove(&ch.peer);
+                        let until = now + self.config.channel_cooldown;
+                        a.cooldown.insert(number, (ch.peer, until));
+                        self.timers.push(until, Timer::Cooldown(id, number));
+                        self.stats.channels = self.stats.channels.saturating_sub(1);
+                    }
+                }
+                Timer::Cooldown(id, number) => {
+                    if let Some(a) = self.allocs.get_mut(&id)
+                        && a.cooldown.get(&number).is_some_and(|&(_, e)| e <= now)
+                    {
+                        a.cooldown.remove(&number);
+                    }
+                }
+                Timer::Reservation(token) => {
+                    if self.reservations.get(&token).is_some_and(|&e| e <= now) {
+                        self.reservations.remove(&token);
+                        ports.release_reservation(token);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes allocation `id`: closes its relayed sockets and gives its quota back.
+    pub(super) fn remove(&mut self, id: u64, ports: &mut impl RelayPorts) {
+        let Some(a) = self.allocs.remove(&id) else {
+            return;
+        };
+        for r in a.relayed() {
+            self.by_relay.remove(&r.handle);
+            ports.close(r.handle);
+        }
+        if self.by_tuple.get(&a.tuple) == Some(&id) {
+            self.by_tuple.remove(&a.tuple);
+        }
+        self.stats.allocations = self.stats.allocations.saturating_sub(1);
+        self.stats.permissions = self
+            .stats
+            .permissions
+            .saturating_sub(a.permissions.len() as u64);
+        self.stats.channels = self.stats.channels.saturating_sub(a.channels.len() as u64);
+        tracing::debug!(user = %a.username, client = %a.tuple.client, "allocation removed");
     }
 
     /// The stream of `tuple` closed (TCP/TLS): its allocation is deleted.
     pub fn on_client_closed(&mut self, tuple: &FiveTuple, ports: &mut impl RelayPorts) {
-        let _ = (tuple, ports);
+        if let Some(id) = self.by_tuple.get(tuple).copied() {
+            self.remove(id, ports);
+            self.stats.allocations_deleted += 1;
+        }
     }
 
     /// The allocations of this server, as of `now`.
     pub fn allocations(&self, now: Instant) -> impl Iterator<Item = AllocationInfo> + '_ {
-        let _ = now;
-        std::iter::empty()
+        self.allocs.values().map(move |a| AllocationInfo {
+            user: a.username.clone(),
+            client: a.tuple.client,
+            server: a.tuple.server,
+            transport: a.tuple.transport,
+            relayed: a.relayed().map(|r| r.addr).collect(),
+            expires_in_s: a.expires.saturating_duration_since(now).as_secs(),
+            permissions: a
+                .permissions
+                .iter()
+                .filter(|&(_, &e)| e > now)
+                .map(|(ip, _)| *ip)
+                .collect(),
+            channels: a
+                .channels
+                .iter()
+                .filter(|(_, c)| c.expires > now)
+                .map(|(n, c)| (*n, c.peer))
+                .collect(),
+            packets_to_peer: a.traffic.packets_to_peer,
+            bytes_to_peer: a.traffic.bytes_to_peer,
+            packets_to_client: a.traffic.packets_to_client,
+            bytes_to_client: a.traffic.bytes_to_client,
+        })
     }
 
     /// Deletes the allocations matching `target`; returns how many.
     pub fn kick(&mut self, target: &KickTarget, ports: &mut impl RelayPorts) -> usize {
-        let _ = (target, ports);
-        0
+        let ids: Vec<u64> = self
+            .allocs
+            .iter()
+            .filter(|(_, a)| match target {
+                KickTarget::User(u) => {
+                    a.username == *u || super::auth::user_part(&a.username) == u.as_str()
+                }
+                KickTarget::Client(c) => canonical(a.tuple.client) == canonical(*c),
+                KickTarget::Relay(r) => a.relayed().any(|x| canonical(x.addr) == canonical(*r)),
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            self.remove(*id, ports);
+            self.stats.allocations_deleted += 1;
+        }
+        ids.len()
     }
 
     /// Counters of this server.
     pub fn stats(&self) -> &TurnStats {
         &self.stats
     }
+
+    // ---- answers ----
+
+    /// Writes a response to `m` into the scratch buffer and sends it. `auth` signs it
+    /// (MESSAGE-INTEGRITY or -SHA256) and adds SOFTWARE; FINGERPRINT always ends it.
+    pub(super) fn respond(
+        &mut self,
+        tuple: &FiveTuple,
+        m: &Message<'_>,
+        class: Class,
+        auth: Option<&Authenticated>,
+        tx: &mut impl Transmit,
+        body: impl FnOnce(&mut MessageBuilder<'_>, &Message<'_>) -> Result<(), StunError>,
+    ) -> Option<usize> {
+        let n = build(
+            &mut self.scratch,
+            m,
+            class,
+            auth,
+            self.config.software.as_deref(),
+            true,
+            body,
+        )
+        .ok()?;
+        tx.to_client(tuple, &self.scratch[..n]);
+        Some(n)
+    }
+
+    /// An error response with just ERROR-CODE (signed when `auth`).
+    pub(super) fn error(
+        &mut self,
+        tuple: &FiveTuple,
+        m: &Message<'_>,
+        code: u16,
+        auth: Option<&Authenticated>,
+        tx: &mut impl Transmit,
+    ) {
+        self.error_with(tuple, m, code, auth, tx, |_, _| Ok(()));
+    }
+
+    /// An error response with ERROR-CODE then what `extra` adds.
+    pub(super) fn error_with(
+        &mut self,
+        tuple: &FiveTuple,
+        m: &Message<'_>,
+        code: u16,
+        auth: Option<&Authenticated>,
+        tx: &mut impl Transmit,
+        extra: impl FnOnce(&mut MessageBuilder<'_>, &Message<'_>) -> Result<(), StunError>,
+    ) {
+        self.stats.error(code);
+        self.respond(tuple, m, Class::ErrorResponse, auth, tx, |b, m| {
+            b.add_error_code(code, reason(code))?;
+            extra(b, m)
+        });
+    }
+
+    /// Largest answer allowed to an unauthenticated request of `request_len` bytes.
+    fn unauth_limit(&self, tuple: &FiveTuple, request_len: usize) -> usize {
+        if tuple.transport.is_stream() {
+            usize::MAX
+        } else {
+            request_len.saturating_add(self.config.unauth_reply_allowance)
+        }
+    }
+
+    /// An unsigned error (400 before authentication), subject to the amplification rule.
+    fn unauthenticated_error(
+        &mut self,
+        tuple: &FiveTuple,
+        m: &Message<'_>,
+        code: u16,
+        tx: &mut impl Transmit,
+    ) {
+        let limit = self.unauth_limit(tuple, m.as_bytes().len());
+        for compact in [false, true] {
+            let built = build(
+                &mut self.scratch,
+                m,
+                Class::ErrorResponse,
+                None,
+                None,
+                !compact,
+                |b, _| b.add_error_code(code, if compact { "" } else { reason(code) }),
+            );
+            if let Ok(n) = built
+                && n <= limit
+            {
+                self.stats.error(code);
+                tx.to_client(tuple, &self.scratch[..n]);
+                return;
+            }
+        }
+        self.stats.amplification_drops += 1;
+    }
+
+    /// 401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS, unsigned, subject to
+    /// the amplification rule (a compact form without reason phrase and FINGERPRINT is
+    /// tried before giving up).
+    fn challenge(
+        &mut self,
+        tuple: &FiveTuple,
+        m: &Message<'_>,
+        code: u16,
+        realm: &str,
+        wall: SystemTime,
+        tx: &mut impl Transmit,
+    ) {
+        let expiry = unix(wall) + self.config.nonce_lifetime.as_secs().max(1);
+        let nonce = self.shared.nonce_key.issue(tuple.client.ip(), expiry);
+        let limit = self.unauth_limit(tuple, m.as_bytes().len());
+        for compact in [false, true] {
+            let built = build(
+                &mut self.scratch,
+                m,
+                Class::ErrorResponse,
+                None,
+                None,
+                !compact,
+                |b, _| {
+                    b.add_error_code(code, if compact { "" } else { reason(code) })?;
+                    b.add(&Attribute::Realm(realm.as_bytes()))?;
+                    b.add(&Attribute::Nonce(&nonce))?;
+                    b.add(&Attribute::PasswordAlgorithms(&PASSWORD_ALGORITHMS_VALUE))
+                },
+            );
+            if let Ok(n) = built
+                && n <= limit
+            {
+                self.stats.error(code);
+                tx.to_client(tuple, &self.scratch[..n]);
+                return;
+            }
+        }
+        self.stats.amplification_drops += 1;
+    }
+
+    /// Schedules the expiry of `a`'s allocation.
+    pub(super) fn arm(&mut self, at: Instant, t: Timer) {
+        self.timers.push(at, t);
+    }
+
+    /// Granted lifetime for a requested one (RFC 8656 §7.2/§7.3): the request capped to
+    /// the maximum, never below the default (unless the maximum is).
+    pub(super) fn lifetime(&self, requested: Option<u32>) -> Duration {
+        let max = self.config.max_lifetime;
+        let default = self.config.default_lifetime.min(max);
+        match requested {
+            None => default,
+            Some(s) => Duration::from_secs(u64::from(s)).min(max).max(default),
+        }
+    }
+
+    /// The relayed socket `r` of allocation `id` is known to the IO layer under `r.handle`.
+    pub(super) fn index_relay(&mut self, id: u64, r: Relay) {
+        self.by_relay.insert(r.handle, id);
+    }
+
+    /// `family`'s slot in `Allocation::relays`.
+    pub(super) const fn slot(family: IpFamily) -> usize {
+        family_index(family)
+    }
+}
+
+/// Builds a response of `class` to `m` into `out`: `body`, then SOFTWARE and integrity
+/// when `auth`, then FINGERPRINT when `auth` or `fingerprint`. Returns its length.
+pub(super) fn build(
+    out: &mut [u8],
+    m: &Message<'_>,
+    class: Class,
+    auth: Option<&Authenticated>,
+    software: Option<&str>,
+    fingerprint: bool,
+    body: impl FnOnce(&mut MessageBuilder<'_>, &Message<'_>) -> Result<(), StunError>,
+) -> Result<usize, StunError> {
+    let mut b = MessageBuilder::new(
+        out,
+        MessageType::new(m.method(), class),
+        *m.transaction_id(),
+    )?;
+    body(&mut b, m)?;
+    if let Some(a) = auth {
+        if let Some(s) = software {
+            b.add_software(s)?;
+        }
+        if a.sha256 {
+            b.add_message_integrity_sha256(a.key.as_bytes())?;
+        } else {
+            b.add_message_integrity(a.key.as_bytes())?;
+        }
+    }
+    if auth.is_some() || fingerprint {
+        b.add_fingerprint()?;
+    }
+    Ok(b.finish())
+}
+
+/// Whether `m` has significant comprehension-required attributes that neither the STUN
+/// codec nor TURN understands. Err when a known STUN attribute is malformed.
+fn unknown_attributes(m: &Message<'_>) -> Result<bool, StunError> {
+    let layout = m.layout()?;
+    let mut any = false;
+    for item in m.attributes() {
+        let a = item?;
+        if !layout.is_significant(&a) || !sattr::is_comprehension_required(a.attr_type) {
+            continue;
+        }
+        if sattr::is_known(a.attr_type) {
+            a.decode(m.transaction_id())?;
+        } else if !attrs::is_known_turn(a.attr_type) {
+            any = true;
+        }
+    }
+    Ok(any)
+}
+
+fn add_unknown_list(b: &mut MessageBuilder<'_>, m: &Message<'_>) -> Result<(), StunError> {
+    let layout = m.layout()?;
+    b.add_unknown_attributes(
+        m.attributes()
+            .filter_map(Result::ok)
+            .filter(|a| {
+                layout.is_significant(a)
+                    && sattr::is_comprehension_required(a.attr_type)
+                    && !sattr::is_known(a.attr_type)
+                    && !attrs::is_known_turn(a.attr_type)
+            })
+            .map(|a| a.attr_type),
+    )
 }

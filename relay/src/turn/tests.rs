@@ -1,1 +1,1 @@
-//! placeholder
+//! Flow tests (filled below).
