@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod metrics;
 pub mod policy;
 pub mod stun;
 pub mod turn;

@@ -21,6 +21,7 @@ mod cidr;
 mod quota;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{RwLock, RwLockReadGuard};
 
 pub use bucket::TokenBucket;
 pub use cidr::{Cidr, CidrError};
@@ -168,10 +169,16 @@ const DEFAULT_DENY: &[DefaultRange] = &[
     v6(0xff00, 0, 8, "ff00::/8", "multicast"),
 ];
 
-/// The peer policy: built once from the configuration (and again on reload), then
-/// consulted on CreatePermission, ChannelBind and Send (read-only, no allocation).
-#[derive(Debug, Clone)]
+/// The peer policy: built from the configuration, consulted on CreatePermission,
+/// ChannelBind and Send (no allocation), and replaced in place on reload
+/// ([`PeerPolicy::replace`]) so that every holder of the shared `Arc` sees the new lists.
+#[derive(Debug)]
 pub struct PeerPolicy {
+    lists: RwLock<Lists>,
+}
+
+#[derive(Debug, Clone)]
+struct Lists {
     allow: Vec<Cidr>,
     deny: Vec<Cidr>,
     own: Vec<IpAddr>,
@@ -272,29 +279,53 @@ impl PeerPolicy {
             }
         }
         Ok(PeerPolicy {
-            allow,
-            deny,
-            own: own_all,
+            lists: RwLock::new(Lists {
+                allow,
+                deny,
+                own: own_all,
+            }),
         })
+    }
+
+    fn lists(&self) -> RwLockReadGuard<'_, Lists> {
+        // Lists are replaced whole; a panic elsewhere cannot leave them half-written.
+        self.lists
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes `other`'s lists (reload): checks made afterwards use them; permissions
+    /// already granted stay.
+    pub fn replace(&self, other: PeerPolicy) {
+        let new = other
+            .lists
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut w = self
+            .lists
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *w = new;
     }
 
     /// Whether `peer` may be relayed to. Allocation-free.
     pub fn check(&self, peer: IpAddr) -> Result<(), Denied> {
+        let l = self.lists();
         let (f, n) = forms(peer);
         let forms = &f[..n];
         for &a in forms {
-            if self.own.contains(&a) {
+            if l.own.contains(&a) {
                 return Err(Denied::OwnAddress { addr: a });
             }
         }
         for &a in forms {
-            if let Some(c) = self.deny.iter().find(|c| c.contains(a)) {
+            if let Some(c) = l.deny.iter().find(|c| c.contains(a)) {
                 return Err(Denied::DenyList { addr: a, cidr: *c });
             }
         }
         for &a in forms {
             if let Some(r) = DEFAULT_DENY.iter().find(|r| r.cidr.contains(a))
-                && !self.allow.iter().any(|c| c.contains(a))
+                && !l.allow.iter().any(|c| c.contains(a))
             {
                 return Err(Denied::Default {
                     addr: a,
@@ -307,13 +338,13 @@ impl PeerPolicy {
     }
 
     /// The allow entries (canonical form), for logs and `relay status`.
-    pub fn allow(&self) -> &[Cidr] {
-        &self.allow
+    pub fn allow(&self) -> Vec<Cidr> {
+        self.lists().allow.clone()
     }
 
     /// The deny entries (canonical form).
-    pub fn deny(&self) -> &[Cidr] {
-        &self.deny
+    pub fn deny(&self) -> Vec<Cidr> {
+        self.lists().deny.clone()
     }
 }
 
@@ -545,6 +576,16 @@ mod tests {
         // Allow-all lifts the default list.
         assert_eq!(p.check(ip("127.0.0.1")), Ok(()));
         assert_eq!(p.check(ip("203.0.113.6")), Ok(()));
+    }
+
+    #[test]
+    fn replace_swaps_lists_in_place() {
+        let p = std::sync::Arc::new(default_policy());
+        let held = p.clone();
+        assert!(held.check(ip("10.1.1.1")).is_err());
+        p.replace(policy(&["10.0.0.0/8"], &["8.8.8.8"], &[]));
+        assert_eq!(held.check(ip("10.1.1.1")), Ok(()));
+        assert!(matches!(denied(&held, "8.8.8.8"), Denied::DenyList { .. }));
     }
 
     #[test]
