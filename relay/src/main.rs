@@ -41,6 +41,49 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One-screen summary of the running daemon (STUN, XDP and TURN).
+    Status {
+        /// Control socket of the daemon.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+    },
+    /// List TURN allocations.
+    Allocations {
+        /// Only this user (also matches the user part of "expiry:user").
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Only allocations whose client or relayed address is this IP or IP:PORT.
+        #[arg(long, value_name = "ADDR")]
+        addr: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Control socket of the daemon.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+    },
+    /// Remove TURN allocations: every allocation of a user, or one client's / relayed address's.
+    Kick {
+        /// Every allocation of this user.
+        #[arg(long, value_name = "USER", group = "target", required_unless_present_any = ["client", "relayed"])]
+        user: Option<String>,
+        /// The allocation(s) of this client address (IP:PORT).
+        #[arg(long, value_name = "ADDR", group = "target")]
+        client: Option<SocketAddr>,
+        /// The allocation owning this relayed address (IP:PORT).
+        #[arg(long, value_name = "ADDR", group = "target")]
+        relayed: Option<SocketAddr>,
+        /// Control socket of the daemon.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+    },
+    /// Reload TLS certificate/key, credentials, peer policy and quotas (as SIGHUP does);
+    /// allocations stay.
+    Reload {
+        /// Control socket of the daemon.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+    },
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The TOML file.
@@ -91,6 +134,25 @@ fn main() -> ExitCode {
             json,
         } => report(stats(&control_socket, json)),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Status { control_socket } => report(status(&control_socket)),
+        Command::Allocations {
+            user,
+            addr,
+            json,
+            control_socket,
+        } => report(allocations(
+            &control_socket,
+            user.as_deref(),
+            addr.as_deref(),
+            json,
+        )),
+        Command::Kick {
+            user,
+            client,
+            relayed,
+            control_socket,
+        } => report(kick(&control_socket, user, client, relayed)),
+        Command::Reload { control_socket } => report(reload(&control_socket)),
     }
 }
 
@@ -152,7 +214,8 @@ fn run(args: RunArgs) -> ExitCode {
         config = %args.config.as_deref().map_or("embedded default".into(), |p| p.display().to_string()),
         "relay starting"
     );
-    report(relay::daemon::run(&config).context("relay run"))
+    let reloader = move || load(&args);
+    report(relay::daemon::run_reloadable(&config, Some(&reloader)).context("relay run"))
 }
 
 /// Logs to stderr. Filter: --log-level, else RUST_LOG, else log.level.
@@ -234,6 +297,142 @@ fn table(s: &Stats) -> String {
         }
     }
     out
+}
+
+fn status(path: &Path) -> anyhow::Result<()> {
+    use std::fmt::Write;
+    let (s, _) = control::fetch_stats(path)?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "relay {} running | backend {} | {} workers | UDP {}",
+        s.version,
+        s.backend,
+        s.workers,
+        s.listen.join(", ")
+    );
+    let xdp = match &s.xdp {
+        None => "off".to_owned(),
+        Some(x) => x
+            .attached
+            .iter()
+            .map(|a| format!("{} ({})", a.interface, a.mode))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let _ = writeln!(out, "xdp fast path: {xdp}");
+    let u = &s.userspace;
+    let _ = writeln!(
+        out,
+        "stun: {} received, {} answered, {} dropped, {} errors",
+        u.received, u.stun_answered, u.dropped, u.errors
+    );
+    match &s.turn {
+        None => {
+            let _ = writeln!(out, "turn: off");
+        }
+        Some(t) => {
+            let g = |m: &std::collections::BTreeMap<String, u64>, k: &str| {
+                m.get(k).copied().unwrap_or(0)
+            };
+            let _ = writeln!(
+                out,
+                "turn: {} allocations ({} created), {} permissions, {} channels",
+                t.allocations, t.allocations_created, t.permissions, t.channels
+            );
+            let _ = writeln!(
+                out,
+                "  relayed client->peer {} packets / {} bytes, peer->client {} packets / {} bytes",
+                g(&t.packets, "client_to_peer"),
+                g(&t.bytes, "client_to_peer"),
+                g(&t.packets, "peer_to_client"),
+                g(&t.bytes, "peer_to_client")
+            );
+            let fails: Vec<String> = t
+                .auth_failures
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  auth failures: {}",
+                if fails.is_empty() {
+                    "none".to_owned()
+                } else {
+                    fails.join(", ")
+                }
+            );
+            let errs: Vec<String> = t.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            if !errs.is_empty() {
+                let _ = writeln!(out, "  error responses: {}", errs.join(", "));
+            }
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn allocations(
+    path: &Path,
+    user: Option<&str>,
+    addr: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (rows, raw) = control::fetch_allocations(path, user, addr)?;
+    if json {
+        println!("{raw}");
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<5} {:<42} {:<42} {:>7} {:>5} {:>4} {:>12} {:>12}",
+        "USER", "PROTO", "CLIENT", "RELAYED", "EXPIRES", "PERMS", "CHAN", "BYTES_OUT", "BYTES_IN"
+    );
+    for r in &rows {
+        let relayed: Vec<String> = r.relayed.iter().map(ToString::to_string).collect();
+        println!(
+            "{:<24} {:<5} {:<42} {:<42} {:>6}s {:>5} {:>4} {:>12} {:>12}",
+            r.user,
+            r.transport,
+            r.client.to_string(),
+            relayed.join(","),
+            r.expires_in_s,
+            r.permissions.len(),
+            r.channels.len(),
+            r.bytes_to_peer,
+            r.bytes_to_client
+        );
+    }
+    println!("{} allocation(s)", rows.len());
+    Ok(())
+}
+
+fn kick(
+    path: &Path,
+    user: Option<String>,
+    client: Option<SocketAddr>,
+    relayed: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let target = match (user, client, relayed) {
+        (Some(u), _, _) => control::KickTarget::User(u),
+        (_, Some(c), _) => control::KickTarget::Client(c),
+        (_, _, Some(r)) => control::KickTarget::Relayed(r),
+        _ => anyhow::bail!("give --user, --client or --relayed"),
+    };
+    let n = control::kick(path, &target)?;
+    println!("kicked {n} allocation(s)");
+    Ok(())
+}
+
+fn reload(path: &Path) -> anyhow::Result<()> {
+    let r = control::reload(path)?;
+    for line in &r.reloaded {
+        println!("reloaded: {line}");
+    }
+    for line in &r.needs_restart {
+        println!("changed but needs a restart: {line}");
+    }
+    Ok(())
 }
 
 fn check_config(file: &Path) -> ExitCode {

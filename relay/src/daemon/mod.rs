@@ -8,15 +8,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+mod operator;
+
+pub use operator::{DaemonCommands, Reloader, TurnSetupError, turn_json};
+
 use crate::config::{Config, XdpModeChoice, interfaces};
-use crate::control::{
-    Attached, ControlError, ControlServer, Stats, StatsOnly, UserspaceStats, XdpStats,
-};
+use crate::control::{Attached, ControlError, ControlServer, Stats, UserspaceStats, XdpStats};
 use crate::dataplane::{Dataplane, DataplaneConfig, DataplaneError, StunHandler};
 use crate::xdp::{FastPath, XdpError, XdpMode, XdpOptions};
 
 /// How often the main loop looks at the shutdown flag (and serves the control socket).
 const TICK: Duration = Duration::from_millis(100);
+/// How often the metrics snapshot is refreshed.
+const METRICS_REFRESH: Duration = Duration::from_secs(1);
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -36,27 +40,45 @@ pub enum DaemonError {
          --xdp-mode auto to run without it)"
     )]
     Xdp(#[source] XdpError),
+    /// The TURN service could not be set up.
+    #[error("TURN: {0}")]
+    Turn(#[from] TurnSetupError),
+    /// The metrics endpoint could not be started.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// A worker stopped while the daemon was serving.
     #[error("a data path worker stopped unexpectedly")]
     WorkerExited,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. Logging must already be initialised.
+/// A reload (SIGHUP, `relay reload`) re-applies `config` (re-reading the TLS files).
 pub fn run(config: &Config) -> Result<(), DaemonError> {
+    run_reloadable(config, None)
+}
+
+/// As [`run`]; a reload calls `reloader` to re-read the configuration file.
+pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<(), DaemonError> {
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, shutdown.clone()).map_err(DaemonError::Signals)?;
     }
+    let hangup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup.clone())
+        .map_err(DaemonError::Signals)?;
 
     let control = ControlServer::bind(&config.control_socket)?;
-    let dataplane = Dataplane::start(
-        &DataplaneConfig {
-            listen: config.listen.clone(),
-            workers: config.workers,
-            backend: config.backend,
-        },
-        StunHandler,
-    )?;
+    let dp_config = DataplaneConfig {
+        listen: config.listen.clone(),
+        workers: config.workers,
+        backend: config.backend,
+    };
+    let (dataplane, shared) = if config.turn.enabled {
+        let (turn, shared) = operator::turn_dataplane(config)?;
+        (Dataplane::start_turn(&dp_config, turn)?, Some(shared))
+    } else {
+        (Dataplane::start(&dp_config, StunHandler)?, None)
+    };
     let fast_path = start_fast_path(config, dataplane.listen())?;
 
     let listen: Vec<String> = dataplane.listen().iter().map(ToString::to_string).collect();
@@ -78,10 +100,41 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         xdp_summary,
     );
 
-    let stats = || collect_stats(&dataplane, fast_path.as_ref());
+    let commands = DaemonCommands {
+        dataplane: &dataplane,
+        fast_path: fast_path.as_ref(),
+        shared,
+        config: std::cell::RefCell::new(config.clone()),
+        reloader,
+    };
+    let snapshot: crate::metrics::Snapshot = Arc::new(std::sync::Mutex::new(None));
+    let metrics = match config.metrics.listen {
+        Some(addr) => {
+            *snapshot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(crate::control::Commands::stats(&commands));
+            let m = crate::metrics::MetricsServer::start(addr, snapshot.clone())?;
+            tracing::info!(addr = %m.local_addr(), "Prometheus metrics on http://{}/metrics", m.local_addr());
+            Some(m)
+        }
+        None => None,
+    };
+    let mut last_snapshot = std::time::Instant::now();
     let mut result = Ok(());
     while !shutdown.load(Ordering::Relaxed) {
-        control.serve_for(TICK, &StatsOnly(stats));
+        control.serve_for(TICK, &commands);
+        if hangup.swap(false, Ordering::Relaxed) {
+            tracing::info!("SIGHUP: reloading the configuration");
+            let _ = crate::control::Commands::reload(&commands);
+        }
+        if metrics.is_some() && last_snapshot.elapsed() >= METRICS_REFRESH {
+            last_snapshot = std::time::Instant::now();
+            let s = crate::control::Commands::stats(&commands);
+            *snapshot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(s);
+        }
         if dataplane.any_worker_exited() {
             tracing::error!("a data path worker stopped; shutting down");
             result = Err(DaemonError::WorkerExited);
@@ -89,6 +142,8 @@ pub fn run(config: &Config) -> Result<(), DaemonError> {
         }
     }
     tracing::info!("shutting down");
+    drop(metrics);
+    drop(commands);
 
     let stopped = dataplane.stop();
     if let Some(fp) = fast_path {
