@@ -288,10 +288,8 @@ fn sum_matching(v: &serde_json::Value, words: &[&str]) -> u64 {
                     walk(x, &format!("{path}.{k}"), words, acc);
                 }
             }
-            serde_json::Value::Number(n) => {
-                if words.iter().all(|w| path.contains(w)) {
-                    *acc += n.as_u64().unwrap_or(0);
-                }
+            serde_json::Value::Number(n) if words.iter().all(|w| path.contains(w)) => {
+                *acc += n.as_u64().unwrap_or(0);
             }
             _ => {}
         }
