@@ -16,7 +16,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
 RELAY_TOOLS="${RELAY_TOOLS:-/opt/relay-tools}"
-APT_PACKAGES=(coturn bpftool iproute2 ethtool clang libclang-rt-14-dev)
+APT_PACKAGES=(coturn bpftool iproute2 ethtool clang libclang-rt-14-dev chromium)
 [ "${SETUP_MINIMAL:-0}" = 1 ] && APT_PACKAGES=(iproute2)
 
 command -v rustup >/dev/null || die "rustup is not installed; this project needs rustup with the stable and nightly toolchains"
@@ -77,7 +77,20 @@ if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
   fi
 fi
 
-# 5. cargo-fuzz (optional).
+# 5. playwright-core for the Chromium TURN test (tests/browser), pinned by its
+#    package-lock.json. It drives Debian's /usr/bin/chromium: no browser is downloaded.
+BROWSER_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/browser"
+if [ "${SETUP_MINIMAL:-0}" != 1 ] && [ -f "$BROWSER_DIR/package-lock.json" ]; then
+  command -v npm >/dev/null || die "npm is missing: the Chromium TURN test needs Node.js and npm (the machine's Node.js)"
+  stamp="$BROWSER_DIR/node_modules/.package-lock.json"
+  if [ ! -f "$BROWSER_DIR/node_modules/playwright-core/package.json" ] \
+     || [ "$BROWSER_DIR/package-lock.json" -nt "$stamp" ]; then
+    log "installing playwright-core in tests/browser (npm ci)"
+    (cd "$BROWSER_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+fi
+
+# 6. cargo-fuzz (optional).
 if [ "${SETUP_FUZZ:-0}" = 1 ] && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   log "installing cargo-fuzz"
   cargo +stable install --locked cargo-fuzz --quiet
