@@ -22,6 +22,15 @@
 //! - [`stats`]: plain counters;
 //! - `timers`: the expiry heap.
 //!
+//! Amplification: an answer to an unauthenticated UDP request (the 401/438 challenge, a
+//! 400 before authentication) is never larger than the request plus
+//! [`TurnConfig::unauth_reply_allowance`] (default 0, i.e. never larger than the request).
+//! The challenge is tried in full, then compact (no reason phrase, no FINGERPRINT); if it
+//! still does not fit it is not sent and [`TurnStats::amplification_drops`] counts it.
+//! Beware: a minimal first Allocate (REQUESTED-TRANSPORT only, 28 bytes) cannot be
+//! challenged within its own size, so clients that send one (browsers may) need an
+//! allowance; about 100 bytes covers a short realm. TCP and TLS are exempt.
+//!
 //! The relay hot path (ChannelData and Send/Data relaying) never allocates: it looks up
 //! hash maps that were sized when the allocation, permission or channel was created, and
 //! builds outgoing Data indications / ChannelData frames in one scratch buffer owned by the
@@ -154,6 +163,9 @@ pub trait RelayPorts {
     /// the configured port range, and starts receiving on it (datagrams go to
     /// [`TurnServer::on_peer`] with the returned handle). Returns the handle, the relayed
     /// address and, for `PortRequest::Even { reserve_next: true }`, the reservation token.
+    /// For `PortRequest::Reserved`, `family` is only a hint (IPv4): the reserved port's
+    /// own family wins. Tokens are global to the process (a token obtained through one
+    /// worker may be claimed through another).
     fn open(
         &mut self,
         family: IpFamily,
@@ -164,7 +176,8 @@ pub trait RelayPorts {
     fn close(&mut self, relay: RelayHandle);
 
     /// Gives back a port reserved by `PortRequest::Even { reserve_next: true }` that no
-    /// allocation claimed in time (or that the core no longer tracks).
+    /// allocation claimed in time. Releasing a token that was already claimed or
+    /// released must be a no-op (the core tracks expiry per worker).
     fn release_reservation(&mut self, token: u64);
 
     /// Asks that datagrams sent from `relay` carry the IP Don't Fragment bit (DONT-FRAGMENT
