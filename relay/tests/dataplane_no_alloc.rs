@@ -1,6 +1,8 @@
 //! Proves the worker's steady state allocates nothing: a counting global allocator counts
 //! allocations made on the worker thread only, and 10,000 Binding requests answered after
-//! a warm-up must not add a single one. Runs for both backends.
+//! a warm-up must not add a single one; likewise 10,000 TURN ChannelData frames relayed
+//! each way (client socket ↔ worker ↔ peer socket on loopback) after an authenticated
+//! Allocate, CreatePermission and ChannelBind. Runs for both backends.
 #![allow(clippy::unwrap_used)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -11,7 +13,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use relay::config::BackendChoice;
-use relay::dataplane::{Backend, StunHandler, Worker, WorkerCounters, select_backend, socket};
+use relay::dataplane::{
+    Backend, RelaySpec, StunHandler, TurnSetup, Worker, WorkerCounters, select_backend, socket,
+};
+use relay::policy::{PeerPolicy, PolicyConfig, Quotas};
+use relay::stun::attr::{self, Attribute};
+use relay::stun::{Class, Message, MessageBuilder, MessageType, Method, TransactionId};
+use relay::turn::attrs::{self as tattr, method};
+use relay::turn::auth::{Credentials, PasswordAlgorithm, long_term_key};
+use relay::turn::{Shared, TurnConfig};
 
 struct Counting;
 
@@ -195,4 +205,238 @@ fn io_uring_worker_does_not_allocate_per_packet() {
 #[test]
 fn portable_worker_does_not_allocate_per_packet() {
     steady_state_allocates_nothing(Backend::Portable);
+}
+
+// ---------------------------------------------------------------------------------------
+// TURN ChannelData through a worker
+
+const REALM: &str = "noalloc.test";
+
+struct TurnClient {
+    sock: UdpSocket,
+    server: SocketAddr,
+    key: Vec<u8>,
+    nonce: Vec<u8>,
+    tid: u64,
+}
+
+impl TurnClient {
+    /// One request (XOR values are built for `tid`), retried once after a 401 challenge.
+    fn ok(&mut self, method_code: u16, attrs: &dyn Fn(&TransactionId) -> Vec<(u16, Vec<u8>)>) {
+        for _ in 0..2 {
+            self.tid += 1;
+            let mut t = [0u8; 12];
+            t[4..].copy_from_slice(&self.tid.to_be_bytes());
+            let tid = TransactionId(t);
+            let mut buf = [0u8; 1500];
+            let mut b = MessageBuilder::new(
+                &mut buf,
+                MessageType::new(Method::new(method_code).unwrap(), Class::Request),
+                tid,
+            )
+            .unwrap();
+            for (ty, v) in attrs(&tid) {
+                b.add(&Attribute::Other {
+                    attr_type: ty,
+                    value: &v,
+                })
+                .unwrap();
+            }
+            if !self.nonce.is_empty() {
+                b.add(&Attribute::Username(b"bob")).unwrap();
+                b.add(&Attribute::Realm(REALM.as_bytes())).unwrap();
+                b.add(&Attribute::Nonce(&self.nonce)).unwrap();
+                b.add_message_integrity(&self.key).unwrap();
+            }
+            let n = b.finish();
+            self.sock.send_to(&buf[..n], self.server).unwrap();
+            let mut rb = [0u8; 1500];
+            let (len, _) = self.sock.recv_from(&mut rb).expect("answer");
+            let msg = Message::parse(&rb[..len]).unwrap();
+            assert_eq!(msg.transaction_id(), &tid);
+            if msg.class() == Class::SuccessResponse {
+                return;
+            }
+            match msg.get(attr::NONCE).unwrap() {
+                Some(Attribute::Nonce(n)) => self.nonce = n.to_vec(),
+                other => panic!("method {method_code:#x} failed: {other:?} {msg:?}"),
+            }
+        }
+        panic!("method {method_code:#x} not accepted");
+    }
+}
+
+fn xor_peer(peer: SocketAddr, tid: &TransactionId) -> Vec<u8> {
+    let mut v = [0u8; tattr::XOR_ADDRESS_MAX];
+    let n = tattr::encode_xor_address(peer, tid, &mut v);
+    v[..n].to_vec()
+}
+
+fn turn_steady_state_allocates_nothing(backend: Backend) {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let sock = socket::bind_udp("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let server = sock.local_addr().unwrap();
+    let counters = Arc::new(WorkerCounters::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let policy = PeerPolicy::new(
+        &PolicyConfig {
+            allow: vec!["127.0.0.0/8".into()],
+            deny: vec![],
+        },
+        &[],
+    )
+    .unwrap();
+    let mut users = std::collections::HashMap::new();
+    users.insert("bob".to_owned(), "secret".to_owned());
+    let shared = Arc::new(Shared::new(
+        Credentials {
+            realm: REALM.into(),
+            users,
+            secrets: vec![],
+        },
+        Arc::new(policy),
+        Arc::new(Quotas::new(10, 10)),
+    ));
+    let config = Arc::new(TurnConfig {
+        relay_ipv4: Some("127.0.0.1".parse().unwrap()),
+        unauth_reply_allowance: 512,
+        ..TurnConfig::default()
+    });
+    let (_commands_tx, commands) = std::sync::mpsc::channel();
+    let setup = TurnSetup {
+        config: config.clone(),
+        shared,
+        relay: RelaySpec {
+            ipv4: config.relay_ipv4,
+            ipv6: None,
+            ports: (40000, 60999),
+        },
+        tcp: vec![],
+        tls: vec![],
+        tls_config: None,
+        commands,
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let worker = {
+        let counters = counters.clone();
+        let shutdown = shutdown.clone();
+        std::thread::spawn(move || {
+            ON_WORKER.with(|f| f.set(true));
+            let w = Worker::with_turn(0, backend, vec![sock], StunHandler, counters, setup);
+            ready_tx.send(w.is_ok()).unwrap();
+            w.expect("worker set-up").run(&shutdown)
+        })
+    };
+    assert!(
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("worker ready")
+    );
+
+    let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut c = TurnClient {
+        sock: client.try_clone().unwrap(),
+        server,
+        key: long_term_key(PasswordAlgorithm::Md5, b"bob", REALM.as_bytes(), b"secret")
+            .as_bytes()
+            .to_vec(),
+        nonce: Vec::new(),
+        tid: 0,
+    };
+    c.ok(method::ALLOCATE, &|_| {
+        vec![(tattr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])]
+    });
+    c.ok(method::CREATE_PERMISSION, &|tid| {
+        vec![(tattr::XOR_PEER_ADDRESS, xor_peer(peer_addr, tid))]
+    });
+    c.ok(method::CHANNEL_BIND, &|tid| {
+        vec![
+            (tattr::CHANNEL_NUMBER, vec![0x40, 0x00, 0, 0]),
+            (tattr::XOR_PEER_ADDRESS, xor_peer(peer_addr, tid)),
+        ]
+    });
+
+    // One datagram from the peer tells us the relayed address (learned from the first
+    // client → peer frame).
+    let relay_both_ways = |first: u64, count: u64| -> SocketAddr {
+        let mut relayed = None;
+        let mut frame = [0u8; 4 + 8];
+        frame[..2].copy_from_slice(&0x4000u16.to_be_bytes());
+        frame[2..4].copy_from_slice(&8u16.to_be_bytes());
+        let mut buf = [0u8; 256];
+        let mut id = first;
+        while id < first + count {
+            let n = WINDOW.min(first + count - id);
+            for k in 0..n {
+                frame[4..].copy_from_slice(&(id + k).to_be_bytes());
+                client.send_to(&frame, server).unwrap();
+            }
+            for _ in 0..n {
+                let (len, from) = peer.recv_from(&mut buf).expect("peer receives");
+                assert_eq!(len, 8, "payload only");
+                let got = u64::from_be_bytes(buf[..8].try_into().unwrap());
+                assert!((id..id + n).contains(&got), "{got} outside window {id}");
+                relayed = Some(from);
+            }
+            let to = relayed.unwrap();
+            for k in 0..n {
+                peer.send_to(&(id + k).to_be_bytes(), to).unwrap();
+            }
+            for _ in 0..n {
+                let (len, from) = client.recv_from(&mut buf).expect("client receives");
+                assert_eq!(from, server);
+                assert_eq!(len, 12, "ChannelData header + 8 bytes");
+                assert_eq!(&buf[..2], &0x4000u16.to_be_bytes());
+                let got = u64::from_be_bytes(buf[4..12].try_into().unwrap());
+                assert!((id..id + n).contains(&got), "{got} outside window {id}");
+            }
+            id += n;
+        }
+        relayed.unwrap()
+    };
+    relay_both_ways(0, WARM_UP);
+    let before = WORKER_ALLOCS.load(Ordering::SeqCst);
+    relay_both_ways(WARM_UP, N);
+    let after = WORKER_ALLOCS.load(Ordering::SeqCst);
+
+    shutdown.store(true, Ordering::Relaxed);
+    worker.join().expect("worker thread").expect("worker loop");
+    let c = counters.snapshot();
+    assert_eq!(c.errors, 0, "{c:?}");
+    assert_eq!(c.dropped(), 0, "{c:?}");
+    assert!(
+        c.received >= 2 * (WARM_UP + N),
+        "both directions counted: {c:?}"
+    );
+    assert!(before > 0, "the counting allocator saw the worker's set-up");
+    assert_eq!(
+        after - before,
+        0,
+        "{} allocations on the worker thread while relaying {N} ChannelData each way ({backend:?})",
+        after - before
+    );
+}
+
+#[test]
+fn io_uring_turn_worker_does_not_allocate_per_packet() {
+    match select_backend(BackendChoice::IoUring) {
+        Ok((b, _)) => turn_steady_state_allocates_nothing(b),
+        Err(e) if std::env::var_os("RELAY_REQUIRE_IO_URING").is_some() => {
+            panic!("io_uring required but unavailable: {e}")
+        }
+        Err(e) => eprintln!("skipped: io_uring unavailable here: {e}"),
+    }
+}
+
+#[test]
+fn portable_turn_worker_does_not_allocate_per_packet() {
+    turn_steady_state_allocates_nothing(Backend::Portable);
 }
