@@ -212,6 +212,9 @@ fn portable_worker_does_not_allocate_per_packet() {
 
 const REALM: &str = "noalloc.test";
 
+/// Builds a request's attributes for its transaction id (XOR values depend on it).
+type AttrsFor<'a> = &'a dyn Fn(&TransactionId) -> Vec<(u16, Vec<u8>)>;
+
 struct TurnClient {
     sock: UdpSocket,
     server: SocketAddr,
@@ -222,7 +225,7 @@ struct TurnClient {
 
 impl TurnClient {
     /// One request (XOR values are built for `tid`), retried once after a 401 challenge.
-    fn ok(&mut self, method_code: u16, attrs: &dyn Fn(&TransactionId) -> Vec<(u16, Vec<u8>)>) {
+    fn ok(&mut self, method_code: u16, attrs: AttrsFor<'_>) {
         for _ in 0..2 {
             self.tid += 1;
             let mut t = [0u8; 12];
