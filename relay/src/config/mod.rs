@@ -696,6 +696,7 @@ default_lifetime = 300
 max_lifetime = 1200
 max_permissions = 10
 bandwidth_limit = 125000
+unauth_reply_allowance = 0
 [turn.users]
 alice = "pw1"
 "bob@example.org" = "pw2"
@@ -726,6 +727,18 @@ listen = "127.0.0.1:9641"
         assert_eq!(c.turn.nonce_lifetime, 120);
         assert_eq!(c.turn.max_permissions, 10);
         assert_eq!(c.turn.bandwidth_limit, 125_000);
+        assert_eq!(
+            c.turn.unauth_reply_allowance, 0,
+            "strict mode is expressible"
+        );
+        assert_eq!(
+            Config::embedded_default()
+                .unwrap()
+                .turn
+                .unauth_reply_allowance,
+            128,
+            "the default leaves room for the compact 401 challenge"
+        );
         assert_eq!(c.policy.deny, vec!["10.9.0.0/16"]);
         assert_eq!((c.quota.per_user, c.quota.total), (3, 1000));
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9641".parse().unwrap()));

@@ -77,6 +77,9 @@ pub struct TurnSettings {
     pub max_permissions: u32,
     /// Per-allocation bandwidth limit in bytes per second (0 = none).
     pub bandwidth_limit: u64,
+    /// How many bytes an answer to an unauthenticated UDP request (the 401/438
+    /// challenge, a 400) may exceed the request by. 0 = never larger than the request.
+    pub unauth_reply_allowance: u32,
     /// Static users: name → password.
     pub users: BTreeMap<String, Secret>,
     /// Shared secrets for time-limited (REST) credentials; the first signs nothing, all
@@ -133,6 +136,8 @@ pub(super) struct TurnSection {
     max_permissions: u32,
     #[serde(default)]
     bandwidth_limit: u64,
+    #[serde(default = "default_unauth_reply_allowance")]
+    unauth_reply_allowance: u32,
     #[serde(default)]
     users: BTreeMap<String, Secret>,
     #[serde(default)]
@@ -155,6 +160,7 @@ impl Default for TurnSection {
             max_lifetime: default_max_lifetime(),
             max_permissions: default_max_permissions(),
             bandwidth_limit: 0,
+            unauth_reply_allowance: default_unauth_reply_allowance(),
             users: BTreeMap::new(),
             auth: AuthSection::default(),
         }
@@ -221,6 +227,13 @@ fn default_max_lifetime() -> u64 {
 }
 fn default_max_permissions() -> u32 {
     256
+}
+/// Room for the compact 401 challenge (about 90 bytes with a short realm) above the
+/// smallest first Allocate (28 bytes): browsers and coturn's clients send such Allocates
+/// over UDP, and with 0 they would never get the challenge. Bounds the reflection gain of
+/// a spoofed unauthenticated request to about 4x (a STUN Binding answer is 2x).
+fn default_unauth_reply_allowance() -> u32 {
+    128
 }
 fn default_nonce_lifetime() -> u64 {
     600
@@ -340,6 +353,7 @@ pub(super) fn build(
         max_lifetime: turn.max_lifetime,
         max_permissions: turn.max_permissions,
         bandwidth_limit: turn.bandwidth_limit,
+        unauth_reply_allowance: turn.unauth_reply_allowance,
         users: turn.users,
         secrets: turn.auth.secrets,
         nonce_lifetime: turn.auth.nonce_lifetime,

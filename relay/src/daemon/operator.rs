@@ -92,6 +92,7 @@ pub fn turn_dataplane(config: &Config) -> Result<(TurnDataplane, Arc<Shared>), T
             t.max_permissions as usize
         },
         bandwidth_limit: t.bandwidth_limit,
+        unauth_reply_allowance: t.unauth_reply_allowance as usize,
         relay_ipv4: match v4 {
             Some(IpAddr::V4(a)) => Some(a),
             _ => None,
@@ -256,6 +257,7 @@ impl DaemonCommands<'_> {
                 || old.turn.max_lifetime != new.turn.max_lifetime
                 || old.turn.max_permissions != new.turn.max_permissions
                 || old.turn.bandwidth_limit != new.turn.bandwidth_limit
+                || old.turn.unauth_reply_allowance != new.turn.unauth_reply_allowance
                 || old.turn.nonce_lifetime != new.turn.nonce_lifetime,
         );
         drop(old);
