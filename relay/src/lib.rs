@@ -14,7 +14,7 @@ pub mod dataplane;
 pub mod metrics;
 pub mod policy;
 pub mod stun;
-pub mod turn;
 pub mod tls;
+pub mod turn;
 pub mod wire;
 pub mod xdp;

@@ -320,6 +320,7 @@ fn turn_steady_state_allocates_nothing(backend: Backend) {
         tls: vec![],
         tls_config: None,
         commands,
+        reservations: Arc::default(),
     };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let worker = {

@@ -730,3 +730,67 @@ fn io_uring_tls_reload_keeps_connections() {
 fn portable_tls_reload_keeps_connections() {
     with_backend(BackendChoice::Portable, tls_reload);
 }
+
+/// EVEN-PORT with the R bit reserves port + 1 under a token; another client (another
+/// 5-tuple, which SO_REUSEPORT may hash to another worker) claims it with
+/// RESERVATION-TOKEN. Several rounds over two workers, so a per-worker reservation table
+/// would fail with high probability.
+fn reservation_across_workers(choice: BackendChoice) {
+    let server = start(choice, 2);
+    let udp = server.dp.listen()[0];
+    for round in 0..6 {
+        let mut a = Client::new(Link::udp(udp));
+        let resp = a.ok(
+            method::ALLOCATE,
+            &[
+                other(tattr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
+                other(tattr::EVEN_PORT, &[0x80]),
+            ],
+        );
+        let msg = Message::parse(&resp).unwrap();
+        let relayed = xor_attr(&msg, tattr::XOR_RELAYED_ADDRESS).unwrap();
+        assert_eq!(relayed.port() % 2, 0, "round {round}: even port {relayed}");
+        let token: [u8; 8] = raw_attr(&msg, tattr::RESERVATION_TOKEN)
+            .expect("RESERVATION-TOKEN")
+            .try_into()
+            .unwrap();
+
+        let mut b = Client::new(Link::udp(udp));
+        let resp = b.ok(
+            method::ALLOCATE,
+            &[
+                other(tattr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
+                other(tattr::RESERVATION_TOKEN, &token),
+            ],
+        );
+        let msg = Message::parse(&resp).unwrap();
+        let second = xor_attr(&msg, tattr::XOR_RELAYED_ADDRESS).unwrap();
+        assert_eq!(
+            second.port(),
+            relayed.port() + 1,
+            "round {round}: the reserved port"
+        );
+        // The claimed port relays: permission + Send from b reaches a peer from it.
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        b.create_permission(peer_addr);
+        b.send_indication(peer_addr, b"from the reserved port");
+        let mut buf = [0u8; 64];
+        let (n, from) = peer.recv_from(&mut buf).expect("relayed");
+        assert_eq!(&buf[..n], b"from the reserved port");
+        assert_eq!(from, second);
+        a.refresh_zero();
+        b.refresh_zero();
+    }
+}
+
+#[test]
+fn io_uring_reservation_token_across_workers() {
+    with_backend(BackendChoice::IoUring, reservation_across_workers);
+}
+
+#[test]
+fn portable_reservation_token_across_workers() {
+    with_backend(BackendChoice::Portable, reservation_across_workers);
+}

@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use counters::{Counts, WorkerCounters};
-pub use turn_io::{RelaySpec, TurnSetup, WorkerCommand};
+pub use turn_io::{RelaySpec, Reservations, TurnSetup, WorkerCommand};
 pub use worker::Worker;
 
 use crate::config::BackendChoice;
@@ -348,6 +348,7 @@ impl Dataplane {
         let mut tls_per_worker = bind_tcp_all(&mut listen_tls, workers)?;
         let mut setups: Vec<Option<TurnSetup>> = Vec::with_capacity(workers);
         let mut commands = Vec::new();
+        let reservations = Arc::new(Reservations::default());
         for _ in 0..workers {
             let setup = turn.as_ref().map(|t| {
                 let (tx, rx) = mpsc::channel();
@@ -364,6 +365,7 @@ impl Dataplane {
                     tls: tls_per_worker.pop().unwrap_or_default(),
                     tls_config: t.tls.clone(),
                     commands: rx,
+                    reservations: reservations.clone(),
                 }
             });
             setups.push(setup);

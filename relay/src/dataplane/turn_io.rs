@@ -19,8 +19,8 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -38,6 +38,11 @@ pub const STREAM_READ_BYTES: usize = 16 * 1024;
 /// Bytes queued per connection for writing before the client counts as too slow and is
 /// disconnected (bounded memory per client).
 pub const STREAM_WRITE_BYTES: usize = 256 * 1024;
+/// Open stream connections per worker; more are refused at accept (bounded memory).
+pub const MAX_CONNECTIONS_PER_WORKER: usize = 16 * 1024;
+/// A connection must deliver its first complete message (after the TLS handshake) within
+/// this time, or it is closed (no idle half-open connections holding buffers).
+pub const FIRST_MESSAGE_DEADLINE: Duration = Duration::from_secs(10);
 /// Connections accepted per listener readiness event (fairness).
 const ACCEPT_BURST: usize = 32;
 /// Backstop for reserved ports: the core releases unused reservations after its
@@ -55,6 +60,34 @@ pub struct RelaySpec {
     pub ipv6: Option<Ipv6Addr>,
     /// Inclusive port range.
     pub ports: (u16, u16),
+}
+
+/// Ports reserved by EVEN-PORT (R bit), by RESERVATION-TOKEN. Process-wide: the
+/// allocation that claims a token usually comes from another 5-tuple, which SO_REUSEPORT
+/// may hash to another worker; the claiming worker takes the socket over and arms it in
+/// its own ring. Touched only on Allocate, never per packet.
+#[derive(Debug, Default)]
+pub struct Reservations {
+    held: Mutex<HashMap<u64, (UdpSocket, Instant)>>,
+}
+
+impl Reservations {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<u64, (UdpSocket, Instant)>) -> T) -> T {
+        match self.held.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Number of ports currently held.
+    pub fn len(&self) -> usize {
+        self.with(|h| h.len())
+    }
+
+    /// Whether no port is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A request from the control plane to one worker, answered within one loop iteration.
@@ -100,6 +133,8 @@ pub struct TurnSetup {
     pub tls_config: Option<Arc<TlsReloader>>,
     /// Control-plane requests.
     pub commands: mpsc::Receiver<WorkerCommand>,
+    /// Reserved ports, shared by all workers.
+    pub reservations: Arc<Reservations>,
 }
 
 /// A backend operation the shared code asks for.
@@ -143,19 +178,19 @@ pub(super) struct Relays {
     slots: Vec<Option<Relay>>,
     generations: Vec<u16>,
     free: Vec<u16>,
-    reservations: HashMap<u64, (UdpSocket, Instant)>,
+    reservations: Arc<Reservations>,
     rng: u64,
     ops: Vec<Op>,
 }
 
 impl Relays {
-    pub(super) fn new(spec: RelaySpec, seed: u64) -> Self {
+    pub(super) fn new(spec: RelaySpec, reservations: Arc<Reservations>, seed: u64) -> Self {
         Relays {
             spec,
             slots: Vec::new(),
             generations: Vec::new(),
             free: Vec::new(),
-            reservations: HashMap::new(),
+            reservations,
             rng: seed | 1,
             ops: Vec::with_capacity(64),
         }
@@ -219,9 +254,11 @@ impl Relays {
 
     /// Drops reservations whose token was not used in time.
     pub(super) fn expire_reservations(&mut self, now: Instant) {
-        if !self.reservations.is_empty() {
-            self.reservations.retain(|_, (_, until)| *until > now);
-        }
+        self.reservations.with(|h| {
+            if !h.is_empty() {
+                h.retain(|_, (_, until)| *until > now);
+            }
+        });
     }
 
     fn bind(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
@@ -308,7 +345,7 @@ impl Relays {
         req: PortRequest,
     ) -> Result<(RelayHandle, SocketAddr, Option<u64>), PortError> {
         if let PortRequest::Reserved(token) = req {
-            let Some((socket, _)) = self.reservations.remove(&token) else {
+            let Some((socket, _)) = self.reservations.with(|h| h.remove(&token)) else {
                 return Err(PortError::UnknownToken);
             };
             let local = socket.local_addr().map_err(|e| PortError::Io(e.kind()))?;
@@ -345,8 +382,8 @@ impl Relays {
                 }
                 let (s, p, next) = found.ok_or(PortError::Exhausted)?;
                 let token = self.random_token();
-                self.reservations
-                    .insert(token, (next, Instant::now() + RESERVATION_LIFETIME));
+                let until = Instant::now() + RESERVATION_LIFETIME;
+                self.reservations.with(|h| h.insert(token, (next, until)));
                 (s, p, Some(token))
             }
             PortRequest::Reserved(_) => return Err(PortError::UnknownToken),
@@ -384,7 +421,8 @@ impl RelayPorts for Ports<'_> {
     }
 
     fn release_reservation(&mut self, token: u64) {
-        self.0.borrow_mut().reservations.remove(&token);
+        // Idempotent: a claimed or already released token is simply absent.
+        self.0.borrow().reservations.with(|h| h.remove(&token));
     }
 
     fn set_dont_fragment(&mut self, relay: RelayHandle) -> bool {
@@ -449,6 +487,12 @@ struct Conn {
     generation: u32,
     /// A writability watch is armed (io_uring) / wanted (portable).
     want_write: bool,
+    /// When it was accepted.
+    accepted: Instant,
+    /// When bytes last arrived.
+    last_rx: Instant,
+    /// Whether a complete message arrived yet.
+    spoke: bool,
 }
 
 /// Connection tokens: `generation << 24 | index`.
@@ -694,6 +738,10 @@ pub(super) struct TurnIo {
     last_sweep: Instant,
     pub(super) now: Instant,
     pub(super) wall: SystemTime,
+    /// A connection silent this long is closed: longer than any allocation lifetime, so
+    /// a client that keeps its allocation refreshed never hits it.
+    idle_limit: Duration,
+    refused_logged: Instant,
 }
 
 impl TurnIo {
@@ -724,9 +772,12 @@ impl TurnIo {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
             ^ ((index as u64) << 48);
+        let idle_limit = setup.config.max_lifetime + Duration::from_secs(60);
         Ok(TurnIo {
+            idle_limit,
+            refused_logged: Instant::now() - Duration::from_secs(60),
             server: TurnServer::new(setup.config, setup.shared),
-            relays: RefCell::new(Relays::new(setup.relay, seed)),
+            relays: RefCell::new(Relays::new(setup.relay, setup.reservations, seed)),
             streams: RefCell::new(Streams::new()),
             listeners,
             tls: setup.tls_config,
@@ -834,6 +885,18 @@ impl TurnIo {
                 }
             };
             let transport = l.transport;
+            if self.streams.borrow().by_tuple.len() >= MAX_CONNECTIONS_PER_WORKER {
+                if self.now.duration_since(self.refused_logged) >= Duration::from_secs(10) {
+                    self.refused_logged = self.now;
+                    tracing::warn!(
+                        %client,
+                        limit = MAX_CONNECTIONS_PER_WORKER,
+                        "too many TCP/TLS clients on this worker; refusing new connections"
+                    );
+                }
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                continue;
+            }
             let server = stream.local_addr().unwrap_or(l.local);
             if stream.set_nonblocking(true).is_err() {
                 continue;
@@ -867,6 +930,9 @@ impl TurnIo {
                 wq: VecDeque::with_capacity(4096),
                 generation: 0,
                 want_write: false,
+                accepted: self.now,
+                last_rx: self.now,
+                spoke: false,
             };
             tracing::debug!(%client, %server, ?transport, "stream client connected");
             self.streams.borrow_mut().add(conn);
@@ -936,13 +1002,18 @@ impl TurnIo {
                 }
                 return;
             }
+            let now = self.now;
             let (tuple, got) = {
                 let mut streams = self.streams.borrow_mut();
                 let Some(conn) = streams.get_mut(token) else {
                     return;
                 };
                 let tuple = conn.tuple;
-                (tuple, read_some(conn))
+                let got = read_some(conn);
+                if matches!(got, Ok(ReadOutcome::Data(_))) {
+                    conn.last_rx = now;
+                }
+                (tuple, got)
             };
             let more = match got {
                 Ok(ReadOutcome::Data(more)) => more,
@@ -1010,6 +1081,7 @@ impl TurnIo {
                     Some(Ok(n)) if n > conn.rbuf.len() => return false,
                     Some(Ok(n)) if n > conn.rlen => return true,
                     Some(Ok(n)) => {
+                        conn.spoke = true;
                         self.scratch[..n].copy_from_slice(&conn.rbuf[..n]);
                         conn.rbuf.copy_within(n..conn.rlen, 0);
                         conn.rlen -= n;
@@ -1050,7 +1122,31 @@ impl TurnIo {
         if self.now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
             self.last_sweep = self.now;
             self.relays.borrow_mut().expire_reservations(self.now);
+            self.sweep_connections();
         }
+    }
+
+    /// Closes connections that never said anything in time, or went silent for longer
+    /// than any allocation could live.
+    fn sweep_connections(&mut self) {
+        let now = self.now;
+        let idle_limit = self.idle_limit;
+        {
+            let mut guard = self.streams.borrow_mut();
+            let streams = &mut *guard;
+            for (i, c) in streams.conns.iter().enumerate() {
+                let Some(c) = c else { continue };
+                let mute = !c.spoke && now.duration_since(c.accepted) >= FIRST_MESSAGE_DEADLINE;
+                let idle = now.duration_since(c.last_rx) >= idle_limit;
+                if mute || idle {
+                    tracing::debug!(client = %c.tuple.client, mute, idle, "closing a stream client");
+                    streams
+                        .doomed
+                        .push((u64::from(c.generation) << CONN_INDEX_BITS) | i as u64);
+                }
+            }
+        }
+        self.after_call();
     }
 
     fn command(&mut self, cmd: WorkerCommand) {
