@@ -794,3 +794,67 @@ fn io_uring_reservation_token_across_workers() {
 fn portable_reservation_token_across_workers() {
     with_backend(BackendChoice::Portable, reservation_across_workers);
 }
+
+/// A TCP client that stops reading is disconnected once its bounded write queue is full
+/// (its allocation goes with the connection) instead of growing the relay's memory.
+fn slow_stream_client_is_disconnected(choice: BackendChoice) {
+    let server = start(choice, 1);
+    let mut c = Client::new(Link::tcp(server.dp.listen_tcp()[0]));
+    let (relayed, _) = c.allocate();
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    c.channel_bind(0x4002, peer_addr);
+    // The client reads nothing from now on; the peer sends ~64 MB at most.
+    let payload = [0xA5u8; 1200];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut sent = 0u64;
+    loop {
+        for _ in 0..256 {
+            let _ = peer.send_to(&payload, relayed);
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        if server.dp.allocations(None, Some(relayed)).is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && sent < 55_000,
+            "slow client still connected after {sent} datagrams"
+        );
+    }
+    // The connection is closed by the server: reading reaches EOF after what was already
+    // in the socket buffers, which is bounded (the relay queued at most its write limit).
+    if let Link::Tcp(s, _) = &mut c.link {
+        let mut buf = vec![0u8; 1 << 16];
+        let end = Instant::now() + Duration::from_secs(10);
+        let mut total = 0usize;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("no EOF after {total} bytes: {e}"),
+                Ok(n) => {
+                    total += n;
+                    assert!(
+                        Instant::now() < end,
+                        "connection not closed after {total} bytes"
+                    );
+                }
+            }
+        }
+        assert!(
+            total < 48 << 20,
+            "{total} bytes were buffered for a client that did not read"
+        );
+    }
+}
+
+#[test]
+fn io_uring_slow_stream_client_is_disconnected() {
+    with_backend(BackendChoice::IoUring, slow_stream_client_is_disconnected);
+}
+
+#[test]
+fn portable_slow_stream_client_is_disconnected() {
+    with_backend(BackendChoice::Portable, slow_stream_client_is_disconnected);
+}
