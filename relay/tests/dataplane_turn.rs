@@ -91,6 +91,10 @@ struct Server {
 }
 
 fn start(choice: BackendChoice, workers: usize) -> Server {
+    start_on(choice, workers, "127.0.0.1:0".parse().unwrap())
+}
+
+fn start_on(choice: BackendChoice, workers: usize, udp: SocketAddr) -> Server {
     let dir = TempDir::new("turn-test");
     let cert = write_cert(&dir, "a");
     let tls = Arc::new(TlsReloader::load(&cert.cert, &cert.key).expect("certificate loads"));
@@ -122,7 +126,7 @@ fn start(choice: BackendChoice, workers: usize) -> Server {
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let dp = Dataplane::start_turn(
         &DataplaneConfig {
-            listen: vec![local],
+            listen: vec![udp],
             workers,
             backend: choice,
         },
@@ -857,4 +861,31 @@ fn io_uring_slow_stream_client_is_disconnected() {
 #[test]
 fn portable_slow_stream_client_is_disconnected() {
     with_backend(BackendChoice::Portable, slow_stream_client_is_disconnected);
+}
+
+/// On a wildcard UDP listen address the server half of the 5-tuple is the address the
+/// client used (IP_PKTINFO), and answers and relayed data come back from it: a client
+/// talking to 127.0.0.2 gets everything from 127.0.0.2, not from the kernel's default
+/// source 127.0.0.1.
+fn wildcard_listen(choice: BackendChoice) {
+    let server = start_on(choice, 2, "0.0.0.0:0".parse().unwrap());
+    let port = server.dp.listen()[0].port();
+    let target = SocketAddr::from(([127, 0, 0, 2], port));
+    // Link::udp checks that every answer comes from `target`.
+    scenario(&server, Client::new(Link::udp(target)), "wildcard udp");
+    let mut c = Client::new(Link::udp(target));
+    let (relayed, _) = c.allocate();
+    let listed = server.dp.allocations(None, Some(relayed));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].server, target, "server half of the 5-tuple");
+}
+
+#[test]
+fn io_uring_wildcard_listen_answers_from_the_destination() {
+    with_backend(BackendChoice::IoUring, wildcard_listen);
+}
+
+#[test]
+fn portable_wildcard_listen_answers_from_the_destination() {
+    with_backend(BackendChoice::Portable, wildcard_listen);
 }

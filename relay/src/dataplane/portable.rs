@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::counters::{Counts, IoDrop, WorkerCounters};
-use super::socket::{NAME_LEN, decode_sockaddr, encode_sockaddr, storage_bytes};
+use super::socket::{
+    CONTROL_LEN, NAME_LEN, decode_sockaddr, encode_pktinfo_source, encode_sockaddr,
+    pktinfo_destination, storage_bytes,
+};
 use super::turn_io::{Op, TurnIo, UdpSend};
 use super::{DatagramHandler, DataplaneError, Verdict};
 
@@ -28,6 +31,8 @@ struct Batch {
     iovs: [libc::iovec; BATCH],
     names: [libc::sockaddr_in6; BATCH],
     bufs: [[u8; BUF]; BATCH],
+    /// Ancillary data (IP_PKTINFO of datagrams on wildcard sockets; TURN only).
+    ctrl: [[u8; CONTROL_LEN]; BATCH],
 }
 
 fn new_batch() -> Box<Batch> {
@@ -67,22 +72,36 @@ struct PortableSend<'a> {
 
 impl UdpSend for PortableSend<'_> {
     #[inline]
-    fn send(&mut self, fd: std::os::fd::RawFd, to: std::net::SocketAddr, bytes: &[u8]) -> bool {
+    fn send(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        to: std::net::SocketAddr,
+        from: Option<std::net::IpAddr>,
+        bytes: &[u8],
+    ) -> bool {
         // SAFETY: sockaddr_in6 is plain old data; all-zero is a valid value.
         let mut name: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         let namelen = encode_sockaddr(&to, &mut name);
+        let mut control = [0u8; CONTROL_LEN];
+        let controllen = from.map_or(0, |ip| encode_pktinfo_source(ip, &mut control));
+        let mut iov = libc::iovec {
+            iov_base: bytes.as_ptr().cast_mut().cast(),
+            iov_len: bytes.len(),
+        };
+        // SAFETY: msghdr is plain old data; all-zero is a valid value.
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_name = std::ptr::from_mut(&mut name).cast();
+        hdr.msg_namelen = namelen;
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        if controllen > 0 {
+            hdr.msg_control = control.as_mut_ptr().cast();
+            hdr.msg_controllen = controllen as _;
+        }
         loop {
-            // SAFETY: `bytes` and `name` are live for the call, with the given lengths.
-            let r = unsafe {
-                libc::sendto(
-                    fd,
-                    bytes.as_ptr().cast(),
-                    bytes.len(),
-                    libc::MSG_DONTWAIT,
-                    std::ptr::from_ref(&name).cast(),
-                    namelen,
-                )
-            };
+            // SAFETY: every pointer in `hdr` (name, iovec over `bytes`, control) is live
+            // for the call; the kernel only reads the payload.
+            let r = unsafe { libc::sendmsg(fd, &hdr, libc::MSG_DONTWAIT) };
             if r >= 0 {
                 self.counts.answered += 1;
                 return true;
@@ -312,8 +331,8 @@ impl<H: DatagramHandler> PortableWorker<H> {
                 h.msg_hdr.msg_namelen = NAME_LEN as libc::socklen_t;
                 h.msg_hdr.msg_iov = &mut rx.iovs[j];
                 h.msg_hdr.msg_iovlen = 1;
-                h.msg_hdr.msg_control = std::ptr::null_mut();
-                h.msg_hdr.msg_controllen = 0;
+                h.msg_hdr.msg_control = rx.ctrl[j].as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = CONTROL_LEN as _;
                 h.msg_hdr.msg_flags = 0;
                 h.msg_len = 0;
             }
@@ -337,6 +356,10 @@ impl<H: DatagramHandler> PortableWorker<H> {
             let n = n as usize;
             for j in 0..n {
                 self.counts.received += 1;
+                // msg_controllen is size_t on glibc, socklen_t on musl.
+                #[allow(clippy::unnecessary_cast)]
+                let clen = (rx.hdrs[j].msg_hdr.msg_controllen as usize).min(CONTROL_LEN);
+                let dst = pktinfo_destination(&rx.ctrl[j][..clen]);
                 let h = &rx.hdrs[j];
                 if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
                     self.counts.drop_io(IoDrop::Truncated);
@@ -354,7 +377,7 @@ impl<H: DatagramHandler> PortableWorker<H> {
                 };
                 match from {
                     Watch::Listen(i) => {
-                        turn.on_client_datagram(&mut tx, i, source, &rx.bufs[j][..len]);
+                        turn.on_client_datagram(&mut tx, i, source, dst, &rx.bufs[j][..len]);
                     }
                     Watch::Relay(handle) => {
                         turn.on_peer_datagram(&mut tx, handle, source, &rx.bufs[j][..len]);

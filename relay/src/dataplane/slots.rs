@@ -5,9 +5,9 @@
 //! slot holds that whole set at a stable address, allocated once at start-up; the hot path
 //! only pops and pushes slot indices on a preallocated free list.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use super::socket::encode_sockaddr;
+use super::socket::{CONTROL_LEN, encode_pktinfo_source, encode_sockaddr};
 
 /// Bytes of payload a slot can hold (a reply never exceeds one MTU-sized datagram).
 pub const SLOT_BYTES: usize = 2048;
@@ -18,6 +18,8 @@ pub struct SendSlot {
     hdr: libc::msghdr,
     iov: libc::iovec,
     name: libc::sockaddr_in6,
+    /// Ancillary data (the source address for sends from a wildcard socket).
+    control: [u8; CONTROL_LEN],
     /// The reply is written here by the handler.
     pub buf: [u8; SLOT_BYTES],
 }
@@ -42,6 +44,7 @@ impl SendSlots {
                 iov: unsafe { std::mem::zeroed() },
                 // SAFETY: as above.
                 name: unsafe { std::mem::zeroed() },
+                control: [0; CONTROL_LEN],
                 buf: [0; SLOT_BYTES],
             });
         }
@@ -88,7 +91,24 @@ impl SendSlots {
     /// the msghdr for a SendMsg SQE. It stays valid until the slot is released.
     #[inline]
     pub fn prepare(&mut self, index: u32, len: usize, to: &SocketAddr) -> *const libc::msghdr {
+        self.prepare_from(index, len, to, None)
+    }
+
+    /// As [`SendSlots::prepare`], sending from `from` (IP_PKTINFO / IPV6_PKTINFO) when
+    /// given: a wildcard socket then answers from the address the client used.
+    #[inline]
+    pub fn prepare_from(
+        &mut self,
+        index: u32,
+        len: usize,
+        to: &SocketAddr,
+        from: Option<IpAddr>,
+    ) -> *const libc::msghdr {
         let slot = &mut self.slots[index as usize];
+        let controllen = match from {
+            Some(ip) => encode_pktinfo_source(ip, &mut slot.control),
+            None => 0,
+        };
         let namelen = encode_sockaddr(to, &mut slot.name);
         slot.iov.iov_base = slot.buf.as_mut_ptr().cast();
         slot.iov.iov_len = len.min(SLOT_BYTES);
@@ -96,8 +116,12 @@ impl SendSlots {
         slot.hdr.msg_namelen = namelen;
         slot.hdr.msg_iov = &mut slot.iov;
         slot.hdr.msg_iovlen = 1;
-        slot.hdr.msg_control = std::ptr::null_mut();
-        slot.hdr.msg_controllen = 0;
+        if controllen == 0 {
+            slot.hdr.msg_control = std::ptr::null_mut();
+        } else {
+            slot.hdr.msg_control = slot.control.as_mut_ptr().cast();
+        }
+        slot.hdr.msg_controllen = controllen as _;
         slot.hdr.msg_flags = 0;
         &slot.hdr
     }

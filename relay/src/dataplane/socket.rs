@@ -5,7 +5,7 @@
 //! are v6-only so that an IPv4 and an IPv6 address can share a port.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -13,11 +13,35 @@ use socket2::{Domain, Protocol, Socket, Type};
 pub const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 
 /// Binds one worker socket on `addr` (SO_REUSEPORT, v6-only for IPv6, large buffers).
-/// Failing to enlarge the buffers is tolerated (logged at debug).
+/// Failing to enlarge the buffers is tolerated (logged at debug). On a wildcard address
+/// the socket also reports each datagram's destination address (IP_PKTINFO /
+/// IPV6_RECVPKTINFO), so that TURN knows the server half of the 5-tuple and answers from
+/// the address the client used.
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+    }
+    if addr.ip().is_unspecified() {
+        let (level, opt) = if addr.is_ipv6() {
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+        } else {
+            (libc::IPPROTO_IP, libc::IP_PKTINFO)
+        };
+        let one: libc::c_int = 1;
+        // SAFETY: passes a c_int option value of the right size to a socket we own.
+        let r = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                level,
+                opt,
+                std::ptr::from_ref(&one).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     socket.set_reuse_port(true)?;
     if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES) {
@@ -28,6 +52,110 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Bytes reserved for ancillary data (one IP_PKTINFO or IPV6_PKTINFO message, with room).
+pub const CONTROL_LEN: usize = 64;
+
+/// The destination address of a received datagram, from its IP_PKTINFO / IPV6_PKTINFO
+/// control message (None if there is none).
+pub fn pktinfo_destination(control: &[u8]) -> Option<IpAddr> {
+    let hdr_len = std::mem::size_of::<libc::cmsghdr>();
+    // SAFETY: CMSG_LEN is a pure computation on a length.
+    let data_offset = unsafe { libc::CMSG_LEN(0) } as usize;
+    let mut at = 0usize;
+    while at + hdr_len <= control.len() {
+        // SAFETY: `at + hdr_len` is within `control`; read_unaligned copes with any
+        // alignment of the caller's buffer.
+        let h: libc::cmsghdr = unsafe { std::ptr::read_unaligned(control.as_ptr().add(at).cast()) };
+        let len = h.cmsg_len as usize;
+        if len < data_offset || at + len > control.len() {
+            return None;
+        }
+        let data = &control[at + data_offset..at + len];
+        if h.cmsg_level == libc::IPPROTO_IP
+            && h.cmsg_type == libc::IP_PKTINFO
+            && data.len() >= std::mem::size_of::<libc::in_pktinfo>()
+        {
+            // SAFETY: `data` holds at least one in_pktinfo; unaligned read.
+            let info: libc::in_pktinfo = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
+            return Some(IpAddr::V4(Ipv4Addr::from(
+                info.ipi_addr.s_addr.to_ne_bytes(),
+            )));
+        }
+        if h.cmsg_level == libc::IPPROTO_IPV6
+            && h.cmsg_type == libc::IPV6_PKTINFO
+            && data.len() >= std::mem::size_of::<libc::in6_pktinfo>()
+        {
+            // SAFETY: `data` holds at least one in6_pktinfo; unaligned read.
+            let info: libc::in6_pktinfo = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
+            return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+        }
+        // SAFETY: CMSG_SPACE is a pure computation on a length.
+        let step = unsafe { libc::CMSG_SPACE((len - data_offset) as u32) } as usize;
+        at += step.max(data_offset);
+    }
+    None
+}
+
+/// Writes a control message asking the kernel to send from `source` (IP_PKTINFO /
+/// IPV6_PKTINFO) into `buf`; returns its length, or 0 if `buf` is too small.
+pub fn encode_pktinfo_source(source: IpAddr, buf: &mut [u8; CONTROL_LEN]) -> usize {
+    let (level, kind, payload_len) = match source {
+        IpAddr::V4(_) => (
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            std::mem::size_of::<libc::in_pktinfo>(),
+        ),
+        IpAddr::V6(_) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_PKTINFO,
+            std::mem::size_of::<libc::in6_pktinfo>(),
+        ),
+    };
+    // SAFETY: pure computations on lengths.
+    let (len, space, data_offset) = unsafe {
+        (
+            libc::CMSG_LEN(payload_len as u32) as usize,
+            libc::CMSG_SPACE(payload_len as u32) as usize,
+            libc::CMSG_LEN(0) as usize,
+        )
+    };
+    if space > buf.len() {
+        return 0;
+    }
+    buf[..space].fill(0);
+    // SAFETY: all-zero is a valid cmsghdr; fields are set below.
+    let mut h: libc::cmsghdr = unsafe { std::mem::zeroed() };
+    h.cmsg_len = len as _;
+    h.cmsg_level = level;
+    h.cmsg_type = kind;
+    // SAFETY: the header fits in `buf` (space >= header size); unaligned write.
+    unsafe { std::ptr::write_unaligned(buf.as_mut_ptr().cast(), h) };
+    match source {
+        IpAddr::V4(ip) => {
+            let info = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(ip.octets()),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            // SAFETY: data_offset + sizeof(in_pktinfo) = len <= space <= buf.len().
+            unsafe { std::ptr::write_unaligned(buf.as_mut_ptr().add(data_offset).cast(), info) };
+        }
+        IpAddr::V6(ip) => {
+            let info = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: ip.octets(),
+                },
+                ipi6_ifindex: 0,
+            };
+            // SAFETY: data_offset + sizeof(in6_pktinfo) = len <= space <= buf.len().
+            unsafe { std::ptr::write_unaligned(buf.as_mut_ptr().add(data_offset).cast(), info) };
+        }
+    }
+    space
 }
 
 /// Size of a `sockaddr_in6`, the largest name the workers receive.
@@ -136,6 +264,53 @@ mod tests {
         let mut v6 = [0u8; 20];
         v6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
         assert_eq!(decode_sockaddr(&v6), None, "too short for sockaddr_in6");
+    }
+
+    #[test]
+    fn pktinfo_round_trip() {
+        for ip in ["192.0.2.7", "2001:db8::9"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut buf = [0u8; CONTROL_LEN];
+            let n = encode_pktinfo_source(ip, &mut buf);
+            assert!(n > 0);
+            // The encoder fills spec_dst / ipi6_addr; for IPv6 that is the same field the
+            // receiver reads, for IPv4 the receiver reads ipi_addr (left zero).
+            let got = pktinfo_destination(&buf[..n]);
+            match ip {
+                IpAddr::V6(_) => assert_eq!(got, Some(ip)),
+                IpAddr::V4(_) => assert_eq!(got, Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED))),
+            }
+        }
+        assert_eq!(pktinfo_destination(&[]), None);
+        assert_eq!(pktinfo_destination(&[0xFF; 7]), None);
+        assert_eq!(pktinfo_destination(&[0xFF; 40]), None);
+    }
+
+    #[test]
+    fn wildcard_socket_reports_the_destination() {
+        let s = bind_udp("0.0.0.0:0".parse().unwrap()).expect("bind");
+        let port = s.local_addr().unwrap().port();
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.send_to(b"x", ("127.0.0.1", port)).unwrap();
+        let mut data = [0u8; 16];
+        let mut control = [0u8; CONTROL_LEN];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        h.msg_iov = &mut iov;
+        h.msg_iovlen = 1;
+        h.msg_control = control.as_mut_ptr().cast();
+        h.msg_controllen = CONTROL_LEN;
+        // SAFETY: every pointer in `h` is live for the call.
+        let n = unsafe { libc::recvmsg(std::os::fd::AsRawFd::as_raw_fd(&s), &mut h, 0) };
+        assert_eq!(n, 1);
+        assert_eq!(
+            pktinfo_destination(&control[..h.msg_controllen]),
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        );
     }
 
     #[test]

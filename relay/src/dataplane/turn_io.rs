@@ -155,7 +155,8 @@ pub(super) enum Op {
 /// How a backend sends one UDP datagram (copying `bytes`). Returns false if it was
 /// dropped (no slot, queue full, send error); the backend counts why.
 pub(super) trait UdpSend {
-    fn send(&mut self, fd: RawFd, to: SocketAddr, bytes: &[u8]) -> bool;
+    /// `from`: source address to send from (a wildcard listen socket), else None.
+    fn send(&mut self, fd: RawFd, to: SocketAddr, from: Option<IpAddr>, bytes: &[u8]) -> bool;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -691,8 +692,8 @@ impl<S: UdpSend> Transmit for Tx<'_, S> {
     fn to_client(&mut self, tuple: &FiveTuple, bytes: &[u8]) {
         match tuple.transport {
             Transport::Udp => {
-                if let Some(&(_, fd)) = self.listen.iter().find(|(a, _)| *a == tuple.server) {
-                    self.udp.send(fd, tuple.client, bytes);
+                if let Some((fd, from)) = listen_socket_for(self.listen, tuple.server) {
+                    self.udp.send(fd, tuple.client, from, bytes);
                 }
             }
             Transport::Tcp | Transport::Tls => {
@@ -705,9 +706,27 @@ impl<S: UdpSend> Transmit for Tx<'_, S> {
     fn to_peer(&mut self, relay: RelayHandle, peer: SocketAddr, bytes: &[u8]) {
         let fd = self.relays.borrow().fd(relay);
         if let Some(fd) = fd {
-            self.udp.send(fd, peer, bytes);
+            self.udp.send(fd, peer, None, bytes);
         }
     }
+}
+
+/// The listen socket serving `server` and, for a wildcard socket, the source address to
+/// send from.
+#[inline]
+fn listen_socket_for(
+    listen: &[(SocketAddr, RawFd)],
+    server: SocketAddr,
+) -> Option<(RawFd, Option<IpAddr>)> {
+    if let Some(&(_, fd)) = listen.iter().find(|(a, _)| *a == server) {
+        return Some((fd, None));
+    }
+    listen
+        .iter()
+        .find(|(a, _)| {
+            a.ip().is_unspecified() && a.port() == server.port() && a.is_ipv4() == server.is_ipv4()
+        })
+        .map(|&(_, fd)| (fd, (!server.ip().is_unspecified()).then_some(server.ip())))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -800,18 +819,25 @@ impl TurnIo {
         self.wall = SystemTime::now();
     }
 
-    /// A datagram from a client on listen socket `listen_index`.
+    /// A datagram from a client on listen socket `listen_index`; `destination` is the
+    /// address it was sent to when the socket is a wildcard (IP_PKTINFO).
     #[inline]
     pub(super) fn on_client_datagram<S: UdpSend>(
         &mut self,
         udp: &mut S,
         listen_index: usize,
         source: SocketAddr,
+        destination: Option<IpAddr>,
         bytes: &[u8],
     ) {
-        let Some(&(server, _)) = self.listen.get(listen_index) else {
+        let Some(&(mut server, _)) = self.listen.get(listen_index) else {
             return;
         };
+        if let Some(ip) = destination
+            && server.ip().is_unspecified()
+        {
+            server.set_ip(ip);
+        }
         let tuple = FiveTuple {
             client: source,
             server,

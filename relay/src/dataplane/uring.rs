@@ -266,7 +266,8 @@ impl<H: DatagramHandler> UringWorker<H> {
         // lengths matter for a multishot RecvMsg: they fix the layout of each buffer.
         let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         recv_hdr.msg_namelen = NAME_LEN as libc::socklen_t;
-        recv_hdr.msg_controllen = 0;
+        // Room for the destination address of datagrams on wildcard sockets (IP_PKTINFO).
+        recv_hdr.msg_controllen = super::socket::CONTROL_LEN as _;
         let armed = vec![false; sockets.len()];
         Ok(UringWorker {
             ring,
@@ -570,7 +571,13 @@ struct UringSend<'a, 'r, 's> {
 
 impl UdpSend for UringSend<'_, '_, '_> {
     #[inline]
-    fn send(&mut self, fd: std::os::fd::RawFd, to: std::net::SocketAddr, bytes: &[u8]) -> bool {
+    fn send(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        to: std::net::SocketAddr,
+        from: Option<std::net::IpAddr>,
+        bytes: &[u8],
+    ) -> bool {
         if bytes.len() > super::slots::SLOT_BYTES {
             self.counts.errors += 1;
             return false;
@@ -580,7 +587,7 @@ impl UdpSend for UringSend<'_, '_, '_> {
             return false;
         };
         self.slots.buf_mut(slot)[..bytes.len()].copy_from_slice(bytes);
-        let hdr = self.slots.prepare(slot, bytes.len(), &to);
+        let hdr = self.slots.prepare_from(slot, bytes.len(), &to, from);
         let e = opcode::SendMsg::new(Fd(fd), hdr)
             .build()
             .user_data(tag(TAG_SEND, u64::from(slot)));
@@ -624,7 +631,10 @@ fn on_turn_datagram(
         return;
     };
     match from {
-        Source::Listen(i) => turn.on_client_datagram(tx, i, source, msg.payload_data()),
+        Source::Listen(i) => {
+            let dst = super::socket::pktinfo_destination(msg.control_data());
+            turn.on_client_datagram(tx, i, source, dst, msg.payload_data());
+        }
         Source::Relay(h) => turn.on_peer_datagram(tx, h, source, msg.payload_data()),
     }
 }
