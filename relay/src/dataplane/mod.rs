@@ -11,10 +11,11 @@
 //! that owns the allocation, TCP/TLS clients on per-worker SO_REUSEPORT listeners, and a
 //! command channel per worker for the control plane — never by the IO code.
 //!
-//! Listen addresses for TURN should be specific IPs: the server half of a client's
-//! 5-tuple is the listen socket's local address, so on a wildcard bind (0.0.0.0) it reads
-//! as the wildcard (allocations stay correct, listings show 0.0.0.0), and on a host with
-//! several addresses the reply source is the kernel's choice, as for STUN.
+//! Wildcard listen addresses (0.0.0.0, ::) work for TURN: those sockets report each
+//! datagram's destination (IP_PKTINFO / IPV6_RECVPKTINFO), which becomes the server half
+//! of the client's 5-tuple, and TURN answers and relayed data leave from that address
+//! (pktinfo on the send), so multi-homed hosts answer from the address the client used.
+//! The STUN-only handler still replies with the kernel's source choice.
 
 pub mod counters;
 mod portable;
