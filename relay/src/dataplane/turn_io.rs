@@ -1,12 +1,12 @@
 //! The IO half of TURN inside one worker: relayed UDP sockets, TCP/TLS client
 //! connections, the per-worker control channel, and the glue that feeds
-//! [`TurnServer`](crate::turn::TurnServer) and carries out what it asks for.
+//! [`TurnServer`] and carries out what it asks for.
 //!
 //! Why it is shared: both backends (io_uring and portable) need the same bookkeeping —
 //! which relayed socket a handle names, which connection a 5-tuple names, how a stream is
 //! cut into messages, when a slow client is disconnected — and differ only in how a
-//! socket is watched and how a datagram leaves. The backend supplies a [`UdpSend`] and
-//! carries out the queued [`Op`]s (arm a receive, cancel it, watch a connection).
+//! socket is watched and how a datagram leaves. The backend supplies a `UdpSend` and
+//! carries out the queued `Op`s (arm a receive, cancel it, watch a connection).
 //!
 //! The sans-IO core takes `&mut impl RelayPorts` and `&mut impl Transmit` in the same
 //! call, and both need the relay table; so the tables sit in `RefCell`s and the two trait
