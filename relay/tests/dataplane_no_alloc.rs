@@ -2,7 +2,8 @@
 //! allocations made on the worker thread only, and 10,000 Binding requests answered after
 //! a warm-up must not add a single one; likewise 10,000 TURN ChannelData frames relayed
 //! each way (client socket ↔ worker ↔ peer socket on loopback) after an authenticated
-//! Allocate, CreatePermission and ChannelBind. Runs for both backends.
+//! Allocate, CreatePermission and ChannelBind, over a UDP and over a TCP client leg.
+//! Runs for both backends.
 #![allow(clippy::unwrap_used)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -215,9 +216,49 @@ const REALM: &str = "noalloc.test";
 /// Builds a request's attributes for its transaction id (XOR values depend on it).
 type AttrsFor<'a> = &'a dyn Fn(&TransactionId) -> Vec<(u16, Vec<u8>)>;
 
+/// The client's transport to the worker.
+enum Link {
+    Udp(UdpSocket, SocketAddr),
+    Tcp(std::net::TcpStream, Vec<u8>),
+}
+
+impl Link {
+    fn send(&mut self, bytes: &[u8]) {
+        match self {
+            Link::Udp(s, to) => {
+                s.send_to(bytes, *to).unwrap();
+            }
+            Link::Tcp(s, _) => std::io::Write::write_all(s, bytes).unwrap(),
+        }
+    }
+
+    /// The next datagram / frame.
+    fn recv(&mut self) -> Vec<u8> {
+        match self {
+            Link::Udp(s, server) => {
+                let mut b = [0u8; 1500];
+                let (n, from) = s.recv_from(&mut b).expect("client receives");
+                assert_eq!(from, *server);
+                b[..n].to_vec()
+            }
+            Link::Tcp(s, pending) => loop {
+                if let Some(r) = relay::turn::framing::frame_len(pending) {
+                    let n = r.expect("valid framing");
+                    if pending.len() >= n {
+                        return pending.drain(..n).collect();
+                    }
+                }
+                let mut b = [0u8; 4096];
+                let n = std::io::Read::read(s, &mut b).expect("client receives");
+                assert!(n > 0, "server closed the connection");
+                pending.extend_from_slice(&b[..n]);
+            },
+        }
+    }
+}
+
 struct TurnClient {
-    sock: UdpSocket,
-    server: SocketAddr,
+    link: Link,
     key: Vec<u8>,
     nonce: Vec<u8>,
     tid: u64,
@@ -252,10 +293,9 @@ impl TurnClient {
                 b.add_message_integrity(&self.key).unwrap();
             }
             let n = b.finish();
-            self.sock.send_to(&buf[..n], self.server).unwrap();
-            let mut rb = [0u8; 1500];
-            let (len, _) = self.sock.recv_from(&mut rb).expect("answer");
-            let msg = Message::parse(&rb[..len]).unwrap();
+            self.link.send(&buf[..n]);
+            let rb = self.link.recv();
+            let msg = Message::parse(&rb).unwrap();
             assert_eq!(msg.transaction_id(), &tid);
             if msg.class() == Class::SuccessResponse {
                 return;
@@ -275,7 +315,7 @@ fn xor_peer(peer: SocketAddr, tid: &TransactionId) -> Vec<u8> {
     v[..n].to_vec()
 }
 
-fn turn_steady_state_allocates_nothing(backend: Backend) {
+fn turn_steady_state_allocates_nothing(backend: Backend, tcp: bool) {
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -308,6 +348,8 @@ fn turn_steady_state_allocates_nothing(backend: Backend) {
         ..TurnConfig::default()
     });
     let (_commands_tx, commands) = std::sync::mpsc::channel();
+    let tcp_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_server = tcp_listener.local_addr().unwrap();
     let setup = TurnSetup {
         config: config.clone(),
         shared,
@@ -316,7 +358,7 @@ fn turn_steady_state_allocates_nothing(backend: Backend) {
             ipv6: None,
             ports: (40000, 60999),
         },
-        tcp: vec![],
+        tcp: vec![tcp_listener.try_clone().unwrap()],
         tls: vec![],
         tls_config: None,
         commands,
@@ -339,16 +381,23 @@ fn turn_steady_state_allocates_nothing(backend: Backend) {
             .expect("worker ready")
     );
 
-    let client = UdpSocket::bind("127.0.0.1:0").expect("client");
-    client
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
+    let link = if tcp {
+        let s = std::net::TcpStream::connect(tcp_server).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Link::Tcp(s, Vec::new())
+    } else {
+        let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        Link::Udp(client, server)
+    };
     let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
     peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let peer_addr = peer.local_addr().unwrap();
     let mut c = TurnClient {
-        sock: client.try_clone().unwrap(),
-        server,
+        link,
         key: long_term_key(PasswordAlgorithm::Md5, b"bob", REALM.as_bytes(), b"secret")
             .as_bytes()
             .to_vec(),
@@ -370,7 +419,7 @@ fn turn_steady_state_allocates_nothing(backend: Backend) {
 
     // One datagram from the peer tells us the relayed address (learned from the first
     // client → peer frame).
-    let relay_both_ways = |first: u64, count: u64| -> SocketAddr {
+    let mut relay_both_ways = |first: u64, count: u64| -> SocketAddr {
         let mut relayed = None;
         let mut frame = [0u8; 4 + 8];
         frame[..2].copy_from_slice(&0x4000u16.to_be_bytes());
@@ -381,7 +430,7 @@ fn turn_steady_state_allocates_nothing(backend: Backend) {
             let n = WINDOW.min(first + count - id);
             for k in 0..n {
                 frame[4..].copy_from_slice(&(id + k).to_be_bytes());
-                client.send_to(&frame, server).unwrap();
+                c.link.send(&frame);
             }
             for _ in 0..n {
                 let (len, from) = peer.recv_from(&mut buf).expect("peer receives");
@@ -395,8 +444,9 @@ fn turn_steady_state_allocates_nothing(backend: Backend) {
                 peer.send_to(&(id + k).to_be_bytes(), to).unwrap();
             }
             for _ in 0..n {
-                let (len, from) = client.recv_from(&mut buf).expect("client receives");
-                assert_eq!(from, server);
+                let got = c.link.recv();
+                let len = got.len();
+                buf[..len].copy_from_slice(&got);
                 assert_eq!(len, 12, "ChannelData header + 8 bytes");
                 assert_eq!(&buf[..2], &0x4000u16.to_be_bytes());
                 let got = u64::from_be_bytes(buf[4..12].try_into().unwrap());
@@ -416,15 +466,17 @@ fn turn_steady_state_allocates_nothing(backend: Backend) {
     let c = counters.snapshot();
     assert_eq!(c.errors, 0, "{c:?}");
     assert_eq!(c.dropped(), 0, "{c:?}");
+    // Datagrams counted: peer → relay always, client → worker only over UDP.
+    let per_way = WARM_UP + N;
     assert!(
-        c.received >= 2 * (WARM_UP + N),
-        "both directions counted: {c:?}"
+        c.received >= if tcp { per_way } else { 2 * per_way },
+        "datagrams counted: {c:?}"
     );
     assert!(before > 0, "the counting allocator saw the worker's set-up");
     assert_eq!(
         after - before,
         0,
-        "{} allocations on the worker thread while relaying {N} ChannelData each way ({backend:?})",
+        "{} allocations on the worker thread while relaying {N} ChannelData each way ({backend:?}, tcp: {tcp})",
         after - before
     );
 }
@@ -432,7 +484,10 @@ fn turn_steady_state_allocates_nothing(backend: Backend) {
 #[test]
 fn io_uring_turn_worker_does_not_allocate_per_packet() {
     match select_backend(BackendChoice::IoUring) {
-        Ok((b, _)) => turn_steady_state_allocates_nothing(b),
+        Ok((b, _)) => {
+            turn_steady_state_allocates_nothing(b, false);
+            turn_steady_state_allocates_nothing(b, true);
+        }
         Err(e) if std::env::var_os("RELAY_REQUIRE_IO_URING").is_some() => {
             panic!("io_uring required but unavailable: {e}")
         }
@@ -442,5 +497,6 @@ fn io_uring_turn_worker_does_not_allocate_per_packet() {
 
 #[test]
 fn portable_turn_worker_does_not_allocate_per_packet() {
-    turn_steady_state_allocates_nothing(Backend::Portable);
+    turn_steady_state_allocates_nothing(Backend::Portable, false);
+    turn_steady_state_allocates_nothing(Backend::Portable, true);
 }
