@@ -100,7 +100,7 @@ fn start_on(choice: BackendChoice, workers: usize, udp: SocketAddr) -> Server {
     let tls = Arc::new(TlsReloader::load(&cert.cert, &cert.key).expect("certificate loads"));
     let policy = PeerPolicy::new(
         &PolicyConfig {
-            allow: vec!["127.0.0.0/8".into()],
+            allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
             deny: vec![],
         },
         &[],
@@ -119,6 +119,7 @@ fn start_on(choice: BackendChoice, workers: usize, udp: SocketAddr) -> Server {
     );
     let config = TurnConfig {
         relay_ipv4: Some("127.0.0.1".parse().unwrap()),
+        relay_ipv6: v6_available().then(|| "::1".parse().unwrap()),
         // Loopback clients: the 401 challenge may be larger than the bare request.
         unauth_reply_allowance: 512,
         ..TurnConfig::default()
@@ -888,4 +889,55 @@ fn io_uring_wildcard_listen_answers_from_the_destination() {
 #[test]
 fn portable_wildcard_listen_answers_from_the_destination() {
     with_backend(BackendChoice::Portable, wildcard_listen);
+}
+
+fn v6_available() -> bool {
+    UdpSocket::bind("[::1]:0").is_ok()
+}
+
+/// REQUESTED-ADDRESS-FAMILY IPv6: the relayed socket is bound on the IPv6 relay address
+/// (::1 here) in the worker and relays to an IPv6 peer both ways, for an IPv4 client.
+fn ipv6_relay(choice: BackendChoice) {
+    if !v6_available() {
+        eprintln!("skipped: ::1 unavailable");
+        return;
+    }
+    let server = start(choice, 1);
+    let mut c = Client::new(Link::udp(server.dp.listen()[0]));
+    let resp = c.ok(
+        method::ALLOCATE,
+        &[
+            other(tattr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
+            other(tattr::REQUESTED_ADDRESS_FAMILY, &[0x02, 0, 0, 0]),
+        ],
+    );
+    let msg = Message::parse(&resp).unwrap();
+    let relayed = xor_attr(&msg, tattr::XOR_RELAYED_ADDRESS).unwrap();
+    assert_eq!(relayed.ip(), "::1".parse::<IpAddr>().unwrap());
+    let peer = UdpSocket::bind("[::1]:0").unwrap();
+    peer.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    c.create_permission(peer_addr);
+    c.send_indication(peer_addr, b"over v6");
+    let mut buf = [0u8; 64];
+    let (n, from) = peer.recv_from(&mut buf).expect("v6 peer receives");
+    assert_eq!(&buf[..n], b"over v6");
+    assert_eq!(from, relayed);
+    peer.send_to(b"v6 back", relayed).unwrap();
+    let frame = c.recv_data();
+    let msg = Message::parse(&frame).unwrap();
+    assert_eq!(msg.method(), m(method::DATA));
+    assert_eq!(xor_attr(&msg, tattr::XOR_PEER_ADDRESS), Some(peer_addr));
+    assert_eq!(raw_attr(&msg, tattr::DATA), Some(&b"v6 back"[..]));
+    c.refresh_zero();
+}
+
+#[test]
+fn io_uring_ipv6_relay() {
+    with_backend(BackendChoice::IoUring, ipv6_relay);
+}
+
+#[test]
+fn portable_ipv6_relay() {
+    with_backend(BackendChoice::Portable, ipv6_relay);
 }
