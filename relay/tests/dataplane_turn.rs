@@ -941,3 +941,24 @@ fn io_uring_ipv6_relay() {
 fn portable_ipv6_relay() {
     with_backend(BackendChoice::Portable, ipv6_relay);
 }
+
+/// Many TCP clients connecting at once are all accepted and served (accept bursts are
+/// bounded per event and resumed, not lost).
+fn many_stream_clients(choice: BackendChoice) {
+    let server = start(choice, 1);
+    let tcp = server.dp.listen_tcp()[0];
+    let mut links: Vec<Link> = (0..150).map(|_| Link::tcp(tcp)).collect();
+    for l in &mut links {
+        binding_over(l);
+    }
+}
+
+#[test]
+fn io_uring_many_stream_clients() {
+    with_backend(BackendChoice::IoUring, many_stream_clients);
+}
+
+#[test]
+fn portable_many_stream_clients() {
+    with_backend(BackendChoice::Portable, many_stream_clients);
+}

@@ -569,7 +569,12 @@ impl Streams {
             Some(c) if u64::from(c.generation) == token >> CONN_INDEX_BITS => {}
             _ => return None,
         }
-        let conn = slot.take()?;
+        let mut conn = slot.take()?;
+        if let Some(tls) = &mut conn.tls {
+            // Best effort: tell a TLS client we are closing on purpose.
+            tls.send_close_notify();
+            let _ = tls.write_tls(&mut &conn.stream);
+        }
         let _ = conn.stream.shutdown(std::net::Shutdown::Both);
         self.by_tuple.remove(&conn.tuple);
         self.free.push(index as u32);
@@ -753,6 +758,8 @@ pub(super) struct TurnIo {
     /// Connections that may have more to read than one readiness event handled.
     pending_read: Vec<u64>,
     pending_swap: Vec<u64>,
+    /// Listeners that had more waiting connections than one burst accepted.
+    pending_accept: Vec<usize>,
     scratch: Box<[u8]>,
     last_sweep: Instant,
     pub(super) now: Instant,
@@ -805,6 +812,7 @@ impl TurnIo {
             ops: Vec::with_capacity(64),
             pending_read: Vec::with_capacity(64),
             pending_swap: Vec::with_capacity(64),
+            pending_accept: Vec::new(),
             scratch: vec![0u8; STREAM_READ_BYTES].into_boxed_slice(),
             last_sweep: Instant::now(),
             now: Instant::now(),
@@ -896,7 +904,14 @@ impl TurnIo {
 
     /// Listener `i` is readable: accept what is waiting.
     pub(super) fn on_accept(&mut self, i: usize) {
-        for _ in 0..ACCEPT_BURST {
+        for round in 0..=ACCEPT_BURST {
+            if round == ACCEPT_BURST {
+                // More may be waiting; readiness is edge-like: come back next iteration.
+                if !self.pending_accept.contains(&i) {
+                    self.pending_accept.push(i);
+                }
+                return;
+            }
             let Some(l) = self.listeners.get(i) else {
                 return;
             };
@@ -1001,6 +1016,12 @@ impl TurnIo {
     /// Continues reading connections that had more than one round's worth (readiness
     /// events are edge-like: nothing else would wake us for the rest).
     pub(super) fn retry_pending<S: UdpSend>(&mut self, udp: &mut S) {
+        if !self.pending_accept.is_empty() {
+            let list = std::mem::take(&mut self.pending_accept);
+            for i in list {
+                self.on_accept(i);
+            }
+        }
         if self.pending_read.is_empty() {
             return;
         }
@@ -1015,7 +1036,7 @@ impl TurnIo {
     /// Whether some connection waits in [`TurnIo::retry_pending`] (the loop should not
     /// block).
     pub(super) fn has_pending(&self) -> bool {
-        !self.pending_read.is_empty()
+        !self.pending_read.is_empty() || !self.pending_accept.is_empty()
     }
 
     /// Connection `token` is readable: read, cut into messages, hand them to the core.
