@@ -577,6 +577,16 @@ fn scenario(server: &Server, mut client: Client, label: &str) {
     if let Some(f) = client.link_recv_short() {
         panic!("{label}: data after Refresh 0: {f:?}");
     }
+    // The relayed socket is really closed (its receive cancelled first): the port can be
+    // bound again.
+    let deadline = Instant::now() + TIMEOUT;
+    while UdpSocket::bind(relayed).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{label}: relayed port {relayed} still bound after Refresh 0"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 impl Client {
