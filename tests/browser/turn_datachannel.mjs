@@ -54,9 +54,12 @@ async function selectedPair(pc) {
 }
 async function run(cfg, size, messages) {
   const log = [];
+  window.__progress = { log, gathered: null };
   const pc1 = new RTCPeerConnection(cfg);
   const pc2 = new RTCPeerConnection(cfg);
   const gathered = { pc1: [], pc2: [] };
+  window.__progress.gathered = gathered;
+  window.__progress.pcs = [pc1, pc2];
   pc1.onicecandidate = (e) => { if (e.candidate) { gathered.pc1.push(e.candidate.candidate); pc2.addIceCandidate(e.candidate); } };
   pc2.onicecandidate = (e) => { if (e.candidate) { gathered.pc2.push(e.candidate.candidate); pc1.addIceCandidate(e.candidate); } };
   pc1.oniceconnectionstatechange = () => log.push("pc1 ice " + pc1.iceConnectionState);
@@ -177,6 +180,23 @@ try {
   if (!ok) console.error("checks failed");
 } catch (e) {
   console.error(`error: ${e && e.stack ? e.stack : e}`);
+  // What the page got to: ICE states, gathered candidates, candidate pairs.
+  try {
+    const page = context && context.pages()[0];
+    const progress = page && (await page.evaluate(async () => {
+      const p = window.__progress;
+      if (!p) return null;
+      const pairs = [];
+      for (const pc of p.pcs || []) {
+        const st = await pc.getStats();
+        st.forEach((s) => { if (s.type === "candidate-pair") pairs.push({ state: s.state, nominated: s.nominated, requestsSent: s.requestsSent, responsesReceived: s.responsesReceived, local: st.get(s.localCandidateId)?.port, remote: st.get(s.remoteCandidateId)?.port }); });
+      }
+      return { log: p.log, gathered: p.gathered, pairs };
+    }));
+    console.error("PROGRESS " + JSON.stringify(progress));
+  } catch (e2) {
+    console.error(`could not read the page's progress: ${e2}`);
+  }
   code = 1;
 } finally {
   clearTimeout(killer);

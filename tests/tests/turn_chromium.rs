@@ -49,7 +49,7 @@ fn check_prerequisites() {
 
 /// Runs the browser script in `ns` against `turn` and returns its parsed result after
 /// asserting everything the test is about.
-fn browser_run(ns: &Netns, turn: SocketAddr) -> serde_json::Value {
+fn browser_run(ns: &Netns, turn: SocketAddr, diag: &dyn Fn() -> String) -> serde_json::Value {
     let script = browser_dir().join("turn_datachannel.mjs");
     let out = run_bounded(
         ns.command("node")
@@ -57,7 +57,7 @@ fn browser_run(ns: &Netns, turn: SocketAddr) -> serde_json::Value {
             .args(["--turn", &turn.to_string()])
             .args(["--user", USER, "--pass", PASSWORD])
             .args(["--bytes", &FILE_BYTES.to_string()])
-            .args(["--timeout-ms", "60000"])
+            .args(["--timeout-ms", "45000"])
             .args(["--chromium", CHROMIUM])
             .current_dir(browser_dir()),
         Duration::from_secs(120),
@@ -74,8 +74,9 @@ fn browser_run(ns: &Netns, turn: SocketAddr) -> serde_json::Value {
         .map(|j| serde_json::from_str(j).expect("RESULT is JSON"))
         .unwrap_or_else(|| {
             panic!(
-                "the browser script printed no RESULT ({:?}):\n{text}",
-                out.status
+                "the browser script printed no RESULT ({:?}):\n{text}\nserver: {}",
+                out.status,
+                diag()
             )
         });
     eprintln!("browser result: {result}");
@@ -117,7 +118,7 @@ fn browser_run(ns: &Netns, turn: SocketAddr) -> serde_json::Value {
 }
 
 #[test]
-#[ignore = "waiting for TURN in the daemon: config [turn], relay/src/turn, stats \"turn\""]
+#[ignore = "the relay answers 403 to CreatePermission for its own relayed address even when [policy] allow covers it (policy: own addresses always denied), so two relay-only peers on one relay cannot connect: lead to decide"]
 fn chromium_datachannel_through_relay() {
     if !require_root("chromium_datachannel_through_relay") {
         return;
@@ -160,7 +161,11 @@ allow = ["10.201.0.0/16"]
     let config_s = config.display().to_string();
     let relay = Daemon::start(&topo.relay, &["--config", &config_s]).expect("start the relay");
     let before = relay.stats().unwrap();
-    browser_run(&topo.client, turn);
+    browser_run(&topo.client, turn, &|| {
+        relay
+            .stats()
+            .map_or_else(|e| format!("{e:#}"), |s| s["turn"].to_string())
+    });
     let after = relay.stats().unwrap();
     let turn_before = &before["turn"];
     let turn_after = &after["turn"];
@@ -231,5 +236,5 @@ fn chromium_harness_against_coturn() {
     )
     .expect("start coturn's turnserver");
     wait_tcp_listening(&topo.relay, turn, Duration::from_secs(10)).expect("turnserver listening");
-    browser_run(&topo.client, turn);
+    browser_run(&topo.client, turn, &|| "coturn".to_owned());
 }
