@@ -697,6 +697,7 @@ max_lifetime = 1200
 max_permissions = 10
 bandwidth_limit = 125000
 unauth_reply_allowance = 0
+legacy_channel_range = true
 [turn.users]
 alice = "pw1"
 "bob@example.org" = "pw2"
@@ -730,6 +731,13 @@ listen = "127.0.0.1:9641"
         assert_eq!(
             c.turn.unauth_reply_allowance, 0,
             "strict mode is expressible"
+        );
+        assert!(c.turn.legacy_channel_range);
+        assert!(
+            !Config::embedded_default()
+                .unwrap()
+                .turn
+                .legacy_channel_range
         );
         assert_eq!(
             Config::embedded_default()

@@ -80,6 +80,8 @@ pub struct TurnSettings {
     /// How many bytes an answer to an unauthenticated UDP request (the 401/438
     /// challenge, a 400) may exceed the request by. 0 = never larger than the request.
     pub unauth_reply_allowance: u32,
+    /// Accept RFC 5766's channel numbers 0x5000–0x7FFF too (RFC 8656: 0x4000–0x4FFF).
+    pub legacy_channel_range: bool,
     /// Static users: name → password.
     pub users: BTreeMap<String, Secret>,
     /// Shared secrets for time-limited (REST) credentials; the first signs nothing, all
@@ -139,6 +141,8 @@ pub(super) struct TurnSection {
     #[serde(default = "default_unauth_reply_allowance")]
     unauth_reply_allowance: u32,
     #[serde(default)]
+    legacy_channel_range: bool,
+    #[serde(default)]
     users: BTreeMap<String, Secret>,
     #[serde(default)]
     auth: AuthSection,
@@ -161,6 +165,7 @@ impl Default for TurnSection {
             max_permissions: default_max_permissions(),
             bandwidth_limit: 0,
             unauth_reply_allowance: default_unauth_reply_allowance(),
+            legacy_channel_range: false,
             users: BTreeMap::new(),
             auth: AuthSection::default(),
         }
@@ -354,6 +359,7 @@ pub(super) fn build(
         max_permissions: turn.max_permissions,
         bandwidth_limit: turn.bandwidth_limit,
         unauth_reply_allowance: turn.unauth_reply_allowance,
+        legacy_channel_range: turn.legacy_channel_range,
         users: turn.users,
         secrets: turn.auth.secrets,
         nonce_lifetime: turn.auth.nonce_lifetime,

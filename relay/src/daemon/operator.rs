@@ -93,6 +93,7 @@ pub fn turn_dataplane(config: &Config) -> Result<(TurnDataplane, Arc<Shared>), T
         },
         bandwidth_limit: t.bandwidth_limit,
         unauth_reply_allowance: t.unauth_reply_allowance as usize,
+        legacy_channel_range: t.legacy_channel_range,
         relay_ipv4: match v4 {
             Some(IpAddr::V4(a)) => Some(a),
             _ => None,
@@ -258,6 +259,7 @@ impl DaemonCommands<'_> {
                 || old.turn.max_permissions != new.turn.max_permissions
                 || old.turn.bandwidth_limit != new.turn.bandwidth_limit
                 || old.turn.unauth_reply_allowance != new.turn.unauth_reply_allowance
+                || old.turn.legacy_channel_range != new.turn.legacy_channel_range
                 || old.turn.nonce_lifetime != new.turn.nonce_lifetime,
         );
         drop(old);

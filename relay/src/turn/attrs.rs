@@ -175,6 +175,11 @@ pub fn decode_reservation_token(value: &[u8]) -> Option<u64> {
 /// Valid channel numbers (RFC 8656 §12).
 pub const CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x4FFF;
 
+/// The wider range of RFC 5766 §11, which RFC 8656 narrowed (0x5000–0x7FFF collide with
+/// other protocols multiplexed on the port). Some clients still draw from it, coturn's
+/// `turnutils_uclient` among them; accepted only with `TurnConfig::legacy_channel_range`.
+pub const LEGACY_CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFF;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -453,7 +453,12 @@ impl TurnServer {
         let (Some(number), Some(peer), false) = (number, peer, malformed) else {
             return self.error(tuple, m, 400, Some(auth), tx);
         };
-        if !attrs::CHANNEL_RANGE.contains(&number) {
+        let range = if self.config.legacy_channel_range {
+            attrs::LEGACY_CHANNEL_RANGE
+        } else {
+            attrs::CHANNEL_RANGE
+        };
+        if !range.contains(&number) {
             return self.error(tuple, m, 400, Some(auth), tx);
         }
         if let Err(code) = self.check_peer(id, peer) {

@@ -240,6 +240,9 @@ pub struct TurnConfig {
     /// [`TurnStats::amplification_drops`]) when it would still be larger than the request.
     /// Stream transports (TCP, TLS) are exempt: their handshake proves the source address.
     pub unauth_reply_allowance: usize,
+    /// Accept ChannelBind numbers 0x5000–0x7FFF as RFC 5766 did (RFC 8656 allows only
+    /// 0x4000–0x4FFF). Off by default; for older clients such as `turnutils_uclient`.
+    pub legacy_channel_range: bool,
 }
 
 impl Default for TurnConfig {
@@ -262,6 +265,7 @@ impl Default for TurnConfig {
             auth_failure_burst: 20,
             auth_limiter_entries: 4096,
             unauth_reply_allowance: 0,
+            legacy_channel_range: false,
         }
     }
 }

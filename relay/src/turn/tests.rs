@@ -1238,6 +1238,7 @@ fn channel_bind_errors() {
     let (mut c, _, _) = allocated(&mut w);
     assert_eq!(error_code(&bind(&mut w, &mut c, 0x3FFF, peer())), Some(400));
     assert_eq!(error_code(&bind(&mut w, &mut c, 0x5000, peer())), Some(400));
+    assert_eq!(error_code(&bind(&mut w, &mut c, 0x7FFF, peer())), Some(400));
     assert_eq!(
         class_of(&bind(&mut w, &mut c, 0x4000, peer())),
         Class::SuccessResponse
@@ -1424,4 +1425,28 @@ mod prop {
             w.advance(Duration::from_secs(700));
         }
     }
+}
+
+#[test]
+fn legacy_channel_range_accepts_rfc5766_numbers_only_when_enabled() {
+    let cfg = TurnConfig {
+        legacy_channel_range: true,
+        ..config()
+    };
+    let mut w = world_with(cfg, Quotas::new(0, 0));
+    let (mut c, _, handle) = allocated(&mut w);
+    assert_eq!(
+        class_of(&bind(&mut w, &mut c, 0x7FFF, peer())),
+        Class::SuccessResponse
+    );
+    assert_eq!(error_code(&bind(&mut w, &mut c, 0x8000, peer())), Some(400));
+    assert_eq!(error_code(&bind(&mut w, &mut c, 0x3FFF, peer())), Some(400));
+    // The bound legacy channel relays both ways.
+    w.sink.client.clear();
+    w.server.on_peer(handle, peer(), b"abc", w.now, &mut w.sink);
+    assert_eq!(w.sink.client[0].1, channel_data(0x7FFF, b"abc", false));
+    w.sink.peer.clear();
+    let tuple = c.tuple;
+    w.send(&tuple, &channel_data(0x7FFF, b"xyz", false));
+    assert_eq!(w.sink.peer[0].2, b"xyz");
 }
