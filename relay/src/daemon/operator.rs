@@ -94,6 +94,7 @@ pub fn turn_dataplane(config: &Config) -> Result<(TurnDataplane, Arc<Shared>), T
         bandwidth_limit: t.bandwidth_limit,
         unauth_reply_allowance: t.unauth_reply_allowance as usize,
         legacy_channel_range: t.legacy_channel_range,
+        relay_ports: t.port_range.0..=t.port_range.1,
         relay_ipv4: match v4 {
             Some(IpAddr::V4(a)) => Some(a),
             _ => None,

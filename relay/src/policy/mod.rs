@@ -9,7 +9,9 @@
 //! IPv6 form that embeds one (IPv4-mapped, IPv4-compatible, SIIT, 6to4, NAT64), so
 //! `::ffff:127.0.0.1` or `64:ff9b::a9fe:a9fe` cannot sneak past a rule written for IPv4.
 //!
-//! Precedence, from strongest: the relay's own addresses are always denied; then an
+//! Precedence, from strongest: the relay's own addresses are denied (except, with [`PeerPolicy::check_socket`], on the relay's own port range:
+//! those are other allocations of this relay, which two users of one relay need to reach
+//! each other; the relay's own services on other ports stay unreachable); then an
 //! explicit `deny` entry; then an explicit `allow` entry; then the default deny-list; then
 //! allow. An `allow` only lifts the default deny-list for the addresses it covers.
 //!
@@ -337,6 +339,41 @@ impl PeerPolicy {
         Ok(())
     }
 
+    /// Whether `peer` (address and port) may be relayed to, where `relay_ports` is the
+    /// relay's own port range. Like [`PeerPolicy::check`], except that one of the relay's
+    /// own addresses is allowed on a port inside `relay_ports` (another allocation of this
+    /// relay) unless an explicit `deny` entry covers it. Allocation-free.
+    pub fn check_socket(
+        &self,
+        peer: std::net::SocketAddr,
+        relay_ports: std::ops::RangeInclusive<u16>,
+    ) -> Result<(), Denied> {
+        if relay_ports.contains(&peer.port()) && self.is_own(peer.ip()) {
+            let l = self.lists();
+            let (f, n) = forms(peer.ip());
+            for &a in &f[..n] {
+                if let Some(c) = l.deny.iter().find(|c| c.contains(a)) {
+                    return Err(Denied::DenyList { addr: a, cidr: *c });
+                }
+            }
+            return Ok(());
+        }
+        self.check(peer.ip())
+    }
+
+    /// Whether `peer` is one of the relay's own addresses (in any embedded form).
+    pub fn is_own(&self, peer: IpAddr) -> bool {
+        let l = self.lists();
+        let (f, n) = forms(peer);
+        f[..n].iter().any(|a| l.own.contains(a))
+    }
+
+    /// The relay's own addresses (with their embedded forms), for the data path's
+    /// per-datagram port check on permissions to them.
+    pub fn own_addresses(&self) -> Vec<IpAddr> {
+        self.lists().own.clone()
+    }
+
     /// The allow entries (canonical form), for logs and `relay status`.
     pub fn allow(&self) -> Vec<Cidr> {
         self.lists().allow.clone()
@@ -548,6 +585,51 @@ mod tests {
         ));
         assert!(matches!(denied(&p, "2001:db8::5"), Denied::DenyList { .. }));
         assert_eq!(p.check(ip("8.8.4.4")), Ok(()));
+    }
+
+    #[test]
+    fn own_addresses_reachable_only_on_the_relay_port_range() {
+        let p = policy(&["0.0.0.0/0"], &[], &["203.0.113.5"]);
+        let range = 49152..=65535;
+        let sock = |s: &str| s.parse::<std::net::SocketAddr>().expect("addr");
+        // Another allocation of this relay: allowed, in any embedded form.
+        assert_eq!(
+            p.check_socket(sock("203.0.113.5:50000"), range.clone()),
+            Ok(())
+        );
+        assert_eq!(
+            p.check_socket(sock("[::ffff:203.0.113.5]:50000"), range.clone()),
+            Ok(())
+        );
+        // The relay's own services (SSH, metrics, DNS...): denied.
+        for s in [
+            "203.0.113.5:22",
+            "203.0.113.5:9641",
+            "[::ffff:203.0.113.5]:53",
+        ] {
+            assert!(
+                matches!(
+                    p.check_socket(sock(s), range.clone()),
+                    Err(Denied::OwnAddress { .. })
+                ),
+                "{s}"
+            );
+        }
+        // An explicit deny still wins.
+        let d = policy(&[], &["203.0.113.0/24"], &["203.0.113.5"]);
+        assert!(matches!(
+            d.check_socket(sock("203.0.113.5:50000"), range.clone()),
+            Err(Denied::DenyList { .. })
+        ));
+        // Other addresses are checked as before (default deny-list, no allow entries).
+        let plain = policy(&[], &[], &["203.0.113.5"]);
+        assert!(matches!(
+            plain.check_socket(sock("127.0.0.1:50000"), range.clone()),
+            Err(Denied::Default { .. })
+        ));
+        assert_eq!(plain.check_socket(sock("8.8.8.8:50000"), range), Ok(()));
+        assert!(p.is_own(ip("::ffff:203.0.113.5")));
+        assert!(!p.is_own(ip("203.0.113.6")));
     }
 
     #[test]

@@ -347,14 +347,30 @@ impl TurnServer {
 
     /// Checks a peer address for an allocation: 443 (no relay of its family), 403
     /// (policy). Returns the error code.
-    fn check_peer(&self, id: u64, peer: SocketAddr) -> Result<(), u16> {
+    /// `with_port`: ChannelBind names one transport address, checked with its port (an
+    /// own address is allowed on the relay port range only); CreatePermission installs a
+    /// permission per IP, so an own address passes here and its ports are checked on
+    /// every datagram instead (see `own_service` in the server).
+    fn check_peer(&self, id: u64, peer: SocketAddr, with_port: bool) -> Result<(), u16> {
         let Some(a) = self.allocs.get(&id) else {
             return Err(437);
         };
         if a.relay_for(IpFamily::of(peer.ip())).is_none() {
             return Err(443);
         }
-        if let Err(d) = self.shared.policy.check(peer.ip()) {
+        let verdict = if with_port {
+            self.shared
+                .policy
+                .check_socket(peer, self.config.relay_ports.clone())
+        } else if self.own.contains(&peer.ip()) {
+            self.shared.policy.check_socket(
+                SocketAddr::new(peer.ip(), *self.config.relay_ports.start()),
+                self.config.relay_ports.clone(),
+            )
+        } else {
+            self.shared.policy.check(peer.ip())
+        };
+        if let Err(d) = verdict {
             tracing::debug!(peer = %peer, reason = d.reason(), "peer denied by policy");
             return Err(403);
         }
@@ -387,7 +403,7 @@ impl TurnServer {
             return self.error(tuple, m, 400, Some(auth), tx);
         }
         for p in &peers {
-            if let Err(code) = self.check_peer(id, *p) {
+            if let Err(code) = self.check_peer(id, *p, false) {
                 return self.error(tuple, m, code, Some(auth), tx);
             }
         }
@@ -461,7 +477,7 @@ impl TurnServer {
         if !range.contains(&number) {
             return self.error(tuple, m, 400, Some(auth), tx);
         }
-        if let Err(code) = self.check_peer(id, peer) {
+        if let Err(code) = self.check_peer(id, peer, true) {
             return self.error(tuple, m, code, Some(auth), tx);
         }
         let (max_perm, max_chan) = (self.config.max_permissions, self.config.max_channels);

@@ -243,6 +243,10 @@ pub struct TurnConfig {
     /// Accept ChannelBind numbers 0x5000–0x7FFF as RFC 5766 did (RFC 8656 allows only
     /// 0x4000–0x4FFF). Off by default; for older clients such as `turnutils_uclient`.
     pub legacy_channel_range: bool,
+    /// The relayed port range. A peer on one of the relay's own addresses is reachable
+    /// on these ports only (another allocation of this relay: two users of one relay
+    /// calling each other); its other ports (the relay's own services) never are.
+    pub relay_ports: std::ops::RangeInclusive<u16>,
 }
 
 impl Default for TurnConfig {
@@ -266,6 +270,7 @@ impl Default for TurnConfig {
             auth_limiter_entries: 4096,
             unauth_reply_allowance: 0,
             legacy_channel_range: false,
+            relay_ports: 49152..=65535,
         }
     }
 }

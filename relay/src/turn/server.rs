@@ -69,6 +69,9 @@ pub struct TurnServer {
     pub(super) txn_seed: [u8; 12],
     pub(super) txn_counter: u64,
     pub(super) scratch: Box<[u8]>,
+    /// The relay's own addresses (from the policy, fixed for the process's life): a peer
+    /// on one of them is reachable only on `config.relay_ports`, checked per datagram.
+    pub(super) own: Vec<IpAddr>,
 }
 
 /// Unix seconds of `wall` (0 before the epoch).
@@ -97,7 +100,6 @@ impl TurnServer {
         }
         TurnServer {
             config,
-            shared,
             stats: TurnStats::default(),
             auth,
             allocs: HashMap::new(),
@@ -109,6 +111,8 @@ impl TurnServer {
             txn_seed,
             txn_counter: 0,
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+            own: shared.policy.own_addresses(),
+            shared,
         }
     }
 
@@ -258,7 +262,10 @@ impl TurnServer {
             self.stats.dropped_unknown_relay += 1;
             return;
         };
-        if a.expires <= now || !a.permitted(peer.ip(), now) {
+        if a.expires <= now
+            || !a.permitted(peer.ip(), now)
+            || own_service(&self.own, &self.config.relay_ports, peer)
+        {
             self.stats.dropped_peer_no_permission += 1;
             return;
         }
@@ -426,7 +433,10 @@ impl TurnServer {
             return;
         };
         let peer = canonical(peer);
-        if a.expires <= now || !a.permitted(peer.ip(), now) {
+        if a.expires <= now
+            || !a.permitted(peer.ip(), now)
+            || own_service(&self.own, &self.config.relay_ports, peer)
+        {
             self.stats.dropped_no_permission += 1;
             return;
         }
@@ -811,4 +821,16 @@ fn add_unknown_list(b: &mut MessageBuilder<'_>, m: &Message<'_>) -> Result<(), S
             })
             .map(|a| a.attr_type),
     )
+}
+
+/// Whether `peer` is one of the relay's own addresses on a port outside the relay range:
+/// the relay's own services, never relayed to or from (a permission for an own address
+/// only opens its relay ports, i.e. other allocations of this relay).
+#[inline]
+fn own_service(
+    own: &[IpAddr],
+    relay_ports: &std::ops::RangeInclusive<u16>,
+    peer: SocketAddr,
+) -> bool {
+    !own.is_empty() && own.contains(&peer.ip()) && !relay_ports.contains(&peer.port())
 }

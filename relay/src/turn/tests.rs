@@ -159,7 +159,14 @@ pub(super) struct World {
 }
 
 pub(super) fn world_with(cfg: TurnConfig, quotas: Quotas) -> World {
-    let policy = PeerPolicy::new(&PolicyConfig::default(), &[]).expect("policy");
+    world_with_policy(
+        cfg,
+        quotas,
+        PeerPolicy::new(&PolicyConfig::default(), &[]).expect("policy"),
+    )
+}
+
+pub(super) fn world_with_policy(cfg: TurnConfig, quotas: Quotas, policy: PeerPolicy) -> World {
     let quotas = Arc::new(quotas);
     let shared = Shared::with_nonce_key(
         creds(),
@@ -1449,4 +1456,57 @@ fn legacy_channel_range_accepts_rfc5766_numbers_only_when_enabled() {
     let tuple = c.tuple;
     w.send(&tuple, &channel_data(0x7FFF, b"xyz", false));
     assert_eq!(w.sink.peer[0].2, b"xyz");
+}
+
+#[test]
+fn own_address_reachable_on_relay_ports_only() {
+    // The relay's own address is 192.0.2.10 (its relay_ipv4); allowed through the default
+    // deny-list (TEST-NET) so that only the own-address rule is under test.
+    let own: std::net::IpAddr = "192.0.2.10".parse().expect("ip");
+    let policy = PeerPolicy::new(
+        &PolicyConfig {
+            allow: vec!["192.0.2.0/24".into()],
+            deny: vec![],
+        },
+        &[own],
+    )
+    .expect("policy");
+    let mut w = world_with_policy(config(), Quotas::new(0, 0), policy);
+    let (mut c, _, handle) = allocated(&mut w);
+    let other_allocation = SocketAddr::new(own, 50_000);
+    let own_service = SocketAddr::new(own, 22);
+    // A permission for the own IP is granted (ports are checked per datagram)...
+    assert_eq!(
+        class_of(&permit(&mut w, &mut c, own_service)),
+        Class::SuccessResponse
+    );
+    // ...a channel to another allocation of this relay too, but not to its services.
+    assert_eq!(
+        class_of(&bind(&mut w, &mut c, 0x4001, other_allocation)),
+        Class::SuccessResponse
+    );
+    assert_eq!(
+        error_code(&bind(&mut w, &mut c, 0x4002, own_service)),
+        Some(403)
+    );
+    // Send indications reach the relay port range only.
+    w.sink.peer.clear();
+    let tuple = c.tuple;
+    let si = send_indication(&mut c, other_allocation, b"to-alloc");
+    w.send(&tuple, &si);
+    let si = send_indication(&mut c, own_service, b"to-ssh");
+    w.send(&tuple, &si);
+    assert_eq!(
+        w.sink.peer.len(),
+        1,
+        "only the relay-range datagram is relayed"
+    );
+    assert_eq!(w.sink.peer[0].1, other_allocation);
+    // Inbound: from another allocation relayed, from an own service dropped.
+    w.sink.client.clear();
+    w.server
+        .on_peer(handle, other_allocation, b"hi", w.now, &mut w.sink);
+    w.server
+        .on_peer(handle, own_service, b"x", w.now, &mut w.sink);
+    assert_eq!(w.sink.client.len(), 1);
 }
