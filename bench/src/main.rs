@@ -3,9 +3,14 @@
 //! `load` is the STUN Binding generator (run it inside a client namespace), `probe` waits
 //! for a server to answer, and `compare` builds the namespace topology and measures the
 //! relay's XDP path, its io_uring path and coturn in one run (`cargo xtask bench stun`).
+//! `turn-load` is the TURN ChannelData generator and sink, and `turn-compare` measures the
+//! relay and coturn relaying ChannelData on a three-namespace topology
+//! (`cargo xtask bench turn`).
 
 mod compare;
 mod load;
+mod turn_compare;
+mod turn_load;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -36,6 +41,10 @@ enum Cmd {
     },
     /// XDP vs io_uring vs coturn on a namespace topology, one table (needs root).
     Compare(compare::CompareArgs),
+    /// TURN ChannelData load through a TURN server to a sink; prints a summary.
+    TurnLoad(turn_load::TurnLoadArgs),
+    /// TURN ChannelData relaying, the relay vs coturn, one table (needs root).
+    TurnCompare(turn_compare::TurnCompareArgs),
 }
 
 fn main() -> Result<()> {
@@ -67,5 +76,24 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Compare(args) => compare::run(&args),
+        Cmd::TurnLoad(args) => {
+            let s = turn_load::run(&args)?;
+            let j = s.to_json(&args);
+            eprintln!(
+                "sent {} received {} invalid {} in {:.1}s: loss {:.3}%, one-way p50 {:.1}us p99 {:.1}us",
+                s.sent,
+                s.received,
+                s.invalid,
+                s.seconds,
+                s.loss_pct(),
+                j["latency_us"]["p50"].as_f64().unwrap_or(0.0),
+                j["latency_us"]["p99"].as_f64().unwrap_or(0.0),
+            );
+            if args.json {
+                println!("{j}");
+            }
+            Ok(())
+        }
+        Cmd::TurnCompare(args) => turn_compare::run(&args),
     }
 }

@@ -86,6 +86,28 @@ enum BenchCmd {
         #[arg(long, default_value = "target/bench/stun.md")]
         markdown: PathBuf,
     },
+    /// TURN ChannelData relaying: our relay vs coturn, highest rate at < 0.1% loss and
+    /// one-way latency; one table.
+    Turn {
+        /// Allocations, each with a channel to the sink.
+        #[arg(long, default_value_t = 500)]
+        allocations: usize,
+        /// Seconds per rate step.
+        #[arg(long, default_value_t = 3.0)]
+        step_seconds: f64,
+        /// First rate tried (ChannelData messages/s); doubled, then bisected.
+        #[arg(long, default_value_t = 20_000)]
+        start_rate: u64,
+        /// Application bytes per ChannelData message.
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        /// A few seconds, debug build, 20 allocations: proves the bench works.
+        #[arg(long)]
+        smoke: bool,
+        /// Where to write the Markdown table.
+        #[arg(long, default_value = "target/bench/turn.md")]
+        markdown: PathBuf,
+    },
 }
 
 fn main() {
@@ -130,6 +152,27 @@ fn real_main() -> Result<()> {
         } => {
             setup(&root, false, false)?;
             bench_stun(&root, duration, rate, sockets, smoke, &markdown)
+        }
+        Cmd::Bench {
+            what:
+                BenchCmd::Turn {
+                    allocations,
+                    step_seconds,
+                    start_rate,
+                    size,
+                    smoke,
+                    markdown,
+                },
+        } => {
+            setup(&root, false, false)?;
+            let t = TurnBench {
+                allocations,
+                step_seconds,
+                start_rate,
+                size,
+                smoke,
+            };
+            bench_turn(&root, &t, &markdown)
         }
     }
 }
@@ -317,6 +360,17 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
             true,
             &target_dir(root).join("bench/stun-smoke.md"),
         )?;
+        bench_turn(
+            root,
+            &TurnBench {
+                allocations: 20,
+                step_seconds: 1.0,
+                start_rate: 2_000,
+                size: 200,
+                smoke: true,
+            },
+            &target_dir(root).join("bench/turn-smoke.md"),
+        )?;
     }
     eprintln!("\n==> cargo test summary");
     for l in &summary {
@@ -398,4 +452,52 @@ fn bench_stun(
         cmd.arg("--smoke");
     }
     run("bench stun", &mut cmd)
+}
+
+struct TurnBench {
+    allocations: usize,
+    step_seconds: f64,
+    start_rate: u64,
+    size: usize,
+    smoke: bool,
+}
+
+fn bench_turn(root: &Path, t: &TurnBench, markdown: &Path) -> Result<()> {
+    let (profile, profile_dir) = if t.smoke {
+        ("dev", "debug")
+    } else {
+        ("release", "release")
+    };
+    run(
+        "build bench",
+        cargo().args([
+            "build",
+            "--profile",
+            profile,
+            "-p",
+            "relay",
+            "-p",
+            "relay-bench",
+            "--bins",
+        ]),
+    )?;
+    let bin_dir = target_dir(root).join(profile_dir);
+    let mut cmd = Command::new(bin_dir.join("relay-bench"));
+    cmd.arg("turn-compare")
+        .arg("--relay-bin")
+        .arg(bin_dir.join("relay"))
+        .args(["--allocations", &t.allocations.to_string()])
+        .args(["--step-seconds", &t.step_seconds.to_string()])
+        .args(["--start-rate", &t.start_rate.to_string()])
+        .args(["--size", &t.size.to_string()])
+        .arg("--markdown")
+        .arg(if markdown.is_absolute() {
+            markdown.to_path_buf()
+        } else {
+            root.join(markdown)
+        });
+    if t.smoke {
+        cmd.arg("--smoke");
+    }
+    run("bench turn", &mut cmd)
 }
