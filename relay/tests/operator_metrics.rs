@@ -189,7 +189,14 @@ fn metrics_control_and_reload() {
         "portable",
     ]);
     daemon.wait_for_line("relay ready", READY_WITHIN);
-    daemon.wait_for_line("Prometheus metrics on", READY_WITHIN);
+    assert!(
+        daemon
+            .lines
+            .iter()
+            .any(|l| l.contains("Prometheus metrics on")),
+        "\"relay ready\" must come after the metrics endpoint is up:\n{}",
+        daemon.lines.join("\n")
+    );
 
     // Prometheus endpoint.
     let r = get(metrics, "/metrics");

@@ -91,15 +91,6 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
             .join(", "),
         None => "off".to_owned(),
     };
-    tracing::info!(
-        control = %control.path().display(),
-        "relay ready: serving STUN on {} ({} workers on {}; XDP fast path: {})",
-        listen.join(", "),
-        dataplane.workers(),
-        dataplane.backend().name(),
-        xdp_summary,
-    );
-
     let commands = DaemonCommands {
         dataplane: &dataplane,
         fast_path: fast_path.as_ref(),
@@ -120,6 +111,17 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
         }
         None => None,
     };
+    // Last, once everything (control socket, workers, XDP, metrics) is serving: tests and
+    // supervisors wait for this line.
+    tracing::info!(
+        control = %control.path().display(),
+        "relay ready: serving STUN{} on {} ({} workers on {}; XDP fast path: {})",
+        if config.turn.enabled { " and TURN" } else { "" },
+        listen.join(", "),
+        dataplane.workers(),
+        dataplane.backend().name(),
+        xdp_summary,
+    );
     let mut last_snapshot = std::time::Instant::now();
     let mut result = Ok(());
     while !shutdown.load(Ordering::Relaxed) {
