@@ -118,7 +118,6 @@ fn browser_run(ns: &Netns, turn: SocketAddr, diag: &dyn Fn() -> String) -> serde
 }
 
 #[test]
-#[ignore = "the relay answers 403 to CreatePermission for its own relayed address even when [policy] allow covers it (policy: own addresses always denied), so two relay-only peers on one relay cannot connect: lead to decide"]
 fn chromium_datachannel_through_relay() {
     if !require_root("chromium_datachannel_through_relay") {
         return;
@@ -129,10 +128,11 @@ fn chromium_datachannel_through_relay() {
     let turn = SocketAddr::new(topo.relay_client_v4.into(), PORT);
     let relay_ip = topo.relay_client_v4;
     // Both browser peers are relay-only through this one relay, so each peer address is
-    // the other peer's relayed address: the relay's own address (its relayed addresses
-    // live on the client-side veth here). The default policy denies the relay's own
-    // addresses and RFC 1918; the test allows the range explicitly, as an operator whose
-    // clients relay to each other through one server allows its public relay address.
+    // the other peer's relayed address: one of the relay's own addresses (its relayed
+    // addresses live on the client-side veth here). The relay lets its own addresses be
+    // peers only on its relay port range (another allocation), and 10.201.X.1 is also
+    // RFC 1918, denied by default: the test allows the range explicitly, as an operator
+    // with a private media network would.
     let config = files
         .write(
             "relay.toml",
