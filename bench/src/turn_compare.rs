@@ -26,7 +26,7 @@ pub struct TurnCompareArgs {
     /// The relay binary to measure.
     #[arg(long)]
     pub relay_bin: PathBuf,
-    /// Allocations (each with one channel to the sink).
+    /// Allocations (each with one channel to the sink; at most 20000).
     #[arg(long, default_value_t = 500)]
     pub allocations: usize,
     /// Seconds per rate step.
@@ -70,12 +70,19 @@ struct Found {
     steps: Vec<(u64, f64)>,
 }
 
+/// Runs so far in this process: each uses fresh client ports (see `--first-port`).
+static STEPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn load_step(
     topo: &TurnTopology,
     args: &TurnCompareArgs,
     rate: u64,
     seconds: f64,
 ) -> Result<serde_json::Value> {
+    // Ports 10000..32000, below Linux's default ephemeral range.
+    let n = STEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let span = 22_000usize.saturating_sub(args.allocations).max(1);
+    let first_port = 10_000 + (n * args.allocations) % span;
     let me = std::env::current_exe().context("locate relay-bench")?;
     let server = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT);
     let sink = SocketAddr::new(IpAddr::V4(topo.peer_v4), SINK_PORT);
@@ -92,6 +99,7 @@ fn load_step(
         .args(["--rate", &rate.to_string()])
         .args(["--duration", &seconds.to_string()])
         .args(["--size", &args.size.to_string()])
+        .args(["--first-port", &first_port.to_string()])
         .arg("--json")
         .stderr(Stdio::inherit())
         .output()
@@ -257,6 +265,10 @@ pub fn run(args: &TurnCompareArgs) -> Result<()> {
     if server_cpu >= ncpu || args.client_cpu >= ncpu {
         bail!("CPU numbers must be below {ncpu}");
     }
+    ensure!(
+        (1..=20_000).contains(&args.allocations),
+        "--allocations must be 1..=20000"
+    );
     ensure!(
         args.relay_bin.exists(),
         "no relay binary at {}",

@@ -65,6 +65,11 @@ pub struct TurnLoadArgs {
     /// Application bytes per ChannelData message (at least 24).
     #[arg(long, default_value_t = 200)]
     pub size: usize,
+    /// Bind the client sockets to consecutive ports from this one (0: ephemeral ports).
+    /// Successive runs use fresh ports: coturn keeps a deleted allocation's 5-tuple for a
+    /// while and answers 437 to a new Allocate from it.
+    #[arg(long, default_value_t = 0)]
+    pub first_port: u16,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -176,6 +181,35 @@ fn transact<'a>(sock: &UdpSocket, req: &[u8], buf: &'a mut [u8]) -> Result<&'a [
     bail!("no answer from the server after 3 tries")
 }
 
+/// Sends `req` once and waits up to `wait` for the answer with its transaction id.
+fn transact_once<'a>(
+    sock: &UdpSocket,
+    req: &[u8],
+    buf: &'a mut [u8],
+    wait: Duration,
+) -> Result<&'a [u8]> {
+    sock.send(req).context("send a request")?;
+    let deadline = Instant::now() + wait;
+    let mut len = None;
+    while Instant::now() < deadline {
+        match sock.recv(buf) {
+            Ok(n) if n >= 20 && buf[8..20] == req[8..20] => {
+                len = Some(n);
+                break;
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e).context("receive an answer"),
+        }
+    }
+    let n = len.context("no answer in time")?;
+    Ok(&buf[..n])
+}
+
 fn error_code(msg: &Message<'_>) -> Option<u16> {
     match msg.get(attr::ERROR_CODE).ok()? {
         Some(Attribute::ErrorCode(e)) => Some(e.code),
@@ -266,6 +300,67 @@ fn handshake(
         }
     }
     bail!("ChannelBind did not succeed after 3 tries")
+}
+
+/// Deletes every allocation (Refresh with LIFETIME 0), as a well-behaved client does, so
+/// that the next run's sockets (the kernel may hand out the same ports) do not meet 437
+/// Allocation Mismatch. A 438 (coturn's nonces belong to one 5-tuple) is retried with the
+/// new nonce. Best effort, bounded: two tries per allocation.
+fn release(socks: &[UdpSocket], args: &TurnLoadArgs, auth: Option<&Auth>) {
+    let Some(auth) = auth else { return };
+    let mut a = Auth {
+        realm: auth.realm.clone(),
+        nonce: auth.nonce.clone(),
+        key: auth.key.clone(),
+    };
+    let mut out = [0u8; 512];
+    let mut inb = [0u8; 1500];
+    let zero = 0u32.to_be_bytes();
+    let mut failed = 0usize;
+    let started = Instant::now();
+    let limit = Duration::from_secs(5);
+    for (i, s) in socks.iter().enumerate() {
+        if started.elapsed() > limit {
+            failed += socks.len() - i;
+            break;
+        }
+        // Drain what is queued (non-blocking), then wait for answers with a timeout.
+        while s.recv(&mut inb).is_ok() {}
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+        let mut done = false;
+        for attempt in 0..2u8 {
+            let Ok(n) = request(
+                &mut out,
+                method::REFRESH,
+                txid(i, 3, attempt),
+                &args.user,
+                Some(&a),
+                &[(attrs::LIFETIME, &zero)],
+            ) else {
+                break;
+            };
+            let Ok(ans) = transact_once(s, &out[..n], &mut inb, Duration::from_millis(200)) else {
+                break;
+            };
+            let Ok(msg) = Message::parse(ans) else { break };
+            if msg.class() == Class::SuccessResponse {
+                done = true;
+                break;
+            }
+            match (error_code(&msg), text_attr(&msg, attr::NONCE)) {
+                (Some(438), Some(nonce)) => a.nonce = nonce,
+                _ => break,
+            }
+        }
+        failed += usize::from(!done);
+    }
+    eprintln!(
+        "released {} of {} allocations in {:.2}s",
+        socks.len() - failed,
+        socks.len(),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 struct SinkResult {
@@ -394,7 +489,14 @@ pub fn run(args: &TurnLoadArgs) -> Result<TurnSummary> {
     let mut socks = Vec::with_capacity(args.allocations);
     let mut auth = None;
     for i in 0..args.allocations {
-        let s = UdpSocket::bind(bind).context("bind a client socket")?;
+        let mut local = bind;
+        if args.first_port != 0 {
+            let port = u16::try_from(usize::from(args.first_port) + i)
+                .context("--first-port + --allocations beyond port 65535")?;
+            local.set_port(port);
+        }
+        let s =
+            UdpSocket::bind(local).with_context(|| format!("bind a client socket to {local}"))?;
         s.connect(args.server)?;
         s.set_read_timeout(Some(Duration::from_millis(200)))?;
         let _ = socket2::SockRef::from(&s).set_send_buffer_size(1 << 20);
@@ -470,6 +572,7 @@ pub fn run(args: &TurnLoadArgs) -> Result<TurnSummary> {
     }
     let seconds = load_start.elapsed().as_secs_f64();
     thread::sleep(Duration::from_millis(300));
+    release(&socks, args, auth.as_ref());
     stop.store(true, Ordering::Relaxed);
     let r = sink_thread
         .join()
