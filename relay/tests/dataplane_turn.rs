@@ -662,6 +662,22 @@ fn kick_and_close(choice: BackendChoice) {
     assert_eq!(server.dp.kick(&KickTarget::User(USER.into())), 1);
     assert!(server.dp.allocations(None, Some(relayed)).is_empty());
     assert_eq!(server.dp.kick(&KickTarget::User(USER.into())), 0);
+    // Kicking a TCP client's allocation also closes its connection.
+    let mut c = Client::new(Link::tcp(server.dp.listen_tcp()[0]));
+    let (relayed, _) = c.allocate();
+    assert_eq!(server.dp.kick(&KickTarget::Relay(relayed)), 1);
+    let Link::Tcp(stream, _) = &mut c.link else {
+        unreachable!("a TCP link")
+    };
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the kicked client's TCP connection stayed open: {other:?}"),
+    }
 }
 
 #[test]

@@ -1209,10 +1209,16 @@ impl TurnIo {
             }
             WorkerCommand::Kick { target, reply } => {
                 let mut ports = Ports(&self.relays);
-                let n = self.server.kick(&target, &mut ports);
-                // Stream clients of kicked allocations keep their connection; the core
-                // deleted the allocation, which is what the operator asked for.
-                let _ = reply.send(n);
+                let kicked = self.server.kick_tuples(&target, &mut ports);
+                // A kicked TCP/TLS client loses its connection too, so it cannot keep
+                // using (or re-allocating over) the session the operator ended.
+                for tuple in &kicked {
+                    let token = self.streams.borrow().by_tuple.get(tuple).copied();
+                    if let Some(token) = token {
+                        self.close_conn(token);
+                    }
+                }
+                let _ = reply.send(kicked.len());
             }
             WorkerCommand::Stats { reply } => {
                 let _ = reply.send(self.server.stats().clone());

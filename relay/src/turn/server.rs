@@ -569,6 +569,16 @@ impl TurnServer {
 
     /// Deletes the allocations matching `target`; returns how many.
     pub fn kick(&mut self, target: &KickTarget, ports: &mut impl RelayPorts) -> usize {
+        self.kick_tuples(target, ports).len()
+    }
+
+    /// Deletes the allocations matching `target` and returns their clients' 5-tuples, so
+    /// that the IO layer can also close the TCP/TLS connections of kicked stream clients.
+    pub fn kick_tuples(
+        &mut self,
+        target: &KickTarget,
+        ports: &mut impl RelayPorts,
+    ) -> Vec<FiveTuple> {
         let ids: Vec<u64> = self
             .allocs
             .iter()
@@ -581,11 +591,15 @@ impl TurnServer {
             })
             .map(|(id, _)| *id)
             .collect();
+        let mut tuples = Vec::with_capacity(ids.len());
         for id in &ids {
+            if let Some(a) = self.allocs.get(id) {
+                tuples.push(a.tuple);
+            }
             self.remove(*id, ports);
             self.stats.allocations_deleted += 1;
         }
-        ids.len()
+        tuples
     }
 
     /// Counters of this server.
