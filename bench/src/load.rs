@@ -226,7 +226,8 @@ pub fn run(args: &LoadArgs) -> Result<Summary> {
             } else {
                 u64::MAX
             };
-            let inflight = sent - answered - written_off;
+            // Saturating: requests written off as lost may still be answered later.
+            let inflight = sent.saturating_sub(answered).saturating_sub(written_off);
             let room = args.window.saturating_sub(inflight);
             n = (batch as u64).min(allowed).min(room) as usize;
             if room == 0 && last_answer.elapsed() > Duration::from_millis(20) {
