@@ -259,6 +259,9 @@ fn labelled<'a>(
         .collect()
 }
 
+/// The auth-failure reason of a request that simply had no credentials yet.
+const CHALLENGE_REASON: &str = "missing_credentials";
+
 /// The text exposition of `s`.
 pub fn render(s: &Stats) -> String {
     let mut out = String::with_capacity(4096);
@@ -386,10 +389,27 @@ pub fn render(s: &Stats) -> String {
     );
     family(
         &mut out,
+        "relay_turn_auth_challenges_total",
+        "counter",
+        "401 challenges to requests without credentials (every client's first request).",
+        &[(
+            String::new(),
+            t.auth_failures.get(CHALLENGE_REASON).copied().unwrap_or(0),
+        )],
+    );
+    // The normal first-request challenge is not a failure: alerting on this family must
+    // not fire on healthy traffic.
+    family(
+        &mut out,
         "relay_turn_auth_failures_total",
         "counter",
         "Failed TURN authentications, by reason.",
-        &labelled("reason", &t.auth_failures),
+        &labelled(
+            "reason",
+            t.auth_failures
+                .iter()
+                .filter(|(k, _)| *k != CHALLENGE_REASON),
+        ),
     );
     family(
         &mut out,
@@ -449,6 +469,7 @@ mod tests {
                 auth_failures: BTreeMap::from([
                     ("stale_nonce".into(), 2),
                     ("bad_integrity".into(), 1),
+                    ("missing_credentials".into(), 5),
                 ]),
                 errors: BTreeMap::from([("401".into(), 6)]),
                 dropped: BTreeMap::new(),
@@ -506,11 +527,16 @@ mod tests {
             "relay_turn_packets_total{direction=\"peer_to_client\"} 90",
             "relay_turn_bytes_total{direction=\"peer_to_client\"} 0",
             "relay_turn_auth_failures_total{reason=\"stale_nonce\"} 2",
+            "relay_turn_auth_challenges_total 5",
             "relay_turn_errors_total{code=\"401\"} 6",
             "# TYPE relay_turn_packets_total counter",
         ] {
             assert!(t.lines().any(|l| l == want), "missing {want:?} in\n{t}");
         }
+        assert!(
+            !t.contains("reason=\"missing_credentials\""),
+            "the normal challenge is not an auth failure:\n{t}"
+        );
     }
 
     #[test]
