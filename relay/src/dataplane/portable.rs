@@ -336,24 +336,9 @@ impl<H: DatagramHandler> PortableWorker<H> {
                 h.msg_hdr.msg_flags = 0;
                 h.msg_len = 0;
             }
-            // SAFETY: every header points at buffers inside `rx`, alive for the call.
-            let n = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    rx.hdrs.as_mut_ptr(),
-                    BATCH as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                )
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error().raw_os_error();
-                if e != Some(libc::EAGAIN) && e != Some(libc::EINTR) {
-                    self.counts.errors += 1;
-                }
+            let Some(n) = recv_batch(fd, &mut rx.hdrs, &mut self.counts.errors) else {
                 return;
-            }
-            let n = n as usize;
+            };
             for j in 0..n {
                 self.counts.received += 1;
                 // msg_controllen is size_t on glibc, socklen_t on musl.
@@ -409,24 +394,9 @@ impl<H: DatagramHandler> PortableWorker<H> {
                 h.msg_hdr.msg_flags = 0;
                 h.msg_len = 0;
             }
-            // SAFETY: every header points at buffers inside `rx`, alive for the call.
-            let n = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    rx.hdrs.as_mut_ptr(),
-                    BATCH as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                )
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error().raw_os_error();
-                if e != Some(libc::EAGAIN) && e != Some(libc::EINTR) {
-                    self.counts.errors += 1;
-                }
+            let Some(n) = recv_batch(fd, &mut rx.hdrs, &mut self.counts.errors) else {
                 return;
-            }
-            let n = n as usize;
+            };
             let tx = &mut *self.tx;
             let mut out = 0usize;
             for j in 0..n {
@@ -494,4 +464,30 @@ impl<H: DatagramHandler> PortableWorker<H> {
             }
         }
     }
+}
+
+/// One non-blocking `recvmmsg` into `hdrs` (set up by the caller, pointing at buffers that
+/// outlive the call). `None` when nothing was read; errors other than EAGAIN/EINTR are
+/// counted in `errors`.
+#[inline]
+fn recv_batch(fd: i32, hdrs: &mut [libc::mmsghdr], errors: &mut u64) -> Option<usize> {
+    // SAFETY: every header points at buffers owned by the caller that stay alive for the
+    // call; `hdrs.len()` headers are writable.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            hdrs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error().raw_os_error();
+        if e != Some(libc::EAGAIN) && e != Some(libc::EINTR) {
+            *errors += 1;
+        }
+        return None;
+    }
+    Some(n as usize)
 }
