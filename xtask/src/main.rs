@@ -415,25 +415,7 @@ fn bench_stun(
     smoke: bool,
     markdown: &Path,
 ) -> Result<()> {
-    let (profile, profile_dir) = if smoke {
-        ("dev", "debug")
-    } else {
-        ("release", "release")
-    };
-    run(
-        "build bench",
-        cargo().args([
-            "build",
-            "--profile",
-            profile,
-            "-p",
-            "relay",
-            "-p",
-            "relay-bench",
-            "--bins",
-        ]),
-    )?;
-    let bin_dir = target_dir(root).join(profile_dir);
+    let bin_dir = build_bench(root, smoke)?;
     let duration = if smoke { 2 } else { duration };
     let mut cmd = Command::new(bin_dir.join("relay-bench"));
     cmd.arg("compare")
@@ -463,25 +445,7 @@ struct TurnBench {
 }
 
 fn bench_turn(root: &Path, t: &TurnBench, markdown: &Path) -> Result<()> {
-    let (profile, profile_dir) = if t.smoke {
-        ("dev", "debug")
-    } else {
-        ("release", "release")
-    };
-    run(
-        "build bench",
-        cargo().args([
-            "build",
-            "--profile",
-            profile,
-            "-p",
-            "relay",
-            "-p",
-            "relay-bench",
-            "--bins",
-        ]),
-    )?;
-    let bin_dir = target_dir(root).join(profile_dir);
+    let bin_dir = build_bench(root, t.smoke)?;
     let mut cmd = Command::new(bin_dir.join("relay-bench"));
     cmd.arg("turn-compare")
         .arg("--relay-bin")
@@ -500,4 +464,28 @@ fn bench_turn(root: &Path, t: &TurnBench, markdown: &Path) -> Result<()> {
         cmd.arg("--smoke");
     }
     run("bench turn", &mut cmd)
+}
+
+/// Builds the relay and the bench binaries (debug for a smoke run, release otherwise) and
+/// returns the directory holding them.
+fn build_bench(root: &Path, smoke: bool) -> Result<PathBuf> {
+    let (profile, profile_dir) = if smoke {
+        ("dev", "debug")
+    } else {
+        ("release", "release")
+    };
+    run(
+        "build bench",
+        cargo().args([
+            "build",
+            "--profile",
+            profile,
+            "-p",
+            "relay",
+            "-p",
+            "relay-bench",
+            "--bins",
+        ]),
+    )?;
+    Ok(target_dir(root).join(profile_dir))
 }

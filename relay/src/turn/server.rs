@@ -372,19 +372,7 @@ impl TurnServer {
             self.stats.dropped_no_permission += 1;
             return;
         }
-        let Some(relay) = a.relay_for(IpFamily::of(ch.peer.ip())) else {
-            self.stats.dropped_no_permission += 1;
-            return;
-        };
-        if !a.within_bandwidth(payload.len(), now) {
-            self.stats.dropped_bandwidth += 1;
-            return;
-        }
-        a.traffic.packets_to_peer += 1;
-        a.traffic.bytes_to_peer += payload.len() as u64;
-        self.stats.packets_client_to_peer += 1;
-        self.stats.bytes_client_to_peer += payload.len() as u64;
-        tx.to_peer(relay.handle, ch.peer, payload);
+        forward_to_peer(a, &mut self.stats, ch.peer, payload, now, tx);
     }
 
     /// Send indication: DATA to XOR-PEER-ADDRESS if permitted; silently dropped otherwise
@@ -440,19 +428,7 @@ impl TurnServer {
             self.stats.dropped_no_permission += 1;
             return;
         }
-        let Some(relay) = a.relay_for(IpFamily::of(peer.ip())) else {
-            self.stats.dropped_no_permission += 1;
-            return;
-        };
-        if !a.within_bandwidth(data.len(), now) {
-            self.stats.dropped_bandwidth += 1;
-            return;
-        }
-        a.traffic.packets_to_peer += 1;
-        a.traffic.bytes_to_peer += data.len() as u64;
-        self.stats.packets_client_to_peer += 1;
-        self.stats.bytes_client_to_peer += data.len() as u64;
-        tx.to_peer(relay.handle, peer, data);
+        forward_to_peer(a, &mut self.stats, peer, data, now, tx);
     }
 
     /// When [`TurnServer::on_timeout`] should next be called (`None`: nothing pending).
@@ -847,4 +823,31 @@ fn own_service(
     peer: SocketAddr,
 ) -> bool {
     !own.is_empty() && own.contains(&peer.ip()) && !relay_ports.contains(&peer.port())
+}
+
+/// The last step of relaying client data (ChannelData or a Send indication) to a
+/// permitted `peer`: the allocation's relay socket for the peer's family, the bandwidth
+/// limit, the counters, the datagram. Does not allocate.
+#[inline]
+fn forward_to_peer(
+    a: &mut Allocation,
+    stats: &mut TurnStats,
+    peer: SocketAddr,
+    data: &[u8],
+    now: Instant,
+    tx: &mut impl Transmit,
+) {
+    let Some(relay) = a.relay_for(IpFamily::of(peer.ip())) else {
+        stats.dropped_no_permission += 1;
+        return;
+    };
+    if !a.within_bandwidth(data.len(), now) {
+        stats.dropped_bandwidth += 1;
+        return;
+    }
+    a.traffic.packets_to_peer += 1;
+    a.traffic.bytes_to_peer += data.len() as u64;
+    stats.packets_client_to_peer += 1;
+    stats.bytes_client_to_peer += data.len() as u64;
+    tx.to_peer(relay.handle, peer, data);
 }
