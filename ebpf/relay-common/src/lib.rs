@@ -3,6 +3,8 @@
 //! that a map's key and value have one layout on both sides of the syscall boundary.
 #![no_std]
 
+pub mod turn;
+
 /// Names of the maps and programs in the eBPF object; userspace looks them up by name.
 pub mod names {
     /// The XDP program that answers STUN Binding requests (and, later, relays TURN).
@@ -36,8 +38,29 @@ pub mod counter {
     /// zero UDP checksum included): passed up (the stack drops them). Locally sent UDP
     /// over veth/lo with checksum offload carries a partial checksum and lands here too.
     pub const BAD_CHECKSUM_PASSED: u32 = 5;
+    /// ChannelData from a client relayed to its peer in the kernel.
+    pub const TURN_CHANNEL_TO_PEER: u32 = 6;
+    /// Peer data relayed to a client as ChannelData in the kernel.
+    pub const TURN_PEER_TO_CHANNEL: u32 = 7;
+    /// Peer data relayed to a client as a Data indication built in the kernel.
+    pub const TURN_PEER_TO_DATA_INDICATION: u32 = 8;
+    /// Send indications relayed to their peer in the kernel.
+    pub const TURN_SEND_TO_PEER: u32 = 9;
+    /// TURN-shaped frames (ChannelData on a listen port, UDP to a relay port, Send
+    /// indications) with no live rule (unknown, expired, or the kernel path is off):
+    /// passed up for userspace.
+    pub const TURN_NO_RULE_PASSED: u32 = 10;
+    /// TURN frames with a rule that the kernel does not relay (fragments, IP options, bad
+    /// lengths, too large once a header is added, TTL exhausted, unusual attributes):
+    /// passed up.
+    pub const TURN_UNHANDLED_PASSED: u32 = 11;
+    /// TURN frames whose next hop the FIB could not resolve yet (no neighbour entry, or
+    /// not forwardable): passed up so that the stack resolves it.
+    pub const TURN_FIB_PASSED: u32 = 12;
+    /// TURN frames dropped for exceeding the allocation's bandwidth limit in the kernel.
+    pub const TURN_BANDWIDTH_DROPPED: u32 = 13;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 14;
     /// Human-readable names, in index order (metrics, `relay stats`).
     pub const NAMES: [&str; COUNT as usize] = [
         "stun_answered_v4",
@@ -46,6 +69,14 @@ pub mod counter {
         "other_passed",
         "malformed_passed",
         "bad_checksum_passed",
+        "turn_channel_to_peer",
+        "turn_peer_to_channel",
+        "turn_peer_to_data_indication",
+        "turn_send_to_peer",
+        "turn_no_rule_passed",
+        "turn_unhandled_passed",
+        "turn_fib_passed",
+        "turn_bandwidth_dropped",
     ];
 }
 
