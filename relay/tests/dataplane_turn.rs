@@ -988,3 +988,203 @@ fn io_uring_many_stream_clients() {
 fn portable_many_stream_clients() {
     with_backend(BackendChoice::Portable, many_stream_clients);
 }
+
+/// Every XOR-RELAYED-ADDRESS of an Allocate success (a dual allocation has two).
+fn relayed_addresses(msg: &Message<'_>) -> Vec<SocketAddr> {
+    msg.attributes()
+        .filter_map(|a| {
+            let a = a.ok()?;
+            (a.attr_type == tattr::XOR_RELAYED_ADDRESS)
+                .then(|| tattr::decode_xor_address(a.value, msg.transaction_id()))
+                .flatten()
+        })
+        .collect()
+}
+
+/// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §7): one Allocate from an IPv4 client gets an IPv4
+/// and an IPv6 relayed address from the worker, and each relays to a peer of its family
+/// both ways (Send/Data and ChannelData); Refresh 0 closes both relayed ports.
+fn dual_allocation(choice: BackendChoice) {
+    if !v6_available() {
+        eprintln!("skipped: ::1 unavailable");
+        return;
+    }
+    let server = start(choice, 2);
+    let mut c = Client::new(Link::udp(server.dp.listen()[0]));
+    let resp = c.ok(
+        method::ALLOCATE,
+        &[
+            other(tattr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
+            other(tattr::ADDITIONAL_ADDRESS_FAMILY, &[0x02, 0, 0, 0]),
+        ],
+    );
+    let msg = Message::parse(&resp).unwrap();
+    let relayed = relayed_addresses(&msg);
+    assert_eq!(relayed.len(), 2, "two relayed addresses: {relayed:?}");
+    let r4 = *relayed.iter().find(|a| a.is_ipv4()).expect("an IPv4 one");
+    let r6 = *relayed.iter().find(|a| a.is_ipv6()).expect("an IPv6 one");
+    assert_eq!(r6.ip(), "::1".parse::<IpAddr>().unwrap());
+    let listed = server.dp.allocations(Some(USER), None);
+    assert_eq!(listed.len(), 1, "one allocation: {listed:?}");
+    assert!(
+        listed[0].relayed.contains(&r4) && listed[0].relayed.contains(&r6),
+        "{listed:?}"
+    );
+
+    let peers = [
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        UdpSocket::bind("[::1]:0").unwrap(),
+    ];
+    let mut buf = [0u8; 256];
+    for (i, (peer, relayed)) in peers.iter().zip([r4, r6]).enumerate() {
+        peer.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        c.create_permission(peer_addr);
+        c.send_indication(peer_addr, format!("send {i}").as_bytes());
+        let (n, from) = peer.recv_from(&mut buf).expect("peer receives");
+        assert_eq!(&buf[..n], format!("send {i}").as_bytes());
+        assert_eq!(
+            from, relayed,
+            "sent from the relayed address of the peer's family"
+        );
+        peer.send_to(b"data back", relayed).unwrap();
+        let frame = c.recv_data();
+        let msg = Message::parse(&frame).unwrap();
+        assert_eq!(msg.method(), m(method::DATA));
+        assert_eq!(xor_attr(&msg, tattr::XOR_PEER_ADDRESS), Some(peer_addr));
+
+        let channel = 0x4001 + i as u16;
+        c.channel_bind(channel, peer_addr);
+        c.channel_data(channel, b"chan");
+        let (n, from) = peer.recv_from(&mut buf).expect("peer receives ChannelData");
+        assert_eq!((&buf[..n], from), (&b"chan"[..], relayed));
+        peer.send_to(b"chan back", relayed).unwrap();
+        let frame = c.recv_data();
+        assert_eq!(
+            &frame[..2],
+            &channel.to_be_bytes(),
+            "ChannelData on {channel:#x}"
+        );
+        assert_eq!(&frame[4..], b"chan back");
+    }
+    c.refresh_zero();
+    let deadline = Instant::now() + TIMEOUT;
+    for r in [r4, r6] {
+        while UdpSocket::bind(r).is_err() {
+            assert!(Instant::now() < deadline, "{r} still bound after Refresh 0");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn io_uring_dual_allocation() {
+    with_backend(BackendChoice::IoUring, dual_allocation);
+}
+
+#[test]
+fn portable_dual_allocation() {
+    with_backend(BackendChoice::Portable, dual_allocation);
+}
+
+/// Whether this test may create a network namespace; fails instead of skipping under
+/// RELAY_REQUIRE_PRIVILEGED=1.
+fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("RELAY_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+        "{test} needs root (RELAY_REQUIRE_PRIVILEGED=1)"
+    );
+    eprintln!("skipped: needs root");
+    false
+}
+
+impl Client {
+    fn send_indication_dont_fragment(&mut self, peer: SocketAddr, data: &[u8]) {
+        let tid = self.tid();
+        let (v, n) = Self::peer_attr(peer, &tid);
+        let mut buf = vec![0u8; 2048];
+        let mut b = MessageBuilder::new(
+            &mut buf,
+            MessageType::new(m(method::SEND), Class::Indication),
+            tid,
+        )
+        .unwrap();
+        b.add(&other(tattr::XOR_PEER_ADDRESS, &v[..n])).unwrap();
+        b.add(&other(tattr::DATA, data)).unwrap();
+        b.add(&other(tattr::DONT_FRAGMENT, &[])).unwrap();
+        let len = b.finish();
+        self.link.send(&buf[..len]);
+    }
+}
+
+/// DONT-FRAGMENT in a Send indication sets DF on that one datagram (RFC 8656 §11.2), and
+/// only on it. Observed through the path MTU: in a network namespace of its own whose
+/// loopback has MTU 1280, a 1400-byte datagram without DF is fragmented and arrives, with
+/// DF it cannot leave (EMSGSIZE), and the next one without DF arrives again.
+fn send_dont_fragment(choice: BackendChoice) {
+    if !privileged("send_dont_fragment") {
+        return;
+    }
+    // The namespace belongs to this thread (and to the workers it starts): the test
+    // process's other threads keep theirs.
+    std::thread::spawn(move || {
+        // SAFETY: unshare(CLONE_NEWNET) only changes this thread's network namespace.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        let ok = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up", "mtu", "1280"])
+            .status()
+            .expect("ip runs");
+        assert!(ok.success(), "ip link set lo up mtu 1280");
+        let server = start(choice, 1);
+        let mut c = Client::new(Link::udp(server.dp.listen()[0]));
+        let (relayed, _) = c.allocate();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        c.create_permission(peer_addr);
+        let mut buf = [0u8; 2048];
+        let big = [7u8; 1400];
+
+        c.send_indication(peer_addr, &big);
+        let (n, from) = peer
+            .recv_from(&mut buf)
+            .expect("fragmented datagram arrives");
+        assert_eq!((n, from), (1400, relayed));
+
+        c.send_indication_dont_fragment(peer_addr, &big);
+        c.send_indication_dont_fragment(peer_addr, b"small with DF");
+        let (n, _) = peer
+            .recv_from(&mut buf)
+            .expect("the small DF datagram arrives");
+        assert_eq!(
+            &buf[..n],
+            b"small with DF",
+            "the large DF datagram was not sent"
+        );
+
+        c.send_indication(peer_addr, &big);
+        let (n, _) = peer
+            .recv_from(&mut buf)
+            .expect("without DF the socket fragments again");
+        assert_eq!(n, 1400);
+        let stats = server.dp.turn_stats().expect("stats");
+        assert_eq!(stats.packets_client_to_peer, 4, "{stats:?}");
+    })
+    .join()
+    .expect("test thread");
+}
+
+#[test]
+fn io_uring_send_indication_dont_fragment() {
+    with_backend(BackendChoice::IoUring, send_dont_fragment);
+}
+
+#[test]
+fn portable_send_indication_dont_fragment() {
+    with_backend(BackendChoice::Portable, send_dont_fragment);
+}

@@ -434,16 +434,16 @@ impl RelayPorts for Ports<'_> {
     }
 }
 
-/// Sets the Don't Fragment bit on everything `fd` sends (path MTU discovery "do").
-fn set_dont_fragment(fd: RawFd) -> bool {
+/// The path-MTU-discovery socket option of `fd`'s family: (level, option, "do" value).
+fn mtu_discover_option(fd: RawFd) -> Option<(libc::c_int, libc::c_int, libc::c_int)> {
     let mut name: libc::sockaddr_in6 = unsafe_zeroed_sockaddr();
     let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
     // SAFETY: `name` is a writable sockaddr_in6 of `len` bytes.
     let r = unsafe { libc::getsockname(fd, std::ptr::from_mut(&mut name).cast(), &mut len) };
     if r != 0 {
-        return false;
+        return None;
     }
-    let (level, opt, value) = if i32::from(name.sin6_family) == libc::AF_INET6 {
+    Some(if i32::from(name.sin6_family) == libc::AF_INET6 {
         (
             libc::IPPROTO_IPV6,
             libc::IPV6_MTU_DISCOVER,
@@ -455,7 +455,10 @@ fn set_dont_fragment(fd: RawFd) -> bool {
             libc::IP_MTU_DISCOVER,
             libc::IP_PMTUDISC_DO,
         )
-    };
+    })
+}
+
+fn set_int_option(fd: RawFd, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> bool {
     // SAFETY: passes a c_int option value of the right size.
     let r = unsafe {
         libc::setsockopt(
@@ -467,6 +470,62 @@ fn set_dont_fragment(fd: RawFd) -> bool {
         )
     };
     r == 0
+}
+
+fn int_option(fd: RawFd, level: libc::c_int, opt: libc::c_int) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` is a writable c_int and `len` says so.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            opt,
+            std::ptr::from_mut(&mut value).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(value)
+}
+
+/// Sets the Don't Fragment bit on everything `fd` sends (path MTU discovery "do").
+fn set_dont_fragment(fd: RawFd) -> bool {
+    mtu_discover_option(fd).is_some_and(|(level, opt, on)| set_int_option(fd, level, opt, on))
+}
+
+/// Sends one datagram from `fd` to `to` with the Don't Fragment bit, leaving the socket's
+/// own setting as it was: path MTU discovery is a per-socket option in Linux (no per-message
+/// control for IPv4), so it is switched to "do" around a direct `sendto`. Only Send
+/// indications carrying DONT-FRAGMENT take this path (rare; three syscalls). A datagram too
+/// large for the path is dropped (EMSGSIZE), as DF asks. The datagram may overtake sends
+/// still queued in the backend's batch: UDP promises no order.
+fn send_dont_fragment(fd: RawFd, to: SocketAddr, bytes: &[u8]) -> bool {
+    let Some((level, opt, on)) = mtu_discover_option(fd) else {
+        return false;
+    };
+    let Some(before) = int_option(fd, level, opt) else {
+        return false;
+    };
+    if before != on && !set_int_option(fd, level, opt, on) {
+        return false;
+    }
+    let mut storage = unsafe_zeroed_sockaddr();
+    let len = super::socket::encode_sockaddr(&to, &mut storage);
+    // SAFETY: `bytes` is a readable slice; `storage` holds a socket address of `len` bytes.
+    let sent = unsafe {
+        libc::sendto(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT,
+            std::ptr::from_ref(&storage).cast(),
+            len,
+        )
+    };
+    if before != on {
+        set_int_option(fd, level, opt, before);
+    }
+    sent >= 0
 }
 
 fn unsafe_zeroed_sockaddr() -> libc::sockaddr_in6 {
@@ -712,6 +771,13 @@ impl<S: UdpSend> Transmit for Tx<'_, S> {
         let fd = self.relays.borrow().fd(relay);
         if let Some(fd) = fd {
             self.udp.send(fd, peer, None, bytes);
+        }
+    }
+
+    fn to_peer_dont_fragment(&mut self, relay: RelayHandle, peer: SocketAddr, bytes: &[u8]) {
+        let fd = self.relays.borrow().fd(relay);
+        if let Some(fd) = fd {
+            send_dont_fragment(fd, peer, bytes);
         }
     }
 }

@@ -39,6 +39,7 @@
 mod allocation;
 pub mod attrs;
 pub mod auth;
+pub mod fast;
 pub mod framing;
 mod handlers;
 pub mod nonce;
@@ -49,13 +50,17 @@ mod timers;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod fast_tests;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
 
 pub use auth::Credentials;
+pub use fast::{FastRules, MonoClock, NoFastRules};
 pub use server::TurnServer;
 pub use stats::TurnStats;
 
@@ -193,6 +198,12 @@ pub trait Transmit {
     fn to_client(&mut self, tuple: &FiveTuple, bytes: &[u8]);
     /// Sends `bytes` from the relayed socket `relay` to `peer`.
     fn to_peer(&mut self, relay: RelayHandle, peer: SocketAddr, bytes: &[u8]);
+    /// Like [`Transmit::to_peer`], with the IP Don't Fragment bit set on this one datagram
+    /// (a Send indication carrying DONT-FRAGMENT, RFC 8656 §11.2). The default is only
+    /// right for IO layers whose relay sockets always set DF; the workers override it.
+    fn to_peer_dont_fragment(&mut self, relay: RelayHandle, peer: SocketAddr, bytes: &[u8]) {
+        self.to_peer(relay, peer, bytes);
+    }
 }
 
 /// TURN settings (plain data). The realm lives in [`Credentials`], which can be swapped on
@@ -247,6 +258,10 @@ pub struct TurnConfig {
     /// on these ports only (another allocation of this relay: two users of one relay
     /// calling each other); its other ports (the relay's own services) never are.
     pub relay_ports: std::ops::RangeInclusive<u16>,
+    /// Bytes one allocation may relay in total, both directions, userspace and kernel
+    /// together (0 = unlimited). Past it, relayed data is dropped (counted in
+    /// [`TurnStats::dropped_quota`]) and the allocation's kernel rules are removed.
+    pub allocation_byte_quota: u64,
 }
 
 impl Default for TurnConfig {
@@ -271,6 +286,7 @@ impl Default for TurnConfig {
             unauth_reply_allowance: 0,
             legacy_channel_range: false,
             relay_ports: 49152..=65535,
+            allocation_byte_quota: 0,
         }
     }
 }
@@ -288,6 +304,9 @@ pub struct Shared {
     /// Per-process random key of the stateless nonces (shared so that a nonce issued by
     /// one worker is accepted by another).
     pub nonce_key: nonce::NonceKey,
+    /// The kernel fast path's rule sink, set once when it is running (empty: no rules
+    /// are computed, everything is relayed in userspace).
+    fast: OnceLock<Arc<dyn FastRules>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -314,7 +333,20 @@ impl Shared {
             policy,
             quotas,
             nonce_key,
+            fast: OnceLock::new(),
         }
+    }
+
+    /// Hands the kernel fast path's rule sink to every worker's server: from now on rule
+    /// changes are installed (an allocation's rules appear at its next change). False if
+    /// one was set already (it stays).
+    pub fn set_fast_rules(&self, rules: Arc<dyn FastRules>) -> bool {
+        self.fast.set(rules).is_ok()
+    }
+
+    /// The kernel fast path's rule sink, if one is running.
+    pub fn fast_rules(&self) -> Option<Arc<dyn FastRules>> {
+        self.fast.get().cloned()
     }
 
     /// The current credentials.

@@ -394,6 +394,7 @@ impl TurnServer {
         };
         let mut peer = None;
         let mut data = None;
+        let mut dont_fragment = false;
         for item in m.attributes() {
             let Ok(at) = item else {
                 self.stats.dropped_malformed += 1;
@@ -404,8 +405,7 @@ impl TurnServer {
                     peer = attrs::decode_xor_address(at.value, m.transaction_id());
                 }
                 attrs::DATA if data.is_none() => data = Some(at.value),
-                // DONT-FRAGMENT is honoured per allocation (RelayPorts::set_dont_fragment);
-                // a per-datagram DF cannot be set on a shared relay socket.
+                attrs::DONT_FRAGMENT => dont_fragment = true,
                 t if sattr::is_comprehension_required(t)
                     && !sattr::is_known(t)
                     && !attrs::is_known_turn(t) =>
@@ -428,7 +428,11 @@ impl TurnServer {
             self.stats.dropped_no_permission += 1;
             return;
         }
-        forward_to_peer(a, &mut self.stats, peer, data, now, tx);
+        if dont_fragment {
+            forward_to_peer(a, &mut self.stats, peer, data, now, &mut DontFragment(tx));
+        } else {
+            forward_to_peer(a, &mut self.stats, peer, data, now, tx);
+        }
     }
 
     /// When [`TurnServer::on_timeout`] should next be called (`None`: nothing pending).
@@ -823,6 +827,19 @@ fn own_service(
     peer: SocketAddr,
 ) -> bool {
     !own.is_empty() && own.contains(&peer.ip()) && !relay_ports.contains(&peer.port())
+}
+
+/// A [`Transmit`] view that sends to peers with the Don't Fragment bit (one Send
+/// indication's worth).
+struct DontFragment<'a, T>(&'a mut T);
+
+impl<T: Transmit> Transmit for DontFragment<'_, T> {
+    fn to_client(&mut self, tuple: &FiveTuple, bytes: &[u8]) {
+        self.0.to_client(tuple, bytes);
+    }
+    fn to_peer(&mut self, relay: RelayHandle, peer: SocketAddr, bytes: &[u8]) {
+        self.0.to_peer_dont_fragment(relay, peer, bytes);
+    }
 }
 
 /// The last step of relaying client data (ChannelData or a Send indication) to a

@@ -109,6 +109,8 @@ impl RelayPorts for FakePorts {
 pub(super) struct Sink {
     pub client: Vec<(FiveTuple, Vec<u8>)>,
     pub peer: Vec<(RelayHandle, SocketAddr, Vec<u8>)>,
+    /// Indices into `peer` of the datagrams sent with Don't Fragment.
+    pub peer_df: Vec<usize>,
 }
 
 impl Transmit for Sink {
@@ -117,6 +119,10 @@ impl Transmit for Sink {
     }
     fn to_peer(&mut self, relay: RelayHandle, peer: SocketAddr, bytes: &[u8]) {
         self.peer.push((relay, peer, bytes.to_vec()));
+    }
+    fn to_peer_dont_fragment(&mut self, relay: RelayHandle, peer: SocketAddr, bytes: &[u8]) {
+        self.peer_df.push(self.peer.len());
+        self.to_peer(relay, peer, bytes);
     }
 }
 
@@ -1271,6 +1277,17 @@ fn channel_bind_errors() {
     let ind = send_indication(&mut c, peer(), b"p");
     w.send(&c.tuple, &ind);
     assert_eq!(w.sink.peer.len(), 1);
+    assert!(w.sink.peer_df.is_empty(), "no DONT-FRAGMENT, no DF");
+    // With DONT-FRAGMENT (appended after DATA) that one datagram asks for DF.
+    let mut ind = send_indication(&mut c, peer(), b"q");
+    let len = u16::from_be_bytes([ind[2], ind[3]]) + 4;
+    ind[2..4].copy_from_slice(&len.to_be_bytes());
+    ind.extend_from_slice(&attrs::DONT_FRAGMENT.to_be_bytes());
+    ind.extend_from_slice(&[0, 0]);
+    w.send(&c.tuple, &ind);
+    assert_eq!(w.sink.peer.len(), 2);
+    assert_eq!(w.sink.peer[1].2, b"q");
+    assert_eq!(w.sink.peer_df, vec![1]);
     let req = c.request(method::CHANNEL_BIND, &[]);
     assert_eq!(error_code(&w.one(&c.tuple, &req)), Some(400));
 }
