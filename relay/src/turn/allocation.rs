@@ -62,6 +62,10 @@ pub(super) struct Allocation {
     pub cooldown: HashMap<u16, (SocketAddr, Instant)>,
     pub bucket: Option<TokenBucket>,
     pub traffic: Traffic,
+    /// Relayed datagrams to peers carry DF (DONT-FRAGMENT in Allocate).
+    pub dont_fragment: bool,
+    /// Bytes it may relay in total (0 = unlimited).
+    pub byte_quota: u64,
 }
 
 pub(super) const fn family_index(f: IpFamily) -> usize {
@@ -90,6 +94,18 @@ impl Allocation {
             Some(b) => b.allow(bytes, now),
             None => true,
         }
+    }
+
+    /// Whether relaying `bytes` more stays within the byte quota.
+    #[inline]
+    pub fn within_quota(&self, bytes: usize) -> bool {
+        self.byte_quota == 0
+            || self
+                .traffic
+                .bytes_to_peer
+                .saturating_add(self.traffic.bytes_to_client)
+                .saturating_add(bytes as u64)
+                <= self.byte_quota
     }
 
     /// Relayed addresses.

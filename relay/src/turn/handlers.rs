@@ -256,6 +256,8 @@ impl TurnServer {
                 bucket: (bandwidth > 0)
                     .then(|| TokenBucket::new(bandwidth, bandwidth.max(65_536), now)),
                 traffic: Traffic::default(),
+                dont_fragment,
+                byte_quota: self.config.allocation_byte_quota,
             },
         );
         self.by_tuple.insert(*tuple, id);
@@ -263,6 +265,7 @@ impl TurnServer {
             self.index_relay(id, r);
         }
         self.arm(expires, Timer::Allocation(id));
+        self.sync_fast(id, now);
         self.stats.allocations += 1;
         self.stats.allocations_created += 1;
         self.stats.requests_ok += 1;
@@ -314,11 +317,14 @@ impl TurnServer {
             match family {
                 Some(f) if dual => {
                     // Delete only that family's relayed address (RFC 8656 §7.3).
-                    if let Some(r) = a.relays[Self::slot(f)].take() {
+                    let taken = a.relays[Self::slot(f)].take();
+                    let left = a.expires.saturating_duration_since(now);
+                    if let Some(r) = taken {
                         self.by_relay.remove(&r.handle);
+                        // Rules naming that relayed address go before its port does.
+                        self.sync_fast(id, now);
                         ports.close(r.handle);
                     }
-                    let left = a.expires.saturating_duration_since(now);
                     Some(left)
                 }
                 _ => {
@@ -333,6 +339,7 @@ impl TurnServer {
                 a.expires = now + d;
             }
             self.arm(now + d, Timer::Allocation(id));
+            self.sync_fast(id, now);
             Some(d)
         };
         let secs = granted.map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
@@ -431,6 +438,7 @@ impl TurnServer {
         for p in &peers {
             self.timers.push(until, Timer::Permission(id, p.ip()));
         }
+        self.sync_fast(id, now);
         self.stats.requests_ok += 1;
         self.respond(tuple, m, Class::SuccessResponse, Some(auth), tx, |_, _| {
             Ok(())
@@ -525,6 +533,7 @@ impl TurnServer {
         self.timers.push(chan_until, Timer::Channel(id, number));
         self.timers
             .push(perm_until, Timer::Permission(id, peer.ip()));
+        self.sync_fast(id, now);
         self.stats.requests_ok += 1;
         self.respond(tuple, m, Class::SuccessResponse, Some(auth), tx, |_, _| {
             Ok(())

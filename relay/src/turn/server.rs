@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::allocation::{Allocation, Relay, family_index};
 use super::attrs;
 use super::auth::{AuthResult, Authenticated, Authenticator, PASSWORD_ALGORITHMS_VALUE};
+use super::fast::{Env, FastState, quota_exhausted};
 use super::stats::{AuthFailure, TurnStats};
 use super::timers::{Timer, Timers};
 use super::{
@@ -72,6 +73,8 @@ pub struct TurnServer {
     /// The relay's own addresses (from the policy, fixed for the process's life): a peer
     /// on one of them is reachable only on `config.relay_ports`, checked per datagram.
     pub(super) own: Vec<IpAddr>,
+    /// The rules this server installed in the kernel fast path.
+    pub(super) fast: FastState,
 }
 
 /// Unix seconds of `wall` (0 before the epoch).
@@ -112,6 +115,7 @@ impl TurnServer {
             txn_counter: 0,
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
             own: shared.policy.own_addresses(),
+            fast: FastState::default(),
             shared,
         }
     }
@@ -267,6 +271,10 @@ impl TurnServer {
             || own_service(&self.own, &self.config.relay_ports, peer)
         {
             self.stats.dropped_peer_no_permission += 1;
+            return;
+        }
+        if !a.within_quota(datagram.len()) {
+            self.stats.dropped_quota += 1;
             return;
         }
         if !a.within_bandwidth(datagram.len(), now) {
@@ -458,6 +466,7 @@ impl TurnServer {
                     {
                         a.permissions.remove(&ip);
                         self.stats.permissions = self.stats.permissions.saturating_sub(1);
+                        self.sync_fast(id, now);
                     }
                 }
                 Timer::Channel(id, number) => {
@@ -471,6 +480,7 @@ impl TurnServer {
                         a.cooldown.insert(number, (ch.peer, until));
                         self.timers.push(until, Timer::Cooldown(id, number));
                         self.stats.channels = self.stats.channels.saturating_sub(1);
+                        self.sync_fast(id, now);
                     }
                 }
                 Timer::Cooldown(id, number) => {
@@ -492,9 +502,14 @@ impl TurnServer {
 
     /// Deletes allocation `id`: closes its relayed sockets and gives its quota back.
     pub(super) fn remove(&mut self, id: u64, ports: &mut impl RelayPorts) {
-        let Some(a) = self.allocs.remove(&id) else {
+        let Some(mut a) = self.allocs.remove(&id) else {
             return;
         };
+        // The kernel stops relaying before the relayed port is given back.
+        if let Some(sink) = self.shared.fast_rules() {
+            self.fast.clear(&*sink, id, Some(&mut a), &mut self.stats);
+            self.stats.fast_rules = self.fast.rules;
+        }
         for r in a.relayed() {
             self.by_relay.remove(&r.handle);
             ports.close(r.handle);
@@ -585,6 +600,106 @@ impl TurnServer {
     /// Counters of this server.
     pub fn stats(&self) -> &TurnStats {
         &self.stats
+    }
+
+    /// Brings allocation `id`'s kernel fast-path rules in line with its state at `now`
+    /// (no-op without a fast path). Called after every change of the allocation.
+    pub(super) fn sync_fast(&mut self, id: u64, now: Instant) {
+        let Some(sink) = self.shared.fast_rules() else {
+            return;
+        };
+        let Some(a) = self.allocs.get_mut(&id) else {
+            return;
+        };
+        let env = Env {
+            policy: &self.shared.policy,
+            own: &self.own,
+            relay_ports: self.config.relay_ports.clone(),
+            bandwidth: self.config.bandwidth_limit,
+        };
+        self.fast.sync(&*sink, id, a, &mut self.stats, &env, now);
+        self.stats.fast_rules = self.fast.rules;
+    }
+
+    /// Folds the kernel fast path's per-rule counters into the allocations' and this
+    /// server's counters, and removes the rules of allocations that used up their byte
+    /// quota. The worker calls it periodically (about once a second); a no-op without a
+    /// fast path.
+    pub fn fold_fast_counters(&mut self, now: Instant) {
+        let Some(sink) = self.shared.fast_rules() else {
+            return;
+        };
+        for id in self.fast.ids() {
+            let Some(a) = self.allocs.get_mut(&id) else {
+                continue;
+            };
+            self.fast.fold(&*sink, id, a, &mut self.stats);
+            if quota_exhausted(a) {
+                tracing::debug!(user = %a.username, client = %a.tuple.client, "allocation byte quota used up; kernel rules removed");
+                self.sync_fast(id, now);
+            }
+        }
+    }
+
+    /// Re-checks every permission and channel against the peer policy (after a reload
+    /// replaced it): the ones whose peer is now denied are removed, in userspace and in
+    /// the kernel. Returns how many permissions were removed.
+    pub fn recheck_policy(&mut self, now: Instant) -> usize {
+        let mut removed = 0;
+        let ids: Vec<u64> = self.allocs.keys().copied().collect();
+        for id in ids {
+            let Some(a) = self.allocs.get_mut(&id) else {
+                continue;
+            };
+            let policy = &self.shared.policy;
+            let ports = self.config.relay_ports.clone();
+            let own = &self.own;
+            let denied: Vec<IpAddr> = a
+                .permissions
+                .keys()
+                .copied()
+                .filter(|ip| {
+                    let verdict = if own.contains(ip) {
+                        policy.check_socket(SocketAddr::new(*ip, *ports.start()), ports.clone())
+                    } else {
+                        policy.check(*ip)
+                    };
+                    verdict.is_err()
+                })
+                .collect();
+            let dead_channels: Vec<(u16, SocketAddr)> = a
+                .channels
+                .iter()
+                .filter(|(_, c)| {
+                    denied.contains(&c.peer.ip())
+                        || policy.check_socket(c.peer, ports.clone()).is_err()
+                })
+                .map(|(n, c)| (*n, c.peer))
+                .collect();
+            if denied.is_empty() && dead_channels.is_empty() {
+                continue;
+            }
+            for ip in &denied {
+                if a.permissions.remove(ip).is_some() {
+                    removed += 1;
+                    self.stats.permissions = self.stats.permissions.saturating_sub(1);
+                }
+            }
+            for (n, peer) in &dead_channels {
+                a.channels.remove(n);
+                a.peer_channels.remove(peer);
+                self.stats.channels = self.stats.channels.saturating_sub(1);
+            }
+            tracing::info!(
+                user = %a.username,
+                client = %a.tuple.client,
+                permissions = denied.len(),
+                channels = dead_channels.len(),
+                "peer policy reloaded: permissions and channels to now-denied peers removed"
+            );
+            self.sync_fast(id, now);
+        }
+        removed
     }
 
     // ---- answers ----
@@ -858,6 +973,10 @@ fn forward_to_peer(
         stats.dropped_no_permission += 1;
         return;
     };
+    if !a.within_quota(data.len()) {
+        stats.dropped_quota += 1;
+        return;
+    }
     if !a.within_bandwidth(data.len(), now) {
         stats.dropped_bandwidth += 1;
         return;

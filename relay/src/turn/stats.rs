@@ -102,6 +102,15 @@ pub struct TurnStats {
     /// Unauthenticated answers not sent because they would have been larger than the
     /// request (no amplification).
     pub amplification_drops: u64,
+    /// Datagrams dropped because their allocation used up its byte quota.
+    pub dropped_quota: u64,
+    /// Of `packets_client_to_peer`: relayed by the kernel fast path (folded from its
+    /// per-rule counters).
+    pub kernel_packets_client_to_peer: u64,
+    /// Of `packets_peer_to_client`: relayed by the kernel fast path.
+    pub kernel_packets_peer_to_client: u64,
+    /// Rules installed in the kernel fast path (gauge).
+    pub fast_rules: u64,
     /// Requests answered with success.
     pub requests_ok: u64,
     /// Failed authentications by reason, index = [`AuthFailure`] as usize.
@@ -149,6 +158,10 @@ impl TurnStats {
         self.dropped_malformed += o.dropped_malformed;
         self.dropped_unknown_relay += o.dropped_unknown_relay;
         self.amplification_drops += o.amplification_drops;
+        self.dropped_quota += o.dropped_quota;
+        self.kernel_packets_client_to_peer += o.kernel_packets_client_to_peer;
+        self.kernel_packets_peer_to_client += o.kernel_packets_peer_to_client;
+        self.fast_rules += o.fast_rules;
         self.requests_ok += o.requests_ok;
         for (a, b) in self.auth_failures.iter_mut().zip(o.auth_failures) {
             *a += b;

@@ -19,6 +19,7 @@
 //! `BPF_PROG_TEST_RUN` and compares it with the userspace answer (the differential
 //! harness).
 
+pub mod rules;
 pub mod testrun;
 
 use std::io;
@@ -318,6 +319,13 @@ impl FastPath {
     /// Interfaces and the mode each got.
     pub fn attachments(&self) -> &[(String, AttachedMode)] {
         &self.attachments
+    }
+
+    /// Takes the TURN fast path's maps out of the loaded object (once: a second call
+    /// finds them gone), for the workers to install rules into. Err when this build's
+    /// XDP program has no TURN maps.
+    pub fn turn_maps(&mut self) -> Result<rules::TurnMaps, rules::RulesError> {
+        rules::TurnMaps::take(&mut self.ebpf)
     }
 
     /// The counters (indices in `relay_common::counter`), summed over CPUs.

@@ -1,0 +1,1 @@
+//! Unit tests of the fast-path rule computation (filled in next).

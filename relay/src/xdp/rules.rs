@@ -1,0 +1,613 @@
+//! The userspace side of the TURN fast path's maps (contract: `relay_common::turn`):
+//! insert, update and remove the channel, peer and allocation rules, read the per-rule
+//! kernel counters, set the per-allocation bandwidth budget and the global settings.
+//!
+//! Why a separate handle: the maps are written by every worker's TURN core (through
+//! [`FastRules`]) and read by the control plane, while the program and its attachments
+//! stay with [`super::FastPath`]. [`TurnMaps`] owns the map file descriptors (taken out of
+//! the loaded object), is `Send + Sync` and is shared as an `Arc`. One mutex per map is
+//! enough: rules change on requests and expiries, never per packet.
+//!
+//! It also hands out the rule (`stats_idx`) and allocation (`alloc_idx`) indices from free
+//! lists shared by all workers ([`IndexPool`]), resetting the entry an index names when it
+//! is reused (counters to zero, a fresh bandwidth window).
+
+use std::io;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use aya::Ebpf;
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use relay_common::turn::{
+    AllocKey, AllocRule, Bandwidth, ChannelKey, ChannelRule, MAX_ALLOCATIONS, MAX_RULES, PeerKey,
+    PeerRule, RuleStats, TurnSettings, maps,
+};
+
+use crate::turn::{FastRules, MonoClock};
+
+/// Errors of the TURN map handle.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    /// The loaded object has no such map (an XDP program without TURN support).
+    #[error(
+        "the eBPF object has no map {0}: this build's XDP program does not relay TURN; \
+         TURN is relayed in userspace"
+    )]
+    Missing(&'static str),
+    /// A map operation failed.
+    #[error("BPF map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// Cause.
+        #[source]
+        source: MapError,
+    },
+    /// The number of possible CPUs could not be read.
+    #[error("cannot read the number of possible CPUs ({0}): {1}")]
+    Cpus(&'static str, #[source] io::Error),
+    /// CLOCK_MONOTONIC could not be read.
+    #[error("clock_gettime(CLOCK_MONOTONIC) failed: {0}")]
+    Clock(#[source] io::Error),
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> RulesError {
+    move |source| RulesError::Map { name, source }
+}
+
+/// Whether `e` says the key was absent.
+fn is_not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound | MapError::ElementNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// A free list of indices below a limit: fresh ones are handed out in order, returned
+/// ones are reused first.
+#[derive(Debug)]
+pub struct IndexPool {
+    next: u32,
+    limit: u32,
+    free: Vec<u32>,
+}
+
+impl IndexPool {
+    /// Indices `0..limit`.
+    pub fn new(limit: u32) -> Self {
+        IndexPool {
+            next: 0,
+            limit,
+            free: Vec::new(),
+        }
+    }
+
+    /// A free index, or None when all `limit` are in use.
+    pub fn take(&mut self) -> Option<u32> {
+        if let Some(i) = self.free.pop() {
+            return Some(i);
+        }
+        if self.next < self.limit {
+            self.next += 1;
+            return Some(self.next - 1);
+        }
+        None
+    }
+
+    /// Gives `i` back (ignored if out of range).
+    pub fn release(&mut self, i: u32) {
+        if i < self.next {
+            self.free.push(i);
+        }
+    }
+
+    /// Indices in use.
+    pub fn in_use(&self) -> u32 {
+        self.next - self.free.len() as u32
+    }
+}
+
+/// A pair of (`Instant`, CLOCK_MONOTONIC ns) read back to back.
+pub fn monotonic_anchor() -> Result<MonoClock, RulesError> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let at = Instant::now();
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if r != 0 {
+        return Err(RulesError::Clock(io::Error::last_os_error()));
+    }
+    let ns = u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000
+        + u64::try_from(ts.tv_nsec).unwrap_or(0);
+    Ok(MonoClock::new(at, ns))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The TURN maps of a loaded XDP object, shared by the workers.
+pub struct TurnMaps {
+    channels: Mutex<HashMap<MapData, ChannelKey, ChannelRule>>,
+    peers: Mutex<HashMap<MapData, PeerKey, PeerRule>>,
+    allocs: Mutex<HashMap<MapData, AllocKey, AllocRule>>,
+    stats: Mutex<PerCpuArray<MapData, RuleStats>>,
+    bandwidth: Mutex<Array<MapData, Bandwidth>>,
+    settings: Mutex<Array<MapData, TurnSettings>>,
+    stats_pool: Mutex<IndexPool>,
+    alloc_pool: Mutex<IndexPool>,
+    cpus: usize,
+    clock: MonoClock,
+}
+
+impl std::fmt::Debug for TurnMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnMaps")
+            .field("cpus", &self.cpus)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TurnMaps {
+    /// Takes the TURN maps out of `ebpf` (the object keeps its programs; the maps live as
+    /// long as this handle or a program using them).
+    pub fn take(ebpf: &mut Ebpf) -> Result<TurnMaps, RulesError> {
+        // Check all names first so that a missing map takes nothing.
+        for name in [
+            maps::CHANNELS,
+            maps::PEERS,
+            maps::ALLOCS,
+            maps::RULE_STATS,
+            maps::BANDWIDTH,
+            maps::SETTINGS,
+        ] {
+            if ebpf.map(name).is_none() {
+                return Err(RulesError::Missing(name));
+            }
+        }
+        fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, RulesError> {
+            let map = ebpf.take_map(name).ok_or(RulesError::Missing(name))?;
+            T::try_from(map).map_err(map_err(name))
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| RulesError::Cpus(what, e))?;
+        Ok(TurnMaps {
+            channels: Mutex::new(take(ebpf, maps::CHANNELS)?),
+            peers: Mutex::new(take(ebpf, maps::PEERS)?),
+            allocs: Mutex::new(take(ebpf, maps::ALLOCS)?),
+            stats: Mutex::new(take(ebpf, maps::RULE_STATS)?),
+            bandwidth: Mutex::new(take(ebpf, maps::BANDWIDTH)?),
+            settings: Mutex::new(take(ebpf, maps::SETTINGS)?),
+            stats_pool: Mutex::new(IndexPool::new(MAX_RULES)),
+            alloc_pool: Mutex::new(IndexPool::new(MAX_ALLOCATIONS)),
+            cpus,
+            clock: monotonic_anchor()?,
+        })
+    }
+
+    /// Inserts or replaces a channel rule.
+    pub fn insert_channel(&self, k: &ChannelKey, v: &ChannelRule) -> Result<(), RulesError> {
+        lock(&self.channels)
+            .insert(k, v, 0)
+            .map_err(map_err(maps::CHANNELS))
+    }
+
+    /// The channel rule under `k`, if any.
+    pub fn channel(&self, k: &ChannelKey) -> Result<Option<ChannelRule>, RulesError> {
+        match lock(&self.channels).get(k, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(map_err(maps::CHANNELS)(e)),
+        }
+    }
+
+    /// Removes a channel rule; Ok(false) if there was none.
+    pub fn remove_channel(&self, k: &ChannelKey) -> Result<bool, RulesError> {
+        match lock(&self.channels).remove(k) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_err(maps::CHANNELS)(e)),
+        }
+    }
+
+    /// Inserts or replaces a peer rule.
+    pub fn insert_peer(&self, k: &PeerKey, v: &PeerRule) -> Result<(), RulesError> {
+        lock(&self.peers)
+            .insert(k, v, 0)
+            .map_err(map_err(maps::PEERS))
+    }
+
+    /// The peer rule under `k`, if any.
+    pub fn peer(&self, k: &PeerKey) -> Result<Option<PeerRule>, RulesError> {
+        match lock(&self.peers).get(k, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(map_err(maps::PEERS)(e)),
+        }
+    }
+
+    /// Removes a peer rule; Ok(false) if there was none.
+    pub fn remove_peer(&self, k: &PeerKey) -> Result<bool, RulesError> {
+        match lock(&self.peers).remove(k) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_err(maps::PEERS)(e)),
+        }
+    }
+
+    /// Inserts or replaces an allocation rule.
+    pub fn insert_alloc(&self, k: &AllocKey, v: &AllocRule) -> Result<(), RulesError> {
+        lock(&self.allocs)
+            .insert(k, v, 0)
+            .map_err(map_err(maps::ALLOCS))
+    }
+
+    /// The allocation rule under `k`, if any.
+    pub fn alloc(&self, k: &AllocKey) -> Result<Option<AllocRule>, RulesError> {
+        match lock(&self.allocs).get(k, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(map_err(maps::ALLOCS)(e)),
+        }
+    }
+
+    /// Removes an allocation rule; Ok(false) if there was none.
+    pub fn remove_alloc(&self, k: &AllocKey) -> Result<bool, RulesError> {
+        match lock(&self.allocs).remove(k) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_err(maps::ALLOCS)(e)),
+        }
+    }
+
+    /// Rule `idx`'s packets and bytes, summed over CPUs.
+    pub fn stats(&self, idx: u32) -> Result<RuleStats, RulesError> {
+        let values = lock(&self.stats)
+            .get(&idx, 0)
+            .map_err(map_err(maps::RULE_STATS))?;
+        Ok(values.iter().fold(RuleStats::default(), |a, v| RuleStats {
+            packets: a.packets.wrapping_add(v.packets),
+            bytes: a.bytes.wrapping_add(v.bytes),
+        }))
+    }
+
+    /// Sets rule `idx`'s counters on every CPU to `v` (zero to reset).
+    pub fn set_stats(&self, idx: u32, v: RuleStats) -> Result<(), RulesError> {
+        let values = PerCpuValues::try_from(vec![v; self.cpus]).map_err(|e| RulesError::Map {
+            name: maps::RULE_STATS,
+            source: MapError::IoError(e),
+        })?;
+        lock(&self.stats)
+            .set(idx, values, 0)
+            .map_err(map_err(maps::RULE_STATS))
+    }
+
+    /// Allocation `idx`'s bandwidth entry.
+    pub fn bandwidth(&self, idx: u32) -> Result<Bandwidth, RulesError> {
+        lock(&self.bandwidth)
+            .get(&idx, 0)
+            .map_err(map_err(maps::BANDWIDTH))
+    }
+
+    /// Writes allocation `idx`'s bandwidth entry.
+    pub fn set_bandwidth(&self, idx: u32, v: &Bandwidth) -> Result<(), RulesError> {
+        lock(&self.bandwidth)
+            .set(idx, v, 0)
+            .map_err(map_err(maps::BANDWIDTH))
+    }
+
+    /// The settings entry.
+    pub fn settings(&self) -> Result<TurnSettings, RulesError> {
+        lock(&self.settings)
+            .get(&0, 0)
+            .map_err(map_err(maps::SETTINGS))
+    }
+
+    /// Writes the settings entry (`flags` 0 turns TURN relaying in the kernel off).
+    pub fn set_settings(&self, v: &TurnSettings) -> Result<(), RulesError> {
+        lock(&self.settings)
+            .set(0, v, 0)
+            .map_err(map_err(maps::SETTINGS))
+    }
+
+    /// Rule and allocation indices in use.
+    pub fn indices_in_use(&self) -> (u32, u32) {
+        (
+            lock(&self.stats_pool).in_use(),
+            lock(&self.alloc_pool).in_use(),
+        )
+    }
+}
+
+fn logged<T>(what: &'static str, r: Result<T, RulesError>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(error = %e, "TURN fast path: {what} failed; that traffic stays in userspace");
+            None
+        }
+    }
+}
+
+impl FastRules for TurnMaps {
+    fn monotonic_ns(&self, at: Instant) -> u64 {
+        self.clock.ns(at)
+    }
+
+    fn take_alloc_index(&self, rate: u64) -> Option<u32> {
+        let idx = lock(&self.alloc_pool).take()?;
+        let fresh = Bandwidth {
+            rate,
+            ..Bandwidth::default()
+        };
+        if logged(
+            "resetting a bandwidth entry",
+            self.set_bandwidth(idx, &fresh),
+        )
+        .is_none()
+        {
+            lock(&self.alloc_pool).release(idx);
+            return None;
+        }
+        Some(idx)
+    }
+
+    fn release_alloc_index(&self, idx: u32) {
+        lock(&self.alloc_pool).release(idx);
+    }
+
+    fn take_stats_index(&self) -> Option<u32> {
+        let idx = lock(&self.stats_pool).take()?;
+        if logged(
+            "resetting rule counters",
+            self.set_stats(idx, RuleStats::default()),
+        )
+        .is_none()
+        {
+            lock(&self.stats_pool).release(idx);
+            return None;
+        }
+        Some(idx)
+    }
+
+    fn release_stats_index(&self, idx: u32) {
+        lock(&self.stats_pool).release(idx);
+    }
+
+    fn put_channel(&self, key: &ChannelKey, rule: &ChannelRule) -> bool {
+        logged("installing a channel rule", self.insert_channel(key, rule)).is_some()
+    }
+
+    fn del_channel(&self, key: &ChannelKey) {
+        logged("removing a channel rule", self.remove_channel(key));
+    }
+
+    fn put_peer(&self, key: &PeerKey, rule: &PeerRule) -> bool {
+        logged("installing a peer rule", self.insert_peer(key, rule)).is_some()
+    }
+
+    fn del_peer(&self, key: &PeerKey) {
+        logged("removing a peer rule", self.remove_peer(key));
+    }
+
+    fn put_alloc(&self, key: &AllocKey, rule: &AllocRule) -> bool {
+        logged(
+            "installing an allocation rule",
+            self.insert_alloc(key, rule),
+        )
+        .is_some()
+    }
+
+    fn del_alloc(&self, key: &AllocKey) {
+        logged("removing an allocation rule", self.remove_alloc(key));
+    }
+
+    fn rule_stats(&self, stats_idx: u32) -> RuleStats {
+        logged("reading rule counters", self.stats(stats_idx)).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_hands_out_in_order_reuses_and_stops_at_the_limit() {
+        let mut p = IndexPool::new(3);
+        assert_eq!(p.take(), Some(0));
+        assert_eq!(p.take(), Some(1));
+        assert_eq!(p.take(), Some(2));
+        assert_eq!(p.take(), None);
+        assert_eq!(p.in_use(), 3);
+        p.release(1);
+        p.release(7); // never handed out: ignored
+        assert_eq!(p.in_use(), 2);
+        assert_eq!(p.take(), Some(1));
+        assert_eq!(p.take(), None);
+    }
+
+    #[test]
+    fn anchor_converts_instants_monotonically() {
+        let c = monotonic_anchor().expect("clock");
+        let t = Instant::now();
+        let a = c.ns(t);
+        let b = c.ns(t + std::time::Duration::from_secs(300));
+        assert_eq!(b - a, 300_000_000_000);
+        // The anchor agrees with a fresh CLOCK_MONOTONIC reading within a second.
+        let again = monotonic_anchor().expect("clock");
+        let now = Instant::now();
+        let diff = c.ns(now).abs_diff(again.ns(now));
+        assert!(diff < 1_000_000_000, "{diff} ns apart");
+    }
+}
+
+/// Round trip through the real maps of the embedded object (loaded, not attached).
+#[cfg(test)]
+mod privileged {
+    use super::*;
+    use relay_common::turn::{
+        SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS, mapped_v4, wire,
+    };
+
+    /// Root (and an object built with the eBPF toolchain) or skip; with
+    /// RELAY_REQUIRE_PRIVILEGED=1 a skip is a failure.
+    fn can_run(test: &str) -> bool {
+        let required = std::env::var("RELAY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let why = if !root {
+            "needs root"
+        } else if super::super::EBPF_OBJECT.is_empty() {
+            "needs the eBPF object (built with RELAY_SKIP_EBPF=1)"
+        } else {
+            return true;
+        };
+        assert!(!required, "{test}: {why} and RELAY_REQUIRE_PRIVILEGED=1");
+        eprintln!("{test}: skipped: {why}");
+        false
+    }
+
+    #[test]
+    fn turn_maps_round_trip_through_the_kernel() {
+        if !can_run("turn_maps_round_trip_through_the_kernel") {
+            return;
+        }
+        let mut ebpf = super::super::load_object(&[3478]).expect("load the embedded object");
+        let m = TurnMaps::take(&mut ebpf).expect("the object has the TURN maps");
+        // A second take finds nothing: the handle owns them.
+        assert!(matches!(
+            TurnMaps::take(&mut ebpf),
+            Err(RulesError::Missing(_))
+        ));
+
+        let ck = ChannelKey {
+            client_addr: mapped_v4([198, 51, 100, 7]),
+            server_addr: mapped_v4([192, 0, 2, 1]),
+            client_port: wire(40000),
+            server_port: wire(3478),
+            channel: wire(0x4001),
+            _pad: [0; 2],
+        };
+        let cr = ChannelRule {
+            expires_ns: 123_456_789,
+            relay_addr: mapped_v4([192, 0, 2, 10]),
+            peer_addr: mapped_v4([203, 0, 113, 5]),
+            relay_port: wire(50000),
+            peer_port: wire(7000),
+            flags: 1,
+            _pad: 0,
+            stats_idx: 17,
+            alloc_idx: 3,
+        };
+        assert_eq!(m.channel(&ck).expect("get"), None);
+        m.insert_channel(&ck, &cr).expect("insert");
+        assert_eq!(m.channel(&ck).expect("get"), Some(cr));
+        let updated = ChannelRule {
+            expires_ns: 999,
+            ..cr
+        };
+        m.insert_channel(&ck, &updated).expect("update");
+        assert_eq!(m.channel(&ck).expect("get"), Some(updated));
+        assert!(m.remove_channel(&ck).expect("remove"));
+        assert!(!m.remove_channel(&ck).expect("remove absent"));
+        assert_eq!(m.channel(&ck).expect("get"), None);
+
+        let pk = PeerKey {
+            peer_addr: mapped_v4([203, 0, 113, 5]),
+            relay_addr: mapped_v4([192, 0, 2, 10]),
+            peer_port: [0, 0],
+            relay_port: wire(50000),
+        };
+        let pr = PeerRule {
+            expires_ns: 5,
+            client_addr: ck.client_addr,
+            server_addr: ck.server_addr,
+            client_port: ck.client_port,
+            server_port: ck.server_port,
+            channel: [0, 0],
+            flags: 0,
+            stats_idx: 18,
+            alloc_idx: 3,
+        };
+        m.insert_peer(&pk, &pr).expect("insert peer");
+        assert_eq!(m.peer(&pk).expect("get peer"), Some(pr));
+        assert!(m.remove_peer(&pk).expect("remove peer"));
+        assert_eq!(m.peer(&pk).expect("get peer"), None);
+
+        let ak = AllocKey {
+            client_addr: ck.client_addr,
+            server_addr: ck.server_addr,
+            client_port: ck.client_port,
+            server_port: ck.server_port,
+        };
+        let ar = AllocRule {
+            expires_ns: 77,
+            relay_addr: cr.relay_addr,
+            relay_port: cr.relay_port,
+            flags: 0,
+            stats_idx: 19,
+            alloc_idx: 3,
+            _pad: 0,
+        };
+        m.insert_alloc(&ak, &ar).expect("insert alloc");
+        assert_eq!(m.alloc(&ak).expect("get alloc"), Some(ar));
+        assert!(m.remove_alloc(&ak).expect("remove alloc"));
+
+        // Per-CPU counters: set on every CPU, read back as the sum.
+        let one = RuleStats {
+            packets: 2,
+            bytes: 100,
+        };
+        m.set_stats(17, one).expect("set stats");
+        let cpus = aya::util::nr_cpus().expect("cpus") as u64;
+        assert_eq!(
+            m.stats(17).expect("stats"),
+            RuleStats {
+                packets: 2 * cpus,
+                bytes: 100 * cpus
+            }
+        );
+        // Handing an index out resets its counters and its bandwidth entry.
+        let idx = FastRules::take_stats_index(&m).expect("index");
+        m.set_stats(idx, one).expect("dirty");
+        FastRules::release_stats_index(&m, idx);
+        let again = FastRules::take_stats_index(&m).expect("index");
+        assert_eq!(again, idx, "freed indices are reused");
+        assert_eq!(FastRules::rule_stats(&m, again), RuleStats::default());
+
+        let a = FastRules::take_alloc_index(&m, 1000).expect("alloc index");
+        m.set_bandwidth(
+            a,
+            &Bandwidth {
+                rate: 1000,
+                window_start_ns: 9,
+                window_bytes: 500,
+                dropped: 4,
+            },
+        )
+        .expect("dirty bandwidth");
+        FastRules::release_alloc_index(&m, a);
+        let b = FastRules::take_alloc_index(&m, 2000).expect("alloc index");
+        assert_eq!(b, a);
+        assert_eq!(
+            m.bandwidth(b).expect("bandwidth"),
+            Bandwidth {
+                rate: 2000,
+                ..Bandwidth::default()
+            }
+        );
+
+        let s = TurnSettings {
+            flags: SETTING_ENABLED | SETTING_DATA_INDICATIONS | SETTING_SEND_INDICATIONS,
+            relay_port_min: 49152,
+            relay_port_max: 65535,
+        };
+        m.set_settings(&s).expect("settings");
+        assert_eq!(m.settings().expect("settings"), s);
+    }
+}
