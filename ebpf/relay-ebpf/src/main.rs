@@ -9,12 +9,15 @@
 //! [`csum`] (Internet checksum), [`crc`] (FINGERPRINT CRC-32), [`counters`].
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod counters;
 mod crc;
 mod csum;
 mod parse;
 mod stun;
+mod turn;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -35,7 +38,22 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn relay_xdp(ctx: XdpContext) -> u32 {
-    match answer_binding(&ctx) {
+    let turn = turn::relay_packed(&ctx);
+    if turn < turn::PASS_COUNTED {
+        return turn;
+    }
+    if turn != turn::NOT_TURN {
+        counters::bump(turn & 0xff);
+        return xdp_action::XDP_PASS;
+    }
+    stun_path(&ctx)
+}
+
+/// The STUN Binding path, a separate BPF function so that its stack frame and the TURN
+/// path's are never on the stack together (the verifier caps the sum at 512 bytes).
+#[inline(never)]
+fn stun_path(ctx: &XdpContext) -> u32 {
+    match answer_binding(ctx) {
         Ok(action) => action,
         Err(counter) => {
             counters::bump(counter);

@@ -112,6 +112,59 @@ impl XdpTestRun {
         })
     }
 
+    /// Runs the program once on `frame` as if received on interface `ingress_ifindex` of
+    /// the calling thread's network namespace (the `xdp_md` context of
+    /// `BPF_PROG_TEST_RUN`): `bpf_fib_lookup` then resolves in that namespace.
+    pub fn run_on(&self, frame: &[u8], ingress_ifindex: u32) -> Result<XdpOutcome, XdpError> {
+        let mut out = vec![0u8; frame.len() + MAX_GROWTH];
+        let ctx = xdp_md(frame.len(), ingress_ifindex);
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        let r = self.prog()?.test_run(opts).map_err(XdpError::TestRun)?;
+        out.truncate(r.data_size_out as usize);
+        Ok(XdpOutcome {
+            action: XdpAction::from_raw(r.return_value),
+            frame: out,
+        })
+    }
+
+    /// As [`Self::mean_single_run`], received on `ingress_ifindex` (see [`Self::run_on`]).
+    pub fn mean_single_run_on(
+        &self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        runs: u32,
+    ) -> Result<Duration, XdpError> {
+        let mut out = vec![0u8; frame.len() + MAX_GROWTH];
+        let ctx = xdp_md(frame.len(), ingress_ifindex);
+        let mut total = Duration::ZERO;
+        for _ in 0..runs {
+            let opts = TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                ..TestRunOptions::default()
+            };
+            total += self
+                .prog()?
+                .test_run(opts)
+                .map_err(XdpError::TestRun)?
+                .duration;
+        }
+        Ok(total / runs.max(1))
+    }
+
+    /// The loaded object, to reach its maps (e.g. to write TURN rules in a test).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// Runs the program `repeat` times on `frame` in one `BPF_PROG_TEST_RUN` call and
     /// returns the kernel's mean time per run and the last verdict. The kernel does not
     /// restore the frame between repetitions, so this measures a frame the program
@@ -178,6 +231,13 @@ impl XdpTestRun {
             reference: reference(frame),
         })
     }
+}
+
+/// The `struct xdp_md` given to `BPF_PROG_TEST_RUN` as `ctx_in`: data from 0 to the
+/// frame's end, received on `ingress_ifindex`, queue 0.
+fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
+    let fields = [0u32, len as u32, 0, ingress_ifindex, 0, 0];
+    fields.iter().flat_map(|f| f.to_ne_bytes()).collect()
 }
 
 /// One frame seen by both paths.
