@@ -21,6 +21,7 @@
 
 pub mod rules;
 pub mod testrun;
+pub mod turn_frames;
 
 use std::io;
 

@@ -1,0 +1,167 @@
+//! The frame rules of everything the kernel relays for TURN, stated in userspace: the
+//! reference the differential harness (`tests/xdp_turn_differential.rs`) wraps the
+//! userspace relay's datagrams with, byte for byte what `relay_xdp` puts on the wire.
+//!
+//! Why a separate statement: the kernel rebuilds every header of a relayed frame (the
+//! TURN relay is an endpoint, not a router), so the bytes it chooses are a contract:
+//!
+//! - **Ethernet**: source MAC = the egress interface's (the relay/listen address side),
+//!   destination MAC = the next hop's (peer or client), both from `bpf_fib_lookup`;
+//!   ethertype of the OUTPUT family.
+//! - **IPv4**: `0x45` (no options); TOS copied from the incoming packet (DSCP and ECN,
+//!   RFC 8656 §14 preferred behaviour, also across families: IPv6 traffic class ↔ TOS);
+//!   total length; ID 0; flags DF (always set; a frame larger than the egress MTU the FIB
+//!   reports is passed up instead); TTL 64; protocol 17; header checksum.
+//! - **IPv6**: version 6, traffic class copied, flow label 0, payload length, next
+//!   header 17, hop limit 64.
+//! - **UDP**: ports per rule (relayed port → peer port; listen port → client port),
+//!   length, checksum. The kernel updates the incoming checksum incrementally (RFC 1624),
+//!   which equals the full checksum computed here whenever the incoming one was right
+//!   (a zero result is sent as 0xFFFF). An IPv4 input without checksum (0) passes up.
+//! - **Payload**: ChannelData → peer: the application data only (header and padding
+//!   stripped). Peer → client: the ChannelData header + data, unpadded (UDP), or the
+//!   Data indication exactly as the userspace core builds it (STUN header 0x0117, magic
+//!   cookie, a random transaction id, XOR-PEER-ADDRESS, DATA, zero padding; no
+//!   FINGERPRINT).
+//!
+//! Cross-family relaying (IPv4 client ↔ IPv6 peer, RFC 8656 dual allocations) follows
+//! the same rules with the output family's header. Pure functions, no I/O.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::wire::{self, ETH_HLEN, IPV4_HLEN, IPV6_HLEN, UDP_HLEN};
+
+/// IPv4 TTL / IPv6 hop limit of relayed frames.
+pub const HOP_LIMIT: u8 = 64;
+
+/// The link-layer addresses of one hop (what `bpf_fib_lookup` returns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hop {
+    /// The egress interface's MAC.
+    pub src_mac: [u8; 6],
+    /// The next hop's MAC.
+    pub dst_mac: [u8; 6],
+}
+
+/// Why a frame could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TurnFrameError {
+    /// Source and destination are of different families.
+    #[error("source and destination addresses are of different families")]
+    FamilyMismatch,
+    /// The IP packet would exceed 65535 bytes.
+    #[error("the datagram is too large for one IP packet")]
+    TooLarge,
+}
+
+/// The TOS byte (IPv4) or traffic class (IPv6) of a received frame, if it parses.
+pub fn tos_of(frame: &[u8]) -> Option<u8> {
+    let f = wire::parse_udp_frame(frame).ok()?;
+    let ip = f.ip_header();
+    if f.is_ipv6() {
+        Some((ip.first()? << 4) | (ip.get(1)? >> 4))
+    } else {
+        ip.get(1).copied()
+    }
+}
+
+/// Builds the frame that relays `payload` from `src` to `dst` with traffic class `tos`
+/// over `hop`, per the module's rules.
+pub fn build_relayed_frame(
+    hop: &Hop,
+    src: SocketAddr,
+    dst: SocketAddr,
+    tos: u8,
+    payload: &[u8],
+) -> Result<Vec<u8>, TurnFrameError> {
+    let (src_ip, dst_ip) = (src.ip().to_canonical(), dst.ip().to_canonical());
+    let v6 = match (src_ip, dst_ip) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => false,
+        (IpAddr::V6(_), IpAddr::V6(_)) => true,
+        _ => return Err(TurnFrameError::FamilyMismatch),
+    };
+    let ip_hlen = if v6 { IPV6_HLEN } else { IPV4_HLEN };
+    let udp_len = UDP_HLEN + payload.len();
+    let ip_len = ip_hlen + udp_len;
+    if ip_len > usize::from(u16::MAX) {
+        return Err(TurnFrameError::TooLarge);
+    }
+    let mut f = Vec::with_capacity(ETH_HLEN + ip_len);
+    f.extend_from_slice(&hop.dst_mac);
+    f.extend_from_slice(&hop.src_mac);
+    let udp_len16 = (udp_len as u16).to_be_bytes();
+    match (src_ip, dst_ip) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend_from_slice(&wire::ETHERTYPE_IPV4.to_be_bytes());
+            let ip_start = f.len();
+            f.extend_from_slice(&[0x45, tos]);
+            f.extend_from_slice(&(ip_len as u16).to_be_bytes());
+            f.extend_from_slice(&[0, 0, 0x40, 0, HOP_LIMIT, 17, 0, 0]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+            let c = wire::ipv4_header_checksum(&f[ip_start..ip_start + IPV4_HLEN]);
+            f[ip_start + 10..ip_start + 12].copy_from_slice(&c.to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend_from_slice(&wire::ETHERTYPE_IPV6.to_be_bytes());
+            f.extend_from_slice(&[0x60 | (tos >> 4), tos << 4, 0, 0]);
+            f.extend_from_slice(&udp_len16);
+            f.extend_from_slice(&[17, HOP_LIMIT]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        _ => return Err(TurnFrameError::FamilyMismatch),
+    }
+    let udp_start = f.len();
+    f.extend_from_slice(&src.port().to_be_bytes());
+    f.extend_from_slice(&dst.port().to_be_bytes());
+    f.extend_from_slice(&udp_len16);
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    let c = wire::udp_checksum(src_ip, dst_ip, &f[udp_start..]);
+    f[udp_start + 6..udp_start + 8].copy_from_slice(&c.to_be_bytes());
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOP: Hop = Hop {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+    };
+
+    #[test]
+    fn ipv4_frame_follows_the_rules() {
+        let src: SocketAddr = "192.0.2.2:50000".parse().expect("addr");
+        let dst: SocketAddr = "203.0.113.5:7000".parse().expect("addr");
+        let f = build_relayed_frame(&HOP, src, dst, 0xb8, b"hello").expect("builds");
+        let p = wire::parse_udp_frame(&f).expect("parses");
+        assert_eq!(p.src, src);
+        assert_eq!(p.dst, dst);
+        assert_eq!(p.payload, b"hello");
+        assert_eq!(&f[14..16], &[0x45, 0xb8]);
+        assert_eq!(&f[18..23], &[0, 0, 0x40, 0, 64]);
+        assert!(p.ip_checksum_valid());
+        assert!(p.udp_checksum_valid());
+        assert_eq!(tos_of(&f), Some(0xb8));
+    }
+
+    #[test]
+    fn ipv6_frame_copies_traffic_class_and_mixed_families_fail() {
+        let src: SocketAddr = "[2001:db8::2]:50000".parse().expect("addr");
+        let dst: SocketAddr = "[2001:db8::5]:7000".parse().expect("addr");
+        let f = build_relayed_frame(&HOP, src, dst, 0xb9, &[1, 2, 3]).expect("builds");
+        assert_eq!(&f[14..18], &[0x6b, 0x90, 0, 0]);
+        assert_eq!(f[21], 64);
+        let p = wire::parse_udp_frame(&f).expect("parses");
+        assert!(p.udp_checksum_valid());
+        assert_eq!(tos_of(&f), Some(0xb9));
+        let v4: SocketAddr = "192.0.2.2:1".parse().expect("addr");
+        assert_eq!(
+            build_relayed_frame(&HOP, v4, dst, 0, &[]),
+            Err(TurnFrameError::FamilyMismatch)
+        );
+    }
+}
