@@ -27,8 +27,8 @@ use std::{
 };
 
 use relay_e2e::{
-    BoundedOutput, Daemon, Process, TURN_PEER_NET_V4, TempDir, TurnTopology, UclientTotals,
-    require_root, run_bounded, spawn_in, wait_tcp_listening,
+    BoundedOutput, Daemon, Process, TURN_PEER_NET_V4, TURN_PEER_NET_V6, TempDir, TurnTopology,
+    UclientTotals, require_root, run_bounded, spawn_in, wait_tcp_listening,
 };
 
 const PORT: u16 = 3478;
@@ -66,6 +66,8 @@ struct Run {
     creds: Creds,
     clients: u32,
     messages: u32,
+    /// Ask for an IPv6 relayed address (`-x`) and talk to the IPv6 peer.
+    ipv6_relay: bool,
 }
 
 impl Run {
@@ -76,6 +78,7 @@ impl Run {
             creds,
             clients: 10,
             messages: 40,
+            ipv6_relay: false,
         }
     }
 
@@ -97,11 +100,17 @@ impl Run {
             Creds::Secret => a.extend(["-u".into(), USER.into(), "-W".into(), SECRETS[1].into()]),
         }
         let port = if self.leg == Leg::Tls { TLS_PORT } else { PORT };
+        let peer = if self.ipv6_relay {
+            a.push("-x".into());
+            IpAddr::V6(topo.peer_v6)
+        } else {
+            IpAddr::V4(topo.peer_v4)
+        };
         a.extend([
             "-p".into(),
             port.to_string(),
             "-e".into(),
-            topo.peer_v4.to_string(),
+            peer.to_string(),
             "-r".into(),
             PEER_PORT.to_string(),
             "-m".into(),
@@ -184,7 +193,7 @@ fn relay_config(topo: &TurnTopology, files: &TempDir, allow_peers: bool) -> std:
     let listen = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT);
     let listen_tls = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), TLS_PORT);
     let policy = if allow_peers {
-        format!("[policy]\nallow = [\"{TURN_PEER_NET_V4}\"]\n")
+        format!("[policy]\nallow = [\"{TURN_PEER_NET_V4}\", \"{TURN_PEER_NET_V6}\"]\n")
     } else {
         String::new()
     };
@@ -207,6 +216,7 @@ listen_tls = ["{listen_tls}"]
 tls_cert = "{cert}"
 tls_key = "{key}"
 relay_ipv4 = "{relay_v4}"
+relay_ipv6 = "{relay_v6}"
 # turnutils_uclient draws channel numbers from RFC 5766's 0x4000-0x7FFF; RFC 8656 (our
 # default) allows 0x4000-0x4FFF only, so this interop run opts into the old range.
 legacy_channel_range = true
@@ -225,6 +235,7 @@ total = 10000
         cert = cert.display(),
         key = key.display(),
         relay_v4 = topo.relay_peer_v4,
+        relay_v6 = topo.relay_peer_v6,
         s0 = SECRETS[0],
         s1 = SECRETS[1],
     );
@@ -241,15 +252,14 @@ struct Setup {
 }
 
 fn start_peer(topo: &TurnTopology) -> Process {
+    start_peer_on(topo, IpAddr::V4(topo.peer_v4))
+}
+
+fn start_peer_on(topo: &TurnTopology, addr: IpAddr) -> Process {
     let peer = spawn_in(
         &topo.peer,
         "turnutils_peer",
-        &[
-            "-L",
-            &topo.peer_v4.to_string(),
-            "-p",
-            &PEER_PORT.to_string(),
-        ],
+        &["-L", &addr.to_string(), "-p", &PEER_PORT.to_string()],
         None,
     )
     .expect("start turnutils_peer");
@@ -312,6 +322,10 @@ fn sum_matching(v: &serde_json::Value, words: &[&str]) -> u64 {
 /// Runs a list of clean runs against the relay and checks its counters grew with them.
 fn relay_matrix(runs: &[Run]) {
     let s = relay_setup(true);
+    let _peer_v6 = runs
+        .iter()
+        .any(|r| r.ipv6_relay)
+        .then(|| start_peer_on(&s.topo, IpAddr::V6(s.topo.peer_v6)));
     let relay = s.relay.as_ref().unwrap();
     for run in runs {
         let before = turn_stats(relay);
@@ -395,6 +409,25 @@ uclient_test!(
     [
         Run::new(Leg::Tls, false, Creds::Static),
         Run::new(Leg::Tls, false, Creds::Secret),
+    ]
+);
+uclient_test!(
+    // REQUESTED-ADDRESS-FAMILY IPv6 (`-x`): IPv6 relayed addresses to an IPv6 peer, for an
+    // IPv4 client over UDP and TCP, with channels and with Send indications.
+    uclient_ipv6_relay,
+    [
+        Run {
+            ipv6_relay: true,
+            ..Run::new(Leg::Udp, false, Creds::Static)
+        },
+        Run {
+            ipv6_relay: true,
+            ..Run::new(Leg::Udp, true, Creds::Secret)
+        },
+        Run {
+            ipv6_relay: true,
+            ..Run::new(Leg::Tcp, false, Creds::Static)
+        },
     ]
 );
 uclient_test!(
