@@ -81,6 +81,12 @@ pub struct TurnStatsJson {
     /// Datagrams dropped, by reason (no permission, bandwidth limit, ...).
     #[serde(default)]
     pub dropped: BTreeMap<String, u64>,
+    /// Of `packets`: relayed by the kernel fast path, by direction.
+    #[serde(default)]
+    pub kernel_packets: BTreeMap<String, u64>,
+    /// Rules installed in the kernel fast path.
+    #[serde(default)]
+    pub fast_rules: u64,
 }
 
 /// One allocation as the control socket reports it (`relay allocations`).

@@ -389,6 +389,20 @@ pub fn render(s: &Stats) -> String {
     );
     family(
         &mut out,
+        "relay_turn_kernel_packets_total",
+        "counter",
+        "Of relay_turn_packets_total: datagrams relayed by the XDP fast path, by direction.",
+        &dirs(&t.kernel_packets),
+    );
+    family(
+        &mut out,
+        "relay_turn_fast_rules",
+        "gauge",
+        "Rules installed in the XDP fast path (channels, permissions, allocations).",
+        &[(String::new(), t.fast_rules)],
+    );
+    family(
+        &mut out,
         "relay_turn_auth_challenges_total",
         "counter",
         "401 challenges to requests without credentials (every client's first request).",
@@ -473,6 +487,8 @@ mod tests {
                 ]),
                 errors: BTreeMap::from([("401".into(), 6)]),
                 dropped: BTreeMap::new(),
+                kernel_packets: BTreeMap::from([("client_to_peer".into(), 60)]),
+                fast_rules: 3,
             }),
         }
     }

@@ -103,6 +103,9 @@ pub struct XdpConfig {
     pub interfaces: Vec<String>,
     /// Attach mode.
     pub mode: XdpModeChoice,
+    /// Whether TURN is relayed in the kernel too (channel and peer rules installed in the
+    /// XDP program's maps) when the fast path is attached and TURN is on.
+    pub turn: bool,
 }
 
 /// Values given on the command line; each set one replaces the file's value.
@@ -191,6 +194,8 @@ struct XdpSection {
     interfaces: Vec<String>,
     #[serde(default)]
     mode: XdpModeChoice,
+    #[serde(default = "default_true")]
+    turn: bool,
 }
 
 impl Default for XdpSection {
@@ -199,6 +204,7 @@ impl Default for XdpSection {
             enabled: true,
             interfaces: Vec::new(),
             mode: XdpModeChoice::Auto,
+            turn: true,
         }
     }
 }
@@ -292,6 +298,7 @@ impl Config {
                 enabled: file.xdp.enabled,
                 interfaces: file.xdp.interfaces,
                 mode: file.xdp.mode,
+                turn: file.xdp.turn,
             },
             control_socket: file.control.socket,
             log_level: file.log.level,
@@ -484,6 +491,7 @@ backend = "portable"
 enabled = false
 interfaces = ["eth0", "veth-r"]
 mode = "generic"
+turn = false
 [control]
 socket = "/tmp/r.sock"
 [log]
@@ -501,6 +509,8 @@ level = "relay=debug,info"
         assert!(!c.xdp.enabled);
         assert_eq!(c.xdp.interfaces, vec!["eth0", "veth-r"]);
         assert_eq!(c.xdp.mode, XdpModeChoice::Generic);
+        assert!(!c.xdp.turn);
+        assert!(Config::embedded_default().expect("default").xdp.turn);
         assert_eq!(c.control_socket, PathBuf::from("/tmp/r.sock"));
         assert_eq!(c.log_level, "relay=debug,info");
     }
@@ -696,6 +706,7 @@ default_lifetime = 300
 max_lifetime = 1200
 max_permissions = 10
 bandwidth_limit = 125000
+allocation_byte_quota = 1000000
 unauth_reply_allowance = 0
 legacy_channel_range = true
 [turn.users]
@@ -728,6 +739,7 @@ listen = "127.0.0.1:9641"
         assert_eq!(c.turn.nonce_lifetime, 120);
         assert_eq!(c.turn.max_permissions, 10);
         assert_eq!(c.turn.bandwidth_limit, 125_000);
+        assert_eq!(c.turn.allocation_byte_quota, 1_000_000);
         assert_eq!(
             c.turn.unauth_reply_allowance, 0,
             "strict mode is expressible"

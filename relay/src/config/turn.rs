@@ -77,6 +77,8 @@ pub struct TurnSettings {
     pub max_permissions: u32,
     /// Per-allocation bandwidth limit in bytes per second (0 = none).
     pub bandwidth_limit: u64,
+    /// Bytes one allocation may relay in total, both directions (0 = unlimited).
+    pub allocation_byte_quota: u64,
     /// How many bytes an answer to an unauthenticated UDP request (the 401/438
     /// challenge, a 400) may exceed the request by. 0 = never larger than the request.
     pub unauth_reply_allowance: u32,
@@ -138,6 +140,8 @@ pub(super) struct TurnSection {
     max_permissions: u32,
     #[serde(default)]
     bandwidth_limit: u64,
+    #[serde(default)]
+    allocation_byte_quota: u64,
     #[serde(default = "default_unauth_reply_allowance")]
     unauth_reply_allowance: u32,
     #[serde(default)]
@@ -164,6 +168,7 @@ impl Default for TurnSection {
             max_lifetime: default_max_lifetime(),
             max_permissions: default_max_permissions(),
             bandwidth_limit: 0,
+            allocation_byte_quota: 0,
             unauth_reply_allowance: default_unauth_reply_allowance(),
             legacy_channel_range: false,
             users: BTreeMap::new(),
@@ -358,6 +363,7 @@ pub(super) fn build(
         max_lifetime: turn.max_lifetime,
         max_permissions: turn.max_permissions,
         bandwidth_limit: turn.bandwidth_limit,
+        allocation_byte_quota: turn.allocation_byte_quota,
         unauth_reply_allowance: turn.unauth_reply_allowance,
         legacy_channel_range: turn.legacy_channel_range,
         users: turn.users,

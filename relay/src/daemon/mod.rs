@@ -79,7 +79,11 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
     } else {
         (Dataplane::start(&dp_config, StunHandler)?, None)
     };
-    let fast_path = start_fast_path(config, dataplane.listen())?;
+    let mut fast_path = start_fast_path(config, dataplane.listen())?;
+    let kernel_turn = match (&mut fast_path, &shared) {
+        (Some(fp), Some(shared)) => start_kernel_turn(config, fp, shared),
+        _ => false,
+    };
 
     let listen: Vec<String> = dataplane.listen().iter().map(ToString::to_string).collect();
     let xdp_summary = match &fast_path {
@@ -90,6 +94,11 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
             .collect::<Vec<_>>()
             .join(", "),
         None => "off".to_owned(),
+    };
+    let xdp_summary = if kernel_turn {
+        format!("{xdp_summary}; TURN relayed in the kernel")
+    } else {
+        xdp_summary
     };
     let commands = DaemonCommands {
         dataplane: &dataplane,
@@ -261,6 +270,51 @@ fn start_fast_path(
         }
         Err(e) => Err(DaemonError::Xdp(e)),
     }
+}
+
+/// Hands the fast path's TURN maps to the workers (through `shared`) and turns TURN
+/// relaying in the kernel on. Returns whether it is on; when it cannot be, says why and
+/// TURN stays in userspace.
+fn start_kernel_turn(
+    config: &Config,
+    fp: &mut FastPath,
+    shared: &Arc<crate::turn::Shared>,
+) -> bool {
+    use relay_common::turn::{
+        SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS, TurnSettings,
+    };
+    if !config.xdp.turn {
+        tracing::info!(
+            "TURN relaying in the kernel is off (xdp.turn = false): TURN stays in userspace"
+        );
+        return false;
+    }
+    let maps = match fp.turn_maps() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "TURN relaying in the kernel unavailable: TURN stays in userspace (set \
+                 xdp.turn = false to silence this)"
+            );
+            return false;
+        }
+    };
+    let settings = TurnSettings {
+        flags: SETTING_ENABLED | SETTING_DATA_INDICATIONS | SETTING_SEND_INDICATIONS,
+        relay_port_min: config.turn.port_range.0,
+        relay_port_max: config.turn.port_range.1,
+    };
+    if let Err(e) = maps.set_settings(&settings) {
+        tracing::warn!(error = %e, "cannot enable TURN relaying in the kernel: TURN stays in userspace");
+        return false;
+    }
+    shared.set_fast_rules(Arc::new(maps));
+    tracing::info!(
+        ports = ?config.turn.port_range,
+        "TURN relayed in the kernel for UDP clients (channels, permissions, Send indications)"
+    );
+    true
 }
 
 /// The stats answer of the control socket.

@@ -92,6 +92,7 @@ pub fn turn_dataplane(config: &Config) -> Result<(TurnDataplane, Arc<Shared>), T
             t.max_permissions as usize
         },
         bandwidth_limit: t.bandwidth_limit,
+        allocation_byte_quota: t.allocation_byte_quota,
         unauth_reply_allowance: t.unauth_reply_allowance as usize,
         legacy_channel_range: t.legacy_channel_range,
         relay_ports: t.port_range.0..=t.port_range.1,
@@ -145,6 +146,11 @@ pub fn turn_json(s: &TurnStats) -> TurnStatsJson {
         channels: s.channels,
         allocations_created: s.allocations_created,
         packets: dir(s.packets_client_to_peer, s.packets_peer_to_client),
+        kernel_packets: dir(
+            s.kernel_packets_client_to_peer,
+            s.kernel_packets_peer_to_client,
+        ),
+        fast_rules: s.fast_rules,
         bytes: dir(s.bytes_client_to_peer, s.bytes_peer_to_client),
         auth_failures: AuthFailure::ALL
             .iter()
@@ -163,6 +169,7 @@ pub fn turn_json(s: &TurnStats) -> TurnStatsJson {
             ("malformed", s.dropped_malformed),
             ("unknown_relay", s.dropped_unknown_relay),
             ("amplification", s.amplification_drops),
+            ("quota", s.dropped_quota),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -219,8 +226,12 @@ impl DaemonCommands<'_> {
                 new.turn.realm
             ));
             shared.policy.replace(policy);
+            // Existing permissions and channels (and their kernel rules) to peers the new
+            // policy denies go now, not at their expiry.
+            let revoked = self.dataplane.recheck_policy();
             report.reloaded.push(format!(
-                "peer policy: {} allow, {} deny entries",
+                "peer policy: {} allow, {} deny entries ({revoked} permissions to now-denied \
+                 peers removed)",
                 new.policy.allow.len(),
                 new.policy.deny.len()
             ));
@@ -259,6 +270,7 @@ impl DaemonCommands<'_> {
                 || old.turn.max_lifetime != new.turn.max_lifetime
                 || old.turn.max_permissions != new.turn.max_permissions
                 || old.turn.bandwidth_limit != new.turn.bandwidth_limit
+                || old.turn.allocation_byte_quota != new.turn.allocation_byte_quota
                 || old.turn.unauth_reply_allowance != new.turn.unauth_reply_allowance
                 || old.turn.legacy_channel_range != new.turn.legacy_channel_range
                 || old.turn.nonce_lifetime != new.turn.nonce_lifetime,

@@ -525,6 +525,14 @@ impl Dataplane {
         .sum()
     }
 
+    /// Re-checks every worker's permissions and channels against the (replaced) peer
+    /// policy; returns how many permissions were removed.
+    pub fn recheck_policy(&self) -> usize {
+        self.ask_all(|reply| WorkerCommand::RecheckPolicy { reply })
+            .into_iter()
+            .sum()
+    }
+
     /// TURN counters summed over the workers (None when not serving TURN).
     pub fn turn_stats(&self) -> Option<TurnStats> {
         if !self.is_turn() {

@@ -115,6 +115,12 @@ pub enum WorkerCommand {
         /// Where to answer.
         reply: mpsc::Sender<TurnStats>,
     },
+    /// The peer policy was replaced (reload): re-check every permission and channel
+    /// against it; answers how many permissions were removed.
+    RecheckPolicy {
+        /// Where to answer.
+        reply: mpsc::Sender<usize>,
+    },
 }
 
 /// Everything a worker needs to serve TURN (built by [`super::Dataplane::start_turn`]).
@@ -1236,6 +1242,8 @@ impl TurnIo {
             self.last_sweep = self.now;
             self.relays.borrow_mut().expire_reservations(self.now);
             self.sweep_connections();
+            // Kernel-relayed traffic into the allocations' counters (and byte quotas).
+            self.server.fold_fast_counters(self.now);
         }
     }
 
@@ -1288,6 +1296,9 @@ impl TurnIo {
             }
             WorkerCommand::Stats { reply } => {
                 let _ = reply.send(self.server.stats().clone());
+            }
+            WorkerCommand::RecheckPolicy { reply } => {
+                let _ = reply.send(self.server.recheck_policy(self.now));
             }
         }
     }

@@ -172,7 +172,7 @@ impl Entry {
     }
 
     /// Whether this entry relays toward the peer (else toward the client).
-    fn to_peer(&self) -> bool {
+    fn toward_peer(&self) -> bool {
         !matches!(self, Entry::Peer(..))
     }
 
@@ -439,18 +439,15 @@ impl FastState {
         if want.is_empty() && !self.allocs.contains_key(&id) {
             return;
         }
-        if !self.allocs.contains_key(&id) {
+        if let std::collections::hash_map::Entry::Vacant(v) = self.allocs.entry(id) {
             let Some(alloc_idx) = sink.take_alloc_index(env.bandwidth) else {
                 tracing::debug!(client = %a.tuple.client, "no free kernel allocation index; relaying in userspace");
                 return;
             };
-            self.allocs.insert(
-                id,
-                FastAlloc {
-                    alloc_idx,
-                    rules: HashMap::new(),
-                },
-            );
+            v.insert(FastAlloc {
+                alloc_idx,
+                rules: HashMap::new(),
+            });
         }
         let FastState { allocs, rules } = self;
         let Some(fa) = allocs.get_mut(&id) else {
@@ -472,7 +469,7 @@ impl FastState {
             if let Some(mut inst) = fa.rules.remove(&rid) {
                 inst.entry.del(sink);
                 let d = growth(sink, &mut inst);
-                account(Some(a), stats, inst.entry.to_peer(), d);
+                account(Some(a), stats, inst.entry.toward_peer(), d);
                 sink.release_stats_index(inst.stats_idx);
                 *rules = rules.saturating_sub(1);
             }
@@ -530,7 +527,7 @@ impl FastState {
         for (_, mut inst) in fa.rules {
             inst.entry.del(sink);
             let d = growth(sink, &mut inst);
-            account(a.as_deref_mut(), stats, inst.entry.to_peer(), d);
+            account(a.as_deref_mut(), stats, inst.entry.toward_peer(), d);
             sink.release_stats_index(inst.stats_idx);
             self.rules = self.rules.saturating_sub(1);
         }
@@ -550,7 +547,7 @@ impl FastState {
         };
         for inst in fa.rules.values_mut() {
             let d = growth(sink, inst);
-            account(Some(a), stats, inst.entry.to_peer(), d);
+            account(Some(a), stats, inst.entry.toward_peer(), d);
         }
     }
 

@@ -1,1 +1,618 @@
-//! Unit tests of the fast-path rule computation (filled in next).
+//! Unit tests of the fast-path rules the core computes ([`super::fast`]), with a recording
+//! [`FastRules`] fake standing in for the BPF maps and the manual clock of the flow tests.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use relay_common::turn::{
+    AllocKey, AllocRule, ChannelKey, ChannelRule, PeerKey, PeerRule, RULE_DONT_FRAGMENT, RuleStats,
+};
+
+use super::attrs::{self, method};
+use super::tests::{
+    Client, World, allocate, allocated, bind, class_of, config, error_code, peer, permit,
+    udp_tuple, world, world_with,
+};
+use super::*;
+use crate::policy::{PeerPolicy, PolicyConfig, Quotas};
+use crate::stun::Class;
+
+/// CLOCK_MONOTONIC of the fake at the world's `t0`.
+const T0_NS: u64 = 5_000_000_000_000;
+const SEC: u64 = 1_000_000_000;
+
+#[derive(Default, Debug)]
+struct Maps {
+    channels: HashMap<ChannelKey, ChannelRule>,
+    peers: HashMap<PeerKey, PeerRule>,
+    allocs: HashMap<AllocKey, AllocRule>,
+    /// Kernel counters by stats_idx (what the XDP program would have counted).
+    stats: HashMap<u32, RuleStats>,
+    stats_used: Vec<u32>,
+    stats_free: Vec<u32>,
+    next_stats: u32,
+    alloc_used: Vec<u32>,
+    next_alloc: u32,
+    /// Bandwidth rate written per alloc_idx.
+    bandwidth: HashMap<u32, u64>,
+    /// Every put (for "updated in place" checks).
+    puts: usize,
+}
+
+/// The recording fake.
+#[derive(Debug)]
+struct Recorder {
+    clock: MonoClock,
+    maps: Mutex<Maps>,
+}
+
+impl Recorder {
+    fn new(t0: Instant) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            clock: MonoClock::new(t0, T0_NS),
+            maps: Mutex::new(Maps::default()),
+        })
+    }
+
+    fn m(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.maps.lock().expect("fake maps")
+    }
+
+    /// The single channel rule (asserts there is exactly one).
+    fn one_channel(&self) -> (ChannelKey, ChannelRule) {
+        let m = self.m();
+        assert_eq!(m.channels.len(), 1, "{:?}", m.channels);
+        m.channels
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .next()
+            .expect("one")
+    }
+
+    fn peer_rules(&self) -> Vec<(PeerKey, PeerRule)> {
+        let mut v: Vec<_> = self.m().peers.iter().map(|(k, v)| (*k, *v)).collect();
+        v.sort_by_key(|(k, _)| k.peer_port);
+        v
+    }
+
+    fn counts(&self) -> (usize, usize, usize) {
+        let m = self.m();
+        (m.channels.len(), m.peers.len(), m.allocs.len())
+    }
+}
+
+impl FastRules for Recorder {
+    fn monotonic_ns(&self, at: Instant) -> u64 {
+        self.clock.ns(at)
+    }
+    fn take_alloc_index(&self, rate: u64) -> Option<u32> {
+        let mut m = self.m();
+        let i = m.next_alloc;
+        m.next_alloc += 1;
+        m.alloc_used.push(i);
+        m.bandwidth.insert(i, rate);
+        Some(i)
+    }
+    fn release_alloc_index(&self, idx: u32) {
+        let mut m = self.m();
+        let pos = m.alloc_used.iter().position(|&i| i == idx);
+        assert!(pos.is_some(), "alloc_idx {idx} released twice");
+        m.alloc_used.retain(|&i| i != idx);
+    }
+    fn take_stats_index(&self) -> Option<u32> {
+        let mut m = self.m();
+        let i = match m.stats_free.pop() {
+            Some(i) => i,
+            None => {
+                m.next_stats += 1;
+                m.next_stats - 1
+            }
+        };
+        m.stats.insert(i, RuleStats::default());
+        m.stats_used.push(i);
+        Some(i)
+    }
+    fn release_stats_index(&self, idx: u32) {
+        let mut m = self.m();
+        assert!(
+            m.stats_used.contains(&idx),
+            "stats_idx {idx} released twice"
+        );
+        m.stats_used.retain(|&i| i != idx);
+        m.stats_free.push(idx);
+    }
+    fn put_channel(&self, key: &ChannelKey, rule: &ChannelRule) -> bool {
+        let mut m = self.m();
+        m.puts += 1;
+        m.channels.insert(*key, *rule);
+        true
+    }
+    fn del_channel(&self, key: &ChannelKey) {
+        self.m().channels.remove(key);
+    }
+    fn put_peer(&self, key: &PeerKey, rule: &PeerRule) -> bool {
+        let mut m = self.m();
+        m.puts += 1;
+        m.peers.insert(*key, *rule);
+        true
+    }
+    fn del_peer(&self, key: &PeerKey) {
+        self.m().peers.remove(key);
+    }
+    fn put_alloc(&self, key: &AllocKey, rule: &AllocRule) -> bool {
+        let mut m = self.m();
+        m.puts += 1;
+        m.allocs.insert(*key, *rule);
+        true
+    }
+    fn del_alloc(&self, key: &AllocKey) {
+        self.m().allocs.remove(key);
+    }
+    fn rule_stats(&self, stats_idx: u32) -> RuleStats {
+        self.m().stats.get(&stats_idx).copied().unwrap_or_default()
+    }
+}
+
+fn with_fast(w: &World) -> Arc<Recorder> {
+    let rec = Recorder::new(w.t0);
+    assert!(w.server.shared.set_fast_rules(rec.clone()));
+    rec
+}
+
+fn mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+fn refresh(w: &mut World, c: &mut Client, lifetime: u32) -> Vec<u8> {
+    let req = c.request(
+        method::REFRESH,
+        &[(attrs::LIFETIME, lifetime.to_be_bytes().to_vec())],
+    );
+    w.one(&c.tuple, &req)
+}
+
+fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
+    let mut v = number.to_be_bytes().to_vec();
+    v.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+#[test]
+fn channel_bind_installs_both_directions_permission_and_allocation_rules() {
+    let mut w = world();
+    let rec = with_fast(&w);
+    let (mut c, relayed, _) = allocated(&mut w);
+    // The allocation alone: its Send-indication rule, deadline = its lifetime (600 s).
+    assert_eq!(rec.counts(), (0, 0, 1));
+    assert_eq!(
+        class_of(&bind(&mut w, &mut c, 0x4001, peer())),
+        Class::SuccessResponse
+    );
+    assert_eq!(rec.counts(), (1, 2, 1));
+
+    let client = [198, 51, 100, 7];
+    let server = [192, 0, 2, 1];
+    let (ck, cr) = rec.one_channel();
+    assert_eq!(
+        ck,
+        ChannelKey {
+            client_addr: mapped(client),
+            server_addr: mapped(server),
+            client_port: [0x9c, 0x40], // 40000
+            server_port: [0x0d, 0x96], // 3478
+            channel: [0x40, 0x01],
+            _pad: [0, 0],
+        }
+    );
+    assert_eq!(cr.relay_addr, mapped([192, 0, 2, 10]));
+    assert_eq!(cr.relay_port, relayed.port().to_be_bytes());
+    assert_eq!(cr.peer_addr, mapped([203, 0, 113, 5]));
+    assert_eq!(cr.peer_port, [0x1b, 0x58]); // 7000
+    assert_eq!(cr.flags, 0);
+    assert_eq!(cr._pad, 0);
+    // Earliest of channel (600 s), permission (300 s) and allocation (600 s).
+    assert_eq!(cr.expires_ns, T0_NS + 300 * SEC);
+
+    let peers = rec.peer_rules();
+    // The permission entry (port 0: Data indication) and the channel's exact port.
+    let (pk0, pr0) = peers[0];
+    assert_eq!(
+        pk0,
+        PeerKey {
+            peer_addr: mapped([203, 0, 113, 5]),
+            relay_addr: mapped([192, 0, 2, 10]),
+            peer_port: [0, 0],
+            relay_port: relayed.port().to_be_bytes(),
+        }
+    );
+    assert_eq!(pr0.channel, [0, 0]);
+    assert_eq!(pr0.expires_ns, T0_NS + 300 * SEC);
+    let (pk1, pr1) = peers[1];
+    assert_eq!(pk1.peer_port, [0x1b, 0x58]);
+    assert_eq!(pr1.channel, [0x40, 0x01]);
+    for pr in [pr0, pr1] {
+        assert_eq!(pr.client_addr, mapped(client));
+        assert_eq!(pr.server_addr, mapped(server));
+        assert_eq!(pr.client_port, [0x9c, 0x40]);
+        assert_eq!(pr.server_port, [0x0d, 0x96]);
+    }
+
+    let m = rec.m();
+    let (ak, ar) = m.allocs.iter().next().expect("alloc rule");
+    assert_eq!(ak.client_addr, mapped(client));
+    assert_eq!(ak.client_port, [0x9c, 0x40]);
+    assert_eq!(ar.relay_addr, mapped([192, 0, 2, 10]));
+    assert_eq!(ar.expires_ns, T0_NS + 600 * SEC);
+    // One alloc_idx for all rules; a distinct stats_idx per rule.
+    let alloc_idx = ar.alloc_idx;
+    assert!(
+        [cr.alloc_idx, pr0.alloc_idx, pr1.alloc_idx]
+            .iter()
+            .all(|&i| i == alloc_idx)
+    );
+    let mut idx = vec![cr.stats_idx, pr0.stats_idx, pr1.stats_idx, ar.stats_idx];
+    idx.sort_unstable();
+    idx.dedup();
+    assert_eq!(idx.len(), 4);
+    assert_eq!(m.bandwidth.get(&alloc_idx), Some(&0), "no limit configured");
+    drop(m);
+    assert_eq!(w.server.stats().fast_rules, 4);
+}
+
+#[test]
+fn refreshes_move_the_deadlines() {
+    let mut w = world();
+    let rec = with_fast(&w);
+    let (mut c, _, _) = allocated(&mut w);
+    bind(&mut w, &mut c, 0x4001, peer());
+    w.advance(Duration::from_secs(100));
+    // CreatePermission at 100 s: permission until 400 s; channel rule follows it.
+    assert_eq!(
+        class_of(&permit(&mut w, &mut c, peer())),
+        Class::SuccessResponse
+    );
+    assert_eq!(rec.one_channel().1.expires_ns, T0_NS + 400 * SEC);
+    // Refresh to 1200 s at 100 s: the allocation rule moves; the channel stays bounded by
+    // the permission.
+    let puts = rec.m().puts;
+    assert_eq!(
+        class_of(&refresh(&mut w, &mut c, 1200)),
+        Class::SuccessResponse
+    );
+    let ar = *rec.m().allocs.values().next().expect("alloc rule");
+    assert_eq!(ar.expires_ns, T0_NS + 1300 * SEC);
+    assert!(rec.m().puts > puts, "rules rewritten in place");
+    // A ChannelBind refresh at 350 s: channel until 950 s, permission until 650 s.
+    w.advance(Duration::from_secs(250));
+    assert_eq!(
+        class_of(&bind(&mut w, &mut c, 0x4001, peer())),
+        Class::SuccessResponse
+    );
+    assert_eq!(rec.one_channel().1.expires_ns, T0_NS + 650 * SEC);
+    let stats_before = rec.m().stats_used.len();
+    assert_eq!(stats_before, 4, "updates reuse the rules' indices");
+}
+
+#[test]
+fn permission_and_channel_expiry_remove_their_rules() {
+    let mut w = world();
+    let rec = with_fast(&w);
+    let (mut c, _, _) = allocated(&mut w);
+    bind(&mut w, &mut c, 0x4001, peer());
+    let other: SocketAddr = "203.0.113.9:9000".parse().expect("addr");
+    w.advance(Duration::from_secs(200));
+    permit(&mut w, &mut c, other); // until 500 s
+    refresh(&mut w, &mut c, 3600);
+    assert_eq!(rec.counts(), (1, 3, 1));
+    // 301 s: the channel's permission expired: channel rules and its permission go.
+    w.advance(Duration::from_secs(101));
+    assert_eq!(rec.counts(), (0, 1, 1));
+    let left = rec.peer_rules();
+    assert_eq!(left[0].0.peer_addr, mapped([203, 0, 113, 9]));
+    // 501 s: the other permission expires too; only the allocation rule is left.
+    w.advance(Duration::from_secs(200));
+    assert_eq!(rec.counts(), (0, 0, 1));
+    assert_eq!(rec.m().stats_used.len(), 1, "indices given back");
+}
+
+#[test]
+fn channel_expiry_alone_keeps_the_permission_entry() {
+    let mut w = world();
+    let rec = with_fast(&w);
+    let (mut c, _, _) = allocated(&mut w);
+    bind(&mut w, &mut c, 0x4001, peer());
+    refresh(&mut w, &mut c, 3600);
+    // Keep the permission alive past the channel's 600 s.
+    for _ in 0..2 {
+        w.advance(Duration::from_secs(290));
+        permit(&mut w, &mut c, peer());
+    }
+    assert_eq!(rec.counts(), (1, 2, 1));
+    w.advance(Duration::from_secs(30)); // 610 s: channel gone, permission until 880 s
+    assert_eq!(rec.counts(), (0, 1, 1));
+    assert_eq!(rec.peer_rules()[0].0.peer_port, [0, 0]);
+}
+
+#[test]
+fn refresh_zero_kick_and_allocation_expiry_remove_everything() {
+    for how in ["refresh0", "kick", "expiry"] {
+        let mut w = world();
+        let rec = with_fast(&w);
+        let (mut c, _, _) = allocated(&mut w);
+        bind(&mut w, &mut c, 0x4001, peer());
+        assert_eq!(rec.counts(), (1, 2, 1), "{how}");
+        match how {
+            "refresh0" => {
+                assert_eq!(
+                    class_of(&refresh(&mut w, &mut c, 0)),
+                    Class::SuccessResponse
+                );
+            }
+            "kick" => {
+                let n = w
+                    .server
+                    .kick(&KickTarget::User("alice".into()), &mut w.ports);
+                assert_eq!(n, 1);
+            }
+            _ => {
+                // Permission and channel refreshed, the allocation not: it expires at 600 s.
+                w.advance(Duration::from_secs(290));
+                bind(&mut w, &mut c, 0x4001, peer());
+                w.advance(Duration::from_secs(311));
+                assert_eq!(w.server.stats().allocations, 0);
+            }
+        }
+        assert_eq!(rec.counts(), (0, 0, 0), "{how}");
+        let m = rec.m();
+        assert!(m.stats_used.is_empty(), "{how}: stats indices released");
+        assert!(m.alloc_used.is_empty(), "{how}: alloc index released");
+        drop(m);
+        assert_eq!(w.server.stats().fast_rules, 0, "{how}");
+    }
+}
+
+#[test]
+fn stream_clients_get_no_rules() {
+    for transport in [Transport::Tcp, Transport::Tls] {
+        let mut w = world();
+        let rec = with_fast(&w);
+        let mut tuple = udp_tuple();
+        tuple.transport = transport;
+        let mut c = Client::new(tuple, "alice", "wonderland");
+        let ok = allocate(&mut w, &mut c, &[]);
+        assert_eq!(class_of(&ok), Class::SuccessResponse);
+        assert_eq!(
+            class_of(&bind(&mut w, &mut c, 0x4001, peer())),
+            Class::SuccessResponse
+        );
+        assert_eq!(rec.counts(), (0, 0, 0), "{transport:?}");
+        assert!(rec.m().alloc_used.is_empty());
+    }
+}
+
+#[test]
+fn ipv6_rules_use_the_raw_address_and_dual_stack_skips_send_rules() {
+    let mut w = world();
+    let rec = with_fast(&w);
+    let mut c = Client::new(udp_tuple(), "alice", "wonderland");
+    // Dual stack: IPv4 + ADDITIONAL-ADDRESS-FAMILY IPv6.
+    let ok = allocate(
+        &mut w,
+        &mut c,
+        &[(attrs::ADDITIONAL_ADDRESS_FAMILY, vec![2, 0, 0, 0])],
+    );
+    assert_eq!(
+        class_of(&ok),
+        Class::SuccessResponse,
+        "{:?}",
+        error_code(&ok)
+    );
+    let v6peer: SocketAddr = "[2001:db8:1::5]:7000".parse().expect("addr");
+    assert_eq!(
+        class_of(&bind(&mut w, &mut c, 0x4002, v6peer)),
+        Class::SuccessResponse
+    );
+    let (_, cr) = rec.one_channel();
+    assert_eq!(
+        cr.peer_addr,
+        "2001:db8:1::5"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("ip")
+            .octets()
+    );
+    assert_eq!(
+        cr.relay_addr,
+        "2001:db8::10"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("ip")
+            .octets(),
+        "the IPv6 relayed address serves the IPv6 peer"
+    );
+    assert!(
+        rec.m().allocs.is_empty(),
+        "no Send rule for a dual-stack allocation"
+    );
+}
+
+#[test]
+fn dont_fragment_allocations_mark_their_rules() {
+    let mut w = world();
+    let rec = with_fast(&w);
+    let mut c = Client::new(udp_tuple(), "alice", "wonderland");
+    let ok = allocate(&mut w, &mut c, &[(attrs::DONT_FRAGMENT, vec![])]);
+    assert_eq!(class_of(&ok), Class::SuccessResponse);
+    bind(&mut w, &mut c, 0x4001, peer());
+    assert_eq!(rec.one_channel().1.flags, RULE_DONT_FRAGMENT);
+    let ar = *rec.m().allocs.values().next().expect("alloc rule");
+    assert_eq!(ar.flags, RULE_DONT_FRAGMENT);
+}
+
+#[test]
+fn deny_list_is_enforced_at_install_and_on_reload() {
+    let mut w = world();
+    let rec = with_fast(&w);
+    let (mut c, _, _) = allocated(&mut w);
+    let second: SocketAddr = "10.1.2.3:5000".parse().expect("addr"); // private: denied
+    bind(&mut w, &mut c, 0x4001, peer());
+    // Denied by the default list: no permission, no rule.
+    assert_eq!(error_code(&permit(&mut w, &mut c, second)), Some(403));
+    assert_eq!(rec.counts(), (1, 2, 1));
+
+    // The policy changes under the server (a reload): the next install no longer
+    // includes the peer, even before the re-check.
+    let deny = PolicyConfig {
+        allow: vec![],
+        deny: vec!["203.0.113.0/24".into()],
+    };
+    w.server
+        .shared
+        .policy
+        .replace(PeerPolicy::new(&deny, &[]).expect("policy"));
+    refresh(&mut w, &mut c, 600);
+    assert_eq!(rec.counts(), (0, 0, 1), "deny-list checked at (re)install");
+    // The reload's re-check removes the permission and channel in userspace too.
+    assert_eq!(w.server.recheck_policy(w.now), 1);
+    let info: Vec<_> = w.server.allocations(w.now).collect();
+    assert!(info[0].permissions.is_empty() && info[0].channels.is_empty());
+    assert_eq!(w.server.stats().permissions, 0);
+    assert_eq!(w.server.stats().channels, 0);
+    // And the peer's data is no longer relayed by userspace either.
+    w.sink.peer.clear();
+    w.send(&c.tuple, &channel_data(0x4001, b"x"));
+    assert!(w.sink.peer.is_empty());
+}
+
+#[test]
+fn kernel_counters_fold_into_allocations_and_stats() {
+    let mut w = world();
+    let rec = with_fast(&w);
+    let (mut c, _, _) = allocated(&mut w);
+    bind(&mut w, &mut c, 0x4001, peer());
+    let (_, cr) = rec.one_channel();
+    let into_channel = rec
+        .peer_rules()
+        .into_iter()
+        .find(|(_, r)| r.channel != [0, 0])
+        .expect("peer→channel rule")
+        .1;
+    {
+        let mut m = rec.m();
+        m.stats.insert(
+            cr.stats_idx,
+            RuleStats {
+                packets: 10,
+                bytes: 1000,
+            },
+        );
+        m.stats.insert(
+            into_channel.stats_idx,
+            RuleStats {
+                packets: 4,
+                bytes: 400,
+            },
+        );
+    }
+    w.server.fold_fast_counters(w.now);
+    let s = w.server.stats().clone();
+    assert_eq!(s.packets_client_to_peer, 10);
+    assert_eq!(s.bytes_client_to_peer, 1000);
+    assert_eq!(s.kernel_packets_client_to_peer, 10);
+    assert_eq!(s.packets_peer_to_client, 4);
+    assert_eq!(s.kernel_packets_peer_to_client, 4);
+    // Folding again adds only the growth.
+    rec.m().stats.insert(
+        cr.stats_idx,
+        RuleStats {
+            packets: 15,
+            bytes: 1500,
+        },
+    );
+    w.server.fold_fast_counters(w.now);
+    let a = w.server.allocations(w.now).next().expect("allocation");
+    assert_eq!((a.packets_to_peer, a.bytes_to_peer), (15, 1500));
+    assert_eq!((a.packets_to_client, a.bytes_to_client), (4, 400));
+    // Removing the rules folds their last counts.
+    rec.m().stats.insert(
+        cr.stats_idx,
+        RuleStats {
+            packets: 16,
+            bytes: 1600,
+        },
+    );
+    refresh(&mut w, &mut c, 0);
+    assert_eq!(w.server.stats().packets_client_to_peer, 16);
+}
+
+#[test]
+fn byte_quota_removes_the_rules_and_stops_userspace() {
+    let cfg = TurnConfig {
+        allocation_byte_quota: 2000,
+        ..config()
+    };
+    let mut w = world_with(cfg, Quotas::new(0, 0));
+    let rec = with_fast(&w);
+    let (mut c, _, handle) = allocated(&mut w);
+    bind(&mut w, &mut c, 0x4001, peer());
+    let (_, cr) = rec.one_channel();
+    rec.m().stats.insert(
+        cr.stats_idx,
+        RuleStats {
+            packets: 3,
+            bytes: 1500,
+        },
+    );
+    w.server.fold_fast_counters(w.now);
+    assert_eq!(rec.counts(), (1, 2, 1), "under the quota: rules stay");
+    // Userspace relays up to the quota (1500 + 400 = 1900)...
+    w.sink.peer.clear();
+    w.send(&c.tuple, &channel_data(0x4001, &[7; 400]));
+    assert_eq!(w.sink.peer.len(), 1);
+    // ...and not past it.
+    w.send(&c.tuple, &channel_data(0x4001, &[7; 200]));
+    assert_eq!(w.sink.peer.len(), 1);
+    assert_eq!(w.server.stats().dropped_quota, 1);
+    w.server
+        .on_peer(handle, peer(), &[1; 200], w.now, &mut w.sink);
+    assert_eq!(w.server.stats().dropped_quota, 2);
+    // The kernel went on and crossed it: the next fold removes every rule.
+    rec.m().stats.insert(
+        cr.stats_idx,
+        RuleStats {
+            packets: 5,
+            bytes: 2500,
+        },
+    );
+    w.server.fold_fast_counters(w.now);
+    assert_eq!(rec.counts(), (0, 0, 0));
+    assert!(rec.m().stats_used.is_empty());
+    // And a refresh does not bring them back.
+    refresh(&mut w, &mut c, 600);
+    assert_eq!(rec.counts(), (0, 0, 0));
+}
+
+#[test]
+fn without_a_fast_path_nothing_is_computed() {
+    let mut w = world();
+    let (mut c, _, _) = allocated(&mut w);
+    bind(&mut w, &mut c, 0x4001, peer());
+    w.server.fold_fast_counters(w.now);
+    assert_eq!(w.server.stats().fast_rules, 0);
+    // NoFastRules takes no index, so it installs nothing either.
+    let none = NoFastRules;
+    assert_eq!(none.take_stats_index(), None);
+    assert_eq!(none.take_alloc_index(0), None);
+}
+
+#[test]
+fn mono_clock_converts_both_sides_of_the_anchor() {
+    let t0 = Instant::now() + Duration::from_secs(10);
+    let c = MonoClock::new(t0, 100 * SEC);
+    assert_eq!(c.ns(t0), 100 * SEC);
+    assert_eq!(c.ns(t0 + Duration::from_millis(1500)), 101 * SEC + SEC / 2);
+    assert_eq!(c.ns(t0 - Duration::from_secs(4)), 96 * SEC);
+}
