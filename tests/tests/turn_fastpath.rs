@@ -1,0 +1,389 @@
+//! TURN relayed in the kernel, end to end: coturn's `turnutils_uclient` (unchanged) in a
+//! client namespace talks to the relay daemon in a relay namespace with the XDP fast path
+//! attached natively on both of its veths (`vc` toward the clients, `vp` toward the
+//! peers), and `turnutils_peer` echoes in a peer namespace. The daemon installs a kernel
+//! rule per channel binding and permission; the XDP program relays what matches.
+//!
+//! What must hold, per run: uclient reports zero loss and every message back; the XDP
+//! program's own counters (`relay stats --json`, `xdp.counters`) show that at least 90%
+//! of the relayed datagrams went through the kernel (ChannelData both ways for channel
+//! runs; for Send-indication runs the peer → client Data indications, since Send
+//! indications themselves are relayed by userspace); the folded kernel counters appear
+//! in the TURN stats (`turn.kernel_packets`) and, while uclient runs, in
+//! `relay allocations`.
+//!
+//! Topology details the kernel path needs: the peer ends of the relay's veths run
+//! `relay_xdp_pass` (frames redirected into a veth are only received when its peer has an
+//! XDP program), the senders' veths have TX checksumming off (`ethtool -K eth0 tx off`:
+//! the XDP program updates UDP checksums incrementally, so they must be complete), and
+//! the relay namespace forwards (the program's `bpf_fib_lookup` is a forwarding lookup).
+//!
+//! Needs root; without it the tests print "skipped: needs root" (or fail when
+//! RELAY_REQUIRE_PRIVILEGED=1, as `cargo xtask test` sets).
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use relay_e2e::{
+    Daemon, Process, TURN_PEER_NET_V4, TURN_PEER_NET_V6, TempDir, TurnTopology, UclientTotals,
+    XdpPass, relay_bin, require_root, run_bounded, spawn_in,
+};
+
+const PORT: u16 = 3478;
+const PEER_PORT: u16 = 3480;
+const REALM: &str = "relay.test";
+const USER: &str = "alice";
+const PASSWORD: &str = "alice-secret-pw";
+/// Longest a single uclient run may take.
+const RUN_LIMIT: Duration = Duration::from_secs(90);
+/// uclient's message length (`-l`).
+const MSG_LEN: u64 = 180;
+/// Share of the relayed datagrams that must have gone through the kernel.
+const KERNEL_SHARE: f64 = 0.9;
+
+fn relay_config(topo: &TurnTopology, files: &TempDir) -> std::path::PathBuf {
+    let listen = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT);
+    let text = format!(
+        r#"[server]
+listen = ["{listen}"]
+workers = 2
+
+[xdp]
+enabled = true
+interfaces = ["vc", "vp"]
+mode = "native"
+turn = true
+
+[log]
+level = "info"
+
+[turn]
+enabled = true
+realm = "{REALM}"
+relay_ipv4 = "{relay_v4}"
+# turnutils_uclient draws channel numbers from RFC 5766's 0x4000-0x7FFF.
+legacy_channel_range = true
+
+[turn.users]
+{USER} = "{PASSWORD}"
+
+[quota]
+per_user = 1000
+total = 10000
+
+[policy]
+allow = ["{TURN_PEER_NET_V4}", "{TURN_PEER_NET_V6}"]
+"#,
+        relay_v4 = topo.relay_peer_v4,
+    );
+    files.write("relay.toml", &text).unwrap()
+}
+
+/// Runs `program args` in the namespace `ns` (by name) and fails the test if it fails.
+fn must(ns: &relay_e2e::Netns, program: &str, args: &[&str]) {
+    let out = ns
+        .command(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {}: {}",
+        ns.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Setup {
+    // Field order is drop order: processes, then the XDP pass programs, then namespaces.
+    relay: Option<Daemon>,
+    _peer: Process,
+    _pass: Vec<XdpPass>,
+    topo: TurnTopology,
+    _files: TempDir,
+}
+
+fn setup() -> Setup {
+    let topo = TurnTopology::new("rlf").expect("create the TURN topology");
+    // The senders' UDP checksums complete (the kernel path adjusts them incrementally).
+    for ns in [&topo.client, &topo.peer] {
+        must(ns, "ethtool", &["-K", "eth0", "tx", "off"]);
+    }
+    // bpf_fib_lookup (forwarding lookup) needs forwarding on in the relay namespace.
+    must(
+        &topo.relay,
+        "sysctl",
+        &["-qw", "net.ipv4.conf.all.forwarding=1"],
+    );
+    must(
+        &topo.relay,
+        "sysctl",
+        &["-qw", "net.ipv6.conf.all.forwarding=1"],
+    );
+    // Frames the relay redirects into vc/vp are received by eth0 only with XDP on it.
+    let pass = vec![
+        XdpPass::attach(&topo.client, "eth0").expect("relay_xdp_pass on the client veth"),
+        XdpPass::attach(&topo.peer, "eth0").expect("relay_xdp_pass on the peer veth"),
+    ];
+    let files = TempDir::new("relay-turn-fastpath").unwrap();
+    let config = relay_config(&topo, &files);
+    let peer = spawn_in(
+        &topo.peer,
+        "turnutils_peer",
+        &[
+            "-L",
+            &topo.peer_v4.to_string(),
+            "-p",
+            &PEER_PORT.to_string(),
+        ],
+        None,
+    )
+    .expect("start turnutils_peer (is coturn installed? `cargo xtask setup`)");
+    std::thread::sleep(Duration::from_millis(300));
+    let config_s = config.display().to_string();
+    let relay = Daemon::start(&topo.relay, &["--config", &config_s]).expect("start the relay");
+    let log = relay.log_text();
+    assert!(
+        log.contains("TURN relayed in the kernel"),
+        "the daemon did not turn TURN relaying in the kernel on (is the XDP program's TURN \
+         part in this build?); its log:\n{log}"
+    );
+    Setup {
+        relay: Some(relay),
+        _peer: peer,
+        _pass: pass,
+        topo,
+        _files: files,
+    }
+}
+
+/// The XDP counters of `relay stats --json`.
+fn xdp_counters(stats: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    stats
+        .pointer("/xdp/counters")
+        .and_then(serde_json::Value::as_object)
+        .cloned()
+        .unwrap_or_else(|| panic!("relay stats --json has no xdp.counters: {stats}"))
+}
+
+fn counter(c: &serde_json::Map<String, serde_json::Value>, name: &str) -> u64 {
+    c.get(name)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| panic!("no XDP counter {name}: {c:?}"))
+}
+
+fn get_u64(v: &serde_json::Value, path: &str) -> u64 {
+    v.pointer(path)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// `relay allocations --json`, parsed: (packets, bytes) summed over every allocation.
+fn allocation_totals(relay: &Daemon, ns: &relay_e2e::Netns) -> (u64, u64) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(relay_bin().unwrap())
+        .arg("allocations")
+        .arg("--control-socket")
+        .arg(relay.control_socket())
+        .arg("--json")
+        .output()
+        .expect("relay allocations --json");
+    assert!(
+        out.status.success(),
+        "relay allocations failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("relay allocations --json is JSON");
+    let rows = v
+        .as_array()
+        .cloned()
+        .or_else(|| v.get("allocations").and_then(|a| a.as_array().cloned()))
+        .unwrap_or_else(|| panic!("unexpected relay allocations --json: {v}"));
+    let mut packets = 0;
+    let mut bytes = 0;
+    for r in &rows {
+        packets += get_u64(r, "/packets_to_peer") + get_u64(r, "/packets_to_client");
+        bytes += get_u64(r, "/bytes_to_peer") + get_u64(r, "/bytes_to_client");
+    }
+    (packets, bytes)
+}
+
+/// One uclient run against the fast path. `send`: Send indications (`-s`).
+fn run(s: &Setup, send: bool, clients: u32, messages: u32) {
+    let relay = s.relay.as_ref().unwrap();
+    let topo = &s.topo;
+    let before = relay.stats().expect("relay stats --json");
+    let xdp0 = xdp_counters(&before);
+
+    let mut args: Vec<String> = Vec::new();
+    if send {
+        args.push("-s".into());
+    }
+    args.extend([
+        "-u".into(),
+        USER.into(),
+        "-w".into(),
+        PASSWORD.into(),
+        "-p".into(),
+        PORT.to_string(),
+        "-e".into(),
+        topo.peer_v4.to_string(),
+        "-r".into(),
+        PEER_PORT.to_string(),
+        "-m".into(),
+        clients.to_string(),
+        "-n".into(),
+        messages.to_string(),
+        "-l".into(),
+        MSG_LEN.to_string(),
+        topo.relay_client_v4.to_string(),
+    ]);
+    eprintln!("turnutils_uclient {}", args.join(" "));
+    let mut cmd = topo.client.command("turnutils_uclient");
+    cmd.args(&args);
+    let runner = std::thread::spawn(move || run_bounded(&mut cmd, RUN_LIMIT));
+
+    // While it runs: the allocations' counters must carry the kernel's traffic (folded
+    // about once a second), not only what userspace relayed.
+    let mut best: Option<(u64, u64)> = None; // (allocation packets, kernel packets then)
+    let deadline = Instant::now() + RUN_LIMIT;
+    while !runner.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(400));
+        let (alloc_packets, _) = allocation_totals(relay, &topo.relay);
+        let now = xdp_counters(&relay.stats().expect("stats"));
+        let kernel: u64 = [
+            "turn_channel_to_peer",
+            "turn_peer_to_channel",
+            "turn_peer_to_data_indication",
+        ]
+        .iter()
+        .map(|n| counter(&now, n) - counter(&xdp0, n))
+        .sum();
+        if best.is_none_or(|(a, _)| alloc_packets > a) {
+            best = Some((alloc_packets, kernel));
+        }
+    }
+    let out = runner
+        .join()
+        .expect("uclient thread")
+        .expect("run turnutils_uclient (is coturn installed? `cargo xtask setup`)");
+    let text = out.text();
+    let tail: String = {
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    assert!(
+        out.status.is_some() && out.success(),
+        "turnutils_uclient failed or timed out ({:?}); its output ends:\n{tail}",
+        out.status
+    );
+    let totals = UclientTotals::parse(&text)
+        .unwrap_or_else(|| panic!("no final report in the output:\n{tail}"));
+    assert_eq!(totals.lost, 0, "lost packets: {totals:?}\n{tail}");
+    assert_eq!(totals.send_dropped, 0, "send dropped: {totals:?}");
+    assert!(
+        totals.sent >= u64::from(clients) * u64::from(messages),
+        "{totals:?}"
+    );
+    assert_eq!(
+        totals.received, totals.sent,
+        "not every message came back: {totals:?}"
+    );
+
+    // Let the workers fold the last kernel counts (once a second).
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = relay.stats().expect("relay stats --json");
+    let xdp1 = xdp_counters(&after);
+    let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
+    let echoed = totals.received;
+    let (kernel, expected, what) = if send {
+        // Send indications go up to userspace; the echoes come back as Data indications
+        // built in the kernel.
+        (
+            grew("turn_peer_to_data_indication"),
+            echoed,
+            "peer → client Data indications",
+        )
+    } else {
+        (
+            grew("turn_channel_to_peer") + grew("turn_peer_to_channel"),
+            2 * echoed,
+            "ChannelData both ways",
+        )
+    };
+    eprintln!(
+        "send={send}: {totals:?}; kernel relayed {kernel} of {expected} ({what}); xdp counters \
+         after: {xdp1:?}"
+    );
+    assert!(
+        kernel as f64 >= KERNEL_SHARE * expected as f64,
+        "only {kernel} of {expected} datagrams ({what}) went through the kernel; xdp counters \
+         before {xdp0:?}, after {xdp1:?}; relay log:\n{}",
+        relay.log_text()
+    );
+    // Folded into the TURN stats: the kernel's share, and the totals that include it.
+    let turn_kernel = get_u64(&after, "/turn/kernel_packets/client_to_peer")
+        + get_u64(&after, "/turn/kernel_packets/peer_to_client")
+        - get_u64(&before, "/turn/kernel_packets/client_to_peer")
+        - get_u64(&before, "/turn/kernel_packets/peer_to_client");
+    assert!(
+        turn_kernel >= kernel,
+        "turn.kernel_packets grew by {turn_kernel}, the XDP counters by {kernel}: the kernel's \
+         traffic was not folded into the TURN stats; turn: {}",
+        after["turn"]
+    );
+    let turn_bytes = get_u64(&after, "/turn/bytes/client_to_peer")
+        + get_u64(&after, "/turn/bytes/peer_to_client")
+        - get_u64(&before, "/turn/bytes/client_to_peer")
+        - get_u64(&before, "/turn/bytes/peer_to_client");
+    assert!(
+        turn_bytes >= 2 * echoed * MSG_LEN,
+        "turn bytes grew by {turn_bytes}, expected at least {} (both directions of every \
+         echoed {MSG_LEN}-byte message)",
+        2 * echoed * MSG_LEN
+    );
+    // `relay allocations` during the run: it showed more than userspace alone relayed
+    // (at most 10% of the datagrams), i.e. the kernel's counts were folded in.
+    let (alloc_packets, kernel_then) = best.unwrap_or((0, 0));
+    assert!(
+        kernel_then > 0 && alloc_packets as f64 >= 0.5 * kernel_then as f64,
+        "relay allocations showed {alloc_packets} packets while the kernel had relayed \
+         {kernel_then}: kernel traffic is not folded into the allocations"
+    );
+}
+
+#[test]
+fn uclient_channels_through_the_kernel() {
+    if !require_root("uclient_channels_through_the_kernel") {
+        return;
+    }
+    let mut s = setup();
+    run(&s, false, 5, 200);
+    let status = s
+        .relay
+        .take()
+        .unwrap()
+        .stop(Duration::from_secs(10))
+        .expect("stop the relay");
+    assert!(status.success(), "relay exited with {status}");
+}
+
+#[test]
+fn uclient_send_indications_data_through_the_kernel() {
+    if !require_root("uclient_send_indications_data_through_the_kernel") {
+        return;
+    }
+    let mut s = setup();
+    run(&s, true, 5, 200);
+    let status = s
+        .relay
+        .take()
+        .unwrap()
+        .stop(Duration::from_secs(10))
+        .expect("stop the relay");
+    assert!(status.success(), "relay exited with {status}");
+}
