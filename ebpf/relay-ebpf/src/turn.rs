@@ -633,7 +633,7 @@ fn emit(ctx: &XdpContext, p: &Pkt, o: &Out, work: *mut Work) -> Result<u32, Opti
             i += 1;
         }
         let ml = msg_len.to_be_bytes();
-        put(f, d, &[0x01, 0x17, ml[0], ml[1]]);
+        put(f, d, &[0x00, 0x17, ml[0], ml[1]]);
         put(f, d + 4, &MAGIC);
         put(f, d + 8, &txid);
         // XOR-PEER-ADDRESS of the peer (the packet's source).

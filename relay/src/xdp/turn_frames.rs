@@ -20,7 +20,7 @@
 //!   (a zero result is sent as 0xFFFF). An IPv4 input without checksum (0) passes up.
 //! - **Payload**: ChannelData → peer: the application data only (header and padding
 //!   stripped). Peer → client: the ChannelData header + data, unpadded (UDP), or the
-//!   Data indication exactly as the userspace core builds it (STUN header 0x0117, magic
+//!   Data indication exactly as the userspace core builds it (STUN type 0x0017, magic
 //!   cookie, a random transaction id, XOR-PEER-ADDRESS, DATA, zero padding; no
 //!   FINGERPRINT).
 //!

@@ -1,0 +1,1144 @@
+//! The TURN fast path against the real userspace relay, byte for byte (issue 4, point 5).
+//!
+//! The reference is a real `relay::turn::TurnServer` (sans-IO, with small fakes for its
+//! relay sockets and transmit side), given allocations, permissions and channels through
+//! real, authenticated STUN requests. The same datagrams go (a) to that server, whose
+//! output is wrapped in headers per `relay::xdp::turn_frames`, and (b) through
+//! `relay_xdp` under `BPF_PROG_TEST_RUN`, with the kernel rules written into the maps
+//! from the same allocation state. The runs happen inside a network namespace this test
+//! creates (a veth with the relay's addresses, permanent neighbour entries for client and
+//! peers, forwarding on) and name the veth as the ingress interface, so the program's
+//! `bpf_fib_lookup` resolves there: the MACs in the output can only come from that
+//! namespace's neighbour table.
+//!
+//! Invariants checked: relayed frames equal the reference exactly (Data indications with
+//! the kernel's random transaction id copied into the reference); passed frames are
+//! unchanged and counted; the bandwidth drop is the only drop.
+
+use std::{
+    collections::HashMap as StdMap,
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use aya::maps::{Array, HashMap, PerCpuArray};
+use relay::{
+    policy::{PeerPolicy, PolicyConfig, Quotas},
+    stun::{Attribute, Class, Message, MessageBuilder, MessageType, TransactionId},
+    turn::{
+        Credentials, FiveTuple, IpFamily, PortError, PortRequest, RelayHandle, RelayPorts, Shared,
+        Transmit, Transport, TurnConfig, TurnServer,
+        attrs::{self, method},
+        auth::{self, PasswordAlgorithm},
+    },
+    wire,
+    xdp::{
+        testrun::{XdpAction, XdpOutcome, XdpTestRun},
+        turn_frames::{Hop, build_relayed_frame},
+    },
+};
+use relay_common::{counter, turn as rc};
+
+const LISTEN_PORT: u16 = 3478;
+const CLIENT_PORT: u16 = 40000;
+const PEER_PORT: u16 = 7000;
+const CHANNEL: u16 = 0x4001;
+const REALM: &str = "example.org";
+const USER: &str = "alice";
+const PASS: &str = "wonderland";
+const MAC_RELAY: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
+const MAC_PEER: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb1];
+const MTU: usize = 1500;
+
+fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("RELAY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+        panic!("this test needs root (netns, BPF_PROG_TEST_RUN) and RELAY_REQUIRE_PRIVILEGED=1");
+    }
+    eprintln!("skipped: needs root");
+    false
+}
+
+// ---------- addresses ----------
+
+fn v4(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 77, 0, last))
+}
+fn v6(last: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, last))
+}
+
+struct Family {
+    listen: IpAddr,
+    relay: IpAddr,
+    client: IpAddr,
+    peer: IpAddr,
+    stranger: IpAddr,
+    unresolved: IpAddr,
+}
+
+fn fam(is_v6: bool) -> Family {
+    if is_v6 {
+        Family {
+            listen: v6(1),
+            relay: v6(2),
+            client: v6(0x100),
+            peer: v6(0x200),
+            stranger: v6(0x201),
+            unresolved: v6(0x250),
+        }
+    } else {
+        Family {
+            listen: v4(1),
+            relay: v4(2),
+            client: v4(100),
+            peer: v4(200),
+            stranger: v4(201),
+            unresolved: v4(250),
+        }
+    }
+}
+
+fn key_addr(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => rc::mapped_v4(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+// ---------- the namespace ----------
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().expect("run ip");
+    assert!(st.success(), "ip {args:?} failed");
+}
+
+/// A network namespace with veth v0 (the relay's addresses) ↔ v1; removed on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(tag: &str) -> Netns {
+        let name = format!("xdpturn{tag}{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        let n = ns.name.as_str();
+        ip(&[
+            "-n", n, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+        ]);
+        ip(&["-n", n, "link", "set", "v0", "address", "02:00:00:00:00:01"]);
+        for dev in ["lo", "v0", "v1"] {
+            ip(&["-n", n, "link", "set", dev, "up"]);
+        }
+        for a in ["10.77.0.1/24", "10.77.0.2/24"] {
+            ip(&["-n", n, "addr", "add", a, "dev", "v0"]);
+        }
+        for a in ["fd77::1/64", "fd77::2/64"] {
+            ip(&["-n", n, "addr", "add", a, "dev", "v0", "nodad"]);
+        }
+        for (a, mac) in [
+            ("10.77.0.100", "02:00:00:00:00:c1"),
+            ("10.77.0.200", "02:00:00:00:00:b1"),
+            ("fd77::100", "02:00:00:00:00:c1"),
+            ("fd77::200", "02:00:00:00:00:b1"),
+        ] {
+            ip(&[
+                "-n",
+                n,
+                "neigh",
+                "add",
+                a,
+                "lladdr",
+                mac,
+                "dev",
+                "v0",
+                "nud",
+                "permanent",
+            ]);
+        }
+        let st = Command::new("ip")
+            .args(["netns", "exec", n, "sysctl", "-qw"])
+            .args([
+                "net.ipv4.conf.all.forwarding=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ])
+            .status()
+            .expect("run sysctl");
+        assert!(st.success(), "enable forwarding in {n}");
+        ns
+    }
+
+    /// Moves the calling thread into the namespace until the guard drops.
+    fn enter(&self) -> Entered {
+        let orig = File::open("/proc/thread-self/ns/net").expect("own netns");
+        let target = File::open(format!("/run/netns/{}", self.name)).expect("netns file");
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        let r = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns into {}", self.name);
+        Entered { orig }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+struct Entered {
+    orig: File,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        // SAFETY: as in `enter`; back to the thread's original namespace.
+        unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+// ---------- the userspace reference ----------
+
+#[derive(Default)]
+struct Ports {
+    next: u32,
+    next_port: u16,
+    open: StdMap<RelayHandle, SocketAddr>,
+    relay_v4: Option<IpAddr>,
+    relay_v6: Option<IpAddr>,
+}
+
+impl RelayPorts for Ports {
+    fn open(
+        &mut self,
+        family: IpFamily,
+        _req: PortRequest,
+    ) -> Result<(RelayHandle, SocketAddr, Option<u64>), PortError> {
+        let ip = match family {
+            IpFamily::V4 => self.relay_v4,
+            IpFamily::V6 => self.relay_v6,
+        }
+        .ok_or(PortError::FamilyUnsupported)?;
+        self.next += 1;
+        self.next_port += 1;
+        let a = SocketAddr::new(ip, self.next_port);
+        self.open.insert(self.next, a);
+        Ok((self.next, a, None))
+    }
+    fn close(&mut self, relay: RelayHandle) {
+        self.open.remove(&relay);
+    }
+    fn release_reservation(&mut self, _token: u64) {}
+    fn set_dont_fragment(&mut self, _relay: RelayHandle) -> bool {
+        true
+    }
+}
+
+#[derive(Default)]
+struct Sink {
+    client: Vec<(FiveTuple, Vec<u8>)>,
+    peer: Vec<(RelayHandle, SocketAddr, Vec<u8>)>,
+}
+
+impl Transmit for Sink {
+    fn to_client(&mut self, tuple: &FiveTuple, bytes: &[u8]) {
+        self.client.push((*tuple, bytes.to_vec()));
+    }
+    fn to_peer(&mut self, relay: RelayHandle, peer: SocketAddr, bytes: &[u8]) {
+        self.peer.push((relay, peer, bytes.to_vec()));
+    }
+}
+
+struct Reference {
+    server: TurnServer,
+    ports: Ports,
+    sink: Sink,
+}
+
+/// One allocation made through real STUN requests.
+#[derive(Clone, Copy)]
+struct Alloc {
+    tuple: FiveTuple,
+    handle: RelayHandle,
+    relay: SocketAddr,
+    peer: SocketAddr,
+}
+
+impl Reference {
+    fn new() -> Reference {
+        let cfg = TurnConfig {
+            relay_ipv4: Some(Ipv4Addr::new(10, 77, 0, 2)),
+            relay_ipv6: Some(Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2)),
+            // The first (unauthenticated) Allocate must get its 401 challenge.
+            unauth_reply_allowance: 1000,
+            ..TurnConfig::default()
+        };
+        let creds = Credentials {
+            realm: REALM.into(),
+            users: [(USER.to_string(), PASS.to_string())].into(),
+            secrets: Vec::new(),
+        };
+        let policy = PeerPolicy::new(
+            &PolicyConfig {
+                allow: vec!["0.0.0.0/0".into(), "::/0".into()],
+                ..PolicyConfig::default()
+            },
+            &[],
+        )
+        .expect("policy");
+        let shared = Shared::new(creds, Arc::new(policy), Arc::new(Quotas::new(0, 0)));
+        Reference {
+            server: TurnServer::new(Arc::new(cfg), Arc::new(shared)),
+            ports: Ports {
+                next_port: 50000,
+                relay_v4: Some(v4(2)),
+                relay_v6: Some(v6(2)),
+                ..Ports::default()
+            },
+            sink: Sink::default(),
+        }
+    }
+
+    fn from_client(&mut self, tuple: &FiveTuple, msg: &[u8]) {
+        self.sink = Sink::default();
+        self.server.on_client(
+            tuple,
+            msg,
+            Instant::now(),
+            SystemTime::now(),
+            &mut self.ports,
+            &mut self.sink,
+        );
+    }
+
+    fn from_peer(&mut self, handle: RelayHandle, peer: SocketAddr, data: &[u8]) {
+        self.sink = Sink::default();
+        self.server
+            .on_peer(handle, peer, data, Instant::now(), &mut self.sink);
+    }
+
+    /// One request → its single answer.
+    fn ask(&mut self, tuple: &FiveTuple, msg: &[u8]) -> Vec<u8> {
+        self.from_client(tuple, msg);
+        assert_eq!(self.sink.client.len(), 1, "one answer expected");
+        self.sink.client.remove(0).1
+    }
+
+    /// Allocate (+ family) → CreatePermission → ChannelBind, all authenticated.
+    fn allocate(&mut self, tuple: FiveTuple, relay_v6: bool, peer: SocketAddr, tid0: u8) -> Alloc {
+        let mut tid = tid0;
+        let mut next = || {
+            tid = tid.wrapping_add(1);
+            TransactionId([tid; 12])
+        };
+        let transport = (attrs::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
+        let first = request(method::ALLOCATE, &[transport.clone()], next(), None);
+        let challenge = self.ask(&tuple, &first);
+        let m = Message::parse(&challenge).expect("401 parses");
+        let Ok(Some(Attribute::Nonce(n))) = m.get(relay::stun::attr::NONCE) else {
+            panic!("401 carries a NONCE");
+        };
+        let nonce = n.to_vec();
+        let mut attrs_ = vec![transport];
+        if relay_v6 {
+            // The default relayed family is IPv4, whatever the client's (RFC 8656 §7.1).
+            attrs_.push((attrs::REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0]));
+        }
+        let ok = self.ask(
+            &tuple,
+            &request(method::ALLOCATE, &attrs_, next(), Some(&nonce)),
+        );
+        assert_success(&ok, "Allocate");
+        let (&handle, &relay) = self
+            .ports
+            .open
+            .iter()
+            .max_by_key(|(h, _)| **h)
+            .expect("a relay");
+        let t = next();
+        let cp = request(
+            method::CREATE_PERMISSION,
+            &[(attrs::XOR_PEER_ADDRESS, xor(peer, &t))],
+            t,
+            Some(&nonce),
+        );
+        assert_success(&self.ask(&tuple, &cp), "CreatePermission");
+        let t = next();
+        let cb = request(
+            method::CHANNEL_BIND,
+            &[
+                (
+                    attrs::CHANNEL_NUMBER,
+                    vec![(CHANNEL >> 8) as u8, CHANNEL as u8, 0, 0],
+                ),
+                (attrs::XOR_PEER_ADDRESS, xor(peer, &t)),
+            ],
+            t,
+            Some(&nonce),
+        );
+        assert_success(&self.ask(&tuple, &cb), "ChannelBind");
+        Alloc {
+            tuple,
+            handle,
+            relay,
+            peer,
+        }
+    }
+}
+
+fn xor(a: SocketAddr, tid: &TransactionId) -> Vec<u8> {
+    let mut v = [0u8; attrs::XOR_ADDRESS_MAX];
+    let n = attrs::encode_xor_address(a, tid, &mut v);
+    v[..n].to_vec()
+}
+
+fn request(m: u16, attrs_: &[(u16, Vec<u8>)], tid: TransactionId, nonce: Option<&[u8]>) -> Vec<u8> {
+    let mut buf = vec![0u8; 2048];
+    let mut b = MessageBuilder::new(
+        &mut buf,
+        MessageType::new(method::m(m), Class::Request),
+        tid,
+    )
+    .expect("fits");
+    for (t, v) in attrs_ {
+        b.add(&Attribute::Other {
+            attr_type: *t,
+            value: v,
+        })
+        .expect("fits");
+    }
+    if let Some(nonce) = nonce {
+        b.add(&Attribute::Username(USER.as_bytes())).expect("fits");
+        b.add(&Attribute::Realm(REALM.as_bytes())).expect("fits");
+        b.add(&Attribute::Nonce(nonce)).expect("fits");
+        let key = auth::long_term_key(
+            PasswordAlgorithm::Md5,
+            USER.as_bytes(),
+            REALM.as_bytes(),
+            PASS.as_bytes(),
+        );
+        b.add_message_integrity(key.as_bytes()).expect("fits");
+    }
+    b.add_fingerprint().expect("fits");
+    let n = b.finish();
+    buf.truncate(n);
+    buf
+}
+
+fn assert_success(answer: &[u8], what: &str) {
+    let ty = u16::from_be_bytes([answer[0], answer[1]]);
+    let code = Message::parse(answer)
+        .ok()
+        .and_then(|m| m.attributes().flatten().find(|a| a.attr_type == 0x0009))
+        .map(|a| u16::from(a.value[2]) * 100 + u16::from(a.value[3]));
+    assert_eq!(
+        ty & 0x0110,
+        0x0100,
+        "{what} succeeded (type {ty:#06x}, error {code:?})"
+    );
+}
+
+fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let tid = TransactionId([0x5e; 12]);
+    let mut buf = vec![0u8; 2048];
+    let mut b = MessageBuilder::new(
+        &mut buf,
+        MessageType::new(method::m(method::SEND), Class::Indication),
+        tid,
+    )
+    .expect("fits");
+    b.add(&Attribute::Other {
+        attr_type: attrs::XOR_PEER_ADDRESS,
+        value: &xor(peer, &tid),
+    })
+    .expect("fits");
+    b.add(&Attribute::Other {
+        attr_type: attrs::DATA,
+        value: data,
+    })
+    .expect("fits");
+    let n = b.finish();
+    buf.truncate(n);
+    buf
+}
+
+// ---------- frames ----------
+
+fn frame(src_mac: [u8; 6], src: SocketAddr, dst: SocketAddr, payload: &[u8], tos: u8) -> Vec<u8> {
+    let mut out = vec![0u8; payload.len() + 100];
+    let n = wire::build_udp_request(src_mac, MAC_RELAY, src, dst, payload, &mut out)
+        .expect("frame builds");
+    out.truncate(n);
+    set_tos(&mut out, tos);
+    out
+}
+
+fn set_tos(f: &mut [u8], tos: u8) {
+    if f[12..14] == [0x08, 0x00] {
+        f[15] = tos;
+        f[24] = 0;
+        f[25] = 0;
+        let c = wire::ipv4_header_checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+    } else {
+        f[14] = 0x60 | (tos >> 4);
+        f[15] = (tos << 4) | (f[15] & 0x0f);
+    }
+}
+
+fn channel_data(len: usize, pad: usize, seed: u8) -> Vec<u8> {
+    let mut m = vec![(CHANNEL >> 8) as u8, CHANNEL as u8];
+    m.extend_from_slice(&(len as u16).to_be_bytes());
+    m.extend((0..len).map(|i| seed.wrapping_add(i as u8).wrapping_mul(31)));
+    m.extend(std::iter::repeat_n(0xAAu8, pad));
+    m
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| seed ^ (i as u8).wrapping_mul(7)).collect()
+}
+
+// ---------- the kernel side ----------
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct Rules<'a> {
+    x: &'a mut XdpTestRun,
+}
+
+impl Rules<'_> {
+    fn settings(&mut self, flags: u32) {
+        let mut m: Array<_, rc::TurnSettings> = self
+            .x
+            .ebpf_mut()
+            .map_mut(rc::maps::SETTINGS)
+            .expect("TURN_SETTINGS")
+            .try_into()
+            .expect("array");
+        m.set(
+            0,
+            rc::TurnSettings {
+                flags,
+                relay_port_min: 49152,
+                relay_port_max: 65535,
+            },
+            0,
+        )
+        .expect("set settings");
+    }
+
+    fn channel(&mut self, a: &Alloc, channel: u16, peer: SocketAddr, expires_ns: u64, idx: u32) {
+        let mut m: HashMap<_, rc::ChannelKey, rc::ChannelRule> = self
+            .x
+            .ebpf_mut()
+            .map_mut(rc::maps::CHANNELS)
+            .expect("TURN_CHANNELS")
+            .try_into()
+            .expect("hash");
+        let k = rc::ChannelKey {
+            client_addr: key_addr(a.tuple.client.ip()),
+            server_addr: key_addr(a.tuple.server.ip()),
+            client_port: rc::wire(a.tuple.client.port()),
+            server_port: rc::wire(a.tuple.server.port()),
+            channel: rc::wire(channel),
+            _pad: [0; 2],
+        };
+        let v = rc::ChannelRule {
+            expires_ns,
+            relay_addr: key_addr(a.relay.ip()),
+            peer_addr: key_addr(peer.ip()),
+            relay_port: rc::wire(a.relay.port()),
+            peer_port: rc::wire(peer.port()),
+            flags: 0,
+            _pad: 0,
+            stats_idx: idx,
+            alloc_idx: a.handle,
+        };
+        m.insert(k, v, 0).expect("insert channel");
+    }
+
+    fn peer(&mut self, a: &Alloc, peer_port: u16, channel: u16, expires_ns: u64, idx: u32) {
+        let mut m: HashMap<_, rc::PeerKey, rc::PeerRule> = self
+            .x
+            .ebpf_mut()
+            .map_mut(rc::maps::PEERS)
+            .expect("TURN_PEERS")
+            .try_into()
+            .expect("hash");
+        let k = rc::PeerKey {
+            peer_addr: key_addr(a.peer.ip()),
+            relay_addr: key_addr(a.relay.ip()),
+            peer_port: rc::wire(peer_port),
+            relay_port: rc::wire(a.relay.port()),
+        };
+        let v = rc::PeerRule {
+            expires_ns,
+            client_addr: key_addr(a.tuple.client.ip()),
+            server_addr: key_addr(a.tuple.server.ip()),
+            client_port: rc::wire(a.tuple.client.port()),
+            server_port: rc::wire(a.tuple.server.port()),
+            channel: rc::wire(channel),
+            flags: 0,
+            stats_idx: idx,
+            alloc_idx: a.handle,
+        };
+        m.insert(k, v, 0).expect("insert peer");
+    }
+
+    /// The rules the control plane derives from the allocation's state.
+    fn install(&mut self, a: &Alloc, base_idx: u32) {
+        let exp = monotonic_ns() + 300_000_000_000;
+        self.channel(a, CHANNEL, a.peer, exp, base_idx);
+        self.peer(a, a.peer.port(), CHANNEL, exp, base_idx + 1);
+        self.peer(a, 0, 0, exp, base_idx + 2);
+    }
+
+    fn bandwidth(&mut self, idx: u32, rate: u64) -> rc::Bandwidth {
+        let mut m: Array<_, rc::Bandwidth> = self
+            .x
+            .ebpf_mut()
+            .map_mut(rc::maps::BANDWIDTH)
+            .expect("TURN_BANDWIDTH")
+            .try_into()
+            .expect("array");
+        let old = m.get(&idx, 0).expect("read bandwidth");
+        m.set(
+            idx,
+            rc::Bandwidth {
+                rate,
+                ..rc::Bandwidth::default()
+            },
+            0,
+        )
+        .expect("set bandwidth");
+        old
+    }
+
+    fn stats(&mut self, idx: u32) -> rc::RuleStats {
+        let m: PerCpuArray<_, rc::RuleStats> = self
+            .x
+            .ebpf_mut()
+            .map(rc::maps::RULE_STATS)
+            .expect("TURN_RULE_STATS")
+            .try_into()
+            .expect("percpu array");
+        let v = m.get(&idx, 0).expect("read stats");
+        v.iter()
+            .fold(rc::RuleStats::default(), |a, s| rc::RuleStats {
+                packets: a.packets + s.packets,
+                bytes: a.bytes + s.bytes,
+            })
+    }
+}
+
+// ---------- checks ----------
+
+fn run(x: &XdpTestRun, ifindex: u32, f: &[u8]) -> XdpOutcome {
+    x.run_on(f, ifindex).expect("BPF_PROG_TEST_RUN")
+}
+
+fn assert_relayed(out: &XdpOutcome, reference: &[u8], what: &str) {
+    assert_eq!(out.action, XdpAction::Tx, "{what}: XDP_TX expected");
+    if out.frame != reference {
+        let first = out
+            .frame
+            .iter()
+            .zip(reference)
+            .position(|(a, b)| a != b)
+            .unwrap_or(out.frame.len().min(reference.len()));
+        panic!(
+            "{what}: kernel frame differs from the reference at byte {first} (lengths {} vs {})\nkernel    {:02x?}\nreference {:02x?}",
+            out.frame.len(),
+            reference.len(),
+            &out.frame[..out.frame.len().min(96)],
+            &reference[..reference.len().min(96)]
+        );
+    }
+}
+
+fn assert_passed(out: &XdpOutcome, input: &[u8], what: &str) {
+    assert_eq!(out.action, XdpAction::Pass, "{what}: XDP_PASS expected");
+    assert_eq!(out.frame, input, "{what}: passed frame must be unchanged");
+}
+
+/// Reference for ChannelData from the client: what userspace sends to the peer, framed.
+fn ref_to_peer(r: &mut Reference, a: &Alloc, msg: &[u8], tos: u8) -> Option<Vec<u8>> {
+    r.from_client(&a.tuple, msg);
+    let (handle, peer, bytes) = r.sink.peer.pop()?;
+    let src = *r.ports.open.get(&handle)?;
+    let hop = Hop {
+        src_mac: MAC_RELAY,
+        dst_mac: MAC_PEER,
+    };
+    Some(build_relayed_frame(&hop, src, peer, tos, &bytes).expect("reference frame"))
+}
+
+/// Reference for peer data: what userspace sends to the client, framed; a Data
+/// indication gets `txid` (the kernel's) in place of the server's.
+fn ref_to_client(
+    r: &mut Reference,
+    a: &Alloc,
+    from: SocketAddr,
+    payload: &[u8],
+    tos: u8,
+    txid: Option<[u8; 12]>,
+) -> Option<Vec<u8>> {
+    r.from_peer(a.handle, from, payload);
+    let (tuple, mut bytes) = r.sink.client.pop()?;
+    if let Some(t) = txid {
+        let tid = TransactionId(t);
+        let (peer, at) = {
+            let m = Message::parse(&bytes).expect("Data indication parses");
+            assert_eq!(u16::from_be_bytes([bytes[0], bytes[1]]), 0x0017);
+            assert_eq!(bytes[20..22], [0x00, 0x12], "XOR-PEER-ADDRESS first");
+            let Ok(Some(Attribute::Other { value, .. })) = m.get(attrs::XOR_PEER_ADDRESS) else {
+                panic!("XOR-PEER-ADDRESS present");
+            };
+            (
+                attrs::decode_xor_address(value, m.transaction_id()).expect("decodes"),
+                24,
+            )
+        };
+        bytes[8..20].copy_from_slice(&t);
+        let v = xor(peer, &tid);
+        bytes[at..at + v.len()].copy_from_slice(&v);
+    }
+    let hop = Hop {
+        src_mac: MAC_RELAY,
+        dst_mac: MAC_CLIENT,
+    };
+    Some(build_relayed_frame(&hop, tuple.server, tuple.client, tos, &bytes).expect("reference"))
+}
+
+fn kernel_txid(out: &XdpOutcome) -> [u8; 12] {
+    let f = wire::parse_udp_frame(&out.frame).expect("kernel frame parses");
+    let mut t = [0u8; 12];
+    t.copy_from_slice(&f.payload[8..20]);
+    t
+}
+
+fn counters(x: &XdpTestRun) -> [u64; counter::COUNT as usize] {
+    x.counters().expect("counters")
+}
+
+/// One scenario: client of family `client_v6`, relay/peer of family `peer_v6`.
+fn scenario(
+    x: &mut XdpTestRun,
+    ifindex: u32,
+    r: &mut Reference,
+    client_v6: bool,
+    peer_v6: bool,
+    n: u32,
+) {
+    let cf = fam(client_v6);
+    let pf = fam(peer_v6);
+    let tuple = FiveTuple {
+        // One allocation per client 5-tuple: a port per scenario.
+        client: SocketAddr::new(cf.client, CLIENT_PORT + n as u16),
+        server: SocketAddr::new(cf.listen, LISTEN_PORT),
+        transport: Transport::Udp,
+    };
+    let peer = SocketAddr::new(pf.peer, PEER_PORT);
+    let a = r.allocate(tuple, peer_v6, peer, (n * 16) as u8);
+    assert_eq!(a.relay.ip(), pf.relay);
+    let base = n * 8;
+    Rules { x }.install(&a, base);
+    let tag = format!(
+        "client {} / peer {}",
+        fam_name(client_v6),
+        fam_name(peer_v6)
+    );
+    let c_hlen = if client_v6 { 40 } else { 20 };
+    let p_hlen = if peer_v6 { 40 } else { 20 };
+
+    // ChannelData client → peer: padded and unpadded, 0..=max.
+    let max_in = MTU - c_hlen - 8 - 4; // the largest ChannelData the client's MTU carries
+    let max_out = MTU - p_hlen - 8; // the largest datagram to the peer
+    let mut relayed = 0u64;
+    let mut bytes = 0u64;
+    for (len, tos) in [
+        (0usize, 0u8),
+        (1, 0),
+        (2, 0x2e),
+        (3, 0),
+        (4, 0xb8),
+        (5, 1),
+        (100, 0),
+        (1000, 0x48),
+    ]
+    .into_iter()
+    .chain([(max_in.min(max_out), 0)])
+    {
+        for padded in [false, true] {
+            let pad = if padded { (4 - len % 4) % 4 } else { 0 };
+            let msg = channel_data(len, pad, len as u8);
+            let f = frame(MAC_CLIENT, tuple.client, tuple.server, &msg, tos);
+            let reference = ref_to_peer(r, &a, &msg, tos).expect("userspace relays ChannelData");
+            let out = run(x, ifindex, &f);
+            assert_relayed(
+                &out,
+                &reference,
+                &format!("{tag}: ChannelData len {len} pad {pad}"),
+            );
+            relayed += 1;
+            bytes += len as u64;
+        }
+    }
+    let s = Rules { x }.stats(base);
+    assert_eq!(
+        (s.packets, s.bytes),
+        (relayed, bytes),
+        "{tag}: rule stats of the channel"
+    );
+
+    // One byte over the peer-side MTU (only reachable when the peer's header is larger).
+    if max_out < max_in {
+        let msg = channel_data(max_out + 1, 0, 9);
+        let f = frame(MAC_CLIENT, tuple.client, tuple.server, &msg, 0);
+        assert_passed(
+            &run(x, ifindex, &f),
+            &f,
+            &format!("{tag}: ChannelData over the MTU"),
+        );
+    }
+
+    // Peer → client as ChannelData: 0..=max, then one byte over the MTU.
+    let max_cd = MTU - c_hlen - 8 - 4;
+    for (len, tos) in [(0usize, 0u8), (1, 0), (3, 0x2e), (100, 0xb8), (max_cd, 0)] {
+        let payload = data(len, len as u8);
+        let f = frame(MAC_PEER, peer, a.relay, &payload, tos);
+        let reference = ref_to_client(r, &a, peer, &payload, tos, None).expect("userspace relays");
+        let out = run(x, ifindex, &f);
+        assert_relayed(
+            &out,
+            &reference,
+            &format!("{tag}: peer→ChannelData len {len}"),
+        );
+    }
+    if max_cd + 1 + p_hlen + 8 <= MTU + 40 {
+        let payload = data(max_cd + 1, 3);
+        let f = frame(MAC_PEER, peer, a.relay, &payload, 0);
+        assert_passed(
+            &run(x, ifindex, &f),
+            &f,
+            &format!("{tag}: peer→ChannelData over the MTU"),
+        );
+    }
+
+    // Peer → client as a Data indication (another port of the permitted peer: no channel).
+    let other = SocketAddr::new(pf.peer, PEER_PORT + 1);
+    let xor_len = if peer_v6 { 24 } else { 12 };
+    let max_di = (MTU - c_hlen - 8 - 20 - xor_len - 4) & !3;
+    for (len, tos) in [
+        (0usize, 0u8),
+        (1, 0),
+        (2, 0),
+        (3, 0x2e),
+        (4, 0),
+        (101, 0xb8),
+        (max_di, 0),
+    ] {
+        let payload = data(len, 0x5a);
+        let f = frame(MAC_PEER, other, a.relay, &payload, tos);
+        let out = run(x, ifindex, &f);
+        assert_eq!(
+            out.action,
+            XdpAction::Tx,
+            "{tag}: Data indication len {len}"
+        );
+        let t = kernel_txid(&out);
+        let reference =
+            ref_to_client(r, &a, other, &payload, tos, Some(t)).expect("userspace relays");
+        assert_relayed(
+            &out,
+            &reference,
+            &format!("{tag}: Data indication len {len}"),
+        );
+    }
+    {
+        let payload = data(max_di + 1, 1);
+        let f = frame(MAC_PEER, other, a.relay, &payload, 0);
+        assert_passed(
+            &run(x, ifindex, &f),
+            &f,
+            &format!("{tag}: Data indication over the MTU"),
+        );
+    }
+
+    // Passes: unknown channel, wrong 5-tuple, peer without permission, expired rule, bad
+    // ChannelData length, TTL 1, Send indication, unresolved next hop.
+    let before = counters(x);
+    let msg = channel_data(10, 2, 1);
+    let mut unknown = msg.clone();
+    unknown[1] = 0x02;
+    let f = frame(MAC_CLIENT, tuple.client, tuple.server, &unknown, 0);
+    assert_passed(&run(x, ifindex, &f), &f, &format!("{tag}: unknown channel"));
+    let wrong = SocketAddr::new(cf.client, CLIENT_PORT + 100);
+    let f = frame(MAC_CLIENT, wrong, tuple.server, &msg, 0);
+    assert_passed(&run(x, ifindex, &f), &f, &format!("{tag}: wrong 5-tuple"));
+    let stranger = SocketAddr::new(pf.stranger, PEER_PORT);
+    let f = frame(MAC_PEER, stranger, a.relay, &data(20, 1), 0);
+    assert_passed(
+        &run(x, ifindex, &f),
+        &f,
+        &format!("{tag}: peer without permission"),
+    );
+    let no_rule = counters(x)[counter::TURN_NO_RULE_PASSED as usize]
+        - before[counter::TURN_NO_RULE_PASSED as usize];
+    assert_eq!(no_rule, 3, "{tag}: three frames passed for want of a rule");
+
+    let mut bad_len = msg.clone();
+    bad_len[3] = 40; // says 40 bytes, carries 12
+    let f = frame(MAC_CLIENT, tuple.client, tuple.server, &bad_len, 0);
+    assert_passed(
+        &run(x, ifindex, &f),
+        &f,
+        &format!("{tag}: ChannelData length too long"),
+    );
+    let mut extra = channel_data(10, 6, 2); // 6 bytes after the data: more than padding
+    extra[3] = 10;
+    let f = frame(MAC_CLIENT, tuple.client, tuple.server, &extra, 0);
+    assert_passed(
+        &run(x, ifindex, &f),
+        &f,
+        &format!("{tag}: ChannelData with 6 trailing bytes"),
+    );
+    let mut f = frame(MAC_CLIENT, tuple.client, tuple.server, &msg, 0);
+    if client_v6 {
+        f[21] = 1;
+    } else {
+        f[22] = 1;
+        f[24] = 0;
+        f[25] = 0;
+        let c = wire::ipv4_header_checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+    }
+    assert_passed(&run(x, ifindex, &f), &f, &format!("{tag}: TTL 1"));
+    if !client_v6 {
+        let mut f = frame(MAC_CLIENT, tuple.client, tuple.server, &msg, 0);
+        f[40] = 0;
+        f[41] = 0;
+        assert_passed(
+            &run(x, ifindex, &f),
+            &f,
+            &format!("{tag}: IPv4 UDP checksum 0"),
+        );
+    }
+    let si = send_indication(peer, b"hello peer");
+    let f = frame(MAC_CLIENT, tuple.client, tuple.server, &si, 0);
+    assert_passed(
+        &run(x, ifindex, &f),
+        &f,
+        &format!("{tag}: Send indication (passed up)"),
+    );
+
+    // Expired: the channel rule's deadline in the past.
+    let exp_past = monotonic_ns() - 1;
+    Rules { x }.channel(&a, CHANNEL, a.peer, exp_past, base);
+    let f = frame(MAC_CLIENT, tuple.client, tuple.server, &msg, 0);
+    assert_passed(
+        &run(x, ifindex, &f),
+        &f,
+        &format!("{tag}: expired channel rule"),
+    );
+    // Unresolved next hop: a channel rule towards a peer with no neighbour entry.
+    let unresolved = SocketAddr::new(pf.unresolved, PEER_PORT);
+    let fib_before = counters(x)[counter::TURN_FIB_PASSED as usize];
+    Rules { x }.channel(
+        &a,
+        CHANNEL,
+        unresolved,
+        monotonic_ns() + 60_000_000_000,
+        base,
+    );
+    assert_passed(
+        &run(x, ifindex, &f),
+        &f,
+        &format!("{tag}: no neighbour entry"),
+    );
+    assert_eq!(
+        counters(x)[counter::TURN_FIB_PASSED as usize],
+        fib_before + 1,
+        "{tag}: counted as TURN_FIB_PASSED"
+    );
+
+    // Bandwidth: a budget of 1 byte per window drops (the only drop), and is counted.
+    Rules { x }.install(&a, base);
+    Rules { x }.bandwidth(a.handle, 10);
+    let out = run(x, ifindex, &f);
+    assert_eq!(
+        out.action,
+        XdpAction::Drop,
+        "{tag}: over the bandwidth budget"
+    );
+    let bw = Rules { x }.bandwidth(a.handle, 0);
+    assert_eq!(bw.dropped, 1, "{tag}: the allocation's dropped count");
+    let out = run(x, ifindex, &f);
+    assert_eq!(out.action, XdpAction::Tx, "{tag}: unlimited again");
+}
+
+fn fam_name(v6: bool) -> &'static str {
+    if v6 { "IPv6" } else { "IPv4" }
+}
+
+#[test]
+fn turn_fast_path_matches_the_userspace_relay() {
+    if !privileged() {
+        return;
+    }
+    let ns = Netns::create("d");
+    let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
+    let _in = ns.enter();
+    // SAFETY: a NUL-terminated name; looked up in this thread's (new) namespace.
+    let ifindex = unsafe { libc::if_nametoindex(c"v0".as_ptr()) };
+    assert_ne!(ifindex, 0, "v0 exists in the namespace");
+    let mut r = Reference::new();
+
+    // Off: everything passes (the STUN path decides).
+    Rules { x: &mut x }.settings(0);
+    let probe = frame(
+        MAC_CLIENT,
+        SocketAddr::new(v4(100), CLIENT_PORT),
+        SocketAddr::new(v4(1), LISTEN_PORT),
+        &channel_data(8, 0, 1),
+        0,
+    );
+    assert_passed(&run(&x, ifindex, &probe), &probe, "TURN off");
+    assert_eq!(counters(&x)[counter::TURN_NO_RULE_PASSED as usize], 0);
+
+    Rules { x: &mut x }.settings(rc::SETTING_ENABLED | rc::SETTING_DATA_INDICATIONS);
+    let mut n = 1;
+    for (c6, p6) in [(false, false), (true, true), (false, true), (true, false)] {
+        scenario(&mut x, ifindex, &mut r, c6, p6, n);
+        n += 1;
+    }
+    let c = counters(&x);
+    for i in [
+        counter::TURN_CHANNEL_TO_PEER,
+        counter::TURN_PEER_TO_CHANNEL,
+        counter::TURN_PEER_TO_DATA_INDICATION,
+        counter::TURN_NO_RULE_PASSED,
+        counter::TURN_UNHANDLED_PASSED,
+        counter::TURN_FIB_PASSED,
+        counter::TURN_BANDWIDTH_DROPPED,
+    ] {
+        assert!(
+            c[i as usize] > 0,
+            "counter {} moved",
+            counter::NAMES[i as usize]
+        );
+    }
+
+    // Data indications off: permission-only peer data passes up.
+    Rules { x: &mut x }.settings(rc::SETTING_ENABLED);
+    let cf = fam(false);
+    let relay = r.ports.open.get(&1).copied().expect("first relay");
+    let f = frame(
+        MAC_PEER,
+        SocketAddr::new(cf.peer, PEER_PORT + 1),
+        relay,
+        &data(10, 1),
+        0,
+    );
+    assert_passed(&run(&x, ifindex, &f), &f, "Data indications off");
+}
+
+/// Measurements for the report: verified instructions and ns per frame of each case.
+#[test]
+fn turn_fast_path_cost() {
+    if !privileged() {
+        return;
+    }
+    let ns = Netns::create("c");
+    let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
+    let _in = ns.enter();
+    // SAFETY: as above.
+    let ifindex = unsafe { libc::if_nametoindex(c"v0".as_ptr()) };
+    assert_ne!(ifindex, 0);
+    let mut r = Reference::new();
+    Rules { x: &mut x }.settings(rc::SETTING_ENABLED | rc::SETTING_DATA_INDICATIONS);
+    let mut cases = Vec::new();
+    for (v6, n) in [(false, 1u32), (true, 2)] {
+        let f = fam(v6);
+        let tuple = FiveTuple {
+            client: SocketAddr::new(f.client, CLIENT_PORT),
+            server: SocketAddr::new(f.listen, LISTEN_PORT),
+            transport: Transport::Udp,
+        };
+        let peer = SocketAddr::new(f.peer, PEER_PORT);
+        let a = r.allocate(tuple, v6, peer, (n * 16) as u8);
+        Rules { x: &mut x }.install(&a, n * 8);
+        let name = fam_name(v6);
+        cases.push((
+            format!("ChannelData→peer {name} (172 B)"),
+            frame(
+                MAC_CLIENT,
+                tuple.client,
+                tuple.server,
+                &channel_data(172, 0, 1),
+                0,
+            ),
+            XdpAction::Tx,
+        ));
+        cases.push((
+            format!("peer→ChannelData {name} (172 B)"),
+            frame(MAC_PEER, peer, a.relay, &data(172, 1), 0),
+            XdpAction::Tx,
+        ));
+        cases.push((
+            format!("peer→Data indication {name} (172 B)"),
+            frame(
+                MAC_PEER,
+                SocketAddr::new(f.peer, PEER_PORT + 1),
+                a.relay,
+                &data(172, 1),
+                0,
+            ),
+            XdpAction::Tx,
+        ));
+        cases.push((
+            format!("pass (no rule) {name}"),
+            frame(
+                MAC_PEER,
+                SocketAddr::new(f.stranger, PEER_PORT),
+                a.relay,
+                &data(172, 1),
+                0,
+            ),
+            XdpAction::Pass,
+        ));
+    }
+    eprintln!(
+        "relay_xdp: verified instructions {:?}, translated {:?}",
+        x.verified_instructions(),
+        x.translated_instructions()
+    );
+    for (name, f, want) in &cases {
+        assert_eq!(run(&x, ifindex, f).action, *want, "{name}");
+        let d = x.mean_single_run_on(f, ifindex, 2000).expect("timed runs");
+        eprintln!(
+            "{name}: {} ns/frame (mean of 2000 single runs)",
+            d.as_nanos()
+        );
+    }
+    let _ = Duration::ZERO;
+}
