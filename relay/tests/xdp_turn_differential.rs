@@ -604,9 +604,36 @@ impl Rules<'_> {
         m.insert(k, v, 0).expect("insert peer");
     }
 
+    fn alloc(&mut self, a: &Alloc, expires_ns: u64, idx: u32) {
+        let mut m: HashMap<_, rc::AllocKey, rc::AllocRule> = self
+            .x
+            .ebpf_mut()
+            .map_mut(rc::maps::ALLOCS)
+            .expect("TURN_ALLOCS")
+            .try_into()
+            .expect("hash");
+        let k = rc::AllocKey {
+            client_addr: key_addr(a.tuple.client.ip()),
+            server_addr: key_addr(a.tuple.server.ip()),
+            client_port: rc::wire(a.tuple.client.port()),
+            server_port: rc::wire(a.tuple.server.port()),
+        };
+        let v = rc::AllocRule {
+            expires_ns,
+            relay_addr: key_addr(a.relay.ip()),
+            relay_port: rc::wire(a.relay.port()),
+            flags: 0,
+            stats_idx: idx,
+            alloc_idx: a.handle,
+            _pad: 0,
+        };
+        m.insert(k, v, 0).expect("insert alloc");
+    }
+
     /// The rules the control plane derives from the allocation's state.
     fn install(&mut self, a: &Alloc, base_idx: u32) {
         let exp = monotonic_ns() + 300_000_000_000;
+        self.alloc(a, exp, base_idx + 3);
         self.channel(a, CHANNEL, a.peer, exp, base_idx);
         self.peer(a, a.peer.port(), CHANNEL, exp, base_idx + 1);
         self.peer(a, 0, 0, exp, base_idx + 2);
@@ -821,6 +848,28 @@ fn scenario(
         );
     }
 
+    // Send indications (the plain shape: XOR-PEER-ADDRESS, DATA).
+    for (len, tos) in [
+        (0usize, 0u8),
+        (1, 0),
+        (3, 0x2e),
+        (4, 0),
+        (100, 0xb8),
+        (1000, 0),
+    ] {
+        let msg = send_indication(peer, &data(len, 0x33));
+        let f = frame(MAC_CLIENT, tuple.client, tuple.server, &msg, tos);
+        let reference = ref_to_peer(r, &a, &msg, tos).expect("userspace relays the Send");
+        let out = run(x, ifindex, &f);
+        assert_relayed(
+            &out,
+            &reference,
+            &format!("{tag}: Send indication len {len}"),
+        );
+    }
+    let s = Rules { x }.stats(base + 3);
+    assert_eq!(s.packets, 6, "{tag}: rule stats of Send indications");
+
     // Peer → client as ChannelData: 0..=max, then one byte over the MTU.
     let max_cd = MTU - c_hlen - 8 - 4;
     for (len, tos) in [(0usize, 0u8), (1, 0), (3, 0x2e), (100, 0xb8), (max_cd, 0)] {
@@ -943,12 +992,24 @@ fn scenario(
             &format!("{tag}: IPv4 UDP checksum 0"),
         );
     }
-    let si = send_indication(peer, b"hello peer");
+    let mut si = send_indication(peer, b"hello peer");
+    si[3] += 8; // room for a FINGERPRINT
+    let n = si.len();
+    si.extend_from_slice(&[0x80, 0x28, 0, 4]);
+    let crc = crc32fast::hash(&si[..n]) ^ 0x5354_554E;
+    si.extend_from_slice(&crc.to_be_bytes());
     let f = frame(MAC_CLIENT, tuple.client, tuple.server, &si, 0);
     assert_passed(
         &run(x, ifindex, &f),
         &f,
-        &format!("{tag}: Send indication (passed up)"),
+        &format!("{tag}: Send indication with FINGERPRINT"),
+    );
+    let si = send_indication(stranger, b"hello stranger");
+    let f = frame(MAC_CLIENT, tuple.client, tuple.server, &si, 0);
+    assert_passed(
+        &run(x, ifindex, &f),
+        &f,
+        &format!("{tag}: Send to a peer without permission"),
     );
 
     // Expired: the channel rule's deadline in the past.
@@ -1025,7 +1086,9 @@ fn turn_fast_path_matches_the_userspace_relay() {
     assert_passed(&run(&x, ifindex, &probe), &probe, "TURN off");
     assert_eq!(counters(&x)[counter::TURN_NO_RULE_PASSED as usize], 0);
 
-    Rules { x: &mut x }.settings(rc::SETTING_ENABLED | rc::SETTING_DATA_INDICATIONS);
+    Rules { x: &mut x }.settings(
+        rc::SETTING_ENABLED | rc::SETTING_DATA_INDICATIONS | rc::SETTING_SEND_INDICATIONS,
+    );
     let mut n = 1;
     for (c6, p6) in [(false, false), (true, true), (false, true), (true, false)] {
         scenario(&mut x, ifindex, &mut r, c6, p6, n);
@@ -1036,6 +1099,7 @@ fn turn_fast_path_matches_the_userspace_relay() {
         counter::TURN_CHANNEL_TO_PEER,
         counter::TURN_PEER_TO_CHANNEL,
         counter::TURN_PEER_TO_DATA_INDICATION,
+        counter::TURN_SEND_TO_PEER,
         counter::TURN_NO_RULE_PASSED,
         counter::TURN_UNHANDLED_PASSED,
         counter::TURN_FIB_PASSED,
@@ -1075,7 +1139,9 @@ fn turn_fast_path_cost() {
     let ifindex = unsafe { libc::if_nametoindex(c"v0".as_ptr()) };
     assert_ne!(ifindex, 0);
     let mut r = Reference::new();
-    Rules { x: &mut x }.settings(rc::SETTING_ENABLED | rc::SETTING_DATA_INDICATIONS);
+    Rules { x: &mut x }.settings(
+        rc::SETTING_ENABLED | rc::SETTING_DATA_INDICATIONS | rc::SETTING_SEND_INDICATIONS,
+    );
     let mut cases = Vec::new();
     for (v6, n) in [(false, 1u32), (true, 2)] {
         let f = fam(v6);
@@ -1111,6 +1177,17 @@ fn turn_fast_path_cost() {
                 SocketAddr::new(f.peer, PEER_PORT + 1),
                 a.relay,
                 &data(172, 1),
+                0,
+            ),
+            XdpAction::Tx,
+        ));
+        cases.push((
+            format!("Send indication→peer {name} (172 B)"),
+            frame(
+                MAC_CLIENT,
+                tuple.client,
+                tuple.server,
+                &send_indication(peer, &data(172, 1)),
                 0,
             ),
             XdpAction::Tx,

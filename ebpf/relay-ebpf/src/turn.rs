@@ -6,9 +6,11 @@
 //! - UDP from a peer to a relayed port with a live `TURN_PEERS` rule → ChannelData to the
 //!   client (exact peer port, `channel != 0`), or a Data indication built here (the
 //!   permission entry, `peer_port == 0`) when `SETTING_DATA_INDICATIONS` is on.
-//! - Send indications are NOT relayed here: they pass up to userspace (see the report of
-//!   issue 4: parsing a variable attribute list under the verifier costs more than the
-//!   rare Send indication saves; clients that care use channels).
+//! - Send indications from a client with a live `TURN_ALLOCS` rule and a permission
+//!   entry for the XOR-PEER-ADDRESS → the DATA as UDP from the relayed address, when
+//!   `SETTING_SEND_INDICATIONS` is on and the message has exactly the plain shape
+//!   (XOR-PEER-ADDRESS, DATA, padding): fixed offsets, no attribute loop. Any other
+//!   shape (FINGERPRINT, DONT-FRAGMENT, other attributes) passes up.
 //!
 //! Frame rules (the same as `relay/src/xdp/turn_frames.rs`, byte for byte): Ethernet MACs
 //! from `bpf_fib_lookup`; IPv4 `0x45`, TOS copied, ID 0, DF, TTL 64, UDP, header checksum;
@@ -34,12 +36,13 @@ use aya_ebpf::{
 use relay_common::{
     counter::{
         TURN_BANDWIDTH_DROPPED, TURN_CHANNEL_TO_PEER, TURN_FIB_PASSED, TURN_NO_RULE_PASSED,
-        TURN_PEER_TO_CHANNEL, TURN_PEER_TO_DATA_INDICATION, TURN_UNHANDLED_PASSED,
+        TURN_PEER_TO_CHANNEL, TURN_PEER_TO_DATA_INDICATION, TURN_SEND_TO_PEER,
+        TURN_UNHANDLED_PASSED,
     },
     turn::{
         AllocKey, AllocRule, BANDWIDTH_WINDOW_NS, Bandwidth, ChannelKey, ChannelRule,
         MAX_ALLOCATIONS, MAX_MAP_ENTRIES, MAX_RULES, PeerKey, PeerRule, RuleStats,
-        SETTING_DATA_INDICATIONS, SETTING_ENABLED, TurnSettings,
+        SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS, TurnSettings,
     },
 };
 
@@ -54,7 +57,6 @@ static TURN_CHANNELS: HashMap<ChannelKey, ChannelRule> =
     HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
 #[map(name = "TURN_PEERS")]
 static TURN_PEERS: HashMap<PeerKey, PeerRule> = HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
-/// Not read yet (Send indications pass up); declared so the control plane finds it.
 #[map(name = "TURN_ALLOCS")]
 static TURN_ALLOCS: HashMap<AllocKey, AllocRule> = HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
 #[map(name = "TURN_RULE_STATS")]
@@ -177,13 +179,29 @@ fn relay(ctx: &XdpContext) -> Result<u32, Option<u32>> {
         let first = bytes_at::<1>(ctx, l4_of(p) + 8).ok_or(None)?;
         // SAFETY: `bytes_at` checked the byte.
         let b0 = unsafe { (*first)[0] };
-        if payload < 4 || b0 & 0xf0 != 0x40 {
+        if payload >= 4 && b0 & 0xf0 == 0x40 {
+            if p.unusual {
+                return Err(Some(TURN_UNHANDLED_PASSED));
+            }
+            from_client(ctx, p, payload, o)?;
+        } else if b0 == 0 && settings.flags & SETTING_SEND_INDICATIONS != 0 {
+            let ty = bytes_at::<2>(ctx, l4_of(p) + 8).ok_or(None)?;
+            // SAFETY: `bytes_at` checked the bytes.
+            if unsafe { *ty } != [0x00, 0x16] {
+                return Err(None);
+            }
+            if p.unusual {
+                return Err(Some(TURN_UNHANDLED_PASSED));
+            }
+            // Its own BPF function: its keys and parse state would not fit in this
+            // frame's share of the 512-byte stack.
+            match from_send(ctx, p, o, work) {
+                0 => {}
+                c => return Err(Some(c)),
+            }
+        } else {
             return Err(None);
         }
-        if p.unusual {
-            return Err(Some(TURN_UNHANDLED_PASSED));
-        }
-        from_client(ctx, p, payload, o)?;
     }
     emit(ctx, p, o, work)
 }
@@ -331,6 +349,126 @@ fn from_client(ctx: &XdpContext, p: &Pkt, payload: usize, o: &mut Out) -> Result
     o.alloc_idx = rule.alloc_idx;
     o.channel = [0, 0];
     o.counter = TURN_CHANNEL_TO_PEER;
+    Ok(())
+}
+
+/// A Send indication from a client, in the one shape relayed here: exactly
+/// XOR-PEER-ADDRESS then DATA (zero-padded), nothing else (no FINGERPRINT, which the
+/// kernel would have to verify over the whole message; no DONT-FRAGMENT; no unknown
+/// attributes). Every other shape passes up, where userspace applies the full rules.
+/// Returns 0 when `o` is filled, else the counter to pass the frame up under.
+#[inline(never)]
+fn from_send(ctx: &XdpContext, p: &Pkt, o: &mut Out, work: *mut Work) -> u32 {
+    match parse_send(ctx, p, o, work) {
+        Ok(()) => 0,
+        Err(c) => c,
+    }
+}
+
+#[inline(always)]
+fn parse_send(ctx: &XdpContext, p: &Pkt, o: &mut Out, work: *mut Work) -> Result<(), u32> {
+    let settings = TURN_SETTINGS.get(0).ok_or(TURN_UNHANDLED_PASSED)?;
+    let payload = p.ulen - 8;
+    if payload < 36 {
+        return Err(TURN_UNHANDLED_PASSED);
+    }
+    // SAFETY: this CPU's scratch entry; `hdr` is free until `emit` builds the header.
+    let h = unsafe { (*work).hdr.as_mut_ptr() };
+    // SAFETY: `hdr` has 128 >= 36 bytes; the helper checks the packet.
+    if unsafe { bpf_xdp_load_bytes(ctx.ctx, (l4_of(p) + 8) as u32, h.cast(), 36) } != 0 {
+        return Err(TURN_UNHANDLED_PASSED);
+    }
+    // SAFETY: `h` points at 128 initialised bytes (36 just loaded, the rest scratch).
+    let b = unsafe { &*(h as *const [u8; HDR_MASK + 1]) };
+    let msg_len = be16(b, 2) as usize;
+    if b[4..8] != MAGIC || 20 + msg_len != payload || be16(b, 20) != 0x0012 || b[24] != 0 {
+        return Err(TURN_UNHANDLED_PASSED);
+    }
+    let v6 = match (be16(b, 22), b[25]) {
+        (8, 1) => false,
+        (20, 2) => true,
+        _ => return Err(TURN_UNHANDLED_PASSED),
+    };
+    let data_at = if v6 { 44 } else { 32 };
+    if v6 {
+        if payload < 48 {
+            return Err(TURN_UNHANDLED_PASSED);
+        }
+        // SAFETY: as above, 48 bytes.
+        if unsafe { bpf_xdp_load_bytes(ctx.ctx, (l4_of(p) + 8) as u32, h.cast(), 48) } != 0 {
+            return Err(TURN_UNHANDLED_PASSED);
+        }
+    }
+    // SAFETY: as above.
+    let b = unsafe { &*(h as *const [u8; HDR_MASK + 1]) };
+    let dlen = be16(b, (data_at + 2) & 63) as usize;
+    if be16(b, data_at & 63) != 0x0013 || data_at + 4 + ((dlen + 3) & !3) != payload {
+        return Err(TURN_UNHANDLED_PASSED);
+    }
+    let mut peer = [0u8; 16];
+    if v6 {
+        let mut i = 0;
+        while i < 16 {
+            let key = if i < 4 { MAGIC[i] } else { b[(8 + i - 4) & 63] };
+            peer[i] = b[(28 + i) & 63] ^ key;
+            i += 1;
+        }
+    } else {
+        peer = relay_common::turn::mapped_v4([
+            b[28] ^ MAGIC[0],
+            b[29] ^ MAGIC[1],
+            b[30] ^ MAGIC[2],
+            b[31] ^ MAGIC[3],
+        ]);
+    }
+    let peer_port = [b[26] ^ MAGIC[0], b[27] ^ MAGIC[1]];
+
+    let akey = AllocKey {
+        client_addr: p.src,
+        server_addr: p.dst,
+        client_port: p.sport,
+        server_port: p.dport,
+    };
+    // SAFETY: read at once.
+    let alloc = unsafe { TURN_ALLOCS.get(&akey) }.ok_or(TURN_NO_RULE_PASSED)?;
+    if !live(alloc.expires_ns) {
+        return Err(TURN_NO_RULE_PASSED);
+    }
+    if v6 == relay_common::turn::is_mapped_v4(&alloc.relay_addr) {
+        // The peer's family is not the relayed address's: userspace answers that.
+        return Err(TURN_UNHANDLED_PASSED);
+    }
+    let pp = u16::from_be_bytes(peer_port);
+    if (pp < settings.relay_port_min || pp > settings.relay_port_max)
+        && (peer == alloc.relay_addr || peer == p.dst)
+    {
+        // One of the relay's own services: userspace refuses it.
+        return Err(TURN_UNHANDLED_PASSED);
+    }
+    let pkey = PeerKey {
+        peer_addr: peer,
+        relay_addr: alloc.relay_addr,
+        peer_port: [0, 0],
+        relay_port: alloc.relay_port,
+    };
+    // SAFETY: read at once.
+    let perm = unsafe { TURN_PEERS.get(&pkey) }.ok_or(TURN_NO_RULE_PASSED)?;
+    if !live(perm.expires_ns) {
+        return Err(TURN_NO_RULE_PASSED);
+    }
+    o.v6 = v6;
+    o.src = alloc.relay_addr;
+    o.dst = peer;
+    o.sport = alloc.relay_port;
+    o.dport = peer_port;
+    o.extra = 0;
+    o.payload_off = l4_of(p) + 8 + data_at + 4;
+    o.payload_len = dlen;
+    o.out_pad = 0;
+    o.stats_idx = alloc.stats_idx;
+    o.alloc_idx = alloc.alloc_idx;
+    o.channel = [0, 0];
+    o.counter = TURN_SEND_TO_PEER;
     Ok(())
 }
 
@@ -530,18 +668,29 @@ fn emit(ctx: &XdpContext, p: &Pkt, o: &Out, work: *mut Work) -> Result<u32, Opti
     zero(new, CS_LEN);
     cs_words(old, p.v6, &p.src, &p.dst, p.sport, p.dport, p.ulen);
     cs_words(new, o.v6, &o.src, &o.dst, o.sport, o.dport, ulen);
-    if counter == TURN_CHANNEL_TO_PEER {
-        // The ChannelData header and padding leave.
-        let mut hdr4 = [0u8; 4];
-        // SAFETY: 4-byte stack buffer; the helper checks the packet bounds.
-        if unsafe { bpf_xdp_load_bytes(ctx.ctx, (p.l4 + 8) as u32, hdr4.as_mut_ptr().cast(), 4) }
-            != 0
-        {
+    if counter == TURN_CHANNEL_TO_PEER || counter == TURN_SEND_TO_PEER {
+        // The ChannelData header / STUN header and attribute headers, and the padding,
+        // leave the datagram.
+        let prefix = o.payload_off - (l4_of(p) + 8);
+        let at = (l4_of(p) + 8) as u32;
+        // SAFETY: `old` has CS_LEN >= CS_DATA + 48 bytes; the helper checks the packet.
+        let r = unsafe {
+            let dst = old.add(CS_DATA).cast();
+            if prefix == 4 {
+                bpf_xdp_load_bytes(ctx.ctx, at, dst, 4)
+            } else if prefix == 36 {
+                bpf_xdp_load_bytes(ctx.ctx, at, dst, 36)
+            } else if prefix == 48 {
+                bpf_xdp_load_bytes(ctx.ctx, at, dst, 48)
+            } else {
+                -1
+            }
+        };
+        if r != 0 {
             return Err(Some(TURN_UNHANDLED_PASSED));
         }
-        put(old, CS_DATA, &hdr4);
-        let pad_off = p.l4 + 12 + o.payload_len;
-        let npad = p.ulen - 12 - o.payload_len;
+        let pad_off = o.payload_off + o.payload_len;
+        let npad = p.ulen - 8 - prefix - o.payload_len;
         if npad > 0 {
             let mut pad = [0u8; 4];
             // SAFETY: `pad` has 4 bytes and npad <= 3; the helper checks the packet.
@@ -556,8 +705,9 @@ fn emit(ctx: &XdpContext, p: &Pkt, o: &Out, work: *mut Work) -> Result<u32, Opti
             {
                 return Err(Some(TURN_UNHANDLED_PASSED));
             }
-            // Lane of the first pad byte within its 16-bit word of the segment.
-            let lane = (12 + o.payload_len) & 1;
+            // Lane of the first pad byte within its 16-bit word of the segment (the
+            // prefix and the UDP header have even lengths).
+            let lane = o.payload_len & 1;
             let mut i = 0;
             while i < 3 {
                 if i < npad {
