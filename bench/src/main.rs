@@ -5,12 +5,15 @@
 //! relay's XDP path, its io_uring path and coturn in one run (`cargo xtask bench stun`).
 //! `turn-load` is the TURN ChannelData generator and sink, and `turn-compare` measures the
 //! relay and coturn relaying ChannelData on a three-namespace topology
-//! (`cargo xtask bench turn`).
+//! (`cargo xtask bench turn`). `turn-xdp` is the four-way ChannelData bench (our XDP
+//! fast path, our io_uring path, coturn, an XDP floor) driven by a BPF live-frame
+//! generator (`cargo xtask bench turn-xdp`).
 
 mod compare;
 mod load;
 mod turn_compare;
 mod turn_load;
+mod turn_xdp;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -45,6 +48,9 @@ enum Cmd {
     TurnLoad(turn_load::TurnLoadArgs),
     /// TURN ChannelData relaying, the relay vs coturn, one table (needs root).
     TurnCompare(turn_compare::TurnCompareArgs),
+    /// TURN ChannelData four ways (XDP, io_uring, coturn, XDP floor) with a BPF
+    /// live-frame generator, throughput vs allocations (needs root).
+    TurnXdp(turn_xdp::TurnXdpArgs),
 }
 
 fn main() -> Result<()> {
@@ -95,5 +101,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::TurnCompare(args) => turn_compare::run(&args),
+        Cmd::TurnXdp(args) => turn_xdp::run(&args),
     }
 }

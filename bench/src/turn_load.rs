@@ -129,7 +129,7 @@ fn txid(alloc: usize, step: u8, attempt: u8) -> TransactionId {
     TransactionId(t)
 }
 
-struct Auth {
+pub(crate) struct Auth {
     realm: Vec<u8>,
     nonce: Vec<u8>,
     key: Vec<u8>,
@@ -306,7 +306,7 @@ fn handshake(
 /// that the next run's sockets (the kernel may hand out the same ports) do not meet 437
 /// Allocation Mismatch. A 438 (coturn's nonces belong to one 5-tuple) is retried with the
 /// new nonce. Best effort, bounded: two tries per allocation.
-fn release(socks: &[UdpSocket], args: &TurnLoadArgs, auth: Option<&Auth>) {
+pub(crate) fn release(socks: &[UdpSocket], args: &TurnLoadArgs, auth: Option<&Auth>) {
     let Some(auth) = auth else { return };
     let mut a = Auth {
         realm: auth.realm.clone(),
@@ -442,6 +442,38 @@ fn sink(sock: UdpSocket, start: Instant, stop: Arc<AtomicBool>) -> Result<SinkRe
     })
 }
 
+/// Opens one UDP socket per allocation (consecutive ports from `--first-port`, or
+/// ephemeral ones), each connected to the server, and does Allocate + ChannelBind to
+/// `--sink` on each (in the calling thread's network namespace). The sockets are left
+/// non-blocking; the returned auth state is what [`release`] needs.
+pub(crate) fn open_allocations(args: &TurnLoadArgs) -> Result<(Vec<UdpSocket>, Option<Auth>)> {
+    let bind: SocketAddr = if args.server.is_ipv6() {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    let mut socks = Vec::with_capacity(args.allocations);
+    let mut auth = None;
+    for i in 0..args.allocations {
+        let mut local = bind;
+        if args.first_port != 0 {
+            let port = u16::try_from(usize::from(args.first_port) + i)
+                .context("--first-port + --allocations beyond port 65535")?;
+            local.set_port(port);
+        }
+        let s =
+            UdpSocket::bind(local).with_context(|| format!("bind a client socket to {local}"))?;
+        s.connect(args.server)?;
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let _ = socket2::SockRef::from(&s).set_send_buffer_size(1 << 20);
+        handshake(&s, i, args, &mut auth)
+            .with_context(|| format!("allocation {i} of {}", args.allocations))?;
+        s.set_nonblocking(true)?;
+        socks.push(s);
+    }
+    Ok((socks, auth))
+}
+
 /// Sets up the allocations and channels, runs the load, returns what the sink saw.
 pub fn run(args: &TurnLoadArgs) -> Result<TurnSummary> {
     ensure!(args.allocations > 0, "--allocations must be at least 1");
@@ -481,30 +513,7 @@ pub fn run(args: &TurnLoadArgs) -> Result<TurnSummary> {
         .recv_timeout(Duration::from_secs(10))
         .context("the sink did not start")??;
 
-    let bind: SocketAddr = if args.server.is_ipv6() {
-        "[::]:0".parse()?
-    } else {
-        "0.0.0.0:0".parse()?
-    };
-    let mut socks = Vec::with_capacity(args.allocations);
-    let mut auth = None;
-    for i in 0..args.allocations {
-        let mut local = bind;
-        if args.first_port != 0 {
-            let port = u16::try_from(usize::from(args.first_port) + i)
-                .context("--first-port + --allocations beyond port 65535")?;
-            local.set_port(port);
-        }
-        let s =
-            UdpSocket::bind(local).with_context(|| format!("bind a client socket to {local}"))?;
-        s.connect(args.server)?;
-        s.set_read_timeout(Some(Duration::from_millis(200)))?;
-        let _ = socket2::SockRef::from(&s).set_send_buffer_size(1 << 20);
-        handshake(&s, i, args, &mut auth)
-            .with_context(|| format!("allocation {i} of {}", args.allocations))?;
-        s.set_nonblocking(true)?;
-        socks.push(s);
-    }
+    let (socks, auth) = open_allocations(args)?;
     let setup_seconds = start.elapsed().as_secs_f64();
     eprintln!(
         "{} allocations with a channel to {} ready in {setup_seconds:.2}s",

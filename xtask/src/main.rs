@@ -108,6 +108,33 @@ enum BenchCmd {
         #[arg(long, default_value = "target/bench/turn.md")]
         markdown: PathBuf,
     },
+    /// TURN ChannelData four ways in one run: our XDP fast path, our io_uring path,
+    /// coturn and an XDP floor, with a BPF live-frame generator; throughput vs number of
+    /// allocations, latency, CPU per packet.
+    TurnXdp {
+        /// Allocation counts (comma-separated).
+        #[arg(long, default_value = "1,100,1000,10000")]
+        allocations: String,
+        /// Seconds per rate step.
+        #[arg(long, default_value_t = 2.0)]
+        step_seconds: f64,
+        /// Application bytes per ChannelData message.
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        /// Paths (comma-separated: xdp, io-uring, coturn, floor).
+        #[arg(long, default_value = "xdp,io-uring,coturn,floor")]
+        paths: String,
+        /// Receive processing inline on the generator's CPU instead of threaded NAPI on
+        /// the server CPU.
+        #[arg(long)]
+        inline_rx: bool,
+        /// A few seconds, debug build, 10 allocations: proves every path relays.
+        #[arg(long)]
+        smoke: bool,
+        /// Where to write the Markdown report (CSV and SVG next to it).
+        #[arg(long, default_value = "target/bench/turn-xdp.md")]
+        markdown: PathBuf,
+    },
 }
 
 fn main() {
@@ -173,6 +200,29 @@ fn real_main() -> Result<()> {
                 smoke,
             };
             bench_turn(&root, &t, &markdown)
+        }
+        Cmd::Bench {
+            what:
+                BenchCmd::TurnXdp {
+                    allocations,
+                    step_seconds,
+                    size,
+                    paths,
+                    inline_rx,
+                    smoke,
+                    markdown,
+                },
+        } => {
+            setup(&root, false, false)?;
+            let t = TurnXdpBench {
+                allocations,
+                step_seconds,
+                size,
+                paths,
+                inline_rx,
+                smoke,
+            };
+            bench_turn_xdp(&root, &t, &markdown)
         }
     }
 }
@@ -371,6 +421,18 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
             },
             &target_dir(root).join("bench/turn-smoke.md"),
         )?;
+        bench_turn_xdp(
+            root,
+            &TurnXdpBench {
+                allocations: "10".into(),
+                step_seconds: 1.0,
+                size: 200,
+                paths: "xdp,io-uring,coturn,floor".into(),
+                inline_rx: false,
+                smoke: true,
+            },
+            &target_dir(root).join("bench/turn-xdp-smoke.md"),
+        )?;
     }
     eprintln!("\n==> cargo test summary");
     for l in &summary {
@@ -464,6 +526,40 @@ fn bench_turn(root: &Path, t: &TurnBench, markdown: &Path) -> Result<()> {
         cmd.arg("--smoke");
     }
     run("bench turn", &mut cmd)
+}
+
+struct TurnXdpBench {
+    allocations: String,
+    step_seconds: f64,
+    size: usize,
+    paths: String,
+    inline_rx: bool,
+    smoke: bool,
+}
+
+fn bench_turn_xdp(root: &Path, t: &TurnXdpBench, markdown: &Path) -> Result<()> {
+    let bin_dir = build_bench(root, t.smoke)?;
+    let mut cmd = Command::new(bin_dir.join("relay-bench"));
+    cmd.arg("turn-xdp")
+        .arg("--relay-bin")
+        .arg(bin_dir.join("relay"))
+        .args(["--allocations", &t.allocations])
+        .args(["--step-seconds", &t.step_seconds.to_string()])
+        .args(["--size", &t.size.to_string()])
+        .args(["--paths", &t.paths])
+        .arg("--markdown")
+        .arg(if markdown.is_absolute() {
+            markdown.to_path_buf()
+        } else {
+            root.join(markdown)
+        });
+    if t.inline_rx {
+        cmd.arg("--inline-rx");
+    }
+    if t.smoke {
+        cmd.arg("--smoke");
+    }
+    run("bench turn-xdp", &mut cmd)
 }
 
 /// Builds the relay and the bench binaries (debug for a smoke run, release otherwise) and

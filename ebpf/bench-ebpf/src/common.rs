@@ -1,0 +1,116 @@
+//! Types and constants shared by the bench's XDP programs and `relay-bench` (included by
+//! path from both sides: plain `#[repr(C)]` data, no dependencies).
+
+/// Array map (1 entry, [`GenConfig`]): the generator's settings.
+pub const GEN_CONFIG: &str = "GEN_CONFIG";
+/// Per-CPU array (1 entry, u64): frames generated so far on this CPU.
+pub const GEN_SEQ: &str = "GEN_SEQ";
+/// Array map (1 entry, [`FloorConfig`]): the floor forwarder's rewrite.
+pub const FLOOR_CONFIG: &str = "FLOOR_CONFIG";
+/// Array map (1 entry, u16 port): the sink's UDP port (host order).
+pub const SINK_CONFIG: &str = "SINK_CONFIG";
+/// Per-CPU array ([`SINK_STAT_COUNT`] u64): packets, bytes, frames with a bad magic.
+pub const SINK_STATS: &str = "SINK_STATS";
+/// Per-CPU array ([`HIST_BUCKETS`] u64): one-way latency histogram.
+pub const SINK_HIST: &str = "SINK_HIST";
+
+/// Program names.
+pub const PROG_GEN: &str = "bench_gen";
+/// The floor: strips the ChannelData header, rewrites addresses and ports, redirects.
+pub const PROG_FLOOR: &str = "bench_floor";
+/// Counts, measures latency, drops.
+pub const PROG_SINK: &str = "bench_sink";
+/// Passes everything (makes a veth receive XDP_TX'ed frames).
+pub const PROG_PASS: &str = "bench_pass";
+
+/// Index in [`SINK_STATS`]: packets counted.
+pub const SINK_PACKETS: u32 = 0;
+/// Index in [`SINK_STATS`]: bytes (whole frames).
+pub const SINK_BYTES: u32 = 1;
+/// Index in [`SINK_STATS`]: UDP to the sink port without the bench's magic.
+pub const SINK_BAD: u32 = 2;
+/// Number of sink counters.
+pub const SINK_STAT_COUNT: u32 = 3;
+
+/// Histogram: sub-buckets per power of two (log-linear, 12.5% resolution).
+pub const HIST_SUB_BITS: u32 = 3;
+/// Histogram buckets: 64 powers of two × 8.
+pub const HIST_BUCKETS: u32 = 64 << HIST_SUB_BITS;
+
+/// The bench's payload magic (first 4 bytes after the ChannelData header).
+pub const MAGIC: u32 = 0x5842_4e54;
+
+/// Frame layout of a generated IPv4 ChannelData frame (no IP options).
+pub const ETH_HLEN: usize = 14;
+/// Offset of the IPv4 header.
+pub const IP_OFF: usize = ETH_HLEN;
+/// Offset of the UDP header.
+pub const UDP_OFF: usize = IP_OFF + 20;
+/// Offset of the UDP payload (the ChannelData header on the client side).
+pub const UDP_PAYLOAD: usize = UDP_OFF + 8;
+/// Offsets inside the application data (after the ChannelData header): magic, allocation
+/// index, sequence number (all u32, little-endian) and send time (u64 ns of
+/// `bpf_ktime_get_ns`, little-endian).
+pub const APP_MAGIC: usize = 0;
+/// See [`APP_MAGIC`].
+pub const APP_INDEX: usize = 4;
+/// See [`APP_MAGIC`].
+pub const APP_SEQ: usize = 8;
+/// See [`APP_MAGIC`].
+pub const APP_TIME: usize = 12;
+/// Bytes of application data the programs read.
+pub const APP_MIN: usize = 20;
+
+/// The generator's settings. The frame template is BPF_PROG_TEST_RUN's `data_in`; the
+/// program writes the source port (`first_port + seq % allocations`), index, sequence
+/// number, time and the UDP checksum.
+///
+/// Pacing happens in the program: with `rate` set, a frame is transmitted only while the
+/// frames sent since `start_ns` stay within `rate` per second, the others are dropped
+/// (cheap). BPF_PROG_TEST_RUN calls have a large fixed cost here (page pool set-up and
+/// teardown), so pacing by the size of each call would send bursts that overrun a
+/// veth's 256-frame ring; pacing per frame sends them evenly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GenConfig {
+    /// Number of allocations (source ports) to cycle through; at least 1.
+    pub allocations: u32,
+    /// First source port (host order).
+    pub first_port: u32,
+    /// One's-complement sum (native 16-bit loads, unfolded) of the pseudo-header and the
+    /// UDP segment with source port, index, sequence, time and checksum all zero.
+    pub csum_base: u64,
+    /// Frames per second (0: as fast as possible).
+    pub rate: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the step started.
+    pub start_ns: u64,
+    /// The template's first [`GEN_HEAD_LEN`] bytes, rewritten into every frame: live
+    /// frames are recycled with whatever the receiving side's XDP program left in them
+    /// (the floor and the relay move the headers), the kernel only resets the pointers.
+    pub head: [u8; GEN_HEAD_LEN],
+}
+
+/// Bytes of the template restored in each frame: all headers, the ChannelData header and
+/// the payload's fixed fields (a multiple of 8: no padding in [`GenConfig`]).
+pub const GEN_HEAD_LEN: usize = 56;
+
+/// The floor forwarder's rewrite: ChannelData in on the client side → UDP out of the
+/// peer side, from the relay's peer-side address to the sink.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FloorConfig {
+    /// Destination MAC (the peer's interface).
+    pub dst_mac: [u8; 6],
+    /// Source MAC (the relay's peer-side interface).
+    pub src_mac: [u8; 6],
+    /// The relay's peer-side IPv4 address (network order bytes).
+    pub src_ip: [u8; 4],
+    /// The peer's IPv4 address (network order bytes).
+    pub dst_ip: [u8; 4],
+    /// The TURN listen port (host order): only ChannelData to it is forwarded.
+    pub listen_port: u16,
+    /// The sink's port (host order).
+    pub sink_port: u16,
+    /// ifindex of the relay's peer-side interface (redirect target).
+    pub out_ifindex: u32,
+}
