@@ -17,7 +17,8 @@
 //! Binding requests on the configured ports and passes everything else up. This module
 //! is the daemon's handle on it ([`FastPath`]); [`testrun`] runs the same program through
 //! `BPF_PROG_TEST_RUN` and compares it with the userspace answer (the differential
-//! harness).
+//! harness). [`rules`] is the TURN fast path's map handle: [`FastPath::turn_maps`] takes
+//! the TURN maps out of the loaded object for the workers, which install rules into them.
 
 pub mod rules;
 pub mod testrun;
