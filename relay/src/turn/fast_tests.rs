@@ -339,8 +339,8 @@ fn channel_expiry_alone_keeps_the_permission_entry() {
 }
 
 #[test]
-fn refresh_zero_kick_and_allocation_expiry_remove_everything() {
-    for how in ["refresh0", "kick", "expiry"] {
+fn refresh_zero_kick_close_and_allocation_expiry_remove_everything() {
+    for how in ["refresh0", "kick", "close", "expiry"] {
         let mut w = world();
         let rec = with_fast(&w);
         let (mut c, _, _) = allocated(&mut w);
@@ -353,6 +353,7 @@ fn refresh_zero_kick_and_allocation_expiry_remove_everything() {
                     Class::SuccessResponse
                 );
             }
+            "close" => w.server.on_client_closed(&c.tuple, &mut w.ports),
             "kick" => {
                 let n = w
                     .server
