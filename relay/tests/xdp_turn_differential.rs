@@ -22,7 +22,7 @@ use std::{
     os::fd::AsRawFd,
     process::Command,
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Instant, SystemTime},
 };
 
 use aya::maps::{Array, HashMap, PerCpuArray};
@@ -310,7 +310,7 @@ impl Reference {
         }
     }
 
-    fn from_client(&mut self, tuple: &FiveTuple, msg: &[u8]) {
+    fn client_sends(&mut self, tuple: &FiveTuple, msg: &[u8]) {
         self.sink = Sink::default();
         self.server.on_client(
             tuple,
@@ -322,7 +322,7 @@ impl Reference {
         );
     }
 
-    fn from_peer(&mut self, handle: RelayHandle, peer: SocketAddr, data: &[u8]) {
+    fn peer_sends(&mut self, handle: RelayHandle, peer: SocketAddr, data: &[u8]) {
         self.sink = Sink::default();
         self.server
             .on_peer(handle, peer, data, Instant::now(), &mut self.sink);
@@ -330,7 +330,7 @@ impl Reference {
 
     /// One request → its single answer.
     fn ask(&mut self, tuple: &FiveTuple, msg: &[u8]) -> Vec<u8> {
-        self.from_client(tuple, msg);
+        self.client_sends(tuple, msg);
         assert_eq!(self.sink.client.len(), 1, "one answer expected");
         self.sink.client.remove(0).1
     }
@@ -343,7 +343,12 @@ impl Reference {
             TransactionId([tid; 12])
         };
         let transport = (attrs::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
-        let first = request(method::ALLOCATE, &[transport.clone()], next(), None);
+        let first = request(
+            method::ALLOCATE,
+            std::slice::from_ref(&transport),
+            next(),
+            None,
+        );
         let challenge = self.ask(&tuple, &first);
         let m = Message::parse(&challenge).expect("401 parses");
         let Ok(Some(Attribute::Nonce(n))) = m.get(relay::stun::attr::NONCE) else {
@@ -709,7 +714,7 @@ fn assert_passed(out: &XdpOutcome, input: &[u8], what: &str) {
 
 /// Reference for ChannelData from the client: what userspace sends to the peer, framed.
 fn ref_to_peer(r: &mut Reference, a: &Alloc, msg: &[u8], tos: u8) -> Option<Vec<u8>> {
-    r.from_client(&a.tuple, msg);
+    r.client_sends(&a.tuple, msg);
     let (handle, peer, bytes) = r.sink.peer.pop()?;
     let src = *r.ports.open.get(&handle)?;
     let hop = Hop {
@@ -729,7 +734,7 @@ fn ref_to_client(
     tos: u8,
     txid: Option<[u8; 12]>,
 ) -> Option<Vec<u8>> {
-    r.from_peer(a.handle, from, payload);
+    r.peer_sends(a.handle, from, payload);
     let (tuple, mut bytes) = r.sink.client.pop()?;
     if let Some(t) = txid {
         let tid = TransactionId(t);
@@ -1089,10 +1094,8 @@ fn turn_fast_path_matches_the_userspace_relay() {
     Rules { x: &mut x }.settings(
         rc::SETTING_ENABLED | rc::SETTING_DATA_INDICATIONS | rc::SETTING_SEND_INDICATIONS,
     );
-    let mut n = 1;
-    for (c6, p6) in [(false, false), (true, true), (false, true), (true, false)] {
+    for (n, (c6, p6)) in (1..).zip([(false, false), (true, true), (false, true), (true, false)]) {
         scenario(&mut x, ifindex, &mut r, c6, p6, n);
-        n += 1;
     }
     let c = counters(&x);
     for i in [
@@ -1217,5 +1220,4 @@ fn turn_fast_path_cost() {
             d.as_nanos()
         );
     }
-    let _ = Duration::ZERO;
 }

@@ -1,11 +1,14 @@
 //! The relay's XDP programs.
 //!
-//! `relay_xdp` answers STUN Binding requests on the ports in `STUN_PORTS` inside the
-//! kernel (contracts 1 and 2 of issue 2) and passes every other frame up unchanged;
+//! `relay_xdp` relays TURN traffic per the rule maps of `relay_common::turn` (issue 4,
+//! [`turn`]; only while `TURN_SETTINGS` enables it), answers STUN Binding requests on the
+//! ports in `STUN_PORTS` inside the kernel (contracts 1 and 2 of issue 2) and passes
+//! every other frame up unchanged;
 //! `relay_xdp_pass` passes everything (attached to the peer of a veth so that frames
 //! XDP_TX'ed into the pair are received there).
 //!
-//! Modules: [`parse`] (Ethernet/IP/UDP), [`stun`] (Binding checks and the answer frame),
+//! Modules: [`turn`] (TURN relaying), [`parse`] (Ethernet/IP/UDP), [`stun`] (Binding
+//! checks and the answer frame),
 //! [`csum`] (Internet checksum), [`crc`] (FINGERPRINT CRC-32), [`counters`].
 #![no_std]
 #![no_main]

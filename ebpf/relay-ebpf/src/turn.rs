@@ -598,7 +598,10 @@ fn emit(ctx: &XdpContext, p: &Pkt, o: &Out, work: *mut Work) -> Result<u32, Opti
         return Err(Some(TURN_UNHANDLED_PASSED));
     }
 
-    // Next hop (also the MTU check).
+    // Next hop (also the MTU check). The kernel answers FWD_DISABLED unless forwarding
+    // is on for the ingress interface (checked on 6.18, with and without
+    // BPF_FIB_LOOKUP_OUTPUT): the host must enable it, or everything passes up counted
+    // as TURN_FIB_PASSED.
     // SAFETY: `work` points at this CPU's scratch entry, not aliased elsewhere.
     let fib = unsafe { &mut (*work).fib };
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of them).
