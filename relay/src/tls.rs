@@ -211,7 +211,6 @@ pub const TLS_IN_BYTES: usize = 2 * (HEADER + MAX_BODY);
 /// is reached; kept a little below rustls' confidentiality limit.
 const LIMIT_MARGIN: u64 = 16;
 
-const CT_CHANGE_CIPHER_SPEC: u8 = 20;
 const CT_ALERT: u8 = 21;
 const CT_HANDSHAKE: u8 = 22;
 const CT_APPLICATION_DATA: u8 = 23;
@@ -901,7 +900,8 @@ impl TlsStream {
                 }
             }
             CT_HANDSHAKE => self.post_handshake(sock, a, b),
-            CT_CHANGE_CIPHER_SPEC | _ => {
+            // change_cipher_spec (only legal during a handshake) and unknown types.
+            _ => {
                 let e = StreamError::Record("unexpected record type");
                 Err(self.fail(sock, ALERT_UNEXPECTED_MESSAGE, e))
             }
