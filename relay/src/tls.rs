@@ -537,6 +537,16 @@ impl TlsStream {
         }
     }
 
+    /// Tests only: lets the current sending key seal just `records` more records before
+    /// the cipher's limit applies (TLS 1.3: key update; TLS 1.2: the connection closes),
+    /// so that path can be exercised without sealing 2^24 records.
+    #[doc(hidden)]
+    pub fn limit_records_for_tests(&mut self, records: u64) {
+        if let Phase::Established(e) = &mut self.phase {
+            e.tx_limit = e.tx.seq.saturating_add(records);
+        }
+    }
+
     /// Whether ciphertext waits for the socket.
     pub fn wants_write(&self) -> bool {
         self.out_end > self.out_start

@@ -346,6 +346,45 @@ fn stream_relays_both_ways_with_every_suite() {
 }
 
 #[test]
+fn record_limit_rekeys_tls13_and_closes_tls12() {
+    let (server, trust) = server_config();
+    for suite in all_suites() {
+        let mut p = Pair::new(server.clone(), client_config(&trust, suite));
+        p.handshake();
+        p.server.limit_records_for_tests(3);
+        let tls13 = matches!(suite, SupportedCipherSuite::Tls13(_));
+        let mut sent = 0;
+        for i in 0..10u8 {
+            if !p.server.write(&[i; 100]) {
+                break;
+            }
+            sent += 1;
+            if i % 4 == 3 {
+                // After a key update the new key has the full limit again: cut it short
+                // once more so that several updates happen.
+                p.server.limit_records_for_tests(3);
+            }
+        }
+        p.server.flush(&mut p.pipe).unwrap();
+        let (back, eof) = p.client_turn().expect("client follows the key updates");
+        assert!(!eof);
+        let want: Vec<u8> = (0..sent).flat_map(|i| [i; 100]).collect();
+        assert_eq!(back, want, "{suite:?}");
+        if tls13 {
+            assert_eq!(sent, 10, "TLS 1.3 rekeys instead of stopping");
+            // And the client → server direction is unaffected.
+            exchange_both_ways(&mut p, 1);
+        } else {
+            assert!(
+                sent < 10,
+                "TLS 1.2 cannot rekey: the connection stops ({suite:?})"
+            );
+            assert!(!p.server.write(b"x"), "stays closed");
+        }
+    }
+}
+
+#[test]
 fn stream_refuses_bad_input_without_panicking() {
     let (server, trust) = server_config();
     // Not TLS at all.
