@@ -2,8 +2,9 @@
 //! allocations made on the worker thread only, and 10,000 Binding requests answered after
 //! a warm-up must not add a single one; likewise 10,000 TURN ChannelData frames relayed
 //! each way (client socket ↔ worker ↔ peer socket on loopback) after an authenticated
-//! Allocate, CreatePermission and ChannelBind, over a UDP and over a TCP client leg.
-//! Runs for both backends.
+//! Allocate, CreatePermission and ChannelBind, over a UDP, a TCP and a TLS client leg
+//! (TLS 1.3 and 1.2, a rustls client in the test; the handshake is not measured, every
+//! record after it is). Runs for both backends.
 #![allow(clippy::unwrap_used)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -220,6 +221,108 @@ type AttrsFor<'a> = &'a dyn Fn(&TransactionId) -> Vec<(u16, Vec<u8>)>;
 enum Link {
     Udp(UdpSocket, SocketAddr),
     Tcp(std::net::TcpStream, Vec<u8>),
+    Tls(
+        Box<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>,
+        Vec<u8>,
+    ),
+}
+
+/// Which client leg a TURN run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leg {
+    Udp,
+    Tcp,
+    Tls13,
+    Tls12,
+}
+
+/// Reads one STUN/ChannelData frame off a stream.
+fn read_frame(s: &mut impl std::io::Read, pending: &mut Vec<u8>) -> Vec<u8> {
+    for _ in 0..10_000 {
+        if let Some(r) = relay::turn::framing::frame_len(pending) {
+            let n = r.expect("valid framing");
+            if pending.len() >= n {
+                return pending.drain(..n).collect();
+            }
+        }
+        let mut b = [0u8; 4096];
+        let n = s.read(&mut b).expect("client receives");
+        assert!(n > 0, "server closed the connection");
+        pending.extend_from_slice(&b[..n]);
+    }
+    panic!("no complete frame after 10000 reads");
+}
+
+/// A self-signed certificate for "localhost" as PEM files (removed on drop).
+struct TestCert {
+    dir: std::path::PathBuf,
+    der: rustls_pki_types::CertificateDer<'static>,
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn test_cert() -> TestCert {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let dir = std::env::temp_dir().join(format!("relay-noalloc-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.join("c.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("k.pem"), ck.signing_key.serialize_pem()).unwrap();
+    TestCert {
+        dir,
+        der: ck.cert.der().clone(),
+    }
+}
+
+fn tls_link(server: SocketAddr, cert: &TestCert, leg: Leg) -> Link {
+    let s = std::net::TcpStream::connect(server).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let version = if leg == Leg::Tls12 {
+        &rustls::version::TLS12
+    } else {
+        &rustls::version::TLS13
+    };
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(
+        Arc::new(cfg),
+        rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let mut stream = rustls::StreamOwned::new(conn, s);
+    // Complete the handshake before any TURN traffic.
+    for _ in 0..100 {
+        if !stream.conn.is_handshaking() {
+            break;
+        }
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .expect("TLS handshake");
+    }
+    assert!(!stream.conn.is_handshaking(), "TLS handshake completed");
+    let want = if leg == Leg::Tls12 {
+        rustls::ProtocolVersion::TLSv1_2
+    } else {
+        rustls::ProtocolVersion::TLSv1_3
+    };
+    assert_eq!(stream.conn.protocol_version(), Some(want));
+    Link::Tls(Box::new(stream), Vec::new())
 }
 
 impl Link {
@@ -229,6 +332,10 @@ impl Link {
                 s.send_to(bytes, *to).unwrap();
             }
             Link::Tcp(s, _) => std::io::Write::write_all(s, bytes).unwrap(),
+            Link::Tls(s, _) => {
+                std::io::Write::write_all(s, bytes).unwrap();
+                std::io::Write::flush(s).unwrap();
+            }
         }
     }
 
@@ -241,18 +348,8 @@ impl Link {
                 assert_eq!(from, *server);
                 b[..n].to_vec()
             }
-            Link::Tcp(s, pending) => loop {
-                if let Some(r) = relay::turn::framing::frame_len(pending) {
-                    let n = r.expect("valid framing");
-                    if pending.len() >= n {
-                        return pending.drain(..n).collect();
-                    }
-                }
-                let mut b = [0u8; 4096];
-                let n = std::io::Read::read(s, &mut b).expect("client receives");
-                assert!(n > 0, "server closed the connection");
-                pending.extend_from_slice(&b[..n]);
-            },
+            Link::Tcp(s, pending) => read_frame(s, pending),
+            Link::Tls(s, pending) => read_frame(&mut **s, pending),
         }
     }
 }
@@ -315,7 +412,7 @@ fn xor_peer(peer: SocketAddr, tid: &TransactionId) -> Vec<u8> {
     v[..n].to_vec()
 }
 
-fn turn_steady_state_allocates_nothing(backend: Backend, tcp: bool) {
+fn turn_steady_state_allocates_nothing(backend: Backend, leg: Leg) {
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -350,6 +447,13 @@ fn turn_steady_state_allocates_nothing(backend: Backend, tcp: bool) {
     let (_commands_tx, commands) = std::sync::mpsc::channel();
     let tcp_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let tcp_server = tcp_listener.local_addr().unwrap();
+    let tls_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tls_server = tls_listener.local_addr().unwrap();
+    let cert = test_cert();
+    let tls = Arc::new(
+        relay::tls::TlsReloader::load(&cert.dir.join("c.pem"), &cert.dir.join("k.pem"))
+            .expect("certificate loads"),
+    );
     let setup = TurnSetup {
         config: config.clone(),
         shared,
@@ -359,8 +463,8 @@ fn turn_steady_state_allocates_nothing(backend: Backend, tcp: bool) {
             ports: (40000, 60999),
         },
         tcp: vec![tcp_listener.try_clone().unwrap()],
-        tls: vec![],
-        tls_config: None,
+        tls: vec![tls_listener.try_clone().unwrap()],
+        tls_config: Some(tls),
         commands,
         reservations: Arc::default(),
     };
@@ -381,17 +485,21 @@ fn turn_steady_state_allocates_nothing(backend: Backend, tcp: bool) {
             .expect("worker ready")
     );
 
-    let link = if tcp {
-        let s = std::net::TcpStream::connect(tcp_server).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.set_nodelay(true).unwrap();
-        Link::Tcp(s, Vec::new())
-    } else {
-        let client = UdpSocket::bind("127.0.0.1:0").expect("client");
-        client
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        Link::Udp(client, server)
+    let link = match leg {
+        Leg::Tcp => {
+            let s = std::net::TcpStream::connect(tcp_server).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.set_nodelay(true).unwrap();
+            Link::Tcp(s, Vec::new())
+        }
+        Leg::Tls13 | Leg::Tls12 => tls_link(tls_server, &cert, leg),
+        Leg::Udp => {
+            let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+            client
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            Link::Udp(client, server)
+        }
     };
     let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
     peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -469,14 +577,19 @@ fn turn_steady_state_allocates_nothing(backend: Backend, tcp: bool) {
     // Datagrams counted: peer → relay always, client → worker only over UDP.
     let per_way = WARM_UP + N;
     assert!(
-        c.received >= if tcp { per_way } else { 2 * per_way },
+        c.received
+            >= if leg == Leg::Udp {
+                2 * per_way
+            } else {
+                per_way
+            },
         "datagrams counted: {c:?}"
     );
     assert!(before > 0, "the counting allocator saw the worker's set-up");
     assert_eq!(
         after - before,
         0,
-        "{} allocations on the worker thread while relaying {N} ChannelData each way ({backend:?}, tcp: {tcp})",
+        "{} allocations on the worker thread while relaying {N} ChannelData each way ({backend:?}, {leg:?})",
         after - before
     );
 }
@@ -485,8 +598,9 @@ fn turn_steady_state_allocates_nothing(backend: Backend, tcp: bool) {
 fn io_uring_turn_worker_does_not_allocate_per_packet() {
     match select_backend(BackendChoice::IoUring) {
         Ok((b, _)) => {
-            turn_steady_state_allocates_nothing(b, false);
-            turn_steady_state_allocates_nothing(b, true);
+            for leg in [Leg::Udp, Leg::Tcp, Leg::Tls13, Leg::Tls12] {
+                turn_steady_state_allocates_nothing(b, leg);
+            }
         }
         Err(e) if std::env::var_os("RELAY_REQUIRE_IO_URING").is_some() => {
             panic!("io_uring required but unavailable: {e}")
@@ -497,6 +611,7 @@ fn io_uring_turn_worker_does_not_allocate_per_packet() {
 
 #[test]
 fn portable_turn_worker_does_not_allocate_per_packet() {
-    turn_steady_state_allocates_nothing(Backend::Portable, false);
-    turn_steady_state_allocates_nothing(Backend::Portable, true);
+    for leg in [Leg::Udp, Leg::Tcp, Leg::Tls13, Leg::Tls12] {
+        turn_steady_state_allocates_nothing(Backend::Portable, leg);
+    }
 }

@@ -12,7 +12,8 @@
 //! call, and both need the relay table; so the tables sit in `RefCell`s and the two trait
 //! objects are thin views over them. Nothing here allocates per relayed packet: UDP bytes
 //! go straight into the backend's send path, stream bytes into a bounded, preallocated
-//! write queue (TLS encrypts through rustls, which buffers internally).
+//! write queue (TLS seals records in place into the connection's own buffer, see
+//! [`TlsStream`]).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::tls::TlsReloader;
+use crate::tls::{ReadStatus, TlsReloader, TlsStream};
 use crate::turn::{
     AllocationInfo, FiveTuple, IpFamily, KickTarget, PortError, PortRequest, RelayHandle,
     RelayPorts, Shared, Transmit, Transport, TurnConfig, TurnServer, TurnStats, framing,
@@ -36,7 +37,9 @@ use crate::turn::{
 /// is that big).
 pub const STREAM_READ_BYTES: usize = 16 * 1024;
 /// Bytes queued per connection for writing before the client counts as too slow and is
-/// disconnected (bounded memory per client).
+/// disconnected (bounded memory per client). A TLS connection allocates this much
+/// (ciphertext) at accept, plus [`crate::tls::TLS_IN_BYTES`] for reading; both are zeroed
+/// allocations whose pages the kernel backs only once touched.
 pub const STREAM_WRITE_BYTES: usize = 256 * 1024;
 /// Open stream connections per worker; more are refused at accept (bounded memory).
 pub const MAX_CONNECTIONS_PER_WORKER: usize = 16 * 1024;
@@ -546,7 +549,7 @@ fn unsafe_zeroed_sockaddr() -> libc::sockaddr_in6 {
 struct Conn {
     stream: TcpStream,
     tuple: FiveTuple,
-    tls: Option<Box<rustls::ServerConnection>>,
+    tls: Option<Box<TlsStream>>,
     rbuf: Box<[u8]>,
     rlen: usize,
     wq: VecDeque<u8>,
@@ -637,8 +640,7 @@ impl Streams {
         let mut conn = slot.take()?;
         if let Some(tls) = &mut conn.tls {
             // Best effort: tell a TLS client we are closing on purpose.
-            tls.send_close_notify();
-            let _ = tls.write_tls(&mut &conn.stream);
+            tls.close(&mut &conn.stream);
         }
         let _ = conn.stream.shutdown(std::net::Shutdown::Both);
         self.by_tuple.remove(&conn.tuple);
@@ -657,10 +659,8 @@ impl Streams {
             return false;
         };
         let ok = match &mut conn.tls {
-            Some(tls) => {
-                // rustls bounds its plaintext+ciphertext buffers at set_buffer_limit.
-                matches!(tls.writer().write(bytes), Ok(n) if n == bytes.len())
-            }
+            // Sealed into the connection's bounded buffer; false when it is full.
+            Some(tls) => tls.write(bytes),
             None => {
                 if conn.wq.is_empty() {
                     match (&conn.stream).write(bytes) {
@@ -715,18 +715,7 @@ fn enqueue(wq: &mut VecDeque<u8>, bytes: &[u8]) -> bool {
 /// Writes what is queued; Ok(true) when nothing is left.
 fn flush(conn: &mut Conn) -> io::Result<bool> {
     match &mut conn.tls {
-        Some(tls) => {
-            while tls.wants_write() {
-                match tls.write_tls(&mut &conn.stream) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(true)
-        }
+        Some(tls) => tls.flush(&mut &conn.stream),
         None => {
             while !conn.wq.is_empty() {
                 let (a, _) = conn.wq.as_slices();
@@ -1017,11 +1006,8 @@ impl TurnIo {
             let _ = stream.set_nodelay(true);
             let tls = if transport == Transport::Tls {
                 let Some(cfg) = &self.tls else { continue };
-                match rustls::ServerConnection::new(cfg.current()) {
-                    Ok(mut c) => {
-                        c.set_buffer_limit(Some(STREAM_WRITE_BYTES));
-                        Some(Box::new(c))
-                    }
+                match TlsStream::new(cfg.current(), STREAM_WRITE_BYTES) {
+                    Ok(c) => Some(Box::new(c)),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot start a TLS session");
                         continue;
@@ -1349,36 +1335,12 @@ fn read_some(conn: &mut Conn) -> io::Result<ReadOutcome> {
                 Err(e) => Err(e),
             }
         }
-        Some(tls) => {
-            let more = match tls.read_tls(&mut &conn.stream) {
-                Ok(0) => return Ok(ReadOutcome::Eof),
-                Ok(_) => true,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
-                Err(e) => return Err(e),
-            };
-            if let Err(e) = tls.process_new_packets() {
-                tracing::debug!(error = %e, "TLS error; closing the connection");
-                // Try to send the alert.
-                let _ = tls.write_tls(&mut &conn.stream);
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        Some(tls) => match tls.read(&mut &conn.stream, &mut conn.rbuf[conn.rlen..])? {
+            ReadStatus::Progress { copied, more } => {
+                conn.rlen += copied;
+                Ok(ReadOutcome::Data(more))
             }
-            let mut more = more;
-            loop {
-                let space = &mut conn.rbuf[conn.rlen..];
-                if space.is_empty() {
-                    // Plaintext may be left inside rustls: come back for it.
-                    more = true;
-                    break;
-                }
-                match tls.reader().read(space) {
-                    Ok(0) => return Ok(ReadOutcome::Eof),
-                    Ok(n) => conn.rlen += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(ReadOutcome::Data(more))
-        }
+            ReadStatus::Eof => Ok(ReadOutcome::Eof),
+        },
     }
 }
