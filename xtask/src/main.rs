@@ -124,10 +124,10 @@ enum BenchCmd {
         /// Paths (comma-separated: xdp, io-uring, coturn, floor).
         #[arg(long, default_value = "xdp,io-uring,coturn,floor")]
         paths: String,
-        /// Receive processing inline on the generator's CPU instead of threaded NAPI on
-        /// the server CPU.
+        /// Receive processing of the relay's veth in threaded NAPI on the server CPU
+        /// instead of inline on the generator's CPU.
         #[arg(long)]
-        inline_rx: bool,
+        threaded_rx: bool,
         /// A few seconds, debug build, 10 allocations: proves every path relays.
         #[arg(long)]
         smoke: bool,
@@ -208,7 +208,7 @@ fn real_main() -> Result<()> {
                     step_seconds,
                     size,
                     paths,
-                    inline_rx,
+                    threaded_rx,
                     smoke,
                     markdown,
                 },
@@ -219,7 +219,7 @@ fn real_main() -> Result<()> {
                 step_seconds,
                 size,
                 paths,
-                inline_rx,
+                threaded_rx,
                 smoke,
             };
             bench_turn_xdp(&root, &t, &markdown)
@@ -428,7 +428,7 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
                 step_seconds: 1.0,
                 size: 200,
                 paths: "xdp,io-uring,coturn,floor".into(),
-                inline_rx: false,
+                threaded_rx: false,
                 smoke: true,
             },
             &target_dir(root).join("bench/turn-xdp-smoke.md"),
@@ -533,7 +533,7 @@ struct TurnXdpBench {
     step_seconds: f64,
     size: usize,
     paths: String,
-    inline_rx: bool,
+    threaded_rx: bool,
     smoke: bool,
 }
 
@@ -553,8 +553,8 @@ fn bench_turn_xdp(root: &Path, t: &TurnXdpBench, markdown: &Path) -> Result<()> 
         } else {
             root.join(markdown)
         });
-    if t.inline_rx {
-        cmd.arg("--inline-rx");
+    if t.threaded_rx {
+        cmd.arg("--threaded-rx");
     }
     if t.smoke {
         cmd.arg("--smoke");
