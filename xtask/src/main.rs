@@ -222,6 +222,12 @@ fn real_main() -> Result<()> {
                 threaded_rx,
                 smoke,
             };
+            // A smoke run does not overwrite the real report.
+            let markdown = if smoke && markdown == Path::new("target/bench/turn-xdp.md") {
+                PathBuf::from("target/bench/turn-xdp-smoke.md")
+            } else {
+                markdown
+            };
             bench_turn_xdp(&root, &t, &markdown)
         }
     }
