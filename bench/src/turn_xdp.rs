@@ -719,6 +719,10 @@ impl Bench<'_> {
         // Let queues drain (userspace relays, threaded NAPI) before reading the sink.
         std::thread::sleep(Duration::from_millis(300));
         let sink1 = self.bpf.sink()?;
+        if self.daemon.is_some() && self.measured_prog.is_some() {
+            // The daemon folds the kernel counters into its stats once a second.
+            std::thread::sleep(Duration::from_millis(1200));
+        }
         let kernel_after = self.kernel_relayed();
         let hist = sink1
             .hist
@@ -1220,7 +1224,7 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
                         if k == 0 {
                             o.note = Some("fast path did not relay (counters 0)".into());
                         } else if let Some(b) = &o.best
-                            && (k as f64) < 0.99 * b.received as f64
+                            && (k as f64) < 0.95 * b.received as f64
                         {
                             o.note =
                                 Some(format!("only {k} of {} relayed in the kernel", b.received));
