@@ -82,6 +82,11 @@ pub struct TurnSettings {
     /// How many bytes an answer to an unauthenticated UDP request (the 401/438
     /// challenge, a 400) may exceed the request by. 0 = never larger than the request.
     pub unauth_reply_allowance: u32,
+    /// Answers to unauthenticated UDP requests per second per source IP and worker
+    /// (0 = unlimited): bounds what a spoofed flood reflects at one victim.
+    pub unauth_replies_per_sec: u32,
+    /// Burst of such answers per source IP.
+    pub unauth_reply_burst: u32,
     /// Accept RFC 5766's channel numbers 0x5000–0x7FFF too (RFC 8656: 0x4000–0x4FFF).
     pub legacy_channel_range: bool,
     /// Static users: name → password.
@@ -144,6 +149,10 @@ pub(super) struct TurnSection {
     allocation_byte_quota: u64,
     #[serde(default = "default_unauth_reply_allowance")]
     unauth_reply_allowance: u32,
+    #[serde(default = "default_unauth_replies_per_sec")]
+    unauth_replies_per_sec: u32,
+    #[serde(default = "default_unauth_reply_burst")]
+    unauth_reply_burst: u32,
     #[serde(default)]
     legacy_channel_range: bool,
     #[serde(default)]
@@ -170,6 +179,8 @@ impl Default for TurnSection {
             bandwidth_limit: 0,
             allocation_byte_quota: 0,
             unauth_reply_allowance: default_unauth_reply_allowance(),
+            unauth_replies_per_sec: default_unauth_replies_per_sec(),
+            unauth_reply_burst: default_unauth_reply_burst(),
             legacy_channel_range: false,
             users: BTreeMap::new(),
             auth: AuthSection::default(),
@@ -244,6 +255,15 @@ fn default_max_permissions() -> u32 {
 /// a spoofed unauthenticated request to about 4x (a STUN Binding answer is 2x).
 fn default_unauth_reply_allowance() -> u32 {
     128
+}
+/// A browser needs one or two challenges per allocation; 50/s with bursts of 100 per
+/// source IP (per worker) leaves room for a busy NAT and bounds reflection at one victim
+/// to about 6 KB/s per worker with the default allowance.
+fn default_unauth_replies_per_sec() -> u32 {
+    50
+}
+fn default_unauth_reply_burst() -> u32 {
+    100
 }
 fn default_nonce_lifetime() -> u64 {
     600
@@ -365,6 +385,8 @@ pub(super) fn build(
         bandwidth_limit: turn.bandwidth_limit,
         allocation_byte_quota: turn.allocation_byte_quota,
         unauth_reply_allowance: turn.unauth_reply_allowance,
+        unauth_replies_per_sec: turn.unauth_replies_per_sec,
+        unauth_reply_burst: turn.unauth_reply_burst,
         legacy_channel_range: turn.legacy_channel_range,
         users: turn.users,
         secrets: turn.auth.secrets,

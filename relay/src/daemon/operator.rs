@@ -94,6 +94,8 @@ pub fn turn_dataplane(config: &Config) -> Result<(TurnDataplane, Arc<Shared>), T
         bandwidth_limit: t.bandwidth_limit,
         allocation_byte_quota: t.allocation_byte_quota,
         unauth_reply_allowance: t.unauth_reply_allowance as usize,
+        unauth_replies_per_sec: t.unauth_replies_per_sec,
+        unauth_reply_burst: t.unauth_reply_burst.max(1),
         legacy_channel_range: t.legacy_channel_range,
         relay_ports: t.port_range.0..=t.port_range.1,
         relay_ipv4: match v4 {
@@ -272,6 +274,8 @@ impl DaemonCommands<'_> {
                 || old.turn.bandwidth_limit != new.turn.bandwidth_limit
                 || old.turn.allocation_byte_quota != new.turn.allocation_byte_quota
                 || old.turn.unauth_reply_allowance != new.turn.unauth_reply_allowance
+                || old.turn.unauth_replies_per_sec != new.turn.unauth_replies_per_sec
+                || old.turn.unauth_reply_burst != new.turn.unauth_reply_burst
                 || old.turn.legacy_channel_range != new.turn.legacy_channel_range
                 || old.turn.nonce_lifetime != new.turn.nonce_lifetime,
         );

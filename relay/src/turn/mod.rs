@@ -27,6 +27,9 @@
 //! [`TurnConfig::unauth_reply_allowance`] (default 0, i.e. never larger than the request).
 //! The challenge is tried in full, then compact (no reason phrase, no FINGERPRINT); if it
 //! still does not fit it is not sent and [`TurnStats::amplification_drops`] counts it.
+//! On top of the per-answer bound, [`TurnConfig::unauth_replies_per_sec`] caps the rate of
+//! such answers per source IP, which bounds the total a spoofed flood can reflect at one
+//! victim.
 //! Beware: a minimal first Allocate (REQUESTED-TRANSPORT only, 28 bytes) cannot be
 //! challenged within its own size, so clients that send one (browsers may) need an
 //! allowance; about 100 bytes covers a short realm. TCP and TLS are exempt.
@@ -251,6 +254,13 @@ pub struct TurnConfig {
     /// [`TurnStats::amplification_drops`]) when it would still be larger than the request.
     /// Stream transports (TCP, TLS) are exempt: their handshake proves the source address.
     pub unauth_reply_allowance: usize,
+    /// Answers to unauthenticated UDP requests (challenges, 400s) per second per source
+    /// IP (0 = unlimited). Bounds what a spoofed flood can reflect at one victim address,
+    /// whatever the per-answer gain; excess requests get no answer (counted in
+    /// [`TurnStats::amplification_drops`]). Stream transports are exempt.
+    pub unauth_replies_per_sec: u32,
+    /// Burst of such answers per source IP.
+    pub unauth_reply_burst: u32,
     /// Accept ChannelBind numbers 0x5000–0x7FFF as RFC 5766 did (RFC 8656 allows only
     /// 0x4000–0x4FFF). Off by default; for older clients such as `turnutils_uclient`.
     pub legacy_channel_range: bool,
@@ -284,6 +294,8 @@ impl Default for TurnConfig {
             auth_failure_burst: 20,
             auth_limiter_entries: 4096,
             unauth_reply_allowance: 0,
+            unauth_replies_per_sec: 0,
+            unauth_reply_burst: 1,
             legacy_channel_range: false,
             relay_ports: 49152..=65535,
             allocation_byte_quota: 0,

@@ -59,6 +59,8 @@ pub struct TurnServer {
     pub(super) shared: Arc<Shared>,
     pub(super) stats: TurnStats,
     pub(super) auth: Authenticator,
+    /// Rate limit of answers to unauthenticated UDP requests per source IP (`None`: off).
+    pub(super) unauth_replies: Option<Authenticator>,
     pub(super) allocs: HashMap<u64, Allocation>,
     pub(super) by_tuple: HashMap<FiveTuple, u64>,
     pub(super) by_relay: HashMap<RelayHandle, u64>,
@@ -96,6 +98,14 @@ impl TurnServer {
             config.auth_failure_burst,
             config.auth_limiter_entries,
         );
+        // The same per-source token buckets, charged for every unauthenticated answer.
+        let unauth_replies = (config.unauth_replies_per_sec > 0).then(|| {
+            Authenticator::new(
+                config.unauth_replies_per_sec,
+                config.unauth_reply_burst,
+                config.auth_limiter_entries,
+            )
+        });
         let mut txn_seed = [0u8; 12];
         let k = super::nonce::NonceKey::random().issue(IpAddr::from([0, 0, 0, 0]), 0);
         for (i, b) in k.iter().rev().take(12).enumerate() {
@@ -105,6 +115,7 @@ impl TurnServer {
             config,
             stats: TurnStats::default(),
             auth,
+            unauth_replies,
             allocs: HashMap::new(),
             by_tuple: HashMap::new(),
             by_relay: HashMap::new(),
@@ -184,7 +195,7 @@ impl TurnServer {
             return;
         }
         if layout.is_err() || !known {
-            return self.unauthenticated_error(tuple, &m, 400, tx);
+            return self.unauthenticated_error(tuple, &m, 400, now, tx);
         }
         let creds = self.shared.credentials();
         let auth = match self.auth.check(
@@ -198,15 +209,15 @@ impl TurnServer {
             AuthResult::Ok(a) => a,
             AuthResult::Unauthorized(why) => {
                 self.stats.auth_failure(why);
-                return self.challenge(tuple, &m, 401, &creds.realm, wall, tx);
+                return self.challenge(tuple, &m, 401, now, wall, tx);
             }
             AuthResult::StaleNonce => {
                 self.stats.auth_failure(AuthFailure::StaleNonce);
-                return self.challenge(tuple, &m, 438, &creds.realm, wall, tx);
+                return self.challenge(tuple, &m, 438, now, wall, tx);
             }
             AuthResult::BadRequest => {
                 self.stats.auth_failure(AuthFailure::BadRequest);
-                return self.unauthenticated_error(tuple, &m, 400, tx);
+                return self.unauthenticated_error(tuple, &m, 400, now, tx);
             }
             AuthResult::Drop => {
                 self.stats.auth_failure(AuthFailure::RateLimited);
@@ -758,13 +769,26 @@ impl TurnServer {
         });
     }
 
-    /// Largest answer allowed to an unauthenticated request of `request_len` bytes.
-    fn unauth_limit(&self, tuple: &FiveTuple, request_len: usize) -> usize {
+    /// Largest answer allowed to an unauthenticated request of `request_len` bytes, or
+    /// `None` when the source has used up its rate of unauthenticated answers (charged
+    /// here).
+    fn unauth_limit(
+        &mut self,
+        tuple: &FiveTuple,
+        request_len: usize,
+        now: Instant,
+    ) -> Option<usize> {
         if tuple.transport.is_stream() {
-            usize::MAX
-        } else {
-            request_len.saturating_add(self.config.unauth_reply_allowance)
+            return Some(usize::MAX);
         }
+        if let Some(limiter) = &mut self.unauth_replies {
+            let ip = tuple.client.ip();
+            if !limiter.allowed(ip, now) {
+                return None;
+            }
+            limiter.failed(ip, now);
+        }
+        Some(request_len.saturating_add(self.config.unauth_reply_allowance))
     }
 
     /// An unsigned error (400 before authentication), subject to the amplification rule.
@@ -773,9 +797,13 @@ impl TurnServer {
         tuple: &FiveTuple,
         m: &Message<'_>,
         code: u16,
+        now: Instant,
         tx: &mut impl Transmit,
     ) {
-        let limit = self.unauth_limit(tuple, m.as_bytes().len());
+        let Some(limit) = self.unauth_limit(tuple, m.as_bytes().len(), now) else {
+            self.stats.amplification_drops += 1;
+            return;
+        };
         for compact in [false, true] {
             let built = build(
                 &mut self.scratch,
@@ -805,13 +833,18 @@ impl TurnServer {
         tuple: &FiveTuple,
         m: &Message<'_>,
         code: u16,
-        realm: &str,
+        now: Instant,
         wall: SystemTime,
         tx: &mut impl Transmit,
     ) {
+        let creds = self.shared.credentials();
+        let realm = creds.realm.as_str();
+        let Some(limit) = self.unauth_limit(tuple, m.as_bytes().len(), now) else {
+            self.stats.amplification_drops += 1;
+            return;
+        };
         let expiry = unix(wall) + self.config.nonce_lifetime.as_secs().max(1);
         let nonce = self.shared.nonce_key.issue(tuple.client.ip(), expiry);
-        let limit = self.unauth_limit(tuple, m.as_bytes().len());
         for compact in [false, true] {
             let built = build(
                 &mut self.scratch,

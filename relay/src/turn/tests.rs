@@ -829,6 +829,41 @@ fn unauthenticated_answers_never_exceed_the_request_on_udp() {
 }
 
 #[test]
+fn unauthenticated_answers_are_rate_limited_per_source_on_udp() {
+    let cfg = TurnConfig {
+        unauth_reply_allowance: 256,
+        unauth_replies_per_sec: 2,
+        unauth_reply_burst: 3,
+        ..config()
+    };
+    let mut w = world_with(cfg, Quotas::new(0, 0));
+    let c = Client::new(udp_tuple(), "alice", "wonderland");
+    let req = c.request_with(method::ALLOCATE, &[transport_udp()], TransactionId([1; 12]));
+    // The burst: three challenges, then silence for this source (a spoofed flood's victim).
+    for _ in 0..3 {
+        assert_eq!(error_code(&w.one(&c.tuple, &req)), Some(401));
+    }
+    for _ in 0..5 {
+        assert!(w.send(&c.tuple, &req).is_empty());
+    }
+    assert_eq!(w.server.stats().amplification_drops, 5);
+    // 400s to unauthenticated requests are charged to the same bucket.
+    let bad = c.request_with(0x0FF, &[], TransactionId([3; 12]));
+    assert!(w.send(&c.tuple, &bad).is_empty());
+    // Another source is not affected; over TCP nothing is limited.
+    let mut other = c.tuple;
+    other.client = "198.51.100.8:40000".parse().expect("addr");
+    assert_eq!(error_code(&w.one(&other, &req)), Some(401));
+    let mut tcp = c.tuple;
+    tcp.transport = Transport::Tcp;
+    assert_eq!(error_code(&w.one(&tcp, &req)), Some(401));
+    // The bucket refills at the configured rate.
+    w.advance(Duration::from_millis(600));
+    assert_eq!(error_code(&w.one(&c.tuple, &req)), Some(401));
+    assert!(w.send(&c.tuple, &req).is_empty());
+}
+
+#[test]
 fn wrong_password_unknown_user_and_rate_limit() {
     let mut cfg = config();
     cfg.auth_failure_burst = 3;
