@@ -1366,7 +1366,7 @@ fn report(
                             .unwrap_or_default(),
                         r / 1e6,
                         if o.generator_bound {
-                            " (generator-bound)"
+                            " (no loss at full generator speed)"
                         } else {
                             ""
                         },
