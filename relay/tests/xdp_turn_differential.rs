@@ -7,9 +7,10 @@
 //! `relay_xdp` under `BPF_PROG_TEST_RUN`, with the kernel rules written into the maps
 //! from the same allocation state. The runs happen inside a network namespace this test
 //! creates (a veth with the relay's addresses, permanent neighbour entries for client and
-//! peers, forwarding on) and name the veth as the ingress interface, so the program's
-//! `bpf_fib_lookup` resolves there: the MACs in the output can only come from that
-//! namespace's neighbour table.
+//! peers, forwarding on `lo` ONLY) and name the veth as the ingress interface; the
+//! program's `bpf_fib_lookup` goes through `lo` (`fib_ifindex`, as the daemon sets it),
+//! so the MACs in the output can only come from that namespace's veth neighbour table,
+//! reached without forwarding on the veth.
 //!
 //! Invariants checked: relayed frames equal the reference exactly (Data indications with
 //! the kernel's random transaction id copied into the reference); passed frames are
@@ -38,7 +39,7 @@ use relay::{
     wire,
     xdp::{
         testrun::{XdpAction, XdpOutcome, XdpTestRun},
-        turn_frames::{Hop, build_relayed_frame},
+        turn_frames::{Hop, Ipv4Fields, build_relayed_frame},
     },
 };
 use relay_common::{counter, turn as rc};
@@ -54,6 +55,8 @@ const MAC_RELAY: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
 const MAC_PEER: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb1];
 const MTU: usize = 1500;
+/// `lo` in a new network namespace.
+const LO_IFINDEX: u32 = 1;
 
 fn privileged() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -169,12 +172,16 @@ impl Netns {
         let st = Command::new("ip")
             .args(["netns", "exec", n, "sysctl", "-qw"])
             .args([
-                "net.ipv4.conf.all.forwarding=1",
-                "net.ipv6.conf.all.forwarding=1",
+                // Off everywhere (a new namespace inherits IPv4's from the host), then on
+                // for lo only: the relay's own interface never routes.
+                "net.ipv4.conf.all.forwarding=0",
+                "net.ipv6.conf.all.forwarding=0",
+                "net.ipv4.conf.lo.forwarding=1",
+                "net.ipv6.conf.lo.forwarding=1",
             ])
             .status()
             .expect("run sysctl");
-        assert!(st.success(), "enable forwarding in {n}");
+        assert!(st.success(), "enable forwarding on lo in {n}");
         ns
     }
 
@@ -486,7 +493,23 @@ fn frame(src_mac: [u8; 6], src: SocketAddr, dst: SocketAddr, payload: &[u8], tos
         .expect("frame builds");
     out.truncate(n);
     set_tos(&mut out, tos);
+    if out[12..14] == [0x08, 0x00] {
+        // Identification from the payload; DF cleared on odd lengths: both DF values and
+        // varied IDs reach the kernel (RFC 8656 §14: both are copied).
+        let id = (payload.len() as u16).wrapping_mul(0x9e37) ^ 0x5a5a;
+        out[18..20].copy_from_slice(&id.to_be_bytes());
+        out[20] = if payload.len() % 2 == 1 { 0 } else { 0x40 };
+        out[24] = 0;
+        out[25] = 0;
+        let c = wire::ipv4_header_checksum(&out[14..34]);
+        out[24..26].copy_from_slice(&c.to_be_bytes());
+    }
     out
+}
+
+/// The reference IPv4 fields for relaying `input`.
+fn v4f(input: &[u8], send: bool) -> Ipv4Fields {
+    Ipv4Fields::for_input(input, send).expect("input frame parses")
 }
 
 fn set_tos(f: &mut [u8], tos: u8) {
@@ -532,6 +555,10 @@ struct Rules<'a> {
 
 impl Rules<'_> {
     fn settings(&mut self, flags: u32) {
+        self.settings_with(flags, 1000, LO_IFINDEX);
+    }
+
+    fn settings_with(&mut self, flags: u32, next_hop_ttl_ms: u32, fib_ifindex: u32) {
         let mut m: Array<_, rc::TurnSettings> = self
             .x
             .ebpf_mut()
@@ -545,6 +572,8 @@ impl Rules<'_> {
                 flags,
                 relay_port_min: 49152,
                 relay_port_max: 65535,
+                next_hop_ttl_ms,
+                fib_ifindex,
             },
             0,
         )
@@ -713,7 +742,13 @@ fn assert_passed(out: &XdpOutcome, input: &[u8], what: &str) {
 }
 
 /// Reference for ChannelData from the client: what userspace sends to the peer, framed.
-fn ref_to_peer(r: &mut Reference, a: &Alloc, msg: &[u8], tos: u8) -> Option<Vec<u8>> {
+fn ref_to_peer(
+    r: &mut Reference,
+    a: &Alloc,
+    msg: &[u8],
+    tos: u8,
+    v4: Ipv4Fields,
+) -> Option<Vec<u8>> {
     r.client_sends(&a.tuple, msg);
     let (handle, peer, bytes) = r.sink.peer.pop()?;
     let src = *r.ports.open.get(&handle)?;
@@ -721,7 +756,7 @@ fn ref_to_peer(r: &mut Reference, a: &Alloc, msg: &[u8], tos: u8) -> Option<Vec<
         src_mac: MAC_RELAY,
         dst_mac: MAC_PEER,
     };
-    Some(build_relayed_frame(&hop, src, peer, tos, &bytes).expect("reference frame"))
+    Some(build_relayed_frame(&hop, src, peer, tos, v4, &bytes).expect("reference frame"))
 }
 
 /// Reference for peer data: what userspace sends to the client, framed; a Data
@@ -732,6 +767,7 @@ fn ref_to_client(
     from: SocketAddr,
     payload: &[u8],
     tos: u8,
+    v4: Ipv4Fields,
     txid: Option<[u8; 12]>,
 ) -> Option<Vec<u8>> {
     r.peer_sends(a.handle, from, payload);
@@ -758,7 +794,7 @@ fn ref_to_client(
         src_mac: MAC_RELAY,
         dst_mac: MAC_CLIENT,
     };
-    Some(build_relayed_frame(&hop, tuple.server, tuple.client, tos, &bytes).expect("reference"))
+    Some(build_relayed_frame(&hop, tuple.server, tuple.client, tos, v4, &bytes).expect("reference"))
 }
 
 fn kernel_txid(out: &XdpOutcome) -> [u8; 12] {
@@ -824,7 +860,8 @@ fn scenario(
             let pad = if padded { (4 - len % 4) % 4 } else { 0 };
             let msg = channel_data(len, pad, len as u8);
             let f = frame(MAC_CLIENT, tuple.client, tuple.server, &msg, tos);
-            let reference = ref_to_peer(r, &a, &msg, tos).expect("userspace relays ChannelData");
+            let reference = ref_to_peer(r, &a, &msg, tos, v4f(&f, false))
+                .expect("userspace relays ChannelData");
             let out = run(x, ifindex, &f);
             assert_relayed(
                 &out,
@@ -864,7 +901,8 @@ fn scenario(
     ] {
         let msg = send_indication(peer, &data(len, 0x33));
         let f = frame(MAC_CLIENT, tuple.client, tuple.server, &msg, tos);
-        let reference = ref_to_peer(r, &a, &msg, tos).expect("userspace relays the Send");
+        let reference =
+            ref_to_peer(r, &a, &msg, tos, v4f(&f, true)).expect("userspace relays the Send");
         let out = run(x, ifindex, &f);
         assert_relayed(
             &out,
@@ -880,7 +918,8 @@ fn scenario(
     for (len, tos) in [(0usize, 0u8), (1, 0), (3, 0x2e), (100, 0xb8), (max_cd, 0)] {
         let payload = data(len, len as u8);
         let f = frame(MAC_PEER, peer, a.relay, &payload, tos);
-        let reference = ref_to_client(r, &a, peer, &payload, tos, None).expect("userspace relays");
+        let reference = ref_to_client(r, &a, peer, &payload, tos, v4f(&f, false), None)
+            .expect("userspace relays");
         let out = run(x, ifindex, &f);
         assert_relayed(
             &out,
@@ -920,8 +959,8 @@ fn scenario(
             "{tag}: Data indication len {len}"
         );
         let t = kernel_txid(&out);
-        let reference =
-            ref_to_client(r, &a, other, &payload, tos, Some(t)).expect("userspace relays");
+        let reference = ref_to_client(r, &a, other, &payload, tos, v4f(&f, false), Some(t))
+            .expect("userspace relays");
         assert_relayed(
             &out,
             &reference,
@@ -1129,6 +1168,176 @@ fn turn_fast_path_matches_the_userspace_relay() {
     assert_passed(&run(&x, ifindex, &f), &f, "Data indications off");
 }
 
+fn sysctl(kv: &str) {
+    let st = Command::new("sysctl")
+        .args(["-qw", kv])
+        .status()
+        .expect("run sysctl");
+    assert!(st.success(), "sysctl {kv}");
+}
+
+fn forwarding(dev: &str, v6: bool) -> String {
+    let fam = if v6 { "ipv6" } else { "ipv4" };
+    std::fs::read_to_string(format!("/proc/sys/net/{fam}/conf/{dev}/forwarding"))
+        .expect("forwarding sysctl")
+        .trim()
+        .to_owned()
+}
+
+/// The relayed frame of `f` with next-hop MAC `dmac` (else the reference's).
+fn with_dmac(mut reference: Vec<u8>, dmac: [u8; 6]) -> Vec<u8> {
+    reference[..6].copy_from_slice(&dmac);
+    reference
+}
+
+/// FIB lookups through `lo` (forwarding on there only) resolve the veth's routes and
+/// neighbours; with forwarding off everywhere the frame passes up (FWD_DISABLED); the
+/// next-hop cache serves hits without a lookup until its TTL, then looks up again
+/// (a changed neighbour is seen, a removed one makes the frame pass up).
+#[test]
+fn fib_through_lo_and_next_hop_cache() {
+    if !privileged() {
+        return;
+    }
+    let ns = Netns::create("n");
+    let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
+    let _in = ns.enter();
+    // SAFETY: as above.
+    let ifindex = unsafe { libc::if_nametoindex(c"v0".as_ptr()) };
+    assert_ne!(ifindex, 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::if_nametoindex(c"lo".as_ptr()) }, LO_IFINDEX);
+    for v6 in [false, true] {
+        assert_eq!(forwarding("v0", v6), "0", "no forwarding on the veth");
+        assert_eq!(forwarding("lo", v6), "1", "forwarding on lo");
+    }
+    let mut r = Reference::new();
+    let flags = rc::SETTING_ENABLED | rc::SETTING_DATA_INDICATIONS | rc::SETTING_SEND_INDICATIONS;
+    let mut allocs = Vec::new();
+    for (v6, n) in [(false, 1u32), (true, 2)] {
+        let f = fam(v6);
+        let tuple = FiveTuple {
+            client: SocketAddr::new(f.client, CLIENT_PORT + n as u16),
+            server: SocketAddr::new(f.listen, LISTEN_PORT),
+            transport: Transport::Udp,
+        };
+        let peer = SocketAddr::new(f.peer, PEER_PORT);
+        let a = r.allocate(tuple, v6, peer, (n * 16) as u8);
+        Rules { x: &mut x }.install(&a, n * 8);
+        allocs.push((v6, a));
+    }
+    let msg = channel_data(100, 0, 7);
+    let fib_passed = |x: &XdpTestRun| counters(x)[counter::TURN_FIB_PASSED as usize];
+
+    for (v6, a) in &allocs {
+        let tag = fam_name(*v6);
+        let f = frame(MAC_CLIENT, a.tuple.client, a.tuple.server, &msg, 0);
+        let reference = ref_to_peer(&mut r, a, &msg, 0, v4f(&f, false)).expect("relays");
+
+        // Through lo, no cache: relayed with the veth's neighbour.
+        Rules { x: &mut x }.settings_with(flags, 0, LO_IFINDEX);
+        assert_relayed(&run(&x, ifindex, &f), &reference, &format!("{tag}: via lo"));
+        // Through the ingress veth (forwarding off there): FWD_DISABLED → passes up.
+        Rules { x: &mut x }.settings_with(flags, 0, 0);
+        let before = fib_passed(&x);
+        assert_passed(&run(&x, ifindex, &f), &f, &format!("{tag}: via v0"));
+        assert_eq!(
+            fib_passed(&x),
+            before + 1,
+            "{tag}: counted as TURN_FIB_PASSED"
+        );
+        // Forwarding off everywhere: passes up through lo too.
+        let fam_s = if *v6 { "ipv6" } else { "ipv4" };
+        sysctl(&format!("net.{fam_s}.conf.lo.forwarding=0"));
+        Rules { x: &mut x }.settings_with(flags, 0, LO_IFINDEX);
+        assert_passed(
+            &run(&x, ifindex, &f),
+            &f,
+            &format!("{tag}: forwarding off everywhere"),
+        );
+        assert_eq!(
+            fib_passed(&x),
+            before + 2,
+            "{tag}: counted as TURN_FIB_PASSED"
+        );
+        sysctl(&format!("net.{fam_s}.conf.lo.forwarding=1"));
+
+        // Cache: a miss stores, a hit ignores a changed neighbour until the TTL passes.
+        let peer_ip = a.peer.ip().to_string();
+        let ttl_ms = 300u32;
+        Rules { x: &mut x }.settings_with(flags, ttl_ms, LO_IFINDEX);
+        assert_relayed(&run(&x, ifindex, &f), &reference, &format!("{tag}: miss"));
+        let new_mac = [0x02, 0, 0, 0, 0, 0xb2];
+        ip(&[
+            "neigh",
+            "replace",
+            &peer_ip,
+            "lladdr",
+            "02:00:00:00:00:b2",
+            "dev",
+            "v0",
+            "nud",
+            "permanent",
+        ]);
+        let t0 = Instant::now();
+        let out = run(&x, ifindex, &f);
+        assert!(
+            t0.elapsed().as_millis() < u128::from(ttl_ms),
+            "{tag}: the hit ran within the TTL"
+        );
+        assert_relayed(&out, &reference, &format!("{tag}: cache hit (old MAC)"));
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(ttl_ms) + 50));
+        assert_relayed(
+            &run(&x, ifindex, &f),
+            &with_dmac(reference.clone(), new_mac),
+            &format!("{tag}: expired entry looked up again (new MAC)"),
+        );
+        // Neighbour removed: still served until the TTL, then passes up.
+        ip(&["neigh", "del", &peer_ip, "dev", "v0"]);
+        let before = fib_passed(&x);
+        let t0 = Instant::now();
+        let out = run(&x, ifindex, &f);
+        assert!(
+            t0.elapsed().as_millis() < u128::from(ttl_ms),
+            "{tag}: within the TTL"
+        );
+        assert_relayed(
+            &out,
+            &with_dmac(reference.clone(), new_mac),
+            &format!("{tag}: removed neighbour, cached"),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(ttl_ms) + 50));
+        assert_passed(
+            &run(&x, ifindex, &f),
+            &f,
+            &format!("{tag}: removed neighbour, after the TTL"),
+        );
+        assert_eq!(
+            fib_passed(&x),
+            before + 1,
+            "{tag}: counted as TURN_FIB_PASSED"
+        );
+        ip(&[
+            "neigh",
+            "replace",
+            &peer_ip,
+            "lladdr",
+            "02:00:00:00:00:b1",
+            "dev",
+            "v0",
+            "nud",
+            "permanent",
+        ]);
+        // Without a cache every frame looks up: a change is seen at once.
+        Rules { x: &mut x }.settings_with(flags, 0, LO_IFINDEX);
+        assert_relayed(
+            &run(&x, ifindex, &f),
+            &reference,
+            &format!("{tag}: no cache"),
+        );
+    }
+}
+
 /// Measurements for the report: verified instructions and ns per frame of each case.
 #[test]
 fn turn_fast_path_cost() {
@@ -1221,8 +1430,20 @@ fn turn_fast_path_cost() {
         x.verified_instructions(),
         x.translated_instructions()
     );
-    for (name, f, want) in &cases {
-        assert_eq!(run(&x, ifindex, f).action, *want, "{name}");
+    for ttl in [0u32, 1000] {
+        Rules { x: &mut x }.settings_with(
+            rc::SETTING_ENABLED | rc::SETTING_DATA_INDICATIONS | rc::SETTING_SEND_INDICATIONS,
+            ttl,
+            LO_IFINDEX,
+        );
+        eprintln!("-- next_hop_ttl_ms = {ttl} (FIB through lo)");
+        time_cases(&x, ifindex, &cases);
+    }
+}
+
+fn time_cases(x: &XdpTestRun, ifindex: u32, cases: &[(String, Vec<u8>, XdpAction)]) {
+    for (name, f, want) in cases {
+        assert_eq!(run(x, ifindex, f).action, *want, "{name}");
         let d = x
             .mean_single_run_on(f, ifindex, 20_000)
             .expect("timed runs");

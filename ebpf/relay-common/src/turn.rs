@@ -27,7 +27,9 @@ pub const fn unwire(v: WirePort) -> u16 {
 
 /// An IPv4 address in the 16-byte (IPv4-mapped) form used in keys.
 pub const fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
 }
 
 /// Whether a 16-byte key address is an IPv4-mapped one.
@@ -65,6 +67,9 @@ pub mod maps {
     pub const BANDWIDTH: &str = "TURN_BANDWIDTH";
     /// `Array<TurnSettings>` of one entry.
     pub const SETTINGS: &str = "TURN_SETTINGS";
+    /// `LruHashMap<NextHopKey, NextHop>`: `bpf_fib_lookup` results reused for
+    /// `TurnSettings::next_hop_ttl_ms` (written only by the kernel).
+    pub const NEXT_HOPS: &str = "TURN_NEXT_HOPS";
 }
 
 /// Entries in `TURN_RULE_STATS` (and the largest `stats_idx` + 1).
@@ -230,6 +235,12 @@ pub struct TurnSettings {
     pub relay_port_min: u16,
     /// Highest relayed port (host order).
     pub relay_port_max: u16,
+    /// How long a next hop found by `bpf_fib_lookup` is reused from `TURN_NEXT_HOPS`
+    /// (milliseconds); 0 = no cache (every relayed frame does its own FIB lookup).
+    pub next_hop_ttl_ms: u32,
+    /// The interface whose FIB input path the lookups take (`params.ifindex`); 0 = the
+    /// frame's ingress interface. Forwarding must be on for that interface only.
+    pub fib_ifindex: u32,
 }
 
 /// Setting: relay ChannelData and peer data in the kernel.
@@ -238,6 +249,41 @@ pub const SETTING_ENABLED: u32 = 1;
 pub const SETTING_DATA_INDICATIONS: u32 = 2;
 /// Setting: relay Send indications in the kernel (otherwise pass them up).
 pub const SETTING_SEND_INDICATIONS: u32 = 4;
+
+/// Entries in `TURN_NEXT_HOPS` (least recently used ones are evicted).
+pub const MAX_NEXT_HOPS: u32 = 65_536;
+
+/// Key of `TURN_NEXT_HOPS`: what the FIB result depends on for a relayed frame (the
+/// lookup interface is one per program; TOS and ports only matter to policy rules that
+/// select on them, which the cache does not model).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NextHopKey {
+    /// Destination address (mapped form).
+    pub dst: [u8; 16],
+    /// Source address (mapped form): the relay address the frame leaves from.
+    pub src: [u8; 16],
+}
+
+/// Value of `TURN_NEXT_HOPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// CLOCK_MONOTONIC deadline after which the FIB is asked again.
+    pub expires_ns: u64,
+    /// Egress interface.
+    pub ifindex: u32,
+    /// The route's MTU (`mtu_result`); larger frames pass up.
+    pub mtu: u16,
+    /// Zero.
+    pub _pad: u16,
+    /// The egress interface's MAC.
+    pub smac: [u8; 6],
+    /// The next hop's MAC.
+    pub dmac: [u8; 6],
+    /// Zero.
+    pub _pad2: [u8; 4],
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -261,6 +307,10 @@ mod pod {
     unsafe impl aya::Pod for super::Bandwidth {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TurnSettings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NextHopKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NextHop {}
 }
 
 #[cfg(test)]
@@ -278,7 +328,9 @@ mod tests {
         assert_eq!(size_of::<AllocRule>(), 40);
         assert_eq!(size_of::<RuleStats>(), 16);
         assert_eq!(size_of::<Bandwidth>(), 32);
-        assert_eq!(size_of::<TurnSettings>(), 8);
+        assert_eq!(size_of::<TurnSettings>(), 16);
+        assert_eq!(size_of::<NextHopKey>(), 32);
+        assert_eq!(size_of::<NextHop>(), 32);
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //!   shape (FINGERPRINT, DONT-FRAGMENT, other attributes) passes up.
 //!
 //! Frame rules (the same as `relay/src/xdp/turn_frames.rs`, byte for byte): Ethernet MACs
-//! from `bpf_fib_lookup`; IPv4 `0x45`, TOS copied, ID 0, DF, TTL 64, UDP, header checksum;
+//! from `bpf_fib_lookup` (or its result cached in `TURN_NEXT_HOPS` for
+//! `next_hop_ttl_ms`); IPv4 `0x45`, TOS copied, ID and DF per the input (see
+//! `turn_frames.rs`), TTL 64, UDP, header checksum;
 //! IPv6 traffic class copied, flow label 0, hop limit 64; UDP checksum updated
 //! incrementally from the incoming one (RFC 1624), so it is exact when that one was.
 //! Both families and the cross-family cases are handled: the whole header is rebuilt.
@@ -30,7 +32,7 @@ use aya_ebpf::{
         bpf_xdp_store_bytes,
     },
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use relay_common::{
@@ -41,8 +43,9 @@ use relay_common::{
     },
     turn::{
         AllocKey, AllocRule, BANDWIDTH_WINDOW_NS, Bandwidth, ChannelKey, ChannelRule,
-        MAX_ALLOCATIONS, MAX_MAP_ENTRIES, MAX_RULES, PeerKey, PeerRule, RuleStats,
-        SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS, TurnSettings,
+        MAX_ALLOCATIONS, MAX_MAP_ENTRIES, MAX_NEXT_HOPS, MAX_RULES, NextHop, NextHopKey, PeerKey,
+        PeerRule, RuleStats, SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS,
+        TurnSettings,
     },
 };
 
@@ -65,6 +68,12 @@ static TURN_RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(M
 static TURN_BANDWIDTH: Array<Bandwidth> = Array::with_max_entries(MAX_ALLOCATIONS, 0);
 #[map(name = "TURN_SETTINGS")]
 static TURN_SETTINGS: Array<TurnSettings> = Array::with_max_entries(1, 0);
+/// Next hops found by `bpf_fib_lookup`, reused for `next_hop_ttl_ms` (the lookup is most
+/// of a relayed frame's cost). One map shared by all CPUs: a hit only reads it, and a
+/// route or neighbour change is one entry to age out, not one per CPU.
+#[map(name = "TURN_NEXT_HOPS")]
+static TURN_NEXT_HOPS: LruHashMap<NextHopKey, NextHop> =
+    LruHashMap::with_max_entries(MAX_NEXT_HOPS, 0);
 
 /// Per-CPU scratch memory of the TURN path (too big for the 512-byte stack).
 #[map(name = "TURN_SCRATCH")]
@@ -102,6 +111,11 @@ struct Pkt {
     ulen: usize,
     /// TOS / traffic class.
     tos: u8,
+    /// IPv4 input with DF set.
+    df: bool,
+    /// Identification of an IPv4 output: the input's (IPv4) or the input's UDP checksum
+    /// (IPv6).
+    ipid: [u8; 2],
     csum: [u8; 2],
     /// Offset of the UDP header.
     l4: usize,
@@ -232,6 +246,8 @@ fn parse(ctx: &XdpContext, p: &mut Pkt) -> Result<(), Option<u32>> {
             }
             p.l4 = ETH + 20;
             p.tos = ip[1];
+            p.df = frag & 0x4000 != 0;
+            p.ipid = [ip[4], ip[5]];
             ttl = ip[8];
             p.src = relay_common::turn::mapped_v4([ip[12], ip[13], ip[14], ip[15]]);
             p.dst = relay_common::turn::mapped_v4([ip[16], ip[17], ip[18], ip[19]]);
@@ -267,6 +283,7 @@ fn parse(ctx: &XdpContext, p: &mut Pkt) -> Result<(), Option<u32>> {
                 return Err(None);
             }
             p.v6 = true;
+            p.df = false;
             p.l4 = ETH + 40;
             p.tos = (ip[0] << 4) | (ip[1] >> 4);
             ttl = ip[7];
@@ -287,6 +304,7 @@ fn parse(ctx: &XdpContext, p: &mut Pkt) -> Result<(), Option<u32>> {
             p.sport = [udp[0], udp[1]];
             p.dport = [udp[2], udp[3]];
             p.csum = [udp[6], udp[7]];
+            p.ipid = p.csum;
             if p.csum == [0, 0] {
                 p.unusual = true;
             }
@@ -598,63 +616,54 @@ fn emit(ctx: &XdpContext, p: &Pkt, o: &Out, work: *mut Work) -> Result<u32, Opti
         return Err(Some(TURN_UNHANDLED_PASSED));
     }
 
-    // Next hop (also the MTU check). The kernel answers FWD_DISABLED unless forwarding
-    // is on for the ingress interface (checked on 6.18, with and without
-    // BPF_FIB_LOOKUP_OUTPUT): the host must enable it, or everything passes up counted
-    // as TURN_FIB_PASSED.
+    // Next hop: from TURN_NEXT_HOPS while the cached entry is fresh, else from
+    // bpf_fib_lookup (also the MTU check), stored on success. The kernel answers
+    // FWD_DISABLED unless forwarding is on for the lookup's interface (checked on 6.18,
+    // with and without BPF_FIB_LOOKUP_OUTPUT): the daemon turns it on for
+    // `fib_ifindex` only (`lo` by default), else everything passes up counted as
+    // TURN_FIB_PASSED.
+    let settings = TURN_SETTINGS.get(0).ok_or(Some(TURN_UNHANDLED_PASSED))?;
+    let ttl_ms = settings.next_hop_ttl_ms;
+    let fib_ifindex = settings.fib_ifindex;
     // SAFETY: `work` points at this CPU's scratch entry, not aliased elsewhere.
     let fib = unsafe { &mut (*work).fib };
-    // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of them).
-    *fib = unsafe { core::mem::zeroed() };
-    fib.l4_protocol = 17;
-    fib.sport = u16::from_ne_bytes(o.sport);
-    fib.dport = u16::from_ne_bytes(o.dport);
-    fib.__bindgen_anon_1.tot_len = ip_total as u16;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    if o.v6 {
-        fib.family = AF_INET6;
-        let mut s = [0u32; 4];
-        let mut d = [0u32; 4];
-        let mut i = 0;
-        while i < 4 {
-            s[i] = u32::from_ne_bytes([
-                o.src[4 * i],
-                o.src[4 * i + 1],
-                o.src[4 * i + 2],
-                o.src[4 * i + 3],
-            ]);
-            d[i] = u32::from_ne_bytes([
-                o.dst[4 * i],
-                o.dst[4 * i + 1],
-                o.dst[4 * i + 2],
-                o.dst[4 * i + 3],
-            ]);
-            i += 1;
-        }
-        fib.__bindgen_anon_3.ipv6_src = s;
-        fib.__bindgen_anon_4.ipv6_dst = d;
-    } else {
-        fib.family = AF_INET;
-        fib.__bindgen_anon_2.tos = p.tos;
-        fib.__bindgen_anon_3.ipv4_src =
-            u32::from_ne_bytes([o.src[12], o.src[13], o.src[14], o.src[15]]);
-        fib.__bindgen_anon_4.ipv4_dst =
-            u32::from_ne_bytes([o.dst[12], o.dst[13], o.dst[14], o.dst[15]]);
-    }
-    // SAFETY: `fib` is a valid, writable bpf_fib_lookup of the size passed.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.ctx.cast(),
-            fib as *mut bpf_fib_lookup,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
+    let hop_key = NextHopKey {
+        dst: o.dst,
+        src: o.src,
     };
-    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
-        return Err(Some(TURN_UNHANDLED_PASSED));
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut cached = false;
+    if ttl_ms != 0 {
+        // SAFETY: the value is copied out at once.
+        if let Some(h) = unsafe { TURN_NEXT_HOPS.get(&hop_key) } {
+            if h.expires_ns > now {
+                if ip_total > h.mtu as usize {
+                    return Err(Some(TURN_UNHANDLED_PASSED));
+                }
+                fib.ifindex = h.ifindex;
+                fib.smac = h.smac;
+                fib.dmac = h.dmac;
+                cached = true;
+            }
+        }
     }
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return Err(Some(TURN_FIB_PASSED));
+    if !cached {
+        lookup(ctx, p, o, fib, ip_total, fib_ifindex)?;
+        if ttl_ms != 0 {
+            let hop = NextHop {
+                expires_ns: now + ttl_ms as u64 * 1_000_000,
+                ifindex: fib.ifindex,
+                // SAFETY: on success the kernel wrote the route's MTU into the union.
+                mtu: unsafe { fib.__bindgen_anon_1.mtu_result },
+                _pad: 0,
+                smac: fib.smac,
+                dmac: fib.dmac,
+                _pad2: [0; 4],
+            };
+            // A failed insert only costs the next frame another lookup.
+            let _ = TURN_NEXT_HOPS.insert(&hop_key, &hop, 0);
+        }
     }
 
     // SAFETY: `work` points at this CPU's scratch entry.
@@ -749,7 +758,15 @@ fn emit(ctx: &XdpContext, p: &Pkt, o: &Out, work: *mut Work) -> Result<u32, Opti
         put(f, 12, &[0x08, 0x00]);
         put(f, ip, &[0x45, p.tos]);
         put(f, ip + 2, &(ip_total as u16).to_be_bytes());
-        put(f, ip + 4, &[0, 0, 0x40, 0, 64, 17, 0, 0]);
+        // DF copied from an IPv4 input (RFC 8656 §14 preferred behaviour); 0 from an
+        // IPv6 input (alternate behaviour) and for Send indications without
+        // DONT-FRAGMENT (those with it pass up).
+        let df = if p.df && counter != TURN_SEND_TO_PEER {
+            0x40
+        } else {
+            0
+        };
+        put(f, ip + 4, &[p.ipid[0], p.ipid[1], df, 0, 64, 17, 0, 0]);
         put_addr(f, ip + 12, &o.src, false);
         put_addr(f, ip + 16, &o.dst, false);
         // SAFETY: the 20 header bytes are inside the scratch buffer (14 + 20 <= 128).
@@ -945,4 +962,73 @@ unsafe fn over_budget(bw: *mut Bandwidth, bytes: u64) -> bool {
 #[inline(always)]
 fn l4_of(p: &Pkt) -> usize {
     if p.v6 { ETH + 40 } else { ETH + 20 }
+}
+
+/// `bpf_fib_lookup` for the frame to send per `o`: `fib` filled on success.
+#[inline(always)]
+fn lookup(
+    ctx: &XdpContext,
+    p: &Pkt,
+    o: &Out,
+    fib: &mut bpf_fib_lookup,
+    ip_total: usize,
+    fib_ifindex: u32,
+) -> Result<(), Option<u32>> {
+    // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of them).
+    *fib = unsafe { core::mem::zeroed() };
+    fib.l4_protocol = 17;
+    fib.sport = u16::from_ne_bytes(o.sport);
+    fib.dport = u16::from_ne_bytes(o.dport);
+    fib.__bindgen_anon_1.tot_len = ip_total as u16;
+    fib.ifindex = if fib_ifindex != 0 {
+        fib_ifindex
+    } else {
+        ctx.ingress_ifindex() as u32
+    };
+    if o.v6 {
+        fib.family = AF_INET6;
+        let mut s = [0u32; 4];
+        let mut d = [0u32; 4];
+        let mut i = 0;
+        while i < 4 {
+            s[i] = u32::from_ne_bytes([
+                o.src[4 * i],
+                o.src[4 * i + 1],
+                o.src[4 * i + 2],
+                o.src[4 * i + 3],
+            ]);
+            d[i] = u32::from_ne_bytes([
+                o.dst[4 * i],
+                o.dst[4 * i + 1],
+                o.dst[4 * i + 2],
+                o.dst[4 * i + 3],
+            ]);
+            i += 1;
+        }
+        fib.__bindgen_anon_3.ipv6_src = s;
+        fib.__bindgen_anon_4.ipv6_dst = d;
+    } else {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_2.tos = p.tos;
+        fib.__bindgen_anon_3.ipv4_src =
+            u32::from_ne_bytes([o.src[12], o.src[13], o.src[14], o.src[15]]);
+        fib.__bindgen_anon_4.ipv4_dst =
+            u32::from_ne_bytes([o.dst[12], o.dst[13], o.dst[14], o.dst[15]]);
+    }
+    // SAFETY: `fib` is a valid, writable bpf_fib_lookup of the size passed.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.ctx.cast(),
+            fib as *mut bpf_fib_lookup,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        return Err(Some(TURN_UNHANDLED_PASSED));
+    }
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return Err(Some(TURN_FIB_PASSED));
+    }
+    Ok(())
 }

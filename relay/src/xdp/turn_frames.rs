@@ -10,8 +10,12 @@
 //!   ethertype of the OUTPUT family.
 //! - **IPv4**: `0x45` (no options); TOS copied from the incoming packet (DSCP and ECN,
 //!   RFC 8656 §14 preferred behaviour, also across families: IPv6 traffic class ↔ TOS);
-//!   total length; ID 0; flags DF (always set; a frame larger than the egress MTU the FIB
-//!   reports is passed up instead); TTL 64; protocol 17; header checksum.
+//!   total length; Identification and DF per [`Ipv4Fields::for_input`] (RFC 8656 §14:
+//!   DF copied from an IPv4 input — preferred behaviour —, 0 from an IPv6 input —
+//!   alternate behaviour —, 0 for a Send indication without DONT-FRAGMENT, whose DF
+//!   userspace sets, so such frames pass up; ID copied from an IPv4 input, the input's
+//!   UDP checksum for an IPv6 input); no fragment offset (a frame larger than the egress
+//!   MTU the FIB reports is passed up); TTL 64; protocol 17; header checksum.
 //! - **IPv6**: version 6, traffic class copied, flow label 0, payload length, next
 //!   header 17, hop limit 64.
 //! - **UDP**: ports per rule (relayed port → peer port; listen port → client port),
@@ -43,6 +47,44 @@ pub struct Hop {
     pub dst_mac: [u8; 6],
 }
 
+/// The IPv4 header fields of a relayed frame that depend on the received one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ipv4Fields {
+    /// Identification.
+    pub id: u16,
+    /// Don't Fragment.
+    pub df: bool,
+}
+
+impl Ipv4Fields {
+    /// The fields for a frame relaying the datagram of `input` (a received Ethernet
+    /// frame; `None` if it does not parse). `send_indication`: the data came from a Send
+    /// indication (no DONT-FRAGMENT: one with it is not relayed in the kernel).
+    ///
+    /// Identification: an IPv4 input's own ID — the sender made it unique among its
+    /// datagrams, and it is free; from IPv6 there is no ID, and the frame may be
+    /// fragmented (DF 0), so it needs one that differs between consecutive datagrams
+    /// (RFC 6864 §4.2): the input's UDP checksum, which changes with every payload (RTP
+    /// sequence numbers and timestamps), costs nothing and keeps the output a pure
+    /// function of the input (no per-flow counter to share between CPUs).
+    pub fn for_input(input: &[u8], send_indication: bool) -> Option<Ipv4Fields> {
+        let f = wire::parse_udp_frame(input).ok()?;
+        let ip = f.ip_header();
+        if f.is_ipv6() {
+            let udp = input.get(ETH_HLEN + IPV6_HLEN + 6..ETH_HLEN + IPV6_HLEN + 8)?;
+            Some(Ipv4Fields {
+                id: u16::from_be_bytes([udp[0], udp[1]]),
+                df: false,
+            })
+        } else {
+            Some(Ipv4Fields {
+                id: u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]),
+                df: !send_indication && ip.get(6)? & 0x40 != 0,
+            })
+        }
+    }
+}
+
 /// Why a frame could not be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TurnFrameError {
@@ -66,12 +108,13 @@ pub fn tos_of(frame: &[u8]) -> Option<u8> {
 }
 
 /// Builds the frame that relays `payload` from `src` to `dst` with traffic class `tos`
-/// over `hop`, per the module's rules.
+/// over `hop`, per the module's rules (`v4`: used when the output is IPv4).
 pub fn build_relayed_frame(
     hop: &Hop,
     src: SocketAddr,
     dst: SocketAddr,
     tos: u8,
+    v4: Ipv4Fields,
     payload: &[u8],
 ) -> Result<Vec<u8>, TurnFrameError> {
     let (src_ip, dst_ip) = (src.ip().to_canonical(), dst.ip().to_canonical());
@@ -96,7 +139,8 @@ pub fn build_relayed_frame(
             let ip_start = f.len();
             f.extend_from_slice(&[0x45, tos]);
             f.extend_from_slice(&(ip_len as u16).to_be_bytes());
-            f.extend_from_slice(&[0, 0, 0x40, 0, HOP_LIMIT, 17, 0, 0]);
+            f.extend_from_slice(&v4.id.to_be_bytes());
+            f.extend_from_slice(&[if v4.df { 0x40 } else { 0 }, 0, HOP_LIMIT, 17, 0, 0]);
             f.extend_from_slice(&s.octets());
             f.extend_from_slice(&d.octets());
             let c = wire::ipv4_header_checksum(&f[ip_start..ip_start + IPV4_HLEN]);
@@ -136,13 +180,25 @@ mod tests {
     fn ipv4_frame_follows_the_rules() {
         let src: SocketAddr = "192.0.2.2:50000".parse().expect("addr");
         let dst: SocketAddr = "203.0.113.5:7000".parse().expect("addr");
-        let f = build_relayed_frame(&HOP, src, dst, 0xb8, b"hello").expect("builds");
+        let v4 = Ipv4Fields {
+            id: 0x1234,
+            df: true,
+        };
+        let f = build_relayed_frame(&HOP, src, dst, 0xb8, v4, b"hello").expect("builds");
         let p = wire::parse_udp_frame(&f).expect("parses");
         assert_eq!(p.src, src);
         assert_eq!(p.dst, dst);
         assert_eq!(p.payload, b"hello");
         assert_eq!(&f[14..16], &[0x45, 0xb8]);
-        assert_eq!(&f[18..23], &[0, 0, 0x40, 0, 64]);
+        assert_eq!(&f[18..23], &[0x12, 0x34, 0x40, 0, 64]);
+        assert_eq!(Ipv4Fields::for_input(&f, false), Some(v4));
+        assert_eq!(
+            Ipv4Fields::for_input(&f, true),
+            Some(Ipv4Fields {
+                id: 0x1234,
+                df: false
+            })
+        );
         assert!(p.ip_checksum_valid());
         assert!(p.udp_checksum_valid());
         assert_eq!(tos_of(&f), Some(0xb8));
@@ -152,15 +208,21 @@ mod tests {
     fn ipv6_frame_copies_traffic_class_and_mixed_families_fail() {
         let src: SocketAddr = "[2001:db8::2]:50000".parse().expect("addr");
         let dst: SocketAddr = "[2001:db8::5]:7000".parse().expect("addr");
-        let f = build_relayed_frame(&HOP, src, dst, 0xb9, &[1, 2, 3]).expect("builds");
+        let f = build_relayed_frame(&HOP, src, dst, 0xb9, Ipv4Fields::default(), &[1, 2, 3])
+            .expect("builds");
         assert_eq!(&f[14..18], &[0x6b, 0x90, 0, 0]);
         assert_eq!(f[21], 64);
         let p = wire::parse_udp_frame(&f).expect("parses");
         assert!(p.udp_checksum_valid());
         assert_eq!(tos_of(&f), Some(0xb9));
+        let sum = u16::from_be_bytes([f[60], f[61]]);
+        assert_eq!(
+            Ipv4Fields::for_input(&f, false),
+            Some(Ipv4Fields { id: sum, df: false })
+        );
         let v4: SocketAddr = "192.0.2.2:1".parse().expect("addr");
         assert_eq!(
-            build_relayed_frame(&HOP, v4, dst, 0, &[]),
+            build_relayed_frame(&HOP, v4, dst, 0, Ipv4Fields::default(), &[]),
             Err(TurnFrameError::FamilyMismatch)
         );
     }
