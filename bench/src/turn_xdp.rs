@@ -568,7 +568,6 @@ struct Template {
     csum_base: u64,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn template(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
