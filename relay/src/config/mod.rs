@@ -106,6 +106,9 @@ pub struct XdpConfig {
     /// Whether TURN is relayed in the kernel too (channel and peer rules installed in the
     /// XDP program's maps) when the fast path is attached and TURN is on.
     pub turn: bool,
+    /// The interface the TURN fast path's FIB lookups go through (`xdp.fib_interface`;
+    /// forwarding is enabled on it only; see `relay::xdp::fib`).
+    pub fib_interface: String,
 }
 
 /// Values given on the command line; each set one replaces the file's value.
@@ -196,6 +199,12 @@ struct XdpSection {
     mode: XdpModeChoice,
     #[serde(default = "default_true")]
     turn: bool,
+    #[serde(default = "default_fib_interface")]
+    fib_interface: String,
+}
+
+fn default_fib_interface() -> String {
+    "lo".into()
 }
 
 impl Default for XdpSection {
@@ -205,6 +214,7 @@ impl Default for XdpSection {
             interfaces: Vec::new(),
             mode: XdpModeChoice::Auto,
             turn: true,
+            fib_interface: default_fib_interface(),
         }
     }
 }
@@ -299,6 +309,7 @@ impl Config {
                 interfaces: file.xdp.interfaces,
                 mode: file.xdp.mode,
                 turn: file.xdp.turn,
+                fib_interface: file.xdp.fib_interface,
             },
             control_socket: file.control.socket,
             log_level: file.log.level,

@@ -300,10 +300,34 @@ fn start_kernel_turn(
             return false;
         }
     };
+    // FIB lookups through `xdp.fib_interface` (forwarding on there only): see xdp::fib.
+    let fib_ifindex = match crate::xdp::fib::prepare(&config.xdp.fib_interface) {
+        Ok(i) => {
+            tracing::info!(
+                interface = %config.xdp.fib_interface,
+                ifindex = i,
+                "IPv4/IPv6 forwarding enabled on this interface only: the TURN fast path's \
+                 route lookups go through it, so the relay's own interfaces need no forwarding"
+            );
+            i
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "TURN relaying in the kernel unavailable: TURN stays in userspace (fix \
+                 xdp.fib_interface, or set xdp.turn = false)"
+            );
+            return false;
+        }
+    };
     let settings = TurnSettings {
         flags: SETTING_ENABLED | SETTING_DATA_INDICATIONS | SETTING_SEND_INDICATIONS,
         relay_port_min: config.turn.port_range.0,
         relay_port_max: config.turn.port_range.1,
+        // Next hops reused for 1 s: the FIB lookup is most of a relayed frame's cost, and
+        // a route or neighbour change is then seen within a second.
+        next_hop_ttl_ms: 1000,
+        fib_ifindex,
     };
     if let Err(e) = maps.set_settings(&settings) {
         tracing::warn!(error = %e, "cannot enable TURN relaying in the kernel: TURN stays in userspace");

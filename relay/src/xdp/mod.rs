@@ -20,6 +20,7 @@
 //! harness). [`rules`] is the TURN fast path's map handle: [`FastPath::turn_maps`] takes
 //! the TURN maps out of the loaded object for the workers, which install rules into them.
 
+pub mod fib;
 pub mod rules;
 pub mod testrun;
 pub mod turn_frames;

@@ -606,6 +606,8 @@ mod privileged {
             flags: SETTING_ENABLED | SETTING_DATA_INDICATIONS | SETTING_SEND_INDICATIONS,
             relay_port_min: 49152,
             relay_port_max: 65535,
+            next_hop_ttl_ms: 1000,
+            fib_ifindex: 1,
         };
         m.set_settings(&s).expect("settings");
         assert_eq!(m.settings().expect("settings"), s);
