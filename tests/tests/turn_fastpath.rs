@@ -16,7 +16,8 @@
 //! `relay_xdp_pass` (frames redirected into a veth are only received when its peer has an
 //! XDP program), the senders' veths have TX checksumming off (`ethtool -K eth0 tx off`:
 //! the XDP program updates UDP checksums incrementally, so they must be complete), and
-//! the relay namespace forwards (the program's `bpf_fib_lookup` is a forwarding lookup).
+//! the relay namespace does NOT forward: the daemon enables forwarding on `lo` only and the
+//! program's `bpf_fib_lookup` goes through it (`xdp.fib_interface`).
 //!
 //! Needs root; without it the tests print "skipped: needs root" (or fail when
 //! RELAY_REQUIRE_PRIVILEGED=1, as `cargo xtask test` sets).
@@ -111,16 +112,18 @@ fn setup() -> Setup {
     for ns in [&topo.client, &topo.peer] {
         must(ns, "ethtool", &["-K", "eth0", "tx", "off"]);
     }
-    // bpf_fib_lookup (forwarding lookup) needs forwarding on in the relay namespace.
+    // Forwarding OFF on every interface of the relay namespace (a new namespace inherits
+    // IPv4's from the host): the daemon turns it on for `lo` only (xdp.fib_interface) and
+    // looks routes up through it, so the relay's veths never route.
     must(
         &topo.relay,
         "sysctl",
-        &["-qw", "net.ipv4.conf.all.forwarding=1"],
+        &["-qw", "net.ipv4.conf.all.forwarding=0"],
     );
     must(
         &topo.relay,
         "sysctl",
-        &["-qw", "net.ipv6.conf.all.forwarding=1"],
+        &["-qw", "net.ipv6.conf.all.forwarding=0"],
     );
     // Frames the relay redirects into vc/vp are received by eth0 only with XDP on it.
     let pass = vec![
