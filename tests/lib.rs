@@ -442,9 +442,16 @@ impl Daemon {
             }
             None => ns.command(bin),
         };
-        cmd.arg("run")
-            .args(args)
-            .arg("--control-socket")
+        cmd.arg("run").args(args);
+        // A test daemon pins in its own bpffs directory (bpffs is shared by all
+        // namespaces, interface names are not) and detaches on exit, unless the test
+        // chooses its pin directory itself (restart tests).
+        if !args.contains(&"--xdp-pin-dir") {
+            cmd.arg("--xdp-pin-dir")
+                .arg(format!("/sys/fs/bpf/relay-test-{}", ns.name()))
+                .arg("--xdp-no-persist");
+        }
+        cmd.arg("--control-socket")
             .arg(&control_socket)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

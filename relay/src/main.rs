@@ -84,6 +84,13 @@ enum Command {
         #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
         control_socket: PathBuf,
     },
+    /// Detach the pinned XDP fast path left by a daemon run with xdp.persist = true and
+    /// remove its pins (links, then maps).
+    XdpUnload {
+        /// The pin directory (xdp.pin_dir).
+        #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/relay")]
+        pin_dir: PathBuf,
+    },
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The TOML file.
@@ -114,6 +121,12 @@ struct RunArgs {
     /// XDP attach mode.
     #[arg(long, value_enum)]
     xdp_mode: Option<XdpModeChoice>,
+    /// bpffs directory for the pinned XDP links and maps (replaces xdp.pin_dir).
+    #[arg(long, value_name = "DIR")]
+    xdp_pin_dir: Option<PathBuf>,
+    /// Detach the XDP fast path on exit (sets xdp.persist = false).
+    #[arg(long)]
+    xdp_no_persist: bool,
     /// Control socket path (replaces control.socket).
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -153,7 +166,20 @@ fn main() -> ExitCode {
             control_socket,
         } => report(kick(&control_socket, user, client, relayed)),
         Command::Reload { control_socket } => report(reload(&control_socket)),
+        Command::XdpUnload { pin_dir } => report(xdp_unload(&pin_dir)),
     }
+}
+
+fn xdp_unload(pin_dir: &Path) -> anyhow::Result<()> {
+    let removed = relay::xdp::unload_pins(pin_dir)
+        .with_context(|| format!("removing the pinned XDP fast path in {}", pin_dir.display()))?;
+    if removed.is_empty() {
+        println!("nothing pinned in {}", pin_dir.display());
+    }
+    for path in removed {
+        println!("removed {}", path.display());
+    }
+    Ok(())
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {
@@ -187,7 +213,7 @@ fn load(args: &RunArgs) -> Result<Config, relay::config::ConfigError> {
         Some(path) => Config::load(path)?,
         None => Config::embedded_default()?,
     };
-    base.apply(&Overrides {
+    let mut config = base.apply(&Overrides {
         listen: args.listen.clone(),
         workers: args.workers,
         backend: args.backend,
@@ -197,7 +223,14 @@ fn load(args: &RunArgs) -> Result<Config, relay::config::ConfigError> {
         control_socket: args.control_socket.clone(),
         log_level: args.log_level.clone(),
         metrics_listen: args.metrics_listen,
-    })
+    })?;
+    if let Some(dir) = &args.xdp_pin_dir {
+        config.xdp.pin_dir = dir.clone();
+    }
+    if args.xdp_no_persist {
+        config.xdp.persist = false;
+    }
+    Ok(config)
 }
 
 fn run(args: RunArgs) -> ExitCode {

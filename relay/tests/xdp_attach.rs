@@ -243,6 +243,7 @@ fn fast_path_answers_over_veth_in_native_mode() {
             interfaces: vec!["rxdp-r".into()],
             mode: XdpMode::Native,
             stun_ports: vec![3478],
+            pin_dir: None,
         },
     );
     assert_eq!(
@@ -350,6 +351,7 @@ fn generic_mode_on_loopback() {
             interfaces: vec!["lo".into()],
             mode: XdpMode::Auto,
             stun_ports: vec![3478],
+            pin_dir: None,
         },
     );
     eprintln!("lo attached as {:?}", fp.attachments);
@@ -401,6 +403,7 @@ fn errors_are_typed() {
             interfaces: vec!["no-such-if0".into()],
             mode: XdpMode::Auto,
             stun_ports: vec![3478],
+            pin_dir: None,
         })
         .expect_err("missing interface")
         .to_string()
@@ -415,6 +418,7 @@ fn errors_are_typed() {
             interfaces: vec!["lo".into()],
             mode: XdpMode::Native,
             stun_ports: vec![3478],
+            pin_dir: None,
         })
         .expect_err("lo has no native XDP")
         .to_string()
@@ -442,6 +446,7 @@ fn unprivileged_load_is_not_permitted() {
             interfaces: vec![],
             mode: XdpMode::Auto,
             stun_ports: vec![3478],
+            pin_dir: None,
         })
         .expect_err("an unprivileged user cannot load BPF maps and programs");
         assert!(

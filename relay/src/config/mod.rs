@@ -106,6 +106,12 @@ pub struct XdpConfig {
     /// Whether TURN is relayed in the kernel too (channel and peer rules installed in the
     /// XDP program's maps) when the fast path is attached and TURN is on.
     pub turn: bool,
+    /// bpffs directory where the maps and the per-interface links are pinned
+    /// (`xdp.pin_dir`), so that a restarted or upgraded daemon adopts them.
+    pub pin_dir: PathBuf,
+    /// Leave the pinned program and maps in place on exit (`xdp.persist`), so that the
+    /// kernel keeps relaying while the daemon restarts; false = detach on exit.
+    pub persist: bool,
     /// The interface the TURN fast path's FIB lookups go through (`xdp.fib_interface`;
     /// forwarding is enabled on it only; see `relay::xdp::fib`).
     pub fib_interface: String,
@@ -199,12 +205,20 @@ struct XdpSection {
     mode: XdpModeChoice,
     #[serde(default = "default_true")]
     turn: bool,
+    #[serde(default = "default_pin_dir")]
+    pin_dir: PathBuf,
+    #[serde(default = "default_true")]
+    persist: bool,
     #[serde(default = "default_fib_interface")]
     fib_interface: String,
 }
 
 fn default_fib_interface() -> String {
     "lo".into()
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/relay")
 }
 
 impl Default for XdpSection {
@@ -214,6 +228,8 @@ impl Default for XdpSection {
             interfaces: Vec::new(),
             mode: XdpModeChoice::Auto,
             turn: true,
+            pin_dir: default_pin_dir(),
+            persist: true,
             fib_interface: default_fib_interface(),
         }
     }
@@ -309,6 +325,8 @@ impl Config {
                 interfaces: file.xdp.interfaces,
                 mode: file.xdp.mode,
                 turn: file.xdp.turn,
+                pin_dir: file.xdp.pin_dir,
+                persist: file.xdp.persist,
                 fib_interface: file.xdp.fib_interface,
             },
             control_socket: file.control.socket,

@@ -158,10 +158,7 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
 
     let stopped = dataplane.stop();
     if let Some(fp) = fast_path {
-        match fp.detach() {
-            Ok(()) => tracing::info!("XDP fast path detached"),
-            Err(e) => tracing::warn!(error = %e, "detaching the XDP fast path failed"),
-        }
+        stop_fast_path(config, fp);
     }
     drop(control);
     if let Err(e) = stopped {
@@ -240,6 +237,7 @@ fn start_fast_path(
             XdpModeChoice::Generic => XdpMode::Generic,
         },
         stun_ports,
+        pin_dir: pin_dir(config),
     };
     match FastPath::start(&opts) {
         Ok(fp) => Ok(Some(fp)),
@@ -269,6 +267,54 @@ fn start_fast_path(
             Ok(None)
         }
         Err(e) => Err(DaemonError::Xdp(e)),
+    }
+}
+
+/// Where to pin: `xdp.pin_dir` when `xdp.persist` (an unusable directory is then an
+/// error naming the key); without persistence, pinned too when bpffs is there (so that
+/// pins left by an earlier persistent run are adopted and removed on exit), else nothing.
+fn pin_dir(config: &Config) -> Option<std::path::PathBuf> {
+    let dir = config.xdp.pin_dir.clone();
+    if config.xdp.persist {
+        return Some(dir);
+    }
+    match crate::xdp::prepare_pin_dir(&dir) {
+        Ok(()) => Some(dir),
+        Err(e) => {
+            tracing::info!(error = %e, "XDP fast path not pinned (xdp.persist = false)");
+            None
+        }
+    }
+}
+
+/// On exit: with `xdp.persist`, leaves the pinned links and maps in place (the kernel
+/// keeps relaying established channels until their deadlines or until a new daemon
+/// adopts them); otherwise detaches and removes the pins.
+fn stop_fast_path(config: &Config, fp: FastPath) {
+    let dir = fp.pin_dir().map(std::path::Path::to_path_buf);
+    match (config.xdp.persist, dir) {
+        (true, Some(dir)) => match fp.release() {
+            Ok(()) => tracing::info!(
+                pin_dir = %dir.display(),
+                "XDP fast path left running (xdp.persist = true): the program stays attached \
+                 through the links pinned in {0} and the maps (rules, counters) stay pinned \
+                 there; a restarted relay adopts them. To remove them: relay xdp-unload \
+                 --pin-dir {0}",
+                dir.display()
+            ),
+            Err(e) => tracing::warn!(error = %e, "releasing the XDP fast path failed"),
+        },
+        (_, dir) => {
+            match fp.detach() {
+                Ok(()) => tracing::info!("XDP fast path detached"),
+                Err(e) => tracing::warn!(error = %e, "detaching the XDP fast path failed"),
+            }
+            if let Some(dir) = dir
+                && let Err(e) = crate::xdp::unload_pins(&dir)
+            {
+                tracing::warn!(error = %e, "removing the XDP pins failed");
+            }
+        }
     }
 }
 
@@ -329,6 +375,17 @@ fn start_kernel_turn(
         next_hop_ttl_ms: 1000,
         fib_ifindex,
     };
+    if fp.adopted() {
+        match maps.adopt_existing() {
+            Ok(a) => tracing::info!(
+                kept = a.kept,
+                expired_removed = a.removed,
+                "adopted the TURN rules left by the previous daemon: live ones keep \
+                 relaying until their deadlines"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot read the adopted TURN rules"),
+        }
+    }
     if let Err(e) = maps.set_settings(&settings) {
         tracing::warn!(error = %e, "cannot enable TURN relaying in the kernel: TURN stays in userspace");
         return false;

@@ -26,11 +26,16 @@ pub mod testrun;
 pub mod turn_frames;
 
 use std::io;
+use std::path::{Path, PathBuf};
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{HashMap, MapError, PerCpuArray},
-    programs::{ProgramError, Xdp, xdp::XdpLinkId},
+    programs::{
+        ProgramError, Xdp,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use relay_common::{counter, names};
 use tracing::{info, warn};
@@ -85,6 +90,10 @@ pub struct XdpOptions {
     pub mode: XdpMode,
     /// UDP ports on which the kernel answers Binding requests.
     pub stun_ports: Vec<u16>,
+    /// bpffs directory to pin the maps and the per-interface links in (and to adopt them
+    /// from, when a previous daemon left them there); None = nothing pinned, everything
+    /// detached when the handle drops.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// Errors of the fast path.
@@ -146,6 +155,25 @@ pub enum XdpError {
     /// `BPF_PROG_TEST_RUN` failed.
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
     TestRun(#[source] ProgramError),
+    /// The pin directory is not on a mounted bpffs (or cannot be created).
+    #[error(
+        "xdp.pin_dir {path:?}: {reason}; mount bpffs (mount -t bpf bpf /sys/fs/bpf) or set \
+         xdp.pin_dir to a directory on it (or xdp.persist = false to pin nothing)"
+    )]
+    PinDir {
+        /// The configured directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Pinning, adopting or unpinning a link failed.
+    #[error("XDP link pinned at {path:?}: {reason}")]
+    Link {
+        /// The pin.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl XdpError {
@@ -174,12 +202,129 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> XdpError {
     move |source| XdpError::Map { name, source }
 }
 
+/// The maps pinned by name under the pin directory (the TURN maps, the counters and the
+/// STUN ports): a restarted daemon reuses them, rules, counters and all.
+pub const PINNED_MAPS: [&str; 8] = [
+    relay_common::turn::maps::CHANNELS,
+    relay_common::turn::maps::PEERS,
+    relay_common::turn::maps::ALLOCS,
+    relay_common::turn::maps::RULE_STATS,
+    relay_common::turn::maps::BANDWIDTH,
+    relay_common::turn::maps::SETTINGS,
+    names::COUNTERS,
+    names::STUN_PORTS,
+];
+
+/// `statfs(2)` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Creates `dir` if needed and checks that it is on a mounted bpffs.
+pub fn prepare_pin_dir(dir: &Path) -> Result<(), XdpError> {
+    let fail = |reason: String| XdpError::PinDir {
+        path: dir.to_owned(),
+        reason,
+    };
+    let parent = dir.parent().unwrap_or(dir);
+    if !dir.exists() {
+        if !on_bpffs(parent) {
+            return Err(fail(format!(
+                "{} is not on a mounted bpffs",
+                parent.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create it: {e}")))?;
+    }
+    if !on_bpffs(dir) {
+        return Err(fail("not on a mounted bpffs".to_owned()));
+    }
+    Ok(())
+}
+
+fn on_bpffs(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is writable; both outlive the call.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    r == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// The pin of the link on `interface` in `mode` under `dir`.
+fn link_pin(dir: &Path, interface: &str, mode: AttachedMode) -> PathBuf {
+    dir.join(format!("link_{interface}_{}", mode.as_str()))
+}
+
+/// Removes what a persistent fast path left in `dir`: the links first (which detaches the
+/// program from each interface), then the maps, then the directory. Returns what was
+/// removed. Absent pins are not an error.
+pub fn unload_pins(dir: &Path) -> Result<Vec<PathBuf>, XdpError> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => {
+            return Err(XdpError::PinDir {
+                path: dir.to_owned(),
+                reason: format!("cannot list it: {e}"),
+            });
+        }
+    };
+    let mut links = Vec::new();
+    let mut others = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with("link_") {
+            links.push(path);
+        } else {
+            others.push(path);
+        }
+    }
+    for path in links.into_iter().chain(others) {
+        let r = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        r.map_err(|e| XdpError::Link {
+            path: path.clone(),
+            reason: format!("cannot remove the pin: {e}"),
+        })?;
+        removed.push(path);
+    }
+    if let Err(e) = std::fs::remove_dir(dir)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        warn!(dir = %dir.display(), error = %e, "cannot remove the pin directory");
+    }
+    Ok(removed)
+}
+
 /// Loads [`EBPF_OBJECT`] and fills `STUN_PORTS`.
 pub(crate) fn load_object(stun_ports: &[u16]) -> Result<Ebpf, XdpError> {
+    load_object_pinned(stun_ports, None)
+}
+
+/// As [`load_object`]; with `pin_dir`, the [`PINNED_MAPS`] are reused from (or pinned
+/// into) that directory.
+pub(crate) fn load_object_pinned(
+    stun_ports: &[u16],
+    pin_dir: Option<&Path>,
+) -> Result<Ebpf, XdpError> {
     if EBPF_OBJECT.is_empty() {
         return Err(XdpError::NotBuilt);
     }
-    let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| XdpError::Load(Box::new(e)))?;
+    let mut loader = EbpfLoader::new();
+    if let Some(dir) = pin_dir {
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .map_err(|e| XdpError::Load(Box::new(e)))?;
     let mut ports: HashMap<_, u16, u8> = ebpf
         .map_mut(names::STUN_PORTS)
         .ok_or(XdpError::Missing(names::STUN_PORTS))?
@@ -223,45 +368,193 @@ pub(crate) fn read_counters(ebpf: &Ebpf) -> Result<[u64; counter::COUNT as usize
     Ok(out)
 }
 
-/// The loaded and attached fast path. Dropping it detaches every attachment.
+/// One attachment's link.
+enum LinkHandle {
+    /// Owned by the program (no pin): detached when the program drops.
+    Owned(XdpLinkId),
+    /// Pinned in bpffs: the program stays attached while the pin exists.
+    Pinned {
+        /// The pin.
+        path: PathBuf,
+        /// Our reference (closing it does not detach while the pin exists).
+        link: FdLink,
+        /// Whether this run created the pin (false: adopted from a previous daemon).
+        created: bool,
+    },
+}
+
+/// Which pinned links to remove when taking the fast path down.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unpin {
+    /// Every pinned link (detach everything).
+    All,
+    /// Only the pins this run created (undo a failed start).
+    Created,
+    /// None: pinned links stay and keep the program running.
+    None,
+}
+
+/// The loaded and attached fast path. Dropping it detaches the attachments it owns and
+/// leaves pinned ones in place (see [`FastPath::detach`] and [`FastPath::release`]).
 pub struct FastPath {
     ebpf: Ebpf,
     attachments: Vec<(String, AttachedMode)>,
-    links: Vec<XdpLinkId>,
+    links: Vec<LinkHandle>,
+    pin_dir: Option<PathBuf>,
+    adopted: bool,
 }
 
 impl std::fmt::Debug for FastPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FastPath")
             .field("attachments", &self.attachments)
+            .field("pin_dir", &self.pin_dir)
+            .field("adopted", &self.adopted)
             .finish_non_exhaustive()
     }
 }
 
 impl FastPath {
     /// Loads the program, sets the STUN ports and attaches to every interface in
-    /// `opts.interfaces`, logging the mode each one got. On error nothing stays attached.
+    /// `opts.interfaces`, logging the mode each one got. With `opts.pin_dir`, the maps are
+    /// pinned there (or adopted, rules and counters included, when a previous daemon left
+    /// them) and each interface's link is pinned as `link_<iface>_<mode>`; an existing
+    /// pinned link gets the new program atomically (`bpf_link_update`: no moment without
+    /// a program). On error nothing this call attached stays attached.
     pub fn start(opts: &XdpOptions) -> Result<FastPath, XdpError> {
-        let mut ebpf = load_object(&opts.stun_ports)?;
+        if let Some(dir) = &opts.pin_dir {
+            prepare_pin_dir(dir)?;
+        }
+        let mut ebpf = load_object_pinned(&opts.stun_ports, opts.pin_dir.as_deref())?;
         load_program(&mut ebpf, names::XDP_PROGRAM)?;
         let mut fp = FastPath {
             ebpf,
             attachments: Vec::new(),
             links: Vec::new(),
+            pin_dir: opts.pin_dir.clone(),
+            adopted: false,
         };
         for interface in &opts.interfaces {
-            // On error `fp` is dropped, which detaches what was attached so far.
-            let (link, mode) = fp.attach_one(interface, opts.mode)?;
+            let attached = match opts.pin_dir.clone() {
+                Some(dir) => fp.attach_pinned(&dir, interface, opts.mode),
+                None => fp
+                    .attach_one(interface, opts.mode)
+                    .map(|(l, m)| (LinkHandle::Owned(l), m)),
+            };
+            let (link, mode) = match attached {
+                Ok(a) => a,
+                Err(e) => {
+                    // Logged in take_down; the start error is the one to report.
+                    let _ = fp.take_down(Unpin::Created);
+                    return Err(e);
+                }
+            };
+            let adopted = matches!(link, LinkHandle::Pinned { created: false, .. });
+            fp.adopted |= adopted;
             info!(
                 interface = interface.as_str(),
                 mode = mode.as_str(),
                 ports = ?opts.stun_ports,
+                adopted,
                 "XDP fast path attached"
             );
             fp.links.push(link);
             fp.attachments.push((interface.clone(), mode));
         }
         Ok(fp)
+    }
+
+    /// Whether a pinned link left by a previous daemon was adopted (its maps, with their
+    /// rules, were reused).
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The pin directory, if the fast path is pinned.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    fn attach_pinned(
+        &mut self,
+        dir: &Path,
+        interface: &str,
+        mode: XdpMode,
+    ) -> Result<(LinkHandle, AttachedMode), XdpError> {
+        for m in [AttachedMode::Native, AttachedMode::Generic] {
+            let path = link_pin(dir, interface, m);
+            if !path.exists() {
+                continue;
+            }
+            match self.adopt_link(&path) {
+                Ok(link) => {
+                    return Ok((
+                        LinkHandle::Pinned {
+                            path,
+                            link,
+                            created: false,
+                        },
+                        m,
+                    ));
+                }
+                Err(e) => {
+                    warn!(
+                        pin = %path.display(),
+                        error = %e,
+                        "cannot adopt the pinned XDP link (interface gone or recreated?); \
+                         removing the stale pin and attaching afresh"
+                    );
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let (id, m) = self.attach_one(interface, mode)?;
+        let path = link_pin(dir, interface, m);
+        let link_err = |reason: String| XdpError::Link {
+            path: path.clone(),
+            reason,
+        };
+        let prog = self.program()?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| link_err(format!("cannot take the link: {e}")))?;
+        let link = FdLink::try_from(link).map_err(|_| {
+            link_err(
+                "attached through netlink (no bpf_link on this kernel): cannot be pinned; \
+                 set xdp.persist = false"
+                    .to_owned(),
+            )
+        })?;
+        let pinned = link
+            .pin(&path)
+            .map_err(|e| link_err(format!("cannot pin the link: {e}")))?;
+        Ok((
+            LinkHandle::Pinned {
+                path,
+                link: pinned.into(),
+                created: true,
+            },
+            m,
+        ))
+    }
+
+    /// Puts this object's program into the link pinned at `path` (atomic replacement).
+    fn adopt_link(&mut self, path: &Path) -> Result<FdLink, XdpError> {
+        let link_err = |reason: String| XdpError::Link {
+            path: path.to_owned(),
+            reason,
+        };
+        let pinned = PinnedLink::from_pin(path).map_err(|e| link_err(e.to_string()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e: LinkError| link_err(format!("not an XDP link: {e}")))?;
+        let prog = self.program()?;
+        let id = prog
+            .attach_to_link(link)
+            .map_err(|e| link_err(format!("bpf_link_update failed: {e}")))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| link_err(format!("cannot take the link: {e}")))?;
+        FdLink::try_from(link).map_err(|e| link_err(e.to_string()))
     }
 
     fn program(&mut self) -> Result<&mut Xdp, XdpError> {
@@ -336,22 +629,57 @@ impl FastPath {
         read_counters(&self.ebpf)
     }
 
-    /// Detaches from every interface, reporting the first failure (all are tried).
+    /// Detaches from every interface and removes the link pins (the pinned maps and the
+    /// directory stay: [`unload_pins`] removes them), reporting the first failure (all
+    /// are tried).
     pub fn detach(mut self) -> Result<(), XdpError> {
-        self.detach_all()
+        self.take_down(Unpin::All)
     }
 
-    fn detach_all(&mut self) -> Result<(), XdpError> {
+    /// Leaves the pinned links and maps in place (the program keeps running, rules keep
+    /// relaying until their deadlines) and closes this daemon's handles. Attachments
+    /// that are not pinned are detached.
+    pub fn release(mut self) -> Result<(), XdpError> {
+        self.take_down(Unpin::None)
+    }
+
+    fn take_down(&mut self, unpin: Unpin) -> Result<(), XdpError> {
         let links = std::mem::take(&mut self.links);
         let attachments = std::mem::take(&mut self.attachments);
         let mut first = None;
         for (link, (interface, _)) in links.into_iter().zip(attachments) {
-            let result = self.program().and_then(|p| {
-                p.detach(link).map_err(|source| XdpError::Detach {
-                    interface: interface.clone(),
-                    source,
-                })
-            });
+            let result = match link {
+                LinkHandle::Owned(id) => self.program().and_then(|p| {
+                    p.detach(id).map_err(|source| XdpError::Detach {
+                        interface: interface.clone(),
+                        source,
+                    })
+                }),
+                LinkHandle::Pinned {
+                    path,
+                    link,
+                    created,
+                } => {
+                    let remove = unpin == Unpin::All || (unpin == Unpin::Created && created);
+                    if !remove {
+                        info!(
+                            interface = interface.as_str(),
+                            pin = %path.display(),
+                            "XDP fast path left attached (pinned link)"
+                        );
+                        drop(link);
+                        continue;
+                    }
+                    // The link is destroyed (and the program detached) once the pin and
+                    // our descriptor are both gone.
+                    let r = std::fs::remove_file(&path).map_err(|e| XdpError::Link {
+                        path: path.clone(),
+                        reason: format!("cannot remove the pin: {e}"),
+                    });
+                    drop(link);
+                    r
+                }
+            };
             match result {
                 Ok(()) => info!(interface = interface.as_str(), "XDP fast path detached"),
                 Err(e) => {
@@ -366,8 +694,9 @@ impl FastPath {
 
 impl Drop for FastPath {
     fn drop(&mut self) {
-        // Errors are logged in detach_all; aya also detaches links when the program drops.
-        let _ = self.detach_all();
+        // Errors are logged in take_down; aya also detaches owned links when the program
+        // drops. Pinned links stay: `detach` or `unload_pins` removes them.
+        let _ = self.take_down(Unpin::None);
     }
 }
 

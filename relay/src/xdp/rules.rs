@@ -412,6 +412,90 @@ impl FastRules for TurnMaps {
     }
 }
 
+impl IndexPool {
+    /// Marks `i` as in use (an index a previous daemon handed out, found in adopted maps).
+    /// Ignored if out of range.
+    pub fn reserve(&mut self, i: u32) {
+        if i >= self.limit {
+            return;
+        }
+        if i >= self.next {
+            self.free.extend(self.next..i);
+            self.next = i + 1;
+        } else {
+            self.free.retain(|&f| f != i);
+        }
+    }
+}
+
+/// What [`TurnMaps::adopt_existing`] found in maps left by a previous daemon.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    /// Live rules kept (channel, peer and allocation rules), their indices reserved.
+    pub kept: usize,
+    /// Expired rules removed.
+    pub removed: usize,
+}
+
+impl TurnMaps {
+    /// For maps adopted from a previous daemon: removes the rules whose deadline has
+    /// passed and reserves the `stats_idx`/`alloc_idx` of the live ones, so that new
+    /// rules never share an index with a rule the kernel still applies. The live rules
+    /// keep relaying until their deadlines.
+    pub fn adopt_existing(&self) -> Result<Adopted, RulesError> {
+        let now = monotonic_anchor()?.ns(Instant::now());
+        let mut out = Adopted::default();
+        let mut idx = Vec::new();
+        {
+            let mut m = lock(&self.channels);
+            let rules: Vec<_> = m.iter().filter_map(Result::ok).collect();
+            for (k, v) in rules {
+                if v.expires_ns <= now {
+                    let _ = m.remove(&k);
+                    out.removed += 1;
+                } else {
+                    idx.push((v.stats_idx, v.alloc_idx));
+                    out.kept += 1;
+                }
+            }
+        }
+        {
+            let mut m = lock(&self.peers);
+            let rules: Vec<_> = m.iter().filter_map(Result::ok).collect();
+            for (k, v) in rules {
+                if v.expires_ns <= now {
+                    let _ = m.remove(&k);
+                    out.removed += 1;
+                } else {
+                    idx.push((v.stats_idx, v.alloc_idx));
+                    out.kept += 1;
+                }
+            }
+        }
+        {
+            let mut m = lock(&self.allocs);
+            let rules: Vec<_> = m.iter().filter_map(Result::ok).collect();
+            for (k, v) in rules {
+                if v.expires_ns <= now {
+                    let _ = m.remove(&k);
+                    out.removed += 1;
+                } else {
+                    idx.push((v.stats_idx, v.alloc_idx));
+                    out.kept += 1;
+                }
+            }
+        }
+        let mut stats = lock(&self.stats_pool);
+        let mut allocs = lock(&self.alloc_pool);
+        // Out-of-range indices (none set) are ignored by `reserve`.
+        for (s, a) in idx {
+            stats.reserve(s);
+            allocs.reserve(a);
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +513,19 @@ mod tests {
         assert_eq!(p.in_use(), 2);
         assert_eq!(p.take(), Some(1));
         assert_eq!(p.take(), None);
+    }
+
+    #[test]
+    fn reserved_indices_are_not_handed_out() {
+        let mut p = IndexPool::new(8);
+        p.reserve(3);
+        p.reserve(1);
+        p.reserve(3);
+        p.reserve(99); // out of range: ignored
+        assert_eq!(p.in_use(), 2);
+        let mut got: Vec<u32> = std::iter::from_fn(|| p.take()).collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![0, 2, 4, 5, 6, 7]);
     }
 
     #[test]
