@@ -965,22 +965,6 @@ allow = ["{TURN_PEER_NET_V4}"]
     )
 }
 
-/// IPv4 and IPv6 forwarding on `dev` in `ns` (sysctl).
-fn set_forwarding(ns: &Netns, dev: &str, on: bool) -> Result<()> {
-    let v = if on { "1" } else { "0" };
-    for key in [
-        format!("net.ipv4.conf.{dev}.forwarding={v}"),
-        format!("net.ipv6.conf.{dev}.forwarding={v}"),
-    ] {
-        let ok = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "sysctl", "-qw", &key])
-            .status()
-            .is_ok_and(|s| s.success());
-        ensure!(ok, "sysctl {key} in {} failed", ns.name());
-    }
-    Ok(())
-}
-
 fn start_coturn(topo: &TurnTopology, cpu: usize) -> Result<Process> {
     let child = Command::new("taskset")
         .args([
@@ -1157,12 +1141,6 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
         let mut coturn = None;
         match path {
             Path4::Xdp => {
-                // relay_xdp's bpf_fib_lookup answers FWD_DISABLED unless forwarding is on
-                // for the ingress interface (everything would pass up, counted as
-                // turn_fib_passed). Only for this path: traffic in the bench is addressed
-                // to the relay itself, so nothing else changes, but the other paths keep
-                // the topology's "relay namespace does not forward".
-                set_forwarding(&topo.relay, &vc, true)?;
                 let cfg = relay_config(&topo, &files, Some(&[vc.as_str(), "vp"]))?;
                 let d = Daemon::start_with(
                     &topo.relay,
@@ -1250,9 +1228,6 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
         }
         bench.bpf.detach(common::PROG_PASS)?;
         bench.bpf.detach(common::PROG_FLOOR)?;
-        if path == Path4::Xdp {
-            set_forwarding(&topo.relay, &vc, false)?;
-        }
         result?;
     }
     bench.bpf.detach(common::PROG_SINK)?;
