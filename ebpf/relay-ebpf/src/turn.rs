@@ -193,7 +193,9 @@ fn relay(ctx: &XdpContext) -> Result<u32, Option<u32>> {
         let first = bytes_at::<1>(ctx, l4_of(p) + 8).ok_or(None)?;
         // SAFETY: `bytes_at` checked the byte.
         let b0 = unsafe { (*first)[0] };
-        if payload >= 4 && b0 & 0xf0 == 0x40 {
+        // ChannelData: channel numbers 0x4000–0x4FFF, or up to 0x7FFF with the legacy
+        // (RFC 5766) range coturn's turnutils_uclient uses; the rule lookup decides.
+        if payload >= 4 && (0x40..0x80).contains(&b0) {
             if p.unusual {
                 return Err(Some(TURN_UNHANDLED_PASSED));
             }
