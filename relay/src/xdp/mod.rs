@@ -228,7 +228,8 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), XdpError> {
     if !dir.exists() {
         if !on_bpffs(parent) {
             return Err(fail(format!(
-                "{} is not on a mounted bpffs",
+                "{} is not on a mounted bpffs (inside `ip netns exec`, /sys is remounted \
+                 and /sys/fs/bpf hidden: mount bpffs elsewhere, e.g. under /run)",
                 parent.display()
             )));
         }
