@@ -63,7 +63,7 @@ use crate::turn_load::{self, TurnLoadArgs};
 /// has not landed. Then a fast path that relayed nothing is reported as "fast path did
 /// not relay (counters 0)" and does not fail the smoke run; once the lead sets it to
 /// `true`, the smoke run fails when the XDP path's `turn_channel_to_peer` counter stays 0.
-pub const FAST_PATH_LANDED: bool = false;
+pub const FAST_PATH_LANDED: bool = true;
 
 /// The bench's XDP programs, built from `ebpf/bench-ebpf` by build.rs (empty when built
 /// with `BENCH_SKIP_EBPF=1`).
