@@ -229,7 +229,9 @@ impl Default for XdpSection {
             mode: XdpModeChoice::Auto,
             turn: true,
             pin_dir: default_pin_dir(),
-            persist: true,
+            // Off until the daemon snapshots and restores its TURN state: adopted rules
+            // of allocations it does not know would run unmanaged until their deadlines.
+            persist: false,
             fib_interface: default_fib_interface(),
         }
     }

@@ -171,14 +171,26 @@ impl XdpTestRun {
     /// leaves alone (XDP_PASS); for answered frames use [`Self::mean_single_run`].
     pub fn bench(&self, frame: &[u8], repeat: u32) -> Result<(Duration, XdpAction), XdpError> {
         let mut out = vec![0u8; frame.len() + MAX_GROWTH];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat,
-            ..TestRunOptions::default()
-        };
-        let r = self.prog()?.test_run(opts).map_err(XdpError::TestRun)?;
-        Ok((r.duration, XdpAction::from_raw(r.return_value)))
+        // A long repeat loop returns EINTR when a signal is pending (the kernel checks
+        // between repeats); such a run measured nothing, so it is run again (bounded).
+        let mut attempts = 0;
+        loop {
+            let opts = TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::default()
+            };
+            match self.prog()?.test_run(opts) {
+                Ok(r) => return Ok((r.duration, XdpAction::from_raw(r.return_value))),
+                Err(aya::programs::ProgramError::SyscallError(e))
+                    if e.io_error.kind() == std::io::ErrorKind::Interrupted && attempts < 10 =>
+                {
+                    attempts += 1;
+                }
+                Err(e) => return Err(XdpError::TestRun(e)),
+            }
+        }
     }
 
     /// Runs the program `runs` times on a fresh copy of `frame` (one syscall each) and
