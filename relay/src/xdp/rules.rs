@@ -16,8 +16,8 @@ use std::io;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use aya::Ebpf;
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::{Ebpf, Pod};
 use relay_common::turn::{
     AllocKey, AllocRule, Bandwidth, ChannelKey, ChannelRule, MAX_ALLOCATIONS, MAX_RULES, PeerKey,
     PeerRule, RuleStats, TurnSettings, maps,
@@ -129,11 +129,50 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A rule map (channels, peers or allocations) behind its mutex.
+type RuleMap<K, V> = Mutex<HashMap<MapData, K, V>>;
+
+/// Inserts or replaces the rule under `k` in map `name`.
+fn insert_rule<K: Pod, V: Pod>(
+    m: &RuleMap<K, V>,
+    name: &'static str,
+    k: &K,
+    v: &V,
+) -> Result<(), RulesError> {
+    lock(m).insert(k, v, 0).map_err(map_err(name))
+}
+
+/// The rule under `k` in map `name`, None if there is none.
+fn get_rule<K: Pod, V: Pod>(
+    m: &RuleMap<K, V>,
+    name: &'static str,
+    k: &K,
+) -> Result<Option<V>, RulesError> {
+    match lock(m).get(k, 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+/// Removes the rule under `k` from map `name`; Ok(false) if there was none.
+fn remove_rule<K: Pod, V: Pod>(
+    m: &RuleMap<K, V>,
+    name: &'static str,
+    k: &K,
+) -> Result<bool, RulesError> {
+    match lock(m).remove(k) {
+        Ok(()) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
 /// The TURN maps of a loaded XDP object, shared by the workers.
 pub struct TurnMaps {
-    channels: Mutex<HashMap<MapData, ChannelKey, ChannelRule>>,
-    peers: Mutex<HashMap<MapData, PeerKey, PeerRule>>,
-    allocs: Mutex<HashMap<MapData, AllocKey, AllocRule>>,
+    channels: RuleMap<ChannelKey, ChannelRule>,
+    peers: RuleMap<PeerKey, PeerRule>,
+    allocs: RuleMap<AllocKey, AllocRule>,
     stats: Mutex<PerCpuArray<MapData, RuleStats>>,
     bandwidth: Mutex<Array<MapData, Bandwidth>>,
     settings: Mutex<Array<MapData, TurnSettings>>,
@@ -192,77 +231,47 @@ impl TurnMaps {
 
     /// Inserts or replaces a channel rule.
     pub fn insert_channel(&self, k: &ChannelKey, v: &ChannelRule) -> Result<(), RulesError> {
-        lock(&self.channels)
-            .insert(k, v, 0)
-            .map_err(map_err(maps::CHANNELS))
+        insert_rule(&self.channels, maps::CHANNELS, k, v)
     }
 
     /// The channel rule under `k`, if any.
     pub fn channel(&self, k: &ChannelKey) -> Result<Option<ChannelRule>, RulesError> {
-        match lock(&self.channels).get(k, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(map_err(maps::CHANNELS)(e)),
-        }
+        get_rule(&self.channels, maps::CHANNELS, k)
     }
 
     /// Removes a channel rule; Ok(false) if there was none.
     pub fn remove_channel(&self, k: &ChannelKey) -> Result<bool, RulesError> {
-        match lock(&self.channels).remove(k) {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(map_err(maps::CHANNELS)(e)),
-        }
+        remove_rule(&self.channels, maps::CHANNELS, k)
     }
 
     /// Inserts or replaces a peer rule.
     pub fn insert_peer(&self, k: &PeerKey, v: &PeerRule) -> Result<(), RulesError> {
-        lock(&self.peers)
-            .insert(k, v, 0)
-            .map_err(map_err(maps::PEERS))
+        insert_rule(&self.peers, maps::PEERS, k, v)
     }
 
     /// The peer rule under `k`, if any.
     pub fn peer(&self, k: &PeerKey) -> Result<Option<PeerRule>, RulesError> {
-        match lock(&self.peers).get(k, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(map_err(maps::PEERS)(e)),
-        }
+        get_rule(&self.peers, maps::PEERS, k)
     }
 
     /// Removes a peer rule; Ok(false) if there was none.
     pub fn remove_peer(&self, k: &PeerKey) -> Result<bool, RulesError> {
-        match lock(&self.peers).remove(k) {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(map_err(maps::PEERS)(e)),
-        }
+        remove_rule(&self.peers, maps::PEERS, k)
     }
 
     /// Inserts or replaces an allocation rule.
     pub fn insert_alloc(&self, k: &AllocKey, v: &AllocRule) -> Result<(), RulesError> {
-        lock(&self.allocs)
-            .insert(k, v, 0)
-            .map_err(map_err(maps::ALLOCS))
+        insert_rule(&self.allocs, maps::ALLOCS, k, v)
     }
 
     /// The allocation rule under `k`, if any.
     pub fn alloc(&self, k: &AllocKey) -> Result<Option<AllocRule>, RulesError> {
-        match lock(&self.allocs).get(k, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(map_err(maps::ALLOCS)(e)),
-        }
+        get_rule(&self.allocs, maps::ALLOCS, k)
     }
 
     /// Removes an allocation rule; Ok(false) if there was none.
     pub fn remove_alloc(&self, k: &AllocKey) -> Result<bool, RulesError> {
-        match lock(&self.allocs).remove(k) {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(map_err(maps::ALLOCS)(e)),
-        }
+        remove_rule(&self.allocs, maps::ALLOCS, k)
     }
 
     /// Rule `idx`'s packets and bytes, summed over CPUs.
