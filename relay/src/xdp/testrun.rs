@@ -140,14 +140,25 @@ impl XdpTestRun {
         ingress_ifindex: u32,
         runs: u32,
     ) -> Result<Duration, XdpError> {
-        let mut out = vec![0u8; frame.len() + MAX_GROWTH];
         let ctx = xdp_md(frame.len(), ingress_ifindex);
+        self.mean_of_single_runs(frame, Some(&ctx), runs)
+    }
+
+    /// The mean kernel-measured time of `runs` single runs of `frame` (one syscall each,
+    /// a fresh copy every time), with `ctx_in` as the `xdp_md` context if given.
+    fn mean_of_single_runs(
+        &self,
+        frame: &[u8],
+        ctx_in: Option<&[u8]>,
+        runs: u32,
+    ) -> Result<Duration, XdpError> {
+        let mut out = vec![0u8; frame.len() + MAX_GROWTH];
         let mut total = Duration::ZERO;
         for _ in 0..runs {
             let opts = TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
+                ctx_in,
                 repeat: 1,
                 ..TestRunOptions::default()
             };
@@ -197,22 +208,7 @@ impl XdpTestRun {
     /// returns the mean of the kernel-measured run times: each includes the kernel's
     /// timer overhead, so compare with a passed frame measured the same way.
     pub fn mean_single_run(&self, frame: &[u8], runs: u32) -> Result<Duration, XdpError> {
-        let mut out = vec![0u8; frame.len() + MAX_GROWTH];
-        let mut total = Duration::ZERO;
-        for _ in 0..runs {
-            let opts = TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                repeat: 1,
-                ..TestRunOptions::default()
-            };
-            total += self
-                .prog()?
-                .test_run(opts)
-                .map_err(XdpError::TestRun)?
-                .duration;
-        }
-        Ok(total / runs.max(1))
+        self.mean_of_single_runs(frame, None, runs)
     }
 
     /// The program's counters summed over CPUs.
