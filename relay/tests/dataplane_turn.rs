@@ -921,24 +921,40 @@ fn v6_available() -> bool {
     UdpSocket::bind("[::1]:0").is_ok()
 }
 
-/// REQUESTED-ADDRESS-FAMILY IPv6: the relayed socket is bound on the IPv6 relay address
-/// (::1 here) in the worker and relays to an IPv6 peer both ways, for an IPv4 client.
-fn ipv6_relay(choice: BackendChoice) {
+/// A server with `workers` workers and a UDP client of it, or None (the test is skipped,
+/// with a note) when ::1 is unavailable.
+fn v6_server(choice: BackendChoice, workers: usize) -> Option<(Server, Client)> {
     if !v6_available() {
         eprintln!("skipped: ::1 unavailable");
-        return;
+        return None;
     }
-    let server = start(choice, 1);
-    let mut c = Client::new(Link::udp(server.dp.listen()[0]));
+    let server = start(choice, workers);
+    let c = Client::new(Link::udp(server.dp.listen()[0]));
+    Some((server, c))
+}
+
+/// A UDP Allocate from `c` with `family_attr` (REQUESTED- or ADDITIONAL-ADDRESS-FAMILY)
+/// asking for IPv6; the XOR-RELAYED-ADDRESSes of the success, in order.
+fn allocate_ipv6(c: &mut Client, family_attr: u16) -> Vec<SocketAddr> {
     let resp = c.ok(
         method::ALLOCATE,
         &[
             other(tattr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
-            other(tattr::REQUESTED_ADDRESS_FAMILY, &[0x02, 0, 0, 0]),
+            other(family_attr, &[0x02, 0, 0, 0]),
         ],
     );
-    let msg = Message::parse(&resp).unwrap();
-    let relayed = xor_attr(&msg, tattr::XOR_RELAYED_ADDRESS).unwrap();
+    relayed_addresses(&Message::parse(&resp).unwrap())
+}
+
+/// REQUESTED-ADDRESS-FAMILY IPv6: the relayed socket is bound on the IPv6 relay address
+/// (::1 here) in the worker and relays to an IPv6 peer both ways, for an IPv4 client.
+fn ipv6_relay(choice: BackendChoice) {
+    let Some((_server, mut c)) = v6_server(choice, 1) else {
+        return;
+    };
+    let relayed = *allocate_ipv6(&mut c, tattr::REQUESTED_ADDRESS_FAMILY)
+        .first()
+        .unwrap();
     assert_eq!(relayed.ip(), "::1".parse::<IpAddr>().unwrap());
     let peer = UdpSocket::bind("[::1]:0").unwrap();
     peer.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -1005,21 +1021,10 @@ fn relayed_addresses(msg: &Message<'_>) -> Vec<SocketAddr> {
 /// and an IPv6 relayed address from the worker, and each relays to a peer of its family
 /// both ways (Send/Data and ChannelData); Refresh 0 closes both relayed ports.
 fn dual_allocation(choice: BackendChoice) {
-    if !v6_available() {
-        eprintln!("skipped: ::1 unavailable");
+    let Some((server, mut c)) = v6_server(choice, 2) else {
         return;
-    }
-    let server = start(choice, 2);
-    let mut c = Client::new(Link::udp(server.dp.listen()[0]));
-    let resp = c.ok(
-        method::ALLOCATE,
-        &[
-            other(tattr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
-            other(tattr::ADDITIONAL_ADDRESS_FAMILY, &[0x02, 0, 0, 0]),
-        ],
-    );
-    let msg = Message::parse(&resp).unwrap();
-    let relayed = relayed_addresses(&msg);
+    };
+    let relayed = allocate_ipv6(&mut c, tattr::ADDITIONAL_ADDRESS_FAMILY);
     assert_eq!(relayed.len(), 2, "two relayed addresses: {relayed:?}");
     let r4 = *relayed.iter().find(|a| a.is_ipv4()).expect("an IPv4 one");
     let r6 = *relayed.iter().find(|a| a.is_ipv6()).expect("an IPv6 one");
