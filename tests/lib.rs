@@ -954,6 +954,115 @@ pub fn spawn_in(
     Ok(Process::new(child))
 }
 
+/// Runs `program args` in the namespace `ns` and fails the test (panics) if it cannot be
+/// started or exits unsuccessfully (with its stderr in the message).
+pub fn must_run_in(ns: &Netns, program: &str, args: &[&str]) {
+    let out = ns
+        .command(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {}: {}",
+        ns.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What the end-to-end tests of TURN relayed in the kernel (`turn_fastpath`,
+/// `turn_restart`) share: the relay's listening port, realm and credentials, the peers'
+/// port, the topology's preparation and the relay configuration.
+pub mod turn_xdp {
+    use std::net::{IpAddr, SocketAddr};
+
+    use super::{TURN_PEER_NET_V4, TURN_PEER_NET_V6, TurnTopology, XdpPass, must_run_in};
+
+    /// The relay's TURN port (on [`TurnTopology::relay_client_v4`]).
+    pub const PORT: u16 = 3478;
+    /// The peers' port (on [`TurnTopology::peer_v4`]).
+    pub const PEER_PORT: u16 = 3480;
+    /// The relay's realm.
+    pub const REALM: &str = "relay.test";
+    /// The one TURN user.
+    pub const USER: &str = "alice";
+    /// Its password.
+    pub const PASSWORD: &str = "alice-secret-pw";
+
+    /// Prepares `topo` for the XDP TURN path, which the daemon attaches natively on the
+    /// relay's veths (`vc`, `vp`):
+    /// - TX checksumming off on the client's and the peer's `eth0` (`ethtool -K eth0 tx
+    ///   off`): the XDP program updates UDP checksums incrementally, so the senders' must
+    ///   be complete;
+    /// - IPv4 and IPv6 forwarding on every interface of the relay namespace set to
+    ///   `forwarding` (`net.ipv4.conf.all.forwarding`, `net.ipv6.conf.all.forwarding`);
+    /// - `relay_xdp_pass` on the client's and the peer's `eth0`: frames the relay
+    ///   redirects into `vc`/`vp` are received only when the veth's peer has an XDP
+    ///   program.
+    ///
+    /// Returns the pass programs; keep them (they detach on drop) while the test runs.
+    pub fn prepare_topology(topo: &TurnTopology, forwarding: bool) -> Vec<XdpPass> {
+        for ns in [&topo.client, &topo.peer] {
+            must_run_in(ns, "ethtool", &["-K", "eth0", "tx", "off"]);
+        }
+        let on = u8::from(forwarding);
+        for key in [
+            format!("net.ipv4.conf.all.forwarding={on}"),
+            format!("net.ipv6.conf.all.forwarding={on}"),
+        ] {
+            must_run_in(&topo.relay, "sysctl", &["-qw", &key]);
+        }
+        vec![
+            XdpPass::attach(&topo.client, "eth0").expect("relay_xdp_pass on the client veth"),
+            XdpPass::attach(&topo.peer, "eth0").expect("relay_xdp_pass on the peer veth"),
+        ]
+    }
+
+    /// The relay configuration (TOML) for `topo`: two workers listening on
+    /// [`PORT`] at the relay's client-side address, XDP native on `vc` and `vp` with
+    /// TURN relayed in the kernel, TURN with [`REALM`] and [`USER`], relayed addresses on
+    /// the peer side, peers allowed in [`TURN_PEER_NET_V4`] and [`TURN_PEER_NET_V6`].
+    /// Each `extra_*` is either empty or whole lines (each ending in a newline):
+    /// `extra_xdp` is appended to `[xdp]`, `extra_turn` to `[turn]`, and
+    /// `extra_sections` (whole sections, each followed by an empty line) comes before
+    /// `[policy]`.
+    pub fn config(
+        topo: &TurnTopology,
+        extra_xdp: &str,
+        extra_turn: &str,
+        extra_sections: &str,
+    ) -> String {
+        let listen = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT);
+        format!(
+            r#"[server]
+listen = ["{listen}"]
+workers = 2
+
+[xdp]
+enabled = true
+interfaces = ["vc", "vp"]
+mode = "native"
+turn = true
+{extra_xdp}
+[log]
+level = "info"
+
+[turn]
+enabled = true
+realm = "{REALM}"
+relay_ipv4 = "{relay_v4}"
+{extra_turn}
+[turn.users]
+{USER} = "{PASSWORD}"
+
+{extra_sections}[policy]
+allow = ["{TURN_PEER_NET_V4}", "{TURN_PEER_NET_V6}"]
+"#,
+            relay_v4 = topo.relay_peer_v4,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,20 +23,15 @@
 //! RELAY_REQUIRE_PRIVILEGED=1, as `cargo xtask test` sets).
 #![allow(clippy::unwrap_used)]
 
-use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use relay_e2e::turn_xdp::{PASSWORD, PEER_PORT, PORT, USER};
 use relay_e2e::{
-    Daemon, Process, TURN_PEER_NET_V4, TURN_PEER_NET_V6, TempDir, TurnTopology, UclientTotals,
-    XdpPass, relay_bin, require_root, run_bounded, spawn_in,
+    Daemon, Process, TempDir, TurnTopology, UclientTotals, XdpPass, relay_bin, require_root,
+    run_bounded, spawn_in, turn_xdp,
 };
 
-const PORT: u16 = 3478;
-const PEER_PORT: u16 = 3480;
-const REALM: &str = "relay.test";
-const USER: &str = "alice";
-const PASSWORD: &str = "alice-secret-pw";
 /// Longest a single uclient run may take.
 const RUN_LIMIT: Duration = Duration::from_secs(90);
 /// uclient's message length (`-l`).
@@ -45,56 +40,14 @@ const MSG_LEN: u64 = 180;
 const KERNEL_SHARE: f64 = 0.9;
 
 fn relay_config(topo: &TurnTopology, files: &TempDir) -> std::path::PathBuf {
-    let listen = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT);
-    let text = format!(
-        r#"[server]
-listen = ["{listen}"]
-workers = 2
-
-[xdp]
-enabled = true
-interfaces = ["vc", "vp"]
-mode = "native"
-turn = true
-
-[log]
-level = "info"
-
-[turn]
-enabled = true
-realm = "{REALM}"
-relay_ipv4 = "{relay_v4}"
-# turnutils_uclient draws channel numbers from RFC 5766's 0x4000-0x7FFF.
-legacy_channel_range = true
-
-[turn.users]
-{USER} = "{PASSWORD}"
-
-[quota]
-per_user = 1000
-total = 10000
-
-[policy]
-allow = ["{TURN_PEER_NET_V4}", "{TURN_PEER_NET_V6}"]
-"#,
-        relay_v4 = topo.relay_peer_v4,
+    let text = turn_xdp::config(
+        topo,
+        "",
+        "# turnutils_uclient draws channel numbers from RFC 5766's 0x4000-0x7FFF.\n\
+         legacy_channel_range = true\n",
+        "[quota]\nper_user = 1000\ntotal = 10000\n\n",
     );
     files.write("relay.toml", &text).unwrap()
-}
-
-/// Runs `program args` in the namespace `ns` (by name) and fails the test if it fails.
-fn must(ns: &relay_e2e::Netns, program: &str, args: &[&str]) {
-    let out = ns
-        .command(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} in {}: {}",
-        ns.name(),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 struct Setup {
@@ -108,28 +61,11 @@ struct Setup {
 
 fn setup() -> Setup {
     let topo = TurnTopology::new("rlf").expect("create the TURN topology");
-    // The senders' UDP checksums complete (the kernel path adjusts them incrementally).
-    for ns in [&topo.client, &topo.peer] {
-        must(ns, "ethtool", &["-K", "eth0", "tx", "off"]);
-    }
-    // Forwarding OFF on every interface of the relay namespace (a new namespace inherits
+    // Senders' checksums complete, relay_xdp_pass on the client's and peer's veths, and
+    // forwarding OFF on every interface of the relay namespace (a new namespace inherits
     // IPv4's from the host): the daemon turns it on for `lo` only (xdp.fib_interface) and
     // looks routes up through it, so the relay's veths never route.
-    must(
-        &topo.relay,
-        "sysctl",
-        &["-qw", "net.ipv4.conf.all.forwarding=0"],
-    );
-    must(
-        &topo.relay,
-        "sysctl",
-        &["-qw", "net.ipv6.conf.all.forwarding=0"],
-    );
-    // Frames the relay redirects into vc/vp are received by eth0 only with XDP on it.
-    let pass = vec![
-        XdpPass::attach(&topo.client, "eth0").expect("relay_xdp_pass on the client veth"),
-        XdpPass::attach(&topo.peer, "eth0").expect("relay_xdp_pass on the peer veth"),
-    ];
+    let pass = turn_xdp::prepare_topology(&topo, false);
     let files = TempDir::new("relay-turn-fastpath").unwrap();
     let config = relay_config(&topo, &files);
     let peer = spawn_in(
@@ -359,13 +295,14 @@ fn run(s: &Setup, send: bool, clients: u32, messages: u32) {
     );
 }
 
-#[test]
-fn uclient_channels_through_the_kernel() {
-    if !require_root("uclient_channels_through_the_kernel") {
+/// A whole test: the topology and daemon, one uclient run (`send`: Send indications)
+/// of 5 clients with 200 messages each, then a clean stop of the daemon.
+fn uclient_through_the_kernel(test: &str, send: bool) {
+    if !require_root(test) {
         return;
     }
     let mut s = setup();
-    run(&s, false, 5, 200);
+    run(&s, send, 5, 200);
     let status = s
         .relay
         .take()
@@ -376,17 +313,11 @@ fn uclient_channels_through_the_kernel() {
 }
 
 #[test]
+fn uclient_channels_through_the_kernel() {
+    uclient_through_the_kernel("uclient_channels_through_the_kernel", false);
+}
+
+#[test]
 fn uclient_send_indications_data_through_the_kernel() {
-    if !require_root("uclient_send_indications_data_through_the_kernel") {
-        return;
-    }
-    let mut s = setup();
-    run(&s, true, 5, 200);
-    let status = s
-        .relay
-        .take()
-        .unwrap()
-        .stop(Duration::from_secs(10))
-        .expect("stop the relay");
-    assert!(status.success(), "relay exited with {status}");
+    uclient_through_the_kernel("uclient_send_indications_data_through_the_kernel", true);
 }

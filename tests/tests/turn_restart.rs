@@ -27,15 +27,9 @@ use relay::stun::header::{MessageType, TransactionId};
 use relay::stun::{Class, Message, Method};
 use relay::turn::attrs::{self as tattr, method};
 use relay::turn::auth::{PasswordAlgorithm, long_term_key};
-use relay_e2e::{
-    Daemon, TURN_PEER_NET_V4, TURN_PEER_NET_V6, TempDir, TurnTopology, XdpPass, require_root,
-};
+use relay_e2e::turn_xdp::{PASSWORD, PEER_PORT, PORT, REALM, USER};
+use relay_e2e::{Daemon, TempDir, TurnTopology, XdpPass, require_root, turn_xdp};
 
-const PORT: u16 = 3478;
-const PEER_PORT: u16 = 3480;
-const REALM: &str = "relay.test";
-const USER: &str = "alice";
-const PASSWORD: &str = "alice-secret-pw";
 const CHANNEL: u16 = 0x4001;
 /// Stream rate per direction and duration.
 const PPS: u64 = 2000;
@@ -85,20 +79,6 @@ impl Drop for Pins {
     }
 }
 
-fn must(ns: &relay_e2e::Netns, program: &str, args: &[&str]) {
-    let out = ns
-        .command(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} in {}: {}",
-        ns.name(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 struct Setup {
     // Field order is drop order: the daemon, the pins, the XDP pass programs, then the
     // namespaces.
@@ -112,52 +92,15 @@ struct Setup {
 
 fn setup(prefix: &str) -> Setup {
     let topo = TurnTopology::new(prefix).expect("create the TURN topology");
-    for ns in [&topo.client, &topo.peer] {
-        must(ns, "ethtool", &["-K", "eth0", "tx", "off"]);
-    }
-    for key in [
-        "net.ipv4.conf.all.forwarding=1",
-        "net.ipv6.conf.all.forwarding=1",
-    ] {
-        must(&topo.relay, "sysctl", &["-qw", key]);
-    }
-    let pass = vec![
-        XdpPass::attach(&topo.client, "eth0").expect("relay_xdp_pass on the client veth"),
-        XdpPass::attach(&topo.peer, "eth0").expect("relay_xdp_pass on the peer veth"),
-    ];
+    let pass = turn_xdp::prepare_topology(&topo, true);
     let pins = Pins::new(topo.relay.name());
     let pin_dir = pins.dir.clone();
     let files = TempDir::new("relay-turn-restart").expect("temp dir");
-    let listen = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT);
-    let text = format!(
-        r#"[server]
-listen = ["{listen}"]
-workers = 2
-
-[xdp]
-enabled = true
-interfaces = ["vc", "vp"]
-mode = "native"
-turn = true
-pin_dir = "{pin}"
-persist = true
-
-[log]
-level = "info"
-
-[turn]
-enabled = true
-realm = "{REALM}"
-relay_ipv4 = "{relay_v4}"
-
-[turn.users]
-{USER} = "{PASSWORD}"
-
-[policy]
-allow = ["{TURN_PEER_NET_V4}", "{TURN_PEER_NET_V6}"]
-"#,
-        relay_v4 = topo.relay_peer_v4,
-        pin = pin_dir.display(),
+    let text = turn_xdp::config(
+        &topo,
+        &format!("pin_dir = \"{}\"\npersist = true\n", pin_dir.display()),
+        "",
+        "",
     );
     let config = files.write("relay.toml", &text).expect("write relay.toml");
     let args = vec![
@@ -185,6 +128,16 @@ allow = ["{TURN_PEER_NET_V4}", "{TURN_PEER_NET_V6}"]
 fn start(topo: &TurnTopology, args: &[String]) -> Daemon {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     Daemon::start(&topo.relay, &refs).expect("start the relay")
+}
+
+/// Stops the running daemon in `relay` (SIGTERM) and checks that it exited cleanly.
+fn stop_relay(relay: &mut Option<Daemon>) {
+    let status = relay
+        .take()
+        .expect("relay")
+        .stop(Duration::from_secs(10))
+        .expect("stop the relay");
+    assert!(status.success(), "relay exited with {status}");
 }
 
 /// A minimal TURN client over UDP (long-term credentials, MD5 key).
@@ -484,13 +437,7 @@ fn restart_flow(prefix: &str, check_refresh: bool) {
 
     std::thread::sleep(RESTART_AT);
     let t0 = Instant::now();
-    let status = s
-        .relay
-        .take()
-        .expect("relay")
-        .stop(Duration::from_secs(10))
-        .expect("stop the relay");
-    assert!(status.success(), "relay exited with {status}");
+    stop_relay(&mut s.relay);
     let stopped = t0.elapsed();
     let relay = start(topo, &s.args);
     let log = relay.log_text();
@@ -554,13 +501,7 @@ fn restart_flow(prefix: &str, check_refresh: bool) {
         client.channel_bind(CHANNEL + 1, peer2);
     }
 
-    let status = s
-        .relay
-        .take()
-        .expect("relay")
-        .stop(Duration::from_secs(10))
-        .expect("stop the relay");
-    assert!(status.success(), "relay exited with {status}");
+    stop_relay(&mut s.relay);
     // Persisted: the links are still pinned until the test's guard unloads them.
     let links = std::fs::read_dir(&s.pins.dir)
         .expect("pin dir")
