@@ -255,7 +255,8 @@ impl RelayPorts for Ports {
 #[derive(Default)]
 struct Sink {
     client: Vec<(FiveTuple, Vec<u8>)>,
-    peer: Vec<(RelayHandle, SocketAddr, Vec<u8>)>,
+    /// Datagrams to peers, and whether userspace sent them with DF (DONT-FRAGMENT).
+    peer: Vec<(RelayHandle, SocketAddr, Vec<u8>, bool)>,
 }
 
 impl Transmit for Sink {
@@ -263,7 +264,10 @@ impl Transmit for Sink {
         self.client.push((*tuple, bytes.to_vec()));
     }
     fn to_peer(&mut self, relay: RelayHandle, peer: SocketAddr, bytes: &[u8]) {
-        self.peer.push((relay, peer, bytes.to_vec()));
+        self.peer.push((relay, peer, bytes.to_vec(), false));
+    }
+    fn to_peer_dont_fragment(&mut self, relay: RelayHandle, peer: SocketAddr, bytes: &[u8]) {
+        self.peer.push((relay, peer, bytes.to_vec(), true));
     }
 }
 
@@ -483,6 +487,51 @@ fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
     let n = b.finish();
     buf.truncate(n);
     buf
+}
+
+/// A Send indication with the attributes in `order` (coturn's turnutils_uclient sends
+/// DATA, XOR-PEER-ADDRESS, FINGERPRINT), optionally DONT-FRAGMENT and a FINGERPRINT
+/// (correct, or with its last byte flipped when `bad_fingerprint`).
+fn send_indication_with(
+    peer: SocketAddr,
+    data: &[u8],
+    data_first: bool,
+    dont_fragment: bool,
+    fingerprint: Option<bool>,
+) -> Vec<u8> {
+    let tid = TransactionId([0x61; 12]);
+    let mut m = vec![0x00, 0x16, 0, 0, 0x21, 0x12, 0xA4, 0x42];
+    m.extend_from_slice(&tid.0);
+    let attr = |m: &mut Vec<u8>, ty: u16, v: &[u8]| {
+        m.extend_from_slice(&ty.to_be_bytes());
+        m.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        m.extend_from_slice(v);
+        m.resize(m.len().div_ceil(4) * 4, 0);
+    };
+    let xpa = xor(peer, &tid);
+    if data_first {
+        attr(&mut m, attrs::DATA, data);
+        attr(&mut m, attrs::XOR_PEER_ADDRESS, &xpa);
+    } else {
+        attr(&mut m, attrs::XOR_PEER_ADDRESS, &xpa);
+        attr(&mut m, attrs::DATA, data);
+    }
+    if dont_fragment {
+        attr(&mut m, 0x001A, &[]);
+    }
+    if let Some(bad) = fingerprint {
+        let len = (m.len() - 20 + 8) as u16;
+        m[2..4].copy_from_slice(&len.to_be_bytes());
+        let mut crc = crc32fast::hash(&m) ^ 0x5354_554E;
+        if bad {
+            crc ^= 1;
+        }
+        attr(&mut m, 0x8028, &crc.to_be_bytes());
+    } else {
+        let len = (m.len() - 20) as u16;
+        m[2..4].copy_from_slice(&len.to_be_bytes());
+    }
+    m
 }
 
 // ---------- frames ----------
@@ -750,11 +799,16 @@ fn ref_to_peer(
     v4: Ipv4Fields,
 ) -> Option<Vec<u8>> {
     r.client_sends(&a.tuple, msg);
-    let (handle, peer, bytes) = r.sink.peer.pop()?;
+    let (handle, peer, bytes, dont_fragment) = r.sink.peer.pop()?;
     let src = *r.ports.open.get(&handle)?;
     let hop = Hop {
         src_mac: MAC_RELAY,
         dst_mac: MAC_PEER,
+    };
+    // A Send indication with DONT-FRAGMENT: userspace sends it with DF.
+    let v4 = Ipv4Fields {
+        df: v4.df || dont_fragment,
+        ..v4
     };
     Some(build_relayed_frame(&hop, src, peer, tos, v4, &bytes).expect("reference frame"))
 }
@@ -1036,17 +1090,53 @@ fn scenario(
             &format!("{tag}: IPv4 UDP checksum 0"),
         );
     }
-    let mut si = send_indication(peer, b"hello peer");
-    si[3] += 8; // room for a FINGERPRINT
-    let n = si.len();
-    si.extend_from_slice(&[0x80, 0x28, 0, 4]);
-    let crc = crc32fast::hash(&si[..n]) ^ 0x5354_554E;
-    si.extend_from_slice(&crc.to_be_bytes());
-    let f = frame(MAC_CLIENT, tuple.client, tuple.server, &si, 0);
+    // Send indications of other shapes: attributes in uclient's order, DONT-FRAGMENT,
+    // FINGERPRINT (verified in the kernel); relayed exactly as userspace relays them.
+    let mut sends = 0;
+    for (len, data_first, df, fp) in [
+        (100usize, true, false, Some(false)),
+        (3, true, false, Some(false)),
+        (0, false, false, Some(false)),
+        (1000, false, true, None),
+        (5, true, true, Some(false)),
+    ] {
+        let si = send_indication_with(peer, &data(len, 0x44), data_first, df, fp);
+        let f = frame(MAC_CLIENT, tuple.client, tuple.server, &si, 0);
+        let reference =
+            ref_to_peer(r, &a, &si, 0, v4f(&f, true)).expect("userspace relays the Send");
+        let tag2 =
+            format!("{tag}: Send indication len {len} data_first {data_first} DF {df} FP {fp:?}");
+        assert_relayed(&run(x, ifindex, &f), &reference, &tag2);
+        sends += 1;
+    }
+    let s = Rules { x }.stats(base + 3);
+    assert_eq!(
+        s.packets,
+        6 + sends,
+        "{tag}: rule stats of Send indications"
+    );
+    // A wrong FINGERPRINT: userspace drops it, the kernel passes it up.
+    let bad = send_indication_with(peer, b"hello peer", true, false, Some(true));
+    let f = frame(MAC_CLIENT, tuple.client, tuple.server, &bad, 0);
+    assert!(
+        ref_to_peer(r, &a, &bad, 0, v4f(&f, true)).is_none(),
+        "{tag}: userspace relays a Send indication with a wrong FINGERPRINT"
+    );
     assert_passed(
         &run(x, ifindex, &f),
         &f,
-        &format!("{tag}: Send indication with FINGERPRINT"),
+        &format!("{tag}: Send indication with a wrong FINGERPRINT"),
+    );
+    // An attribute the kernel does not know (SOFTWARE): passed up.
+    let mut software = send_indication(peer, b"hello peer");
+    software.extend_from_slice(&[0x80, 0x22, 0, 4, b't', b'e', b's', b't']);
+    let len = (software.len() - 20) as u16;
+    software[2..4].copy_from_slice(&len.to_be_bytes());
+    let f = frame(MAC_CLIENT, tuple.client, tuple.server, &software, 0);
+    assert_passed(
+        &run(x, ifindex, &f),
+        &f,
+        &format!("{tag}: Send indication with SOFTWARE"),
     );
     let si = send_indication(stranger, b"hello stranger");
     let f = frame(MAC_CLIENT, tuple.client, tuple.server, &si, 0);

@@ -71,3 +71,11 @@ pub unsafe fn crc32<const MAX: usize, const MASK: usize>(buf: *const u8, len: us
     }
     !crc
 }
+
+/// One step of the CRC-32 (before the final complement) over a word of four bytes in
+/// memory order, starting from `0xFFFF_FFFF`.
+#[inline(always)]
+pub fn step(crc: u32, word: u32) -> u32 {
+    let c = crc ^ word;
+    lookup(3, c) ^ lookup(2, c >> 8) ^ lookup(1, c >> 16) ^ lookup(0, c >> 24)
+}

@@ -12,9 +12,9 @@
 //!   RFC 8656 §14 preferred behaviour, also across families: IPv6 traffic class ↔ TOS);
 //!   total length; Identification and DF per [`Ipv4Fields::for_input`] (RFC 8656 §14:
 //!   DF copied from an IPv4 input — preferred behaviour —, 0 from an IPv6 input —
-//!   alternate behaviour —, 0 for a Send indication without DONT-FRAGMENT, whose DF
-//!   userspace sets, so such frames pass up; ID copied from an IPv4 input, the input's
-//!   UDP checksum for an IPv6 input); no fragment offset (a frame larger than the egress
+//!   alternate behaviour —; for a Send indication DF is set exactly when it carries
+//!   DONT-FRAGMENT (userspace sends those with IP_PMTUDISC_DO); ID copied from an IPv4
+//!   input, the input's UDP checksum for an IPv6 input); no fragment offset (a frame larger than the egress
 //!   MTU the FIB reports is passed up); TTL 64; protocol 17; header checksum.
 //! - **IPv6**: version 6, traffic class copied, flow label 0, payload length, next
 //!   header 17, hop limit 64.
@@ -59,7 +59,7 @@ pub struct Ipv4Fields {
 impl Ipv4Fields {
     /// The fields for a frame relaying the datagram of `input` (a received Ethernet
     /// frame; `None` if it does not parse). `send_indication`: the data came from a Send
-    /// indication (no DONT-FRAGMENT: one with it is not relayed in the kernel).
+    /// indication without DONT-FRAGMENT (with it, DF is set: see the module doc).
     ///
     /// Identification: an IPv4 input's own ID — the sender made it unique among its
     /// datagrams, and it is free; from IPv6 there is no ID, and the frame may be

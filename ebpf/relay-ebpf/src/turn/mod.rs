@@ -1,0 +1,411 @@
+//! TURN relaying in the kernel (issue 4), driven only by the rule maps of the contract
+//! (`relay_common::turn`) that the daemon's control plane writes.
+//!
+//! - ChannelData from a client with a live `TURN_CHANNELS` rule → a UDP datagram from the
+//!   relayed address to the peer (header and padding stripped).
+//! - UDP from a peer to a relayed port with a live `TURN_PEERS` rule → ChannelData to the
+//!   client (exact peer port, `channel != 0`), or a Data indication built here (the
+//!   permission entry, `peer_port == 0`) when `SETTING_DATA_INDICATIONS` is on.
+//! - Send indications from a client with a live `TURN_ALLOCS` rule and a permission
+//!   entry for the XOR-PEER-ADDRESS → the DATA as UDP from the relayed address, when
+//!   `SETTING_SEND_INDICATIONS` is on and the message has the shape [`send`] accepts.
+//!
+//! Frame rules (the same as `relay/src/xdp/turn_frames.rs`, byte for byte): see
+//! [`emit`]. Every check happens before the packet is touched: whatever passes up is
+//! unchanged.
+//!
+//! Layout: [`pkt`] parses the frame, this module classifies it and finds the rule,
+//! [`send`] parses Send indications, [`emit`] finds the next hop, charges the budget and
+//! rewrites the frame; [`words`] holds the word-wide memory access they all use (the
+//! reason the path is fast).
+
+mod emit;
+mod pkt;
+mod send;
+mod words;
+
+use aya_ebpf::{
+    bindings::bpf_fib_lookup,
+    helpers::generated::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use relay_common::{
+    counter::{
+        TURN_CHANNEL_TO_PEER, TURN_NO_RULE_PASSED, TURN_PEER_TO_CHANNEL,
+        TURN_PEER_TO_DATA_INDICATION, TURN_UNHANDLED_PASSED,
+    },
+    turn::{
+        AllocKey, AllocRule, Bandwidth, ChannelKey, ChannelRule, MAX_ALLOCATIONS, MAX_MAP_ENTRIES,
+        MAX_NEXT_HOPS, MAX_RULES, NextHop, NextHopKey, PeerKey, PeerRule, RuleStats,
+        SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS, TurnSettings,
+    },
+};
+
+use pkt::Pkt;
+use words::{Addr, host, is_mapped, rd_addr, rd16, rd32};
+
+// The contract's maps. Declared without `pinned(...)` on purpose: aya's loader pins
+// ByName maps under /sys/fs/bpf at EVERY load (test runs included), which would make
+// every loaded copy share one set of rules. Userspace pins them by name where it wants
+// with `EbpfLoader::map_pin_path(NAME, dir/NAME)` (reuses an existing pin: adoption).
+#[map(name = "TURN_CHANNELS")]
+static TURN_CHANNELS: HashMap<ChannelKey, ChannelRule> =
+    HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
+#[map(name = "TURN_PEERS")]
+static TURN_PEERS: HashMap<PeerKey, PeerRule> = HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
+#[map(name = "TURN_ALLOCS")]
+static TURN_ALLOCS: HashMap<AllocKey, AllocRule> = HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
+#[map(name = "TURN_RULE_STATS")]
+static TURN_RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+#[map(name = "TURN_BANDWIDTH")]
+static TURN_BANDWIDTH: Array<Bandwidth> = Array::with_max_entries(MAX_ALLOCATIONS, 0);
+#[map(name = "TURN_SETTINGS")]
+static TURN_SETTINGS: Array<TurnSettings> = Array::with_max_entries(1, 0);
+/// Next hops found by `bpf_fib_lookup`, reused for `next_hop_ttl_ms` (the lookup is most
+/// of a relayed frame's cost). One map shared by all CPUs: a hit only reads it, and a
+/// route or neighbour change is one entry to age out, not one per CPU.
+#[map(name = "TURN_NEXT_HOPS")]
+static TURN_NEXT_HOPS: LruHashMap<NextHopKey, NextHop> =
+    LruHashMap::with_max_entries(MAX_NEXT_HOPS, 0);
+
+/// Per-CPU scratch memory of the TURN path (the verifier caps the stack of a whole call
+/// chain at 512 bytes).
+#[map(name = "TURN_SCRATCH")]
+static TURN_SCRATCH: PerCpuArray<Work> = PerCpuArray::with_max_entries(1, 0);
+
+/// What the TURN path keeps in [`TURN_SCRATCH`].
+pub struct Work {
+    pkt: Pkt,
+    out: Out,
+    hop: Hop,
+    fib: bpf_fib_lookup,
+    /// Map keys are built here, not on the stack: the crate allows LLVM misaligned
+    /// accesses (for packet headers), and it would merge word stores to a key on the
+    /// stack into misaligned 8-byte ones, which the verifier rejects on the stack only.
+    key: [u32; 10],
+    /// A `TURN_NEXT_HOPS` value being built (same reason).
+    hop_value: [u64; 4],
+}
+
+/// What to send. `repr(C)` with the fields ordered so that no constructor writes two
+/// adjacent constant zeros: LLVM would merge those into a call to the byte-loop `memset`.
+#[repr(C)]
+pub struct Out {
+    v6: bool,
+    /// Set DF (an IPv4 output).
+    df: bool,
+    /// The channel to prepend (peer → ChannelData), memory order.
+    channel: u16,
+    /// The counter of a relayed frame (which of the four cases).
+    counter: u32,
+    src: Addr,
+    dst: Addr,
+    /// Source then destination port of the output (memory order), one word.
+    ports: u32,
+    stats_idx: u32,
+    alloc_idx: u32,
+    /// Bytes between the UDP header and the payload in the output (0, 4, 36 or 48).
+    extra: usize,
+    /// Ones' complement sum of the words between the input's UDP header and its payload
+    /// (the ChannelData header, the Send indication's header and attribute headers),
+    /// which leave the datagram.
+    prefix_sum: u64,
+    /// Offset of the payload in the input frame.
+    payload_off: usize,
+    /// Padding bytes after the payload in the input (they leave the datagram too).
+    in_pad: usize,
+    payload_len: usize,
+    /// Zero bytes after the payload in the output (Data indication padding).
+    out_pad: usize,
+}
+
+/// What `emit` needs from the settings, read once per frame.
+pub struct Hop {
+    ttl_ms: u32,
+    fib_ifindex: u32,
+    now: u64,
+}
+
+/// [`relay`]'s result, packed in one register (a BPF-to-BPF call returns one value):
+/// below 0x100 an XDP action; `PASS_COUNTED | counter`; or [`NOT_TURN`].
+pub const PASS_COUNTED: u32 = 0x100;
+/// Not a TURN frame (or the kernel TURN path is off): the STUN path decides.
+pub const NOT_TURN: u32 = 0x200;
+
+/// Relays the frame if it is TURN traffic the kernel handles; see [`PASS_COUNTED`].
+/// A separate BPF function so that its stack frame is not added to the STUN path's. It
+/// calls [`classify`] and then [`emit::emit`], two BPF functions of their own, so that
+/// their stack frames are never on the stack together (the verifier caps a call chain
+/// at 512 bytes).
+#[inline(never)]
+pub fn relay_packed(ctx: &XdpContext) -> u32 {
+    let Some(work) = TURN_SCRATCH.get_ptr_mut(0) else {
+        return NOT_TURN;
+    };
+    let c = classify(ctx, work);
+    if c != RELAY {
+        return c;
+    }
+    match emit::emit(ctx, work) {
+        Ok(action) => action,
+        Err(Some(counter)) => PASS_COUNTED | counter,
+        Err(None) => NOT_TURN,
+    }
+}
+
+/// [`classify`]'s result when the frame is to be relayed per the scratch `out`.
+const RELAY: u32 = 0x400;
+
+/// Parses the frame and finds its rule: [`RELAY`] with the scratch entry filled, else
+/// what [`relay_packed`] returns.
+#[inline(never)]
+fn classify(ctx: &XdpContext, work: *mut Work) -> u32 {
+    match find_rule(ctx, work) {
+        Ok(()) => RELAY,
+        Err(Some(counter)) => PASS_COUNTED | counter,
+        Err(None) => NOT_TURN,
+    }
+}
+
+/// `Ok`: relay per the scratch entry. `Err(Some(counter))`: a TURN frame passed up
+/// unchanged. `Err(None)`: not TURN (or the kernel path is off): the STUN path decides,
+/// exactly as before.
+#[inline(always)]
+fn find_rule(ctx: &XdpContext, work: *mut Work) -> Result<(), Option<u32>> {
+    let settings = TURN_SETTINGS.get(0).ok_or(None)?;
+    let flags = settings.flags;
+    if flags & SETTING_ENABLED == 0 {
+        return Err(None);
+    }
+    // SAFETY: this CPU's scratch entry; the fields are disjoint and live for the whole
+    // program run (XDP is not preempted on a CPU).
+    let (p, o, hop, key) = unsafe {
+        (
+            &mut (*work).pkt,
+            &mut (*work).out,
+            &mut (*work).hop,
+            &mut (*work).key,
+        )
+    };
+    pkt::parse(ctx, p)?;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    *hop = Hop {
+        ttl_ms: settings.next_hop_ttl_ms,
+        fib_ifindex: settings.fib_ifindex,
+        now,
+    };
+    let dport = host(p.dport());
+    let payload = p.ulen - 8;
+    if dport >= settings.relay_port_min && dport <= settings.relay_port_max {
+        if p.unusual {
+            return Err(Some(TURN_UNHANDLED_PASSED));
+        }
+        from_peer(p, flags, payload, now, o, key)
+    } else {
+        let at = ctx.data() + p.l4() + 8;
+        if at + 1 > ctx.data_end() {
+            return Err(None);
+        }
+        // SAFETY: the byte is inside the packet (checked above).
+        let b0 = unsafe { *(at as *const u8) };
+        // ChannelData: channel numbers 0x4000–0x4FFF, or up to 0x7FFF with the legacy
+        // (RFC 5766) range coturn's turnutils_uclient uses; the rule lookup decides.
+        if payload >= 4 && (0x40..0x80).contains(&b0) {
+            if p.unusual {
+                return Err(Some(TURN_UNHANDLED_PASSED));
+            }
+            from_client(ctx, p, payload, now, o, key)
+        } else if b0 == 0 && flags & SETTING_SEND_INDICATIONS != 0 {
+            if at + 2 > ctx.data_end() {
+                return Err(None);
+            }
+            // SAFETY: the two bytes are inside the packet (checked above).
+            if unsafe { rd16(at) } != u16::from_ne_bytes([0x00, 0x16]) {
+                return Err(None);
+            }
+            if p.unusual {
+                return Err(Some(TURN_UNHANDLED_PASSED));
+            }
+            // Its own BPF function: its keys and parse state would not fit in this
+            // frame's share of the 512-byte stack.
+            match send::from_send(ctx, work, settings, now) {
+                0 => Ok(()),
+                c => Err(Some(c)),
+            }
+        } else {
+            Err(None)
+        }
+    }
+}
+
+#[inline(always)]
+fn live(expires_ns: u64, now: u64) -> bool {
+    expires_ns > now
+}
+
+/// ChannelData from a client → UDP to the peer.
+#[inline(always)]
+fn from_client(
+    ctx: &XdpContext,
+    p: &Pkt,
+    payload: usize,
+    now: u64,
+    o: &mut Out,
+    key: &mut [u32; 10],
+) -> Result<(), Option<u32>> {
+    let at = ctx.data() + p.l4() + 8;
+    if at + 4 > ctx.data_end() {
+        return Err(Some(TURN_UNHANDLED_PASSED));
+    }
+    // SAFETY: the 4 bytes are inside the packet (checked above).
+    let h = unsafe { rd32(at) };
+    let len = host((h >> 16) as u16) as usize;
+    *key = [
+        p.src[0],
+        p.src[1],
+        p.src[2],
+        p.src[3],
+        p.dst[0],
+        p.dst[1],
+        p.dst[2],
+        p.dst[3],
+        p.ports,
+        h & 0xffff,
+    ];
+    // SAFETY: `key` has the size and layout of a ChannelKey (client address, server
+    // address, client port, server port, channel, zero padding); the value is read at
+    // once through the map's pointer.
+    let rule = unsafe { TURN_CHANNELS.get_ptr(&*(key.as_ptr() as *const ChannelKey)) }
+        .ok_or(Some(TURN_NO_RULE_PASSED))?;
+    let r = rule as usize;
+    // SAFETY: `r` points at a live ChannelRule value (56 bytes, 8-aligned).
+    let (expires, relay_addr, peer_addr, ports, stats_idx, alloc_idx) = unsafe {
+        (
+            (*rule).expires_ns,
+            rd_addr(r + 8),
+            rd_addr(r + 24),
+            rd32(r + 40),
+            (*rule).stats_idx,
+            (*rule).alloc_idx,
+        )
+    };
+    if !live(expires, now) {
+        return Err(Some(TURN_NO_RULE_PASSED));
+    }
+    if payload < 4 + len || payload > 4 + len + 3 {
+        return Err(Some(TURN_UNHANDLED_PASSED));
+    }
+    let v6 = !is_mapped(&peer_addr);
+    if v6 == is_mapped(&relay_addr) {
+        return Err(Some(TURN_UNHANDLED_PASSED));
+    }
+    *o = Out {
+        v6,
+        df: p.df,
+        src: relay_addr,
+        dst: peer_addr,
+        // The rule holds relay port then peer port: the output's source and destination.
+        ports,
+        extra: 0,
+        payload_off: p.l4() + 12,
+        payload_len: len,
+        prefix_sum: h as u64,
+        in_pad: payload - 4 - len,
+        out_pad: 0,
+        stats_idx,
+        alloc_idx,
+        channel: 0,
+        counter: TURN_CHANNEL_TO_PEER,
+    };
+    Ok(())
+}
+
+/// UDP from a peer to a relayed port → ChannelData or a Data indication to the client.
+#[inline(always)]
+fn from_peer(
+    p: &Pkt,
+    flags: u32,
+    payload: usize,
+    now: u64,
+    o: &mut Out,
+    key: &mut [u32; 10],
+) -> Result<(), Option<u32>> {
+    *key = [
+        p.src[0], p.src[1], p.src[2], p.src[3], p.dst[0], p.dst[1], p.dst[2], p.dst[3], p.ports, 0,
+    ];
+    // SAFETY: `key` has the size and layout of a PeerKey (peer address, relayed address,
+    // peer port, relayed port).
+    let exact = unsafe { TURN_PEERS.get_ptr(&*(key.as_ptr() as *const PeerKey)) };
+    let mut rule = core::ptr::null();
+    let mut channel = 0u16;
+    if let Some(r) = exact {
+        // SAFETY: `r` points at a live PeerRule value.
+        let (c, e) = unsafe { (rd16(r as usize + 44), (*r).expires_ns) };
+        if c != 0 && live(e, now) {
+            rule = r;
+            channel = c;
+        }
+    }
+    if rule.is_null() {
+        // The permission entry: any peer port.
+        key[8] = p.ports & 0xffff_0000;
+        // SAFETY: as above.
+        let r = unsafe { TURN_PEERS.get_ptr(&*(key.as_ptr() as *const PeerKey)) }
+            .ok_or(Some(TURN_NO_RULE_PASSED))?;
+        // SAFETY: `r` points at a live PeerRule value.
+        if !live(unsafe { (*r).expires_ns }, now) {
+            return Err(Some(TURN_NO_RULE_PASSED));
+        }
+        if flags & SETTING_DATA_INDICATIONS == 0 {
+            return Err(Some(TURN_UNHANDLED_PASSED));
+        }
+        rule = r;
+    }
+    let r = rule as usize;
+    // SAFETY: `rule` points at a live PeerRule value (56 bytes, 8-aligned).
+    let (client_addr, server_addr, ports, stats_idx, alloc_idx) = unsafe {
+        (
+            rd_addr(r + 8),
+            rd_addr(r + 24),
+            rd32(r + 40),
+            (*rule).stats_idx,
+            (*rule).alloc_idx,
+        )
+    };
+    let v6 = !is_mapped(&client_addr);
+    if v6 == is_mapped(&server_addr) {
+        return Err(Some(TURN_UNHANDLED_PASSED));
+    }
+    let (extra, out_pad, counter) = if channel != 0 {
+        (4, 0, TURN_PEER_TO_CHANNEL)
+    } else {
+        let xor = if p.v6 { 24 } else { 12 };
+        (
+            20 + xor + 4,
+            (4 - (payload & 3)) & 3,
+            TURN_PEER_TO_DATA_INDICATION,
+        )
+    };
+    *o = Out {
+        v6,
+        df: p.df,
+        src: server_addr,
+        dst: client_addr,
+        // The rule holds client port then server port: swapped for the output.
+        ports: ports.rotate_left(16),
+        extra,
+        payload_off: p.l4() + 8,
+        payload_len: payload,
+        prefix_sum: 0,
+        in_pad: 0,
+        out_pad,
+        stats_idx,
+        alloc_idx,
+        channel,
+        counter,
+    };
+    Ok(())
+}
