@@ -229,9 +229,9 @@ impl Default for XdpSection {
             mode: XdpModeChoice::Auto,
             turn: true,
             pin_dir: default_pin_dir(),
-            // Off until the daemon snapshots and restores its TURN state: adopted rules
-            // of allocations it does not know would run unmanaged until their deadlines.
-            persist: false,
+            // The TURN state file (turn.state_file) brings the allocations back, so the
+            // kernel keeps relaying through a restart and the rules stay managed.
+            persist: true,
             fib_interface: default_fib_interface(),
         }
     }
