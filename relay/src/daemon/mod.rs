@@ -79,7 +79,7 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
         let (turn, shared) = operator::turn_dataplane(config)?;
         // Allocations saved by the previous daemon: ports bound again, held in a pool
         // until the kernel side is settled below.
-        let restored = state::load(state_file.as_deref(), &shared);
+        let restored = state::load(state_file.as_deref(), &shared, &config.listen);
         let dp = Dataplane::start_turn_with(&dp_config, turn, restored.pool.clone())?;
         (dp, Some(shared), Some(restored))
     } else {
@@ -143,6 +143,7 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
     );
     let mut last_snapshot = std::time::Instant::now();
     let mut last_save = std::time::Instant::now();
+    let mut save_failing = false;
     let mut result = Ok(());
     while !shutdown.load(Ordering::Relaxed) {
         control.serve_for(TICK, &commands);
@@ -161,7 +162,7 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
             && last_save.elapsed() >= state::SAVE_EVERY
         {
             last_save = std::time::Instant::now();
-            state::save(path, &dataplane);
+            state::save(path, &dataplane, &mut save_failing);
         }
         if dataplane.any_worker_exited() {
             tracing::error!("a data path worker stopped; shutting down");
@@ -173,8 +174,9 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
     drop(metrics);
     drop(commands);
     // Before the workers stop: the allocations as they are now, for the next daemon.
-    if let Some(path) = &state_file {
-        state::save(path, &dataplane);
+    if let Some(path) = &state_file
+        && state::save(path, &dataplane, &mut false)
+    {
         tracing::info!(path = %path.display(), "TURN state saved for the next start");
     }
 

@@ -36,7 +36,11 @@ fn mono_now() -> u64 {
 /// Reads the state file, drops expired entries, rebinds the relayed ports and puts the
 /// allocations in a pool held back until [`finish`]. Any problem with the file is a
 /// warning and the daemon starts empty.
-pub(super) fn load(path: Option<&Path>, shared: &Arc<Shared>) -> Restored {
+pub(super) fn load(
+    path: Option<&Path>,
+    shared: &Arc<Shared>,
+    listen: &[std::net::SocketAddr],
+) -> Restored {
     let pool = Arc::new(Reservations::default());
     let Some(path) = path else {
         return Restored { pool, owned: None };
@@ -65,6 +69,16 @@ pub(super) fn load(path: Option<&Path>, shared: &Arc<Shared>) -> Restored {
             Vec::new()
         }
     };
+    // A 5-tuple whose server address this daemon no longer listens on can never come
+    // back (the configuration changed, or the file is another daemon's).
+    let (saved, foreign): (Vec<_>, Vec<_>) =
+        saved.into_iter().partition(|s| serves(listen, s.server));
+    if !foreign.is_empty() {
+        tracing::warn!(
+            dropped = foreign.len(),
+            "restored allocations dropped: their server address is not among server.listen              (the configuration changed, or the state file belongs to another relay)"
+        );
+    }
     let restored = turn_io::rebind_restored(saved, &shared.quotas);
     let mut stats = Vec::new();
     let mut allocs = Vec::new();
@@ -87,6 +101,16 @@ pub(super) fn load(path: Option<&Path>, shared: &Arc<Shared>) -> Restored {
     }
 }
 
+/// Whether a listen address in `listen` (port 0 = any, unspecified IP = any) serves
+/// `server`.
+fn serves(listen: &[std::net::SocketAddr], server: std::net::SocketAddr) -> bool {
+    listen.iter().any(|l| {
+        (l.ip() == server.ip() || l.ip().is_unspecified())
+            && l.is_ipv4() == server.is_ipv4()
+            && (l.port() == 0 || l.port() == server.port())
+    })
+}
+
 /// Once the kernel side is settled: without TURN in the kernel, the restored
 /// allocations forget their kernel rules (their rules are installed afresh if the fast
 /// path comes back); then the workers may claim them.
@@ -98,16 +122,31 @@ pub(super) fn finish(pool: &Reservations, kernel_turn: bool) {
 }
 
 /// Writes the current allocations (workers' and unclaimed restored ones) to `path`.
-pub(super) fn save(path: &Path, dataplane: &Dataplane) {
+/// Says so once (at warning level) when saving fails, then only at debug level until a
+/// save succeeds again.
+pub(super) fn save(path: &Path, dataplane: &Dataplane, failing: &mut bool) -> bool {
     let all: Vec<SavedAllocation> = dataplane.snapshot();
     let n = all.len();
     match Snapshot::new(boot_id(), mono_now(), all).write(path) {
-        Ok(()) => tracing::debug!(path = %path.display(), allocations = n, "TURN state saved"),
-        Err(e) => tracing::warn!(
-            error = %e,
-            "cannot save the TURN state: a restart would lose the allocations (check that \
-             the directory of turn.state_file is writable, or set turn.state_file = \"\")"
-        ),
+        Ok(()) => {
+            tracing::debug!(path = %path.display(), allocations = n, "TURN state saved");
+            *failing = false;
+            true
+        }
+        Err(e) if *failing => {
+            tracing::debug!(error = %e, "cannot save the TURN state (still)");
+            false
+        }
+        Err(e) => {
+            *failing = true;
+            tracing::warn!(
+                error = %e,
+                "cannot save the TURN state: a restart would lose the allocations (check that \
+                 the directory of turn.state_file is writable, or set turn.state_file = \"\" \
+                 to turn this off)"
+            );
+            false
+        }
     }
 }
 
@@ -117,5 +156,22 @@ pub(super) fn path(config: &crate::config::Config) -> Option<PathBuf> {
         config.turn.state_file.clone()
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serves;
+
+    #[test]
+    fn restored_tuples_must_match_a_listen_address() {
+        let a = |s: &str| s.parse().expect("addr");
+        let listen = [a("192.0.2.1:3478"), a("[::]:3478")];
+        assert!(serves(&listen, a("192.0.2.1:3478")));
+        assert!(!serves(&listen, a("192.0.2.1:3479")));
+        assert!(!serves(&listen, a("192.0.2.2:3478")));
+        assert!(serves(&listen, a("[2001:db8::1]:3478")));
+        assert!(serves(&[a("0.0.0.0:0")], a("198.51.100.1:9")));
+        assert!(!serves(&[a("0.0.0.0:0")], a("[2001:db8::1]:9")));
     }
 }
