@@ -750,3 +750,50 @@ fn restore_takes_over_installed_rules_and_orphans_are_removed() {
     assert!(rec2.m().stats_used.is_empty());
     assert!(rec2.m().alloc_used.is_empty());
 }
+
+/// A restored allocation nobody claimed before its deadline: restored at expiry, its
+/// taken-over kernel rules are removed and their indices given back.
+#[test]
+fn restore_after_the_deadline_removes_the_kernel_rules() {
+    let mut w = world();
+    let rec = with_fast(&w);
+    let (mut c, _, _) = allocated(&mut w);
+    assert_eq!(
+        class_of(&bind(&mut w, &mut c, 0x4001, peer())),
+        Class::SuccessResponse
+    );
+    let clock = MonoClock::new(w.t0, T0_NS);
+    let saved = w.server.snapshot(w.now, &clock);
+
+    let mut w2 = world();
+    w2.t0 = w.t0;
+    w2.now = w.t0 + Duration::from_secs(601);
+    let rec2 = Recorder::new(w2.t0);
+    {
+        let old = rec.m();
+        let mut m = rec2.m();
+        m.channels = old.channels.clone();
+        m.peers = old.peers.clone();
+        m.allocs = old.allocs.clone();
+    }
+    assert!(w2.server.shared.set_fast_rules(rec2.clone()));
+    let (stats_idx, alloc_idx) = saved[0].kernel_indices();
+    assert_eq!(
+        rec2.adopt_owned(&stats_idx, &[alloc_idx.expect("alloc idx")]),
+        0
+    );
+    w2.ports.next += 1;
+    w2.ports.open.insert(w2.ports.next, saved[0].relayed[0]);
+    let relays = [(w2.ports.next, saved[0].relayed[0])];
+    let ticket = w2.quotas.try_acquire("alice").expect("quota");
+    let now = w2.now;
+    w2.server
+        .restore(&saved[0], ticket, &relays, &clock, now)
+        .expect("restore");
+    assert_eq!(rec2.counts(), (0, 0, 0), "expired rules removed at once");
+    assert!(rec2.m().stats_used.is_empty());
+    assert!(rec2.m().alloc_used.is_empty());
+    w2.advance(Duration::from_millis(1));
+    assert!(w2.ports.open.is_empty(), "port closed");
+    assert_eq!(w2.quotas.held_by("alice"), 0);
+}
