@@ -451,6 +451,13 @@ impl Daemon {
                 .arg(format!("/sys/fs/bpf/relay-test-{}", ns.name()))
                 .arg("--xdp-no-persist");
         }
+        // A test daemon keeps its TURN state file per namespace, fresh at each start,
+        // unless the test chooses it (restart tests).
+        if !args.contains(&"--turn-state-file") {
+            let state = std::env::temp_dir().join(format!("relay-test-state-{}.json", ns.name()));
+            let _ = std::fs::remove_file(&state);
+            cmd.arg("--turn-state-file").arg(state);
+        }
         cmd.arg("--control-socket")
             .arg(&control_socket)
             .stdin(Stdio::null())

@@ -127,6 +127,9 @@ struct RunArgs {
     /// Detach the XDP fast path on exit (sets xdp.persist = false).
     #[arg(long)]
     xdp_no_persist: bool,
+    /// TURN state file for restarts (replaces turn.state_file; "" = off).
+    #[arg(long, value_name = "PATH")]
+    turn_state_file: Option<PathBuf>,
     /// Control socket path (replaces control.socket).
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -229,6 +232,9 @@ fn load(args: &RunArgs) -> Result<Config, relay::config::ConfigError> {
     }
     if args.xdp_no_persist {
         config.xdp.persist = false;
+    }
+    if let Some(p) = &args.turn_state_file {
+        config.turn.state_file = (!p.as_os_str().is_empty()).then(|| p.clone());
     }
     Ok(config)
 }

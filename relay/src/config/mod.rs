@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
-pub use turn::{MetricsSettings, QuotaSettings, Secret, TurnSettings, parse_port_range};
+pub use turn::{
+    DEFAULT_STATE_FILE, MetricsSettings, QuotaSettings, Secret, TurnSettings, parse_port_range,
+};
 
 use crate::policy::PolicyConfig;
 
@@ -229,9 +231,9 @@ impl Default for XdpSection {
             mode: XdpModeChoice::Auto,
             turn: true,
             pin_dir: default_pin_dir(),
-            // Off until the daemon snapshots and restores its TURN state: adopted rules
-            // of allocations it does not know would run unmanaged until their deadlines.
-            persist: false,
+            // The TURN state file (turn.state_file) brings the allocations back, so the
+            // kernel keeps relaying through a restart and the rules stay managed.
+            persist: true,
             fib_interface: default_fib_interface(),
         }
     }
@@ -989,5 +991,26 @@ listen = "127.0.0.1:9641"
             .expect_err("bad level")
             .to_string();
         assert!(e.contains("command line") && e.contains("log.level"), "{e}");
+    }
+
+    #[test]
+    fn turn_state_file_defaults_on_and_empty_turns_it_off() {
+        let c = Config::parse("", "empty").expect("default");
+        assert_eq!(
+            c.turn.state_file,
+            Some(PathBuf::from(turn::DEFAULT_STATE_FILE))
+        );
+        assert!(
+            c.xdp.persist,
+            "persist is on by default now that state is restored"
+        );
+        let off = Config::parse("[turn]\nstate_file = \"\"\n", "off").expect("off");
+        assert_eq!(off.turn.state_file, None);
+        let set =
+            Config::parse("[turn]\nstate_file = \"/var/lib/relay/s.json\"\n", "set").expect("set");
+        assert_eq!(
+            set.turn.state_file,
+            Some(PathBuf::from("/var/lib/relay/s.json"))
+        );
     }
 }

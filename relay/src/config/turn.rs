@@ -96,7 +96,14 @@ pub struct TurnSettings {
     pub secrets: Vec<Secret>,
     /// How long a nonce stays valid (seconds) before 438 Stale Nonce.
     pub nonce_lifetime: u64,
+    /// Where the UDP allocations are saved (every few seconds and on SIGTERM/SIGINT) and
+    /// restored from at start, so a restart keeps them; None (empty string) = off. The
+    /// file names users and addresses: it is created mode 0600.
+    pub state_file: Option<PathBuf>,
 }
+
+/// Default `turn.state_file`.
+pub const DEFAULT_STATE_FILE: &str = "/run/relay/turn-state.json";
 
 /// The `[quota]` section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +166,12 @@ pub(super) struct TurnSection {
     users: BTreeMap<String, Secret>,
     #[serde(default)]
     auth: AuthSection,
+    #[serde(default = "default_state_file")]
+    state_file: String,
+}
+
+fn default_state_file() -> String {
+    DEFAULT_STATE_FILE.to_owned()
 }
 
 impl Default for TurnSection {
@@ -184,6 +197,7 @@ impl Default for TurnSection {
             legacy_channel_range: false,
             users: BTreeMap::new(),
             auth: AuthSection::default(),
+            state_file: default_state_file(),
         }
     }
 }
@@ -391,6 +405,10 @@ pub(super) fn build(
         users: turn.users,
         secrets: turn.auth.secrets,
         nonce_lifetime: turn.auth.nonce_lifetime,
+        state_file: match turn.state_file.trim() {
+            "" => None,
+            p => Some(PathBuf::from(p)),
+        },
     };
     let metrics = MetricsSettings {
         listen: match metrics.listen.as_deref().map(str::trim) {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 mod operator;
+mod state;
 
 pub use operator::{DaemonCommands, Reloader, TurnSetupError, turn_json};
 
@@ -73,17 +74,26 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
         workers: config.workers,
         backend: config.backend,
     };
-    let (dataplane, shared) = if config.turn.enabled {
+    let state_file = state::path(config);
+    let (dataplane, shared, restored) = if config.turn.enabled {
         let (turn, shared) = operator::turn_dataplane(config)?;
-        (Dataplane::start_turn(&dp_config, turn)?, Some(shared))
+        // Allocations saved by the previous daemon: ports bound again, held in a pool
+        // until the kernel side is settled below.
+        let restored = state::load(state_file.as_deref(), &shared, &config.listen);
+        let dp = Dataplane::start_turn_with(&dp_config, turn, restored.pool.clone())?;
+        (dp, Some(shared), Some(restored))
     } else {
-        (Dataplane::start(&dp_config, StunHandler)?, None)
+        (Dataplane::start(&dp_config, StunHandler)?, None, None)
     };
     let mut fast_path = start_fast_path(config, dataplane.listen())?;
+    let owned = restored.as_ref().and_then(|r| r.owned.as_ref());
     let kernel_turn = match (&mut fast_path, &shared) {
-        (Some(fp), Some(shared)) => start_kernel_turn(config, fp, shared),
+        (Some(fp), Some(shared)) => start_kernel_turn(config, fp, shared, owned),
         _ => false,
     };
+    if let Some(r) = &restored {
+        state::finish(&r.pool, kernel_turn);
+    }
 
     let listen: Vec<String> = dataplane.listen().iter().map(ToString::to_string).collect();
     let xdp_summary = match &fast_path {
@@ -132,6 +142,8 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
         xdp_summary,
     );
     let mut last_snapshot = std::time::Instant::now();
+    let mut last_save = std::time::Instant::now();
+    let mut save_failing = false;
     let mut result = Ok(());
     while !shutdown.load(Ordering::Relaxed) {
         control.serve_for(TICK, &commands);
@@ -146,6 +158,12 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(s);
         }
+        if let Some(path) = &state_file
+            && last_save.elapsed() >= state::SAVE_EVERY
+        {
+            last_save = std::time::Instant::now();
+            state::save(path, &dataplane, &mut save_failing);
+        }
         if dataplane.any_worker_exited() {
             tracing::error!("a data path worker stopped; shutting down");
             result = Err(DaemonError::WorkerExited);
@@ -155,6 +173,12 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
     tracing::info!("shutting down");
     drop(metrics);
     drop(commands);
+    // Before the workers stop: the allocations as they are now, for the next daemon.
+    if let Some(path) = &state_file
+        && state::save(path, &dataplane, &mut false)
+    {
+        tracing::info!(path = %path.display(), "TURN state saved for the next start");
+    }
 
     let stopped = dataplane.stop();
     if let Some(fp) = fast_path {
@@ -325,6 +349,7 @@ fn start_kernel_turn(
     config: &Config,
     fp: &mut FastPath,
     shared: &Arc<crate::turn::Shared>,
+    owned: Option<&(Vec<u32>, Vec<u32>)>,
 ) -> bool {
     use relay_common::turn::{
         SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS, TurnSettings,
@@ -375,7 +400,19 @@ fn start_kernel_turn(
         next_hop_ttl_ms: 1000,
         fib_ifindex,
     };
-    if fp.adopted() {
+    if let Some((stats, allocs)) = owned {
+        // A state file is in use: the restored allocations own their rules (indices
+        // reserved); anything else in adopted maps is an orphan and goes.
+        match maps.retain_owned(stats, allocs) {
+            Ok(a) => tracing::info!(
+                kept = a.kept,
+                removed = a.removed,
+                reserved_rule_indices = stats.len(),
+                "TURN rules: those of restored allocations kept, orphans and expired ones removed"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot read the adopted TURN rules"),
+        }
+    } else if fp.adopted() {
         match maps.adopt_existing() {
             Ok(a) => tracing::info!(
                 kept = a.kept,

@@ -33,12 +33,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use counters::{Counts, WorkerCounters};
-pub use turn_io::{RelaySpec, Reservations, TurnSetup, WorkerCommand};
+pub use turn_io::{RelaySpec, Reservations, Restored, TurnSetup, WorkerCommand};
 pub use worker::Worker;
 
 use crate::config::BackendChoice;
 use crate::stun::binding::{self, DropReason, Reply};
 use crate::tls::{TlsError, TlsReloader};
+use crate::turn::snapshot::SavedAllocation;
 use crate::turn::{AllocationInfo, KickTarget, Shared, TurnConfig, TurnStats};
 
 /// What a handler decided for one datagram.
@@ -276,6 +277,8 @@ pub struct Dataplane {
     listen_tcp: Vec<SocketAddr>,
     listen_tls: Vec<SocketAddr>,
     tls: Option<Arc<TlsReloader>>,
+    /// Held ports and restored allocations, shared by the workers.
+    pool: Arc<Reservations>,
 }
 
 impl Dataplane {
@@ -284,7 +287,7 @@ impl Dataplane {
         config: &DataplaneConfig,
         handler: H,
     ) -> Result<Dataplane, DataplaneError> {
-        Self::start_inner(config, handler, None)
+        Self::start_inner(config, handler, None, Arc::new(Reservations::default()))
     }
 
     /// Starts workers that serve TURN (and STUN Binding) on the UDP listen addresses and
@@ -294,16 +297,28 @@ impl Dataplane {
         config: &DataplaneConfig,
         turn: TurnDataplane,
     ) -> Result<Dataplane, DataplaneError> {
+        Self::start_turn_with(config, turn, Arc::new(Reservations::default()))
+    }
+
+    /// As [`Dataplane::start_turn`], with a pool of held ports that may already hold
+    /// allocations restored after a restart ([`Reservations::hold_restored`]): the worker
+    /// that receives a restored allocation's client datagrams takes it over.
+    pub fn start_turn_with(
+        config: &DataplaneConfig,
+        turn: TurnDataplane,
+        pool: Arc<Reservations>,
+    ) -> Result<Dataplane, DataplaneError> {
         if !turn.listen_tls.is_empty() && turn.tls.is_none() {
             return Err(DataplaneError::NoCertificate);
         }
-        Self::start_inner(config, StunHandler, Some(turn))
+        Self::start_inner(config, StunHandler, Some(turn), pool)
     }
 
     fn start_inner<H: DatagramHandler + Clone>(
         config: &DataplaneConfig,
         handler: H,
         turn: Option<TurnDataplane>,
+        reservations: Arc<Reservations>,
     ) -> Result<Dataplane, DataplaneError> {
         let (backend, why) = select_backend(config.backend)?;
         tracing::info!(
@@ -349,7 +364,6 @@ impl Dataplane {
         let mut tls_per_worker = bind_tcp_all(&mut listen_tls, workers)?;
         let mut setups: Vec<Option<TurnSetup>> = Vec::with_capacity(workers);
         let mut commands = Vec::new();
-        let reservations = Arc::new(Reservations::default());
         for _ in 0..workers {
             let setup = turn.as_ref().map(|t| {
                 let (tx, rx) = mpsc::channel();
@@ -385,6 +399,7 @@ impl Dataplane {
             listen_tcp,
             listen_tls,
             tls: turn.as_ref().and_then(|t| t.tls.clone()),
+            pool: reservations,
         };
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), DataplaneError>>();
         for (index, (sockets, setup)) in per_worker.into_iter().zip(setups).enumerate() {
@@ -531,6 +546,23 @@ impl Dataplane {
         self.ask_all(|reply| WorkerCommand::RecheckPolicy { reply })
             .into_iter()
             .sum()
+    }
+
+    /// Every UDP allocation for the state file: the workers' and the restored ones no
+    /// worker has claimed yet.
+    pub fn snapshot(&self) -> Vec<SavedAllocation> {
+        let mut all: Vec<SavedAllocation> = self
+            .ask_all(|reply| WorkerCommand::Snapshot { reply })
+            .into_iter()
+            .flatten()
+            .collect();
+        all.extend(self.pool.restored_snapshot());
+        all
+    }
+
+    /// The shared pool of held ports and restored allocations.
+    pub fn pool(&self) -> &Arc<Reservations> {
+        &self.pool
     }
 
     /// TURN counters summed over the workers (None when not serving TURN).

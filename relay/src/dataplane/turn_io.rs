@@ -20,16 +20,20 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::policy::QuotaTicket;
 use crate::tls::{ReadStatus, TlsReloader, TlsStream};
+use crate::turn::snapshot::SavedAllocation;
 use crate::turn::{
-    AllocationInfo, FiveTuple, IpFamily, KickTarget, PortError, PortRequest, RelayHandle,
-    RelayPorts, Shared, Transmit, Transport, TurnConfig, TurnServer, TurnStats, framing,
+    AllocationInfo, FiveTuple, IpFamily, KickTarget, MonoClock, PortError, PortRequest,
+    RelayHandle, RelayPorts, Shared, Transmit, Transport, TurnConfig, TurnServer, TurnStats,
+    framing,
 };
 
 /// Bytes buffered per connection for reading (one message must fit; larger frames
@@ -69,9 +73,172 @@ pub struct RelaySpec {
 /// allocation that claims a token usually comes from another 5-tuple, which SO_REUSEPORT
 /// may hash to another worker; the claiming worker takes the socket over and arms it in
 /// its own ring. Touched only on Allocate, never per packet.
+///
+/// It also holds the allocations restored from the state file after a restart
+/// ([`Reservations::hold_restored`]): their relayed ports are bound at start, but which
+/// worker receives the client's datagrams is decided by SO_REUSEPORT hashing, which the
+/// daemon cannot predict. So they wait here, keyed by client 5-tuple, until the worker
+/// that gets a datagram from that 5-tuple claims one (taking its sockets into its own
+/// relay table and the allocation into its TURN server); peer datagrams wait in the
+/// socket's buffer meanwhile. Entries nobody claims before their deadline are taken by
+/// any worker's housekeeping and expire there normally (kernel rules removed, ports
+/// closed). A datagram path only reads one atomic counter while the pool is empty.
 #[derive(Debug, Default)]
 pub struct Reservations {
     held: Mutex<HashMap<u64, (UdpSocket, Instant)>>,
+    restored: Mutex<HashMap<FiveTuple, Restored>>,
+    /// Entries in `restored` (read without the lock on the datagram path).
+    restored_len: AtomicUsize,
+    /// Claims wait until the daemon has settled the kernel side (rule indices reserved,
+    /// orphans removed, or kernel state discarded).
+    held_back: AtomicBool,
+}
+
+/// One restored allocation waiting in the pool: what the state file said, its quota slot
+/// and its relayed sockets (bound at start, one per `saved.relayed`, in that order).
+#[derive(Debug)]
+pub struct Restored {
+    /// The saved allocation.
+    pub saved: SavedAllocation,
+    /// Its quota slot.
+    pub ticket: QuotaTicket,
+    /// Its relayed sockets, not yet receiving.
+    pub sockets: Vec<UdpSocket>,
+}
+
+/// Binds the relayed ports of saved allocations again (exact address and port) and takes
+/// a quota slot for each, for [`Reservations::hold_restored`]. An allocation whose port
+/// cannot be bound (taken meanwhile, address gone) or that exceeds a quota is dropped
+/// with a warning; the returned list is what could be restored.
+pub fn rebind_restored(
+    saved: Vec<SavedAllocation>,
+    quotas: &crate::policy::Quotas,
+) -> Vec<Restored> {
+    let mut out = Vec::with_capacity(saved.len());
+    'next: for s in saved {
+        let ticket = match quotas.try_acquire(crate::turn::auth::user_part(&s.username)) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(user = %s.username, client = %s.client, error = %e, "restored allocation dropped: over quota");
+                continue;
+            }
+        };
+        let mut sockets = Vec::with_capacity(s.relayed.len());
+        for addr in &s.relayed {
+            match Relays::bind(addr.ip(), addr.port()) {
+                Ok(sock) => sockets.push(sock),
+                Err(e) => {
+                    tracing::warn!(
+                        user = %s.username,
+                        client = %s.client,
+                        relayed = %addr,
+                        error = %e,
+                        "restored allocation dropped: its relayed port cannot be bound again \
+                         (its kernel rules are removed; the client must allocate anew)"
+                    );
+                    continue 'next;
+                }
+            }
+        }
+        out.push(Restored {
+            saved: s,
+            ticket,
+            sockets,
+        });
+    }
+    out
+}
+
+/// What [`Reservations::claim_restored`] found.
+#[derive(Debug)]
+pub(super) enum Claim {
+    /// No restored allocation for that 5-tuple.
+    None,
+    /// There is one, but claims are held back for now: drop the datagram (the client
+    /// retransmits).
+    Wait,
+    /// This worker takes it.
+    Take(Box<Restored>),
+}
+
+impl Reservations {
+    fn restored_map<T>(&self, f: impl FnOnce(&mut HashMap<FiveTuple, Restored>) -> T) -> T {
+        let mut g = self
+            .restored
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let out = f(&mut g);
+        self.restored_len.store(g.len(), Ordering::Release);
+        out
+    }
+
+    /// Puts restored allocations in the pool. With `hold_back`, nobody claims them
+    /// until [`Reservations::release_restored`].
+    pub fn hold_restored(&self, entries: Vec<Restored>, hold_back: bool) {
+        self.held_back.store(hold_back, Ordering::Release);
+        self.restored_map(|m| {
+            for r in entries {
+                m.insert(r.saved.tuple(), r);
+            }
+        });
+    }
+
+    /// Lets workers claim the restored allocations.
+    pub fn release_restored(&self) {
+        self.held_back.store(false, Ordering::Release);
+    }
+
+    /// Applies `f` to every restored allocation still waiting (e.g. to drop the kernel
+    /// state when the kernel fast path did not come back).
+    pub fn update_restored(&self, mut f: impl FnMut(&mut SavedAllocation)) {
+        self.restored_map(|m| m.values_mut().for_each(|r| f(&mut r.saved)));
+    }
+
+    /// Restored allocations still waiting for their worker.
+    pub fn restored_len(&self) -> usize {
+        self.restored_len.load(Ordering::Acquire)
+    }
+
+    /// Copies of the restored allocations still waiting (they belong in the next
+    /// snapshot too).
+    pub fn restored_snapshot(&self) -> Vec<SavedAllocation> {
+        self.restored_map(|m| m.values().map(|r| r.saved.clone()).collect())
+    }
+
+    /// Takes the restored allocation of `tuple`, if any and if claims are allowed.
+    pub(super) fn claim_restored(&self, tuple: &FiveTuple) -> Claim {
+        if self.restored_len() == 0 {
+            return Claim::None;
+        }
+        let held_back = self.held_back.load(Ordering::Acquire);
+        self.restored_map(|m| {
+            if held_back {
+                return if m.contains_key(tuple) {
+                    Claim::Wait
+                } else {
+                    Claim::None
+                };
+            }
+            m.remove(tuple)
+                .map_or(Claim::None, |r| Claim::Take(Box::new(r)))
+        })
+    }
+
+    /// Takes the restored allocations whose deadline is at or before `now_ns`
+    /// (CLOCK_MONOTONIC).
+    pub(super) fn take_expired_restored(&self, now_ns: u64) -> Vec<Restored> {
+        if self.restored_len() == 0 || self.held_back.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        self.restored_map(|m| {
+            let due: Vec<FiveTuple> = m
+                .iter()
+                .filter(|(_, r)| r.saved.expires_ns <= now_ns)
+                .map(|(t, _)| *t)
+                .collect();
+            due.iter().filter_map(|t| m.remove(t)).collect()
+        })
+    }
 }
 
 impl Reservations {
@@ -123,6 +290,11 @@ pub enum WorkerCommand {
     RecheckPolicy {
         /// Where to answer.
         reply: mpsc::Sender<usize>,
+    },
+    /// The worker's UDP allocations for the state file (restart).
+    Snapshot {
+        /// Where to answer.
+        reply: mpsc::Sender<Vec<SavedAllocation>>,
     },
 }
 
@@ -829,6 +1001,10 @@ pub(super) struct TurnIo {
     /// a client that keeps its allocation refreshed never hits it.
     idle_limit: Duration,
     refused_logged: Instant,
+    /// Reserved ports and restored allocations, shared by all workers.
+    pool: Arc<Reservations>,
+    /// `Instant` ↔ CLOCK_MONOTONIC, for snapshots and restored deadlines.
+    clock: MonoClock,
 }
 
 impl TurnIo {
@@ -860,7 +1036,10 @@ impl TurnIo {
             .map_or(0, |d| d.as_nanos() as u64)
             ^ ((index as u64) << 48);
         let idle_limit = setup.config.max_lifetime + Duration::from_secs(60);
+        let clock = crate::xdp::rules::monotonic_anchor().map_err(io::Error::other)?;
         Ok(TurnIo {
+            pool: setup.reservations.clone(),
+            clock,
             idle_limit,
             refused_logged: Instant::now() - Duration::from_secs(60),
             server: TurnServer::new(setup.config, setup.shared),
@@ -912,6 +1091,13 @@ impl TurnIo {
             server,
             transport: Transport::Udp,
         };
+        if self.pool.restored_len() != 0 && !self.server.has_allocation(&tuple) {
+            match self.pool.claim_restored(&tuple) {
+                Claim::None => {}
+                Claim::Wait => return,
+                Claim::Take(r) => self.adopt_restored(*r),
+            }
+        }
         let mut ports = Ports(&self.relays);
         let mut tx = Tx {
             udp,
@@ -944,6 +1130,44 @@ impl TurnIo {
         };
         self.server.on_peer(relay, source, bytes, self.now, &mut tx);
         self.after_call();
+    }
+
+    /// Takes a restored allocation into this worker: its sockets into the relay table
+    /// (armed by the backend with the next operations), the allocation into the server.
+    fn adopt_restored(&mut self, r: Restored) {
+        let Restored {
+            saved,
+            ticket,
+            sockets,
+        } = r;
+        let mut relays = Vec::with_capacity(sockets.len());
+        for (socket, addr) in sockets.into_iter().zip(&saved.relayed) {
+            match self.relays.borrow_mut().insert(socket) {
+                Ok(h) => relays.push((h, *addr)),
+                Err(e) => {
+                    tracing::warn!(client = %saved.client, error = %e, "no relay slot for a restored allocation; dropped");
+                }
+            }
+        }
+        let restored = if relays.len() == saved.relayed.len() {
+            self.server
+                .restore(&saved, ticket, &relays, &self.clock, self.now)
+                .map_err(|e| e.to_string())
+        } else {
+            Err("relay slots exhausted".to_owned())
+        };
+        match restored {
+            Ok(()) => {
+                tracing::info!(user = %saved.username, client = %saved.client, relayed = ?saved.relayed, "restored allocation taken over by this worker");
+            }
+            Err(e) => {
+                tracing::warn!(client = %saved.client, error = %e, "cannot restore an allocation; dropped");
+                let mut ports = Ports(&self.relays);
+                for (h, _) in relays {
+                    ports.close(h);
+                }
+            }
+        }
     }
 
     /// Closes connections the last call marked as doomed.
@@ -1227,6 +1451,16 @@ impl TurnIo {
         if self.now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
             self.last_sweep = self.now;
             self.relays.borrow_mut().expire_reservations(self.now);
+            // Restored allocations nobody claimed before their deadline expire here.
+            for r in self.pool.take_expired_restored(self.clock.ns(self.now)) {
+                self.adopt_restored(r);
+            }
+            if let Some(t) = self.server.next_timeout()
+                && t <= self.now
+            {
+                let mut ports = Ports(&self.relays);
+                self.server.on_timeout(self.now, &mut ports);
+            }
             self.sweep_connections();
             // Kernel-relayed traffic into the allocations' counters (and byte quotas).
             self.server.fold_fast_counters(self.now);
@@ -1286,6 +1520,9 @@ impl TurnIo {
             WorkerCommand::RecheckPolicy { reply } => {
                 let _ = reply.send(self.server.recheck_policy(self.now));
             }
+            WorkerCommand::Snapshot { reply } => {
+                let _ = reply.send(self.server.snapshot(self.now, &self.clock));
+            }
         }
     }
 
@@ -1342,5 +1579,116 @@ fn read_some(conn: &mut Conn) -> io::Result<ReadOutcome> {
             }
             ReadStatus::Eof => Ok(ReadOutcome::Eof),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Quotas;
+    use crate::turn::snapshot::SavedTraffic;
+
+    fn saved(client: &str, relayed: SocketAddr, expires_ns: u64) -> SavedAllocation {
+        SavedAllocation {
+            client: client.parse().expect("addr"),
+            server: "127.0.0.1:3478".parse().expect("addr"),
+            username: "alice".into(),
+            realm: "example.org".into(),
+            relayed: vec![relayed],
+            expires_ns,
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            dont_fragment: false,
+            byte_quota: 0,
+            bandwidth_limit: 0,
+            traffic: SavedTraffic::default(),
+            kernel: None,
+        }
+    }
+
+    fn free_port() -> SocketAddr {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.local_addr().expect("addr")
+    }
+
+    #[test]
+    fn rebinding_keeps_exact_ports_takes_quota_and_drops_what_cannot_bind() {
+        let quotas = Quotas::new(0, 0);
+        let busy = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let taken = busy.local_addr().expect("addr");
+        let free = free_port();
+        let got = rebind_restored(
+            vec![
+                saved("198.51.100.7:40000", free, 10),
+                saved("198.51.100.8:40000", taken, 10),
+            ],
+            &quotas,
+        );
+        assert_eq!(
+            got.len(),
+            1,
+            "the allocation whose port is taken is dropped"
+        );
+        assert_eq!(got[0].sockets[0].local_addr().expect("addr"), free);
+        assert_eq!(quotas.held_by("alice"), 1);
+        drop(got);
+        assert_eq!(quotas.held_by("alice"), 0, "dropping gives the quota back");
+
+        // Over quota: dropped.
+        let one = Quotas::new(1, 0);
+        let got = rebind_restored(
+            vec![
+                saved("198.51.100.7:40000", free_port(), 10),
+                saved("198.51.100.9:40000", free_port(), 10),
+            ],
+            &one,
+        );
+        assert_eq!(got.len(), 1);
+    }
+
+    #[test]
+    fn pool_claims_wait_until_released_then_go_to_one_worker() {
+        let quotas = Quotas::new(0, 0);
+        let pool = Reservations::default();
+        let a = saved("198.51.100.7:40000", free_port(), 100);
+        let b = saved("198.51.100.8:40000", free_port(), 5);
+        let (ta, tb) = (a.tuple(), b.tuple());
+        pool.hold_restored(rebind_restored(vec![a.clone(), b], &quotas), true);
+        assert_eq!(pool.restored_len(), 2);
+        let stranger = FiveTuple {
+            client: "198.51.100.99:1".parse().expect("addr"),
+            ..ta
+        };
+        assert!(matches!(pool.claim_restored(&stranger), Claim::None));
+        assert!(matches!(pool.claim_restored(&ta), Claim::Wait));
+        assert!(pool.take_expired_restored(1000).is_empty(), "held back");
+        assert_eq!(
+            pool.restored_snapshot().len(),
+            2,
+            "unclaimed ones are saved too"
+        );
+
+        pool.update_restored(|s| s.byte_quota = 7);
+        pool.release_restored();
+        match pool.claim_restored(&ta) {
+            Claim::Take(r) => {
+                assert_eq!(r.saved.client, a.client);
+                assert_eq!(r.saved.byte_quota, 7);
+                assert_eq!(r.sockets.len(), 1);
+            }
+            other => panic!("expected the allocation, got {other:?}"),
+        }
+        assert!(
+            matches!(pool.claim_restored(&ta), Claim::None),
+            "claimed once"
+        );
+        assert_eq!(pool.restored_len(), 1);
+        // Expiry: only what is due.
+        assert!(pool.take_expired_restored(4).is_empty());
+        let due = pool.take_expired_restored(5);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].saved.tuple(), tb);
+        assert_eq!(pool.restored_len(), 0);
+        assert!(matches!(pool.claim_restored(&tb), Claim::None));
     }
 }

@@ -32,6 +32,7 @@ use relay_common::turn::{
 };
 
 use super::allocation::Allocation;
+use super::snapshot::{SavedKernel, SavedRule, SavedRuleId};
 use super::stats::TurnStats;
 use super::{IpFamily, Transport};
 use crate::policy::PeerPolicy;
@@ -68,6 +69,14 @@ pub trait FastRules: Send + Sync {
     /// The packets and bytes relayed so far by the rule with `stats_idx`, summed over CPUs
     /// (zero when unreadable).
     fn rule_stats(&self, stats_idx: u32) -> RuleStats;
+    /// After a restart: marks the indices owned by restored allocations (`stats` per rule,
+    /// `allocs` per allocation) as in use, and removes from the maps every rule that is
+    /// expired or owned by none of them (orphans left by the previous daemon). Returns
+    /// how many rules were removed. The default (no maps) does nothing.
+    fn adopt_owned(&self, stats: &[u32], allocs: &[u32]) -> usize {
+        let _ = (stats, allocs);
+        0
+    }
 }
 
 /// The sink used when there is no fast path: takes no index, so nothing is installed.
@@ -117,6 +126,18 @@ impl MonoClock {
     /// `at` and the CLOCK_MONOTONIC nanoseconds read at the same moment.
     pub const fn new(at: Instant, ns: u64) -> Self {
         MonoClock { at, ns }
+    }
+
+    /// The [`Instant`] of CLOCK_MONOTONIC nanoseconds `ns` (the inverse of
+    /// [`MonoClock::ns`]); None when `Instant` cannot represent it.
+    pub fn instant(&self, ns: u64) -> Option<Instant> {
+        if ns >= self.ns {
+            self.at
+                .checked_add(std::time::Duration::from_nanos(ns - self.ns))
+        } else {
+            self.at
+                .checked_sub(std::time::Duration::from_nanos(self.ns - ns))
+        }
     }
 
     /// `t` in CLOCK_MONOTONIC nanoseconds (saturating; an instant before the anchor
@@ -554,5 +575,110 @@ impl FastState {
     /// Ids of the allocations with rules.
     pub(super) fn ids(&self) -> Vec<u64> {
         self.allocs.keys().copied().collect()
+    }
+}
+
+// ---- restart (snapshot / restore) ----
+
+impl RuleId {
+    fn saved(self) -> SavedRuleId {
+        match self {
+            RuleId::Alloc => SavedRuleId::Alloc,
+            RuleId::Permission(ip) => SavedRuleId::Permission(ip),
+            RuleId::ChannelOut(n) => SavedRuleId::ChannelOut(n),
+            RuleId::ChannelIn(n) => SavedRuleId::ChannelIn(n),
+        }
+    }
+
+    fn from_saved(s: SavedRuleId) -> RuleId {
+        match s {
+            SavedRuleId::Alloc => RuleId::Alloc,
+            SavedRuleId::Permission(ip) => RuleId::Permission(ip),
+            SavedRuleId::ChannelOut(n) => RuleId::ChannelOut(n),
+            SavedRuleId::ChannelIn(n) => RuleId::ChannelIn(n),
+        }
+    }
+}
+
+impl FastState {
+    /// The kernel state of allocation `id`, for a snapshot.
+    pub(super) fn export(&self, id: u64) -> Option<SavedKernel> {
+        let fa = self.allocs.get(&id)?;
+        let mut rules: Vec<SavedRule> = fa
+            .rules
+            .iter()
+            .map(|(rid, inst)| SavedRule {
+                rule: rid.saved(),
+                stats_idx: inst.stats_idx,
+                seen_packets: inst.seen.packets,
+                seen_bytes: inst.seen.bytes,
+            })
+            .collect();
+        rules.sort_by_key(|r| r.stats_idx);
+        Some(SavedKernel {
+            alloc_idx: fa.alloc_idx,
+            rules,
+        })
+    }
+
+    /// Takes over the kernel rules a previous daemon installed for the restored
+    /// allocation `id` (its indices and folded counters in `saved`): they count as
+    /// installed, so the diffing of [`FastState::sync`] updates them in place rather
+    /// than installing duplicates. Each is written once more (the maps may be fresh, or
+    /// the rule may have been dropped as expired); the caller then runs a normal sync,
+    /// which removes what has expired since. Rules that no longer match the allocation
+    /// (a peer now denied by the policy) keep their index reserved until the process
+    /// ends and are left to their kernel deadline.
+    pub(super) fn restore(
+        &mut self,
+        sink: &dyn FastRules,
+        id: u64,
+        a: &Allocation,
+        saved: &SavedKernel,
+        env: &Env<'_>,
+    ) {
+        // Rule keys as of just before the earliest deadline: every saved rule is
+        // recognised, even one that expired while the daemon was down.
+        let earliest = a
+            .permissions
+            .values()
+            .copied()
+            .chain(a.channels.values().map(|c| c.expires))
+            .fold(a.expires, Instant::min);
+        let keys_at = earliest
+            .checked_sub(std::time::Duration::from_nanos(1))
+            .unwrap_or(earliest);
+        let want = desired(a, env, sink, keys_at);
+        let mut fa = FastAlloc {
+            alloc_idx: saved.alloc_idx,
+            rules: HashMap::new(),
+        };
+        for r in &saved.rules {
+            let rid = RuleId::from_saved(r.rule);
+            let Some((_, entry)) = want.iter().find(|(w, _)| *w == rid) else {
+                tracing::debug!(client = %a.tuple.client, rule = ?r.rule, "restored kernel rule no longer matches its allocation; left to its deadline");
+                continue;
+            };
+            let mut entry = *entry;
+            entry.set_indices(r.stats_idx, saved.alloc_idx);
+            entry.put(sink);
+            fa.rules.insert(
+                rid,
+                Installed {
+                    entry,
+                    stats_idx: r.stats_idx,
+                    seen: RuleStats {
+                        packets: r.seen_packets,
+                        bytes: r.seen_bytes,
+                    },
+                },
+            );
+            self.rules += 1;
+        }
+        if fa.rules.is_empty() {
+            sink.release_alloc_index(saved.alloc_idx);
+        } else {
+            self.allocs.insert(id, fa);
+        }
     }
 }

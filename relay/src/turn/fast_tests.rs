@@ -153,6 +153,28 @@ impl FastRules for Recorder {
     fn rule_stats(&self, stats_idx: u32) -> RuleStats {
         self.m().stats.get(&stats_idx).copied().unwrap_or_default()
     }
+    fn adopt_owned(&self, stats: &[u32], allocs: &[u32]) -> usize {
+        let mut m = self.m();
+        let before = m.channels.len() + m.peers.len() + m.allocs.len();
+        m.channels.retain(|_, r| stats.contains(&r.stats_idx));
+        m.peers.retain(|_, r| stats.contains(&r.stats_idx));
+        m.allocs.retain(|_, r| stats.contains(&r.stats_idx));
+        let after = m.channels.len() + m.peers.len() + m.allocs.len();
+        for &s in stats {
+            if !m.stats_used.contains(&s) {
+                m.stats_used.push(s);
+            }
+            m.stats_free.retain(|&f| f != s);
+            m.next_stats = m.next_stats.max(s + 1);
+        }
+        for &a in allocs {
+            if !m.alloc_used.contains(&a) {
+                m.alloc_used.push(a);
+            }
+            m.next_alloc = m.next_alloc.max(a + 1);
+        }
+        before - after
+    }
 }
 
 fn with_fast(w: &World) -> Arc<Recorder> {
@@ -616,4 +638,162 @@ fn mono_clock_converts_both_sides_of_the_anchor() {
     assert_eq!(c.ns(t0), 100 * SEC);
     assert_eq!(c.ns(t0 + Duration::from_millis(1500)), 101 * SEC + SEC / 2);
     assert_eq!(c.ns(t0 - Duration::from_secs(4)), 96 * SEC);
+}
+
+/// Restart: the restored allocation takes over the rules the previous daemon installed
+/// (same indices, updated in place), orphans are removed, counters are not counted twice.
+#[test]
+fn restore_takes_over_installed_rules_and_orphans_are_removed() {
+    let mut w = world();
+    let rec = with_fast(&w);
+    let (mut c, _, _) = allocated(&mut w);
+    assert_eq!(
+        class_of(&bind(&mut w, &mut c, 0x4001, peer())),
+        Class::SuccessResponse
+    );
+    assert_eq!(rec.counts(), (1, 2, 1));
+    // The kernel relays 10 packets on the channel; folded once.
+    let (_, cr) = rec.one_channel();
+    rec.m().stats.insert(
+        cr.stats_idx,
+        RuleStats {
+            packets: 10,
+            bytes: 1000,
+        },
+    );
+    w.server.fold_fast_counters(w.now);
+    let clock = MonoClock::new(w.t0, T0_NS);
+    let saved = w.server.snapshot(w.now, &clock);
+    let kernel = saved[0].kernel.clone().expect("kernel state saved");
+    assert_eq!(kernel.rules.len(), 4);
+
+    // "The restarted daemon": the same maps (pinned), plus an orphan left by an
+    // allocation the snapshot does not know, and 5 more packets relayed meanwhile.
+    let mut w2 = world();
+    w2.t0 = w.t0;
+    w2.now = w.now + Duration::from_secs(1);
+    let rec2 = Recorder::new(w2.t0);
+    {
+        let old = rec.m();
+        let mut m = rec2.m();
+        m.channels = old.channels.clone();
+        m.peers = old.peers.clone();
+        m.allocs = old.allocs.clone();
+        m.stats = old.stats.clone();
+        m.stats.insert(
+            cr.stats_idx,
+            RuleStats {
+                packets: 15,
+                bytes: 1500,
+            },
+        );
+        let orphan_key = ChannelKey {
+            channel: [0x40, 0x09],
+            ..old.channels.keys().next().copied().expect("key")
+        };
+        m.channels.insert(
+            orphan_key,
+            ChannelRule {
+                stats_idx: 77,
+                alloc_idx: 9,
+                ..cr
+            },
+        );
+    }
+    assert!(w2.server.shared.set_fast_rules(rec2.clone()));
+    let (stats_idx, alloc_idx) = saved[0].kernel_indices();
+    let removed = rec2.adopt_owned(&stats_idx, &alloc_idx.into_iter().collect::<Vec<_>>());
+    assert_eq!(removed, 1, "the orphan rule is removed");
+    assert_eq!(rec2.counts(), (1, 2, 1));
+    let next_before = rec2.m().next_stats;
+
+    let relays: Vec<(RelayHandle, SocketAddr)> = saved[0]
+        .relayed
+        .iter()
+        .map(|a| {
+            w2.ports.next += 1;
+            w2.ports.open.insert(w2.ports.next, *a);
+            (w2.ports.next, *a)
+        })
+        .collect();
+    let ticket = w2.quotas.try_acquire("alice").expect("quota");
+    let now = w2.now;
+    w2.server
+        .restore(&saved[0], ticket, &relays, &clock, now)
+        .expect("restore");
+    assert_eq!(rec2.counts(), (1, 2, 1), "no duplicate rules");
+    assert_eq!(rec2.m().next_stats, next_before, "no new rule index taken");
+    assert_eq!(w2.server.stats().fast_rules, 4);
+
+    // Refresh: the same rules, updated in place with the new deadline.
+    let mut c2 = c.clone();
+    let ok = refresh(&mut w2, &mut c2, 600);
+    assert_eq!(class_of(&ok), Class::SuccessResponse);
+    let (_, cr2) = rec2.one_channel();
+    assert_eq!(cr2.stats_idx, cr.stats_idx);
+    assert_eq!(cr2.alloc_idx, cr.alloc_idx);
+    let m = rec2.m();
+    let ar = m.allocs.values().next().expect("alloc rule");
+    assert_eq!(ar.expires_ns, T0_NS + 601 * SEC);
+    drop(m);
+
+    // Only the 5 packets relayed since the snapshot's fold are added.
+    w2.server.fold_fast_counters(now);
+    let info: Vec<_> = w2.server.allocations(now).collect();
+    assert_eq!(info[0].packets_to_peer, 15);
+    assert_eq!(info[0].bytes_to_peer, 1500);
+
+    // Deleting it removes the taken-over rules and gives their indices back.
+    let gone = refresh(&mut w2, &mut c2, 0);
+    assert_eq!(class_of(&gone), Class::SuccessResponse);
+    assert_eq!(rec2.counts(), (0, 0, 0));
+    assert!(rec2.m().stats_used.is_empty());
+    assert!(rec2.m().alloc_used.is_empty());
+}
+
+/// A restored allocation nobody claimed before its deadline: restored at expiry, its
+/// taken-over kernel rules are removed and their indices given back.
+#[test]
+fn restore_after_the_deadline_removes_the_kernel_rules() {
+    let mut w = world();
+    let rec = with_fast(&w);
+    let (mut c, _, _) = allocated(&mut w);
+    assert_eq!(
+        class_of(&bind(&mut w, &mut c, 0x4001, peer())),
+        Class::SuccessResponse
+    );
+    let clock = MonoClock::new(w.t0, T0_NS);
+    let saved = w.server.snapshot(w.now, &clock);
+
+    let mut w2 = world();
+    w2.t0 = w.t0;
+    w2.now = w.t0 + Duration::from_secs(601);
+    let rec2 = Recorder::new(w2.t0);
+    {
+        let old = rec.m();
+        let mut m = rec2.m();
+        m.channels = old.channels.clone();
+        m.peers = old.peers.clone();
+        m.allocs = old.allocs.clone();
+    }
+    assert!(w2.server.shared.set_fast_rules(rec2.clone()));
+    let (stats_idx, alloc_idx) = saved[0].kernel_indices();
+    assert_eq!(
+        rec2.adopt_owned(&stats_idx, &[alloc_idx.expect("alloc idx")]),
+        0
+    );
+    w2.ports.next += 1;
+    w2.ports.open.insert(w2.ports.next, saved[0].relayed[0]);
+    let relays = [(w2.ports.next, saved[0].relayed[0])];
+    let ticket = w2.quotas.try_acquire("alice").expect("quota");
+    let now = w2.now;
+    w2.server
+        .restore(&saved[0], ticket, &relays, &clock, now)
+        .expect("restore");
+    assert_eq!(rec2.counts(), (0, 0, 0), "expired rules removed at once");
+    assert!(rec2.m().stats_used.is_empty());
+    assert!(rec2.m().alloc_used.is_empty());
+    w2.advance(Duration::from_millis(1));
+    assert!(w2.ports.open.is_empty(), "port closed");
+    assert_eq!(w2.quotas.held_by("alice"), 0);
 }

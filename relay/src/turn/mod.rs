@@ -20,6 +20,7 @@
 //! - [`attrs`]: TURN attribute codes and value decoding;
 //! - [`framing`]: message boundaries on stream transports;
 //! - [`stats`]: plain counters;
+//! - [`snapshot`]: the state file a restarted daemon restores UDP allocations from;
 //! - `timers`: the expiry heap.
 //!
 //! Amplification: an answer to an unauthenticated UDP request (the 401/438 challenge, a
@@ -47,6 +48,7 @@ pub mod framing;
 mod handlers;
 pub mod nonce;
 pub mod server;
+pub mod snapshot;
 pub mod stats;
 mod timers;
 

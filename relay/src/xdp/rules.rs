@@ -419,6 +419,16 @@ impl FastRules for TurnMaps {
     fn rule_stats(&self, stats_idx: u32) -> RuleStats {
         logged("reading rule counters", self.stats(stats_idx)).unwrap_or_default()
     }
+
+    fn adopt_owned(&self, stats: &[u32], allocs: &[u32]) -> usize {
+        match self.retain_owned(stats, allocs) {
+            Ok(a) => a.removed,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot clean up the adopted TURN rules; orphans stay until their deadlines");
+                0
+            }
+        }
+    }
 }
 
 impl IndexPool {
@@ -505,9 +515,62 @@ impl TurnMaps {
     }
 }
 
+/// Whether an adopted rule stays: not expired at `now_ns`, and its `stats_idx` owned by a
+/// restored allocation.
+fn keep_adopted(expires_ns: u64, stats_idx: u32, now_ns: u64, owned: &[u32]) -> bool {
+    expires_ns > now_ns && owned.contains(&stats_idx)
+}
+
+impl TurnMaps {
+    /// After a restart with restored allocations: removes every rule that is expired or
+    /// whose `stats_idx` is not in `stats` (orphans: rules of allocations the state file
+    /// does not know), and reserves the indices in `stats` and `allocs` (whether or not
+    /// the maps still hold their rules: the restored allocations rewrite them). Used
+    /// instead of [`TurnMaps::adopt_existing`] when a snapshot was restored.
+    pub fn retain_owned(&self, stats: &[u32], allocs: &[u32]) -> Result<Adopted, RulesError> {
+        let now = monotonic_anchor()?.ns(Instant::now());
+        let mut out = Adopted::default();
+        macro_rules! sweep {
+            ($map:expr) => {{
+                let mut m = lock(&$map);
+                let rules: Vec<_> = m.iter().filter_map(Result::ok).collect();
+                for (k, v) in rules {
+                    if keep_adopted(v.expires_ns, v.stats_idx, now, stats) {
+                        out.kept += 1;
+                    } else {
+                        let _ = m.remove(&k);
+                        out.removed += 1;
+                    }
+                }
+            }};
+        }
+        sweep!(self.channels);
+        sweep!(self.peers);
+        sweep!(self.allocs);
+        let mut sp = lock(&self.stats_pool);
+        for &s in stats {
+            sp.reserve(s);
+        }
+        drop(sp);
+        let mut ap = lock(&self.alloc_pool);
+        for &a in allocs {
+            ap.reserve(a);
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adopted_rules_stay_only_when_live_and_owned() {
+        assert!(keep_adopted(10, 3, 5, &[1, 3]));
+        assert!(!keep_adopted(10, 4, 5, &[1, 3]), "orphan");
+        assert!(!keep_adopted(5, 3, 5, &[1, 3]), "expired");
+        assert!(!keep_adopted(10, 3, 5, &[]), "nothing restored");
+    }
 
     #[test]
     fn pool_hands_out_in_order_reuses_and_stops_at_the_limit() {
