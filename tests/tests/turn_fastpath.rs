@@ -240,12 +240,13 @@ fn run(s: &Setup, send: bool, clients: u32, messages: u32) {
     let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
     let echoed = totals.received;
     let (kernel, expected, what) = if send {
-        // Send indications go up to userspace; the echoes come back as Data indications
-        // built in the kernel.
+        // uclient's Send indications (DATA, XOR-PEER-ADDRESS, FINGERPRINT) are parsed and
+        // their FINGERPRINT verified in the kernel; the echoes come back as Data
+        // indications built in the kernel.
         (
-            grew("turn_peer_to_data_indication"),
-            echoed,
-            "peer → client Data indications",
+            grew("turn_send_to_peer") + grew("turn_peer_to_data_indication"),
+            2 * echoed,
+            "Send indications and Data indications",
         )
     } else {
         (

@@ -14,6 +14,9 @@ pub struct TokenBucket {
     rate: u64,
     burst: u64,
     tokens: u64,
+    /// Bytes charged beyond the tokens there were ([`TokenBucket::charge`]): paid back
+    /// from refills before any token is credited.
+    debt: u64,
     /// Fractions of a byte earned but not yet credited, in byte-nanoseconds.
     carry: u128,
     last: Instant,
@@ -29,6 +32,7 @@ impl TokenBucket {
             rate: bytes_per_sec,
             burst,
             tokens: burst,
+            debt: 0,
             carry: 0,
             last: now,
         }
@@ -47,6 +51,25 @@ impl TokenBucket {
             true
         } else {
             false
+        }
+    }
+
+    /// Takes `bytes` that were already sent by another path (the kernel's share of the
+    /// allocation's traffic, folded once a second): what the tokens do not cover becomes
+    /// a debt that later refills pay first, so that both paths together stay within the
+    /// rate over time.
+    pub fn charge(&mut self, bytes: u64, now: Instant) {
+        if self.rate == 0 {
+            return;
+        }
+        self.refill(now);
+        if self.tokens >= bytes {
+            self.tokens -= bytes;
+        } else {
+            // Bounded: the debt never exceeds what a second or two of the rate can repay
+            // times the folds in between; saturate rather than wrap.
+            self.debt = self.debt.saturating_add(bytes - self.tokens);
+            self.tokens = 0;
         }
     }
 
@@ -69,8 +92,14 @@ impl TokenBucket {
             return;
         }
         let earned = elapsed.as_nanos() * u128::from(self.rate) + self.carry;
-        let whole = earned / NANOS_PER_SEC;
+        let mut whole = earned / NANOS_PER_SEC;
         self.carry = earned % NANOS_PER_SEC;
+        if self.debt > 0 {
+            let paid = whole.min(u128::from(self.debt));
+            // paid <= debt <= u64::MAX
+            self.debt -= paid as u64;
+            whole -= paid;
+        }
         let room = u128::from(self.burst - self.tokens);
         if whole >= room {
             self.tokens = self.burst;
@@ -112,6 +141,48 @@ mod tests {
         // One second idle refills to the burst, not beyond.
         let t2 = t1 + Duration::from_secs(5);
         assert_eq!(b.available(t2), 100_000);
+    }
+
+    #[test]
+    fn charged_bytes_become_a_debt_repaid_before_new_tokens() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(100_000, 100_000, t0);
+        // The kernel relayed 250 kB in the last second: the bucket is emptied and owes
+        // 150 kB.
+        b.charge(250_000, t0);
+        assert_eq!(b.available(t0), 0);
+        assert!(!b.allow(1, t0));
+        // 1.5 s repays the debt; nothing is available until then.
+        assert_eq!(b.available(t0 + Duration::from_millis(1400)), 0);
+        assert_eq!(b.available(t0 + Duration::from_millis(1500)), 0);
+        assert_eq!(b.available(t0 + Duration::from_millis(1600)), 10_000);
+        // Unlimited buckets ignore charges.
+        let mut u = TokenBucket::new(0, 0, t0);
+        u.charge(1 << 40, t0);
+        assert!(u.allow(65_535, t0));
+    }
+
+    #[test]
+    fn kernel_and_userspace_together_stay_within_the_rate() {
+        // Each second the kernel relays 60 kB of a 100 kB/s allocation and userspace
+        // offers 1000-byte packets every ms: userspace gets only what is left.
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(100_000, 100_000, t0);
+        let mut now = t0;
+        let mut user = 0u64;
+        for second in 0..10u32 {
+            for ms in 0..1000u32 {
+                now = t0 + Duration::from_millis(u64::from(second * 1000 + ms));
+                if b.allow(1000, now) {
+                    user += 1000;
+                }
+            }
+            b.charge(60_000, now);
+        }
+        let total = user + 10 * 60_000;
+        // 10 s at 100 kB/s plus the initial burst (100 kB) and one fold's lag (60 kB).
+        assert!(total <= 1_000_000 + 100_000 + 60_000, "{total}");
+        assert!(user >= 300_000, "userspace starved: {user}");
     }
 
     #[test]

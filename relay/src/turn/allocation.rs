@@ -96,6 +96,15 @@ impl Allocation {
         }
     }
 
+    /// Charges `bytes` the kernel relayed for this allocation to its bandwidth bucket, so
+    /// that the kernel's and userspace's shares together stay within the limit.
+    #[inline]
+    pub fn charge_bandwidth(&mut self, bytes: u64, now: Instant) {
+        if let Some(b) = &mut self.bucket {
+            b.charge(bytes, now);
+        }
+    }
+
     /// Whether relaying `bytes` more stays within the byte quota.
     #[inline]
     pub fn within_quota(&self, bytes: usize) -> bool {

@@ -562,13 +562,18 @@ impl FastState {
         id: u64,
         a: &mut Allocation,
         stats: &mut TurnStats,
+        now: Instant,
     ) {
         let Some(fa) = self.allocs.get_mut(&id) else {
             return;
         };
         for inst in fa.rules.values_mut() {
             let d = growth(sink, inst);
-            account(Some(a), stats, inst.entry.toward_peer(), d);
+            account(Some(&mut *a), stats, inst.entry.toward_peer(), d);
+            // One budget for both paths: the kernel enforces the limit on its own share
+            // (TURN_BANDWIDTH), and its bytes are charged here to the bucket userspace
+            // relays from, so the sum stays within `turn.bandwidth_limit` over time.
+            a.charge_bandwidth(d.bytes, now);
         }
     }
 

@@ -572,6 +572,35 @@ fn kernel_counters_fold_into_allocations_and_stats() {
 }
 
 #[test]
+fn kernel_bytes_are_charged_to_the_userspace_bandwidth_bucket() {
+    let cfg = TurnConfig {
+        bandwidth_limit: 100_000,
+        ..config()
+    };
+    let mut w = world_with(cfg, Quotas::new(0, 0));
+    let rec = with_fast(&w);
+    let (mut c, _, _) = allocated(&mut w);
+    bind(&mut w, &mut c, 0x4001, peer());
+    // Userspace relays while the bucket has tokens.
+    w.sink.peer.clear();
+    w.send(&c.tuple, &channel_data(0x4001, &[7; 400]));
+    assert_eq!(w.sink.peer.len(), 1);
+    // The kernel relayed 150 kB for this allocation: more than the bucket holds.
+    let (_, cr) = rec.one_channel();
+    rec.m().stats.insert(
+        cr.stats_idx,
+        RuleStats {
+            packets: 150,
+            bytes: 150_000,
+        },
+    );
+    w.server.fold_fast_counters(w.now);
+    // Userspace now refuses: kernel and userspace share one budget.
+    w.send(&c.tuple, &channel_data(0x4001, &[7; 400]));
+    assert_eq!(w.sink.peer.len(), 1, "userspace relayed past the shared budget");
+}
+
+#[test]
 fn byte_quota_removes_the_rules_and_stops_userspace() {
     let cfg = TurnConfig {
         allocation_byte_quota: 2000,

@@ -644,7 +644,7 @@ impl TurnServer {
             let Some(a) = self.allocs.get_mut(&id) else {
                 continue;
             };
-            self.fast.fold(&*sink, id, a, &mut self.stats);
+            self.fast.fold(&*sink, id, a, &mut self.stats, now);
             if quota_exhausted(a) {
                 tracing::debug!(user = %a.username, client = %a.tuple.client, "allocation byte quota used up; kernel rules removed");
                 self.sync_fast(id, now);
