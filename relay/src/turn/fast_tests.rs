@@ -597,7 +597,11 @@ fn kernel_bytes_are_charged_to_the_userspace_bandwidth_bucket() {
     w.server.fold_fast_counters(w.now);
     // Userspace now refuses: kernel and userspace share one budget.
     w.send(&c.tuple, &channel_data(0x4001, &[7; 400]));
-    assert_eq!(w.sink.peer.len(), 1, "userspace relayed past the shared budget");
+    assert_eq!(
+        w.sink.peer.len(),
+        1,
+        "userspace relayed past the shared budget"
+    );
 }
 
 #[test]
