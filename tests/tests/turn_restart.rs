@@ -378,7 +378,34 @@ fn missing(seen: &HashSet<u32>, count: u32) -> Vec<u32> {
     (0..count).filter(|s| !seen.contains(s)).collect()
 }
 
+fn force_rcvbuf(sock: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain setsockopt on an open socket with a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&TEST_RCVBUF as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+}
+
+/// The restart tests run one at a time: two daemons verifying and attaching their
+/// programs at once on a 2-core machine stall the test's own receiver threads long enough
+/// to overflow their sockets, which is not the relay losing packets.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Receive buffers of the test's client and peer sockets (SO_RCVBUFFORCE, root): room for
+/// a second of the stream in each, so that a stalled receiver thread loses nothing.
+const TEST_RCVBUF: libc::c_int = 8 << 20;
+
 fn restart_flow(prefix: &str, check_refresh: bool) {
+    let _serial = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut s = setup(prefix);
     let topo = &s.topo;
     let server = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT);
@@ -391,6 +418,7 @@ fn restart_flow(prefix: &str, check_refresh: bool) {
     for sock in [&client_sock, &peer_sock] {
         sock.set_read_timeout(Some(Duration::from_millis(300)))
             .expect("timeout");
+        force_rcvbuf(sock);
     }
     let mut client = Client::new(client_sock.try_clone().expect("clone"), server);
     let relayed = client.allocate();
