@@ -106,7 +106,12 @@ pub fn emit(ctx: &XdpContext, work: *mut Work) -> Result<u32, Option<u32>> {
         }
     }
     // The packet was resized: from here on it cannot be passed up unchanged any more.
-    if !write_headers(ctx, p, o, &nh, ulen, ip_total, sum) {
+    let written = if o.v6 {
+        write_family::<true>(ctx, p, o, &nh, ulen, ip_total, sum)
+    } else {
+        write_family::<false>(ctx, p, o, &nh, ulen, ip_total, sum)
+    };
+    if !written {
         return Ok(xdp_action::XDP_ABORTED);
     }
     if o.out_pad > 0 && !zero_pad(ctx, new_hdr + o.payload_len + o.out_pad, o.out_pad) {
@@ -210,7 +215,7 @@ fn next_hop(
 /// checksum, minus the words that leave the datagram (old pseudo-header and UDP header,
 /// the removed prefix and padding), plus the words that enter it (new pseudo-header and
 /// UDP header, the ChannelData header; the Data indication's prefix is added by
-/// [`write_headers`], which builds it).
+/// [`write_family`], which builds it).
 #[inline(always)]
 fn checksum(ctx: &XdpContext, p: &Pkt, o: &Out, ulen: usize) -> Result<u64, Option<u32>> {
     let old_len = u32::from_ne_bytes([0, 17, (p.ulen >> 8) as u8, p.ulen as u8]);
@@ -251,25 +256,9 @@ fn channel_header(o: &Out) -> u32 {
     o.channel as u32 | (be(o.payload_len as u16) as u32) << 16
 }
 
-/// Writes Ethernet, IP, UDP and the prefix into the resized packet; false if the packet
-/// is not as large as computed (cannot happen after a successful resize).
-#[inline(always)]
-fn write_headers(
-    ctx: &XdpContext,
-    p: &Pkt,
-    o: &Out,
-    nh: &NextHopWords,
-    ulen: usize,
-    ip_total: usize,
-    sum: u64,
-) -> bool {
-    if o.v6 {
-        write_family::<true>(ctx, p, o, nh, ulen, ip_total, sum)
-    } else {
-        write_family::<false>(ctx, p, o, nh, ulen, ip_total, sum)
-    }
-}
-
+/// Writes Ethernet, IP, UDP and the prefix (family `V6` of the output) into the resized
+/// packet; false if the packet is not as large as computed (cannot happen after a
+/// successful resize).
 #[inline(always)]
 fn write_family<const V6: bool>(
     ctx: &XdpContext,
