@@ -1,0 +1,1 @@
+//! Signaling: join tokens and the WebSocket message schema. (Being written: issue 5.)
