@@ -1,0 +1,367 @@
+//! Per-receiver rewriting of sequence numbers, timestamps and VP8 picture ids, so that a
+//! receiver sees one continuous stream per slot while the SFU switches the slot between
+//! incoming streams: a video track's simulcast layers ([`LayerRewriter`], switching only
+//! at a keyframe of the new layer) or the speakers forwarded in an audio slot
+//! ([`AudioRewriter`], switching at once).
+//!
+//! Each run of packets taken from one incoming stream is an *epoch*. Inside an epoch the
+//! output is the input plus fixed offsets, so a retransmission or a reordered packet maps
+//! to the same output numbers as the original. A new epoch continues the output where the
+//! previous one stopped: the sequence number at last+1, the timestamp advanced by the
+//! wall-clock time since the last forwarded packet (at least one tick), the VP8 picture id
+//! at last+1 and TL0PICIDX at last+1. Packets of the new stream older than its first
+//! forwarded packet, and every packet of a stream that is not current, are dropped.
+//! 16-bit sequence numbers, 32-bit timestamps, 7/15-bit picture ids and 8-bit TL0PICIDX
+//! are unwrapped to 64 bits internally, so wraps are invisible to the logic.
+//!
+//! Sans-IO, no allocation: all state is a few integers per receiver slot.
+
+/// The RTP clock of video codecs.
+pub const VIDEO_CLOCK_HZ: u32 = 90_000;
+/// The RTP clock of Opus.
+pub const OPUS_CLOCK_HZ: u32 = 48_000;
+
+/// The VP8 fields the rewriter keeps continuous, as read by
+/// [`crate::sfu::codec::parse_vp8`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Vp8Ids {
+    /// The picture id and whether it is the 15-bit form.
+    pub picture_id: Option<(u16, bool)>,
+    /// TL0PICIDX.
+    pub tl0picidx: Option<u8>,
+}
+
+/// One incoming packet, as far as the rewriter cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incoming {
+    /// The RTP sequence number.
+    pub seq: u16,
+    /// The RTP timestamp.
+    pub ts: u32,
+    /// When the packet arrived, in µs of the caller's monotonic clock.
+    pub arrival_us: u64,
+    /// A keyframe starts in this packet (see [`crate::sfu::codec::FrameInfo`]).
+    pub keyframe_start: bool,
+    /// VP8 descriptor fields, for VP8 tracks.
+    pub vp8: Option<Vp8Ids>,
+}
+
+impl Incoming {
+    /// A packet with no keyframe and no VP8 fields (audio, or H.264 continuation).
+    pub fn new(seq: u16, ts: u32, arrival_us: u64) -> Self {
+        Incoming {
+            seq,
+            ts,
+            arrival_us,
+            keyframe_start: false,
+            vp8: None,
+        }
+    }
+}
+
+/// The numbers a forwarded packet gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    /// The outgoing sequence number.
+    pub seq: u16,
+    /// The outgoing timestamp.
+    pub ts: u32,
+    /// The outgoing VP8 picture id (15-bit value; write it with
+    /// [`crate::sfu::codec::rewrite_vp8`], which keeps the packet's field width).
+    pub picture_id: Option<u16>,
+    /// The outgoing TL0PICIDX.
+    pub tl0picidx: Option<u8>,
+    /// This packet starts a new epoch (the slot just switched streams): a video caller may
+    /// set the marker on nothing here, an audio caller may set the RTP marker bit.
+    pub switched: bool,
+}
+
+/// What to do with one incoming packet for one receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send it with these numbers.
+    Forward(Forward),
+    /// Do not send it (a stream that is not current, or a packet from before the switch).
+    Drop,
+    /// Do not send it; the receiver waits for a keyframe on this packet's layer, so the
+    /// caller should ask the publisher for one (PLI/FIR, rate-limited by the caller).
+    DropNeedKeyframe,
+}
+
+/// Unwraps `value` (taken modulo `modulus`) to the 64-bit number nearest `reference`.
+fn unwrap_near(reference: i64, value: u64, modulus: i64) -> i64 {
+    let value = i64::try_from(value).unwrap_or(0).rem_euclid(modulus);
+    let mut d = (value - reference.rem_euclid(modulus)).rem_euclid(modulus);
+    if d >= modulus / 2 {
+        d -= modulus;
+    }
+    reference.saturating_add(d)
+}
+
+/// A counter unwrapped in one epoch and its offset to the output.
+#[derive(Debug, Clone, Copy)]
+struct Mapped {
+    highest: i64,
+    offset: i64,
+}
+
+impl Mapped {
+    fn start(first: i64, last_out: Option<i64>, step: i64) -> Self {
+        Mapped {
+            highest: first,
+            offset: last_out.map_or(0, |l| l.saturating_add(step).saturating_sub(first)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Epoch<K> {
+    source: K,
+    start_seq: i64,
+    seq: Mapped,
+    ts: Mapped,
+    pid: Option<Mapped>,
+    tl0: Option<Mapped>,
+}
+
+/// The output side shared by both rewriters.
+#[derive(Debug, Clone, Copy)]
+struct Continuity<K> {
+    clock_hz: u32,
+    last_seq: Option<i64>,
+    last_ts: Option<i64>,
+    last_ts_arrival_us: u64,
+    last_pid: Option<i64>,
+    last_tl0: Option<i64>,
+    epoch: Option<Epoch<K>>,
+}
+
+impl<K: Copy + PartialEq> Continuity<K> {
+    fn new(clock_hz: u32) -> Self {
+        Continuity {
+            clock_hz,
+            last_seq: None,
+            last_ts: None,
+            last_ts_arrival_us: 0,
+            last_pid: None,
+            last_tl0: None,
+            epoch: None,
+        }
+    }
+
+    fn ticks_since_last(&self, now_us: u64) -> i64 {
+        let elapsed = u128::from(now_us.saturating_sub(self.last_ts_arrival_us));
+        let ticks = elapsed * u128::from(self.clock_hz) / 1_000_000;
+        i64::try_from(ticks)
+            .unwrap_or(i64::MAX / 4)
+            .clamp(1, i64::MAX / 4)
+    }
+
+    fn start_epoch(&mut self, source: K, p: &Incoming) {
+        let step_ts = self.ticks_since_last(p.arrival_us);
+        let first_seq = i64::from(p.seq);
+        self.epoch = Some(Epoch {
+            source,
+            start_seq: first_seq,
+            seq: Mapped::start(first_seq, self.last_seq, 1),
+            ts: Mapped::start(i64::from(p.ts), self.last_ts, step_ts),
+            pid: None,
+            tl0: None,
+        });
+    }
+
+    fn current(&self) -> Option<K> {
+        self.epoch.map(|e| e.source)
+    }
+
+    /// Maps a packet of the current epoch's stream.
+    fn forward(&mut self, p: &Incoming, switched: bool) -> Decision {
+        let Some(e) = self.epoch.as_mut() else {
+            return Decision::Drop;
+        };
+        let seq = unwrap_near(e.seq.highest, u64::from(p.seq), 1 << 16);
+        if seq < e.start_seq {
+            return Decision::Drop;
+        }
+        e.seq.highest = e.seq.highest.max(seq);
+        let out_seq = seq.saturating_add(e.seq.offset);
+        self.last_seq = Some(self.last_seq.map_or(out_seq, |l| l.max(out_seq)));
+
+        let ts = unwrap_near(e.ts.highest, u64::from(p.ts), 1 << 32);
+        e.ts.highest = e.ts.highest.max(ts);
+        let out_ts = ts.saturating_add(e.ts.offset);
+        if self.last_ts.is_none_or(|l| out_ts >= l) {
+            self.last_ts = Some(out_ts);
+            self.last_ts_arrival_us = p.arrival_us;
+        }
+
+        let mut picture_id = None;
+        let mut tl0picidx = None;
+        if let Some(ids) = p.vp8 {
+            if let Some((pid, long)) = ids.picture_id {
+                let modulus = if long { 1 << 15 } else { 1 << 7 };
+                let m = match e.pid.as_mut() {
+                    Some(m) => {
+                        let v = unwrap_near(m.highest, u64::from(pid), modulus);
+                        m.highest = m.highest.max(v);
+                        v.saturating_add(m.offset)
+                    }
+                    None => {
+                        let m = Mapped::start(i64::from(pid), self.last_pid, 1);
+                        e.pid = Some(m);
+                        m.highest.saturating_add(m.offset)
+                    }
+                };
+                self.last_pid = Some(self.last_pid.map_or(m, |l| l.max(m)));
+                picture_id = Some((m.rem_euclid(1 << 15)) as u16);
+            }
+            if let Some(t) = ids.tl0picidx {
+                let m = match e.tl0.as_mut() {
+                    Some(m) => {
+                        let v = unwrap_near(m.highest, u64::from(t), 1 << 8);
+                        m.highest = m.highest.max(v);
+                        v.saturating_add(m.offset)
+                    }
+                    None => {
+                        let m = Mapped::start(i64::from(t), self.last_tl0, 1);
+                        e.tl0 = Some(m);
+                        m.highest.saturating_add(m.offset)
+                    }
+                };
+                self.last_tl0 = Some(self.last_tl0.map_or(m, |l| l.max(m)));
+                tl0picidx = Some(m.rem_euclid(1 << 8) as u8);
+            }
+        }
+        Decision::Forward(Forward {
+            seq: out_seq.rem_euclid(1 << 16) as u16,
+            ts: out_ts.rem_euclid(1 << 32) as u32,
+            picture_id,
+            tl0picidx,
+            switched,
+        })
+    }
+
+    /// The incoming sequence number an outgoing one came from, in the current epoch.
+    fn original_seq(&self, out_seq: u16) -> Option<(K, u16)> {
+        let e = self.epoch.as_ref()?;
+        let last = self.last_seq?;
+        let out = unwrap_near(last, u64::from(out_seq), 1 << 16);
+        let input = out.saturating_sub(e.seq.offset);
+        (input >= e.start_seq && input <= e.seq.highest)
+            .then(|| (e.source, input.rem_euclid(1 << 16) as u16))
+    }
+}
+
+/// One receiver's view of one video track published with up to three simulcast layers
+/// (each its own incoming SSRC): the receiver gets one outgoing stream, switched to the
+/// target layer at that layer's next keyframe.
+#[derive(Debug, Clone)]
+pub struct LayerRewriter {
+    core: Continuity<u8>,
+    target: u8,
+}
+
+impl Default for LayerRewriter {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+impl LayerRewriter {
+    /// A rewriter that will start on `target` at its first keyframe (90 kHz clock).
+    pub fn new(target: u8) -> Self {
+        LayerRewriter {
+            core: Continuity::new(VIDEO_CLOCK_HZ),
+            target,
+        }
+    }
+
+    /// Asks for `layer`; the switch happens at its next keyframe.
+    pub fn set_target(&mut self, layer: u8) {
+        self.target = layer;
+    }
+
+    /// The layer asked for.
+    pub fn target(&self) -> u8 {
+        self.target
+    }
+
+    /// The layer being forwarded, if any.
+    pub fn current(&self) -> Option<u8> {
+        self.core.current()
+    }
+
+    /// The layer a keyframe is awaited on (the target, while it is not current).
+    pub fn needs_keyframe(&self) -> Option<u8> {
+        (self.current() != Some(self.target)).then_some(self.target)
+    }
+
+    /// Decides what to do with a packet of `layer` for this receiver.
+    pub fn on_packet(&mut self, layer: u8, p: &Incoming) -> Decision {
+        let current = self.core.current();
+        if layer == self.target && current != Some(layer) {
+            if !p.keyframe_start {
+                return Decision::DropNeedKeyframe;
+            }
+            self.core.start_epoch(layer, p);
+            return self.core.forward(p, true);
+        }
+        if current == Some(layer) {
+            return self.core.forward(p, false);
+        }
+        Decision::Drop
+    }
+
+    /// For a NACK from the receiver: the layer and incoming sequence number an outgoing
+    /// sequence number came from, if it belongs to the current epoch.
+    pub fn original_seq(&self, out_seq: u16) -> Option<(u8, u16)> {
+        self.core.original_seq(out_seq)
+    }
+}
+
+/// One receiver's audio slot, forwarding one speaker at a time (sources are the caller's
+/// ids, e.g. incoming SSRCs): lets the SFU forward only the N loudest speakers without
+/// the receiver's SSRC count growing with the room.
+#[derive(Debug, Clone)]
+pub struct AudioRewriter {
+    core: Continuity<u32>,
+    source: Option<u32>,
+}
+
+impl AudioRewriter {
+    /// An idle slot with an RTP clock of `clock_hz` ([`OPUS_CLOCK_HZ`] for Opus).
+    pub fn new(clock_hz: u32) -> Self {
+        AudioRewriter {
+            core: Continuity::new(clock_hz),
+            source: None,
+        }
+    }
+
+    /// Which source the slot forwards from now on (`None`: nothing). The switch happens at
+    /// the new source's next packet.
+    pub fn set_source(&mut self, source: Option<u32>) {
+        self.source = source;
+    }
+
+    /// The source asked for.
+    pub fn source(&self) -> Option<u32> {
+        self.source
+    }
+
+    /// Decides what to do with a packet of `source` for this slot.
+    pub fn on_packet(&mut self, source: u32, p: &Incoming) -> Decision {
+        if self.source != Some(source) {
+            return Decision::Drop;
+        }
+        if self.core.current() != Some(source) {
+            self.core.start_epoch(source, p);
+            return self.core.forward(p, true);
+        }
+        self.core.forward(p, false)
+    }
+
+    /// For a NACK: the source and incoming sequence number of an outgoing one.
+    pub fn original_seq(&self, out_seq: u16) -> Option<(u32, u16)> {
+        self.core.original_seq(out_seq)
+    }
+}
