@@ -328,3 +328,227 @@ pub fn parse_h264(payload: &[u8]) -> Result<H264Info, CodecError> {
         other => Err(CodecError::UnsupportedNalType(other)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn vp8_minimal_descriptor() {
+        let key = parse_vp8(&[0x10, 0x00, 0x00, 0x00]).expect("key");
+        assert!(key.keyframe && key.start_of_frame);
+        assert_eq!(key.header_len, 1);
+        assert_eq!(key.picture_id, None);
+        let delta = parse_vp8(&[0x10, 0x01]).expect("delta");
+        assert!(!delta.keyframe && delta.start_of_frame);
+        // S=0: a continuation, never a keyframe whatever the next byte says.
+        let cont = parse_vp8(&[0x00, 0x00]).expect("cont");
+        assert!(!cont.keyframe && !cont.start_of_frame);
+        // S=1 but partition 1: not the frame's first packet.
+        let p1 = parse_vp8(&[0x11, 0x00]).expect("p1");
+        assert!(!p1.keyframe && !p1.start_of_frame);
+        assert_eq!(p1.partition, 1);
+        // N bit.
+        assert!(parse_vp8(&[0x30, 0x01]).expect("n").non_reference);
+    }
+
+    #[test]
+    fn vp8_seven_bit_picture_id() {
+        let v = parse_vp8(&[0x90, 0x80, 0x05, 0x00]).expect("7-bit");
+        assert_eq!(v.picture_id, Some((5, false)));
+        assert!(v.keyframe);
+        assert_eq!(v.header_len, 3);
+        assert_eq!(v.tl0picidx, None);
+    }
+
+    #[test]
+    fn vp8_full_extension() {
+        let v = parse_vp8(&[0x90, 0xf0, 0x92, 0x34, 0x07, 0b1010_0011, 0x01]).expect("full");
+        assert_eq!(v.picture_id, Some((0x1234, true)));
+        assert_eq!(v.tl0picidx, Some(7));
+        assert_eq!(v.tid, Some(2));
+        assert!(v.layer_sync);
+        assert_eq!(v.keyidx, Some(3));
+        assert_eq!(v.header_len, 6);
+        assert!(v.start_of_frame && !v.keyframe);
+        // The same descriptor with P=0 in the payload header: a keyframe.
+        let k = parse_vp8(&[0x90, 0xf0, 0x92, 0x34, 0x07, 0b1010_0011, 0x10]).expect("key");
+        assert!(k.keyframe);
+    }
+
+    #[test]
+    fn vp8_k_without_t_and_l_with_t() {
+        let v = parse_vp8(&[0x90, 0x10, 0x05, 0x00]).expect("K only");
+        assert_eq!((v.tid, v.keyidx, v.header_len), (None, Some(5), 3));
+        let v = parse_vp8(&[0x80, 0x60, 0x09, 0x40]).expect("L+T");
+        assert_eq!((v.tl0picidx, v.tid, v.keyidx), (Some(9), Some(1), None));
+        assert!(!v.start_of_frame && !v.keyframe);
+    }
+
+    #[test]
+    fn vp8_truncated() {
+        assert_eq!(parse_vp8(&[]), Err(CodecError::Empty));
+        assert_eq!(parse_vp8(&[0x90]), Err(CodecError::Truncated));
+        assert_eq!(parse_vp8(&[0x90, 0x80]), Err(CodecError::Truncated));
+        assert_eq!(parse_vp8(&[0x90, 0x80, 0x80]), Err(CodecError::Truncated));
+        assert_eq!(parse_vp8(&[0x90, 0x40]), Err(CodecError::Truncated));
+        assert_eq!(parse_vp8(&[0x90, 0x20]), Err(CodecError::Truncated));
+        // The start of partition 0 needs the payload header's first byte.
+        assert_eq!(parse_vp8(&[0x10]), Err(CodecError::Truncated));
+        assert_eq!(parse_vp8(&[0x90, 0x80, 0x05]), Err(CodecError::Truncated));
+    }
+
+    #[test]
+    fn vp8_rewrite_keeps_width() {
+        let mut p = [0x90, 0xc0, 0x92, 0x34, 0x07, 0x01];
+        rewrite_vp8(&mut p, Some(0x0abc), Some(200)).expect("rewrite");
+        assert_eq!(p, [0x90, 0xc0, 0x8a, 0xbc, 200, 0x01]);
+        let v = parse_vp8(&p).expect("reparse");
+        assert_eq!(v.picture_id, Some((0x0abc, true)));
+        assert_eq!(v.tl0picidx, Some(200));
+
+        let mut p = [0x90, 0x80, 0x05, 0x00];
+        rewrite_vp8(&mut p, Some(200), Some(3)).expect("rewrite 7-bit");
+        assert_eq!(
+            p,
+            [0x90, 0x80, 200 & 0x7f, 0x00],
+            "7 bits kept, no TL0 to write"
+        );
+        // None leaves a field alone.
+        let mut p = [0x90, 0xc0, 0x92, 0x34, 0x07, 0x01];
+        rewrite_vp8(&mut p, None, Some(8)).expect("tl0 only");
+        assert_eq!(p, [0x90, 0xc0, 0x92, 0x34, 8, 0x01]);
+        assert_eq!(
+            rewrite_vp8(&mut [0x90], Some(1), None),
+            Err(CodecError::Truncated)
+        );
+    }
+
+    #[test]
+    fn h264_single_nal() {
+        let idr = parse_h264(&[0x65, 0x88, 0x84]).expect("idr");
+        assert!(idr.keyframe && idr.start_of_frame);
+        assert_eq!(idr.packet_type, 5);
+        let sps = parse_h264(&[0x67, 0x42, 0x00, 0x1f]).expect("sps");
+        assert!(sps.keyframe && sps.start_of_frame);
+        let pps = parse_h264(&[0x68, 0xce]).expect("pps");
+        assert!(!pps.keyframe && pps.start_of_frame);
+        let slice = parse_h264(&[0x41, 0x9a]).expect("slice");
+        assert!(!slice.keyframe && slice.start_of_frame);
+        // first_mb_in_slice != 0: a later slice of the same picture.
+        let later = parse_h264(&[0x41, 0x40]).expect("later slice");
+        assert!(!later.keyframe && !later.start_of_frame);
+        let later_idr = parse_h264(&[0x65, 0x40]).expect("later idr slice");
+        assert!(later_idr.keyframe && !later_idr.start_of_frame);
+    }
+
+    #[test]
+    fn h264_stap_a() {
+        let sps_pps = [
+            0x78, 0x00, 0x04, 0x67, 0x42, 0x00, 0x1f, 0x00, 0x02, 0x68, 0xce,
+        ];
+        let v = parse_h264(&sps_pps).expect("stap sps pps");
+        assert!(v.keyframe && v.start_of_frame);
+        assert_eq!(v.packet_type, 24);
+        // The IDR is the last aggregated unit: still found.
+        let late_idr = [0x78, 0x00, 0x02, 0x09, 0xf0, 0x00, 0x02, 0x65, 0x88];
+        assert!(parse_h264(&late_idr).expect("aud idr").keyframe);
+        let no_key = [0x78, 0x00, 0x02, 0x09, 0xf0, 0x00, 0x02, 0x41, 0x9a];
+        let v = parse_h264(&no_key).expect("aud slice");
+        assert!(!v.keyframe && v.start_of_frame);
+        assert_eq!(parse_h264(&[0x78]), Err(CodecError::EmptyAggregate));
+        assert_eq!(
+            parse_h264(&[0x78, 0x00, 0x00, 0x65]),
+            Err(CodecError::EmptyAggregate)
+        );
+        assert_eq!(
+            parse_h264(&[0x78, 0x00, 0x05, 0x65, 0x88]),
+            Err(CodecError::Truncated)
+        );
+        assert_eq!(
+            parse_h264(&[0x78, 0x00, 0x02, 0x68, 0xce, 0x00]),
+            Err(CodecError::Truncated)
+        );
+        assert_eq!(
+            parse_h264(&[0x78, 0x00, 0x01, 0xe5]),
+            Err(CodecError::ForbiddenBit)
+        );
+    }
+
+    #[test]
+    fn h264_fu_a() {
+        let start = parse_h264(&[0x7c, 0x85, 0x88, 0x00]).expect("fu start idr");
+        assert!(start.keyframe && start.start_of_frame);
+        assert_eq!(start.packet_type, 28);
+        let middle = parse_h264(&[0x7c, 0x05, 0x12]).expect("fu middle idr");
+        assert!(!middle.keyframe && !middle.start_of_frame);
+        let end = parse_h264(&[0x7c, 0x45, 0x12]).expect("fu end idr");
+        assert!(!end.keyframe && !end.start_of_frame);
+        let p = parse_h264(&[0x5c, 0x81, 0x9a]).expect("fu start p");
+        assert!(!p.keyframe && p.start_of_frame);
+        assert_eq!(parse_h264(&[0x7c]), Err(CodecError::Truncated));
+        assert_eq!(parse_h264(&[0x7c, 0x85]), Err(CodecError::Truncated));
+    }
+
+    #[test]
+    fn h264_rejects() {
+        assert_eq!(parse_h264(&[]), Err(CodecError::Empty));
+        assert_eq!(parse_h264(&[0xe5, 0x88]), Err(CodecError::ForbiddenBit));
+        for t in [0u8, 25, 26, 27, 29, 30, 31] {
+            assert_eq!(
+                parse_h264(&[0x60 | t, 0x00, 0x00]),
+                Err(CodecError::UnsupportedNalType(t))
+            );
+        }
+    }
+
+    #[test]
+    fn generic_parse() {
+        let o = parse(Codec::Opus, &[]).expect("opus");
+        assert!(o.is_keyframe_start() && o.vp8.is_none());
+        let v = parse(Codec::Vp8, &[0x90, 0x80, 0x05, 0x00]).expect("vp8");
+        assert!(v.is_keyframe_start());
+        assert_eq!(v.vp8.and_then(|v| v.picture_id), Some((5, false)));
+        let h = parse(Codec::H264, &[0x7c, 0x05, 0x12]).expect("h264");
+        assert!(!h.is_keyframe_start());
+        assert_eq!(parse(Codec::Vp8, &[]), Err(CodecError::Empty));
+    }
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            for c in [Codec::Opus, Codec::Vp8, Codec::H264] {
+                let _ = parse(c, &data);
+            }
+        }
+
+        #[test]
+        fn vp8_rewrite_round_trips(
+            data in proptest::collection::vec(any::<u8>(), 0..32),
+            pid in any::<u16>(),
+            tl0 in any::<u8>(),
+        ) {
+            let mut buf = data.clone();
+            match rewrite_vp8(&mut buf, Some(pid), Some(tl0)) {
+                Err(e) => {
+                    prop_assert_eq!(parse_vp8(&data), Err(e));
+                    prop_assert_eq!(&buf, &data);
+                }
+                Ok(before) => {
+                    let after = parse_vp8(&buf).expect("a rewrite keeps the descriptor valid");
+                    prop_assert_eq!(after.header_len, before.header_len);
+                    prop_assert_eq!(after.keyframe, before.keyframe);
+                    prop_assert_eq!(&buf[after.header_len..], &data[before.header_len..]);
+                    if let Some((_, long)) = before.picture_id {
+                        let mask = if long { 0x7fff } else { 0x7f };
+                        prop_assert_eq!(after.picture_id, Some((pid & mask, long)));
+                    }
+                    if before.tl0picidx.is_some() {
+                        prop_assert_eq!(after.tl0picidx, Some(tl0));
+                    }
+                }
+            }
+        }
+    }
+}

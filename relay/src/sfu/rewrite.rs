@@ -365,3 +365,284 @@ impl AudioRewriter {
         self.core.original_seq(out_seq)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A simulcast publisher: per layer its own sequence, timestamp and VP8 id bases.
+    struct Layer {
+        seq: u16,
+        ts: u32,
+        pid: u16,
+        tl0: u8,
+    }
+
+    const PACKETS_PER_FRAME: u16 = 3;
+    const FRAME_US: u64 = 33_000;
+    const FRAME_TICKS: u32 = 3_000;
+
+    fn frame_packets(l: &Layer, frame: u16, keyframe: bool, at_us: u64) -> Vec<Incoming> {
+        (0..PACKETS_PER_FRAME)
+            .map(|k| Incoming {
+                seq: l.seq.wrapping_add(frame * PACKETS_PER_FRAME + k),
+                ts: l.ts.wrapping_add(u32::from(frame) * FRAME_TICKS),
+                arrival_us: at_us + u64::from(k) * 100,
+                keyframe_start: keyframe && k == 0,
+                vp8: Some(Vp8Ids {
+                    picture_id: Some((l.pid.wrapping_add(frame) & 0x7fff, true)),
+                    tl0picidx: Some(l.tl0.wrapping_add(frame as u8)),
+                }),
+            })
+            .collect()
+    }
+
+    fn forwarded(d: Decision) -> Option<Forward> {
+        match d {
+            Decision::Forward(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn three_layer_switches_stay_continuous() {
+        let layers = [
+            Layer {
+                seq: 100,
+                ts: 1_000,
+                pid: 10,
+                tl0: 250,
+            },
+            // Its timestamps wrap 32 bits during the run.
+            Layer {
+                seq: 40_000,
+                ts: u32::MAX - 50_000,
+                pid: 20_000,
+                tl0: 3,
+            },
+            // Its sequence numbers wrap while it is current; its picture ids wrap too.
+            Layer {
+                seq: 65_455,
+                ts: 123_456,
+                pid: 0x7ff0,
+                tl0: 100,
+            },
+        ];
+        let keyframes = |layer: usize, frame: u16| match layer {
+            0 => frame == 0,
+            1 => frame == 5 || frame == 33,
+            _ => frame == 15,
+        };
+        let mut rw = LayerRewriter::new(0);
+        let mut last: Option<Forward> = None;
+        let mut last_frame_out: Option<(u32, u16, u8)> = None;
+        let mut per_frame_layer = Vec::new();
+        let mut retransmit_probe = None;
+        let mut last_at = 0u64;
+        let mut switch_steps = Vec::new();
+        for frame in 0..45u16 {
+            if frame == 10 {
+                rw.set_target(2);
+            }
+            if frame == 30 {
+                rw.set_target(1);
+            }
+            let at = 1_000_000 + u64::from(frame) * FRAME_US;
+            let mut forwarded_layer = None;
+            for (i, l) in layers.iter().enumerate() {
+                let layer = i as u8;
+                for p in frame_packets(l, frame, keyframes(i, frame), at) {
+                    let d = rw.on_packet(layer, &p);
+                    match d {
+                        Decision::Forward(f) => {
+                            if let Some(prev) = last {
+                                assert_eq!(
+                                    f.seq,
+                                    prev.seq.wrapping_add(1),
+                                    "frame {frame} layer {layer}: seq continuous"
+                                );
+                                let dt = f.ts.wrapping_sub(prev.ts);
+                                assert!(dt < 1 << 31, "ts monotonic at frame {frame}");
+                            }
+                            if f.switched {
+                                assert!(p.keyframe_start, "a switch only at a keyframe");
+                                if let Some(prev) = last {
+                                    // The wall-clock time since the last forwarded packet
+                                    // at 90 kHz, at least one tick.
+                                    let elapsed = p.arrival_us.saturating_sub(last_at) * 9 / 100;
+                                    assert_eq!(
+                                        u64::from(f.ts.wrapping_sub(prev.ts)),
+                                        elapsed.max(1)
+                                    );
+                                    switch_steps.push(elapsed.max(1));
+                                }
+                            }
+                            if frame == 20 && layer == 2 && retransmit_probe.is_none() {
+                                retransmit_probe = Some((p, f));
+                            }
+                            last = Some(f);
+                            last_at = p.arrival_us;
+                            forwarded_layer = Some(layer);
+                            let ids = (f.ts, f.picture_id.expect("pid"), f.tl0picidx.expect("tl0"));
+                            if let Some((ts, pid, tl0)) = last_frame_out
+                                && ts != ids.0
+                            {
+                                assert_eq!(ids.1, (pid + 1) & 0x7fff, "pid +1 per frame");
+                                assert_eq!(ids.2, tl0.wrapping_add(1), "tl0 +1 per frame");
+                            }
+                            last_frame_out = Some(ids);
+                        }
+                        Decision::DropNeedKeyframe => {
+                            assert_eq!(layer, rw.target());
+                            assert_ne!(rw.current(), Some(layer));
+                        }
+                        Decision::Drop => assert_ne!(rw.current(), Some(layer)),
+                    }
+                }
+            }
+            per_frame_layer.push(forwarded_layer);
+            if frame == 25 {
+                // A retransmission of a frame-20 packet maps to its first output.
+                let (p, f) = retransmit_probe.expect("probe");
+                let again = forwarded(rw.on_packet(2, &p)).expect("retransmission forwarded");
+                assert_eq!(
+                    (again.seq, again.ts, again.picture_id),
+                    (f.seq, f.ts, f.picture_id)
+                );
+                assert!(!again.switched);
+                assert_eq!(rw.original_seq(f.seq), Some((2, p.seq)));
+            }
+        }
+        let expect: Vec<Option<u8>> = (0..45)
+            .map(|f| match f {
+                0..15 => Some(0),
+                15..33 => Some(2),
+                _ => Some(1),
+            })
+            .collect();
+        assert_eq!(
+            per_frame_layer, expect,
+            "no switch before the target's keyframe"
+        );
+        // 0->2: layer 2's keyframe arrives with layer 0's packets of the same frame (+1
+        // tick); 2->1: 33 ms after the first packet of layer 2's previous frame, less the
+        // 200 µs to its last packet.
+        assert_eq!(switch_steps, [1, 2_952]);
+        assert_eq!(rw.current(), Some(1));
+        assert_eq!(rw.needs_keyframe(), None);
+
+        // After the switch to 1, layer 2's retransmissions are dropped...
+        let (p, _) = retransmit_probe.expect("probe");
+        assert_eq!(rw.on_packet(2, &p), Decision::Drop);
+        // ...and so are layer 1's packets from before its keyframe.
+        let old = frame_packets(&layers[1], 32, false, 5_000_000)[2];
+        assert_eq!(rw.on_packet(1, &old), Decision::Drop);
+    }
+
+    #[test]
+    fn waits_for_the_first_keyframe() {
+        let mut rw = LayerRewriter::new(2);
+        assert_eq!(rw.needs_keyframe(), Some(2));
+        let p = Incoming::new(10, 10, 0);
+        assert_eq!(rw.on_packet(2, &p), Decision::DropNeedKeyframe);
+        assert_eq!(rw.on_packet(0, &p), Decision::Drop);
+        let k = Incoming {
+            keyframe_start: true,
+            ..Incoming::new(11, 10, 0)
+        };
+        // A keyframe on a layer that is not the target does not start the stream.
+        assert_eq!(rw.on_packet(1, &k), Decision::Drop);
+        let f = forwarded(rw.on_packet(2, &k)).expect("start");
+        assert!(f.switched);
+        // The first epoch passes numbers through.
+        assert_eq!((f.seq, f.ts), (11, 10));
+        // The packet before the keyframe, arriving late, is from before the switch.
+        assert_eq!(rw.on_packet(2, &p), Decision::Drop);
+        // Back to the target after asking for another layer: the switch is cancelled.
+        rw.set_target(0);
+        assert_eq!(rw.needs_keyframe(), Some(0));
+        rw.set_target(2);
+        assert_eq!(rw.needs_keyframe(), None);
+        let n = forwarded(rw.on_packet(2, &Incoming::new(12, 3_010, 33_000))).expect("next");
+        assert_eq!((n.seq, n.ts), (12, 3_010));
+    }
+
+    #[test]
+    fn switch_timestamp_is_at_least_one_tick() {
+        let mut rw = LayerRewriter::new(0);
+        let k = |seq, ts, at| Incoming {
+            keyframe_start: true,
+            ..Incoming::new(seq, ts, at)
+        };
+        let a = forwarded(rw.on_packet(0, &k(1, 500, 10))).expect("a");
+        rw.set_target(1);
+        // Same arrival time, and a clock going backwards: still +1 tick.
+        let b = forwarded(rw.on_packet(1, &k(9_000, 77, 10))).expect("b");
+        assert_eq!((b.seq, b.ts), (a.seq + 1, a.ts + 1));
+        rw.set_target(0);
+        let c = forwarded(rw.on_packet(0, &k(2, 3_500, 5))).expect("c");
+        assert_eq!((c.seq, c.ts), (b.seq + 1, b.ts + 1));
+    }
+
+    #[test]
+    fn audio_slot_switches_between_five_speakers() {
+        struct Src {
+            seq: u16,
+            ts: u32,
+        }
+        let mut srcs: Vec<Src> = (0..5u32)
+            .map(|i| Src {
+                seq: 65_000u16.wrapping_add(i as u16 * 200),
+                ts: (u32::MAX - 30_000).wrapping_add(i * 7_777),
+            })
+            .collect();
+        let mut slot = AudioRewriter::new(OPUS_CLOCK_HZ);
+        let mut last: Option<(Forward, u64)> = None;
+        let mut switches = 0;
+        let mut forwarded_from = [0u32; 5];
+        for tick in 0..500u64 {
+            let now = tick * 20_000;
+            if tick % 50 == 0 {
+                slot.set_source(Some(((tick / 50) % 5) as u32));
+            }
+            for (i, s) in srcs.iter_mut().enumerate() {
+                let p = Incoming::new(s.seq, s.ts, now + i as u64 * 10);
+                s.seq = s.seq.wrapping_add(1);
+                s.ts = s.ts.wrapping_add(960);
+                match slot.on_packet(i as u32, &p) {
+                    Decision::Forward(f) => {
+                        assert_eq!(Some(i as u32), slot.source());
+                        forwarded_from[i] += 1;
+                        if let Some((prev, prev_at)) = last {
+                            assert_eq!(f.seq, prev.seq.wrapping_add(1), "tick {tick}");
+                            let dt = f.ts.wrapping_sub(prev.ts);
+                            if f.switched {
+                                switches += 1;
+                                let elapsed = (p.arrival_us - prev_at) * 48 / 1_000;
+                                assert_eq!(u64::from(dt), elapsed.max(1), "tick {tick}");
+                            } else {
+                                assert_eq!(dt, 960, "tick {tick}");
+                            }
+                        }
+                        last = Some((f, p.arrival_us));
+                    }
+                    Decision::Drop => assert_ne!(Some(i as u32), slot.source()),
+                    Decision::DropNeedKeyframe => panic!("audio never waits for a keyframe"),
+                }
+            }
+        }
+        assert_eq!(switches, 9);
+        assert_eq!(forwarded_from, [100; 5]);
+        slot.set_source(None);
+        assert_eq!(slot.on_packet(4, &Incoming::new(1, 1, 0)), Decision::Drop);
+    }
+
+    #[test]
+    fn unwrap_near_handles_wraps() {
+        assert_eq!(unwrap_near(65_535, 0, 1 << 16), 65_536);
+        assert_eq!(unwrap_near(65_536, 65_535, 1 << 16), 65_535);
+        assert_eq!(unwrap_near(10, 65_530, 1 << 16), -6);
+        assert_eq!(unwrap_near(i64::from(u32::MAX), 5, 1 << 32), (1 << 32) + 5);
+        assert_eq!(unwrap_near(127, 0, 1 << 7), 128);
+    }
+}
