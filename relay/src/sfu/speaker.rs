@@ -49,6 +49,8 @@ const P: f64 = 0.5;
 const LAMBDA1: f64 = 0.78;
 const LAMBDA2: f64 = 24.0;
 const LAMBDA3: f64 = 47.0;
+/// Speech packets (of N2) a 100 ms slot needs to count for the top-N ranking.
+const SPEECH_SLOT_MIN: u32 = 4;
 /// One packet's worth of time.
 const PACKET_US: u64 = 20_000;
 /// Levels over which the noise floor is re-estimated (15 s of packets).
@@ -65,8 +67,8 @@ pub struct SpeakerConfig {
     pub decision_interval_us: u64,
     /// A publisher with no level for this long is fed silence, in µs.
     pub level_idle_us: u64,
-    /// How many more speech packets (of the last [`LEVELS`]) a challenger needs than the
-    /// weakest top-N member to replace it.
+    /// How many more speech packets (of the last [`LEVELS`], counted in 100 ms slots that
+    /// are mostly speech) a challenger needs than the weakest top-N member to replace it.
     pub top_n_margin: u8,
     /// Speech packets in the last second a publisher needs to enter the top-N set.
     pub top_n_min_speech: u8,
@@ -162,8 +164,12 @@ impl<Id> Speaker<Id> {
             for k in 0..N2 as usize {
                 if self.immediate(m * N2 as usize + k) > MEDIUM_THRESHOLD {
                     *medium += 1;
-                    speech += 1;
                 }
+            }
+            // Speech for the top-N ranking: packets of 100 ms slots that are mostly speech
+            // (isolated noise bursts never fill four of five packets).
+            if *medium >= SPEECH_SLOT_MIN {
+                speech += *medium as u8;
             }
         }
         let long = mediums.iter().filter(|&&m| m > LONG_THRESHOLD).count() as u32;
@@ -364,18 +370,18 @@ impl<Id: Copy + Eq> SpeakerDetector<Id> {
                 break;
             }
         }
+        // Dominant speaker first, then by speech in the last second.
+        let dominant = self.dominant;
+        let speakers = &self.speakers;
+        let key = |id: &Id| {
+            let speech = speakers
+                .iter()
+                .find(|s| s.id == *id)
+                .map_or(0, |s| s.speech);
+            (Some(*id) != dominant, u8::MAX - speech)
+        };
+        self.top.sort_by_key(key);
         if changed {
-            // Loudest first, the dominant speaker ahead of all.
-            let dominant = self.dominant;
-            let speakers = &self.speakers;
-            let key = |id: &Id| {
-                let speech = speakers
-                    .iter()
-                    .find(|s| s.id == *id)
-                    .map_or(0, |s| s.speech);
-                (Some(*id) != dominant, u8::MAX - speech)
-            };
-            self.top.sort_by_key(key);
             self.push_event(SpeakerEvent::TopN);
         }
     }
@@ -415,5 +421,202 @@ impl<Id: Copy + Eq> SpeakerDetector<Id> {
     /// Takes the oldest pending event.
     pub fn poll_event(&mut self) -> Option<SpeakerEvent<Id>> {
         self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: u32 = 1;
+    const B: u32 = 2;
+    const C: u32 = 3;
+    const D: u32 = 4;
+
+    /// A deterministic xorshift, for natural-looking level variation and noise.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn around(&mut self, dbov: u8) -> u8 {
+            dbov - 5 + (self.next() % 11) as u8
+        }
+    }
+
+    fn drain(d: &mut SpeakerDetector<u32>, at: u64, out: &mut Vec<(u64, SpeakerEvent<u32>)>) {
+        while let Some(e) = d.poll_event() {
+            out.push((at, e));
+        }
+    }
+
+    /// A talks (0-3.5 s, then mutes: no levels at all), B starts louder at 3 s and talks
+    /// until 6 s, silence until 7.5 s, then C talks. D only makes 20 ms noise bursts, and
+    /// so does everyone while not talking.
+    #[test]
+    fn scripted_scene() {
+        let mut d = SpeakerDetector::new(SpeakerConfig::default());
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut events = Vec::new();
+        for tick in 0..500u64 {
+            let now = tick * PACKET_US;
+            let ms = tick * 20;
+            for id in [A, B, C, D] {
+                let talking = match id {
+                    A => ms < 3_500,
+                    B => (3_000..6_000).contains(&ms),
+                    C => ms >= 7_500,
+                    _ => false,
+                };
+                if id == A && ms >= 3_500 {
+                    continue; // muted: no packets, no levels
+                }
+                let level = if talking {
+                    rng.around(if id == B { 20 } else { 30 })
+                } else if rng.next() % 7 == 0 {
+                    rng.around(12) // a 20 ms burst of noise, louder than speech
+                } else {
+                    127
+                };
+                d.on_level(id, level, now + id as u64 * 100);
+            }
+            d.tick(now + 1_000);
+            drain(&mut d, now, &mut events);
+        }
+        let dominant: Vec<(u64, Option<u32>)> = events
+            .iter()
+            .filter_map(|&(at, e)| match e {
+                SpeakerEvent::Dominant(id) => Some((at / 1_000, id)),
+                SpeakerEvent::TopN => None,
+            })
+            .collect();
+        let ids: Vec<Option<u32>> = dominant.iter().map(|&(_, id)| id).collect();
+        assert_eq!(ids, [Some(A), Some(B), Some(C)], "changes: {dominant:?}");
+        assert!(dominant[0].0 <= 700, "A found quickly: {dominant:?}");
+        assert!(
+            (3_500..=4_700).contains(&dominant[1].0),
+            "B takes over after A stops, not while both talk: {dominant:?}"
+        );
+        assert!((7_500..=8_700).contains(&dominant[2].0), "{dominant:?}");
+        assert_eq!(d.dominant(), Some(C));
+
+        // The top-3 set: the three speakers, never the noise maker, few changes.
+        let top: Vec<u32> = d.top_n(3).collect();
+        assert_eq!(top[0], C, "the dominant speaker first");
+        let mut sorted = top.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [A, B, C]);
+        let top_changes = events
+            .iter()
+            .filter(|(_, e)| *e == SpeakerEvent::TopN)
+            .count();
+        assert!(top_changes <= 4, "top-N flapped {top_changes} times");
+        assert!(!d.is_top(D));
+        assert_eq!(d.top_n(1).collect::<Vec<_>>(), [C]);
+    }
+
+    #[test]
+    fn noise_bursts_never_take_the_floor() {
+        let mut d = SpeakerDetector::new(SpeakerConfig::default());
+        let mut rng = Rng(7);
+        let mut burst_before = [false; 3];
+        for tick in 0..1_000u64 {
+            let now = tick * PACKET_US;
+            for (i, id) in [A, B, C].into_iter().enumerate() {
+                // Loud 20 ms bursts, a third of the time, never two in a row.
+                let burst = !burst_before[i] && rng.next() % 2 == 0;
+                burst_before[i] = burst;
+                d.on_level(id, if burst { rng.around(10) } else { 127 }, now);
+            }
+            d.tick(now);
+        }
+        assert_eq!(d.dominant(), None);
+        assert_eq!(d.poll_event(), None);
+        assert_eq!(d.top_n(3).count(), 0);
+    }
+
+    #[test]
+    fn top_n_has_hysteresis() {
+        let cfg = SpeakerConfig {
+            top_n: 2,
+            ..SpeakerConfig::default()
+        };
+        let mut d = SpeakerDetector::new(cfg);
+        let mut changes = Vec::new();
+        for tick in 0..400u64 {
+            let now = tick * PACKET_US;
+            let ms = tick * 20;
+            // A and B talk from the start; C joins at 2 s as active as them; A stops at 5 s.
+            let talking = [ms < 5_000, true, ms >= 2_000];
+            for (id, t) in [A, B, C].into_iter().zip(talking) {
+                d.on_level(id, if t { 30 } else { 127 }, now);
+            }
+            d.tick(now);
+            while let Some(e) = d.poll_event() {
+                if e == SpeakerEvent::TopN {
+                    let mut set: Vec<u32> = d.top_n(2).collect();
+                    set.sort_unstable();
+                    changes.push((ms, set));
+                }
+            }
+        }
+        // Filled with A and B; C, equally active, does not displace anyone; when A
+        // stops, C replaces it within a second.
+        let sets: Vec<&Vec<u32>> = changes.iter().map(|(_, s)| s).collect();
+        assert!(changes.len() <= 4, "{changes:?}");
+        assert_eq!(sets.last().copied(), Some(&vec![B, C]), "{changes:?}");
+        assert!(
+            changes
+                .iter()
+                .all(|(ms, s)| !s.contains(&C) || *ms >= 5_000)
+        );
+        let c_in = changes
+            .iter()
+            .find(|(_, s)| s.contains(&C))
+            .map(|(ms, _)| *ms);
+        assert!(c_in.is_some_and(|ms| ms <= 6_000), "{changes:?}");
+    }
+
+    #[test]
+    fn leaving_dominant_is_reported() {
+        let mut d = SpeakerDetector::new(SpeakerConfig::default());
+        for tick in 0..100u64 {
+            d.on_level(A, 30, tick * PACKET_US);
+            d.tick(tick * PACKET_US);
+        }
+        assert_eq!(d.dominant(), Some(A));
+        while d.poll_event().is_some() {}
+        d.remove(A);
+        assert_eq!(d.dominant(), None);
+        assert_eq!(d.poll_event(), Some(SpeakerEvent::Dominant(None)));
+        assert_eq!(d.poll_event(), Some(SpeakerEvent::TopN));
+        assert_eq!(d.top_n(3).count(), 0);
+        assert_eq!(d.smoothed_level(A), None);
+    }
+
+    #[test]
+    fn event_queue_is_bounded() {
+        let mut d = SpeakerDetector::new(SpeakerConfig::default());
+        for i in 0..100 {
+            d.add(i, 0);
+            d.remove(i);
+        }
+        for i in 0..(EVENT_CAPACITY as u32 * 2) {
+            d.dominant = Some(i);
+            d.remove(i);
+        }
+        assert_eq!(d.events.len(), EVENT_CAPACITY);
+    }
+
+    #[test]
+    fn activity_scores_order() {
+        // More speech, higher score; none, the floor.
+        assert_eq!(activity_score(0, N3, LAMBDA3), MIN_SCORE);
+        assert!(activity_score(10, N3, LAMBDA3) > activity_score(1, N3, LAMBDA3));
+        assert!(activity_score(5, N2, LAMBDA2) > activity_score(1, N2, LAMBDA2));
+        assert!((ln_binomial(13, 2) - 78f64.ln()).abs() < 1e-9);
     }
 }
