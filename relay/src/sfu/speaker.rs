@@ -476,7 +476,7 @@ mod tests {
                 }
                 let level = if talking {
                     rng.around(if id == B { 20 } else { 30 })
-                } else if rng.next() % 7 == 0 {
+                } else if rng.next().is_multiple_of(7) {
                     rng.around(12) // a 20 ms burst of noise, louder than speech
                 } else {
                     127
@@ -527,7 +527,7 @@ mod tests {
             let now = tick * PACKET_US;
             for (i, id) in [A, B, C].into_iter().enumerate() {
                 // Loud 20 ms bursts, a third of the time, never two in a row.
-                let burst = !burst_before[i] && rng.next() % 2 == 0;
+                let burst = !burst_before[i] && rng.next().is_multiple_of(2);
                 burst_before[i] = burst;
                 d.on_level(id, if burst { rng.around(10) } else { 127 }, now);
             }
