@@ -76,6 +76,12 @@ const PASSWORD: &str = "p";
 const REALM: &str = "bench.relay";
 const LOSS_LIMIT_PCT: f64 = 0.1;
 const LIVE_BATCH: u32 = 64;
+/// A step during which the hypervisor stole more than this share of the server CPU is
+/// run again (at most [`STEAL_RETRIES`] times; the least-stolen run counts): a vCPU
+/// stolen for tens of milliseconds makes a userspace relay overflow its socket buffers
+/// however cheap it is per packet, which says nothing about the relay.
+const STEAL_LIMIT_PCT: f64 = 2.0;
+const STEAL_RETRIES: u32 = 2;
 
 /// Settings of the four-way bench.
 #[derive(Debug, Clone, clap::Args)]
@@ -196,6 +202,17 @@ fn pin_this_thread(cpu: usize) -> Result<()> {
     Ok(())
 }
 
+/// `Udp: RcvbufErrors` of `ns`: datagrams the kernel dropped because a socket's receive
+/// buffer was full (where a userspace relay loses frames when it is not scheduled).
+fn udp_rcvbuf_errors(ns: &Netns) -> Option<u64> {
+    let _g = enter(ns).ok()?;
+    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").ok()?;
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let i = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
 /// ifindex and MAC of `dev` in `ns`.
 fn link_info(ns: &Netns, dev: &str) -> Result<(u32, [u8; 6])> {
     let out = ns.ip(&["-j", "link", "show", "dev", dev])?;
@@ -230,6 +247,20 @@ fn prog_stats(id: u32) -> Option<(u64, u64)> {
 
 /// Busy jiffies (user+nice+system+irq+softirq) of one CPU from /proc/stat.
 fn cpu_busy(cpu: usize) -> u64 {
+    // user nice system idle iowait irq softirq steal: steal is time the hypervisor ran
+    // something else, not ours.
+    cpu_jiffies(cpu, &[0, 1, 2, 5, 6])
+}
+
+/// Steal jiffies of one CPU: time the hypervisor gave this vCPU's host core to someone
+/// else. A userspace relay on a vCPU that is stolen for tens of milliseconds overflows
+/// its socket buffers however cheap it is per packet.
+fn cpu_steal(cpu: usize) -> u64 {
+    cpu_jiffies(cpu, &[7])
+}
+
+/// The sum of the given /proc/stat fields (0 = user) of one CPU.
+fn cpu_jiffies(cpu: usize, fields: &[usize]) -> u64 {
     let Ok(s) = std::fs::read_to_string("/proc/stat") else {
         return 0;
     };
@@ -242,12 +273,7 @@ fn cpu_busy(cpu: usize) -> u64 {
                 .skip(1)
                 .filter_map(|x| x.parse().ok())
                 .collect();
-            // user nice system idle iowait irq softirq steal: steal is time the
-            // hypervisor ran something else, not ours.
-            [0, 1, 2, 5, 6]
-                .iter()
-                .map(|&i| f.get(i).copied().unwrap_or(0))
-                .sum()
+            fields.iter().map(|&i| f.get(i).copied().unwrap_or(0)).sum()
         })
         .unwrap_or(0)
 }
@@ -643,6 +669,10 @@ struct Step {
     kernel_relayed: Option<u64>,
     /// CPU time (user + system) of the relay process during the step.
     proc_cpu_s: Option<f64>,
+    /// Datagrams dropped at full socket receive buffers in the relay's namespace.
+    rcvbuf_drops: Option<u64>,
+    /// Seconds the hypervisor stole from the server CPU during the step.
+    server_steal_s: f64,
 }
 
 impl Step {
@@ -662,6 +692,9 @@ impl Step {
         let t = self.proc_cpu_s?;
         (self.received > 0).then(|| t * 1e9 / self.received as f64)
     }
+    fn steal_pct(&self) -> f64 {
+        100.0 * self.server_steal_s / self.seconds.max(1e-9)
+    }
     fn cpu_ns_per_packet(&self) -> f64 {
         if self.received == 0 {
             return 0.0;
@@ -678,6 +711,9 @@ struct Outcome {
     steps: Vec<(u64, f64, f64)>,
     generator_bound: bool,
     note: Option<String>,
+    /// The first step (as fast as the generator goes): the relay is saturated, so its
+    /// CPU time per packet there is its cost per packet on one core.
+    saturated: Option<Step>,
 }
 
 /// Everything a measurement needs.
@@ -698,12 +734,40 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
+    /// [`Bench::step`]; for the userspace relays (which run on the server CPU) run again
+    /// while the hypervisor stole more than [`STEAL_LIMIT_PCT`] of that CPU, returning
+    /// the least-stolen run. The XDP paths run on the generator's CPU, where steal slows
+    /// generator and program alike and loses nothing.
+    fn step_unstolen(&mut self, path: Path4, rate: u64, seconds: f64) -> Result<Step> {
+        let mut best = self.step(rate, seconds)?;
+        if !matches!(path, Path4::IoUring | Path4::Coturn) {
+            return Ok(best);
+        }
+        for _ in 0..STEAL_RETRIES {
+            if best.steal_pct() <= STEAL_LIMIT_PCT {
+                break;
+            }
+            eprintln!(
+                "   (steal {:.1}% on CPU {} during that step: running it again)",
+                best.steal_pct(),
+                self.server_cpu
+            );
+            let s = self.step(rate, seconds)?;
+            if s.steal_pct() < best.steal_pct() {
+                best = s;
+            }
+        }
+        Ok(best)
+    }
+
     fn step(&mut self, rate: u64, seconds: f64) -> Result<Step> {
         let kernel_before = self.kernel_relayed();
         let sink0 = self.bpf.sink()?;
         let p0 = self.measured_prog.and_then(prog_stats);
         let (s0, c0) = (cpu_busy(self.server_cpu), cpu_busy(self.args.client_cpu));
         let t0 = self.server_pid.and_then(proc_cpu);
+        let r0 = udp_rcvbuf_errors(&self.topo.relay);
+        let st0 = cpu_steal(self.server_cpu);
         let (sent, secs) = self.bpf.generate(
             &self.topo.client,
             self.client_ifindex,
@@ -713,11 +777,13 @@ impl Bench<'_> {
             seconds,
         )?;
         let (s1, c1) = (cpu_busy(self.server_cpu), cpu_busy(self.args.client_cpu));
+        let st1 = cpu_steal(self.server_cpu);
         let t1 = self.server_pid.and_then(proc_cpu);
         let p1 = self.measured_prog.and_then(prog_stats);
         // Let queues drain (userspace relays, threaded NAPI) before reading the sink.
         std::thread::sleep(Duration::from_millis(300));
         let sink1 = self.bpf.sink()?;
+        let r1 = udp_rcvbuf_errors(&self.topo.relay);
         if self.daemon.is_some() && self.measured_prog.is_some() {
             // The daemon folds the kernel counters into its stats once a second.
             std::thread::sleep(Duration::from_millis(1200));
@@ -749,6 +815,11 @@ impl Bench<'_> {
             prog_ns,
             proc_cpu_s: match (t0, t1) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / tck),
+                _ => None,
+            },
+            server_steal_s: st1.saturating_sub(st0) as f64 / tck,
+            rcvbuf_drops: match (r0, r1) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
                 _ => None,
             },
             kernel_relayed: match (kernel_before, kernel_after) {
@@ -783,11 +854,12 @@ impl Bench<'_> {
             steps: Vec::new(),
             generator_bound: false,
             note: None,
+            saturated: None,
         };
         let server_cpu = self.server_cpu;
         let show = |s: &Step| {
             eprintln!(
-                "   {} allocs, target {}: offered {:.0}/s received {:.0}/s (bad {}) loss {:.3}% p50 {:.1}us p99 {:.1}us cpu{} {:.0} ns/pkt, generator cpu {:.0}%{}{}",
+                "   {} allocs, target {}: offered {:.0}/s received {:.0}/s (bad {}) loss {:.3}% p50 {:.1}us p99 {:.1}us cpu{} {:.0} ns/pkt, steal {:.1}%, generator cpu {:.0}%{}{}{}",
                 n,
                 if s.target == 0 {
                     "max".to_string()
@@ -802,6 +874,7 @@ impl Bench<'_> {
                 quantile_us(&s.hist, 0.99),
                 server_cpu,
                 s.cpu_ns_per_packet(),
+                s.steal_pct(),
                 100.0 * s.client_cpu_s / s.seconds.max(1e-9),
                 s.proc_ns_per_packet()
                     .map(|x| format!(", process {x:.0} ns/pkt"))
@@ -811,6 +884,9 @@ impl Bench<'_> {
                         .unwrap_or_default(),
                 s.kernel_relayed
                     .map(|k| format!(", kernel relayed {k}"))
+                    .unwrap_or_default(),
+                s.rcvbuf_drops
+                    .map(|k| format!(", socket-buffer drops {k}"))
                     .unwrap_or_default(),
             );
         };
@@ -826,8 +902,9 @@ impl Bench<'_> {
             }
             return Ok(out);
         }
-        let first = self.step(0, secs)?;
+        let first = self.step_unstolen(path, 0, secs)?;
         show(&first);
+        out.saturated = Some(first.clone());
         out.steps.push((0, first.offered(), first.loss_pct()));
         if first.loss_pct() < LOSS_LIMIT_PCT {
             out.generator_bound = true;
@@ -838,7 +915,7 @@ impl Bench<'_> {
         let mut bad = first.offered() as u64;
         let mut rate = ((first.rate() * 0.97) as u64).max(1_000);
         for _ in 1..self.args.max_steps.max(2) {
-            let s = self.step(rate, secs)?;
+            let s = self.step_unstolen(path, rate, secs)?;
             show(&s);
             out.steps.push((rate, s.offered(), s.loss_pct()));
             if s.loss_pct() < LOSS_LIMIT_PCT {
@@ -1269,6 +1346,49 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
     Ok(())
 }
 
+/// The cost per packet of the userspace relays on one core, from the saturated first
+/// step: what "per core" means once scheduling stalls (steal) are taken out of the loss
+/// criterion.
+fn per_core_table(md: &mut String, outcomes: &[Outcome], n: usize) {
+    let rows: Vec<(&Outcome, &Step, f64)> = outcomes
+        .iter()
+        .filter(|o| o.allocations == n && matches!(o.path, Path4::IoUring | Path4::Coturn))
+        .filter_map(|o| {
+            let s = o.saturated.as_ref()?;
+            Some((o, s, s.proc_ns_per_packet()?))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let coturn_ns = rows
+        .iter()
+        .find(|(o, _, _)| o.path == Path4::Coturn)
+        .map(|(_, _, ns)| *ns);
+    let _ = writeln!(
+        md,
+        "Userspace relays saturated ({n} allocation{}; first step, generator at full speed):\n",
+        if n == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        md,
+        "| path | delivered Mpps | relay process ns/pkt | packets per CPU-second | vs coturn | CPU steal |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    for (o, s, ns) in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} | {ns:.0} | {:.0} k | {} | {:.1}% |",
+            o.path.label(),
+            s.rate() / 1e6,
+            1e6 / ns,
+            coturn_ns.map_or("-".to_string(), |c| format!("{:.2}×", c / ns)),
+            s.steal_pct(),
+        );
+    }
+    let _ = writeln!(md);
+}
+
 fn report(
     args: &TurnXdpArgs,
     outcomes: &[Outcome],
@@ -1367,6 +1487,7 @@ fn report(
             }
         }
         let _ = writeln!(md);
+        per_core_table(&mut md, outcomes, n);
     }
     // Throughput vs allocations, as text.
     let paths: Vec<Path4> = {

@@ -405,7 +405,10 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
         &mut summary,
     )?;
     if !no_fuzz {
-        fuzz(root, "stun_decode", fuzz_seconds)?;
+        // Every parser of network input has a target: each gets the smoke run's seconds.
+        for target in fuzz_targets(root)? {
+            fuzz(root, &target, fuzz_seconds)?;
+        }
     }
     if !no_bench {
         bench_stun(
@@ -449,6 +452,29 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
         started.elapsed()
     );
     Ok(())
+}
+
+/// The `[[bin]]` names of the fuzz crate (relay/fuzz/Cargo.toml), in file order.
+fn fuzz_targets(root: &Path) -> Result<Vec<String>> {
+    let path = root.join("relay/fuzz/Cargo.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let mut targets = Vec::new();
+    let mut in_bin = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if in_bin
+            && let Some(value) = line.strip_prefix("name")
+            && let Some(value) = value.trim_start().strip_prefix('=')
+        {
+            targets.push(value.trim().trim_matches('"').to_string());
+        }
+    }
+    if targets.is_empty() {
+        bail!("{} lists no fuzz targets ([[bin]] sections)", path.display());
+    }
+    Ok(targets)
 }
 
 fn fuzz(root: &Path, target: &str, seconds: u64) -> Result<()> {
