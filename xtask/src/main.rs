@@ -472,7 +472,10 @@ fn fuzz_targets(root: &Path) -> Result<Vec<String>> {
         }
     }
     if targets.is_empty() {
-        bail!("{} lists no fuzz targets ([[bin]] sections)", path.display());
+        bail!(
+            "{} lists no fuzz targets ([[bin]] sections)",
+            path.display()
+        );
     }
     Ok(targets)
 }
