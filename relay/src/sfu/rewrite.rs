@@ -645,4 +645,108 @@ mod tests {
         assert_eq!(unwrap_near(i64::from(u32::MAX), 5, 1 << 32), (1 << 32) + 5);
         assert_eq!(unwrap_near(127, 0, 1 << 7), 128);
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::collections::HashMap;
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            Packet {
+                layer: u8,
+                seq: u16,
+                ts: u32,
+                key: bool,
+                dt: u16,
+                pid: u16,
+                long: bool,
+            },
+            Target(u8),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            // Sequence numbers within a realistic window (reordering, retransmissions, a
+            // wrap for layer 0); timestamps and VP8 ids anything.
+            prop_oneof![
+                8 => (
+                    0u8..3,
+                    0u16..3_000,
+                    any::<u32>(),
+                    any::<bool>(),
+                    any::<u16>(),
+                    any::<u16>(),
+                    any::<bool>()
+                )
+                    .prop_map(|(layer, off, ts, key, dt, pid, long)| Step::Packet {
+                        layer,
+                        seq: [64_000u16, 1_000, 30_000][usize::from(layer)].wrapping_add(off),
+                        ts,
+                        key,
+                        dt,
+                        pid,
+                        long
+                    }),
+                1 => (0u8..4).prop_map(Step::Target),
+            ]
+        }
+
+        proptest! {
+            /// Whatever arrives: no panic, a forward only of the current layer, a switch only
+            /// at a keyframe of the target, and within an epoch the same input always maps
+            /// to the same output, distinct inputs to distinct outputs.
+            #[test]
+            fn layer_rewriter_is_consistent(steps in proptest::collection::vec(step(), 0..200)) {
+                let mut rw = LayerRewriter::new(0);
+                let mut now = 0u64;
+                let mut epoch: HashMap<u16, u16> = HashMap::new();
+                let mut ts_map: HashMap<u32, u32> = HashMap::new();
+                let mut outs: HashMap<u16, u16> = HashMap::new();
+                for s in steps {
+                    match s {
+                        Step::Target(t) => rw.set_target(t),
+                        Step::Packet { layer, seq, ts, key, dt, pid, long } => {
+                            now += u64::from(dt);
+                            let before = rw.current();
+                            let p = Incoming {
+                                seq, ts, arrival_us: now, keyframe_start: key,
+                                vp8: Some(Vp8Ids { picture_id: Some((pid & 0x7fff, long)), tl0picidx: Some(pid as u8) }),
+                            };
+                            match rw.on_packet(layer, &p) {
+                                Decision::Forward(f) => {
+                                    prop_assert_eq!(rw.current(), Some(layer));
+                                    if f.switched {
+                                        prop_assert!(key && layer == rw.target());
+                                        prop_assert_ne!(before, Some(layer));
+                                        epoch.clear();
+                                        outs.clear();
+                                        ts_map.clear();
+                                    } else {
+                                        prop_assert_eq!(before, Some(layer));
+                                    }
+                                    if let Some(&prev) = epoch.get(&seq) {
+                                        prop_assert_eq!(prev, f.seq);
+                                    } else if let Some(&other) = outs.get(&f.seq) {
+                                        prop_assert_eq!(other, seq, "two inputs, one output");
+                                    }
+                                    if let Some(&prev) = ts_map.get(&ts) {
+                                        prop_assert_eq!(prev, f.ts, "one input ts, two outputs");
+                                    }
+                                    epoch.insert(seq, f.seq);
+                                    outs.insert(f.seq, seq);
+                                    ts_map.insert(ts, f.ts);
+                                    prop_assert_eq!(rw.original_seq(f.seq), Some((layer, seq)));
+                                }
+                                Decision::DropNeedKeyframe => {
+                                    prop_assert_eq!(layer, rw.target());
+                                    prop_assert_ne!(rw.current(), Some(layer));
+                                }
+                                Decision::Drop => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -619,4 +619,44 @@ mod tests {
         assert!(activity_score(5, N2, LAMBDA2) > activity_score(1, N2, LAMBDA2));
         assert!((ln_binomial(13, 2) - 78f64.ln()).abs() < 1e-9);
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any levels, gaps, joins and leaves: no panic, at most N in the top set, no
+            /// duplicates, and the dominant speaker and top set are known publishers.
+            #[test]
+            fn detector_invariants(
+                steps in proptest::collection::vec((0u32..6, any::<u8>(), 0u64..200_000, 0u8..20), 0..400),
+                n in 0usize..4,
+            ) {
+                let mut d = SpeakerDetector::new(SpeakerConfig { top_n: n, ..SpeakerConfig::default() });
+                let mut now = 0u64;
+                for (id, level, dt, action) in steps {
+                    now += dt;
+                    match action {
+                        0 => d.remove(id),
+                        1 => d.tick(now.saturating_mul(1_000)), // a jump far ahead
+                        _ => d.on_level(id, level, now),
+                    }
+                    d.tick(now);
+                    let top: Vec<u32> = d.top_n(usize::MAX).collect();
+                    prop_assert!(top.len() <= n);
+                    for (i, t) in top.iter().enumerate() {
+                        prop_assert!(!top[..i].contains(t));
+                        prop_assert!(d.smoothed_level(*t).is_some());
+                    }
+                    if let Some(dom) = d.dominant() {
+                        prop_assert!(d.smoothed_level(dom).is_some());
+                        if n > 0 {
+                            prop_assert_eq!(top.first(), Some(&dom));
+                        }
+                    }
+                    prop_assert!(d.events.len() <= EVENT_CAPACITY);
+                }
+            }
+        }
+    }
 }
