@@ -71,8 +71,8 @@ pub struct Forward {
     pub picture_id: Option<u16>,
     /// The outgoing TL0PICIDX.
     pub tl0picidx: Option<u8>,
-    /// This packet starts a new epoch (the slot just switched streams): a video caller may
-    /// set the marker on nothing here, an audio caller may set the RTP marker bit.
+    /// This packet starts a new epoch: the slot just switched to another stream (for
+    /// audio, the caller may set the RTP marker bit on it, as at the start of a talkspurt).
     pub switched: bool,
 }
 

@@ -252,7 +252,9 @@ impl<Id: Copy + Eq> SpeakerDetector<Id> {
     }
 
     /// Records one audio level of `id`: `dbov` is the RFC 6464 value (0 loudest, 127
-    /// silence; larger values are taken as 127).
+    /// silence; larger values are taken as 127). Call it once per audio packet; an unknown
+    /// `id` is added (see [`SpeakerDetector::add`]). The lookup is a linear scan of the
+    /// room's publishers.
     pub fn on_level(&mut self, id: Id, dbov: u8, now_us: u64) {
         let loudness = 127 - dbov.min(127);
         let i = match self.speakers.iter().position(|s| s.id == id) {
