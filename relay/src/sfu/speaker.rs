@@ -67,7 +67,7 @@ pub struct SpeakerConfig {
     pub decision_interval_us: u64,
     /// A publisher with no level for this long is fed silence, in µs.
     pub level_idle_us: u64,
-    /// How many more speech packets (of the last [`LEVELS`], counted in 100 ms slots that
+    /// How many more speech packets (of the last 50, counted in 100 ms slots that
     /// are mostly speech) a challenger needs than the weakest top-N member to replace it.
     pub top_n_margin: u8,
     /// Speech packets in the last second a publisher needs to enter the top-N set.
