@@ -574,13 +574,12 @@ pub fn check_answer(
             chosen.push(None);
             continue;
         }
-        let mid = check_transport_answer(answer, a, i)?;
+        check_transport_answer(answer, a, i)?;
         let offered: Vec<u8> = o.payload_types().collect();
         let pt = a
             .payload_types()
             .find(|pt| offered.contains(pt) && o.rtpmap(*pt).is_some_and(|m| m.encoding != "rtx"))
             .ok_or(NegotiationError::Mismatch("payload type not offered"))?;
-        let _ = mid;
         chosen.push(Some(pt));
     }
     Ok(chosen)

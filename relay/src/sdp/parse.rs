@@ -214,7 +214,13 @@ fn media_attribute(m: &mut MediaDescription, value: &str, n: usize) -> Result<()
         ("rtcp-mux", None) => m.rtcp_mux = true,
         ("rtcp-rsize", None) => m.rtcp_rsize = true,
         ("extmap", Some(a)) => m.extmaps.push(parse_extmap(a, n)?),
-        ("rtpmap", Some(a)) => m.rtpmaps.push(parse_rtpmap(a, n)?),
+        ("rtpmap", Some(a)) => {
+            let map = parse_rtpmap(a, n)?;
+            if m.rtpmap(map.payload_type).is_some() {
+                return Err(bad(n, "a=rtpmap (payload type mapped twice)"));
+            }
+            m.rtpmaps.push(map);
+        }
         ("fmtp", Some(a)) => {
             let (pt, params) = a.split_once(' ').ok_or(bad(n, "a=fmtp"))?;
             m.fmtps.push(Fmtp {
@@ -507,7 +513,7 @@ fn parse_simulcast(a: &str, n: usize) -> Result<Simulcast, SdpError> {
 
 fn parse_candidate(a: &str, n: usize) -> Result<Candidate, SdpError> {
     let w: Vec<&str> = a.split(' ').filter(|s| !s.is_empty()).collect();
-    if w.len() < 8 || w[6] != "typ" || w.len() % 2 != 0 {
+    if w.len() < 8 || w[6] != "typ" || !w.len().is_multiple_of(2) {
         return Err(bad(n, "a=candidate"));
     }
     let mut c = Candidate {

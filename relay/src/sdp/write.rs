@@ -173,7 +173,11 @@ impl Display for MediaDescription {
                 }
                 write!(f, "\r\n")?;
             }
-            if let Some(fmtp) = self.fmtp(r.payload_type) {
+            for fmtp in self
+                .fmtps
+                .iter()
+                .filter(|x| x.payload_type == r.payload_type)
+            {
                 write!(f, "a=fmtp:{} {}\r\n", fmtp.payload_type, fmtp.params)?;
             }
         }
