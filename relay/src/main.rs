@@ -91,6 +91,28 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/relay")]
         pin_dir: PathBuf,
     },
+    /// Print a signed join token for the signaling server (the secret is never printed).
+    #[command(group(clap::ArgGroup::new("secret").required(true)))]
+    Token {
+        /// File holding the signing secret (a trailing newline is ignored).
+        #[arg(long, value_name = "FILE", group = "secret")]
+        secret_file: Option<PathBuf>,
+        /// Environment variable holding the signing secret.
+        #[arg(long, value_name = "VAR", group = "secret")]
+        secret_env: Option<String>,
+        /// Room the token admits to.
+        #[arg(long)]
+        room: String,
+        /// Identity of the holder.
+        #[arg(long)]
+        identity: String,
+        /// Validity in seconds from now.
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+        ttl: u64,
+        /// Allow the peer-to-peer mode.
+        #[arg(long)]
+        p2p: bool,
+    },
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The TOML file.
@@ -170,6 +192,25 @@ fn main() -> ExitCode {
         } => report(kick(&control_socket, user, client, relayed)),
         Command::Reload { control_socket } => report(reload(&control_socket)),
         Command::XdpUnload { pin_dir } => report(xdp_unload(&pin_dir)),
+        Command::Token {
+            secret_file,
+            secret_env,
+            room,
+            identity,
+            ttl,
+            p2p,
+        } => report(
+            relay::signaling::token::issue(
+                secret_file.as_deref(),
+                secret_env.as_deref(),
+                &room,
+                &identity,
+                ttl,
+                p2p,
+            )
+            .map(|token| println!("{token}"))
+            .map_err(anyhow::Error::from),
+        ),
     }
 }
 
