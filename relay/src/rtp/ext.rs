@@ -196,7 +196,7 @@ mod tests {
     fn packet_with(elements: &[u8]) -> Vec<u8> {
         let mut p = vec![0x90, 111, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0xBE, 0xDE];
         let mut body = elements.to_vec();
-        while body.len() % 4 != 0 {
+        while !body.len().is_multiple_of(4) {
             body.push(0);
         }
         p.extend_from_slice(&u16::try_from(body.len() / 4).expect("small").to_be_bytes());

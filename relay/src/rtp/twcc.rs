@@ -274,7 +274,7 @@ mod tests {
                 other => panic!("seq {seq}: {other:?}"),
             }
         }
-        // Reordered arrival of 0 after 1: a negative delta travelled.
+        // 0 arrived after 1: the delta of 1 (from 0) travelled negative, as checked above.
         assert_eq!(r.write_feedback(&mut buf), Ok(None));
         // Late arrival of a number already reported lost is not reported again.
         r.record(2, base + 50_000);
@@ -298,7 +298,7 @@ mod tests {
         r.record(100, 1_000_000);
         r.record(101, 1_001_000);
         // 20 s later: does not fit a signed 16-bit count of 250 µs (8.19 s).
-        r.record(102, 21_000_000);
+        r.record(102, 21_000_100);
         let n = r.write_feedback(&mut buf).expect("ok").expect("pending");
         let (h, s) = decode(&buf[..n]);
         assert_eq!(h.base_seq, 100);
@@ -306,7 +306,7 @@ mod tests {
         let n = r.write_feedback(&mut buf).expect("ok").expect("pending");
         let (h, s) = decode(&buf[..n]);
         assert_eq!((h.base_seq, h.fb_count), (102, 1));
-        assert_eq!(s, vec![(102, Some(21_000_000 - 21_000_000 % 250))]);
+        assert_eq!(s, vec![(102, Some(21_000_000))], "floored to 250 µs");
         assert_eq!(r.write_feedback(&mut buf), Ok(None));
     }
 
@@ -361,5 +361,66 @@ mod tests {
         assert_eq!(s[0], (0, Some(5_000_000)));
         assert_eq!(s[500], (500, Some(4_900_000)));
         assert_eq!(s[1000], (1000, Some(5_100_000)));
+    }
+
+    proptest::proptest! {
+        /// Losses, adjacent swaps, duplicates and a random start (wraps included): after
+        /// one flush, every number between the lowest and highest recorded is reported
+        /// exactly once, received ones at their first arrival (floored to 250 µs).
+        #[test]
+        fn recorder_reports_what_arrived(
+            base in proptest::prelude::any::<u16>(),
+            events in proptest::collection::vec((0u8..10, 0u64..20_000), 1..400),
+        ) {
+            let mut r = TwccRecorder::new(1, 2);
+            let mut now = 3_000_000u64;
+            let mut first_arrival = std::collections::BTreeMap::new();
+            let mut i = 0u64;
+            let mut pending: Option<u64> = None;
+            for (kind, gap) in events {
+                now += gap;
+                let mut deliver = |n: u64, r: &mut TwccRecorder| {
+                    r.record(base.wrapping_add(n as u16), now);
+                    first_arrival.entry(n).or_insert(now);
+                };
+                match kind {
+                    0 => {} // lost
+                    1 => pending = pending.or(Some(i)), // held back: swapped with the next
+                    2 => {
+                        deliver(i, &mut r);
+                        deliver(i, &mut r); // duplicate
+                    }
+                    _ => deliver(i, &mut r),
+                }
+                if kind != 1 && let Some(p) = pending.take() {
+                    deliver(p, &mut r);
+                }
+                i += 1;
+            }
+            let mut buf = [0u8; 1500];
+            let mut got = Vec::new();
+            while let Some(n) = r.write_feedback(&mut buf).expect("fits") {
+                got.extend(decode(&buf[..n]).1);
+            }
+            let (Some(lo), Some(hi)) = (
+                first_arrival.keys().next().copied(),
+                first_arrival.keys().last().copied(),
+            ) else {
+                proptest::prop_assert!(got.is_empty());
+                return Ok(());
+            };
+            proptest::prop_assert_eq!(got.len() as u64, hi - lo + 1);
+            for (k, (seq, at)) in got.iter().enumerate() {
+                let n = lo + k as u64;
+                proptest::prop_assert_eq!(*seq, base.wrapping_add(n as u16));
+                match (first_arrival.get(&n), at) {
+                    (None, None) => {}
+                    (Some(a), Some(g)) => {
+                        proptest::prop_assert!(g <= a && a - g < DELTA_UNIT_US)
+                    }
+                    other => proptest::prop_assert!(false, "seq {}: {:?}", n, other),
+                }
+            }
+        }
     }
 }

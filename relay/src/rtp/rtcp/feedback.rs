@@ -359,4 +359,19 @@ mod tests {
         };
         assert_eq!(remb.bitrate_bps(), u64::MAX);
     }
+
+    proptest::proptest! {
+        /// Any set of lost numbers within one window, starting anywhere (wraps included),
+        /// comes back exactly, in order.
+        #[test]
+        fn nack_round_trips_any_loss_set(
+            base in proptest::prelude::any::<u16>(),
+            offsets in proptest::collection::btree_set(0u16..2000, 1..200)
+        ) {
+            let lost: Vec<u16> = offsets.iter().map(|o| base.wrapping_add(*o)).collect();
+            let (pairs, back) = nack_round_trip(&lost);
+            proptest::prop_assert_eq!(&back, &lost);
+            proptest::prop_assert!(pairs <= lost.len());
+        }
+    }
 }

@@ -412,4 +412,23 @@ mod tests {
             Err(RtcpError::BufferTooSmall { .. })
         ));
     }
+
+    proptest::proptest! {
+        /// Any status/delta sequence survives the chunk encoder and the parser.
+        #[test]
+        fn any_statuses_round_trip(
+            base in proptest::prelude::any::<u16>(),
+            deltas in proptest::collection::vec(
+                proptest::option::of(proptest::prop_oneof![
+                    0i16..=255,
+                    proptest::prelude::any::<i16>()
+                ]),
+                1..600
+            )
+        ) {
+            let h = TwccHeader { base_seq: base, fb_count: 9, ..TwccHeader::default() };
+            proptest::prop_assert_eq!(round_trip(&h, &deltas), expected(base, &deltas));
+            proptest::prop_assert!(transport_cc_len(&deltas) <= 20 + 4 * deltas.len());
+        }
+    }
 }
