@@ -375,9 +375,8 @@ mod tests {
             let mut r = TwccRecorder::new(1, 2);
             let mut now = 3_000_000u64;
             let mut first_arrival = std::collections::BTreeMap::new();
-            let mut i = 0u64;
             let mut pending: Option<u64> = None;
-            for (kind, gap) in events {
+            for (i, (kind, gap)) in (0u64..).zip(events) {
                 now += gap;
                 let mut deliver = |n: u64, r: &mut TwccRecorder| {
                     r.record(base.wrapping_add(n as u16), now);
@@ -395,7 +394,6 @@ mod tests {
                 if kind != 1 && let Some(p) = pending.take() {
                     deliver(p, &mut r);
                 }
-                i += 1;
             }
             let mut buf = [0u8; 1500];
             let mut got = Vec::new();
