@@ -243,7 +243,10 @@ pub fn answer(
         {
             return Err(NegotiationError::DuplicateMid(mid));
         }
-        if om.port == 0 {
+        // Port 0 rejects a section unless it is `a=bundle-only` (RFC 8843 6: an offerer
+        // that wants it only inside the BUNDLE transport).
+        let bundle_only = om.other.iter().any(|l| l == "a=bundle-only");
+        if om.port == 0 && !bundle_only {
             sd.media.push(rejected(om));
             continue;
         }

@@ -490,6 +490,24 @@ fn rejects_unsupported_and_checks_transport() {
     );
 }
 
+#[test]
+fn bundle_only_sections_are_answered_and_port_zero_ones_rejected() {
+    let text = crlf(CHROME_SCREEN);
+    // max-bundle style: the second and third sections ride only on the BUNDLE transport.
+    let mut parts: Vec<String> = text.split("m=video 9 ").map(str::to_owned).collect();
+    assert_eq!(parts.len(), 3);
+    parts[1] = format!("m=video 0 {}a=bundle-only\r\n", parts[1]);
+    parts[2] = format!("m=video 0 {}", parts[2]);
+    let offer_text = format!("{}{}{}", parts[0], parts[1], parts[2]);
+    let offer = parse(&offer_text).expect("parses");
+    assert_eq!(offer.media[1].port, 0);
+    let a = answer(&offer, &params()).expect("answer");
+    assert_eq!(a.bundle(), ["0", "1"]);
+    assert_eq!(a.media[1].port, 3478, "bundle-only section accepted");
+    assert_eq!(a.media[2].port, 0, "plain port 0 stays rejected");
+    assert_eq!(a.media[2].mid.as_deref(), Some("2"));
+}
+
 fn tracks() -> Vec<OfferSection> {
     vec![
         OfferSection::Track(OutgoingTrack {
