@@ -226,8 +226,9 @@ pub enum ClientMessage {
         /// SFU or peer-to-peer.
         mode: Mode,
     },
-    /// Leave the room (the server closes the connection after).
-    Leave,
+    /// Leave the room (the server closes the connection after). A struct variant so
+    /// that unknown fields are refused like everywhere else.
+    Leave {},
     /// Announce tracks about to be sent on the publisher connection.
     Publish {
         /// The tracks.
@@ -449,7 +450,7 @@ impl ClientMessage {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Join { .. } => "join",
-            Self::Leave => "leave",
+            Self::Leave {} => "leave",
             Self::Publish { .. } => "publish",
             Self::Unpublish { .. } => "unpublish",
             Self::Subscribe { .. } => "subscribe",
@@ -512,7 +513,7 @@ impl ClientMessage {
                     )));
                 }
             }
-            Self::Leave | Self::Ping { .. } => {}
+            Self::Leave {} | Self::Ping { .. } => {}
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ fn client_samples() -> Vec<ClientMessage> {
             token: "t.s".into(),
             mode: Mode::P2p,
         },
-        ClientMessage::Leave,
+        ClientMessage::Leave {},
         ClientMessage::Publish {
             tracks: vec![
                 PublishTrack {
@@ -171,7 +171,7 @@ fn wire_shapes_are_as_documented() {
     );
     assert_eq!(
         parse_client(br#"{"type":"leave"}"#),
-        Ok(ClientMessage::Leave)
+        Ok(ClientMessage::Leave {})
     );
     assert_eq!(
         parse_client(br#"{"type":"set_max_layer","track":"TR_1","layer":0}"#),
@@ -278,6 +278,17 @@ fn bad_input_maps_to_stable_codes() {
     );
     assert_eq!(
         code(br#"{"type":"publish","tracks":[{"kind":"video","source":"camera","simulcast":["a;b"]}]}"#),
+        ErrorCode::BadRequest
+    );
+
+    assert_eq!(code(br#"{"type":"leave","x":1}"#), ErrorCode::BadRequest);
+    assert_eq!(code(br#"{"type":"ping","id":"x"}"#), ErrorCode::BadRequest);
+    assert_eq!(
+        code(br#"{"type":"Join","room":"r","token":"t","mode":"sfu"}"#),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        code(br#"{"type":"candidate","candidate":"","target":"sideways"}"#),
         ErrorCode::BadRequest
     );
 
