@@ -42,5 +42,6 @@ fuzz_target!(|data: &[u8]| {
         let reparsed = sdp::parse(&text).expect("our answer must parse");
         assert_eq!(reparsed.media.len(), offer.media.len());
         let _ = sdp::check_answer(&offer, &reparsed);
+        let _ = sdp::negotiated(&offer, &reparsed);
     }
 });

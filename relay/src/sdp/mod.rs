@@ -5,12 +5,14 @@
 //! publisher's offer and builds the SFU's offers to subscribers (`negotiate`) from the
 //! SFU's own parameters (`local`), and writes descriptions back (`write`). Sans-IO: text
 //! in, text out; the signaling layer carries it and the workers use the negotiated
-//! values (ICE credentials, peer fingerprint, payload types, extension ids, rids).
+//! values (ICE credentials, peer fingerprint, payload types, extension ids, rids) that
+//! `session::negotiated` reads out of a finished exchange.
 
 mod local;
 mod model;
 mod negotiate;
 mod parse;
+mod session;
 mod write;
 
 pub use local::{CandidateTransport, Codec, Extension, LocalCandidate, LocalParams};
@@ -25,6 +27,7 @@ pub use negotiate::{
 pub use parse::{
     MAX_MEDIA_SECTIONS, MAX_SDP_LEN, SdpError, parse, parse_candidate_line, valid_rid,
 };
+pub use session::{ExtensionIds, Negotiated, NegotiatedCodec, NegotiatedMedia, negotiated};
 
 #[cfg(test)]
 mod tests;

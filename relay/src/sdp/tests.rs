@@ -636,3 +636,103 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn negotiated_publisher_session() {
+    let (offer, a) = answer_text(CHROME_AV, &params());
+    let n = negotiated(&offer, &a).expect("negotiated");
+    assert_eq!(n.remote_ice_ufrag, "Kx3m");
+    assert_eq!(n.remote_ice_pwd, "Yt7nq0rF4h2pPZ8d3ZkX9vUe");
+    assert_eq!(n.remote_fingerprint[0], 0x7b);
+    assert_eq!(
+        n.extensions,
+        ExtensionIds {
+            audio_level: Some(1),
+            transport_cc: Some(3),
+            mid: Some(4),
+            rid: Some(10),
+            repaired_rid: Some(11),
+            abs_send_time: Some(2),
+        }
+    );
+    assert_eq!(n.media.len(), 2, "the rejected data channel is left out");
+    assert_eq!(
+        n.media[0].codecs,
+        [NegotiatedCodec {
+            payload_type: 111,
+            codec: Codec::Opus,
+            rtx_payload_type: None
+        }]
+    );
+    assert_eq!(n.media[0].remote_ssrcs, [2_890_844_526]);
+    let v = &n.media[1];
+    assert_eq!(v.direction, Direction::RecvOnly);
+    assert_eq!(v.rids, ["q", "h", "f"]);
+    assert_eq!(
+        v.codecs,
+        [
+            NegotiatedCodec {
+                payload_type: 96,
+                codec: Codec::Vp8,
+                rtx_payload_type: Some(97)
+            },
+            NegotiatedCodec {
+                payload_type: 106,
+                codec: Codec::H264,
+                rtx_payload_type: Some(107)
+            }
+        ]
+    );
+    let (ff, fa) = answer_text(FIREFOX_AV, &params());
+    let n = negotiated(&ff, &fa).expect("negotiated");
+    assert_eq!(n.media[1].rids, ["h", "m", "l"]);
+    assert_eq!(
+        n.media[1].remote_rtx_pairs,
+        [(1_137_478_591, 3_592_387_416)]
+    );
+    assert_eq!(n.extensions.transport_cc, Some(7));
+    assert_eq!(n.extensions.audio_level, Some(1));
+}
+
+#[test]
+fn negotiated_subscriber_session() {
+    let o = offer(&params(), &tracks()).expect("offer");
+    let mut ans = o.clone();
+    for m in &mut ans.media {
+        m.candidates.clear();
+        if m.port != 0 {
+            m.setup = Some(Setup::Active);
+            m.fingerprints = vec![Fingerprint::sha256([9; 32])];
+            m.ice_ufrag = Some("brws".into());
+            m.ice_pwd = Some("browserPasswordBrowser1".into());
+            m.direction = Some(Direction::RecvOnly);
+            m.ssrcs.clear();
+            m.ssrc_groups.clear();
+            // The browser keeps only H.264 + its RTX.
+            if m.kind == MediaKind::Video {
+                m.formats = vec!["102".into(), "103".into()];
+            }
+        }
+    }
+    let n = negotiated(&ans, &o).expect("negotiated");
+    assert_eq!(n.remote_fingerprint, [9; 32]);
+    assert_eq!(n.remote_ice_ufrag, "brws");
+    assert_eq!(n.media.len(), 2);
+    assert_eq!(n.media[1].direction, Direction::SendOnly);
+    assert_eq!(
+        n.media[1].codecs,
+        [NegotiatedCodec {
+            payload_type: 102,
+            codec: Codec::H264,
+            rtx_payload_type: Some(103)
+        }]
+    );
+    assert_eq!(n.extensions.audio_level, Some(1));
+    assert_eq!(n.extensions.rid, None);
+    let mut short = ans;
+    short.media.pop();
+    assert!(matches!(
+        negotiated(&short, &o),
+        Err(NegotiationError::Mismatch(_))
+    ));
+}
