@@ -469,6 +469,8 @@ fn parse_rid(a: &str, n: usize) -> Result<Rid, SdpError> {
 }
 
 fn parse_simulcast_list(list: &str, n: usize) -> Result<Vec<Vec<SimulcastRid>>, SdpError> {
+    // Firefox before RFC 8853 wrote `send rid=h;m;l` (draft syntax): read it too.
+    let list = list.strip_prefix("rid=").unwrap_or(list);
     list.split(';')
         .map(|stream| {
             stream

@@ -184,6 +184,14 @@ fn parses_simulcast_alternatives_and_paused() {
     assert!(sim.send[0][1].paused);
     assert_eq!(sim.send[0][1].rid, "2");
     assert_eq!(sim.recv[0][0].rid, "4");
+    let legacy = parse(
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+         a=simulcast: send rid=h;m;l\r\n",
+    )
+    .expect("draft syntax parses");
+    let legacy = legacy.media[0].simulcast.as_ref().expect("simulcast");
+    assert_eq!(legacy.send.len(), 3);
+    assert_eq!(legacy.send[0][0].rid, "h");
     // And it writes back the same way.
     assert_eq!(sim.to_string(), "simulcast:send 1,~2;3 recv 4");
     assert_eq!(m.rids[0].to_string(), "rid:1 send pt=96,97;max-width=1280");

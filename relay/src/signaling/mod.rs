@@ -11,7 +11,7 @@ pub mod token;
 
 pub use protocol::{
     ClientMessage, ErrorCode, IceServer, MAX_MESSAGE_LEN, Mode, Participant, ProtocolError,
-    PublishTrack, ServerMessage, Source, Target, TrackInfo, TrackKind, ice_servers, parse_client,
-    parse_server,
+    PublishTrack, ServerMessage, Source, Target, TrackInfo, TrackKind, authorize_join, ice_servers,
+    parse_client, parse_server,
 };
 pub use token::{Claims, MAX_TOKEN_LEN, TokenError, sign, verify};

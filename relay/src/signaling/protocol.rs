@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::token::{MAX_NAME_LEN, MAX_TOKEN_LEN, TokenError};
+use super::token::{Claims, MAX_NAME_LEN, MAX_TOKEN_LEN, TokenError, verify};
 
 /// Largest message the server accepts (WebSocket message payload, bytes).
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
@@ -550,6 +550,26 @@ fn validate_publish_track(t: &PublishTrack) -> Result<(), ProtocolError> {
         }
     }
     Ok(())
+}
+
+/// Checks a `join`: the token must verify with one of `secrets` for `room` at `now`,
+/// and a P2P join needs a token with `"p2p": true`. Errors carry the code to send
+/// (`bad_token`, `expired_token`; `internal` when no secret is configured).
+pub fn authorize_join<S: AsRef<[u8]>>(
+    room: &str,
+    token: &str,
+    mode: Mode,
+    secrets: &[S],
+    now: u64,
+) -> Result<Claims, ProtocolError> {
+    let claims = verify(token, secrets, room, now).map_err(|e| ProtocolError::from(&e))?;
+    if mode == Mode::P2p && !claims.p2p {
+        return Err(ProtocolError::new(
+            ErrorCode::BadToken,
+            "token does not allow peer-to-peer mode",
+        ));
+    }
+    Ok(claims)
 }
 
 /// ICE servers for a P2P join: our STUN URLs, and our TURN URLs with a time-limited

@@ -373,6 +373,43 @@ fn ice_servers_carry_turn_rest_credentials() {
     assert!(ice_servers(&[], &[], "x", "bob", 0, 1).is_empty());
 }
 
+#[test]
+fn join_authorization() {
+    use crate::signaling::token::{Claims, sign};
+    let secret: &[u8] = b"signing secret";
+    let sfu_only = Claims {
+        room: "standup".into(),
+        identity: "alice".into(),
+        exp: 100,
+        p2p: false,
+    };
+    let t = sign(&sfu_only, secret).expect("sign");
+    assert_eq!(
+        authorize_join("standup", &t, Mode::Sfu, &[secret], 99),
+        Ok(sfu_only.clone())
+    );
+    let e = authorize_join("standup", &t, Mode::P2p, &[secret], 99).expect_err("no p2p claim");
+    assert_eq!(e.code, ErrorCode::BadToken);
+    let e = authorize_join("standup", &t, Mode::Sfu, &[secret], 100).expect_err("expired");
+    assert_eq!(e.code, ErrorCode::ExpiredToken);
+    let e = authorize_join("other", &t, Mode::Sfu, &[secret], 0).expect_err("room");
+    assert_eq!(e.code, ErrorCode::BadToken);
+    let e = authorize_join("standup", &t, Mode::Sfu, &[b"nope".as_slice()], 0).expect_err("sig");
+    assert_eq!(e.code, ErrorCode::BadToken);
+    let none: [&[u8]; 0] = [];
+    let e = authorize_join("standup", &t, Mode::Sfu, &none, 0).expect_err("no secret");
+    assert_eq!(e.code, ErrorCode::Internal);
+    let p2p = Claims {
+        p2p: true,
+        ..sfu_only
+    };
+    let t = sign(&p2p, secret).expect("sign");
+    assert_eq!(
+        authorize_join("standup", &t, Mode::P2p, &[secret], 0),
+        Ok(p2p)
+    );
+}
+
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
