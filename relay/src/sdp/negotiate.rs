@@ -5,8 +5,10 @@
 //! Browsers offer `a=setup:actpass`; we answer `passive`, so the browser, which is the
 //! full ICE agent and knows first when a pair works, opens the DTLS handshake right
 //! after ICE nominates; the SFU never needs to initiate towards a NAT-ed address. Our own
-//! offers say `actpass` (RFC 8842 requires it of offerers) and [`check_answer`] accepts
-//! only `active` back, so the role stays the same in both directions.
+//! offers say `actpass` (what RFC 5763 required of offerers and every browser accepts;
+//! RFC 8842 now also allows a fixed role there, which older browsers refuse) and
+//! [`check_answer`] accepts only `active` back (RFC 5763 recommends browsers answer
+//! `active` to `actpass`), so the SFU is the DTLS server on every connection.
 
 use super::local::{Codec, Extension, LocalParams};
 use super::model::{
