@@ -14,7 +14,7 @@ const FIREFOX_AV: &str = include_str!("fixtures/firefox_av_simulcast.sdp");
 const OUR_FP: [u8; 32] = [0xab; 32];
 
 fn crlf(s: &str) -> String {
-    s.replace('\n', "\r\n")
+    s.replace("\r\n", "\n").replace('\n', "\r\n")
 }
 
 fn params() -> LocalParams {
@@ -743,4 +743,62 @@ fn negotiated_subscriber_session() {
         negotiated(&short, &o),
         Err(NegotiationError::Mismatch(_))
     ));
+}
+
+/// Browser check helper (run by hand, see docs/SIGNALING.md "Checking with a real
+/// browser"): answers the offer in `$SDP_OFFER_FILE` into `$SDP_ANSWER_FILE`, and writes
+/// a subscriber offer to `$SDP_SUB_OFFER_FILE`.
+#[test]
+#[ignore = "manual helper for a real-browser check"]
+fn browser_check_helper() {
+    let offer_path = std::env::var("SDP_OFFER_FILE").expect("SDP_OFFER_FILE");
+    let answer_path = std::env::var("SDP_ANSWER_FILE").expect("SDP_ANSWER_FILE");
+    let text = std::fs::read_to_string(offer_path).expect("offer file");
+    let o = parse(&text).expect("browser offer parses");
+    let mut p = params();
+    p.candidates[0].addr = "127.0.0.1:3478".parse().expect("addr");
+    p.candidates[1].addr = "127.0.0.1:3479".parse().expect("addr");
+    p.data_channels = std::env::var("SDP_DATA_CHANNELS").is_ok();
+    let a = answer(&o, &p).expect("answerable");
+    std::fs::write(answer_path, a.to_string()).expect("write answer");
+    if let Ok(sub) = std::env::var("SDP_SUB_OFFER_FILE") {
+        let s = offer(&p, &tracks()).expect("offer");
+        std::fs::write(sub, s.to_string()).expect("write offer");
+    }
+}
+
+/// Captured from Chromium 156 (headless) by the browser check: its offer with audio,
+/// 3-layer simulcast video, a second video and a data channel; and its answer to our
+/// subscriber offer `offer(params(), tracks())`.
+const CHROMIUM_REAL_OFFER: &str = include_str!("fixtures/chromium156_real_offer.sdp");
+const CHROMIUM_REAL_SUB_ANSWER: &str =
+    include_str!("fixtures/chromium156_real_subscriber_answer.sdp");
+
+#[test]
+fn real_chromium_offer_and_answer() {
+    let (offer_sd, a) = answer_text(CHROMIUM_REAL_OFFER, &params());
+    assert_eq!(offer_sd.bundle(), ["0", "1", "2", "3"]);
+    assert_eq!(a.bundle(), ["0", "1", "2"]);
+    assert_eq!(a.media[3].port, 0, "data channel rejected by default");
+    let rids: Vec<_> = a.media[1].rids.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(rids, ["q", "h", "f"]);
+    let n = negotiated(&offer_sd, &a).expect("negotiated");
+    assert_eq!(n.media[1].codecs[0].codec, Codec::Vp8);
+    assert!(n.media[1].codecs.iter().any(|c| c.codec == Codec::H264));
+    assert!(
+        n.media[1]
+            .codecs
+            .iter()
+            .all(|c| c.rtx_payload_type.is_some())
+    );
+
+    let ours = offer(&params(), &tracks()).expect("offer");
+    let theirs = parse(CHROMIUM_REAL_SUB_ANSWER).expect("Chromium's answer parses");
+    assert_eq!(
+        check_answer(&ours, &theirs),
+        Ok(vec![Some(111), Some(96), None])
+    );
+    let n = negotiated(&theirs, &ours).expect("negotiated");
+    assert_eq!(n.media.len(), 2);
+    assert_eq!(n.media[1].codecs[0].rtx_payload_type, Some(97));
 }
