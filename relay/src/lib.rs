@@ -11,6 +11,8 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod ice;
+pub mod dtls;
 pub mod metrics;
 pub mod policy;
 pub mod rtp;
