@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod ice;
+pub mod dtls;
 pub mod metrics;
 pub mod policy;
 pub mod rtp;
