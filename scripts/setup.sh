@@ -16,7 +16,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
 RELAY_TOOLS="${RELAY_TOOLS:-/opt/relay-tools}"
-APT_PACKAGES=(coturn bpftool iproute2 ethtool clang libclang-rt-14-dev chromium)
+APT_PACKAGES=(coturn bpftool iproute2 ethtool clang libclang-rt-14-dev chromium libssl-dev pkg-config)
 [ "${SETUP_MINIMAL:-0}" = 1 ] && APT_PACKAGES=(iproute2)
 
 command -v rustup >/dev/null || die "rustup is not installed; this project needs rustup with the stable and nightly toolchains"
