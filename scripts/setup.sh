@@ -17,7 +17,7 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
 RELAY_TOOLS="${RELAY_TOOLS:-/opt/relay-tools}"
 APT_PACKAGES=(coturn bpftool iproute2 ethtool clang libclang-rt-14-dev chromium libssl-dev pkg-config)
-[ "${SETUP_MINIMAL:-0}" = 1 ] && APT_PACKAGES=(iproute2)
+[ "${SETUP_MINIMAL:-0}" = 1 ] && APT_PACKAGES=(iproute2 libssl-dev pkg-config)
 
 command -v rustup >/dev/null || die "rustup is not installed; this project needs rustup with the stable and nightly toolchains"
 rustup toolchain list | grep -q '^nightly' || die "the nightly toolchain is missing (rustup toolchain list); it cannot be fetched here, ask for a machine of the project's kind"
