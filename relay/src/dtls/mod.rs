@@ -20,6 +20,13 @@
 //! `Instant::now()` values; retransmission starts at 1 s and doubles (OpenSSL's schedule),
 //! and the handshake fails after 12 timeouts.
 //!
+//! No cookie exchange (HelloVerifyRequest): it protects a server against spoofed
+//! ClientHellos, but here the browser's address has already passed ICE connectivity checks
+//! with short-term credentials before any DTLS datagram is accepted from it, and the extra
+//! round trip would only slow every join. Likewise, a forged but well-formed handshake
+//! record from that address can end a handshake in progress (OpenSSL answers a malformed
+//! handshake message with a fatal alert); datagrams that are not DTLS at all are dropped.
+//!
 //! Layout: [`certificate`] (the relay's self-signed ECDSA certificate, its fingerprint and
 //! the shared OpenSSL context), [`queue`] (the in-memory datagram BIO), [`timer`] (the
 //! DTLS timer controls OpenSSL exposes only as `SSL_ctrl` macros), [`endpoint`] (the

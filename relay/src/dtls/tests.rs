@@ -97,6 +97,16 @@ fn handshake_and_srtp(client_profiles: &str, server_profiles: &str, want_profile
     let (cp, ckm, c_is_client) = connected(&ce);
     let (sp, skm, s_is_client) = connected(&se);
     assert!(p.client.is_connected() && p.server.is_connected());
+    assert_eq!(
+        p.client.poll_timeout(),
+        None,
+        "client timer after the handshake"
+    );
+    assert_eq!(
+        p.server.poll_timeout(),
+        None,
+        "server timer after the handshake"
+    );
     assert_eq!((cp, sp), (want_profile, want_profile));
     assert!(c_is_client && !s_is_client);
     let profile = srtp::Profile::from_id(cp).expect("supported profile");
@@ -223,13 +233,16 @@ fn lost_first_flight_is_retransmitted_after_the_timer() {
         .expect("a retransmission timer runs");
     let wait = deadline.saturating_duration_since(start);
     assert!(
-        wait > Duration::from_millis(500) && wait <= Duration::from_secs(1),
-        "first timeout {wait:?}"
+        wait > Duration::ZERO && wait <= Duration::from_millis(1050),
+        "first timeout {wait:?} (OpenSSL starts at 1 s)"
     );
-    // Before the deadline nothing is resent.
+    // Before the deadline nothing is resent (checked only if this thread was not stalled
+    // past it: a loaded CI machine can take that long).
     p.client.handle_timeout(Instant::now());
-    let mut buf = [0u8; 2048];
-    assert!(p.client.poll_transmit(&mut buf).is_none(), "resent early");
+    let resent = deliver(&mut p.client, &mut p.server, start, &mut |_| false);
+    if Instant::now() + Duration::from_millis(50) < deadline {
+        assert_eq!(resent, 0, "resent before the timer expired");
+    }
     // OpenSSL's timer runs on the system clock: really wait for it.
     std::thread::sleep(
         deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(20),
@@ -438,4 +451,41 @@ fn certificate_is_self_signed_p256_relay_30_days() {
         x.serial_number().to_bn().expect("bn"),
         d.x509().serial_number().to_bn().expect("bn")
     );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Arbitrary datagrams (biased towards DTLS-looking first bytes) never panic either
+    /// role, never connect it, and nothing it sends exceeds the MTU.
+    #[test]
+    fn arbitrary_datagrams_never_panic_or_connect(
+        datagrams in proptest::collection::vec(
+            (20u8..=63, proptest::collection::vec(proptest::num::u8::ANY, 0..300)),
+            1..12,
+        ),
+        timeouts in proptest::bool::ANY,
+    ) {
+        let (ours, theirs) = (cert(), cert());
+        let now = Instant::now();
+        for role in [Role::Server, Role::Client] {
+            let mut e = DtlsEndpoint::new(&ours, role, theirs.fingerprint()).expect("endpoint");
+            for (first, rest) in &datagrams {
+                let mut d = vec![*first];
+                d.extend_from_slice(rest);
+                e.handle_datagram(&d, now);
+                if timeouts {
+                    e.handle_timeout(now);
+                }
+                let mut out = [0u8; 2048];
+                while let Some(n) = e.poll_transmit(&mut out) {
+                    proptest::prop_assert!(n <= MTU as usize);
+                }
+                while let Some(ev) = e.poll_event() {
+                    let connected = matches!(ev, DtlsEvent::Connected { .. });
+                    proptest::prop_assert!(!connected);
+                }
+            }
+        }
+    }
 }
