@@ -10,22 +10,8 @@ use super::model::{
 use super::negotiate::{NegotiationError, codec_of};
 
 /// Header extension ids in force on the BUNDLE transport (RFC 8843 7.2.2: one id per
-/// URI across the bundle).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ExtensionIds {
-    /// RFC 6464 audio level.
-    pub audio_level: Option<u8>,
-    /// Transport-wide sequence number.
-    pub transport_cc: Option<u8>,
-    /// mid.
-    pub mid: Option<u8>,
-    /// rid.
-    pub rid: Option<u8>,
-    /// repaired-rid.
-    pub repaired_rid: Option<u8>,
-    /// abs-send-time.
-    pub abs_send_time: Option<u8>,
-}
+/// URI across the bundle): the same table the RTP layer reads packets with.
+pub use crate::rtp::ExtMap as ExtensionIds;
 
 impl ExtensionIds {
     fn set(&mut self, ext: Extension, id: u8) {
