@@ -4,8 +4,8 @@
 use std::fmt::{self, Display, Formatter, Write as _};
 
 use super::model::{
-    Candidate, Extmap, HexColons, MediaDescription, Rid, SessionDescription, Simulcast,
-    SimulcastRid,
+    Candidate, Extmap, Fingerprint, HexColons, MediaDescription, Rid, SessionDescription, Setup,
+    Simulcast, SimulcastRid,
 };
 
 impl Display for SessionDescription {
@@ -50,21 +50,14 @@ impl Display for SessionDescription {
         if let Some(s) = &self.msid_semantic {
             write!(f, "a=msid-semantic: {s}\r\n")?;
         }
-        if let Some(u) = &self.ice_ufrag {
-            write!(f, "a=ice-ufrag:{u}\r\n")?;
-        }
-        if let Some(p) = &self.ice_pwd {
-            write!(f, "a=ice-pwd:{p}\r\n")?;
-        }
-        if !self.ice_options.is_empty() {
-            write!(f, "a=ice-options:{}\r\n", self.ice_options.join(" "))?;
-        }
-        for fp in &self.fingerprints {
-            write!(f, "a=fingerprint:{} {}\r\n", fp.hash, HexColons(&fp.value))?;
-        }
-        if let Some(s) = self.setup {
-            write!(f, "a=setup:{}\r\n", s.as_str())?;
-        }
+        write_transport(
+            f,
+            self.ice_ufrag.as_deref(),
+            self.ice_pwd.as_deref(),
+            &self.ice_options,
+            &self.fingerprints,
+            self.setup,
+        )?;
         if let Some(d) = self.direction {
             write!(f, "a={}\r\n", d.as_str())?;
         }
@@ -79,6 +72,33 @@ impl Display for SessionDescription {
         }
         Ok(())
     }
+}
+
+/// The transport attributes, written alike at session and media level.
+fn write_transport(
+    f: &mut Formatter<'_>,
+    ice_ufrag: Option<&str>,
+    ice_pwd: Option<&str>,
+    ice_options: &[String],
+    fingerprints: &[Fingerprint],
+    setup: Option<Setup>,
+) -> fmt::Result {
+    if let Some(u) = ice_ufrag {
+        write!(f, "a=ice-ufrag:{u}\r\n")?;
+    }
+    if let Some(p) = ice_pwd {
+        write!(f, "a=ice-pwd:{p}\r\n")?;
+    }
+    if !ice_options.is_empty() {
+        write!(f, "a=ice-options:{}\r\n", ice_options.join(" "))?;
+    }
+    for fp in fingerprints {
+        write!(f, "a=fingerprint:{} {}\r\n", fp.hash, HexColons(&fp.value))?;
+    }
+    if let Some(s) = setup {
+        write!(f, "a=setup:{}\r\n", s.as_str())?;
+    }
+    Ok(())
 }
 
 fn write_extmap(f: &mut Formatter<'_>, e: &Extmap) -> fmt::Result {
@@ -115,21 +135,14 @@ impl Display for MediaDescription {
         if self.end_of_candidates {
             write!(f, "a=end-of-candidates\r\n")?;
         }
-        if let Some(u) = &self.ice_ufrag {
-            write!(f, "a=ice-ufrag:{u}\r\n")?;
-        }
-        if let Some(p) = &self.ice_pwd {
-            write!(f, "a=ice-pwd:{p}\r\n")?;
-        }
-        if !self.ice_options.is_empty() {
-            write!(f, "a=ice-options:{}\r\n", self.ice_options.join(" "))?;
-        }
-        for fp in &self.fingerprints {
-            write!(f, "a=fingerprint:{} {}\r\n", fp.hash, HexColons(&fp.value))?;
-        }
-        if let Some(s) = self.setup {
-            write!(f, "a=setup:{}\r\n", s.as_str())?;
-        }
+        write_transport(
+            f,
+            self.ice_ufrag.as_deref(),
+            self.ice_pwd.as_deref(),
+            &self.ice_options,
+            &self.fingerprints,
+            self.setup,
+        )?;
         if let Some(mid) = &self.mid {
             write!(f, "a=mid:{mid}\r\n")?;
         }
