@@ -393,6 +393,36 @@ fn force_rcvbuf(sock: &UdpSocket) {
     assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
 }
 
+/// What each namespace's kernel counted as dropped (UDP receive buffers, veth queues) and
+/// the relay's counters: tells a lost packet in the test's receiver apart from one lost
+/// on the relay's path.
+fn loss_report(topo: &TurnTopology, relay: Option<&Daemon>) -> String {
+    let mut out = String::new();
+    for ns in [&topo.client, &topo.relay, &topo.peer] {
+        let udp = ns
+            .command("cat")
+            .arg("/proc/net/snmp")
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.starts_with("Udp:"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        let links = ns
+            .ip(&["-s", "link"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        out += &format!("--- {}\n{udp}\n{links}\n", ns.name());
+    }
+    if let Some(stats) = relay.and_then(|r| r.stats().ok()) {
+        out += &format!("--- relay stats\n{stats}\n");
+    }
+    out
+}
+
 /// The restart tests run one at a time: two daemons verifying and attaching their
 /// programs at once on a 2-core machine stall the test's own receiver threads long enough
 /// to overflow their sockets, which is not the relay losing packets.
@@ -503,17 +533,28 @@ fn restart_flow(prefix: &str, check_refresh: bool) {
         seen_peer.len(),
         seen_client.len()
     );
+    let where_lost = || {
+        if lost_up.is_empty() && lost_down.is_empty() {
+            return String::new();
+        }
+        format!(
+            "\nwhere (socket-buffer drops, veth drops, relay counters):\n{}",
+            loss_report(topo, s.relay.as_ref())
+        )
+    };
     assert!(
         lost_up.is_empty(),
-        "{} of {count} client → peer packets lost across the restart (first: {:?})",
+        "{} of {count} client → peer packets lost across the restart (first: {:?}){}",
         lost_up.len(),
-        &lost_up[..lost_up.len().min(20)]
+        &lost_up[..lost_up.len().min(20)],
+        where_lost()
     );
     assert!(
         lost_down.is_empty(),
-        "{} of {count} peer → client packets lost across the restart (first: {:?})",
+        "{} of {count} peer → client packets lost across the restart (first: {:?}){}",
         lost_down.len(),
-        &lost_down[..lost_down.len().min(20)]
+        &lost_down[..lost_down.len().min(20)],
+        where_lost()
     );
 
     // The counters are pinned: they span both daemons and show the kernel relayed it all.
