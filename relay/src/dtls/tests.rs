@@ -244,10 +244,7 @@ fn lost_first_flight_is_retransmitted_after_the_timer() {
         assert_eq!(resent, 0, "resent before the timer expired");
     }
     // OpenSSL's timer runs on the system clock: really wait for it.
-    std::thread::sleep(
-        deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(20),
-    );
-    p.client.handle_timeout(Instant::now());
+    fire_timer(&mut p.client, deadline);
     let (ce, se) = pump(&mut p.client, &mut p.server);
     assert!(
         matches!(ce.as_slice(), [DtlsEvent::Connected { .. }]),
@@ -299,10 +296,7 @@ fn lost_final_flight_is_recovered_by_the_client_retransmitting() {
         .client
         .poll_timeout()
         .expect("client waits for the final flight");
-    std::thread::sleep(
-        deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(20),
-    );
-    p.client.handle_timeout(Instant::now());
+    fire_timer(&mut p.client, deadline);
     // The client resends its last flight; the (connected) server answers with its own.
     let (ce, se) = pump(&mut p.client, &mut p.server);
     assert!(
@@ -488,4 +482,13 @@ proptest::proptest! {
             }
         }
     }
+}
+
+/// Waits (on the real clock, which OpenSSL's DTLS timer reads) until just past
+/// `deadline`, then lets `endpoint` handle its timeout.
+fn fire_timer(endpoint: &mut DtlsEndpoint, deadline: Instant) {
+    std::thread::sleep(
+        deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(20),
+    );
+    endpoint.handle_timeout(Instant::now());
 }
