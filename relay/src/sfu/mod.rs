@@ -10,6 +10,12 @@
 //! - [`select`]: which simulcast layer each receiver should get of each video track.
 
 pub mod codec;
+pub mod control;
+pub mod history;
+pub mod keyframe;
+pub mod reports;
 pub mod rewrite;
+pub mod rtx;
 pub mod select;
 pub mod speaker;
+pub mod transport;

@@ -7,6 +7,8 @@
 //! reference for client authors.
 
 pub mod protocol;
+pub mod rooms;
+pub mod server;
 pub mod token;
 
 pub use protocol::{
