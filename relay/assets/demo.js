@@ -1,0 +1,1 @@
+// The demo client (being written).
