@@ -1,10 +1,13 @@
 //! The simple video layer policy of the first SFU: per receiver, the dominant speaker's
-//! camera at the high simulcast layer and everyone else's at the low one; screen shares
-//! always high (text must stay readable); a receiver's explicit cap from signaling wins.
+//! camera at the high simulcast layer and everyone else's one step lower (the middle
+//! layer: a grid tile, not a thumbnail); screen shares always high (text must stay
+//! readable); a receiver's explicit cap from signaling wins, down to the low layer.
 //! The bandwidth-driven allocator replaces this later; its inputs stay the same.
 
 /// The low simulcast layer.
 pub const LOW: u8 = 0;
+/// The middle simulcast layer: what non-dominant cameras get.
+pub const MID: u8 = 1;
 /// The high simulcast layer.
 pub const HIGH: u8 = 2;
 
@@ -31,7 +34,7 @@ pub fn target_layer(
     let wanted = match kind {
         TrackKind::ScreenShare => HIGH,
         TrackKind::Camera if publisher_is_dominant => HIGH,
-        TrackKind::Camera => LOW,
+        TrackKind::Camera => MID,
     };
     let top = layers.max(1) - 1;
     wanted.min(top).min(max_layer.unwrap_or(u8::MAX))
@@ -64,9 +67,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dominant_high_others_low() {
+    fn dominant_high_others_middle() {
         assert_eq!(target_layer(TrackKind::Camera, 3, true, None), 2);
-        assert_eq!(target_layer(TrackKind::Camera, 3, false, None), 0);
+        assert_eq!(target_layer(TrackKind::Camera, 3, false, None), MID);
+        assert_eq!(target_layer(TrackKind::Camera, 3, false, Some(LOW)), LOW);
     }
 
     #[test]
@@ -79,7 +83,7 @@ mod tests {
     fn receiver_cap_wins() {
         assert_eq!(target_layer(TrackKind::ScreenShare, 3, false, Some(1)), 1);
         assert_eq!(target_layer(TrackKind::Camera, 3, true, Some(0)), 0);
-        assert_eq!(target_layer(TrackKind::Camera, 3, false, Some(2)), 0);
+        assert_eq!(target_layer(TrackKind::Camera, 3, false, Some(2)), MID);
     }
 
     #[test]
@@ -93,8 +97,9 @@ mod tests {
     fn receiver_struct_uses_dominant() {
         let r = ReceiverLayers { max_layer: None };
         assert_eq!(r.target(TrackKind::Camera, 3, 7u32, Some(7)), 2);
-        assert_eq!(r.target(TrackKind::Camera, 3, 8u32, Some(7)), 0);
-        assert_eq!(r.target(TrackKind::Camera, 3, 8u32, None), 0);
+        assert_eq!(r.target(TrackKind::Camera, 3, 8u32, Some(7)), MID);
+        assert_eq!(r.target(TrackKind::Camera, 3, 8u32, None), MID);
+        assert_eq!(r.target(TrackKind::Camera, 2, 8u32, None), MID);
         let capped = ReceiverLayers { max_layer: Some(1) };
         assert_eq!(capped.target(TrackKind::Camera, 3, 7u32, Some(7)), 1);
     }
