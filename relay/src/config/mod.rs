@@ -7,6 +7,7 @@
 
 mod error;
 pub mod interfaces;
+mod sfu;
 mod turn;
 
 use std::collections::HashSet;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
+pub use sfu::SfuSettings;
 pub use turn::{
     DEFAULT_STATE_FILE, MetricsSettings, QuotaSettings, Secret, TurnSettings, parse_port_range,
 };
@@ -94,6 +96,8 @@ pub struct Config {
     pub quota: QuotaSettings,
     /// The Prometheus endpoint (`[metrics]`).
     pub metrics: MetricsSettings,
+    /// The SFU and its signaling server (`[sfu]`).
+    pub sfu: SfuSettings,
 }
 
 /// The `[xdp]` section, validated.
@@ -165,6 +169,8 @@ struct File {
     quota: turn::QuotaSection,
     #[serde(default)]
     metrics: turn::MetricsSection,
+    #[serde(default)]
+    sfu: sfu::SfuSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,6 +326,7 @@ impl Config {
         let (turn, policy, quota, metrics) =
             turn::build(file.turn, file.policy, file.quota, file.metrics)
                 .map_err(|(key, message)| invalid(key, message))?;
+        let sfu = sfu::build(file.sfu).map_err(|(key, message)| invalid(key, message))?;
         let config = Config {
             listen,
             workers: file.server.workers,
@@ -339,6 +346,7 @@ impl Config {
             policy,
             quota,
             metrics,
+            sfu,
         };
         config
             .check()
@@ -505,10 +513,12 @@ mod tests {
 
     #[test]
     fn empty_file_equals_embedded_default() {
-        assert_eq!(
-            Config::parse("", "empty").expect("empty file is valid"),
-            Config::embedded_default().expect("default")
-        );
+        let mut empty = Config::parse("", "empty").expect("empty file is valid");
+        // The two keys a file leaves off and the embedded default turns on (local demo).
+        assert!(!empty.sfu.enabled && !empty.sfu.demo_tokens);
+        empty.sfu.enabled = true;
+        empty.sfu.demo_tokens = true;
+        assert_eq!(empty, Config::embedded_default().expect("default"));
     }
 
     #[test]
