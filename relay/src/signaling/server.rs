@@ -410,4 +410,55 @@ mod tests {
         }
         assert_eq!(seen.len(), 8);
     }
+
+    #[test]
+    fn a_full_outbound_queue_marks_only_that_connection_for_closing() {
+        let counters = Counters::default();
+        let mut core = Core {
+            rooms: Rooms::new(crate::signaling::rooms::RoomsConfig::default()),
+            conns: HashMap::new(),
+        };
+        let (slow_tx, slow_rx) = crossbeam_channel::bounded(2);
+        let (fast_tx, fast_rx) = crossbeam_channel::bounded(2);
+        let slow_kill = Arc::new(AtomicBool::new(false));
+        let fast_kill = Arc::new(AtomicBool::new(false));
+        core.conns.insert(
+            1,
+            ConnHandle {
+                tx: slow_tx,
+                kill: Arc::clone(&slow_kill),
+            },
+        );
+        core.conns.insert(
+            2,
+            ConnHandle {
+                tx: fast_tx,
+                kill: Arc::clone(&fast_kill),
+            },
+        );
+        for i in 0..3 {
+            core.enqueue(1, Outbound::Text(format!("m{i}")), &counters);
+            core.enqueue(2, Outbound::Text(format!("m{i}")), &counters);
+            // The fast one reads.
+            assert!(matches!(fast_rx.try_recv(), Ok(Outbound::Text(t)) if t == format!("m{i}")));
+        }
+        assert!(
+            slow_kill.load(Ordering::Relaxed),
+            "overflow marks the slow connection"
+        );
+        assert!(!fast_kill.load(Ordering::Relaxed));
+        assert_eq!(counters.slow_closed.load(Ordering::Relaxed), 1);
+        assert_eq!(slow_rx.len(), 2, "what fitted stays queued in order");
+        // Unknown connections are ignored, errors are counted by code.
+        core.enqueue(9, Outbound::Close, &counters);
+        let err = ServerMessage::Error {
+            code: ErrorCode::BadJson,
+            message: "x".into(),
+        };
+        core.enqueue_error(2, &err, &counters);
+        assert_eq!(
+            counters.errors[code_index(ErrorCode::BadJson)].load(Ordering::Relaxed),
+            1
+        );
+    }
 }

@@ -368,22 +368,29 @@ impl Session<'_> {
         }
         loop {
             match self.rx.try_recv() {
-                Ok(Outbound::Text(text)) => match ws.write(Message::text(text)) {
-                    Ok(()) => self.count_out(),
-                    Err(e) if transient(&e) => self.count_out(),
-                    Err(WsError::WriteBufferFull(_)) => {
-                        self.shared
-                            .counters
-                            .slow_closed
-                            .fetch_add(1, Ordering::Relaxed);
-                        close(ws, CloseCode::Policy, "too slow: messages were not read");
-                        return Some(Ended::SlowReader);
+                Ok(Outbound::Text(text)) => {
+                    // Counted before the write so a client never sees more than this.
+                    self.count_out();
+                    match ws.write(Message::text(text)) {
+                        Ok(()) => {}
+                        // The socket is full (tungstenite keeps the frame): leave the
+                        // rest queued; if the client never catches up the queue
+                        // overflows and the connection is closed.
+                        Err(e) if transient(&e) => break,
+                        Err(WsError::WriteBufferFull(_)) => {
+                            self.shared
+                                .counters
+                                .slow_closed
+                                .fetch_add(1, Ordering::Relaxed);
+                            close(ws, CloseCode::Policy, "too slow: messages were not read");
+                            return Some(Ended::SlowReader);
+                        }
+                        Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                            return Some(Ended::PeerClosed);
+                        }
+                        Err(e) => return Some(Ended::Io(e.to_string())),
                     }
-                    Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                        return Some(Ended::PeerClosed);
-                    }
-                    Err(e) => return Some(Ended::Io(e.to_string())),
-                },
+                }
                 Ok(Outbound::Close) => {
                     close(ws, CloseCode::Normal, "");
                     return Some(Ended::ServerClosed);
