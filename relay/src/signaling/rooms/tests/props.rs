@@ -167,7 +167,7 @@ fn message(op: &Op, last_offer: Option<&String>) -> Option<ClientMessage> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn random_sequences_keep_the_invariants(
