@@ -50,6 +50,9 @@ pub struct Stats {
     /// The TURN service, summed over workers; null when TURN is disabled.
     #[serde(default)]
     pub turn: Option<TurnStatsJson>,
+    /// The SFU and its signaling server (fixed counter names); null when it is off.
+    #[serde(default)]
+    pub sfu: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// TURN counters in the stats answer (and the source of the Prometheus families).
@@ -628,6 +631,7 @@ mod tests {
                 dropped_by_reason: BTreeMap::from([("not_stun".into(), 1)]),
             },
             turn: None,
+            sfu: None,
         }
     }
 

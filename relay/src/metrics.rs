@@ -490,6 +490,7 @@ mod tests {
                 kernel_packets: BTreeMap::from([("client_to_peer".into(), 60)]),
                 fast_rules: 3,
             }),
+            sfu: None,
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 mod operator;
+pub mod sfu;
 mod state;
 
 pub use operator::{DaemonCommands, Reloader, TurnSetupError, turn_json};
@@ -47,6 +48,9 @@ pub enum DaemonError {
     /// The metrics endpoint could not be started.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The SFU could not be started.
+    #[error("SFU: {0}")]
+    Sfu(#[from] sfu::SfuSetupError),
     /// A worker stopped while the daemon was serving.
     #[error("a data path worker stopped unexpectedly")]
     WorkerExited,
@@ -95,6 +99,17 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
         state::finish(&r.pool, kernel_turn);
     }
 
+    let sfu = match sfu::SfuService::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = dataplane.stop();
+            if let Some(fp) = fast_path {
+                stop_fast_path(config, fp);
+            }
+            return Err(e.into());
+        }
+    };
+
     let listen: Vec<String> = dataplane.listen().iter().map(ToString::to_string).collect();
     let xdp_summary = match &fast_path {
         Some(fp) => fp
@@ -116,6 +131,7 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
         shared,
         config: std::cell::RefCell::new(config.clone()),
         reloader,
+        sfu: sfu.as_ref(),
     };
     let snapshot: crate::metrics::Snapshot = Arc::new(std::sync::Mutex::new(None));
     let metrics = match config.metrics.listen {
@@ -173,6 +189,9 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
     tracing::info!("shutting down");
     drop(metrics);
     drop(commands);
+    if let Some(s) = sfu {
+        s.stop();
+    }
     // Before the workers stop: the allocations as they are now, for the next daemon.
     if let Some(path) = &state_file
         && state::save(path, &dataplane, &mut false)
@@ -489,5 +508,6 @@ pub fn collect_stats(dataplane: &Dataplane, fast_path: Option<&FastPath>) -> Sta
             dropped_by_reason: by_reason,
         },
         turn: None,
+        sfu: None,
     }
 }

@@ -191,6 +191,8 @@ pub struct DaemonCommands<'a> {
     pub config: std::cell::RefCell<Config>,
     /// Re-reads the configuration.
     pub reloader: Option<&'a Reloader>,
+    /// The SFU, if running.
+    pub sfu: Option<&'a super::sfu::SfuService>,
 }
 
 impl DaemonCommands<'_> {
@@ -289,6 +291,7 @@ impl Commands for DaemonCommands<'_> {
     fn stats(&self) -> Stats {
         let mut s = super::collect_stats(self.dataplane, self.fast_path);
         s.turn = self.dataplane.turn_stats().map(|t| turn_json(&t));
+        s.sfu = self.sfu.map(super::sfu::SfuService::stats);
         s
     }
 

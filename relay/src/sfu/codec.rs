@@ -39,6 +39,16 @@ pub enum Codec {
     H264,
 }
 
+impl From<crate::sdp::Codec> for Codec {
+    fn from(c: crate::sdp::Codec) -> Self {
+        match c {
+            crate::sdp::Codec::Opus => Codec::Opus,
+            crate::sdp::Codec::Vp8 => Codec::Vp8,
+            crate::sdp::Codec::H264 => Codec::H264,
+        }
+    }
+}
+
 /// What [`parse`] learned from one payload, for any codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameInfo {

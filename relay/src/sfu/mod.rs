@@ -11,11 +11,13 @@
 
 pub mod codec;
 pub mod control;
+pub mod engine;
 pub mod history;
 pub mod keyframe;
 pub mod reports;
 pub mod rewrite;
 pub mod rtx;
+pub mod runtime;
 pub mod select;
 pub mod speaker;
 pub mod transport;
