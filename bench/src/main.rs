@@ -11,6 +11,7 @@
 
 mod compare;
 mod load;
+mod sfu;
 mod turn_compare;
 mod turn_load;
 mod turn_xdp;
@@ -51,6 +52,9 @@ enum Cmd {
     /// TURN ChannelData four ways (XDP, io_uring, coturn, XDP floor) with a BPF
     /// live-frame generator, throughput vs allocations (needs root).
     TurnXdp(turn_xdp::TurnXdpArgs),
+    /// SFU load: synthetic publishers and subscribers (signaling, ICE, DTLS, SRTP)
+    /// against `relay run` with the SFU on, in network namespaces (needs root).
+    Sfu(sfu::SfuArgs),
 }
 
 fn main() -> Result<()> {
@@ -102,5 +106,6 @@ fn main() -> Result<()> {
         }
         Cmd::TurnCompare(args) => turn_compare::run(&args),
         Cmd::TurnXdp(args) => turn_xdp::run(&args),
+        Cmd::Sfu(args) => sfu::run(&args),
     }
 }

@@ -1,0 +1,610 @@
+//! The load client: synthetic participants, each a WebSocket to the signaling server and
+//! two peer connections (publisher, subscriber) to the SFU, driven by a few worker
+//! threads that wait in poll(2) on all their sockets and send media on time.
+//!
+//! Exists to put a browser-shaped load on the SFU (join, publish, subscribe to everyone,
+//! audio with talk patterns, simulcast video) and count what each receiver gets, without
+//! browsers. Everything is bounded: the participant count is fixed, each message queue is
+//! tungstenite's, each peer connection owns one socket.
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use relay::dtls::Certificate;
+use relay::rtp::{RtcpPacket, compound};
+use relay::signaling::{
+    ClientMessage, Mode, PublishTrack, ServerMessage, Source, Target, TrackKind, parse_server,
+};
+use tungstenite::{Message, WebSocket};
+
+use super::media::{AUDIO_INTERVAL, AudioSource, FPS, LAYERS, LevelPattern, VideoLayer};
+use super::peer::{MTU, PcState, PeerConn, Received};
+use super::sdp::{publisher_offer, remote_params, subscriber_answer};
+
+/// How often pending subscriptions are sent (one `subscribe` per batch).
+const SUBSCRIBE_BATCH: Duration = Duration::from_millis(300);
+/// Longest wait in poll(2).
+const MAX_WAIT: Duration = Duration::from_millis(5);
+/// A sender that fell this far behind its schedule skips ahead instead of bursting.
+const MAX_LAG: Duration = Duration::from_millis(100);
+
+/// Counters of one participant, read by the measuring thread.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// RTP packets sent (audio + video).
+    pub sent: AtomicU64,
+    /// RTP packets received on the subscriber connection that unprotected.
+    pub received: AtomicU64,
+    /// Their bytes (plain RTP).
+    pub received_bytes: AtomicU64,
+    /// SRTP/SRTCP packets that failed to unprotect.
+    pub invalid: AtomicU64,
+    /// PLI/FIR received on the publisher connection.
+    pub keyframe_requests: AtomicU64,
+    /// Signaling errors received.
+    pub errors: AtomicU64,
+    /// The publisher connection is keyed.
+    pub publisher_up: AtomicBool,
+    /// The subscriber connection is keyed.
+    pub subscriber_up: AtomicBool,
+}
+
+/// Who a participant is.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Room name.
+    pub room: String,
+    /// Identity (unique).
+    pub identity: String,
+    /// Signed join token.
+    pub token: String,
+    /// Whether it publishes simulcast video (all publish audio).
+    pub video: bool,
+    /// Whether it talks (audio levels).
+    pub talker: bool,
+    /// Disable the high video layer.
+    pub no_high: bool,
+}
+
+/// Settings of a load run.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// The signaling server (ws://ADDR/ws).
+    pub signaling: SocketAddr,
+    /// Our address (where the sockets bind).
+    pub local_ip: IpAddr,
+    /// Participants to create.
+    pub participants: Vec<Spec>,
+    /// Worker threads.
+    pub threads: usize,
+    /// CPU to pin the workers on.
+    pub cpu: Option<usize>,
+    /// Participants joined per second while ramping up.
+    pub join_rate: u32,
+}
+
+/// A running load: its counters and its workers.
+pub struct Load {
+    /// One per participant, in the order of [`LoadConfig::participants`].
+    pub counters: Vec<Arc<Counters>>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    /// How many publisher and subscriber connections are keyed.
+    pub fn connected(&self) -> (usize, usize) {
+        let p = self
+            .counters
+            .iter()
+            .filter(|c| c.publisher_up.load(Ordering::Relaxed))
+            .count();
+        let s = self
+            .counters
+            .iter()
+            .filter(|c| c.subscriber_up.load(Ordering::Relaxed))
+            .count();
+        (p, s)
+    }
+
+    /// Stops the workers (participants leave) and waits for them.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn ice_string(rng: &mut u64, len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    (0..len)
+        .map(|_| char::from(ALPHABET[usize::try_from(splitmix(rng) % 64).unwrap_or(0)]))
+        .collect()
+}
+
+/// Starts the workers and joins every participant (ramping at `join_rate`); returns
+/// once all have joined (their peer connections come up in the background). Call from a
+/// thread inside the client namespace: the workers inherit it.
+pub fn start(cfg: LoadConfig) -> Result<Load> {
+    let certificate = Certificate::generate().context("generate the client certificate")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = cfg.threads.max(1);
+    let mut senders = Vec::new();
+    let mut workers = Vec::new();
+    for t in 0..threads {
+        let (tx, rx) = mpsc::channel::<Participant>();
+        let stop = Arc::clone(&stop);
+        let cpu = cfg.cpu;
+        senders.push(tx);
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("sfu-load-{t}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        let _ = crate::sfu::pin_this_thread(cpu);
+                    }
+                    worker(&rx, &stop);
+                })
+                .context("spawn a worker")?,
+        );
+    }
+    let mut counters = Vec::new();
+    let gap = Duration::from_secs(1) / cfg.join_rate.max(1);
+    let mut rng = u64::from(std::process::id()) << 20;
+    for (i, spec) in cfg.participants.iter().enumerate() {
+        let started = Instant::now();
+        let shared = Arc::new(Counters::default());
+        let p = Participant::join(
+            spec.clone(),
+            &cfg,
+            &certificate,
+            Arc::clone(&shared),
+            splitmix(&mut rng),
+        )
+        .with_context(|| format!("participant {} joins {}", spec.identity, spec.room))?;
+        counters.push(shared);
+        if senders[i % threads].send(p).is_err() {
+            bail!("a load worker died");
+        }
+        std::thread::sleep(gap.saturating_sub(started.elapsed()));
+    }
+    Ok(Load {
+        counters,
+        stop,
+        workers,
+    })
+}
+
+fn worker(rx: &mpsc::Receiver<Participant>, stop: &AtomicBool) {
+    let mut parts: Vec<Participant> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut buf = vec![0u8; MTU + 64];
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            for p in &mut parts {
+                p.leave();
+            }
+            return;
+        }
+        while let Ok(p) = rx.try_recv() {
+            parts.push(p);
+        }
+        let now = Instant::now();
+        let mut due = now + MAX_WAIT;
+        fds.clear();
+        for p in &parts {
+            due = due.min(p.next_due);
+            for fd in p.fds() {
+                fds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+        }
+        let wait = due.saturating_duration_since(now);
+        let ms = i32::try_from(wait.as_millis()).unwrap_or(5);
+        let nfds = libc::nfds_t::try_from(fds.len()).unwrap_or(0);
+        // SAFETY: `fds` is a valid, initialised array of `nfds` pollfd structs that lives
+        // for the whole call.
+        unsafe { libc::poll(fds.as_mut_ptr(), nfds, ms) };
+        let now = Instant::now();
+        let mut at = 0;
+        for p in &mut parts {
+            let n = p.fds().count();
+            let readable = fds[at..at + n].iter().any(|f| f.revents != 0);
+            at += n;
+            if readable || p.next_due <= now {
+                p.service(now, &mut buf);
+            }
+        }
+    }
+}
+
+/// One synthetic participant.
+struct Participant {
+    spec: Spec,
+    shared: Arc<Counters>,
+    ws: WebSocket<TcpStream>,
+    local_ip: IpAddr,
+    certificate: Certificate,
+    me: Option<String>,
+    pub_creds: (String, String),
+    sub_creds: (String, String),
+    publisher: Option<PeerConn>,
+    subscriber: Option<PeerConn>,
+    audio: AudioSource,
+    video: Vec<VideoLayer>,
+    next_audio: Instant,
+    next_frame: Instant,
+    pending: Vec<String>,
+    next_subscribe: Instant,
+    next_due: Instant,
+    seed: u64,
+    ws_dead: bool,
+}
+
+impl Participant {
+    fn join(
+        spec: Spec,
+        cfg: &LoadConfig,
+        certificate: &Certificate,
+        shared: Arc<Counters>,
+        seed: u64,
+    ) -> Result<Participant> {
+        let mut rng = seed;
+        let stream = TcpStream::connect_timeout(&cfg.signaling, Duration::from_secs(5))
+            .with_context(|| format!("connect to {}", cfg.signaling))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.set_nodelay(true)?;
+        let url = format!("ws://{}/ws", cfg.signaling);
+        let (mut ws, _) = tungstenite::client(url.as_str(), stream)
+            .map_err(|e| anyhow::anyhow!("WebSocket handshake with {url}: {e}"))?;
+        send(
+            &mut ws,
+            &ClientMessage::Join {
+                room: spec.room.clone(),
+                token: spec.token.clone(),
+                mode: Mode::Sfu,
+            },
+        )?;
+        ws.get_ref().set_nonblocking(true)?;
+        let audio_ssrc = u32::try_from(splitmix(&mut rng) & 0xffff_ffff).unwrap_or(1) | 1;
+        let talker = spec.talker;
+        let audio = AudioSource::new(
+            audio_ssrc,
+            u16::try_from(splitmix(&mut rng) & 0x7fff).unwrap_or(0),
+            LevelPattern {
+                talker,
+                phase: splitmix(&mut rng) % 200,
+            },
+        );
+        let layers = if spec.no_high {
+            &LAYERS[..2]
+        } else {
+            &LAYERS[..]
+        };
+        let video = if spec.video {
+            layers
+                .iter()
+                .map(|(rid, rate)| {
+                    VideoLayer::new(
+                        rid,
+                        u32::try_from(splitmix(&mut rng) & 0xffff_ffff).unwrap_or(2) | 2,
+                        *rate,
+                        u16::try_from(splitmix(&mut rng) & 0x7fff).unwrap_or(0),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let now = Instant::now();
+        Ok(Participant {
+            pub_creds: (ice_string(&mut rng, 8), ice_string(&mut rng, 24)),
+            sub_creds: (ice_string(&mut rng, 8), ice_string(&mut rng, 24)),
+            spec,
+            shared,
+            ws,
+            local_ip: cfg.local_ip,
+            certificate: certificate.clone(),
+            me: None,
+            publisher: None,
+            subscriber: None,
+            audio,
+            video,
+            next_audio: now,
+            next_frame: now,
+            pending: Vec::new(),
+            next_subscribe: now,
+            next_due: now,
+            seed: rng,
+            ws_dead: false,
+        })
+    }
+
+    fn fds(&self) -> impl Iterator<Item = i32> + '_ {
+        [
+            (!self.ws_dead).then(|| self.ws.get_ref().as_raw_fd()),
+            self.publisher.as_ref().map(|p| p.socket.as_raw_fd()),
+            self.subscriber.as_ref().map(|p| p.socket.as_raw_fd()),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    fn leave(&mut self) {
+        let _ = send(&mut self.ws, &ClientMessage::Leave {});
+        let _ = self.ws.flush();
+    }
+
+    fn service(&mut self, now: Instant, buf: &mut [u8]) {
+        self.read_signaling(now);
+        let mut due = now + Duration::from_secs(1);
+        // Subscriber: count what arrives.
+        if let Some(s) = self.subscriber.as_mut() {
+            while let Some(r) = s.recv(buf, now) {
+                match r {
+                    Received::Rtp(n) => {
+                        self.shared.received.fetch_add(1, Ordering::Relaxed);
+                        self.shared
+                            .received_bytes
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Received::Invalid => {
+                        self.shared.invalid.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Received::Rtcp(_) | Received::Nothing => {}
+                }
+            }
+            due = due.min(s.tick(now));
+            if s.state == PcState::Connected {
+                self.shared.subscriber_up.store(true, Ordering::Relaxed);
+            }
+        }
+        // Publisher: keyframe requests in, media out.
+        if let Some(p) = self.publisher.as_mut() {
+            while let Some(r) = p.recv(buf, now) {
+                match r {
+                    Received::Rtcp(n) => {
+                        for pkt in compound(&buf[..n]).flatten() {
+                            let ssrc = match pkt {
+                                RtcpPacket::Pli(p) => Some(p.media_ssrc()),
+                                RtcpPacket::Fir(f) => f.entries().next().map(|e| e.ssrc),
+                                _ => None,
+                            };
+                            if let Some(ssrc) = ssrc {
+                                self.shared
+                                    .keyframe_requests
+                                    .fetch_add(1, Ordering::Relaxed);
+                                for l in self.video.iter_mut().filter(|l| l.ssrc == ssrc) {
+                                    l.want_keyframe = true;
+                                }
+                            }
+                        }
+                    }
+                    Received::Invalid => {
+                        self.shared.invalid.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Received::Rtp(_) | Received::Nothing => {}
+                }
+            }
+            due = due.min(p.tick(now));
+            if p.state == PcState::Connected {
+                self.shared.publisher_up.store(true, Ordering::Relaxed);
+                self.send_media(now, buf);
+                due = due.min(self.next_audio);
+                if !self.video.is_empty() {
+                    due = due.min(self.next_frame);
+                }
+            }
+        }
+        if !self.pending.is_empty() && now >= self.next_subscribe {
+            let tracks: Vec<String> = self.pending.drain(..self.pending.len().min(256)).collect();
+            if send(&mut self.ws, &ClientMessage::Subscribe { tracks }).is_err() {
+                self.ws_dead = true;
+            }
+            self.next_subscribe = now + SUBSCRIBE_BATCH;
+        }
+        if !self.pending.is_empty() {
+            due = due.min(self.next_subscribe);
+        }
+        let _ = self.ws.flush();
+        self.next_due = due;
+    }
+
+    fn send_media(&mut self, now: Instant, buf: &mut [u8]) {
+        let Some(p) = self.publisher.as_mut() else {
+            return;
+        };
+        let remote = p.remote().clone();
+        if now.saturating_duration_since(self.next_audio) > MAX_LAG {
+            self.next_audio = now;
+        }
+        while self.next_audio <= now {
+            let n = self
+                .audio
+                .next(buf, remote.opus_pt.unwrap_or(111), &remote.ext);
+            if p.send_rtp(buf, n) {
+                self.shared.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            self.next_audio += AUDIO_INTERVAL;
+        }
+        if self.video.is_empty() {
+            return;
+        }
+        let frame = Duration::from_secs(1) / FPS;
+        if now.saturating_duration_since(self.next_frame) > MAX_LAG {
+            self.next_frame = now;
+        }
+        while self.next_frame <= now {
+            for l in &mut self.video {
+                l.start_frame();
+                while let Some(n) = l.next(buf, remote.vp8_pt.unwrap_or(96), &remote.ext) {
+                    if p.send_rtp(buf, n) {
+                        self.shared.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            self.next_frame += frame;
+        }
+    }
+
+    fn read_signaling(&mut self, now: Instant) {
+        while !self.ws_dead {
+            let msg = match self.ws.read() {
+                Ok(Message::Text(t)) => t,
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return;
+                }
+                Err(e) => {
+                    eprintln!("{}: signaling closed: {e}", self.spec.identity);
+                    self.ws_dead = true;
+                    return;
+                }
+            };
+            match parse_server(msg.as_bytes()) {
+                Ok(m) => {
+                    if let Err(e) = self.on_message(m, now) {
+                        eprintln!("{}: {e:#}", self.spec.identity);
+                        self.shared.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => eprintln!("{}: bad server message: {e:?}", self.spec.identity),
+            }
+        }
+    }
+
+    fn on_message(&mut self, m: ServerMessage, _now: Instant) -> Result<()> {
+        match m {
+            ServerMessage::Joined {
+                participant,
+                tracks,
+                ..
+            } => {
+                self.pending.extend(
+                    tracks
+                        .into_iter()
+                        .filter(|t| t.participant != participant)
+                        .map(|t| t.id),
+                );
+                self.me = Some(participant);
+                let mut tracks = vec![PublishTrack {
+                    kind: TrackKind::Audio,
+                    source: Source::Microphone,
+                    mid: Some("0".into()),
+                    simulcast: Vec::new(),
+                }];
+                if !self.video.is_empty() {
+                    tracks.push(PublishTrack {
+                        kind: TrackKind::Video,
+                        source: Source::Camera,
+                        mid: Some("1".into()),
+                        simulcast: self.video.iter().map(|l| l.rid.to_owned()).collect(),
+                    });
+                }
+                send(&mut self.ws, &ClientMessage::Publish { tracks })?;
+                let sdp = publisher_offer(
+                    &self.pub_creds.0,
+                    &self.pub_creds.1,
+                    &self.certificate.fingerprint_string(),
+                    self.audio.ssrc,
+                );
+                send(&mut self.ws, &ClientMessage::Offer { sdp })?;
+            }
+            ServerMessage::Answer { sdp, .. } => {
+                let remote = remote_params(&sdp)?;
+                if self.publisher.is_none() {
+                    let pc = PeerConn::new(
+                        self.local_ip,
+                        self.pub_creds.0.clone(),
+                        remote,
+                        &self.certificate,
+                        splitmix(&mut self.seed),
+                    )?;
+                    self.announce(&pc, Target::Publisher)?;
+                    self.publisher = Some(pc);
+                }
+            }
+            ServerMessage::Offer { sdp, .. } => {
+                let answer = subscriber_answer(
+                    &sdp,
+                    &self.sub_creds.0,
+                    &self.sub_creds.1,
+                    self.certificate.fingerprint(),
+                )?;
+                send(&mut self.ws, &ClientMessage::Answer { sdp: answer })?;
+                if self.subscriber.is_none() {
+                    let remote = remote_params(&sdp)?;
+                    let pc = PeerConn::new(
+                        self.local_ip,
+                        self.sub_creds.0.clone(),
+                        remote,
+                        &self.certificate,
+                        splitmix(&mut self.seed),
+                    )?;
+                    self.announce(&pc, Target::Subscriber)?;
+                    self.subscriber = Some(pc);
+                }
+            }
+            ServerMessage::TrackPublished { track } => {
+                if Some(&track.participant) != self.me.as_ref() {
+                    self.pending.push(track.id);
+                }
+            }
+            ServerMessage::Error { code, message } => {
+                self.shared.errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!("{}: server error {code:?}: {message}", self.spec.identity);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Trickles our host candidate for a connection, then end-of-candidates.
+    fn announce(&mut self, pc: &PeerConn, target: Target) -> Result<()> {
+        let local = pc.socket.local_addr()?;
+        let candidate = format!(
+            "candidate:1 1 udp 2122260223 {} {} typ host generation 0",
+            local.ip(),
+            local.port()
+        );
+        for candidate in [candidate, String::new()] {
+            send(
+                &mut self.ws,
+                &ClientMessage::Candidate {
+                    candidate,
+                    mid: Some("0".into()),
+                    target,
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends a message; a full socket (WouldBlock) leaves it queued in tungstenite's buffer.
+fn send(ws: &mut WebSocket<TcpStream>, m: &ClientMessage) -> Result<()> {
+    let text = serde_json::to_string(m).context("serialize")?;
+    match ws.send(Message::text(text)) {
+        Ok(()) => Ok(()),
+        Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("send: {e}")),
+    }
+}
