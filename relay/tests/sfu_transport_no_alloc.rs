@@ -169,10 +169,8 @@ fn connected_transport_media_path_does_not_allocate() {
                     t.handle_datagram(buf, n, browser(), local(), Transport::Udp, now);
                     while t.poll_transmit(out).is_some() {}
                 }
-                if let Some(deadline) = t.poll_timeout() {
-                    if deadline <= now {
-                        t.handle_timeout(now);
-                    }
+                if t.poll_timeout().is_some_and(|deadline| deadline <= now) {
+                    t.handle_timeout(now);
                 }
                 assert!(t.poll_event().is_none());
             }
