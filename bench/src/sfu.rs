@@ -146,6 +146,9 @@ struct Outcome {
     relay_rtp_out: Option<u64>,
     relay_cpu_s: f64,
     steal_pct: f64,
+    /// UDP receive-buffer overflows in the relay's and the client's namespace.
+    relay_rcvbuf_errors: u64,
+    client_rcvbuf_errors: u64,
     per_receiver: Histogram<u64>,
 }
 
@@ -255,7 +258,7 @@ pub fn run(args: &SfuArgs) -> Result<()> {
 
 fn print_outcome(o: &Outcome) {
     eprintln!(
-        "   up {}/{} pub, {} sub; sent {:.0}/s (relay received {}), forwarded {:.0}/s ({}), received {:.0}/s ({:.1} Mbit/s), invalid {}, loss {}, relay CPU {:.0}% ({:.0} pkt/s per core), steal {:.1}%, per receiver mean {:.0} p50 {} p99 {} pkt/s, keyframe requests {}, signaling errors {}",
+        "   up {}/{} pub, {} sub; sent {:.0}/s (relay received {}), forwarded {:.0}/s ({}), received {:.0}/s ({:.1} Mbit/s), invalid {}, loss {}, relay CPU {:.0}% ({:.0} pkt/s per core), steal {:.1}%, per receiver mean {:.0} p50 {} p99 {} pkt/s, keyframe requests {}, signaling errors {}, UDP rcvbuf drops relay {} client {}",
         o.publishers_up,
         o.scenario.rooms * o.scenario.participants,
         o.subscribers_up,
@@ -280,6 +283,8 @@ fn print_outcome(o: &Outcome) {
         o.per_receiver.value_at_quantile(0.99),
         o.keyframe_requests,
         o.errors,
+        o.relay_rcvbuf_errors,
+        o.client_rcvbuf_errors,
     );
 }
 
@@ -486,6 +491,10 @@ fn run_once(args: &SfuArgs, sc: Scenario, duration: f64, server_cpu: usize) -> R
         let s = &j["sfu"];
         (s["rtp_in"].as_u64(), s["rtp_out"].as_u64())
     };
+    let rb0 = (
+        udp_rcvbuf_errors(&net.relay),
+        udp_rcvbuf_errors(&net.client),
+    );
     let (per0, tot0) = snap(&load);
     let (in0, out0) = sfu_stats(&relay);
     let cpu0 = proc_cpu(pid).unwrap_or(0);
@@ -497,6 +506,10 @@ fn run_once(args: &SfuArgs, sc: Scenario, duration: f64, server_cpu: usize) -> R
     let cpu1 = proc_cpu(pid).unwrap_or(0);
     let steal1 = cpu_jiffies(server_cpu, &[7]);
     let (in1, out1) = sfu_stats(&relay);
+    let rb1 = (
+        udp_rcvbuf_errors(&net.relay),
+        udp_rcvbuf_errors(&net.client),
+    );
     let (pubs, subs) = load.connected();
     load.stop();
     let _ = relay.stop(Duration::from_secs(5));
@@ -523,6 +536,8 @@ fn run_once(args: &SfuArgs, sc: Scenario, duration: f64, server_cpu: usize) -> R
         relay_rtp_out: out0.zip(out1).map(|(a, b)| b.saturating_sub(a)),
         relay_cpu_s: cpu1.saturating_sub(cpu0) as f64 / tck,
         steal_pct: 100.0 * steal1.saturating_sub(steal0) as f64 / tck / seconds,
+        relay_rcvbuf_errors: rb1.0.saturating_sub(rb0.0),
+        client_rcvbuf_errors: rb1.1.saturating_sub(rb0.1),
         per_receiver: hist,
     })
 }
@@ -573,6 +588,25 @@ fn markdown(args: &SfuArgs, outcomes: &[Outcome], server_cpu: usize) -> String {
         );
     }
     s
+}
+
+/// UDP `RcvbufErrors` of a namespace (/proc/net/snmp read inside it): datagrams dropped
+/// because a socket's receive buffer was full.
+fn udp_rcvbuf_errors(ns: &Netns) -> u64 {
+    let Ok(out) = ns.command("cat").arg("/proc/net/snmp").output() else {
+        return 0;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Pins the calling thread to one CPU.

@@ -135,6 +135,23 @@ enum BenchCmd {
         #[arg(long, default_value = "target/bench/turn-xdp.md")]
         markdown: PathBuf,
     },
+    /// SFU load: synthetic participants (signaling, ICE, DTLS, SRTP, simulcast VP8 and
+    /// Opus-rate audio with levels) against the relay's SFU; forwarded packets/s, relay
+    /// CPU, receiver packet rates per room size.
+    Sfu {
+        /// Scenarios ROOMSxPARTICIPANTSxVIDEO_PUBLISHERS (per room; all publish audio).
+        #[arg(long, default_value = "1x10x10,1x50x10,1x200x10")]
+        scenarios: String,
+        /// Measured seconds per scenario.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// 2 rooms x 3 participants for 3 s, debug build; fails when nothing is forwarded.
+        #[arg(long)]
+        smoke: bool,
+        /// Where to write the Markdown table.
+        #[arg(long, default_value = "target/bench/sfu.md")]
+        markdown: PathBuf,
+    },
 }
 
 fn main() {
@@ -229,6 +246,24 @@ fn real_main() -> Result<()> {
                 markdown
             };
             bench_turn_xdp(&root, &t, &markdown)
+        }
+        Cmd::Bench {
+            what:
+                BenchCmd::Sfu {
+                    scenarios,
+                    duration,
+                    smoke,
+                    markdown,
+                },
+        } => {
+            setup(&root, false, false)?;
+            // A smoke run does not overwrite the real report.
+            let markdown = if smoke && markdown == Path::new("target/bench/sfu.md") {
+                PathBuf::from("target/bench/sfu-smoke.md")
+            } else {
+                markdown
+            };
+            bench_sfu(&root, &scenarios, duration, smoke, &markdown)
         }
     }
 }
@@ -442,6 +477,13 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
             },
             &target_dir(root).join("bench/turn-xdp-smoke.md"),
         )?;
+        bench_sfu(
+            root,
+            "",
+            3.0,
+            true,
+            &target_dir(root).join("bench/sfu-smoke.md"),
+        )?;
     }
     eprintln!("\n==> cargo test summary");
     for l in &summary {
@@ -595,6 +637,34 @@ fn bench_turn_xdp(root: &Path, t: &TurnXdpBench, markdown: &Path) -> Result<()> 
         cmd.arg("--smoke");
     }
     run("bench turn-xdp", &mut cmd)
+}
+
+fn bench_sfu(
+    root: &Path,
+    scenarios: &str,
+    duration: f64,
+    smoke: bool,
+    markdown: &Path,
+) -> Result<()> {
+    let bin_dir = build_bench(root, smoke)?;
+    let mut cmd = Command::new(bin_dir.join("relay-bench"));
+    cmd.arg("sfu")
+        .arg("--relay-bin")
+        .arg(bin_dir.join("relay"))
+        .args(["--duration", &duration.to_string()])
+        .arg("--markdown")
+        .arg(if markdown.is_absolute() {
+            markdown.to_path_buf()
+        } else {
+            root.join(markdown)
+        });
+    if !scenarios.is_empty() {
+        cmd.args(["--scenarios", scenarios]);
+    }
+    if smoke {
+        cmd.arg("--smoke");
+    }
+    run("bench sfu", &mut cmd)
 }
 
 /// Builds the relay and the bench binaries (debug for a smoke run, release otherwise) and

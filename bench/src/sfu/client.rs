@@ -53,6 +53,11 @@ pub struct Counters {
     pub publisher_up: AtomicBool,
     /// The subscriber connection is keyed.
     pub subscriber_up: AtomicBool,
+    /// How far the participant got, for diagnostics: 1 joined, 2 publisher answer, 3
+    /// subscriber offer.
+    pub stage: AtomicU64,
+    /// Publisher and subscriber connection states (`PcState as u64 + 1`, 0 = none).
+    pub pc_states: AtomicU64,
 }
 
 /// Who a participant is.
@@ -425,6 +430,11 @@ impl Participant {
             due = due.min(self.next_subscribe);
         }
         let _ = self.ws.flush();
+        let st = |p: &Option<PeerConn>| p.as_ref().map_or(0, |p| p.state as u64 + 1);
+        self.shared.pc_states.store(
+            st(&self.publisher) * 10 + st(&self.subscriber),
+            Ordering::Relaxed,
+        );
         self.next_due = due;
     }
 
@@ -505,6 +515,7 @@ impl Participant {
                         .map(|t| t.id),
                 );
                 self.me = Some(participant);
+                self.shared.stage.fetch_max(1, Ordering::Relaxed);
                 let mut tracks = vec![PublishTrack {
                     kind: TrackKind::Audio,
                     source: Source::Microphone,
@@ -530,6 +541,7 @@ impl Participant {
             }
             ServerMessage::Answer { sdp, .. } => {
                 let remote = remote_params(&sdp)?;
+                self.shared.stage.fetch_max(2, Ordering::Relaxed);
                 if self.publisher.is_none() {
                     let pc = PeerConn::new(
                         self.local_ip,
@@ -550,6 +562,7 @@ impl Participant {
                     self.certificate.fingerprint(),
                 )?;
                 send(&mut self.ws, &ClientMessage::Answer { sdp: answer })?;
+                self.shared.stage.fetch_max(3, Ordering::Relaxed);
                 if self.subscriber.is_none() {
                     let remote = remote_params(&sdp)?;
                     let pc = PeerConn::new(
