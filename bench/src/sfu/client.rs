@@ -25,7 +25,7 @@ use tungstenite::{Message, WebSocket};
 
 use super::media::{AUDIO_INTERVAL, AudioSource, FPS, LAYERS, LevelPattern, VideoLayer};
 use super::peer::{MTU, PcState, PeerConn, Received};
-use super::sdp::{publisher_offer, remote_params, subscriber_answer};
+use super::sdp::{offer_transport, publisher_offer, remote_params, subscriber_answer};
 
 /// How often pending subscriptions are sent (one `subscribe` per batch).
 const SUBSCRIBE_BATCH: Duration = Duration::from_millis(300);
@@ -564,7 +564,7 @@ impl Participant {
                 send(&mut self.ws, &ClientMessage::Answer { sdp: answer })?;
                 self.shared.stage.fetch_max(3, Ordering::Relaxed);
                 if self.subscriber.is_none() {
-                    let remote = remote_params(&sdp)?;
+                    let remote = offer_transport(&sdp)?;
                     let pc = PeerConn::new(
                         self.local_ip,
                         self.sub_creds.0.clone(),
@@ -576,10 +576,10 @@ impl Participant {
                     self.subscriber = Some(pc);
                 }
             }
-            ServerMessage::TrackPublished { track } => {
-                if Some(&track.participant) != self.me.as_ref() {
-                    self.pending.push(track.id);
-                }
+            ServerMessage::TrackPublished { track }
+                if Some(&track.participant) != self.me.as_ref() =>
+            {
+                self.pending.push(track.id);
             }
             ServerMessage::Error { code, message } => {
                 self.shared.errors.fetch_add(1, Ordering::Relaxed);

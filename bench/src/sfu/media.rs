@@ -178,7 +178,7 @@ impl VideoLayer {
     /// takes.
     pub fn start_frame(&mut self) -> usize {
         let every = u64::from(FPS) * KEYFRAME_INTERVAL.as_secs();
-        self.keyframe = self.want_keyframe || self.frames % every == 0;
+        self.keyframe = self.want_keyframe || self.frames.is_multiple_of(every);
         self.want_keyframe = false;
         self.left = if self.keyframe {
             self.frame_bytes * KEYFRAME_FACTOR

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result, bail};
 use relay::rtp::ExtMap;
-use relay::sdp::{Direction, Extension, Fingerprint, MediaKind, Setup, parse};
+use relay::sdp::{Extension, MediaKind, parse};
 
 /// Chromium's audio + VP8/H.264 simulcast (q, h, f) offer, as kept in the relay's tests.
 const TEMPLATE: &str = include_str!("../../../relay/src/sdp/fixtures/chrome_av_simulcast.sdp");
@@ -48,36 +48,122 @@ pub fn publisher_offer(ufrag: &str, pwd: &str, fingerprint: &str, audio_ssrc: u3
     out
 }
 
-/// Our answer to the SFU's subscriber offer: every section kept (port 0 stays port 0),
-/// direction flipped (`sendonly` → `recvonly`), `setup:active`, our ICE credentials and
-/// fingerprint, no candidates (the SFU is ICE-lite: it learns our address from our
-/// checks), no SSRCs of the SFU's. Payload types stay the offer's (we accept all).
+/// Our answer to the SFU's subscriber offer, written from the offer's text (not through
+/// `relay::sdp::parse`, which caps descriptions at 64 KiB: the SFU's offer in a
+/// 200-participant room has one section per subscribed track, ~600 bytes each). Compact
+/// like a minimal browser answer so that it stays below the server's 64 KiB message cap:
+/// ICE credentials, fingerprint and `setup:active` at session level; per section its mid,
+/// the direction flipped (`sendonly` → `recvonly`), rtcp-mux, and the first non-RTX
+/// payload type the SFU offered with its rtpmap/fmtp. Rejected sections (port 0) stay
+/// rejected. No candidates: the SFU is ICE-lite and learns our address from our checks.
 pub fn subscriber_answer(
     offer: &str,
     ufrag: &str,
     pwd: &str,
     fingerprint: [u8; 32],
 ) -> Result<String> {
-    let mut d = parse(offer).context("parse the SFU's subscriber offer")?;
-    d.ice_lite = false;
-    d.ice_ufrag = None;
-    d.ice_pwd = None;
-    d.fingerprints.clear();
-    d.setup = None;
-    d.origin.username = "-".into();
-    for m in &mut d.media {
-        m.ice_ufrag = Some(ufrag.to_owned());
-        m.ice_pwd = Some(pwd.to_owned());
-        m.fingerprints = vec![Fingerprint::sha256(fingerprint)];
-        m.setup = Some(Setup::Active);
-        m.direction = Some(m.direction.map_or(Direction::RecvOnly, Direction::reversed));
-        m.candidates.clear();
-        m.end_of_candidates = false;
-        m.ssrcs.clear();
-        m.ssrc_groups.clear();
-        m.msid = None;
+    let mut out = String::with_capacity(offer.len() / 4);
+    out.push_str("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n");
+    let mut sections: Vec<Vec<&str>> = Vec::new();
+    for line in offer.lines().map(|l| l.trim_end_matches('\r')) {
+        if line.starts_with("m=") {
+            sections.push(vec![line]);
+        } else if let Some(s) = sections.last_mut() {
+            s.push(line);
+        } else if line.starts_with("a=group:") {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
     }
-    Ok(d.to_string())
+    if sections.is_empty() {
+        bail!("the SFU's offer has no m= section");
+    }
+    out.push_str(&format!(
+        "a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\na=fingerprint:sha-256 {}\r\na=setup:active\r\n",
+        relay::dtls::format_fingerprint(&fingerprint)
+    ));
+    for lines in &sections {
+        let m: Vec<&str> = lines[0]
+            .trim_start_matches("m=")
+            .split_whitespace()
+            .collect();
+        let [kind, port, proto, formats @ ..] = &m[..] else {
+            bail!("bad m= line {:?}", lines[0]);
+        };
+        let mid = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .context("a section without a=mid")?;
+        let is_rtx = |pt: &str| {
+            lines.iter().any(|l| {
+                l.strip_prefix("a=rtpmap:")
+                    .is_some_and(|r| r.starts_with(&format!("{pt} rtx/")))
+            })
+        };
+        let pt = formats
+            .iter()
+            .find(|pt| !is_rtx(pt))
+            .context("no payload type")?;
+        let accepted = *port != "0";
+        out.push_str(&format!(
+            "m={kind} {} {proto} {pt}\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\n",
+            if accepted { "9" } else { "0" }
+        ));
+        if !accepted {
+            continue;
+        }
+        let direction = if lines.contains(&"a=sendonly") || lines.contains(&"a=sendrecv") {
+            "recvonly"
+        } else {
+            "inactive"
+        };
+        out.push_str(&format!("a={direction}\r\na=rtcp-mux\r\n"));
+        for prefix in [format!("a=rtpmap:{pt} "), format!("a=fmtp:{pt} ")] {
+            if let Some(l) = lines.iter().find(|l| l.starts_with(&prefix)) {
+                out.push_str(l);
+                out.push_str("\r\n");
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The SFU's ICE credentials, fingerprint and first UDP IPv4 candidate, read from the
+/// text of its (possibly > 64 KiB) subscriber offer.
+pub fn offer_transport(sdp: &str) -> Result<RemoteParams> {
+    let attr = |name: &str| {
+        sdp.lines()
+            .find_map(|l| l.trim_end_matches('\r').strip_prefix(name))
+            .map(str::to_owned)
+    };
+    let ufrag = attr("a=ice-ufrag:").context("no ice-ufrag")?;
+    let pwd = attr("a=ice-pwd:").context("no ice-pwd")?;
+    let fp_text = attr("a=fingerprint:sha-256 ").context("no sha-256 fingerprint")?;
+    let bytes: Vec<u8> = fp_text
+        .split(':')
+        .map(|h| u8::from_str_radix(h.trim(), 16))
+        .collect::<Result<_, _>>()
+        .context("bad fingerprint")?;
+    let fingerprint = <[u8; 32]>::try_from(bytes.as_slice())
+        .ok()
+        .context("fingerprint is not 32 bytes")?;
+    let candidate = sdp
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("a="))
+        .filter_map(|c| relay::sdp::parse_candidate_line(c).ok())
+        .filter(|c| c.transport == "udp" && c.component == 1)
+        .find_map(|c| Some(SocketAddr::new(c.address.parse().ok()?, c.port)))
+        .filter(SocketAddr::is_ipv4)
+        .context("no UDP IPv4 candidate")?;
+    Ok(RemoteParams {
+        ufrag,
+        pwd,
+        fingerprint,
+        candidate,
+        ext: ExtMap::default(),
+        opus_pt: None,
+        vp8_pt: None,
+    })
 }
 
 /// What the client reads out of one of the SFU's descriptions.
@@ -267,7 +353,10 @@ mod tests {
         let chosen = check_answer(&offer, &ans).expect("the SFU accepts our answer");
         assert_eq!(chosen[2], None, "the closed section stays closed");
         assert!(chosen[0].is_some() && chosen[1].is_some());
-        assert_eq!(ans.media[0].direction, Some(Direction::RecvOnly));
+        assert_eq!(
+            ans.media[0].direction,
+            Some(relay::sdp::Direction::RecvOnly)
+        );
         assert!(!ans.ice_lite);
         assert!(
             ans.media
@@ -275,7 +364,48 @@ mod tests {
                 .all(|m| m.candidates.is_empty() && m.ssrcs.is_empty())
         );
         assert_eq!(ans.sha256_fingerprint_of(&ans.media[1]), Some(FP));
-        let r = remote_params(&offer.to_string()).expect("offer readable");
+        let r = offer_transport(&offer.to_string()).expect("offer readable");
         assert_eq!(r.ufrag, "sfuU");
+        assert_eq!(r.pwd, "sfupasswordsfupassword00");
+        assert_eq!(r.fingerprint, [0x11; 32]);
+        assert_eq!(r.candidate, "10.1.2.3:3479".parse().expect("addr"));
+    }
+
+    #[test]
+    fn answer_to_a_200_participant_offer_fits_the_message_cap() {
+        let tracks: Vec<relay::sdp::OfferSection> = (0..210)
+            .map(|i| {
+                relay::sdp::OfferSection::Track(OutgoingTrack {
+                    mid: i.to_string(),
+                    kind: if i < 200 {
+                        MediaKind::Audio
+                    } else {
+                        MediaKind::Video
+                    },
+                    stream_id: format!("PA_{i}"),
+                    track_id: format!("TR_{i}"),
+                    ssrc: 1000 + i,
+                    rtx_ssrc: (i >= 200).then_some(5000 + i),
+                    cname: "sfu".into(),
+                })
+            })
+            .collect();
+        let offer = relay::sdp::offer(&sfu_params(), &tracks).expect("SFU offer");
+        let text = offer.to_string();
+        assert!(
+            text.len() > relay::sdp::MAX_SDP_LEN,
+            "the offer is {} bytes",
+            text.len()
+        );
+        let answer = subscriber_answer(&text, "cliU", &"q".repeat(24), FP).expect("we answer");
+        assert!(
+            answer.len() < relay::signaling::MAX_MESSAGE_LEN - 200,
+            "{} bytes",
+            answer.len()
+        );
+        let ans = parse(&answer).expect("answer parses");
+        let chosen = check_answer(&offer, &ans).expect("the SFU accepts our answer");
+        assert!(chosen.iter().all(Option::is_some));
+        assert_eq!(offer_transport(&text).expect("transport").ufrag, "sfuU");
     }
 }
