@@ -160,7 +160,9 @@
 
   async function startPublishing() {
     state.pub = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
-    state.sub = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    // Not max-bundle: when every subscribed track is gone, the SFU's offer has only
+    // closed sections and no BUNDLE group, which max-bundle refuses.
+    state.sub = new RTCPeerConnection();
     state.sub.ontrack = onRemoteTrack;
     if (!state.publishMedia) return;
     state.local = await navigator.mediaDevices.getUserMedia({
@@ -313,9 +315,23 @@
             pliCount: s.pliCount,
           };
         } else if (s.type === "outbound-rtp") {
-          out.outbound[s.rid || s.mid || s.id] = { kind: s.kind, bytesSent: s.bytesSent, frameWidth: s.frameWidth };
-        } else if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded" && s.currentRoundTripTime !== undefined) {
-          out.rtt = Math.round(s.currentRoundTripTime * 1000);
+          out.outbound[s.rid || s.mid || s.id] = {
+            kind: s.kind,
+            bytesSent: s.bytesSent,
+            frameWidth: s.frameWidth,
+            framesPerSecond: s.framesPerSecond,
+            qualityLimitationReason: s.qualityLimitationReason,
+            active: s.active,
+            nackCount: s.nackCount,
+            pliCount: s.pliCount,
+            retransmittedPacketsSent: s.retransmittedPacketsSent,
+          };
+        } else if (s.type === "remote-inbound-rtp") {
+          out.remoteInbound = out.remoteInbound || {};
+          out.remoteInbound[s.ssrc] = { kind: s.kind, fractionLost: s.fractionLost, packetsLost: s.packetsLost, roundTripTime: s.roundTripTime };
+        } else if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") {
+          if (s.currentRoundTripTime !== undefined) out.rtt = Math.round(s.currentRoundTripTime * 1000);
+          if (pc === state.pub && s.availableOutgoingBitrate !== undefined) out.sendBitrate = s.availableOutgoingBitrate;
         }
       });
     }

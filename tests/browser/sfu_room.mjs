@@ -80,7 +80,7 @@ async function newPage(browser) {
 
 // A raw WebSocket client inside a page, for the bad-input checks: sends `frames` and
 // collects what comes back until `settleMs` pass without a message or the socket closes.
-async function rawExchange(page, frames, settleMs = 1500) {
+async function rawExchange(page, frames, settleMs = 3000) {
   return page.evaluate(
     async ({ frames, settleMs }) => {
       const ws = new WebSocket(`ws://${location.host}/ws`);
@@ -224,6 +224,9 @@ try {
       "--use-fake-device-for-media-stream",
       "--use-fake-ui-for-media-stream",
       "--autoplay-policy=no-user-gesture-required",
+      // getUserMedia needs a secure context; the relay serves the page over plain HTTP
+      // on a namespace address (deployments put it behind HTTPS).
+      `--unsafely-treat-insecure-origin-as-secure=${new URL(url).origin}`,
       "--no-sandbox",
       "--disable-gpu",
       "--disable-quic",

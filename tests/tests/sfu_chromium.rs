@@ -214,9 +214,13 @@ fn p2p_file_through_turn() {
     let relay = start_relay(&topo, &files);
     let url = format!("http://{}:{SIGNALING_PORT}/", topo.relay_client_v4);
     let exp = now() + 600;
+    let callers: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|i| token("call-1", &format!("caller-{i}"), exp, true, SECRET))
+        .collect();
     let tokens = serde_json::json!({
         "room": "call-1",
-        "participants": ["a", "b"].iter().map(|i| token("call-1", &format!("caller-{i}"), exp, true, SECRET)).collect::<Vec<_>>(),
+        "participants": callers,
         "bytes": 2_000_000,
     });
     let diag = || {

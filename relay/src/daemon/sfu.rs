@@ -172,6 +172,9 @@ impl SfuService {
                 ("nacks_out", e.nacks_out),
                 ("send_errors", e.send_errors + send_errors),
                 ("bad_commands", e.bad_commands),
+                ("twcc_feedback_out", e.twcc_feedback_out),
+                ("srtp_failures", e.srtp_failures),
+                ("transport_drops", e.transport_drops),
             ] {
                 m.insert(k.to_owned(), v);
             }

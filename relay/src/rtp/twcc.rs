@@ -61,6 +61,13 @@ pub struct TwccRecorder {
 }
 
 impl TwccRecorder {
+    /// Sets the media SSRC the feedback names (one of the sender's streams; libwebrtc
+    /// reads the feedback for the whole transport whatever it names, but some receivers
+    /// want a real one).
+    pub fn set_media_ssrc(&mut self, media_ssrc: u32) {
+        self.media_ssrc = media_ssrc;
+    }
+
     /// A recorder with [`DEFAULT_CAPACITY`]: `sender_ssrc` is ours, `media_ssrc` one of
     /// the publisher's.
     pub fn new(sender_ssrc: u32, media_ssrc: u32) -> Self {

@@ -97,6 +97,12 @@ pub struct EngineStats {
     pub send_errors: u64,
     /// Commands that named unknown objects or failed.
     pub bad_commands: u64,
+    /// TWCC feedback messages sent to publishers.
+    pub twcc_feedback_out: u64,
+    /// SRTP/SRTCP packets that failed authentication or replay checks (live transports).
+    pub srtp_failures: u64,
+    /// Datagrams the transports dropped (live transports).
+    pub transport_drops: u64,
 }
 
 /// The media plane of one worker.
@@ -144,7 +150,13 @@ impl Engine {
 
     /// Counters.
     pub fn stats(&self) -> EngineStats {
-        self.stats
+        let mut s = self.stats;
+        for slot in self.transports.values() {
+            let t = slot.transport.stats();
+            s.srtp_failures += t.srtp_auth_failures + t.srtp_replays;
+            s.transport_drops += t.dropped;
+        }
+        s
     }
 
     /// How many transports, tracks and subscriptions exist.

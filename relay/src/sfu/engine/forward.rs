@@ -49,6 +49,9 @@ impl Engine {
                 if !slot.streams.contains_key(&ssrc) {
                     match learn_stream(slot, &mut self.tracks, ssrc, view.payload_type(), &ext) {
                         Some(s) => {
+                            if slot.streams.is_empty() {
+                                slot.twcc.set_media_ssrc(ssrc);
+                            }
                             slot.streams.insert(ssrc, s);
                         }
                         None => {

@@ -200,6 +200,7 @@ impl Engine {
                 };
                 if send_protected(transports, id, &mut out[..], len, now_us, tx, true).is_some() {
                     stats.rtcp_out += 1;
+                    stats.twcc_feedback_out += 1;
                 }
             }
         }

@@ -12,6 +12,8 @@ use crate::signaling::token::{Claims, sign};
 pub const DEMO_HTML: &str = include_str!("../../../assets/demo.html");
 /// The demo page's script.
 pub const DEMO_JS: &str = include_str!("../../../assets/demo.js");
+/// The demo page's style sheet.
+pub const DEMO_CSS: &str = include_str!("../../../assets/demo.css");
 /// How long a demo token is valid.
 pub const DEMO_TOKEN_TTL_SECS: u64 = 3600;
 
@@ -66,7 +68,7 @@ fn not_found() -> Vec<u8> {
 /// Routes one request. `demo_secret`: the demo-token signing secret when `/token` is
 /// enabled; `now_unix`: the clock for token expiry.
 pub fn route(head: &RequestHead, demo_secret: Option<&[u8]>, now_unix: u64) -> Route {
-    let known = matches!(head.path.as_str(), "/" | "/demo.js" | "/token" | "/ws");
+    let known = matches!(head.path.as_str(), "/" | "/demo.js" | "/demo.css" | "/token" | "/ws");
     if !known || (head.path == "/token" && demo_secret.is_none()) {
         return Route::Respond(not_found());
     }
@@ -99,6 +101,13 @@ pub fn route(head: &RequestHead, demo_secret: Option<&[u8]>, now_unix: u64) -> R
             "application/javascript; charset=utf-8",
             &[],
             DEMO_JS.as_bytes(),
+        )),
+        "/demo.css" => Route::Respond(http::response(
+            200,
+            "OK",
+            "text/css; charset=utf-8",
+            &[],
+            DEMO_CSS.as_bytes(),
         )),
         "/token" => match demo_secret {
             Some(secret) => Route::Respond(demo_token(head, secret, now_unix)),
