@@ -219,6 +219,11 @@ fn http_routes_page_token_and_limits() {
     let h = start();
     let addr = h.server.local_addr();
 
+    // A slow client that never finishes its request head holds only its own thread.
+    let mut slow = TcpStream::connect(addr).expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+
     let page = get(addr, "/");
     assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
     assert!(page.contains("Content-Type: text/html; charset=utf-8\r\n"));
@@ -246,6 +251,12 @@ fn http_routes_page_token_and_limits() {
     let t = body["token"].as_str().expect("token").to_owned();
     let claims = relay::signaling::verify(&t, &[DEMO_SECRET], "standup", now()).expect("valid");
     assert!(claims.exp >= now() + 3590 && claims.exp <= now() + 3600);
+
+    // The slow one is still waiting (its deadline is 10 s), not answered half-read.
+    slow.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    assert!(slow.read(&mut byte).is_err(), "answered an incomplete head");
 
     // Disabled: 404.
     let off = start_with(ServerConfig {
