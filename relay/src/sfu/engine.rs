@@ -47,6 +47,19 @@ pub trait Transmit {
     fn send(&mut self, data: &[u8], dest: SocketAddr);
 }
 
+/// Where and when a datagram arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// The sender's address.
+    pub source: SocketAddr,
+    /// Our address it arrived on.
+    pub local: SocketAddr,
+    /// UDP or TCP (RFC 6544 framing removed by the caller).
+    pub via: IceTransport,
+    /// When.
+    pub now: Instant,
+}
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -260,12 +273,12 @@ impl Engine {
     }
 
     fn unsubscribe(&mut self, transport: TransportId, track: TrackId) {
-        if let Some(sub) = self.subs.remove(&(transport, track)) {
-            if let Some(slot) = self.transports.get_mut(&transport) {
-                slot.out_ssrcs.remove(&sub.spec.ssrc);
-                if let Some(rtx) = sub.spec.rtx_ssrc {
-                    slot.out_ssrcs.remove(&rtx);
-                }
+        if let Some(sub) = self.subs.remove(&(transport, track))
+            && let Some(slot) = self.transports.get_mut(&transport)
+        {
+            slot.out_ssrcs.remove(&sub.spec.ssrc);
+            if let Some(rtx) = sub.spec.rtx_ssrc {
+                slot.out_ssrcs.remove(&rtx);
             }
         }
         if let Some(t) = self.tracks.get_mut(&track) {
@@ -332,18 +345,21 @@ impl Engine {
         }
     }
 
-    /// One datagram that arrived from `source` on our address `local`. `buf` holds it in
-    /// `buf[..len]` and is used as scratch (decryption in place).
+    /// One datagram that arrived (see [`Arrival`]). `buf` holds it in `buf[..len]` and is
+    /// used as scratch (decryption in place).
     pub fn handle_datagram(
         &mut self,
         buf: &mut [u8],
         len: usize,
-        source: SocketAddr,
-        local: SocketAddr,
-        via: IceTransport,
-        now: Instant,
+        at: Arrival,
         tx: &mut dyn Transmit,
     ) {
+        let Arrival {
+            source,
+            local,
+            via,
+            now,
+        } = at;
         self.stats.datagrams_in += 1;
         let len = len.min(buf.len());
         let id = match self.by_addr.get(&source) {

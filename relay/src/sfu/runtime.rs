@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::control::{Command, Event};
-use super::engine::{Engine, EngineConfig, EngineStats, MAX_DATAGRAM, Transmit};
+use super::engine::{Arrival, Engine, EngineConfig, EngineStats, MAX_DATAGRAM, Transmit};
 use crate::dtls::Certificate;
 use crate::ice::Transport as IceTransport;
 
@@ -169,15 +169,13 @@ fn run(
             match socket.recv_from(&mut buf) {
                 Ok((n, source)) => {
                     let now = Instant::now();
-                    engine.handle_datagram(
-                        &mut buf,
-                        n,
+                    let at = Arrival {
                         source,
                         local,
-                        IceTransport::Udp,
+                        via: IceTransport::Udp,
                         now,
-                        &mut tx,
-                    );
+                    };
+                    engine.handle_datagram(&mut buf, n, at, &mut tx);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
