@@ -108,7 +108,10 @@ impl SfuService {
             rooms: s.rooms.clone(),
             max_participants: s.max_participants,
         });
-        let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(4096);
+        // Unbounded: the signaling server sends commands while holding its room lock (to
+        // keep their order), so a full channel would stall every signaling connection;
+        // commands are small and signaling is rate-limited per connection.
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
         let (ev_tx, ev_rx) = crossbeam_channel::bounded(4096);
         let runtime = SfuRuntime::start(
             RuntimeConfig {
