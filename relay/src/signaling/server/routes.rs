@@ -68,7 +68,10 @@ fn not_found() -> Vec<u8> {
 /// Routes one request. `demo_secret`: the demo-token signing secret when `/token` is
 /// enabled; `now_unix`: the clock for token expiry.
 pub fn route(head: &RequestHead, demo_secret: Option<&[u8]>, now_unix: u64) -> Route {
-    let known = matches!(head.path.as_str(), "/" | "/demo.js" | "/demo.css" | "/token" | "/ws");
+    let known = matches!(
+        head.path.as_str(),
+        "/" | "/demo.js" | "/demo.css" | "/token" | "/ws"
+    );
     if !known || (head.path == "/token" && demo_secret.is_none()) {
         return Route::Respond(not_found());
     }
