@@ -77,6 +77,9 @@ pub struct SfuArgs {
     /// Seconds between the last peer connection coming up and the window.
     #[arg(long, default_value_t = 3.0)]
     pub settle: f64,
+    /// Seconds to wait for every peer connection to come up (default 20 + participants / 2).
+    #[arg(long)]
+    pub connect_timeout: Option<u64>,
     /// Participants joined per second.
     #[arg(long, default_value_t = 50)]
     pub join_rate: u32,
@@ -445,7 +448,8 @@ fn run_once(args: &SfuArgs, sc: Scenario, duration: f64, server_cpu: usize) -> R
     };
     let load: Load = net.client.enter(move || client::start(cfg))?;
     // Wait (bounded) for every connection to come up.
-    let deadline = Instant::now() + Duration::from_secs(20 + total as u64 / 5);
+    let connect_limit = Duration::from_secs(args.connect_timeout.unwrap_or(20 + total as u64 / 2));
+    let deadline = Instant::now() + connect_limit;
     loop {
         let (p, s) = load.connected();
         if p == total && s == total {
@@ -453,8 +457,24 @@ fn run_once(args: &SfuArgs, sc: Scenario, duration: f64, server_cpu: usize) -> R
         }
         if Instant::now() >= deadline {
             eprintln!(
-                "   only {p}/{total} publisher and {s}/{total} subscriber connections up; measuring anyway"
+                "   only {p}/{total} publisher and {s}/{total} subscriber connections up after {:.0?}; measuring anyway",
+                connect_limit
             );
+            // Where the others are: (stage, publisher*10+subscriber state) -> count.
+            let mut where_: std::collections::BTreeMap<(u64, u64), usize> = Default::default();
+            for c in &load.counters {
+                use std::sync::atomic::Ordering::Relaxed;
+                if !c.publisher_up.load(Relaxed) || !c.subscriber_up.load(Relaxed) {
+                    *where_
+                        .entry((c.stage.load(Relaxed), c.pc_states.load(Relaxed)))
+                        .or_default() += 1;
+                }
+            }
+            for ((stage, pcs), n) in where_ {
+                eprintln!(
+                    "   {n} participant(s) at stage {stage} (1 joined, 2 publisher answered, 3 subscriber offered), connection states {pcs:02} (publisher, subscriber: 0 none, 1 checking, 2 handshaking, 3 connected, 4 failed)"
+                );
+            }
             break;
         }
         std::thread::sleep(Duration::from_millis(100));

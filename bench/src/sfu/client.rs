@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use relay::dtls::Certificate;
 use relay::rtp::{RtcpPacket, compound};
 use relay::signaling::{
-    ClientMessage, Mode, PublishTrack, ServerMessage, Source, Target, TrackKind, parse_server,
+    ClientMessage, Mode, PublishTrack, ServerMessage, Source, Target, TrackKind,
 };
 use tungstenite::{Message, WebSocket};
 
@@ -489,7 +489,10 @@ impl Participant {
                     return;
                 }
             };
-            match parse_server(msg.as_bytes()) {
+            // Not `parse_server`: it caps messages at 64 KiB like the server does for
+            // client messages, but the SFU's subscriber offer in a 200-participant room is
+            // larger (one section per track); tungstenite bounds a message at 64 MiB.
+            match serde_json::from_str::<ServerMessage>(msg.as_str()) {
                 Ok(m) => {
                     if let Err(e) = self.on_message(m, now) {
                         eprintln!("{}: {e:#}", self.spec.identity);
