@@ -249,7 +249,8 @@ mod tests {
 
     #[test]
     fn unspecified_media_needs_announce() {
-        let e = parse("media_listen = \"0.0.0.0:3479\"").expect_err("needs announce");
+        let e =
+            parse("enabled = true\nmedia_listen = \"0.0.0.0:3479\"").expect_err("needs announce");
         assert_eq!(e.0, "sfu.announce");
         let s = parse("media_listen = \"0.0.0.0:3479\"\nannounce = [\"192.0.2.7\"]").expect("ok");
         assert_eq!(
@@ -277,7 +278,9 @@ mod tests {
             "sfu.token_secrets[0]"
         );
         assert_eq!(
-            parse("media_listen = \"127.0.0.1:0\"").expect_err("bad").0,
+            parse("enabled = true\nmedia_listen = \"127.0.0.1:0\"")
+                .expect_err("bad")
+                .0,
             "sfu.media_listen"
         );
     }

@@ -178,6 +178,9 @@ struct Missing {
     sent: u8,
 }
 
+/// Where the first sequence number is placed in the extended (unwrapped) space.
+const UNWRAP_BASE: u64 = 1 << 32;
+
 /// For the SFU as a receiver from publishers, per inbound stream: notices missing
 /// sequence numbers and says when to NACK them. Each is asked for at most
 /// [`MAX_NACKS_PER_PACKET`] times, spaced by max([`MIN_NACK_SPACING_US`], RTT), and
@@ -232,7 +235,9 @@ impl NackGenerator {
     /// ([`MAX_NACK_GAP`]): the caller should ask for a keyframe instead.
     pub fn on_packet(&mut self, seq: u16, now_us: u64) -> bool {
         let Some(highest) = self.highest else {
-            self.highest = Some(u64::from(seq));
+            // Far from zero, so a packet from just before the first one unwraps below it
+            // instead of looking like a jump forward of almost 65536.
+            self.highest = Some(UNWRAP_BASE + u64::from(seq));
             return false;
         };
         let ext = unwrap_seq(highest, seq);
