@@ -137,6 +137,9 @@ struct RunArgs {
     /// Do not start the XDP fast path.
     #[arg(long)]
     no_xdp: bool,
+    /// Do not start the SFU and its signaling server (sfu.enabled = false).
+    #[arg(long)]
+    no_sfu: bool,
     /// Interface for the XDP fast path (repeatable; replaces xdp.interfaces).
     #[arg(long = "xdp-iface", value_name = "IFACE")]
     xdp_iface: Vec<String>,
@@ -262,6 +265,7 @@ fn load(args: &RunArgs) -> Result<Config, relay::config::ConfigError> {
         workers: args.workers,
         backend: args.backend,
         no_xdp: args.no_xdp,
+        no_sfu: args.no_sfu,
         xdp_interfaces: args.xdp_iface.clone(),
         xdp_mode: args.xdp_mode,
         control_socket: args.control_socket.clone(),

@@ -59,6 +59,8 @@ fn lifecycle(backend: &str, stop_signal: i32) {
     let mut daemon = Daemon::spawn(&[
         "run",
         "--no-xdp",
+        // Two lifecycle tests run at once; the embedded default's SFU ports are fixed.
+        "--no-sfu",
         "--listen",
         &listen,
         "--workers",

@@ -134,6 +134,8 @@ pub struct Overrides {
     pub backend: Option<BackendChoice>,
     /// `--no-xdp`.
     pub no_xdp: bool,
+    /// `--no-sfu`.
+    pub no_sfu: bool,
     /// `--xdp-iface` (replaces `xdp.interfaces` when non-empty).
     pub xdp_interfaces: Vec<String>,
     /// `--xdp-mode`.
@@ -367,6 +369,9 @@ impl Config {
         }
         if o.no_xdp {
             self.xdp.enabled = false;
+        }
+        if o.no_sfu {
+            self.sfu.enabled = false;
         }
         if !o.xdp_interfaces.is_empty() {
             self.xdp.interfaces = o.xdp_interfaces.clone();
