@@ -690,6 +690,7 @@ level = "relay=debug,info"
                 workers: Some(1),
                 backend: Some(BackendChoice::Portable),
                 no_xdp: true,
+                no_sfu: true,
                 xdp_interfaces: vec!["veth0".into()],
                 xdp_mode: Some(XdpModeChoice::Native),
                 control_socket: Some("/tmp/c.sock".into()),
@@ -704,6 +705,7 @@ level = "relay=debug,info"
         assert_eq!(c.workers, 1);
         assert_eq!(c.backend, BackendChoice::Portable);
         assert!(!c.xdp.enabled);
+        assert!(!c.sfu.enabled, "--no-sfu");
         assert_eq!(c.xdp.interfaces, vec!["veth0"]);
         assert_eq!(c.xdp.mode, XdpModeChoice::Native);
         assert_eq!(c.control_socket, PathBuf::from("/tmp/c.sock"));
