@@ -25,7 +25,11 @@ impl Drop for Dir {
 }
 
 fn dir(tag: &str) -> Dir {
-    let p = std::env::temp_dir().join(format!("relay-tls-{tag}-{}", std::process::id()));
+    // Unique per call: tests run in parallel and several use the same tag ("stream"); a
+    // shared directory was removed by one test's Drop while another wrote into it.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = std::env::temp_dir().join(format!("relay-tls-{tag}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&p).unwrap();
     Dir(p)
 }
