@@ -1070,6 +1070,27 @@ allow = ["{TURN_PEER_NET_V4}", "{TURN_PEER_NET_V6}"]
     }
 }
 
+/// Debian's Chromium, which the browser tests drive (never a downloaded browser).
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// `tests/browser`: the node scripts and their playwright-core install.
+pub fn browser_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser")
+}
+
+/// Fails with what to run when Chromium or playwright-core is missing.
+pub fn check_browser_prerequisites() {
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: install Debian's chromium (`cargo xtask setup`)"
+    );
+    assert!(
+        browser_dir().join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed in {}: run `cargo xtask setup` (npm ci there)",
+        browser_dir().display()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

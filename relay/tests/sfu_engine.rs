@@ -167,26 +167,23 @@ impl Browser {
 
     /// Sends one plain RTP packet (protected) to the engine.
     fn send_rtp(&mut self, engine: &mut Engine, plain: &[u8], tx: &mut dyn Transmit) {
-        let mut buf = [0u8; 1600];
-        buf[..plain.len()].copy_from_slice(plain);
-        let n = self
-            .tx
-            .as_mut()
-            .expect("keys")
-            .protect_rtp(&mut buf, plain.len())
-            .expect("protect");
-        engine.handle_datagram(&mut buf, n, self.arrival(), tx);
+        self.send(engine, plain, false, tx);
     }
 
     fn send_rtcp(&mut self, engine: &mut Engine, plain: &[u8], tx: &mut dyn Transmit) {
+        self.send(engine, plain, true, tx);
+    }
+
+    fn send(&mut self, engine: &mut Engine, plain: &[u8], rtcp: bool, tx: &mut dyn Transmit) {
         let mut buf = [0u8; 1600];
         buf[..plain.len()].copy_from_slice(plain);
-        let n = self
-            .tx
-            .as_mut()
-            .expect("keys")
-            .protect_rtcp(&mut buf, plain.len())
-            .expect("protect");
+        let srtp = self.tx.as_mut().expect("keys");
+        let n = if rtcp {
+            srtp.protect_rtcp(&mut buf, plain.len())
+        } else {
+            srtp.protect_rtp(&mut buf, plain.len())
+        }
+        .expect("protect");
         engine.handle_datagram(&mut buf, n, self.arrival(), tx);
     }
 

@@ -17,35 +17,19 @@
 //! them.
 #![allow(clippy::unwrap_used)]
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use relay::signaling::{Claims, sign};
 use relay_e2e::{
-    Daemon, Netns, TempDir, TurnTopology, require_root, run_bounded, wait_tcp_listening,
+    CHROMIUM, Daemon, Netns, TempDir, TurnTopology, browser_dir, check_browser_prerequisites,
+    require_root, run_bounded, wait_tcp_listening,
 };
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const SECRET: &str = "sfu-e2e-signing-secret-0123456789";
 const TURN_SECRET: &str = "sfu-e2e-turn-secret";
 const SIGNALING_PORT: u16 = 8080;
 const MEDIA_PORT: u16 = 3479;
 const TURN_PORT: u16 = 3478;
-
-fn browser_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser")
-}
-
-fn check_prerequisites() {
-    assert!(
-        std::path::Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: install Debian's chromium (`cargo xtask setup`)"
-    );
-    assert!(
-        browser_dir().join("node_modules/playwright-core").exists(),
-        "playwright-core is not installed in {}: run `cargo xtask setup` (npm ci there)",
-        browser_dir().display()
-    );
-}
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -165,7 +149,7 @@ fn sfu_three_participants_layer_switch_and_bad_input() {
     if !require_root("sfu_three_participants_layer_switch_and_bad_input") {
         return;
     }
-    check_prerequisites();
+    check_browser_prerequisites();
     let topo = TurnTopology::new("rsf").expect("create the topology");
     let files = TempDir::new("relay-sfu-chromium").unwrap();
     let relay = start_relay(&topo, &files);
@@ -208,7 +192,7 @@ fn p2p_file_through_turn() {
     if !require_root("p2p_file_through_turn") {
         return;
     }
-    check_prerequisites();
+    check_browser_prerequisites();
     let topo = TurnTopology::new("rsp").expect("create the topology");
     let files = TempDir::new("relay-p2p-chromium").unwrap();
     let relay = start_relay(&topo, &files);

@@ -18,10 +18,11 @@
 //! chromium: `cargo xtask setup` installs both.
 #![allow(clippy::unwrap_used)]
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use relay_e2e::{
-    Daemon, Netns, TempDir, TurnTopology, require_root, run_bounded, spawn_in, wait_tcp_listening,
+    CHROMIUM, Daemon, Netns, TempDir, TurnTopology, browser_dir, check_browser_prerequisites,
+    require_root, run_bounded, spawn_in, wait_tcp_listening,
 };
 
 const PORT: u16 = 3478;
@@ -29,23 +30,6 @@ const REALM: &str = "relay.test";
 const USER: &str = "browser";
 const PASSWORD: &str = "browser-secret-pw";
 const FILE_BYTES: u64 = 3_000_000;
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn browser_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser")
-}
-
-fn check_prerequisites() {
-    assert!(
-        std::path::Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: install Debian's chromium (`cargo xtask setup`)"
-    );
-    assert!(
-        browser_dir().join("node_modules/playwright-core").exists(),
-        "playwright-core is not installed in {}: run `cargo xtask setup` (npm ci there)",
-        browser_dir().display()
-    );
-}
 
 /// Runs the browser script in `ns` against `turn` and returns its parsed result after
 /// asserting everything the test is about.
@@ -122,7 +106,7 @@ fn chromium_datachannel_through_relay() {
     if !require_root("chromium_datachannel_through_relay") {
         return;
     }
-    check_prerequisites();
+    check_browser_prerequisites();
     let topo = TurnTopology::new("rlt").expect("create the topology");
     let files = TempDir::new("relay-turn-chromium").unwrap();
     let turn = SocketAddr::new(topo.relay_client_v4.into(), PORT);
@@ -204,7 +188,7 @@ fn chromium_harness_against_coturn() {
     if !require_root("chromium_harness_against_coturn") {
         return;
     }
-    check_prerequisites();
+    check_browser_prerequisites();
     let topo = TurnTopology::new("rlt").expect("create the topology");
     let turn = SocketAddr::new(topo.relay_client_v4.into(), PORT);
     let ip = topo.relay_client_v4.to_string();
