@@ -120,6 +120,8 @@ impl SfuService {
                     audio_speakers: s.audio_speakers,
                     ..EngineConfig::default()
                 },
+                backend: config.backend,
+                core: None,
             },
             Arc::new(cert),
             cmd_rx,

@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::control::{Command, Event};
 use super::engine::{Arrival, Engine, EngineConfig, EngineStats, MAX_DATAGRAM, Transmit};
+use crate::config::BackendChoice;
 use crate::dtls::Certificate;
 use crate::ice::Transport as IceTransport;
 
@@ -36,6 +37,11 @@ pub struct RuntimeConfig {
     pub listen: SocketAddr,
     /// Engine settings.
     pub engine: EngineConfig,
+    /// The socket layer: io_uring, the portable poll(2) loop, or io_uring when the kernel
+    /// permits it (the `[dataplane] backend` setting, same rule as the TURN workers).
+    pub backend: BackendChoice,
+    /// The CPU the media thread is pinned to (None: wherever the scheduler puts it).
+    pub core: Option<usize>,
 }
 
 /// A running media thread.
@@ -86,6 +92,7 @@ impl SfuRuntime {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let send_errors = Arc::new(AtomicU64::new(0));
+        let core = cfg.core;
         let thread = {
             let stop = stop.clone();
             let stats = stats.clone();
@@ -93,6 +100,7 @@ impl SfuRuntime {
             std::thread::Builder::new()
                 .name("relay-sfu".into())
                 .spawn(move || {
+                    pin(core);
                     run(
                         socket,
                         local,
@@ -211,6 +219,14 @@ fn run(
         }
     }
     tracing::info!("SFU media thread stopped");
+}
+
+/// Pins the calling thread to `core` when one is configured (a warning if refused).
+fn pin(core: Option<usize>) {
+    let Some(id) = core else { return };
+    if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+        tracing::warn!(core = id, "cannot pin the SFU media thread to its core");
+    }
 }
 
 /// Waits until the socket is readable or `wait` passes.
