@@ -22,7 +22,8 @@
     me: null,
     room: null,
     participants: new Map(), // id -> identity
-    tracks: new Map(), // track id -> TrackInfo
+    tracks: new Map(), // track id -> TrackInfo (the others' tracks)
+    ownTracks: new Map(), // track id -> TrackInfo of what we publish (ids for unpublish)
     subscribed: new Set(),
     pub: null, // publisher RTCPeerConnection (SFU)
     sub: null, // subscriber RTCPeerConnection (SFU)
@@ -68,6 +69,7 @@
     const mode = opts.mode ?? $("mode").value;
     state.relayOnly = opts.relayOnly ?? $("relay-only").checked;
     state.publishMedia = opts.media ?? true;
+    state.codec = opts.codec ?? null; // e.g. "H264": preferred for published video
     let token = opts.token ?? $("token").value;
     if (!token) token = await fetchToken(room, identity, mode === "p2p");
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
@@ -121,10 +123,17 @@
         if (state.mode === "p2p") p2pHangup();
         break;
       case "track_published":
+        // Our own tracks come back too (that is how we learn their ids, for unpublish):
+        // kept apart, never subscribed to (the server would refuse) nor given a tile.
+        if (m.track.participant === state.me) {
+          state.ownTracks.set(m.track.id, m.track);
+          break;
+        }
         state.tracks.set(m.track.id, m.track);
         subscribe([m.track.id]);
         break;
       case "track_unpublished":
+        state.ownTracks.delete(m.track);
         state.tracks.delete(m.track);
         state.subscribed.delete(m.track);
         break;
@@ -174,6 +183,7 @@
       direction: "sendonly",
       sendEncodings: SIMULCAST,
     });
+    preferCodec(video);
     addTile(state.me, "me", true).video.srcObject = new MediaStream(state.local.getVideoTracks());
     await renegotiate([
       { transceiver: audio, kind: "audio", source: "microphone" },
@@ -197,10 +207,23 @@
     return state.publishQueue;
   }
 
-  async function shareScreen() {
+  // Puts `state.codec` (e.g. "H264") first in a video transceiver's codec list, when the
+  // browser has it.
+  function preferCodec(tr) {
+    if (!state.codec || !tr.setCodecPreferences || !RTCRtpSender.getCapabilities) return;
+    const want = `video/${state.codec}`.toLowerCase();
+    const all = RTCRtpSender.getCapabilities("video").codecs;
+    const first = all.filter((c) => c.mimeType.toLowerCase() === want);
+    if (first.length === 0) throw new Error(`this browser cannot send ${state.codec}`);
+    tr.setCodecPreferences([...first, ...all.filter((c) => c.mimeType.toLowerCase() !== want)]);
+  }
+
+  // `stream`: a video MediaStream to share instead of asking getDisplayMedia (tests).
+  async function shareScreen(stream) {
     if (!state.pub) return;
-    state.screen = await navigator.mediaDevices.getDisplayMedia({ video: true });
+    state.screen = stream instanceof MediaStream ? stream : await navigator.mediaDevices.getDisplayMedia({ video: true });
     const tr = state.pub.addTransceiver(state.screen.getVideoTracks()[0], { direction: "sendonly" });
+    preferCodec(tr);
     await renegotiate([{ transceiver: tr, kind: "video", source: "screen" }]);
   }
 

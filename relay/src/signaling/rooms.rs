@@ -324,6 +324,18 @@ impl Rooms {
         }
     }
 
+    /// Sends `msg` to every participant of `room`.
+    fn broadcast_room(&mut self, room: &str, msg: &ServerMessage) {
+        let members = self
+            .rooms
+            .get(room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        for c in members {
+            self.send(c, msg.clone());
+        }
+    }
+
     fn random_session_id(&self) -> Result<u64, ProtocolError> {
         random_session_id(&self.rng)
     }

@@ -211,7 +211,8 @@ impl Rooms {
     }
 
     /// Binds every pending track whose mid names an accepted `recvonly` section of the
-    /// latest negotiation: `Publish` to the media plane, `track_published` to the room.
+    /// latest negotiation: `Publish` to the media plane, `track_published` to the whole room
+    /// (the publisher too).
     fn bind_pending(&mut self, conn: ConnId) {
         let Some(m) = self.member_mut(conn) else {
             return;
@@ -271,7 +272,9 @@ impl Rooms {
                 },
             );
             self.media(Command::Publish(inbound));
-            self.broadcast_others(conn, &ServerMessage::TrackPublished { track: info });
+            // Everyone in the room, the publisher included: its copy is how it learns
+            // the ids it may `unpublish` (its own `participant` tells it apart).
+            self.broadcast_room(&room, &ServerMessage::TrackPublished { track: info });
         }
     }
 }

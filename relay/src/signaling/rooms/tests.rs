@@ -305,7 +305,7 @@ fn two_participant_sfu_flow() {
             .and_then(|m| m.publisher.as_ref())
             .map(|p| p.ufrag())
     );
-    // 2. the transport, 3./4. the audio track, 5./6. the video track.
+    // 2. the transport, 3.-5. the audio track, 6.-8. the video track.
     let Output::Media(Command::AddTransport(spec)) = &out[1] else {
         panic!("AddTransport second: {out:?}");
     };
@@ -343,17 +343,21 @@ fn two_participant_sfu_flow() {
         source: Source::Microphone,
         simulcast: vec![],
     };
-    assert_eq!(
-        out[3],
-        Output::Send(
-            2,
-            ServerMessage::TrackPublished {
-                track: track1.clone()
-            }
-        )
-    );
-    let Output::Media(Command::Publish(video)) = &out[4] else {
-        panic!("Publish video fifth: {out:?}");
+    // The whole room hears of it, the publisher first (room order): its copy carries
+    // its own participant id and is how it learns the track's id.
+    for (i, conn) in [(3, 1), (4, 2)] {
+        assert_eq!(
+            out[i],
+            Output::Send(
+                conn,
+                ServerMessage::TrackPublished {
+                    track: track1.clone()
+                }
+            )
+        );
+    }
+    let Output::Media(Command::Publish(video)) = &out[5] else {
+        panic!("Publish video sixth: {out:?}");
     };
     assert_eq!(video.id, 2);
     assert!(video.video && !video.screen);
@@ -371,16 +375,18 @@ fn two_participant_sfu_flow() {
         source: Source::Camera,
         simulcast: ids(&["q", "h", "f"]),
     };
-    assert_eq!(
-        out[5],
-        Output::Send(
-            2,
-            ServerMessage::TrackPublished {
-                track: track2.clone()
-            }
-        )
-    );
-    assert_eq!(out.len(), 6, "{out:?}");
+    for (i, conn) in [(6, 1), (7, 2)] {
+        assert_eq!(
+            out[i],
+            Output::Send(
+                conn,
+                ServerMessage::TrackPublished {
+                    track: track2.clone()
+                }
+            )
+        );
+    }
+    assert_eq!(out.len(), 8, "{out:?}");
     assert_eq!(r.stats().tracks, 2);
 
     // A third participant sees both tracks in `joined`.
@@ -591,6 +597,109 @@ fn two_participant_sfu_flow() {
     assert!(r.rooms.is_empty() && r.tracks.is_empty());
 }
 
+/// The publisher hears `track_published` for its own tracks (its own participant id in
+/// them), and the ids it learns that way are what `unpublish` takes.
+#[test]
+fn publisher_learns_its_own_track_ids_and_unpublishes_with_them() {
+    let mut r = two_in_sfu();
+    let b_sub = sub_transport(&r, 2);
+    ok(&mut r, 1, publish_av(["0", "1"]));
+    let out = ok(
+        &mut r,
+        1,
+        ClientMessage::Offer {
+            sdp: CHROME_AV.into(),
+        },
+    );
+    let learned: Vec<String> = sent_to(&out, 1)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::TrackPublished { track } => {
+                assert_eq!(track.participant, "PA_1", "its own id: {track:?}");
+                Some(track.id)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(learned, ids(&["TR_1", "TR_2"]));
+    // Its own tracks are not for it to subscribe to.
+    let e = err(
+        &mut r,
+        1,
+        ClientMessage::Subscribe {
+            tracks: vec![learned[0].clone()],
+        },
+    );
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    // B subscribes to both and answers: both subscriptions are active.
+    let out = ok(
+        &mut r,
+        2,
+        ClientMessage::Subscribe {
+            tracks: learned.clone(),
+        },
+    );
+    let offer = the_offer(&out, 2);
+    let out = ok(
+        &mut r,
+        2,
+        ClientMessage::Answer {
+            sdp: browser_answer(&offer, false),
+        },
+    );
+    assert_eq!(
+        commands(&out)
+            .iter()
+            .filter(|c| matches!(c, Command::Subscribe(_)))
+            .count(),
+        2
+    );
+    // A unpublishes its video by the id it was told.
+    let out = ok(
+        &mut r,
+        1,
+        ClientMessage::Unpublish {
+            tracks: vec![learned[1].clone()],
+        },
+    );
+    assert_eq!(
+        commands(&out),
+        vec![
+            Command::Unsubscribe {
+                transport: b_sub,
+                track: 2
+            },
+            Command::Unpublish(2),
+        ]
+    );
+    assert_eq!(
+        sent_to(&out, 2)[0],
+        ServerMessage::TrackUnpublished {
+            track: "TR_2".into()
+        }
+    );
+    assert!(sent_to(&out, 1).is_empty(), "{out:?}");
+    assert_eq!(r.stats().tracks, 1);
+    // Gone: a second unpublish of it is refused; the audio one still works.
+    let e = err(
+        &mut r,
+        1,
+        ClientMessage::Unpublish {
+            tracks: vec![learned[1].clone()],
+        },
+    );
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let out = ok(
+        &mut r,
+        1,
+        ClientMessage::Unpublish {
+            tracks: vec![learned[0].clone()],
+        },
+    );
+    assert!(commands(&out).contains(&Command::Unpublish(1)), "{out:?}");
+    assert_eq!(r.stats().tracks, 0);
+}
+
 #[test]
 fn offer_before_publish_and_a_mid_that_never_appears() {
     let mut r = two_in_sfu();
@@ -642,10 +751,13 @@ fn offer_before_publish_and_a_mid_that_never_appears() {
     };
     assert_eq!(mid, "2");
     assert_eq!(r.stats().tracks, 1);
-    assert!(matches!(
-        sent_to(&out, 2).as_slice(),
-        [ServerMessage::TrackPublished { track }] if track.id == "TR_1" && track.source == Source::Screen
-    ));
+    for conn in [1, 2] {
+        assert!(matches!(
+            sent_to(&out, conn).as_slice(),
+            [ServerMessage::TrackPublished { track }]
+                if track.id == "TR_1" && track.participant == "PA_1" && track.source == Source::Screen
+        ));
+    }
     // The same mid twice is refused; the pending one can be unpublished quietly.
     let dup = err(
         &mut r,
