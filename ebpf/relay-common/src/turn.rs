@@ -82,6 +82,12 @@ pub const MAX_MAP_ENTRIES: u32 = 131_072;
 /// Rule flag: set DF on the packets this rule sends (IPv4).
 pub const RULE_DONT_FRAGMENT: u16 = 1;
 
+/// The `alloc_idx` a rule carries when its allocation has no bandwidth limit: outside
+/// `TURN_BANDWIDTH`, so the kernel finds no budget entry and charges nothing. An
+/// unlimited allocation's frames then touch no budget memory at all (one cache line less
+/// per frame with many allocations); the daemon still owns a real index for it.
+pub const NO_BUDGET: u32 = u32::MAX;
+
 /// Key of `TURN_CHANNELS`: the client's 5-tuple (UDP implied) and the channel number.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -27,8 +27,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use relay_common::turn::{
-    AllocKey, AllocRule, ChannelKey, ChannelRule, PeerKey, PeerRule, RULE_DONT_FRAGMENT, RuleStats,
-    mapped_v4, wire,
+    AllocKey, AllocRule, ChannelKey, ChannelRule, NO_BUDGET, PeerKey, PeerRule, RULE_DONT_FRAGMENT,
+    RuleStats, mapped_v4, wire,
 };
 
 use super::allocation::Allocation;
@@ -236,7 +236,21 @@ struct Installed {
 #[derive(Debug)]
 struct FastAlloc {
     alloc_idx: u32,
+    /// Whether its `TURN_BANDWIDTH` entry holds a limit. Without one, its rules carry
+    /// [`NO_BUDGET`] instead of `alloc_idx`, so the kernel skips the budget entry.
+    limited: bool,
     rules: HashMap<RuleId, Installed>,
+}
+
+impl FastAlloc {
+    /// The `alloc_idx` its kernel rules carry.
+    fn rule_alloc_idx(&self) -> u32 {
+        if self.limited {
+            self.alloc_idx
+        } else {
+            NO_BUDGET
+        }
+    }
 }
 
 /// What the rules depend on besides the allocation.
@@ -467,6 +481,7 @@ impl FastState {
             };
             v.insert(FastAlloc {
                 alloc_idx,
+                limited: env.bandwidth > 0,
                 rules: HashMap::new(),
             });
         }
@@ -495,10 +510,11 @@ impl FastState {
                 *rules = rules.saturating_sub(1);
             }
         }
+        let rule_alloc_idx = fa.rule_alloc_idx();
         for (rid, mut entry) in want {
             match fa.rules.get_mut(&rid) {
                 Some(inst) => {
-                    entry.set_indices(inst.stats_idx, fa.alloc_idx);
+                    entry.set_indices(inst.stats_idx, rule_alloc_idx);
                     if entry != inst.entry {
                         // Same key, new contents (a deadline): an in-place update.
                         if entry.put(sink) {
@@ -510,7 +526,7 @@ impl FastState {
                     let Some(stats_idx) = sink.take_stats_index() else {
                         continue;
                     };
-                    entry.set_indices(stats_idx, fa.alloc_idx);
+                    entry.set_indices(stats_idx, rule_alloc_idx);
                     if entry.put(sink) {
                         fa.rules.insert(
                             rid,
@@ -656,6 +672,7 @@ impl FastState {
         let want = desired(a, env, sink, keys_at);
         let mut fa = FastAlloc {
             alloc_idx: saved.alloc_idx,
+            limited: a.bucket.is_some(),
             rules: HashMap::new(),
         };
         for r in &saved.rules {
@@ -665,7 +682,7 @@ impl FastState {
                 continue;
             };
             let mut entry = *entry;
-            entry.set_indices(r.stats_idx, saved.alloc_idx);
+            entry.set_indices(r.stats_idx, fa.rule_alloc_idx());
             entry.put(sink);
             fa.rules.insert(
                 rid,

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use relay_common::turn::{
-    AllocKey, AllocRule, ChannelKey, ChannelRule, PeerKey, PeerRule, RULE_DONT_FRAGMENT, RuleStats,
+    AllocKey, AllocRule, ChannelKey, ChannelRule, NO_BUDGET, PeerKey, PeerRule, RULE_DONT_FRAGMENT,
+    RuleStats,
 };
 
 use super::attrs::{self, method};
@@ -270,18 +271,19 @@ fn channel_bind_installs_both_directions_permission_and_allocation_rules() {
     assert_eq!(ak.client_port, [0x9c, 0x40]);
     assert_eq!(ar.relay_addr, mapped([192, 0, 2, 10]));
     assert_eq!(ar.expires_ns, T0_NS + 600 * SEC);
-    // One alloc_idx for all rules; a distinct stats_idx per rule.
-    let alloc_idx = ar.alloc_idx;
+    // No limit configured: the allocation owns a budget entry (rate 0), but its rules
+    // point the kernel at none, so frames skip the budget. A distinct stats_idx per rule.
     assert!(
-        [cr.alloc_idx, pr0.alloc_idx, pr1.alloc_idx]
+        [cr.alloc_idx, pr0.alloc_idx, pr1.alloc_idx, ar.alloc_idx]
             .iter()
-            .all(|&i| i == alloc_idx)
+            .all(|&i| i == NO_BUDGET)
     );
     let mut idx = vec![cr.stats_idx, pr0.stats_idx, pr1.stats_idx, ar.stats_idx];
     idx.sort_unstable();
     idx.dedup();
     assert_eq!(idx.len(), 4);
-    assert_eq!(m.bandwidth.get(&alloc_idx), Some(&0), "no limit configured");
+    assert_eq!(m.bandwidth.len(), 1, "one budget entry taken");
+    assert_eq!(m.bandwidth.values().next(), Some(&0), "no limit configured");
     drop(m);
     assert_eq!(w.server.stats().fast_rules, 4);
 }
@@ -581,6 +583,10 @@ fn kernel_bytes_are_charged_to_the_userspace_bandwidth_bucket() {
     let rec = with_fast(&w);
     let (mut c, _, _) = allocated(&mut w);
     bind(&mut w, &mut c, 0x4001, peer());
+    // A limited allocation's rules name its budget entry, which holds the rate.
+    let (_, cr) = rec.one_channel();
+    assert_ne!(cr.alloc_idx, NO_BUDGET);
+    assert_eq!(rec.m().bandwidth.get(&cr.alloc_idx), Some(&100_000));
     // Userspace relays while the bucket has tokens.
     w.sink.peer.clear();
     w.send(&c.tuple, &channel_data(0x4001, &[7; 400]));
