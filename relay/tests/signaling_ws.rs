@@ -37,10 +37,10 @@ struct Harness {
 fn rooms_config() -> RoomsConfig {
     RoomsConfig {
         secrets: vec![SECRET.to_vec()],
-        candidates: vec![LocalCandidate {
+        candidates: vec![vec![LocalCandidate {
             addr: "127.0.0.1:3478".parse().expect("addr"),
             transport: CandidateTransport::Udp,
-        }],
+        }]],
         fingerprint: [0x5a; 32],
         stun_urls: vec!["stun:127.0.0.1:3478".into()],
         turn_urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],

@@ -19,8 +19,11 @@ pub struct SfuSettings {
     pub enabled: bool,
     /// HTTP + WebSocket signaling, and the demo page at `/`.
     pub signaling_listen: SocketAddr,
-    /// UDP media address (ICE-lite host candidate).
+    /// UDP media address (ICE-lite host candidate) of media worker 0; worker i listens
+    /// on port + i (port 0: an ephemeral port for each).
     pub media_listen: SocketAddr,
+    /// Media workers (threads, each with its own socket and rooms); resolved: at least 1.
+    pub workers: usize,
     /// Addresses announced as ICE candidates; empty = media_listen's address.
     pub announce: Vec<IpAddr>,
     /// Join-token secrets: the first signs (demo tokens), all verify.
@@ -54,6 +57,9 @@ pub(super) struct SfuSection {
     signaling_listen: String,
     #[serde(default = "default_media")]
     media_listen: String,
+    /// 0: one per CPU core the process may use.
+    #[serde(default)]
+    workers: usize,
     #[serde(default)]
     announce: Vec<String>,
     #[serde(default)]
@@ -105,6 +111,7 @@ impl Default for SfuSection {
             enabled: false,
             signaling_listen: default_signaling(),
             media_listen: default_media(),
+            workers: 0,
             announce: Vec::new(),
             token_secrets: Vec::new(),
             token_secret_file: None,
@@ -117,6 +124,17 @@ impl Default for SfuSection {
             turn_credential_ttl: default_ttl(),
         }
     }
+}
+
+/// Most media workers (and what `workers = 0` is capped at).
+pub const MAX_MEDIA_WORKERS: usize = 64;
+
+/// What `workers = 0` means: one per CPU core the process may use, capped.
+fn auto_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .min(MAX_MEDIA_WORKERS)
 }
 
 fn addr(key: &str, raw: &str) -> Result<SocketAddr, (String, String)> {
@@ -157,10 +175,29 @@ pub(super) fn build(s: SfuSection) -> Result<SfuSettings, (String, String)> {
             ),
         ));
     }
-    if s.enabled && media_listen.port() == 0 {
+    if s.workers > MAX_MEDIA_WORKERS {
         return Err((
-            "sfu.media_listen".into(),
-            "needs a fixed port: it is announced in every SDP answer".into(),
+            "sfu.workers".into(),
+            format!(
+                "{} is out of range (0-{MAX_MEDIA_WORKERS}; 0 = one per CPU core)",
+                s.workers
+            ),
+        ));
+    }
+    let workers = if s.workers == 0 {
+        auto_workers()
+    } else {
+        s.workers
+    };
+    let port = usize::from(media_listen.port());
+    if port != 0 && port + workers - 1 > usize::from(u16::MAX) {
+        return Err((
+            "sfu.workers".into(),
+            format!(
+                "{workers} media workers listen on ports {port}-{} (sfu.media_listen port + \
+                 worker): past 65535; lower sfu.media_listen's port or sfu.workers",
+                port + workers - 1
+            ),
         ));
     }
     if s.max_participants == 0 || s.max_participants > 10_000 {
@@ -199,6 +236,7 @@ pub(super) fn build(s: SfuSection) -> Result<SfuSettings, (String, String)> {
         enabled: s.enabled,
         signaling_listen,
         media_listen,
+        workers,
         announce,
         token_secrets: s.token_secrets,
         token_secret_file: s.token_secret_file,
@@ -213,16 +251,36 @@ pub(super) fn build(s: SfuSection) -> Result<SfuSettings, (String, String)> {
 }
 
 impl SfuSettings {
-    /// The addresses announced as host candidates.
-    pub fn candidate_addrs(&self) -> Vec<SocketAddr> {
+    /// Where media worker `worker` listens: `media_listen`'s port + `worker` (port 0
+    /// stays 0: the kernel picks one for each worker).
+    pub fn worker_listen(&self, worker: usize) -> SocketAddr {
+        let port = match self.media_listen.port() {
+            0 => 0,
+            p => u16::try_from(usize::from(p) + worker).unwrap_or(u16::MAX),
+        };
+        SocketAddr::new(self.media_listen.ip(), port)
+    }
+
+    /// The addresses announced as host candidates for a worker whose socket is bound to
+    /// `bound`: the `announce` addresses (or the bound one) with its port.
+    pub fn candidate_addrs_for(&self, bound: SocketAddr) -> Vec<SocketAddr> {
         if self.announce.is_empty() {
-            vec![self.media_listen]
+            vec![bound]
         } else {
             self.announce
                 .iter()
-                .map(|ip| SocketAddr::new(*ip, self.media_listen.port()))
+                .map(|ip| SocketAddr::new(*ip, bound.port()))
                 .collect()
         }
+    }
+
+    /// The host candidates of every worker, by worker, when the ports are fixed (with
+    /// port 0 the bound ports are only known once the sockets exist: use
+    /// [`SfuSettings::candidate_addrs_for`] then).
+    pub fn candidate_addrs(&self) -> Vec<Vec<SocketAddr>> {
+        (0..self.workers)
+            .map(|w| self.candidate_addrs_for(self.worker_listen(w)))
+            .collect()
     }
 }
 
@@ -241,10 +299,12 @@ mod tests {
         assert!(!s.enabled, "a file without [sfu] does not start it");
         assert_eq!(s.signaling_listen, "127.0.0.1:8080".parse().expect("addr"));
         assert_eq!(
-            s.candidate_addrs(),
+            s.candidate_addrs()[0],
             vec!["127.0.0.1:3479".parse().expect("addr")]
         );
         assert_eq!(s.audio_speakers, 3);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(s.workers, cores.min(MAX_MEDIA_WORKERS), "one per core");
     }
 
     #[test]
@@ -254,9 +314,50 @@ mod tests {
         assert_eq!(e.0, "sfu.announce");
         let s = parse("media_listen = \"0.0.0.0:3479\"\nannounce = [\"192.0.2.7\"]").expect("ok");
         assert_eq!(
-            s.candidate_addrs(),
+            s.candidate_addrs()[0],
             vec!["192.0.2.7:3479".parse().expect("addr")]
         );
+    }
+
+    #[test]
+    fn workers_listen_on_consecutive_ports() {
+        let s = parse(
+            "enabled = true\nworkers = 3\nmedia_listen = \"0.0.0.0:4000\"\n\
+             announce = [\"192.0.2.7\", \"198.51.100.2\"]",
+        )
+        .expect("ok");
+        assert_eq!(s.workers, 3);
+        let addr = |a: &str| -> SocketAddr { a.parse().expect("addr") };
+        assert_eq!(s.worker_listen(2), addr("0.0.0.0:4002"));
+        assert_eq!(
+            s.candidate_addrs(),
+            vec![
+                vec![addr("192.0.2.7:4000"), addr("198.51.100.2:4000")],
+                vec![addr("192.0.2.7:4001"), addr("198.51.100.2:4001")],
+                vec![addr("192.0.2.7:4002"), addr("198.51.100.2:4002")],
+            ]
+        );
+        // One worker: today's single port.
+        let s = parse("workers = 1").expect("ok");
+        assert_eq!(s.candidate_addrs(), vec![vec![addr("127.0.0.1:3479")]]);
+        // Port 0: each worker gets an ephemeral port; candidates follow the bound one.
+        let s = parse("enabled = true\nworkers = 2\nmedia_listen = \"127.0.0.1:0\"").expect("ok");
+        assert_eq!(s.worker_listen(1), addr("127.0.0.1:0"));
+        assert_eq!(
+            s.candidate_addrs_for(addr("127.0.0.1:40000")),
+            vec![addr("127.0.0.1:40000")]
+        );
+        // The last port is 65535 at most.
+        assert!(parse("workers = 2\nmedia_listen = \"127.0.0.1:65534\"").is_ok());
+        let e = parse("workers = 3\nmedia_listen = \"127.0.0.1:65534\"").expect_err("past 65535");
+        assert_eq!(e.0, "sfu.workers");
+        assert!(
+            e.1.contains("sfu.media_listen") && e.1.contains("65536"),
+            "{}",
+            e.1
+        );
+        let e = parse("workers = 65").expect_err("too many");
+        assert_eq!(e.0, "sfu.workers");
     }
 
     #[test]
@@ -278,9 +379,7 @@ mod tests {
             "sfu.token_secrets[0]"
         );
         assert_eq!(
-            parse("enabled = true\nmedia_listen = \"127.0.0.1:0\"")
-                .expect_err("bad")
-                .0,
+            parse("media_listen = \"127.0.0.1\"").expect_err("bad").0,
             "sfu.media_listen"
         );
     }

@@ -1,5 +1,6 @@
-//! Starting and stopping the SFU: its DTLS certificate, the media thread, the signaling
-//! server, and the channels between them; its counters for `relay stats`.
+//! Starting and stopping the SFU: its DTLS certificate, the media workers (one thread
+//! and one port each, rooms sharded over them: `sfu::shards`), the signaling server, the
+//! command router and the channels between them; their counters for `relay stats`.
 //!
 //! Kept apart from the TURN start-up so the daemon's main function stays a list of
 //! services, and so a configuration mistake here (a busy port, an unreadable secret file)
@@ -15,6 +16,7 @@ use crate::dtls::Certificate;
 use crate::sdp::{CandidateTransport, LocalCandidate};
 use crate::sfu::engine::EngineConfig;
 use crate::sfu::runtime::{RuntimeConfig, SfuRuntime};
+use crate::sfu::shards::RouterThread;
 use crate::signaling::rooms::{Rooms, RoomsConfig};
 use crate::signaling::server::{ServerConfig, SignalingServer};
 
@@ -39,7 +41,9 @@ pub enum SfuSetupError {
 
 /// The running SFU.
 pub struct SfuService {
-    runtime: Option<SfuRuntime>,
+    /// The media workers; worker i owns the rooms `shards::worker_of` gives it.
+    runtimes: Vec<SfuRuntime>,
+    router: Option<RouterThread>,
     server: Option<SignalingServer>,
 }
 
@@ -82,12 +86,45 @@ impl SfuService {
                  add a secret (and give your application server the same one)"
             );
         }
-        let candidates = s
-            .candidate_addrs()
-            .into_iter()
-            .map(|addr| LocalCandidate {
-                addr,
-                transport: CandidateTransport::Udp,
+        let fingerprint = cert.fingerprint();
+        let cert = Arc::new(cert);
+        let (ev_tx, ev_rx) = crossbeam_channel::bounded(4096);
+        // The media workers first: with port 0 their candidates are the ports they got.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut runtimes = Vec::with_capacity(s.workers);
+        let mut worker_tx = Vec::with_capacity(s.workers);
+        for i in 0..s.workers.max(1) {
+            // Unbounded like the signaling channel: the router never blocks on a worker.
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let runtime = SfuRuntime::start(
+                RuntimeConfig {
+                    listen: s.worker_listen(i),
+                    engine: EngineConfig {
+                        audio_speakers: s.audio_speakers,
+                        ..EngineConfig::default()
+                    },
+                    backend: config.backend,
+                    core: Some(i % cores),
+                },
+                cert.clone(),
+                rx,
+                ev_tx.clone(),
+            )
+            .map_err(|e| SfuSetupError::Bind(format!("SFU media worker {i} (sfu.workers): {e}")))?;
+            runtimes.push(runtime);
+            worker_tx.push(tx);
+        }
+        drop(ev_tx);
+        let candidates = runtimes
+            .iter()
+            .map(|rt| {
+                s.candidate_addrs_for(rt.local_addr())
+                    .into_iter()
+                    .map(|addr| LocalCandidate {
+                        addr,
+                        transport: CandidateTransport::Udp,
+                    })
+                    .collect()
             })
             .collect();
         let (stun_urls, turn_urls) = ice_urls(config);
@@ -95,7 +132,7 @@ impl SfuService {
         let rooms = Rooms::new(RoomsConfig {
             secrets: secrets.clone(),
             candidates,
-            fingerprint: cert.fingerprint(),
+            fingerprint,
             stun_urls,
             turn_urls: if turn_secret.is_some() {
                 turn_urls
@@ -112,22 +149,9 @@ impl SfuService {
         // keep their order), so a full channel would stall every signaling connection;
         // commands are small and signaling is rate-limited per connection.
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
-        let (ev_tx, ev_rx) = crossbeam_channel::bounded(4096);
-        let runtime = SfuRuntime::start(
-            RuntimeConfig {
-                listen: s.media_listen,
-                engine: EngineConfig {
-                    audio_speakers: s.audio_speakers,
-                    ..EngineConfig::default()
-                },
-                backend: config.backend,
-                core: None,
-            },
-            Arc::new(cert),
-            cmd_rx,
-            ev_tx,
-        )
-        .map_err(|e| SfuSetupError::Bind(e.to_string()))?;
+        let router = RouterThread::start(cmd_rx, worker_tx).map_err(|e| {
+            SfuSetupError::Bind(format!("cannot start the SFU command router: {e}"))
+        })?;
         let server = SignalingServer::start(
             ServerConfig {
                 listen: s.signaling_listen,
@@ -146,22 +170,39 @@ impl SfuService {
                 s.signaling_listen
             ))
         })?;
+        let media: Vec<SocketAddr> = runtimes.iter().map(SfuRuntime::local_addr).collect();
         tracing::info!(
             signaling = %server.local_addr(),
-            media = %runtime.local_addr(),
+            ?media,
             "SFU ready: demo page at http://{}/",
             server.local_addr()
         );
         Ok(Some(SfuService {
-            runtime: Some(runtime),
+            runtimes,
+            router: Some(router),
             server: Some(server),
         }))
     }
 
+    /// The signaling server's address (HTTP + WebSocket).
+    pub fn signaling_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().map(SignalingServer::local_addr)
+    }
+
+    /// The media workers' socket addresses, by worker.
+    pub fn media_addrs(&self) -> Vec<SocketAddr> {
+        self.runtimes.iter().map(SfuRuntime::local_addr).collect()
+    }
+
     /// Counters for `relay stats`.
     pub fn stats(&self) -> SfuStats {
-        let mut m = BTreeMap::new();
-        if let Some(rt) = &self.runtime {
+        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        m.insert("media_workers".into(), self.runtimes.len() as u64);
+        if let Some(r) = &self.router {
+            m.insert("commands_unroutable".into(), r.dropped());
+        }
+        // Every worker's counters, summed.
+        for rt in &self.runtimes {
             let (e, send_errors) = rt.stats();
             for (k, v) in [
                 ("datagrams_in", e.datagrams_in),
@@ -181,7 +222,7 @@ impl SfuService {
                 ("srtp_failures", e.srtp_failures),
                 ("transport_drops", e.transport_drops),
             ] {
-                m.insert(k.to_owned(), v);
+                *m.entry(k.to_owned()).or_default() += v;
             }
         }
         if let Some(server) = &self.server {
@@ -201,12 +242,16 @@ impl SfuService {
         m
     }
 
-    /// Stops the signaling server first (no new commands), then the media thread.
+    /// Stops the signaling server first (no new commands), then the router, then the
+    /// media workers.
     pub fn stop(mut self) {
         if let Some(s) = self.server.take() {
             s.shutdown();
         }
-        if let Some(r) = self.runtime.take() {
+        if let Some(r) = self.router.take() {
+            r.shutdown();
+        }
+        for r in self.runtimes.drain(..) {
             r.shutdown();
         }
     }

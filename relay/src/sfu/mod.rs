@@ -19,5 +19,6 @@ pub mod rewrite;
 pub mod rtx;
 pub mod runtime;
 pub mod select;
+pub mod shards;
 pub mod speaker;
 pub mod transport;

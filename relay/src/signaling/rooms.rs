@@ -37,8 +37,9 @@ pub const P2P_ROOM_SIZE: usize = 2;
 pub struct RoomsConfig {
     /// Join-token secrets (the first signs, all verify).
     pub secrets: Vec<Vec<u8>>,
-    /// The SFU's media candidates (ICE-lite host candidates).
-    pub candidates: Vec<crate::sdp::LocalCandidate>,
+    /// The SFU's media candidates (ICE-lite host candidates), by media worker: a room's
+    /// connections get those of the worker owning it ([`crate::sfu::shards::worker_of`]).
+    pub candidates: Vec<Vec<crate::sdp::LocalCandidate>>,
     /// SHA-256 of the SFU's DTLS certificate.
     pub fingerprint: [u8; 32],
     /// STUN URLs for P2P joins' `ice_servers`.
@@ -322,6 +323,12 @@ impl Rooms {
         for c in self.others(conn) {
             self.send(c, msg.clone());
         }
+    }
+
+    /// The candidates of the media worker owning room `room`.
+    fn candidates_of(&self, room: RoomId) -> Vec<crate::sdp::LocalCandidate> {
+        let w = crate::sfu::shards::worker_of(room, self.cfg.candidates.len());
+        self.cfg.candidates.get(w).cloned().unwrap_or_default()
     }
 
     /// Sends `msg` to every participant of `room`.

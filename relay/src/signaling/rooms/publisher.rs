@@ -140,7 +140,10 @@ impl Rooms {
     pub(super) fn publisher_offer(&mut self, conn: ConnId, sdp: &str) -> Result<(), ProtocolError> {
         let offer = crate::sdp::parse(sdp).map_err(|e| bad(format!("sdp: {e}")))?;
         let fingerprint = self.cfg.fingerprint;
-        let candidates = self.cfg.candidates.clone();
+        let Some(m) = self.member(conn) else {
+            return Err(bad("join first"));
+        };
+        let candidates = self.candidates_of(m.room_id);
         let Some(m) = self.member_mut(conn) else {
             return Err(bad("join first"));
         };

@@ -271,7 +271,10 @@ impl Rooms {
     /// offer is outstanding.
     fn flush_offer(&mut self, conn: ConnId) {
         let fingerprint = self.cfg.fingerprint;
-        let candidates = self.cfg.candidates.clone();
+        let Some(m) = self.member(conn) else {
+            return;
+        };
+        let candidates = self.candidates_of(m.room_id);
         let Some(m) = self.member_mut(conn) else {
             return;
         };

@@ -29,7 +29,7 @@ fn cfg() -> RoomsConfig {
     let addr: SocketAddr = "192.0.2.1:3478".parse().expect("addr");
     RoomsConfig {
         secrets: vec![SECRET.to_vec()],
-        candidates: vec![
+        candidates: vec![vec![
             LocalCandidate {
                 addr,
                 transport: CandidateTransport::Udp,
@@ -38,7 +38,7 @@ fn cfg() -> RoomsConfig {
                 addr,
                 transport: CandidateTransport::TcpPassive,
             },
-        ],
+        ]],
         fingerprint: [0x11; 32],
         stun_urls: vec!["stun:relay.example.net:3478".into()],
         turn_urls: vec!["turn:relay.example.net:3478?transport=udp".into()],
@@ -595,6 +595,72 @@ fn two_participant_sfu_flow() {
     );
     assert_eq!(r.stats(), RoomsStats::default());
     assert!(r.rooms.is_empty() && r.tracks.is_empty());
+}
+
+/// With two media workers, each room's connections are told the candidates of the
+/// worker owning the room (room 1 -> worker 1, room 2 -> worker 0), in the publisher
+/// answer and the subscriber offer alike, and the transports carry that room.
+#[test]
+fn rooms_on_two_workers_get_their_workers_ports() {
+    let cand = |port: u16| {
+        vec![LocalCandidate {
+            addr: SocketAddr::from(([192, 0, 2, 1], port)),
+            transport: CandidateTransport::Udp,
+        }]
+    };
+    let mut r = Rooms::new(RoomsConfig {
+        candidates: vec![cand(4000), cand(4001)],
+        ..cfg()
+    });
+    let ports_of = |sdp: &str| -> Vec<u16> {
+        let d = crate::sdp::parse(sdp).expect("sdp");
+        let mut ports: Vec<u16> = d
+            .media
+            .iter()
+            .flat_map(|m| m.candidates.iter().map(|c| c.port))
+            .collect();
+        ports.dedup();
+        ports
+    };
+    // conns 1, 2 in room "one" (id 1); 3, 4 in room "two" (id 2).
+    for (conn, room) in [(1, "one"), (2, "one"), (3, "two"), (4, "two")] {
+        r.connect(conn);
+        ok(&mut r, conn, join_msg(room, &format!("p{conn}"), Mode::Sfu));
+    }
+    let mut expected = Vec::new();
+    for (publisher, subscriber, room_id, port) in [(1, 2, 1, 4001), (3, 4, 2, 4000)] {
+        ok(&mut r, publisher, publish_av(["0", "1"]));
+        let out = ok(
+            &mut r,
+            publisher,
+            ClientMessage::Offer {
+                sdp: CHROME_AV.into(),
+            },
+        );
+        let Output::Send(_, ServerMessage::Answer { sdp, .. }) = &out[0] else {
+            panic!("answer first: {out:?}");
+        };
+        assert_eq!(ports_of(sdp), vec![port], "publisher of room {room_id}");
+        let Output::Media(Command::AddTransport(spec)) = &out[1] else {
+            panic!("AddTransport: {out:?}");
+        };
+        assert_eq!(spec.room, room_id);
+        let track = if room_id == 1 { "TR_1" } else { "TR_3" };
+        let out = ok(
+            &mut r,
+            subscriber,
+            ClientMessage::Subscribe {
+                tracks: ids(&[track]),
+            },
+        );
+        assert_eq!(
+            ports_of(&the_offer(&out, subscriber)),
+            vec![port],
+            "subscriber of room {room_id}"
+        );
+        expected.push(port);
+    }
+    assert_eq!(expected, vec![4001, 4000], "different ports");
 }
 
 /// The publisher hears `track_published` for its own tracks (its own participant id in
