@@ -9,6 +9,9 @@
 //        client sends bad signaling input (malformed JSON, bad/expired tokens, an unknown
 //        room, an oversized message, a flood): each gets its error, and the three
 //        participants keep receiving throughout.
+//   codecs: one participant publishes H.264 (setCodecPreferences through the page's
+//        `codec` join option), another VP8; the others decode each as that codec. Then
+//        the first shares its screen and the others decode the screen track.
 //   p2p: two participants join a P2P room with the relay-only ICE policy and move a
 //        file over a DataChannel through the relay's TURN; the SHA-256 of both ends must
 //        match and both selected candidate pairs must be relay candidates.
@@ -16,7 +19,7 @@
 // Driven by tests/tests/sfu_chromium.rs. Prints `RESULT <json>` and exits 0 when every
 // check passed, 1 otherwise (the JSON says which failed).
 //
-// Usage: node sfu_room.mjs --url http://HOST:PORT --scenario sfu|p2p --tokens JSON
+// Usage: node sfu_room.mjs --url http://HOST:PORT --scenario sfu|codecs|p2p --tokens JSON
 //          [--timeout-ms MS] [--chromium PATH]
 
 import { chromium } from "playwright-core";
@@ -186,6 +189,107 @@ async function sfuScenario(browser, result) {
   for (const p of pages) await p.evaluate(() => window.demo.leave());
 }
 
+// Per received video track of a page: its codec (getStats codecId -> mimeType), frames
+// decoded, and the publisher's announced source and participant.
+async function videoTracks(page) {
+  return page.evaluate(async () => {
+    const st = window.demo.state;
+    const report = await st.sub.getStats();
+    const out = {};
+    report.forEach((s) => {
+      if (s.type !== "inbound-rtp" || s.kind !== "video") return;
+      const id = st.midToTrack.get(s.mid) || s.mid;
+      const info = st.tracks.get(id);
+      out[id] = {
+        mimeType: report.get(s.codecId)?.mimeType ?? null,
+        framesDecoded: s.framesDecoded ?? 0,
+        width: s.frameWidth ?? 0,
+        source: info?.source ?? null,
+        participant: info?.participant ?? null,
+      };
+    });
+    return out;
+  });
+}
+
+// codecs: p0 publishes camera + microphone with H.264 preferred, p1 with the default
+// (VP8), p2 only receives. p1 and p2 must decode p0's video as video/H264 and p0 must
+// decode p1's VP8. Then p0 shares its screen (getDisplayMedia through the page's button,
+// which Chromium's fake-UI flags answer with a fake screen; a canvas.captureStream()
+// track through the same path if that fails): p1 and p2 must decode a growing track
+// whose announced source is "screen".
+async function codecsScenario(browser, result) {
+  const room = tokens.room;
+  const opts = [{ codec: "H264" }, {}, { media: false }];
+  const pages = [];
+  for (let i = 0; i < 3; i++) {
+    const page = await newPage(browser);
+    await page.evaluate((o) => window.demo.join(o), { room, identity: `p${i}`, mode: "sfu", token: tokens.participants[i], ...opts[i] });
+    pages.push(page);
+  }
+  const me = await until(() => pages[0].evaluate(() => window.demo.state.me), 10000, 100);
+  const p1 = await until(() => pages[1].evaluate(() => window.demo.state.me), 10000, 100);
+  const fromP0 = (tracks, source) => Object.values(tracks).filter((t) => t.participant === me && t.source === source);
+  const h264 = await until(async () => {
+    const all = await Promise.all(pages.map(videoTracks));
+    const receiversOk = [all[1], all[2]].every((v) => fromP0(v, "camera").some((t) => t.mimeType === "video/H264" && t.framesDecoded > 10));
+    const vp8Ok = Object.values(all[0]).some((t) => t.participant === p1 && t.mimeType === "video/VP8" && t.framesDecoded > 10);
+    return receiversOk && vp8Ok ? all : null;
+  }, 45000);
+  const seen = h264 || (await Promise.all(pages.map(videoTracks)));
+  result.camera = seen;
+  result.published = await pages[0].evaluate(async () => {
+    const r = await window.demo.state.pub.getStats();
+    const out = [];
+    r.forEach((s) => {
+      if (s.type === "outbound-rtp" && s.kind === "video") out.push({ rid: s.rid, mimeType: r.get(s.codecId)?.mimeType, framesEncoded: s.framesEncoded, encoder: s.encoderImplementation });
+    });
+    return out;
+  });
+  check("p1 and p2 decode p0's camera as video/H264, p0 decodes p1's VP8", h264, { seen, published: result.published, errors: await pages[0].evaluate(() => window.demo.state.errors) });
+  // Screen share: the page's button (a user gesture), answered by the fake UI.
+  await pages[0].click("#screen");
+  const shared = await until(() => pages[0].evaluate(() => (window.demo.state.screen ? "getDisplayMedia" : window.demo.state.errors.length ? "error" : null)), 10000, 200);
+  result.screenPath = shared;
+  if (shared !== "getDisplayMedia") {
+    result.screenError = await pages[0].evaluate(() => window.demo.state.errors.slice(-1)[0]);
+    console.error(`getDisplayMedia did not work headless (${result.screenError}); sharing a canvas.captureStream() track as the screen`);
+    await pages[0].evaluate(() => {
+      const c = document.createElement("canvas");
+      c.width = 640;
+      c.height = 360;
+      const g = c.getContext("2d");
+      let n = 0;
+      setInterval(() => {
+        g.fillStyle = `hsl(${n++ % 360} 60% 50%)`;
+        g.fillRect(0, 0, c.width, c.height);
+        g.fillStyle = "#fff";
+        g.font = "48px sans-serif";
+        g.fillText(`screen ${n}`, 40, 180);
+      }, 33);
+      return window.demo.shareScreen(c.captureStream(30));
+    });
+    result.screenPath = "canvas";
+  }
+  const screenFrames = (all) => [all[1], all[2]].map((v) => fromP0(v, "screen").reduce((m, t) => Math.max(m, t.framesDecoded), 0));
+  const first = await until(async () => {
+    const all = await Promise.all(pages.map(videoTracks));
+    return screenFrames(all).every((f) => f > 0) ? all : null;
+  }, 30000);
+  let grew = false;
+  if (first) {
+    await sleep(2000);
+    const later = await Promise.all(pages.map(videoTracks));
+    const [a, b] = [screenFrames(first), screenFrames(later)];
+    grew = b.every((f, i) => f > a[i]);
+    result.screen = { first: first.slice(1), later: later.slice(1) };
+  } else {
+    result.screen = { seen: (await Promise.all(pages.map(videoTracks))).slice(1) };
+  }
+  check(`p1 and p2 decode p0's screen share (via ${result.screenPath}) and its frames grow`, first && grew, result.screen);
+  for (const p of pages) await p.evaluate(() => window.demo.leave());
+}
+
 async function p2pScenario(browser, result) {
   const room = tokens.room;
   const a = await newPage(browser);
@@ -239,6 +343,7 @@ try {
   });
   if (scenario === "sfu") await sfuScenario(browser, result);
   else if (scenario === "p2p") await p2pScenario(browser, result);
+  else if (scenario === "codecs") await codecsScenario(browser, result);
   else throw new Error(`unknown scenario ${scenario}`);
 } catch (e) {
   check("the scenario ran without an exception", false, String(e && e.stack ? e.stack : e));

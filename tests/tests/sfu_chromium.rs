@@ -7,6 +7,9 @@
 //!   keeps decoding across the switch; bad signaling input (malformed JSON, badly signed
 //!   and expired tokens, an unknown room, an oversized message, a flood) gets its error
 //!   code while the participants keep receiving.
+//! - `sfu_h264_and_screen_share`: one participant publishes H.264 (the page's `codec`
+//!   option), another VP8; each receiver decodes them as those codecs (getStats codec
+//!   mimeType); then the first shares its screen and the others decode the screen track.
 //! - `p2p_file_through_turn`: two participants in a P2P room, relay-only ICE policy, move
 //!   a file over a DataChannel through the relay's TURN with the time-limited credentials
 //!   the join handed them.
@@ -82,7 +85,7 @@ signaling_listen = "{ip}:{SIGNALING_PORT}"
 media_listen = "{ip}:{MEDIA_PORT}"
 token_secrets = ["{SECRET}"]
 create_rooms = false
-rooms = ["standup", "call-1"]
+rooms = ["standup", "call-1", "media"]
 "#
             ),
         )
@@ -182,6 +185,39 @@ fn sfu_three_participants_layer_switch_and_bad_input() {
     assert!(
         sfu["rtp_out"].as_u64().unwrap_or(0) > 1000,
         "the relay's SFU counters do not show the forwarding: {sfu}"
+    );
+    let status = relay.stop(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "relay exited with {status}");
+}
+
+#[test]
+fn sfu_h264_and_screen_share() {
+    if !require_root("sfu_h264_and_screen_share") {
+        return;
+    }
+    check_browser_prerequisites();
+    let topo = TurnTopology::new("rsh").expect("create the topology");
+    let files = TempDir::new("relay-sfu-h264").unwrap();
+    let relay = start_relay(&topo, &files);
+    let url = format!("http://{}:{SIGNALING_PORT}/", topo.relay_client_v4);
+    let exp = now() + 600;
+    let tokens = serde_json::json!({
+        "room": "media",
+        "participants": (0..3).map(|i| token("media", &format!("p{i}"), exp, false, SECRET)).collect::<Vec<_>>(),
+    });
+    let diag = || {
+        format!(
+            "{}\n{}",
+            relay
+                .stats()
+                .map_or_else(|e| format!("{e:#}"), |s| s["sfu"].to_string()),
+            relay.log_text()
+        )
+    };
+    let result = browser_run(&topo.client, &url, "codecs", &tokens, &diag);
+    eprintln!(
+        "p0 published {}; screen shared via {}",
+        result["published"], result["screenPath"]
     );
     let status = relay.stop(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "relay exited with {status}");
