@@ -224,7 +224,17 @@ impl SfuService {
             ] {
                 *m.entry(k.to_owned()).or_default() += v;
             }
+            let io = rt.io_stats();
+            *m.entry("send_slot_full".into()).or_default() += io.send_slot_full;
+            *m.entry("media_recv_drops".into()).or_default() += io.recv_drops;
         }
+        // 1 when the media workers run on io_uring (they all follow [dataplane] backend).
+        let uring = !self.runtimes.is_empty()
+            && self
+                .runtimes
+                .iter()
+                .all(|rt| rt.backend() == crate::sfu::runtime::MediaBackend::IoUring);
+        m.insert("media_backend_io_uring".into(), u64::from(uring));
         if let Some(server) = &self.server {
             let s = server.stats();
             m.insert("signaling_connections_open".into(), s.connections_open);

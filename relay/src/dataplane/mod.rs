@@ -17,12 +17,13 @@
 //! (pktinfo on the send), so multi-homed hosts answer from the address the client used.
 //! The STUN-only handler still replies with the kernel's source choice.
 
+pub(crate) mod bufring;
 pub mod counters;
 mod portable;
 pub mod slots;
 pub mod socket;
 pub mod turn_io;
-mod uring;
+pub(crate) mod uring;
 mod worker;
 
 use std::net::{SocketAddr, UdpSocket};

@@ -2,17 +2,17 @@
 //! provided buffer ring, replies sent with SendMsg from preallocated slots, one `submit`
 //! (which also waits, with a timeout) per completion batch.
 
-use std::alloc::Layout;
 use std::io;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use io_uring::types::{BufRingEntry, CancelBuilder, Fd, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::types::{CancelBuilder, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, Submitter, cqueue, opcode, squeue};
 
+use super::bufring::BufRing;
 use super::counters::{Counts, IoDrop, WorkerCounters};
 use super::slots::SendSlots;
 use super::socket::{NAME_LEN, decode_sockaddr};
@@ -71,7 +71,7 @@ pub(super) fn probe() -> Result<(), String> {
         .map_err(|_| "the io_uring probe panicked".to_owned())?
 }
 
-fn probe_here() -> Result<(), String> {
+pub(crate) fn probe_here() -> Result<(), String> {
     let ring = IoUring::new(8).map_err(|e| describe_setup_error(&e))?;
     if !ring.params().is_feature_ext_arg() {
         return Err("the kernel lacks IORING_FEAT_EXT_ARG (needs Linux 5.11 or later)".into());
@@ -89,7 +89,7 @@ fn probe_here() -> Result<(), String> {
         }
     }
     let br = BufRing::new(8, 64).map_err(|e| format!("cannot allocate a buffer ring: {e}"))?;
-    br.register(&ring.submitter())
+    br.register(&ring.submitter(), BGID)
         .map_err(|e| format!("cannot register a provided buffer ring (needs Linux 5.19+): {e}"))?;
     let _ = ring.submitter().unregister_buf_ring(BGID);
     drop(ring);
@@ -108,99 +108,6 @@ fn describe_setup_error(e: &io::Error) -> String {
         ),
         Some(libc::ENOSYS) => format!("io_uring_setup: {e} (kernel built without io_uring)"),
         _ => format!("io_uring_setup: {e}"),
-    }
-}
-
-/// A provided buffer ring: the ring of entries (page-aligned, shared with the kernel) and
-/// the buffers it hands out.
-struct BufRing {
-    entries: *mut BufRingEntry,
-    layout: Layout,
-    bufs: Box<[u8]>,
-    count: u16,
-    size: usize,
-    tail: u16,
-}
-
-impl BufRing {
-    fn new(count: u16, size: usize) -> io::Result<BufRing> {
-        if !count.is_power_of_two() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "count must be a power of two",
-            ));
-        }
-        let layout = Layout::from_size_align(
-            usize::from(count) * std::mem::size_of::<BufRingEntry>(),
-            4096,
-        )
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: the layout has a non-zero size (count >= 1, entries are 16 bytes).
-        let entries = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<BufRingEntry>();
-        if entries.is_null() {
-            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "buffer ring"));
-        }
-        let mut br = BufRing {
-            entries,
-            layout,
-            bufs: vec![0u8; usize::from(count) * size].into_boxed_slice(),
-            count,
-            size,
-            tail: 0,
-        };
-        for bid in 0..count {
-            br.push(bid);
-        }
-        br.publish();
-        Ok(br)
-    }
-
-    fn register(&self, submitter: &Submitter<'_>) -> io::Result<()> {
-        // SAFETY: the entries stay allocated until this BufRing drops, and every owner
-        // unregisters (or closes the ring) and drains in-flight receives before that.
-        unsafe { submitter.register_buf_ring_with_flags(self.entries as u64, self.count, BGID, 0) }
-    }
-
-    /// Hands buffer `bid` back to the kernel (visible after [`BufRing::publish`]).
-    #[inline]
-    fn push(&mut self, bid: u16) {
-        let mask = self.count - 1;
-        let index = usize::from(self.tail & mask);
-        // SAFETY: index < count, inside the allocation; the kernel only reads entries
-        // between its head and our published tail, and this one is past the tail.
-        let entry = unsafe { &mut *self.entries.add(index) };
-        let offset = usize::from(bid) * self.size;
-        entry.set_addr(self.bufs[offset..].as_ptr() as u64);
-        entry.set_len(self.size as u32);
-        entry.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    /// Publishes the pushed buffers to the kernel.
-    #[inline]
-    fn publish(&self) {
-        // SAFETY: `entries` is the base of the ring; the tail field overlays the first
-        // entry's reserved field, is 2-byte aligned and shared with the kernel, so it is
-        // accessed atomically.
-        let tail = unsafe { AtomicU16::from_ptr(BufRingEntry::tail(self.entries).cast_mut()) };
-        tail.store(self.tail, Ordering::Release);
-    }
-
-    /// The first `len` bytes of buffer `bid` (None if out of range).
-    #[inline]
-    fn buf(&self, bid: u16, len: usize) -> Option<&[u8]> {
-        if bid >= self.count || len > self.size {
-            return None;
-        }
-        let offset = usize::from(bid) * self.size;
-        self.bufs.get(offset..offset + len)
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { std::alloc::dealloc(self.entries.cast(), self.layout) };
     }
 }
 
@@ -260,7 +167,7 @@ impl<H: DatagramHandler> UringWorker<H> {
         let bufring =
             BufRing::new(BUF_COUNT, BUF_SIZE).map_err(io("allocating receive buffers"))?;
         bufring
-            .register(&ring.submitter())
+            .register(&ring.submitter(), BGID)
             .map_err(io("registering the provided buffer ring"))?;
         // SAFETY: msghdr is a plain C struct; all-zero is valid. Only the name and control
         // lengths matter for a multishot RecvMsg: they fix the layout of each buffer.
@@ -517,8 +424,7 @@ impl<H: DatagramHandler> UringWorker<H> {
                 worker = self.index,
                 "io_uring operations still in flight at shutdown; leaking their buffers"
             );
-            let leaked = std::mem::replace(&mut self.bufring.bufs, Box::new([]));
-            std::mem::forget(leaked);
+            self.bufring.leak_buffers();
             return;
         }
         let _ = self.ring.submitter().unregister_buf_ring(BGID);
@@ -795,14 +701,5 @@ mod tests {
         let t = tag(TAG_SEND, 511);
         assert_eq!(t >> TAG_SHIFT, TAG_SEND);
         assert_eq!(t & INDEX_MASK, 511);
-    }
-
-    #[test]
-    fn buf_ring_bounds() {
-        let br = BufRing::new(8, 64).expect("alloc");
-        assert!(br.buf(7, 64).is_some());
-        assert!(br.buf(8, 1).is_none());
-        assert!(br.buf(0, 65).is_none());
-        assert!(BufRing::new(6, 64).is_err());
     }
 }

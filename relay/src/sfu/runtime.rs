@@ -1,34 +1,40 @@
 //! The SFU's media thread: one UDP socket, one [`Engine`], the command channel from
 //! signaling and the event channel back.
 //!
-//! The thread waits in poll(2) for the socket (at most until the engine's next timer, and
-//! never longer than 10 ms so commands are applied promptly), drains up to a batch of
-//! datagrams without blocking, runs the engine's timers, applies queued commands, and
-//! forwards the engine's events. All sending happens inline from the engine through
-//! [`Transmit`]: the engine encrypts into its scratch buffer and the socket copies it out.
+//! The socket layer is io_uring where the kernel permits it ([`uring_loop`]: a multishot
+//! receive into a provided buffer ring, sends queued from preallocated slots, one
+//! `io_uring_enter` per loop iteration) and a portable poll(2) loop otherwise
+//! ([`poll_loop`]); the choice follows the `[dataplane] backend` setting, the same rule as
+//! the TURN workers. Either way the thread waits at most until the engine's next timer and
+//! never longer than 10 ms (so commands are applied promptly), hands each datagram to the
+//! engine, runs its timers, applies queued commands and forwards its events. All sending
+//! happens inline from the engine through [`Transmit`].
+
+mod chores;
+mod poll_loop;
+mod uring_loop;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use self::chores::Chores;
+use self::uring_loop::UringMedia;
 use super::control::{Command, Event};
-use super::engine::{Arrival, Engine, EngineConfig, EngineStats, MAX_DATAGRAM, Transmit};
+use super::engine::{Engine, EngineConfig, EngineStats, MAX_DATAGRAM};
 use crate::config::BackendChoice;
 use crate::dtls::Certificate;
-use crate::ice::Transport as IceTransport;
 
-/// Most datagrams handled between two looks at the timers and the command channel.
-const BATCH: usize = 64;
+/// Room for one received datagram (more than the engine accepts, so an oversized one
+/// is seen and dropped by the engine rather than cut).
+const MAX_DATAGRAM_ROOM: usize = MAX_DATAGRAM + 64;
 /// Receive buffer asked for on the media socket.
 const RECV_BUFFER: usize = 4 << 20;
-/// Longest wait in poll(2).
-const MAX_WAIT: Duration = Duration::from_millis(10);
 
 /// The media thread's settings.
 #[derive(Debug, Clone)]
@@ -44,30 +50,58 @@ pub struct RuntimeConfig {
     pub core: Option<usize>,
 }
 
+/// The socket layer the media thread runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaBackend {
+    /// Multishot RecvMsg into a provided buffer ring, SendMsg from preallocated slots.
+    IoUring,
+    /// poll(2), then recv_from / send_to per datagram.
+    Portable,
+}
+
+/// The socket layer's own counters (the engine's are in [`EngineStats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaIoStats {
+    /// The backend in use.
+    pub backend: MediaBackend,
+    /// Sends the kernel refused (or that could not be queued).
+    pub send_errors: u64,
+    /// Datagrams the engine sent while every send slot was in flight (io_uring only):
+    /// dropped, never waited for.
+    pub send_slot_full: u64,
+    /// Received datagrams dropped by the socket layer: no free receive buffer, truncated,
+    /// an unreadable source address, or a receive error.
+    pub recv_drops: u64,
+}
+
+/// Counters the media thread bumps (only on the rare paths) and `stats` reads.
+#[derive(Debug, Default)]
+struct IoCounters {
+    send_errors: AtomicU64,
+    send_slot_full: AtomicU64,
+    recv_drops: AtomicU64,
+}
+
+impl IoCounters {
+    #[inline]
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A running media thread.
 pub struct SfuRuntime {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<Mutex<EngineStats>>,
-    send_errors: Arc<AtomicU64>,
+    io: Arc<IoCounters>,
+    backend: MediaBackend,
     local: SocketAddr,
 }
 
-struct SocketTx<'a> {
-    socket: &'a UdpSocket,
-    errors: &'a AtomicU64,
-}
-
-impl Transmit for SocketTx<'_> {
-    fn send(&mut self, data: &[u8], dest: SocketAddr) {
-        if self.socket.send_to(data, dest).is_err() {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
 impl SfuRuntime {
-    /// Binds the media socket and starts the thread.
+    /// Binds the media socket, picks the socket layer and starts the thread. Fails when
+    /// the socket cannot be bound, or when io_uring is forced but unavailable.
     pub fn start(
         cfg: RuntimeConfig,
         cert: Arc<Certificate>,
@@ -91,34 +125,63 @@ impl SfuRuntime {
         let local = socket.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(EngineStats::default()));
-        let send_errors = Arc::new(AtomicU64::new(0));
-        let core = cfg.core;
+        let io_counters = Arc::new(IoCounters::default());
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<MediaBackend, String>>(1);
         let thread = {
             let stop = stop.clone();
-            let stats = stats.clone();
-            let send_errors = send_errors.clone();
+            let io_counters = io_counters.clone();
+            let chores = Chores::new(commands, events, stats.clone());
+            let (choice, core, engine_cfg) = (cfg.backend, cfg.core, cfg.engine);
             std::thread::Builder::new()
                 .name("relay-sfu".into())
                 .spawn(move || {
                     pin(core);
-                    run(
-                        socket,
-                        local,
-                        cfg.engine,
-                        cert,
-                        commands,
-                        events,
-                        &stop,
-                        &stats,
-                        &send_errors,
-                    )
+                    // The ring is built on the thread that uses it (it is set up for a
+                    // single issuer).
+                    let uring = match choose(choice, &socket) {
+                        Ok(u) => u,
+                        Err(why) => {
+                            let _ = ready_tx.send(Err(why));
+                            return;
+                        }
+                    };
+                    let backend = if uring.is_some() {
+                        MediaBackend::IoUring
+                    } else {
+                        MediaBackend::Portable
+                    };
+                    let _ = ready_tx.send(Ok(backend));
+                    let mut engine = Engine::new(engine_cfg, cert, Instant::now());
+                    tracing::info!(%local, backend = ?backend, "SFU media socket ready");
+                    match uring {
+                        Some(u) => u.run(&mut engine, chores, local, &stop, &io_counters),
+                        None => {
+                            poll_loop::run(&socket, &mut engine, chores, local, &stop, &io_counters)
+                        }
+                    }
+                    tracing::info!("SFU media thread stopped");
                 })?
+        };
+        let backend = match ready_rx.recv() {
+            Ok(Ok(b)) => b,
+            Ok(Err(why)) => {
+                let _ = thread.join();
+                return Err(io::Error::other(format!(
+                    "dataplane.backend = \"io-uring\" but the SFU media thread cannot use \
+                     io_uring: {why} (set dataplane.backend to \"auto\" or \"portable\")"
+                )));
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(io::Error::other("the SFU media thread ended at start-up"));
+            }
         };
         Ok(SfuRuntime {
             stop,
             thread: Some(thread),
             stats,
-            send_errors,
+            io: io_counters,
+            backend,
             local,
         })
     }
@@ -128,10 +191,25 @@ impl SfuRuntime {
         self.local
     }
 
+    /// The backend the media thread runs.
+    pub fn backend(&self) -> MediaBackend {
+        self.backend
+    }
+
     /// The engine's counters (updated every few milliseconds) and socket send errors.
     pub fn stats(&self) -> (EngineStats, u64) {
         let s = self.stats.lock().map(|s| *s).unwrap_or_default();
-        (s, self.send_errors.load(Ordering::Relaxed))
+        (s, self.io.send_errors.load(Ordering::Relaxed))
+    }
+
+    /// The socket layer's counters and backend.
+    pub fn io_stats(&self) -> MediaIoStats {
+        MediaIoStats {
+            backend: self.backend,
+            send_errors: self.io.send_errors.load(Ordering::Relaxed),
+            send_slot_full: self.io.send_slot_full.load(Ordering::Relaxed),
+            recv_drops: self.io.recv_drops.load(Ordering::Relaxed),
+        }
     }
 
     /// Stops the thread and waits for it.
@@ -155,70 +233,34 @@ impl Drop for SfuRuntime {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run(
-    socket: UdpSocket,
-    local: SocketAddr,
-    cfg: EngineConfig,
-    cert: Arc<Certificate>,
-    commands: Receiver<Command>,
-    events: Sender<Event>,
-    stop: &AtomicBool,
-    stats: &Mutex<EngineStats>,
-    send_errors: &AtomicU64,
-) {
-    let mut engine = Engine::new(cfg, cert, Instant::now());
-    let mut buf = vec![0u8; MAX_DATAGRAM + 64];
-    let mut last_stats = Instant::now();
-    tracing::info!(%local, "SFU media socket ready");
-    while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        let wait = engine
-            .poll_timeout()
-            .saturating_duration_since(now)
-            .min(MAX_WAIT);
-        wait_readable(&socket, wait);
-        let mut tx = SocketTx {
-            socket: &socket,
-            errors: send_errors,
-        };
-        for _ in 0..BATCH {
-            match socket.recv_from(&mut buf) {
-                Ok((n, source)) => {
-                    let now = Instant::now();
-                    let at = Arrival {
-                        source,
-                        local,
-                        via: IceTransport::Udp,
-                        now,
-                    };
-                    engine.handle_datagram(&mut buf, n, at, &mut tx);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // ICMP errors reported on the socket (a browser went away): not fatal.
-                Err(_) => continue,
+/// Applies the `[dataplane] backend` rule on the media thread: `io-uring` forces it (an
+/// error names why it is unavailable), `auto` probes and falls back to the poll loop with
+/// a warning naming why, `portable` forces the poll loop.
+fn choose(choice: BackendChoice, socket: &UdpSocket) -> Result<Option<UringMedia>, String> {
+    let attempt = || {
+        crate::dataplane::uring::probe_here()?;
+        let dup = socket
+            .try_clone()
+            .map_err(|e| format!("cannot duplicate the media socket: {e}"))?;
+        UringMedia::new(dup).map_err(|e| format!("cannot set up the media ring: {e}"))
+    };
+    match choice {
+        BackendChoice::Portable => {
+            tracing::info!("SFU media thread: poll loop (dataplane.backend = \"portable\")");
+            Ok(None)
+        }
+        BackendChoice::IoUring => attempt().map(Some),
+        BackendChoice::Auto => match attempt() {
+            Ok(u) => Ok(Some(u)),
+            Err(why) => {
+                tracing::warn!(
+                    "SFU media thread: io_uring is unavailable ({why}); falling back to the \
+                     poll(2) loop"
+                );
+                Ok(None)
             }
-        }
-        let now = Instant::now();
-        if engine.poll_timeout() <= now {
-            engine.handle_timeout(now, &mut tx);
-        }
-        for cmd in commands.try_iter().take(256) {
-            engine.handle_command(cmd, now);
-        }
-        while let Some(ev) = engine.poll_event() {
-            // The signaling side is gone only at shutdown.
-            let _ = events.try_send(ev);
-        }
-        if now.duration_since(last_stats) >= Duration::from_millis(100) {
-            last_stats = now;
-            if let Ok(mut s) = stats.lock() {
-                *s = engine.stats();
-            }
-        }
+        },
     }
-    tracing::info!("SFU media thread stopped");
 }
 
 /// Pins the calling thread to `core` when one is configured (a warning if refused).
@@ -226,19 +268,5 @@ fn pin(core: Option<usize>) {
     let Some(id) = core else { return };
     if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
         tracing::warn!(core = id, "cannot pin the SFU media thread to its core");
-    }
-}
-
-/// Waits until the socket is readable or `wait` passes.
-fn wait_readable(socket: &UdpSocket, wait: Duration) {
-    let mut pfd = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = i32::try_from(wait.as_millis()).unwrap_or(10).max(0);
-    // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
-    unsafe {
-        libc::poll(&mut pfd, 1, ms);
     }
 }

@@ -1,0 +1,78 @@
+//! The portable socket layer: poll(2) for readability, then up to a batch of non-blocking
+//! recv_from calls, and one send_to per datagram the engine sends. Works on every kernel
+//! (and where io_uring is forbidden); the io_uring loop replaces it where it can.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::chores::Chores;
+use super::{IoCounters, MAX_DATAGRAM_ROOM};
+use crate::ice::Transport as IceTransport;
+use crate::sfu::engine::{Arrival, Engine, Transmit};
+
+/// Most datagrams handled between two looks at the timers and the command channel.
+const BATCH: usize = 64;
+
+struct SocketTx<'a> {
+    socket: &'a UdpSocket,
+    counters: &'a IoCounters,
+}
+
+impl Transmit for SocketTx<'_> {
+    fn send(&mut self, data: &[u8], dest: SocketAddr) {
+        if self.socket.send_to(data, dest).is_err() {
+            IoCounters::bump(&self.counters.send_errors);
+        }
+    }
+}
+
+/// Runs until `stop` is set.
+pub(super) fn run(
+    socket: &UdpSocket,
+    engine: &mut Engine,
+    mut chores: Chores,
+    local: SocketAddr,
+    stop: &AtomicBool,
+    counters: &IoCounters,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM_ROOM];
+    while !stop.load(Ordering::Relaxed) {
+        wait_readable(socket, chores.wait(engine));
+        let mut tx = SocketTx { socket, counters };
+        for _ in 0..BATCH {
+            match socket.recv_from(&mut buf) {
+                Ok((n, source)) => {
+                    let at = Arrival {
+                        source,
+                        local,
+                        via: IceTransport::Udp,
+                        now: Instant::now(),
+                    };
+                    engine.handle_datagram(&mut buf, n, at, &mut tx);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // ICMP errors reported on the socket (a browser went away): not fatal.
+                Err(_) => continue,
+            }
+        }
+        chores.run(engine, &mut tx);
+    }
+}
+
+/// Waits until the socket is readable or `wait` passes.
+fn wait_readable(socket: &UdpSocket, wait: Duration) {
+    let mut pfd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(wait.as_millis()).unwrap_or(10).max(0);
+    // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
+    unsafe {
+        libc::poll(&mut pfd, 1, ms);
+    }
+}
