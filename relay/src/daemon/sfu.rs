@@ -90,7 +90,9 @@ impl SfuService {
         let cert = Arc::new(cert);
         let (ev_tx, ev_rx) = crossbeam_channel::bounded(4096);
         // The media workers first: with port 0 their candidates are the ports they got.
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        // The cores this process may run on (as the dataplane pins its workers): worker i
+        // is pinned to the (i % count)-th of them.
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut runtimes = Vec::with_capacity(s.workers);
         let mut worker_tx = Vec::with_capacity(s.workers);
         for i in 0..s.workers.max(1) {
@@ -104,7 +106,7 @@ impl SfuService {
                         ..EngineConfig::default()
                     },
                     backend: config.backend,
-                    core: Some(i % cores),
+                    core: (!cores.is_empty()).then(|| cores[i % cores.len()].id),
                 },
                 cert.clone(),
                 rx,
