@@ -16,7 +16,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
 RELAY_TOOLS="${RELAY_TOOLS:-/opt/relay-tools}"
-APT_PACKAGES=(coturn bpftool iproute2 ethtool clang libclang-rt-14-dev chromium libssl-dev pkg-config)
+APT_PACKAGES=(coturn bpftool iproute2 ethtool clang libclang-rt-14-dev chromium firefox-esr libssl-dev pkg-config)
 [ "${SETUP_MINIMAL:-0}" = 1 ] && APT_PACKAGES=(iproute2 libssl-dev pkg-config)
 
 command -v rustup >/dev/null || die "rustup is not installed; this project needs rustup with the stable and nightly toolchains"
@@ -77,16 +77,19 @@ if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
   fi
 fi
 
-# 5. playwright-core for the Chromium TURN test (tests/browser), pinned by its
-#    package-lock.json. It drives Debian's /usr/bin/chromium: no browser is downloaded.
+# 5. playwright-core and puppeteer-core for the browser tests (tests/browser), pinned by
+#    its package-lock.json. They drive Debian's /usr/bin/chromium and /usr/bin/firefox-esr
+#    (puppeteer-core over WebDriver BiDi): no browser is downloaded.
 BROWSER_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/browser"
 if [ "${SETUP_MINIMAL:-0}" != 1 ] && [ -f "$BROWSER_DIR/package-lock.json" ]; then
   command -v npm >/dev/null || die "npm is missing: the Chromium TURN test needs Node.js and npm (the machine's Node.js)"
   stamp="$BROWSER_DIR/node_modules/.package-lock.json"
   if [ ! -f "$BROWSER_DIR/node_modules/playwright-core/package.json" ] \
+     || [ ! -f "$BROWSER_DIR/node_modules/puppeteer-core/package.json" ] \
      || [ "$BROWSER_DIR/package-lock.json" -nt "$stamp" ]; then
-    log "installing playwright-core in tests/browser (npm ci)"
-    (cd "$BROWSER_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    log "installing playwright-core and puppeteer-core in tests/browser (npm ci)"
+    (cd "$BROWSER_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 PUPPETEER_SKIP_DOWNLOAD=1 \
+      npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   fi
 fi
 

@@ -802,3 +802,66 @@ fn real_chromium_offer_and_answer() {
     assert_eq!(n.media.len(), 2);
     assert_eq!(n.media[1].codecs[0].rtx_payload_type, Some(97));
 }
+
+/// Captured from Firefox ESR 153 (headless, `tests/tests/sfu_firefox.rs` with
+/// `SFU_FIREFOX_CAPTURE`): its publisher offer (audio + 3-layer simulcast video, the video
+/// section `bundle-only` with port 0, rid/repaired-rid extensions at ids 9/10, a=ssrc
+/// lines for every layer), our subscriber offer as Firefox re-wrote it, and its answer.
+const FIREFOX_REAL_OFFER: &str = include_str!("fixtures/firefox153_real_offer.sdp");
+const FIREFOX_REAL_SUB_OFFER: &str = include_str!("fixtures/firefox153_real_subscriber_offer.sdp");
+const FIREFOX_REAL_SUB_ANSWER: &str =
+    include_str!("fixtures/firefox153_real_subscriber_answer.sdp");
+
+#[test]
+fn real_firefox_offer_and_answer() {
+    let (offer_sd, a) = answer_text(FIREFOX_REAL_OFFER, &params());
+    assert_eq!(offer_sd.bundle(), ["0", "1"]);
+    assert_eq!(a.bundle(), ["0", "1"]);
+    assert!(
+        a.media.iter().all(|m| m.port != 0),
+        "both sections accepted"
+    );
+    // Firefox lists VP8, VP9, AV1, ulpfec, red: we keep VP8 and its RTX only.
+    assert_eq!(a.media[1].formats, ["120", "124"]);
+    assert_eq!(a.media[0].formats, ["109"]);
+    let rids: Vec<_> = a.media[1].rids.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(rids, ["q", "h", "f"]);
+    let sim = a.media[1].simulcast.as_ref().expect("simulcast answered");
+    assert!(sim.send.is_empty());
+    assert_eq!(sim.recv.len(), 3);
+    let n = negotiated(&offer_sd, &a).expect("negotiated");
+    assert_eq!(n.media.len(), 2, "the bundle-only video section counts");
+    assert_eq!(n.extensions.rid, Some(9));
+    assert_eq!(n.extensions.repaired_rid, Some(10));
+    assert_eq!(n.extensions.mid, Some(3));
+    assert_eq!(n.extensions.transport_cc, Some(7));
+    assert_eq!(n.extensions.audio_level, Some(1));
+    let video = &n.media[1];
+    assert_eq!(video.rids, ["q", "h", "f"]);
+    assert_eq!(video.codecs.len(), 1);
+    assert_eq!(video.codecs[0].codec, Codec::Vp8);
+    assert_eq!(video.codecs[0].payload_type, 120);
+    assert_eq!(video.codecs[0].rtx_payload_type, Some(124));
+    assert_eq!(video.remote_ssrcs.len(), 6, "three layers, each with RTX");
+    assert_eq!(
+        video.remote_rtx_pairs,
+        [
+            (1_402_151_917, 3_071_748_216),
+            (382_585_001, 3_788_698_650),
+            (1_655_187_125, 980_755_463)
+        ]
+    );
+
+    // Our subscriber offer (as Firefox re-wrote it) and Firefox's answer: Opus, and VP8
+    // (Firefox without the OpenH264 plugin drops H.264) with its RTX.
+    let ours = parse(FIREFOX_REAL_SUB_OFFER).expect("the offer parses");
+    let theirs = parse(FIREFOX_REAL_SUB_ANSWER).expect("Firefox's answer parses");
+    assert_eq!(check_answer(&ours, &theirs), Ok(vec![Some(111), Some(96)]));
+    let n = negotiated(&theirs, &ours).expect("negotiated");
+    assert_eq!(n.media.len(), 2);
+    assert_eq!(n.media[1].codecs.len(), 1);
+    assert_eq!(n.media[1].codecs[0].codec, Codec::Vp8);
+    assert_eq!(n.media[1].codecs[0].rtx_payload_type, Some(97));
+    assert_eq!(n.extensions.transport_cc, Some(3));
+    assert_eq!(n.extensions.mid, Some(4));
+}
