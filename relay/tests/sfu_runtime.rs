@@ -14,7 +14,17 @@ use relay::stun::TransactionId;
 #[path = "common/sfu_runtime_fixture.rs"]
 mod fixture;
 
+/// One runtime at a time in this binary: the idle test finds its thread by name.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn answers_ice_checks(choice: BackendChoice, expect: MediaBackend) {
+    let _one = serial();
     let Some(run) = fixture::start(choice) else {
         return;
     };
@@ -90,10 +100,53 @@ fn io_uring_loop_answers_ice_checks() {
 
 #[test]
 fn auto_picks_io_uring_where_the_kernel_permits_it() {
+    let _one = serial();
     let expect = match relay::dataplane::select_backend(BackendChoice::IoUring) {
         Ok(_) => MediaBackend::IoUring,
         Err(_) => MediaBackend::Portable,
     };
     let run = fixture::start(BackendChoice::Auto).expect("auto always starts");
     assert_eq!(run.runtime.backend(), expect);
+}
+
+/// CPU time (user + system, in clock ticks) the thread named `relay-sfu` used so far.
+fn media_thread_ticks() -> u64 {
+    for t in std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == "relay-sfu" {
+            let stat = std::fs::read_to_string(t.path().join("stat")).expect("stat");
+            // Fields after the command name (which ends with ')'): utime is the 12th and
+            // stime the 13th of them.
+            let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            return f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+        }
+    }
+    panic!("no relay-sfu thread");
+}
+
+#[test]
+fn an_idle_media_thread_sleeps() {
+    let _one = serial();
+    for choice in [BackendChoice::IoUring, BackendChoice::Portable] {
+        let Some(run) = fixture::start(choice) else {
+            continue;
+        };
+        run.commands
+            .send(Command::AddTransport(fixture::spec(1)))
+            .expect("command");
+        std::thread::sleep(Duration::from_millis(100));
+        let before = media_thread_ticks();
+        std::thread::sleep(Duration::from_secs(1));
+        let used = media_thread_ticks() - before;
+        // 100 ticks = one busy core for the second; waking every 10 ms costs next to none.
+        assert!(
+            used < 20,
+            "{choice:?}: the idle media thread used {used} ticks in 1 s"
+        );
+        run.runtime.shutdown();
+    }
 }

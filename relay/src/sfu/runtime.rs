@@ -242,7 +242,15 @@ fn choose(choice: BackendChoice, socket: &UdpSocket) -> Result<Option<UringMedia
         let dup = socket
             .try_clone()
             .map_err(|e| format!("cannot duplicate the media socket: {e}"))?;
-        UringMedia::new(dup).map_err(|e| format!("cannot set up the media ring: {e}"))
+        let ring =
+            UringMedia::new(dup).map_err(|e| format!("cannot set up the media ring: {e}"))?;
+        // io_uring honours O_NONBLOCK: a send to a full socket buffer would fail with
+        // EAGAIN instead of waiting (in the kernel) for room. Blocking mode only matters
+        // to io_uring here; the poll loop is not used with this socket.
+        socket
+            .set_nonblocking(false)
+            .map_err(|e| format!("cannot make the media socket blocking: {e}"))?;
+        Ok(ring)
     };
     match choice {
         BackendChoice::Portable => {
