@@ -80,6 +80,12 @@ async function received(page) {
         frameWidth: s.frameWidth ?? null,
         totalAudioEnergy: s.totalAudioEnergy ?? null,
         totalSamplesReceived: s.totalSamplesReceived ?? null,
+        packetsLost: s.packetsLost ?? null,
+        nackCount: s.nackCount ?? null,
+        pliCount: s.pliCount ?? null,
+        firCount: s.firCount ?? null,
+        keyFramesDecoded: s.keyFramesDecoded ?? null,
+        framesDropped: s.framesDropped ?? null,
       });
     });
     return out;
@@ -238,6 +244,10 @@ try {
   }
   result.firefoxPublished = await published(ff);
   result.chromiumPublished = await published(cr);
+  // Firefox sends the camera as simulcast only when the SFU's answer accepted its rids
+  // (a=simulcast:recv); the top layer may still be starting (bandwidth ramp-up).
+  const layers = result.firefoxPublished.filter((x) => x.kind === "video" && x.rid && x.bytesSent > 0).map((x) => x.rid);
+  check("Firefox sends its camera as simulcast (at least two rids carry media)", layers.length >= 2, result.firefoxPublished);
   await Promise.all([ff.evaluate(() => window.demo.leave()), cr.evaluate(() => window.demo.leave())]);
 } catch (e) {
   check("the scenario ran without an exception", false, String(e && e.stack ? e.stack : e));

@@ -11,6 +11,13 @@
 //! when the test ends, passing or not). Skips with a printed reason when firefox-esr is
 //! missing, except under CI (`CI=true`), where setup installs it and the test must run.
 //! `SFU_FIREFOX_CAPTURE=<dir>` keeps the SDP Firefox exchanged there (for fixtures).
+//!
+//! What Firefox ESR 153 does here: it sends the camera as three-rid simulcast (`a=rid`
+//! send lines, `a=simulcast:send q;h;f`, the standard rtp-stream-id and
+//! repaired-rtp-stream-id extensions, plus `a=ssrc` lines and FID groups for all six
+//! SSRCs), its video section `bundle-only` with port 0; it answers our subscriber offer
+//! with VP8 only (no H.264 without the OpenH264 plugin, which Debian's package does not
+//! ship), and fills `totalAudioEnergy` like Chromium.
 #![allow(clippy::unwrap_used)]
 
 use std::{net::SocketAddr, path::Path, time::Duration};
@@ -165,12 +172,20 @@ fn sfu_firefox_and_chromium_exchange_media() {
         diag()
     );
     eprintln!(
-        "Firefox {} published {}\nFirefox received {}\naudio counters: {}\ntimings: {}",
+        "Firefox {} published {}\nFirefox received {}\nChromium published {}\nChromium received {}\naudio counters: {}\ntimings: {}",
         result["firefoxVersion"],
         result["firefoxPublished"],
         result["firefoxReceived"],
+        result["chromiumPublished"],
+        result["chromiumReceived"],
         result["audioField"],
         result["timings"]
+    );
+    let stats = relay.stats().unwrap();
+    assert!(
+        stats["sfu"]["rtp_out"].as_u64().unwrap_or(0) > 200,
+        "the relay's SFU counters do not show the forwarding: {}",
+        stats["sfu"]
     );
     let status = relay.stop(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "relay exited with {status}");
