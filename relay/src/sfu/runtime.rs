@@ -80,6 +80,8 @@ struct IoCounters {
     send_errors: AtomicU64,
     send_slot_full: AtomicU64,
     recv_drops: AtomicU64,
+    /// The first send error is logged with its cause, the rest only counted.
+    send_error_logged: AtomicBool,
 }
 
 impl IoCounters {

@@ -23,8 +23,15 @@ struct SocketTx<'a> {
 
 impl Transmit for SocketTx<'_> {
     fn send(&mut self, data: &[u8], dest: SocketAddr) {
-        if self.socket.send_to(data, dest).is_err() {
+        if let Err(e) = self.socket.send_to(data, dest) {
             IoCounters::bump(&self.counters.send_errors);
+            if !self
+                .counters
+                .send_error_logged
+                .swap(true, Ordering::Relaxed)
+            {
+                tracing::warn!(error = %e, %dest, "SFU media send failed (later failures are only counted)");
+            }
         }
     }
 }

@@ -275,6 +275,12 @@ fn reap(
             TAG_SEND => {
                 if res < 0 {
                     IoCounters::bump(&counters.send_errors);
+                    if !counters.send_error_logged.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            error = %io::Error::from_raw_os_error(-res),
+                            "SFU media send failed (later failures are only counted)"
+                        );
+                    }
                 }
                 slots.release((ud & INDEX_MASK) as u32);
             }
