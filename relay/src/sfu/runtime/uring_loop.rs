@@ -153,9 +153,12 @@ impl UringMedia {
             }
             let wait = Timespec::from(chores.wait(engine));
             let args = SubmitArgs::new().timespec(&wait);
+            // Datagrams reaped by a send that had to free slots during the chores are
+            // waiting already: no sleep then.
+            let want = usize::from(self.received.is_empty());
             // The one enter of this iteration: submits the sends queued since the last
             // one (and the receive, when re-armed) and waits for completions.
-            match self.ring.submitter().submit_with_args(1, &args) {
+            match self.ring.submitter().submit_with_args(want, &args) {
                 Ok(_) => {}
                 Err(e)
                     if matches!(
