@@ -1,10 +1,10 @@
 //! The SFU's media thread: one UDP socket, one [`Engine`], the command channel from
 //! signaling and the event channel back.
 //!
-//! The socket layer is io_uring where the kernel permits it ([`uring_loop`]: a multishot
+//! The socket layer is io_uring where the kernel permits it (`uring_loop`: a multishot
 //! receive into a provided buffer ring, sends queued from preallocated slots, one
 //! `io_uring_enter` per loop iteration) and a portable poll(2) loop otherwise
-//! ([`poll_loop`]); the choice follows the `[dataplane] backend` setting, the same rule as
+//! (`poll_loop`); the choice follows the `[dataplane] backend` setting, the same rule as
 //! the TURN workers. Either way the thread waits at most until the engine's next timer and
 //! never longer than 10 ms (so commands are applied promptly), hands each datagram to the
 //! engine, runs its timers, applies queued commands and forwards its events. All sending
