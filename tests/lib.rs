@@ -1091,6 +1091,14 @@ pub fn check_browser_prerequisites() {
     );
 }
 
+/// Serializes the browser tests of one test binary: each runs several headless browsers
+/// with fake media, and two such tests at once on a 2-core machine starve each other
+/// (page loads time out, frame-rate checks fail). Hold the guard for the whole test.
+pub fn browser_test_guard() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

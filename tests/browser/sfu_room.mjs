@@ -167,8 +167,15 @@ async function sfuScenario(browser, result) {
     }) && inboundOf(s, "video").length >= 2,
   );
   check("media kept flowing to every participant during the bad input", progressed, { before, after });
-  // Layer switch: receiver 0 caps one remote video to the lowest layer.
-  const s0 = after[0];
+  // Layer switch: receiver 0 caps one remote video to the lowest layer. First wait (on a
+  // loaded machine the publishers' encoders may still be limited to the lowest layer)
+  // until one video arrives above the lowest layer (1280/4 = 320 wide), else there is
+  // nothing to switch down from.
+  const s0 =
+    (await until(async () => {
+      const s = await stats(pages[0]);
+      return inboundOf(s, "video").some(([, x]) => (x.frameWidth || 0) > 320) ? s : null;
+    }, 20000)) || (await stats(pages[0]));
   const [trackId, v0] = inboundOf(s0, "video").sort((a, b) => (b[1].frameWidth || 0) - (a[1].frameWidth || 0))[0];
   result.layerBefore = { trackId, width: v0.frameWidth, height: v0.frameHeight };
   await pages[0].evaluate(([t]) => window.demo.setMaxLayer(t, 0), [trackId]);

@@ -24,8 +24,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use relay::signaling::{Claims, sign};
 use relay_e2e::{
-    CHROMIUM, Daemon, Netns, TempDir, TurnTopology, browser_dir, check_browser_prerequisites,
-    require_root, run_bounded, wait_tcp_listening,
+    CHROMIUM, Daemon, Netns, TempDir, TurnTopology, browser_dir, browser_test_guard,
+    check_browser_prerequisites, require_root, run_bounded, wait_tcp_listening,
 };
 
 const SECRET: &str = "sfu-e2e-signing-secret-0123456789";
@@ -153,6 +153,7 @@ fn sfu_three_participants_layer_switch_and_bad_input() {
         return;
     }
     check_browser_prerequisites();
+    let _one_at_a_time = browser_test_guard();
     let topo = TurnTopology::new("rsf").expect("create the topology");
     let files = TempDir::new("relay-sfu-chromium").unwrap();
     let relay = start_relay(&topo, &files);
@@ -196,6 +197,7 @@ fn sfu_h264_and_screen_share() {
         return;
     }
     check_browser_prerequisites();
+    let _one_at_a_time = browser_test_guard();
     let topo = TurnTopology::new("rsh").expect("create the topology");
     let files = TempDir::new("relay-sfu-h264").unwrap();
     let relay = start_relay(&topo, &files);
@@ -229,6 +231,7 @@ fn p2p_file_through_turn() {
         return;
     }
     check_browser_prerequisites();
+    let _one_at_a_time = browser_test_guard();
     let topo = TurnTopology::new("rsp").expect("create the topology");
     let files = TempDir::new("relay-p2p-chromium").unwrap();
     let relay = start_relay(&topo, &files);
