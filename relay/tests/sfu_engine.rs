@@ -498,3 +498,52 @@ fn steady_state_forwarding_does_not_allocate() {
     assert_eq!(discard.0, 800, "every packet forwarded to both subscribers");
     assert_eq!(allocs, 0, "forwarding allocated");
 }
+
+#[test]
+fn packets_for_a_receiver_without_the_codec_are_counted() {
+    let Setup {
+        mut engine,
+        mut publisher,
+        mut subs,
+    } = setup();
+    let now = Instant::now();
+    // Subscriber 0 takes the VP8 track again, but its answer had only H.264.
+    engine.handle_command(
+        Command::Unsubscribe {
+            transport: 2,
+            track: 11,
+        },
+        now,
+    );
+    engine.handle_command(
+        Command::Subscribe(OutboundTrack {
+            transport: 2,
+            track: 11,
+            mid: "1".into(),
+            ssrc: 0x3000,
+            rtx_ssrc: Some(0x4000),
+            codecs: vec![TrackCodec {
+                codec: Codec::H264,
+                payload_type: 102,
+                rtx_payload_type: Some(103),
+            }],
+        }),
+        now,
+    );
+    assert_eq!(engine.stats().bad_commands, 0);
+    let mut sent = Sent::default();
+    for (k, seq) in (600..603u16).enumerate() {
+        let payload = vp8(40 + k as u16, k == 0, true);
+        publisher.send_rtp(
+            &mut engine,
+            &rtp(96, seq, 3000 * k as u32, PUB_VIDEO_SSRC, &payload),
+            &mut sent,
+        );
+    }
+    let (to_h264, _) = subs[0].receive(&mut sent);
+    assert!(to_h264.is_empty(), "nothing the receiver cannot decode");
+    let (to_vp8, _) = subs[1].receive(&mut sent);
+    assert_eq!(to_vp8.len(), 3, "the VP8 receiver still gets every packet");
+    assert_eq!(engine.stats().no_codec_drops, 3);
+    assert_eq!(engine.stats().rtp_out, 3);
+}

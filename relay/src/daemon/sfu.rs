@@ -223,6 +223,7 @@ impl SfuService {
                 ("twcc_feedback_out", e.twcc_feedback_out),
                 ("srtp_failures", e.srtp_failures),
                 ("transport_drops", e.transport_drops),
+                ("no_codec_drops", e.no_codec_drops),
             ] {
                 *m.entry(k.to_owned()).or_default() += v;
             }

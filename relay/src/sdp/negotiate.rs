@@ -386,6 +386,11 @@ pub struct OutgoingTrack {
     pub rtx_ssrc: Option<u32>,
     /// RTCP CNAME.
     pub cname: String,
+    /// The codecs its publisher sends (what the publisher's section negotiated): only
+    /// these (and their RTX) are offered, so a browser that cannot receive them rejects
+    /// the section instead of accepting one the SFU would never send anything in.
+    /// Empty: every codec of the kind we support.
+    pub codecs: Vec<Codec>,
 }
 
 /// A section of an SFU-initiated offer.
@@ -404,8 +409,9 @@ pub enum OfferSection {
 }
 
 /// Builds the SFU's offer to a subscriber: one `sendonly` section per track with our
-/// SSRCs, RTX in an `ssrc-group:FID`, `msid`, every codec we support for its kind (the
-/// browser picks in its answer), our extension ids, BUNDLE over all open sections,
+/// SSRCs, RTX in an `ssrc-group:FID`, `msid`, the codecs its publisher sends (those we
+/// support, see [`OutgoingTrack::codecs`]; the browser picks in its answer or rejects
+/// the section), our extension ids, BUNDLE over all open sections,
 /// `setup:actpass`, ICE-lite with our candidates. Sections must keep their order across
 /// re-offers (the caller appends new tracks and closes removed ones).
 pub fn offer(
@@ -468,7 +474,7 @@ fn offer_track(params: &LocalParams, t: &OutgoingTrack) -> MediaDescription {
         .codecs
         .iter()
         .copied()
-        .filter(|c| c.is_video() == video)
+        .filter(|c| c.is_video() == video && (t.codecs.is_empty() || t.codecs.contains(c)))
     {
         let (pt, rtx) = codec.default_payload_types();
         m.formats.push(pt.to_string());

@@ -526,6 +526,7 @@ fn tracks() -> Vec<OfferSection> {
             ssrc: 1111,
             rtx_ssrc: None,
             cname: "sfu".into(),
+            codecs: Vec::new(),
         }),
         OfferSection::Track(OutgoingTrack {
             mid: "1".into(),
@@ -535,6 +536,7 @@ fn tracks() -> Vec<OfferSection> {
             ssrc: 2222,
             rtx_ssrc: Some(3333),
             cname: "sfu".into(),
+            codecs: Vec::new(),
         }),
         OfferSection::Closed {
             mid: "2".into(),
@@ -580,6 +582,55 @@ fn builds_subscriber_offer() {
     assert_eq!(
         offer(&params(), &dup),
         Err(NegotiationError::DuplicateMid("0".into()))
+    );
+}
+
+#[test]
+fn subscriber_offer_lists_only_the_publishers_codecs() {
+    let h264 = |mid: &str, codecs: Vec<Codec>| {
+        OfferSection::Track(OutgoingTrack {
+            mid: mid.into(),
+            kind: MediaKind::Video,
+            stream_id: "bob".into(),
+            track_id: format!("TR_{mid}"),
+            ssrc: 4000 + u32::from(mid.as_bytes()[0]),
+            rtx_ssrc: Some(5000 + u32::from(mid.as_bytes()[0])),
+            cname: "sfu".into(),
+            codecs,
+        })
+    };
+    let sections = [
+        h264("0", vec![Codec::H264]),
+        h264("1", vec![Codec::Vp8]),
+        // A publisher that negotiated both: both, in our order.
+        h264("2", vec![Codec::H264, Codec::Vp8]),
+    ];
+    let o = offer(&params(), &sections).expect("offer");
+    let o = parse(&o.to_string()).expect("offer parses");
+    let only_h264 = &o.media[0];
+    assert_eq!(only_h264.payload_types().collect::<Vec<_>>(), [102, 103]);
+    assert_eq!(
+        only_h264
+            .rtpmaps
+            .iter()
+            .map(|r| r.encoding.as_str())
+            .collect::<Vec<_>>(),
+        ["H264", "rtx"]
+    );
+    assert_eq!(
+        only_h264.fmtp(103).and_then(|f| f.param("apt")),
+        Some("102")
+    );
+    assert!(
+        only_h264.rtcp_fb_for(96).next().is_none(),
+        "no VP8 feedback"
+    );
+    assert_eq!(codec_of(only_h264, 102), Some(Codec::H264));
+    assert_eq!(o.media[1].payload_types().collect::<Vec<_>>(), [96, 97]);
+    assert_eq!(
+        o.media[2].payload_types().collect::<Vec<_>>(),
+        [96, 97, 102, 103],
+        "both codecs, in our preference order"
     );
 }
 

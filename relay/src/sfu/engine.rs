@@ -116,6 +116,9 @@ pub struct EngineStats {
     pub srtp_failures: u64,
     /// Datagrams the transports dropped (live transports).
     pub transport_drops: u64,
+    /// RTP packets not forwarded to a receiver because its answer has no payload type
+    /// for the packet's codec (one per receiver; a subscriber offered the wrong codec).
+    pub no_codec_drops: u64,
 }
 
 /// The media plane of one worker.

@@ -44,6 +44,9 @@ pub enum ErrorCode {
     BadRequest,
     /// The server failed.
     Internal,
+    /// A subscribed track's codec is one the subscriber's browser cannot receive (it
+    /// rejected the section); the track is not forwarded to it.
+    CodecUnsupported,
 }
 
 impl ErrorCode {
@@ -58,6 +61,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::BadRequest => "bad_request",
             Self::Internal => "internal",
+            Self::CodecUnsupported => "codec_unsupported",
         }
     }
 }

@@ -88,7 +88,7 @@ pub struct ServerStats {
     pub rooms: RoomsStats,
 }
 
-const ERROR_CODES: [ErrorCode; 8] = [
+const ERROR_CODES: [ErrorCode; 9] = [
     ErrorCode::BadJson,
     ErrorCode::BadToken,
     ErrorCode::ExpiredToken,
@@ -97,6 +97,7 @@ const ERROR_CODES: [ErrorCode; 8] = [
     ErrorCode::RateLimited,
     ErrorCode::BadRequest,
     ErrorCode::Internal,
+    ErrorCode::CodecUnsupported,
 ];
 
 fn code_index(code: ErrorCode) -> usize {
@@ -110,7 +111,7 @@ struct Counters {
     websockets: AtomicU64,
     messages_in: AtomicU64,
     messages_out: AtomicU64,
-    errors: [AtomicU64; 8],
+    errors: [AtomicU64; 9],
     rejected: AtomicU64,
     slow_closed: AtomicU64,
     panics: AtomicU64,
@@ -408,7 +409,7 @@ mod tests {
         for c in ERROR_CODES {
             assert!(seen.insert(code_index(c)));
         }
-        assert_eq!(seen.len(), 8);
+        assert_eq!(seen.len(), ERROR_CODES.len());
     }
 
     #[test]

@@ -229,6 +229,7 @@ impl Engine {
                 }
             };
             let Some(out_codec) = sub.payload_type(codec_kind) else {
+                stats.no_codec_drops += 1;
                 continue;
             };
             let Some(n) = build_forward(

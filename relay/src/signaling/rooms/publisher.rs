@@ -282,6 +282,15 @@ impl Rooms {
     }
 }
 
+impl PublisherConn {
+    /// The codecs a bound track's publisher negotiated (what subscribers are offered).
+    pub(super) fn codecs_of(&self, track: TrackId) -> Option<Vec<crate::sdp::Codec>> {
+        self.bound
+            .get(&track)
+            .map(|t| t.codecs.iter().map(|c| c.codec).collect())
+    }
+}
+
 fn track_codecs(media: &crate::sdp::NegotiatedMedia) -> Vec<TrackCodec> {
     media
         .codecs

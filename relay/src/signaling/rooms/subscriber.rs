@@ -7,17 +7,23 @@
 //! the answer arrives. Sections are never removed: a removed track's section is closed
 //! (port 0, mid kept), and once the browser has seen it closed a new track of the same
 //! kind may take its place.
+//!
+//! A section offers only the codecs its publisher sends: a browser that cannot receive
+//! them rejects the section (port 0), and instead of a subscription that would never
+//! carry a packet the client gets a `codec_unsupported` error naming the track, and the
+//! section is closed in the next offer.
 
 use super::{ConnId, Rooms, bad, internal, media_kind, parse_track_id, random_u32, track_id};
 use crate::ice::credentials::{Credentials, random_credentials};
 use crate::sdp::{
-    LocalParams, MAX_MEDIA_SECTIONS, MediaKind, OfferSection, OutgoingTrack, SessionDescription,
+    Codec, LocalParams, MAX_MEDIA_SECTIONS, MediaKind, OfferSection, OutgoingTrack,
+    SessionDescription,
 };
 use crate::sfu::control::{
     Command, OutboundTrack, ParticipantId, TrackCodec, TrackId, TransportId, TransportRole,
     TransportSpec,
 };
-use crate::signaling::protocol::{ProtocolError, ServerMessage};
+use crate::signaling::protocol::{ErrorCode, ProtocolError, ServerMessage};
 
 /// A track carried in a section.
 #[derive(Debug, Clone)]
@@ -26,6 +32,8 @@ struct SectionTrack {
     publisher: ParticipantId,
     ssrc: u32,
     rtx_ssrc: Option<u32>,
+    /// The codecs its publisher sends (the only ones offered).
+    codecs: Vec<Codec>,
     /// `Subscribe` went out (the browser accepted the section).
     active: bool,
     /// The layer cap asked for (sent once active).
@@ -114,7 +122,7 @@ impl Rooms {
             return Err(bad("join first"));
         };
         // Check everything first: a refused subscribe changes nothing.
-        let mut wanted: Vec<(TrackId, MediaKind, ParticipantId)> = Vec::new();
+        let mut wanted: Vec<(TrackId, MediaKind, ParticipantId, Vec<Codec>)> = Vec::new();
         for name in ids {
             let track = parse_track_id(name)
                 .and_then(|id| self.tracks.get(&id).map(|t| (id, t)))
@@ -127,8 +135,13 @@ impl Rooms {
             if s.section_of(id).is_some() || wanted.iter().any(|w| w.0 == id) {
                 continue;
             }
-            let publisher = self.member(t.owner).map(|o| o.id).unwrap_or_default();
-            wanted.push((id, media_kind(t.info.kind), publisher));
+            let owner = self.member(t.owner);
+            let publisher = owner.map(|o| o.id).unwrap_or_default();
+            let codecs = owner
+                .and_then(|o| o.publisher.as_ref())
+                .and_then(|p| p.codecs_of(id))
+                .unwrap_or_default();
+            wanted.push((id, media_kind(t.info.kind), publisher, codecs));
         }
         if wanted.is_empty() {
             return Ok(());
@@ -148,7 +161,7 @@ impl Rooms {
         else {
             return Err(bad("join first"));
         };
-        for (id, kind, publisher) in wanted {
+        for (id, kind, publisher, codecs) in wanted {
             let mut ssrc = random_u32(rng)?;
             while s.ssrc_used(ssrc) {
                 ssrc = random_u32(rng)?;
@@ -167,6 +180,7 @@ impl Rooms {
                 publisher,
                 ssrc,
                 rtx_ssrc,
+                codecs,
                 active: false,
                 max_layer: None,
             };
@@ -304,6 +318,7 @@ impl Rooms {
                     ssrc: t.ssrc,
                     rtx_ssrc: t.rtx_ssrc,
                     cname: s.cname.clone(),
+                    codecs: t.codecs.clone(),
                 }),
                 None => OfferSection::Closed {
                     mid: sec.mid.clone(),
@@ -385,6 +400,7 @@ impl Rooms {
             s.remote_ice = Some(remote);
         }
         let transport = s.transport;
+        let mut unsupported = Vec::new();
         for (i, sec) in s.sections.iter_mut().enumerate() {
             let offered = carried.get(i).copied().flatten();
             let accepted = negotiated
@@ -439,6 +455,14 @@ impl Rooms {
                             track: t.id,
                         });
                     }
+                    None if answer.media.get(i).is_some_and(|a| a.port == 0) => {
+                        // Rejected at once: it cannot receive the publisher's codecs.
+                        // No subscription; the section is closed in the next offer.
+                        unsupported.push((t.id, t.codecs.clone()));
+                        sec.track = None;
+                        sec.reusable = false;
+                        s.dirty = true;
+                    }
                     _ => {}
                 },
                 _ => {}
@@ -446,6 +470,18 @@ impl Rooms {
         }
         for c in cmds {
             self.media(c);
+        }
+        for (track, codecs) in unsupported {
+            let names: Vec<&str> = codecs.iter().map(|c| c.encoding()).collect();
+            let err = ProtocolError::new(
+                ErrorCode::CodecUnsupported,
+                format!(
+                    "{}: your browser rejected its codec ({}); not subscribed",
+                    track_id(track),
+                    names.join(", ")
+                ),
+            );
+            self.send(conn, err.to_message());
         }
         self.flush_offer(conn);
         Ok(())
