@@ -1521,3 +1521,161 @@ fn ids_are_never_reused() {
     assert_eq!(seen_tracks.len(), 12);
     assert_eq!(seen_participants.len(), 6);
 }
+
+/// A publisher offer whose video section offers only `encoding` (and its RTX), as a
+/// browser restricted with `setCodecPreferences` would.
+fn video_only(offer_sdp: &str, encoding: &str) -> String {
+    let mut sd = crate::sdp::parse(offer_sdp).expect("fixture parses");
+    for m in sd
+        .media
+        .iter_mut()
+        .filter(|m| m.kind == crate::sdp::MediaKind::Video)
+    {
+        let primary: Vec<u8> = m
+            .rtpmaps
+            .iter()
+            .filter(|r| r.encoding.eq_ignore_ascii_case(encoding))
+            .map(|r| r.payload_type)
+            .collect();
+        let keep: Vec<u8> = m
+            .payload_types()
+            .filter(|pt| {
+                primary.contains(pt)
+                    || m.fmtp(*pt)
+                        .and_then(|f| f.param("apt"))
+                        .and_then(|apt| apt.parse::<u8>().ok())
+                        .is_some_and(|apt| primary.contains(&apt))
+            })
+            .collect();
+        m.formats
+            .retain(|f| f.parse().is_ok_and(|pt| keep.contains(&pt)));
+        m.rtpmaps.retain(|r| keep.contains(&r.payload_type));
+        m.fmtps.retain(|f| keep.contains(&f.payload_type));
+        m.rtcp_fbs
+            .retain(|f| f.payload_type.is_none_or(|pt| keep.contains(&pt)));
+    }
+    sd.to_string()
+}
+
+#[test]
+fn a_section_rejected_for_its_codec_is_not_subscribed_and_the_client_is_told() {
+    let mut r = two_in_sfu();
+    r.connect(3);
+    ok(&mut r, 3, join_msg("standup", "carol", Mode::Sfu));
+    // A publishes H.264 only (TR_1 audio, TR_2 video), C VP8 only (TR_3, TR_4).
+    for (conn, codec) in [(1, "H264"), (3, "VP8")] {
+        ok(&mut r, conn, publish_av(["0", "1"]));
+        let out = ok(
+            &mut r,
+            conn,
+            ClientMessage::Offer {
+                sdp: video_only(CHROME_AV, codec),
+            },
+        );
+        let video: Vec<InboundTrack> = commands(&out)
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Publish(t) if t.video => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(video.len(), 1, "{out:?}");
+        assert!(
+            video[0].codecs.iter().all(|c| c.codec.encoding() == codec),
+            "{:?}",
+            video[0].codecs
+        );
+    }
+    // B subscribes to both videos: each section offers only its publisher's codec.
+    let out = ok(
+        &mut r,
+        2,
+        ClientMessage::Subscribe {
+            tracks: ids(&["TR_2", "TR_4"]),
+        },
+    );
+    let offer_sdp = the_offer(&out, 2);
+    let offer = crate::sdp::parse(&offer_sdp).expect("offer parses");
+    assert_eq!(offer.media.len(), 2);
+    let encodings = |i: usize| -> Vec<String> {
+        offer.media[i]
+            .payload_types()
+            .filter_map(|pt| offer.media[i].rtpmap(pt).map(|m| m.encoding.clone()))
+            .collect()
+    };
+    assert_eq!(encodings(0), ["H264", "rtx"], "TR_2: only H.264");
+    assert_eq!(encodings(1), ["VP8", "rtx"], "TR_4: only VP8");
+
+    // B's browser cannot receive H.264 (Firefox without OpenH264): it rejects mid 0.
+    let mut answer = crate::sdp::parse(&browser_answer(&offer_sdp, false)).expect("answer");
+    answer.media[0].port = 0;
+    answer.media[0].direction = Some(Direction::Inactive);
+    for g in &mut answer.groups {
+        g.mids.retain(|m| m != "0");
+    }
+    let out = ok(
+        &mut r,
+        2,
+        ClientMessage::Answer {
+            sdp: answer.to_string(),
+        },
+    );
+    let b_sub = sub_transport(&r, 2);
+    let subscribed: Vec<OutboundTrack> = commands(&out)
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::Subscribe(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(subscribed.len(), 1, "only the VP8 track: {out:?}");
+    assert_eq!((subscribed[0].transport, subscribed[0].track), (b_sub, 4));
+    assert_eq!(subscribed[0].mid, "1");
+    assert_eq!(subscribed[0].codecs.len(), 1);
+    assert_eq!(subscribed[0].codecs[0].codec, Codec::Vp8);
+    let told: Vec<(ErrorCode, String)> = sent_to(&out, 2)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::Error { code, message } => Some((code, message)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told.len(), 1, "{out:?}");
+    assert_eq!(told[0].0, ErrorCode::CodecUnsupported);
+    assert!(told[0].1.contains("TR_2"), "{}", told[0].1);
+    assert!(told[0].1.contains("H264"), "{}", told[0].1);
+    assert_eq!(ErrorCode::CodecUnsupported.as_str(), "codec_unsupported");
+    // The section is closed in the next offer; the VP8 one stays open.
+    let reoffer_sdp = the_offer(&out, 2);
+    let reoffer = crate::sdp::parse(&reoffer_sdp).expect("re-offer parses");
+    assert_eq!(reoffer.media[0].port, 0);
+    assert_ne!(reoffer.media[1].port, 0);
+    assert_eq!(reoffer.bundle(), ["1"]);
+    // Answering it changes nothing on the media plane and tells nothing again.
+    let out = ok(
+        &mut r,
+        2,
+        ClientMessage::Answer {
+            sdp: browser_answer(&reoffer_sdp, false),
+        },
+    );
+    assert!(commands(&out).is_empty(), "{out:?}");
+    assert!(sent_to(&out, 2).is_empty(), "{out:?}");
+    // The closed section is reused by the next track of its kind; the H.264 track may
+    // be asked for again (and is offered H.264 only again).
+    let out = ok(
+        &mut r,
+        2,
+        ClientMessage::Subscribe {
+            tracks: ids(&["TR_2"]),
+        },
+    );
+    let again = crate::sdp::parse(&the_offer(&out, 2)).expect("offer parses");
+    assert_eq!(again.media.len(), 2, "mid 0 reused");
+    assert_eq!(again.media[0].payload_types().collect::<Vec<_>>().len(), 2);
+    assert_eq!(
+        again.media[0].rtpmaps[0].encoding, "H264",
+        "{:?}",
+        again.media[0]
+    );
+}
