@@ -331,6 +331,7 @@ mod tests {
                 ssrc: 1111,
                 rtx_ssrc: None,
                 cname: "sfu".into(),
+                codecs: Vec::new(),
             }),
             relay::sdp::OfferSection::Track(OutgoingTrack {
                 mid: "1".into(),
@@ -340,6 +341,7 @@ mod tests {
                 ssrc: 2222,
                 rtx_ssrc: Some(3333),
                 cname: "sfu".into(),
+                codecs: Vec::new(),
             }),
             relay::sdp::OfferSection::Closed {
                 mid: "2".into(),
@@ -387,6 +389,7 @@ mod tests {
                     ssrc: 1000 + i,
                     rtx_ssrc: (i >= 200).then_some(5000 + i),
                     cname: "sfu".into(),
+                    codecs: Vec::new(),
                 })
             })
             .collect();
