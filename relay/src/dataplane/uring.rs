@@ -236,6 +236,9 @@ impl<H: DatagramHandler> UringWorker<H> {
                 }
             }
         }
+        // Set when a round stopped taking completions with every send slot in flight and
+        // completions still queued: see below.
+        let mut starved = false;
         while !shutdown.load(Ordering::Relaxed) {
             let (submitter, mut sq, mut cq) = ring.split();
             let want = usize::from(!turn.as_deref().is_some_and(TurnIo::has_pending));
@@ -255,8 +258,12 @@ impl<H: DatagramHandler> UringWorker<H> {
             // Stop taking completions while every send slot is in flight: the sends are
             // submitted (and usually complete inline) at the next enter, which frees
             // slots; the rest of the queue waits for the next round instead of being
-            // dropped for lack of a slot.
-            while slots.available() > 0 {
+            // dropped for lack of a slot. But those sends' own completions queue up behind
+            // the unread ones, so a round that finds every slot still in flight (starved)
+            // takes completions anyway: otherwise no slot would ever be freed and the
+            // worker would spin. Replies that find no slot then are counted as
+            // NoSendSlot drops until the send completions free slots.
+            while slots.available() > 0 || starved {
                 let Some(cqe) = cq.next() else { break };
                 let ud = cqe.user_data();
                 let i = (ud & INDEX_MASK) as usize;
@@ -331,6 +338,7 @@ impl<H: DatagramHandler> UringWorker<H> {
                     _ => {}
                 }
             }
+            starved = slots.available() == 0 && !cq.is_empty();
             if let Some(t) = turn.as_deref_mut() {
                 t.retry_pending(&mut UringSend {
                     slots,
