@@ -1099,6 +1099,37 @@ pub fn browser_test_guard() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The `RESULT <json>` line a browser script printed, after asserting that its overall
+/// `ok` is true and none of its `checks` failed; the panic shows the failed checks, the
+/// script's whole output and `diag()` (the relay's state).
+pub fn browser_result(
+    text: &str,
+    status: impl std::fmt::Debug,
+    diag: &dyn Fn() -> String,
+) -> serde_json::Value {
+    let result: serde_json::Value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .map(|j| serde_json::from_str(j).expect("RESULT is JSON"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the browser script printed no RESULT ({status:?}):\n{text}\nrelay: {}",
+                diag()
+            )
+        });
+    let failed: Vec<&serde_json::Value> = result["checks"]
+        .as_array()
+        .map(|c| c.iter().filter(|c| c["ok"] != true).collect())
+        .unwrap_or_default();
+    assert!(
+        result["ok"] == true && failed.is_empty(),
+        "browser checks failed: {}\n--- script output ---\n{text}\n--- relay ---\n{}",
+        serde_json::to_string_pretty(&failed).unwrap_or_default(),
+        diag()
+    );
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

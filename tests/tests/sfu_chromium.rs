@@ -24,8 +24,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use relay::signaling::{Claims, sign};
 use relay_e2e::{
-    CHROMIUM, Daemon, Netns, TempDir, TurnTopology, browser_dir, browser_test_guard,
-    check_browser_prerequisites, require_root, run_bounded, wait_tcp_listening,
+    CHROMIUM, Daemon, Netns, TempDir, TurnTopology, browser_dir, browser_result,
+    browser_test_guard, check_browser_prerequisites, require_root, run_bounded, wait_tcp_listening,
 };
 
 const SECRET: &str = "sfu-e2e-signing-secret-0123456789";
@@ -122,29 +122,7 @@ fn browser_run(
         Duration::from_secs(180),
     )
     .expect("run node (is nodejs installed? `cargo xtask setup`)");
-    let text = out.text();
-    let result: serde_json::Value = text
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .map(|j| serde_json::from_str(j).expect("RESULT is JSON"))
-        .unwrap_or_else(|| {
-            panic!(
-                "the browser script printed no RESULT ({:?}):\n{text}\nrelay: {}",
-                out.status,
-                diag()
-            )
-        });
-    let failed: Vec<&serde_json::Value> = result["checks"]
-        .as_array()
-        .map(|c| c.iter().filter(|c| c["ok"] != true).collect())
-        .unwrap_or_default();
-    assert!(
-        result["ok"] == true && failed.is_empty(),
-        "browser checks failed: {}\n--- script output ---\n{text}\n--- relay ---\n{}",
-        serde_json::to_string_pretty(&failed).unwrap_or_default(),
-        diag()
-    );
-    result
+    browser_result(&out.text(), out.status, diag)
 }
 
 #[test]

@@ -24,8 +24,8 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use relay::signaling::{Claims, sign};
 use relay_e2e::{
-    CHROMIUM, Daemon, TempDir, TurnTopology, browser_dir, check_browser_prerequisites,
-    require_root, run_bounded, wait_tcp_listening,
+    CHROMIUM, Daemon, TempDir, TurnTopology, browser_dir, browser_result,
+    check_browser_prerequisites, require_root, run_bounded, wait_tcp_listening,
 };
 
 const SECRET: &str = "sfu-firefox-signing-secret-0123456789";
@@ -150,27 +150,7 @@ fn sfu_firefox_and_chromium_exchange_media() {
             relay.log_text()
         )
     };
-    let result: serde_json::Value = text
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .map(|j| serde_json::from_str(j).expect("RESULT is JSON"))
-        .unwrap_or_else(|| {
-            panic!(
-                "the browser script printed no RESULT ({:?}):\n{text}\nrelay: {}",
-                out.status,
-                diag()
-            )
-        });
-    let failed: Vec<&serde_json::Value> = result["checks"]
-        .as_array()
-        .map(|c| c.iter().filter(|c| c["ok"] != true).collect())
-        .unwrap_or_default();
-    assert!(
-        result["ok"] == true && failed.is_empty(),
-        "browser checks failed: {}\n--- script output ---\n{text}\n--- relay ---\n{}",
-        serde_json::to_string_pretty(&failed).unwrap_or_default(),
-        diag()
-    );
+    let result = browser_result(&text, out.status, &diag);
     eprintln!(
         "Firefox {} published {}\nFirefox received {}\nChromium published {}\nChromium received {}\naudio counters: {}\ntimings: {}",
         result["firefoxVersion"],
