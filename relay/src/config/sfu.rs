@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::turn::Secret;
+use crate::ice::Transport as IceTransport;
 
 /// The `[sfu]` section, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +25,10 @@ pub struct SfuSettings {
     pub media_listen: SocketAddr,
     /// Media workers (threads, each with its own socket and rooms); resolved: at least 1.
     pub workers: usize,
+    /// Each worker also accepts ICE over TCP (RFC 6544 passive) on the TCP port equal to
+    /// its UDP port, and rooms announce a passive TCP host candidate next to the UDP one
+    /// (for browsers whose network blocks UDP). False: UDP only.
+    pub tcp: bool,
     /// Addresses announced as ICE candidates; empty = media_listen's address.
     pub announce: Vec<IpAddr>,
     /// Join-token secrets: the first signs (demo tokens), all verify.
@@ -60,6 +65,9 @@ pub(super) struct SfuSection {
     /// 0: one per CPU core the process may use.
     #[serde(default)]
     workers: usize,
+    /// On unless set false: UDP-blocked browsers reach the SFU over TCP.
+    #[serde(default = "default_true")]
+    tcp: bool,
     #[serde(default)]
     announce: Vec<String>,
     #[serde(default)]
@@ -112,6 +120,7 @@ impl Default for SfuSection {
             signaling_listen: default_signaling(),
             media_listen: default_media(),
             workers: 0,
+            tcp: true,
             announce: Vec::new(),
             token_secrets: Vec::new(),
             token_secret_file: None,
@@ -237,6 +246,7 @@ pub(super) fn build(s: SfuSection) -> Result<SfuSettings, (String, String)> {
         signaling_listen,
         media_listen,
         workers,
+        tcp: s.tcp,
         announce,
         token_secrets: s.token_secrets,
         token_secret_file: s.token_secret_file,
@@ -272,6 +282,19 @@ impl SfuSettings {
                 .map(|ip| SocketAddr::new(*ip, bound.port()))
                 .collect()
         }
+    }
+
+    /// The host candidates (address, transport) of a worker whose sockets are bound to
+    /// `bound`: every UDP candidate, then (with `tcp`) a passive TCP candidate on the same
+    /// addresses and port.
+    pub fn host_candidates_for(&self, bound: SocketAddr) -> Vec<(SocketAddr, IceTransport)> {
+        let addrs = self.candidate_addrs_for(bound);
+        let mut out: Vec<(SocketAddr, IceTransport)> =
+            addrs.iter().map(|a| (*a, IceTransport::Udp)).collect();
+        if self.tcp {
+            out.extend(addrs.iter().map(|a| (*a, IceTransport::Tcp)));
+        }
+        out
     }
 
     /// The host candidates of every worker, by worker, when the ports are fixed (with
@@ -358,6 +381,41 @@ mod tests {
         );
         let e = parse("workers = 65").expect_err("too many");
         assert_eq!(e.0, "sfu.workers");
+    }
+
+    #[test]
+    fn tcp_is_on_by_default_and_can_be_turned_off() {
+        let addr = |a: &str| -> SocketAddr { a.parse().expect("addr") };
+        let s = parse("enabled = true\nworkers = 2\nmedia_listen = \"0.0.0.0:4000\"\nannounce = [\"192.0.2.7\"]")
+            .expect("ok");
+        assert!(s.tcp, "TCP candidates by default");
+        assert_eq!(
+            s.host_candidates_for(s.worker_listen(1)),
+            vec![
+                (addr("192.0.2.7:4001"), IceTransport::Udp),
+                (addr("192.0.2.7:4001"), IceTransport::Tcp),
+            ],
+            "worker 1: UDP and TCP on its port"
+        );
+        let s = parse("tcp = false").expect("ok");
+        assert!(!s.tcp);
+        assert_eq!(
+            s.host_candidates_for(addr("127.0.0.1:3479")),
+            vec![(addr("127.0.0.1:3479"), IceTransport::Udp)],
+            "UDP only"
+        );
+        // Port 0: the TCP candidate takes the port the UDP socket got.
+        let s = parse("media_listen = \"127.0.0.1:0\"").expect("ok");
+        assert_eq!(
+            s.host_candidates_for(addr("127.0.0.1:40001")),
+            vec![
+                (addr("127.0.0.1:40001"), IceTransport::Udp),
+                (addr("127.0.0.1:40001"), IceTransport::Tcp),
+            ]
+        );
+        // Not a boolean: refused by the parser.
+        assert!(toml::from_str::<SfuSection>("tcp = \"yes\"").is_err());
+        assert!(toml::from_str::<SfuSection>("tcp = 1").is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::dtls::Certificate;
+use crate::ice::Transport as IceTransport;
 use crate::sdp::{CandidateTransport, LocalCandidate};
 use crate::sfu::engine::EngineConfig;
 use crate::sfu::runtime::{RuntimeConfig, SfuRuntime};
@@ -107,6 +108,7 @@ impl SfuService {
                     },
                     backend: config.backend,
                     core: (!cores.is_empty()).then(|| cores[i % cores.len()].id),
+                    tcp: s.tcp,
                 },
                 cert.clone(),
                 rx,
@@ -120,11 +122,16 @@ impl SfuService {
         let candidates = runtimes
             .iter()
             .map(|rt| {
-                s.candidate_addrs_for(rt.local_addr())
+                // UDP first, then passive TCP on the same port (the runtime bound its TCP
+                // listener there; with `tcp` off there is none).
+                s.host_candidates_for(rt.local_addr())
                     .into_iter()
-                    .map(|addr| LocalCandidate {
+                    .map(|(addr, transport)| LocalCandidate {
                         addr,
-                        transport: CandidateTransport::Udp,
+                        transport: match transport {
+                            IceTransport::Udp => CandidateTransport::Udp,
+                            IceTransport::Tcp => CandidateTransport::TcpPassive,
+                        },
                     })
                     .collect()
             })
@@ -230,6 +237,15 @@ impl SfuService {
             let io = rt.io_stats();
             *m.entry("send_slot_full".into()).or_default() += io.send_slot_full;
             *m.entry("media_recv_drops".into()).or_default() += io.recv_drops;
+            for (k, v) in [
+                ("tcp_connections", io.tcp_connections),
+                ("tcp_refused", io.tcp_refused),
+                ("tcp_frame_errors", io.tcp_frame_errors),
+                ("tcp_send_drops", io.tcp_send_drops),
+                ("tcp_idle_closed", io.tcp_idle_closed),
+            ] {
+                *m.entry(k.to_owned()).or_default() += v;
+            }
         }
         // 1 when the media workers run on io_uring (they all follow [dataplane] backend).
         let uring = !self.runtimes.is_empty()

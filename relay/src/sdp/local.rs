@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use super::model::{Candidate, Fingerprint, Fmtp};
+use crate::ice::{Transport as IceTransport, host_priority};
 
 /// Codecs the SFU can forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,20 +180,28 @@ pub struct LocalCandidate {
 }
 
 impl LocalCandidate {
-    /// The `candidate` line for it. Priority per RFC 8445 5.1.2.1: host type preference
-    /// 126; UDP preferred over TCP through the local preference.
+    /// The `candidate` line for it, as the `index`-th (0-based, most preferred first)
+    /// candidate of its transport. Priority by [`crate::ice::host_priority`]: RFC 8445
+    /// §5.1.2.1 with host type preference 126; a passive TCP candidate's local preference
+    /// follows RFC 6544 §4.2 (direction preference 4), always below UDP's, so browsers
+    /// use TCP only when UDP fails. The foundation differs per transport (RFC 8445
+    /// §5.1.1.3) and per address.
     pub fn to_candidate(&self, index: usize) -> Candidate {
-        let (transport, local_pref, tcp_type) = match self.transport {
-            CandidateTransport::Udp => ("udp", 65_535u32, None),
-            CandidateTransport::TcpPassive => ("tcp", 32_767, Some("passive".to_owned())),
+        let (transport, ice_transport, tcp_type, base) = match self.transport {
+            CandidateTransport::Udp => ("udp", IceTransport::Udp, None, 1u32),
+            CandidateTransport::TcpPassive => (
+                "tcp",
+                IceTransport::Tcp,
+                Some("passive".to_owned()),
+                1001u32,
+            ),
         };
-        let index = u32::try_from(index).unwrap_or(u32::MAX).min(1000);
-        let local_pref = local_pref - index;
+        let index = index.min(999);
         Candidate {
-            foundation: format!("{}", index + 1),
+            foundation: format!("{}", base + u32::try_from(index).unwrap_or(999)),
             component: 1,
             transport: transport.to_owned(),
-            priority: (126 << 24) | (local_pref << 8) | 255,
+            priority: host_priority(ice_transport, index),
             address: self.addr.ip().to_string(),
             // RFC 6544: a passive candidate advertises its listening port.
             port: self.addr.port(),
@@ -253,12 +262,19 @@ impl LocalParams {
         Fingerprint::sha256(self.fingerprint_sha256)
     }
 
-    /// The candidates as `candidate` lines.
+    /// The candidates as `candidate` lines (each numbered within its transport).
     pub fn candidate_lines(&self) -> Vec<Candidate> {
+        let (mut udp, mut tcp) = (0, 0);
         self.candidates
             .iter()
-            .enumerate()
-            .map(|(i, c)| c.to_candidate(i))
+            .map(|c| {
+                let n = match c.transport {
+                    CandidateTransport::Udp => &mut udp,
+                    CandidateTransport::TcpPassive => &mut tcp,
+                };
+                *n += 1;
+                c.to_candidate(*n - 1)
+            })
             .collect()
     }
 

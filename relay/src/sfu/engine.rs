@@ -42,9 +42,21 @@ pub const MAX_DATAGRAM: usize = 1500;
 const SRTP_OVERHEAD: usize = 32;
 
 /// Where the engine's datagrams go (the socket layer).
+///
+/// The engine calls [`Transmit::send_via`], naming the ICE transport of the destination:
+/// a TCP peer (RFC 6544) is reached over its own connection, and the same remote
+/// ip:port may exist over UDP and TCP at once. A UDP-only caller implements
+/// [`Transmit::send`] alone (the default `send_via` sends everything through it).
 pub trait Transmit {
-    /// Sends `data` to `dest` from the engine's socket.
+    /// Sends `data` to `dest` from the engine's UDP socket.
     fn send(&mut self, data: &[u8], dest: SocketAddr);
+
+    /// Sends `data` to `dest` over `via`: UDP, or the TCP connection from `dest`
+    /// (framed by the caller, RFC 4571).
+    fn send_via(&mut self, data: &[u8], dest: SocketAddr, via: IceTransport) {
+        let _ = via;
+        self.send(data, dest);
+    }
 }
 
 /// Where and when a datagram arrived.
@@ -378,6 +390,7 @@ impl Engine {
         let Some(slot) = self.transports.get_mut(&id) else {
             return;
         };
+        slot.last_via = via;
         let received = slot
             .transport
             .handle_datagram(buf, len, source, local, via, now);
@@ -396,12 +409,17 @@ impl Engine {
     }
 
     /// Sends what a transport queued (STUN answers, DTLS flights) and reports its events.
+    ///
+    /// STUN answers and DTLS flights go back over the transport the transport's last
+    /// datagram came on (answers follow their check; a DTLS flight follows the last
+    /// accepted DTLS datagram, or the selected pair on a retransmission timer).
     fn after_transport(&mut self, id: TransportId, now: Instant, tx: &mut dyn Transmit) {
         let Some(slot) = self.transports.get_mut(&id) else {
             return;
         };
+        let via = slot.last_via;
         while let Some((n, dest)) = slot.transport.poll_transmit(&mut self.out[..]) {
-            tx.send(&self.out[..n], dest);
+            tx.send_via(&self.out[..n], dest, via);
         }
         while let Some(ev) = slot.transport.poll_event() {
             let connected = matches!(ev, TransportEvent::Connected);
@@ -420,6 +438,9 @@ impl Engine {
             });
         }
         if let Some(dest) = slot.transport.media_destination(now) {
+            if let Some(pair) = slot.transport.selected_pair() {
+                slot.dest_via = pair.transport;
+            }
             if slot.dest != Some(dest) {
                 if let Some(old) = slot.dest {
                     self.by_addr.remove(&old);
@@ -452,6 +473,11 @@ impl Engine {
             .collect();
         for id in ids {
             if let Some(slot) = self.transports.get_mut(&id) {
+                // A retransmitted DTLS flight goes where media goes, once a pair is
+                // selected.
+                if let Some(pair) = slot.transport.selected_pair() {
+                    slot.last_via = pair.transport;
+                }
                 slot.transport.handle_timeout(now);
             }
             self.after_transport(id, now, tx);

@@ -9,9 +9,16 @@
 //! never longer than 10 ms (so commands are applied promptly), hands each datagram to the
 //! engine, runs its timers, applies queued commands and forwards its events. All sending
 //! happens inline from the engine through [`Transmit`].
+//!
+//! With `tcp` on, the thread also accepts ICE over TCP (RFC 6544 passive) on a listener
+//! at the UDP socket's address and port (`tcp`, framing in [`framing`]); either loop
+//! watches that listener's one epoll descriptor next to the UDP socket, and the engine's
+//! sends to a TCP peer go back over its connection.
 
 mod chores;
+pub mod framing;
 mod poll_loop;
+mod tcp;
 mod uring_loop;
 
 use std::io;
@@ -24,6 +31,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 
 use self::chores::Chores;
+use self::tcp::TcpMedia;
 use self::uring_loop::UringMedia;
 use super::control::{Command, Event};
 use super::engine::{Engine, EngineConfig, EngineStats, MAX_DATAGRAM};
@@ -48,6 +56,9 @@ pub struct RuntimeConfig {
     pub backend: BackendChoice,
     /// The CPU the media thread is pinned to (None: wherever the scheduler puts it).
     pub core: Option<usize>,
+    /// Also accept ICE over TCP (RFC 6544 passive, RFC 4571 framing) on a TCP listener
+    /// at the UDP socket's bound address and port.
+    pub tcp: bool,
 }
 
 /// The socket layer the media thread runs.
@@ -72,6 +83,17 @@ pub struct MediaIoStats {
     /// Received datagrams dropped by the socket layer: no free receive buffer, truncated,
     /// an unreadable source address, or a receive error.
     pub recv_drops: u64,
+    /// ICE-TCP connections open now.
+    pub tcp_connections: u64,
+    /// ICE-TCP connections closed at once: the per-worker cap was reached, or the
+    /// connection could not be set up.
+    pub tcp_refused: u64,
+    /// ICE-TCP connections closed for an RFC 4571 frame longer than the largest datagram.
+    pub tcp_frame_errors: u64,
+    /// Packets for a TCP peer dropped: its out-queue was full, or no connection from it.
+    pub tcp_send_drops: u64,
+    /// ICE-TCP connections closed idle (no valid STUN check in 10 s, or silent for 40 s).
+    pub tcp_idle_closed: u64,
 }
 
 /// Counters the media thread bumps (only on the rare paths) and `stats` reads.
@@ -80,6 +102,11 @@ struct IoCounters {
     send_errors: AtomicU64,
     send_slot_full: AtomicU64,
     recv_drops: AtomicU64,
+    tcp_connections: AtomicU64,
+    tcp_refused: AtomicU64,
+    tcp_frame_errors: AtomicU64,
+    tcp_send_drops: AtomicU64,
+    tcp_idle_closed: AtomicU64,
     /// The first send error is logged with its cause, the rest only counted.
     send_error_logged: AtomicBool,
 }
@@ -88,6 +115,14 @@ impl IoCounters {
     #[inline]
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn gauge_up(gauge: &AtomicU64) {
+        gauge.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn gauge_down(gauge: &AtomicU64) {
+        let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
     }
 }
 
@@ -99,6 +134,7 @@ pub struct SfuRuntime {
     io: Arc<IoCounters>,
     backend: MediaBackend,
     local: SocketAddr,
+    tcp_local: Option<SocketAddr>,
 }
 
 impl SfuRuntime {
@@ -125,6 +161,13 @@ impl SfuRuntime {
             tracing::warn!(error = %e, "cannot enlarge the SFU media socket's receive buffer");
         }
         let local = socket.local_addr()?;
+        // Same address and port as the UDP socket (with port 0, the one it got).
+        let tcp = if cfg.tcp {
+            Some(TcpMedia::bind(local)?)
+        } else {
+            None
+        };
+        let tcp_local = tcp.as_ref().map(TcpMedia::local_addr);
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let io_counters = Arc::new(IoCounters::default());
@@ -154,12 +197,19 @@ impl SfuRuntime {
                     };
                     let _ = ready_tx.send(Ok(backend));
                     let mut engine = Engine::new(engine_cfg, cert, Instant::now());
-                    tracing::info!(%local, backend = ?backend, "SFU media socket ready");
+                    tracing::info!(%local, backend = ?backend, tcp = tcp.is_some(), "SFU media socket ready");
+                    let mut tcp = tcp;
                     match uring {
-                        Some(u) => u.run(&mut engine, chores, local, &stop, &io_counters),
-                        None => {
-                            poll_loop::run(&socket, &mut engine, chores, local, &stop, &io_counters)
-                        }
+                        Some(u) => u.run(&mut engine, chores, tcp.as_mut(), local, &stop, &io_counters),
+                        None => poll_loop::run(
+                            &socket,
+                            &mut engine,
+                            chores,
+                            tcp.as_mut(),
+                            local,
+                            &stop,
+                            &io_counters,
+                        ),
                     }
                     tracing::info!("SFU media thread stopped");
                 })?
@@ -185,12 +235,18 @@ impl SfuRuntime {
             io: io_counters,
             backend,
             local,
+            tcp_local,
         })
     }
 
     /// The media socket's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The ICE-TCP listener's address (the media socket's, over TCP), if TCP is on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_local
     }
 
     /// The backend the media thread runs.
@@ -211,6 +267,11 @@ impl SfuRuntime {
             send_errors: self.io.send_errors.load(Ordering::Relaxed),
             send_slot_full: self.io.send_slot_full.load(Ordering::Relaxed),
             recv_drops: self.io.recv_drops.load(Ordering::Relaxed),
+            tcp_connections: self.io.tcp_connections.load(Ordering::Relaxed),
+            tcp_refused: self.io.tcp_refused.load(Ordering::Relaxed),
+            tcp_frame_errors: self.io.tcp_frame_errors.load(Ordering::Relaxed),
+            tcp_send_drops: self.io.tcp_send_drops.load(Ordering::Relaxed),
+            tcp_idle_closed: self.io.tcp_idle_closed.load(Ordering::Relaxed),
         }
     }
 

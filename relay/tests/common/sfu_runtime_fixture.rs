@@ -46,6 +46,7 @@ pub fn start(backend: BackendChoice) -> Option<Running> {
             engine: EngineConfig::default(),
             backend,
             core: None,
+            tcp: true,
         },
         cert,
         cmd_rx,

@@ -487,7 +487,7 @@ pub(super) fn send_protected(
     } else {
         slot.transport.protect_rtp(out, len).ok()?
     };
-    tx.send(&out[..n], dest);
+    tx.send_via(&out[..n], dest, slot.dest_via);
     Some(())
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::EngineConfig;
+use crate::ice::Transport as IceTransport;
 use crate::rtp::TwccRecorder;
 use crate::sdp::Codec;
 use crate::sfu::control::{
@@ -35,6 +36,11 @@ pub(super) struct TransportSlot {
     pub connected: bool,
     /// Where media goes (the nominated pair), once known.
     pub dest: Option<SocketAddr>,
+    /// The ICE transport (UDP or TCP) of `dest`: the selected pair's.
+    pub dest_via: IceTransport,
+    /// The ICE transport of the last datagram handed to the transport (where its STUN
+    /// answers and DTLS flights go back).
+    pub last_via: IceTransport,
     /// Publisher: incoming SSRC -> stream.
     pub streams: HashMap<u32, StreamRef>,
     /// Publisher: tracks published on it.
@@ -57,6 +63,8 @@ impl TransportSlot {
             transport,
             connected: false,
             dest: None,
+            dest_via: IceTransport::Udp,
+            last_via: IceTransport::Udp,
             streams: HashMap::new(),
             published: Vec::new(),
             out_ssrcs: HashMap::new(),

@@ -24,6 +24,7 @@ use io_uring::{CompletionQueue, IoUring, cqueue, opcode, squeue};
 
 use super::IoCounters;
 use super::chores::Chores;
+use super::tcp::{Routed, TcpMedia};
 use crate::dataplane::bufring::BufRing;
 use crate::dataplane::slots::{SLOT_BYTES, SendSlots};
 use crate::dataplane::socket::{NAME_LEN, decode_sockaddr};
@@ -48,6 +49,8 @@ const DRAIN: Duration = Duration::from_secs(1);
 const TAG_SHIFT: u32 = 56;
 const TAG_RECV: u64 = 1;
 const TAG_SEND: u64 = 2;
+/// The multishot poll on the ICE-TCP epoll descriptor.
+const TAG_TCP: u64 = 3;
 const INDEX_MASK: u64 = (1 << TAG_SHIFT) - 1;
 
 // A receive buffer holds the recvmsg header (16 bytes), the source address and the
@@ -66,6 +69,14 @@ struct Received {
     len: usize,
 }
 
+/// The multishot poll on the ICE-TCP epoll descriptor: whether it is live and whether it
+/// fired since the last service round.
+#[derive(Debug, Default, Clone, Copy)]
+struct TcpPoll {
+    armed: bool,
+    ready: bool,
+}
+
 /// The media thread's ring and everything its in-flight operations point at.
 pub(super) struct UringMedia {
     // Field order matters: the ring closes before the memory it may reference is freed.
@@ -80,6 +91,7 @@ pub(super) struct UringMedia {
     scratch: Box<[u8]>,
     /// Whether the multishot receive is live.
     armed: bool,
+    tcp_poll: TcpPoll,
     socket: UdpSocket,
 }
 
@@ -118,6 +130,7 @@ impl UringMedia {
             received: VecDeque::with_capacity(usize::from(BUF_COUNT)),
             scratch: vec![0u8; BUF_SIZE].into_boxed_slice(),
             armed: false,
+            tcp_poll: TcpPoll::default(),
             socket,
         })
     }
@@ -127,11 +140,12 @@ impl UringMedia {
         mut self,
         engine: &mut Engine,
         mut chores: Chores,
+        tcp: Option<&mut TcpMedia>,
         local: SocketAddr,
         stop: &AtomicBool,
         counters: &IoCounters,
     ) {
-        self.event_loop(engine, &mut chores, local, stop, counters);
+        self.event_loop(engine, &mut chores, tcp, local, stop, counters);
         self.teardown(counters);
     }
 
@@ -139,6 +153,7 @@ impl UringMedia {
         &mut self,
         engine: &mut Engine,
         chores: &mut Chores,
+        mut tcp: Option<&mut TcpMedia>,
         local: SocketAddr,
         stop: &AtomicBool,
         counters: &IoCounters,
@@ -151,11 +166,20 @@ impl UringMedia {
                     self.armed = true;
                 }
             }
+            if let Some(t) = tcp.as_deref()
+                && !self.tcp_poll.armed
+            {
+                let e = tcp_poll_entry(t.poll_fd());
+                if push(&mut self.ring, &e).is_ok() {
+                    self.tcp_poll.armed = true;
+                }
+            }
+            let tcp_work = self.tcp_poll.ready || tcp.as_deref().is_some_and(TcpMedia::has_work);
             let wait = Timespec::from(chores.wait(engine));
             let args = SubmitArgs::new().timespec(&wait);
             // Datagrams reaped by a send that had to free slots during the chores are
-            // waiting already: no sleep then.
-            let want = usize::from(self.received.is_empty());
+            // waiting already (or TCP has work): no sleep then.
+            let want = usize::from(self.received.is_empty() && !tcp_work);
             // The one enter of this iteration: submits the sends queued since the last
             // one (and the receive, when re-armed) and waits for completions.
             match self.ring.submitter().submit_with_args(want, &args) {
@@ -177,6 +201,7 @@ impl UringMedia {
                 &mut self.received,
                 &mut self.bufring,
                 &mut self.armed,
+                &mut self.tcp_poll,
                 counters,
             );
             while let Some(r) = self.received.pop_front() {
@@ -188,14 +213,20 @@ impl UringMedia {
                     IoCounters::bump(&counters.recv_drops);
                     continue;
                 };
-                let mut tx = UringTx {
+                let mut udp = UringTx {
                     ring: &mut self.ring,
                     slots: &mut self.slots,
                     received: &mut self.received,
                     bufring: &mut self.bufring,
                     armed: &mut self.armed,
+                    tcp_poll: &mut self.tcp_poll,
                     counters,
                     fd,
+                };
+                let mut tx = Routed {
+                    udp: &mut udp,
+                    tcp: tcp.as_deref_mut().map(TcpMedia::conns),
+                    counters,
                 };
                 let at = Arrival {
                     source,
@@ -205,14 +236,38 @@ impl UringMedia {
                 };
                 engine.handle_datagram(&mut self.scratch, len, at, &mut tx);
             }
-            let mut tx = UringTx {
+            if let Some(t) = tcp.as_deref_mut() {
+                let now = Instant::now();
+                if self.tcp_poll.ready || t.has_work() {
+                    self.tcp_poll.ready = false;
+                    let mut udp = UringTx {
+                        ring: &mut self.ring,
+                        slots: &mut self.slots,
+                        received: &mut self.received,
+                        bufring: &mut self.bufring,
+                        armed: &mut self.armed,
+                        tcp_poll: &mut self.tcp_poll,
+                        counters,
+                        fd,
+                    };
+                    t.service(engine, &mut udp, counters, now);
+                }
+                t.tick(counters, now);
+            }
+            let mut udp = UringTx {
                 ring: &mut self.ring,
                 slots: &mut self.slots,
                 received: &mut self.received,
                 bufring: &mut self.bufring,
                 armed: &mut self.armed,
+                tcp_poll: &mut self.tcp_poll,
                 counters,
                 fd,
+            };
+            let mut tx = Routed {
+                udp: &mut udp,
+                tcp: tcp.as_deref_mut().map(TcpMedia::conns),
+                counters,
             };
             chores.run(engine, &mut tx);
         }
@@ -235,10 +290,12 @@ impl UringMedia {
                 &mut self.received,
                 &mut self.bufring,
                 &mut self.armed,
+                &mut self.tcp_poll,
                 counters,
             );
             self.received.clear();
-            if (!self.armed && self.slots.in_flight() == 0) || Instant::now() >= deadline {
+            let idle = !self.armed && !self.tcp_poll.armed && self.slots.in_flight() == 0;
+            if idle || Instant::now() >= deadline {
                 break;
             }
             let _ = self.ring.submitter().submit_with_args(
@@ -267,6 +324,7 @@ fn reap(
     received: &mut VecDeque<Received>,
     bufring: &mut BufRing,
     armed: &mut bool,
+    tcp_poll: &mut TcpPoll,
     counters: &IoCounters,
 ) {
     cq.sync();
@@ -286,6 +344,14 @@ fn reap(
                     }
                 }
                 slots.release((ud & INDEX_MASK) as u32);
+            }
+            TAG_TCP => {
+                if !cqueue::more(flags) {
+                    tcp_poll.armed = false;
+                }
+                if res != -libc::ECANCELED {
+                    tcp_poll.ready = true;
+                }
             }
             TAG_RECV => {
                 if !cqueue::more(flags) {
@@ -338,6 +404,7 @@ struct UringTx<'a> {
     received: &'a mut VecDeque<Received>,
     bufring: &'a mut BufRing,
     armed: &'a mut bool,
+    tcp_poll: &'a mut TcpPoll,
     counters: &'a IoCounters,
     fd: RawFd,
 }
@@ -352,6 +419,7 @@ impl UringTx<'_> {
             self.received,
             self.bufring,
             self.armed,
+            self.tcp_poll,
             self.counters,
         );
     }
@@ -394,6 +462,15 @@ fn recv_entry(fd: RawFd, hdr: &libc::msghdr) -> squeue::Entry {
     opcode::RecvMsgMulti::new(Fd(fd), hdr, BGID)
         .build()
         .user_data(tag(TAG_RECV, 0))
+}
+
+/// A multishot poll for readability of the ICE-TCP epoll descriptor.
+#[inline]
+fn tcp_poll_entry(epfd: RawFd) -> squeue::Entry {
+    opcode::PollAdd::new(Fd(epfd), libc::POLLIN as u32)
+        .multi(true)
+        .build()
+        .user_data(tag(TAG_TCP, 0))
 }
 
 /// Queues `e`, submitting once to make room if the queue is full.

@@ -1,0 +1,213 @@
+//! ICE over TCP on a real SFU media worker (RFC 6544 passive, RFC 4571 framing), on each
+//! socket layer: the worker listens on TCP at its UDP address and port; a framed ICE
+//! check over a TCP connection gets a framed, signed Binding success back over the same
+//! connection (also when many checks arrive in one write or one check arrives byte by
+//! byte); a framed non-STUN packet is dropped without harm; an oversize frame closes that
+//! connection only (counted), while other TCP connections and the UDP path keep working;
+//! a connection that never sends a valid check is closed after ~10 s (counted).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use relay::config::BackendChoice;
+use relay::sfu::control::Command;
+use relay::sfu::runtime::{MediaBackend, MediaIoStats, SfuRuntime};
+use relay::stun::TransactionId;
+
+#[path = "common/sfu_runtime_fixture.rs"]
+mod fixture;
+
+/// `packet` with its RFC 4571 length prefix.
+fn framed(packet: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(packet.len()).expect("short packet");
+    let mut out = len.to_be_bytes().to_vec();
+    out.extend_from_slice(packet);
+    out
+}
+
+/// A framed Binding request for the fixture's transport.
+fn framed_check(id: TransactionId) -> Vec<u8> {
+    let mut req = [0u8; 512];
+    let n = fixture::binding_request(&mut req, fixture::UFRAG, fixture::PWD, id);
+    framed(&req[..n])
+}
+
+/// Reads one RFC 4571 frame (the stream has a read timeout).
+fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)?;
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut body)?;
+    Ok(body)
+}
+
+fn connect(to: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("TCP connect");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    s.set_nodelay(true).expect("nodelay");
+    s
+}
+
+/// Sends checks until one is answered (the AddTransport command is applied within ~10 ms).
+fn first_tcp_answer(s: &mut TcpStream, id: TransactionId) -> Vec<u8> {
+    for _ in 0..25 {
+        s.write_all(&framed_check(id)).expect("write");
+        if let Ok(answer) = read_frame(s) {
+            return answer;
+        }
+    }
+    panic!("no framed answer to the framed check within 5 s");
+}
+
+/// Whether the SFU closed `s` within `within` (EOF or reset; a timeout is not).
+fn closed_by_peer(s: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 256];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// The socket layer's counters once `ok` holds for them (they are live atomics, but the
+/// connection count changes only when the thread gets to it).
+fn io_stats_when(rt: &SfuRuntime, ok: impl Fn(&MediaIoStats) -> bool) -> MediaIoStats {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let s = rt.io_stats();
+        if ok(&s) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tcp_checks(choice: BackendChoice, expect: MediaBackend, check_idle: bool) {
+    let Some(run) = fixture::start(choice) else {
+        return;
+    };
+    assert_eq!(run.runtime.backend(), expect);
+    let udp_addr = run.runtime.local_addr();
+    let tcp_addr = run.runtime.tcp_addr().expect("TCP is on");
+    assert_eq!(
+        tcp_addr, udp_addr,
+        "TCP listens on the UDP socket's address and port"
+    );
+
+    // Opened first, never sends anything: closed after ~10 s (checked at the end).
+    let mut idle = check_idle.then(|| connect(tcp_addr));
+    let opened = Instant::now();
+
+    run.commands
+        .send(Command::AddTransport(fixture::spec(1)))
+        .expect("command");
+    let mut a = connect(tcp_addr);
+    let me = a.local_addr().expect("addr");
+    let id = TransactionId([7; 12]);
+    let answer = first_tcp_answer(&mut a, id);
+    fixture::check_answer(&answer, &id, me);
+
+    // Many checks in one write: one framed answer each, in order.
+    a.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let ids: Vec<TransactionId> = (0..40u8).map(|i| TransactionId([i; 12])).collect();
+    let burst: Vec<u8> = ids.iter().flat_map(|id| framed_check(*id)).collect();
+    a.write_all(&burst).expect("write");
+    for id in &ids {
+        let answer = read_frame(&mut a).expect("an answer to every check");
+        fixture::check_answer(&answer, id, me);
+    }
+
+    // One check byte by byte (the length split too): answered once it is complete.
+    let id = TransactionId([0xB; 12]);
+    for byte in framed_check(id) {
+        a.write_all(&[byte]).expect("write");
+        a.flush().expect("flush");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    fixture::check_answer(&read_frame(&mut a).expect("answer"), &id, me);
+
+    // A framed packet that is no STUN (and a zero-length frame): dropped, the connection
+    // stays and still answers.
+    a.write_all(&framed(&[0xEE; 100])).expect("write");
+    a.write_all(&[0, 0]).expect("write");
+    let id = TransactionId([0xC; 12]);
+    a.write_all(&framed_check(id)).expect("write");
+    fixture::check_answer(&read_frame(&mut a).expect("answer"), &id, me);
+
+    // An oversize frame closes that connection only.
+    let mut b = connect(tcp_addr);
+    let mut bad = 1501u16.to_be_bytes().to_vec();
+    bad.extend_from_slice(&[0u8; 1501]);
+    b.write_all(&bad).expect("write");
+    assert!(
+        closed_by_peer(&mut b, Duration::from_secs(3)),
+        "an oversize frame closes its connection"
+    );
+    let io = io_stats_when(&run.runtime, |s| s.tcp_frame_errors >= 1);
+    assert_eq!(io.tcp_frame_errors, 1, "{io:?}");
+    let id = TransactionId([0xD; 12]);
+    a.write_all(&framed_check(id)).expect("write");
+    fixture::check_answer(
+        &read_frame(&mut a).expect("the other connection still answers"),
+        &id,
+        me,
+    );
+
+    // The UDP path still works next to TCP.
+    let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let id = TransactionId([0xE; 12]);
+    let answer = fixture::first_answer(&client, udp_addr, id);
+    fixture::check_answer(&answer, &id, client.local_addr().expect("addr"));
+
+    let open = if check_idle { 2 } else { 1 };
+    let io = io_stats_when(&run.runtime, |s| s.tcp_connections == open);
+    assert_eq!(io.tcp_connections, open, "a and the idle one: {io:?}");
+    assert_eq!(io.tcp_refused, 0);
+    assert_eq!(io.tcp_send_drops, 0);
+
+    if let Some(idle) = idle.as_mut() {
+        let left = Duration::from_secs(13).saturating_sub(opened.elapsed());
+        assert!(
+            closed_by_peer(idle, left),
+            "a connection without a valid check is closed after ~10 s"
+        );
+        assert!(
+            opened.elapsed() >= Duration::from_secs(9),
+            "not before ~10 s: {:?}",
+            opened.elapsed()
+        );
+        let io = io_stats_when(&run.runtime, |s| s.tcp_idle_closed >= 1);
+        assert_eq!(io.tcp_idle_closed, 1, "{io:?}");
+        assert_eq!(io.tcp_connections, 1, "the answered one stays: {io:?}");
+        let id = TransactionId([0xF; 12]);
+        a.write_all(&framed_check(id)).expect("write");
+        fixture::check_answer(&read_frame(&mut a).expect("still answers"), &id, me);
+    }
+    drop(a);
+    let io = io_stats_when(&run.runtime, |s| s.tcp_connections == 0);
+    assert_eq!(io.tcp_connections, 0, "a closed connection is forgotten");
+    let started = Instant::now();
+    run.runtime.shutdown();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown is prompt"
+    );
+}
+
+#[test]
+fn portable_poll_loop_speaks_ice_tcp() {
+    tcp_checks(BackendChoice::Portable, MediaBackend::Portable, true);
+}
+
+#[test]
+fn io_uring_loop_speaks_ice_tcp() {
+    tcp_checks(BackendChoice::IoUring, MediaBackend::IoUring, true);
+}
