@@ -70,6 +70,9 @@
     state.relayOnly = opts.relayOnly ?? $("relay-only").checked;
     state.publishMedia = opts.media ?? true;
     state.codec = opts.codec ?? null; // e.g. "H264": preferred for published video
+    // Test option: drop the SFU's UDP candidates, as if the network blocked UDP (the
+    // browser then reaches the SFU over ICE-TCP only).
+    state.tcpOnly = opts.tcpOnly ?? false;
     let token = opts.token ?? $("token").value;
     if (!token) token = await fetchToken(room, identity, mode === "p2p");
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
@@ -142,7 +145,7 @@
         else await p2pOnOffer(m.sdp);
         break;
       case "answer":
-        if (state.mode === "sfu") await state.pub.setRemoteDescription({ type: "answer", sdp: m.sdp });
+        if (state.mode === "sfu") await state.pub.setRemoteDescription({ type: "answer", sdp: sfuSdp(m.sdp) });
         else await state.p2p.setRemoteDescription({ type: "answer", sdp: m.sdp });
         break;
       case "candidate":
@@ -239,8 +242,17 @@
     send({ type: "subscribe", tracks: fresh });
   }
 
+  // The SFU's SDP, without its UDP candidates when the `tcpOnly` test option is set.
+  function sfuSdp(sdp) {
+    if (!state.tcpOnly) return sdp;
+    return sdp
+      .split("\r\n")
+      .filter((l) => !/^a=candidate:\S+ \d+ udp /i.test(l))
+      .join("\r\n");
+  }
+
   async function onSubscriberOffer(sdp) {
-    await state.sub.setRemoteDescription({ type: "offer", sdp });
+    await state.sub.setRemoteDescription({ type: "offer", sdp: sfuSdp(sdp) });
     const answer = await state.sub.createAnswer();
     await state.sub.setLocalDescription(answer);
     send({ type: "answer", sdp: state.sub.localDescription.sdp });
@@ -485,8 +497,9 @@
     return sendBuffer(`random-${bytes}.bin`, buf.buffer);
   }
 
-  async function selectedPair() {
-    const pc = state.p2p;
+  // The selected candidate pair of the P2P connection, or of `which` ("pub" or "sub").
+  async function selectedPair(which) {
+    const pc = which ? state[which] : state.p2p;
     if (!pc) return null;
     const stats = await pc.getStats();
     let pair = null;

@@ -12,6 +12,13 @@
 //   codecs: one participant publishes H.264 (setCodecPreferences through the page's
 //        `codec` join option), another VP8; the others decode each as that codec. Then
 //        the first shares its screen and the others decode the screen track.
+//   tcp: two participants join with the page's `tcpOnly` option, which removes the
+//        SFU's UDP candidates from its SDP before setRemoteDescription: this simulates a
+//        network that blocks UDP (the test machine has no packet filter to do it for
+//        real), so the only candidates left are the SFU's passive ICE-TCP ones. Each
+//        must decode the other's video and audio (framesDecoded and totalAudioEnergy
+//        keep growing), and the selected candidate pair of both peer connections of
+//        both participants must be TCP on both ends.
 //   p2p: two participants join a P2P room with the relay-only ICE policy and move a
 //        file over a DataChannel through the relay's TURN; the SHA-256 of both ends must
 //        match and both selected candidate pairs must be relay candidates.
@@ -19,7 +26,7 @@
 // Driven by tests/tests/sfu_chromium.rs. Prints `RESULT <json>` and exits 0 when every
 // check passed, 1 otherwise (the JSON says which failed).
 //
-// Usage: node sfu_room.mjs --url http://HOST:PORT --scenario sfu|codecs|p2p --tokens JSON
+// Usage: node sfu_room.mjs --url http://HOST:PORT --scenario sfu|codecs|tcp|p2p --tokens JSON
 //          [--timeout-ms MS] [--chromium PATH]
 
 import { chromium } from "playwright-core";
@@ -297,6 +304,47 @@ async function codecsScenario(browser, result) {
   for (const p of pages) await p.evaluate(() => window.demo.leave());
 }
 
+async function tcpScenario(browser, result) {
+  const room = tokens.room;
+  const pages = [];
+  for (let i = 0; i < 2; i++) {
+    const page = await newPage(browser);
+    await page.evaluate((o) => window.demo.join(o), { room, identity: `t${i}`, mode: "sfu", token: tokens.participants[i], tcpOnly: true });
+    pages.push(page);
+  }
+  const receiving = (s) =>
+    inboundOf(s, "video").some(([, x]) => x.framesDecoded > 0) && inboundOf(s, "audio").some(([, x]) => x.totalAudioEnergy > 0);
+  const first = await until(async () => {
+    const all = await Promise.all(pages.map(stats));
+    return all.every(receiving) ? all : null;
+  }, 40000);
+  check("over TCP only, each participant decodes the other's video and audio", first, first ? null : await Promise.all(pages.map(stats)));
+  result.pairs = [];
+  for (const p of pages) {
+    result.pairs.push({
+      pub: await p.evaluate(() => window.demo.selectedPair("pub")),
+      sub: await p.evaluate(() => window.demo.selectedPair("sub")),
+    });
+  }
+  result.pairs.forEach((pp, i) => {
+    for (const [which, pair] of Object.entries(pp)) {
+      check(`participant ${i}'s ${which} connection selected a TCP pair (local and remote)`,
+        pair && pair.local?.protocol === "tcp" && pair.remote?.protocol === "tcp", pair);
+    }
+  });
+  if (!first) return;
+  await sleep(3000);
+  const later = await Promise.all(pages.map(stats));
+  const sum = (s, kind, field) => inboundOf(s, kind).reduce((m, [, x]) => m + (x[field] || 0), 0);
+  result.growth = later.map((s, i) => ({
+    frames: [sum(first[i], "video", "framesDecoded"), sum(s, "video", "framesDecoded")],
+    energy: [sum(first[i], "audio", "totalAudioEnergy"), sum(s, "audio", "totalAudioEnergy")],
+  }));
+  check("over TCP, decoded frames and audio energy keep growing for both",
+    result.growth.every((g) => g.frames[1] > g.frames[0] + 10 && g.energy[1] > g.energy[0]), result.growth);
+  for (const p of pages) await p.evaluate(() => window.demo.leave());
+}
+
 async function p2pScenario(browser, result) {
   const room = tokens.room;
   const a = await newPage(browser);
@@ -351,6 +399,7 @@ try {
   if (scenario === "sfu") await sfuScenario(browser, result);
   else if (scenario === "p2p") await p2pScenario(browser, result);
   else if (scenario === "codecs") await codecsScenario(browser, result);
+  else if (scenario === "tcp") await tcpScenario(browser, result);
   else throw new Error(`unknown scenario ${scenario}`);
 } catch (e) {
   check("the scenario ran without an exception", false, String(e && e.stack ? e.stack : e));

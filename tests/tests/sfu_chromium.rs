@@ -10,6 +10,10 @@
 //! - `sfu_h264_and_screen_share`: one participant publishes H.264 (the page's `codec`
 //!   option), another VP8; each receiver decodes them as those codecs (getStats codec
 //!   mimeType); then the first shares its screen and the others decode the screen track.
+//! - `sfu_tcp_only`: two participants whose page drops the SFU's UDP candidates (the
+//!   page's `tcpOnly` option: simulates a UDP-blocked network, this machine has no
+//!   packet filter) reach the SFU over ICE-TCP only (RFC 6544): both decode each other's
+//!   video and audio and every selected candidate pair is TCP on both ends.
 //! - `p2p_file_through_turn`: two participants in a P2P room, relay-only ICE policy, move
 //!   a file over a DataChannel through the relay's TURN with the time-limited credentials
 //!   the join handed them.
@@ -199,6 +203,52 @@ fn sfu_h264_and_screen_share() {
         "p0 published {}; screen shared via {}",
         result["published"], result["screenPath"]
     );
+    let status = relay.stop(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "relay exited with {status}");
+}
+
+#[test]
+fn sfu_tcp_only() {
+    if !require_root("sfu_tcp_only") {
+        return;
+    }
+    check_browser_prerequisites();
+    let _one_at_a_time = browser_test_guard();
+    let topo = TurnTopology::new("rst").expect("create the topology");
+    let files = TempDir::new("relay-sfu-tcp").unwrap();
+    let relay = start_relay(&topo, &files);
+    let url = format!("http://{}:{SIGNALING_PORT}/", topo.relay_client_v4);
+    let exp = now() + 600;
+    let tokens = serde_json::json!({
+        "room": "media",
+        "participants": (0..2).map(|i| token("media", &format!("t{i}"), exp, false, SECRET)).collect::<Vec<_>>(),
+    });
+    let diag = || {
+        format!(
+            "{}\n{}",
+            relay
+                .stats()
+                .map_or_else(|e| format!("{e:#}"), |s| s["sfu"].to_string()),
+            relay.log_text()
+        )
+    };
+    let result = browser_run(&topo.client, &url, "tcp", &tokens, &diag);
+    eprintln!("TCP pairs: {}; growth: {}", result["pairs"], result["growth"]);
+    let stats = relay.stats().unwrap();
+    let sfu = &stats["sfu"];
+    eprintln!(
+        "tcp_connections {} tcp_refused {} tcp_frame_errors {} tcp_send_drops {} tcp_idle_closed {}",
+        sfu["tcp_connections"],
+        sfu["tcp_refused"],
+        sfu["tcp_frame_errors"],
+        sfu["tcp_send_drops"],
+        sfu["tcp_idle_closed"]
+    );
+    assert!(
+        sfu["rtp_out"].as_u64().unwrap_or(0) > 500,
+        "the SFU forwarded media: {sfu}"
+    );
+    assert_eq!(sfu["tcp_frame_errors"].as_u64(), Some(0), "{sfu}");
     let status = relay.stop(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "relay exited with {status}");
 }
