@@ -14,16 +14,27 @@
 //! CPU (a window stolen above [`STEAL_LIMIT_PCT`] is run again, up to
 //! [`STEAL_RETRIES`] times; the least-stolen counts).
 //!
+//! With `--targets relay,janus` each scenario runs against our relay and then against
+//! Janus (Debian's package, its VideoRoom plugin) on the same topology and placement with
+//! the same participants and media; Janus has no `relay stats`, so its forwarded packets
+//! are what the receivers got, and the report puts both rows side by side.
+//!
 //! Modules: `sdp` (offer template, subscriber answer, reading the SFU's descriptions),
-//! `media` (audio levels, VP8 simulcast packetizer), `peer` (ICE checks, DTLS client,
-//! SRTP), `client` (participants and the workers that drive them).
+//! `media` (audio levels, VP8 simulcast packetizer), `peer` (ICE checks, DTLS client or
+//! server, SRTP), `client` (participants of our signaling and the workers that drive
+//! them), `janus` (Janus's API messages), `janus_client` (participants speaking it),
+//! `janus_server` (installing, configuring and running Janus).
 
 mod client;
+mod janus;
+mod janus_client;
+mod janus_server;
 mod media;
 mod peer;
 mod sdp;
 
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
@@ -98,6 +109,28 @@ pub struct SfuArgs {
     /// 2 rooms × 3 participants for 3 s; fails when nothing is forwarded.
     #[arg(long)]
     pub smoke: bool,
+    /// SFUs to measure, each scenario against each in turn: `relay` (ours), `janus`
+    /// (Debian's Janus 1.1.2 VideoRoom, installed with apt-get when missing).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![Target::Relay])]
+    pub targets: Vec<Target>,
+}
+
+/// An SFU the bench measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// Our relay's SFU.
+    Relay,
+    /// Janus's VideoRoom.
+    Janus,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Target::Relay => "relay",
+            Target::Janus => "janus",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +168,7 @@ impl Scenario {
 /// What one measured window gave.
 #[derive(Debug, Clone)]
 struct Outcome {
+    target: Target,
     scenario: Scenario,
     seconds: f64,
     publishers_up: usize,
@@ -145,6 +179,8 @@ struct Outcome {
     invalid: u64,
     keyframe_requests: u64,
     errors: u64,
+    /// Sequence numbers the receivers saw skipped.
+    seq_gaps: u64,
     relay_rtp_in: Option<u64>,
     relay_rtp_out: Option<u64>,
     relay_cpu_s: f64,
@@ -168,6 +204,15 @@ impl Outcome {
             self.forwarded_per_sec() / cores
         } else {
             0.0
+        }
+    }
+    /// Sequence gaps ÷ (received + gaps): loss as the receivers see it.
+    fn gap_pct(&self) -> f64 {
+        let expected = self.received + self.seq_gaps;
+        if expected == 0 {
+            0.0
+        } else {
+            100.0 * self.seq_gaps as f64 / expected as f64
         }
     }
     fn loss_pct(&self) -> Option<f64> {
@@ -213,12 +258,26 @@ pub fn run(args: &SfuArgs) -> Result<()> {
             args.duration,
         )
     };
+    let janus_bin = if args.targets.contains(&Target::Janus) {
+        Some(janus_server::ensure_installed()?)
+    } else {
+        None
+    };
     let mut outcomes = Vec::new();
     for sc in &scenarios {
-        eprintln!("== {}", sc.label());
-        let o = run_scenario(args, *sc, duration, server_cpu)?;
-        print_outcome(&o);
-        outcomes.push(o);
+        for &target in &args.targets {
+            eprintln!("== {target}: {}", sc.label());
+            let o = run_scenario(
+                args,
+                *sc,
+                duration,
+                server_cpu,
+                target,
+                janus_bin.as_deref(),
+            )?;
+            print_outcome(&o);
+            outcomes.push(o);
+        }
     }
     let md = markdown(args, &outcomes, server_cpu);
     if let Some(p) = &args.markdown {
@@ -261,7 +320,7 @@ pub fn run(args: &SfuArgs) -> Result<()> {
 
 fn print_outcome(o: &Outcome) {
     eprintln!(
-        "   up {}/{} pub, {} sub; sent {:.0}/s (relay received {}), forwarded {:.0}/s ({}), received {:.0}/s ({:.1} Mbit/s), invalid {}, loss {}, relay CPU {:.0}% ({:.0} pkt/s per core), steal {:.1}%, per receiver mean {:.0} p50 {} p99 {} pkt/s, keyframe requests {}, signaling errors {}, UDP rcvbuf drops relay {} client {}",
+        "   up {}/{} pub, {} sub; sent {:.0}/s (relay received {}), forwarded {:.0}/s ({}), received {:.0}/s ({:.1} Mbit/s), invalid {}, loss {}, receiver sequence gaps {} ({:.2}%), SFU CPU {:.0}% ({:.0} pkt/s per core), steal {:.1}%, per receiver mean {:.0} p50 {} p99 {} pkt/s, keyframe requests {}, signaling errors {}, UDP rcvbuf drops relay {} client {}",
         o.publishers_up,
         o.scenario.rooms * o.scenario.participants,
         o.subscribers_up,
@@ -278,6 +337,8 @@ fn print_outcome(o: &Outcome) {
         o.received_bytes as f64 * 8.0 / o.seconds / 1e6,
         o.invalid,
         o.loss_pct().map_or("n/a".into(), |l| format!("{l:.2}%")),
+        o.seq_gaps,
+        o.gap_pct(),
         o.cpu_pct(),
         o.per_core(),
         o.steal_pct,
@@ -368,10 +429,17 @@ messages_per_sec = 1000
     )
 }
 
-fn run_scenario(args: &SfuArgs, sc: Scenario, duration: f64, server_cpu: usize) -> Result<Outcome> {
+fn run_scenario(
+    args: &SfuArgs,
+    sc: Scenario,
+    duration: f64,
+    server_cpu: usize,
+    target: Target,
+    janus_bin: Option<&std::path::Path>,
+) -> Result<Outcome> {
     let mut best: Option<Outcome> = None;
     for attempt in 0..=STEAL_RETRIES {
-        let o = run_once(args, sc, duration, server_cpu)?;
+        let o = run_once(args, sc, duration, server_cpu, target, janus_bin)?;
         let stolen = o.steal_pct;
         if best.as_ref().is_none_or(|b| stolen < b.steal_pct) {
             best = Some(o);
@@ -387,26 +455,81 @@ fn run_scenario(args: &SfuArgs, sc: Scenario, duration: f64, server_cpu: usize) 
     best.context("no run")
 }
 
-fn run_once(args: &SfuArgs, sc: Scenario, duration: f64, server_cpu: usize) -> Result<Outcome> {
+/// The SFU under test in one run.
+enum Server {
+    Relay(Daemon),
+    Janus(janus_server::JanusServer),
+}
+
+impl Server {
+    /// `sfu.rtp_in` and `sfu.rtp_out` of the relay's stats (Janus has none).
+    fn sfu_stats(&self) -> (Option<u64>, Option<u64>) {
+        let Server::Relay(relay) = self else {
+            return (None, None);
+        };
+        let Ok(j) = relay.stats() else {
+            return (None, None);
+        };
+        let s = &j["sfu"];
+        (s["rtp_in"].as_u64(), s["rtp_out"].as_u64())
+    }
+}
+
+fn run_once(
+    args: &SfuArgs,
+    sc: Scenario,
+    duration: f64,
+    server_cpu: usize,
+    target: Target,
+    janus_bin: Option<&std::path::Path>,
+) -> Result<Outcome> {
     let net = pair()?;
     let files = TempDir::new("relay-sfu-bench")?;
-    let config = files.write(
-        "relay.toml",
-        &relay_config(net.relay_ip, sc.participants.max(2)),
-    )?;
-    let config_s = config.display().to_string();
     let cpu_s = server_cpu.to_string();
-    let relay = Daemon::start_with(
-        &net.relay,
-        &args.relay_bin,
-        Some(&cpu_s),
-        &["--config", &config_s],
-    )
-    .context("start the relay")?;
-    let signaling = SocketAddr::new(IpAddr::V4(net.relay_ip), SIGNALING_PORT);
-    wait_tcp_listening(&net.relay, signaling, Duration::from_secs(10))
-        .context("the signaling server listens")?;
-    let pid = relay.pid().context("relay pid")?;
+    let (server, signaling) = match target {
+        Target::Relay => {
+            let config = files.write(
+                "relay.toml",
+                &relay_config(net.relay_ip, sc.participants.max(2)),
+            )?;
+            let config_s = config.display().to_string();
+            let relay = Daemon::start_with(
+                &net.relay,
+                &args.relay_bin,
+                Some(&cpu_s),
+                &["--config", &config_s],
+            )
+            .context("start the relay")?;
+            let signaling = SocketAddr::new(IpAddr::V4(net.relay_ip), SIGNALING_PORT);
+            wait_tcp_listening(&net.relay, signaling, Duration::from_secs(10))
+                .context("the signaling server listens")?;
+            (Server::Relay(relay), signaling)
+        }
+        Target::Janus => {
+            let bin = janus_bin.context("janus is not installed")?;
+            let mut janus = janus_server::JanusServer::start(
+                bin,
+                &net.relay,
+                "veth-r",
+                net.relay_ip,
+                server_cpu,
+            )?;
+            let signaling = SocketAddr::new(IpAddr::V4(net.relay_ip), janus_server::WS_PORT);
+            if let Err(e) = wait_tcp_listening(&net.relay, signaling, Duration::from_secs(15)) {
+                let alive = janus.alive();
+                bail!(
+                    "Janus's WebSocket transport does not listen on {signaling} ({e:#}; process {}); its log ends:\n{}",
+                    if alive { "running" } else { "exited" },
+                    janus.log_tail(40)
+                );
+            }
+            (Server::Janus(janus), signaling)
+        }
+    };
+    let pid = match &server {
+        Server::Relay(r) => r.pid().context("relay pid")?,
+        Server::Janus(j) => j.pid(),
+    };
 
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -446,12 +569,74 @@ fn run_once(args: &SfuArgs, sc: Scenario, duration: f64, server_cpu: usize) -> R
         cpu: Some(args.client_cpu),
         join_rate: args.join_rate,
     };
-    let load: Load = net.client.enter(move || client::start(cfg))?;
+    // Janus: room ids and feed ids the bench chooses, and the subscribe plan the
+    // participants wait for.
+    let janus_rooms: HashMap<String, u64> = (0..sc.rooms)
+        .map(|r| (format!("bench-{r}"), 1000 + r as u64))
+        .collect();
+    let plan: janus_client::SubscribePlan = Default::default();
+    let specs = cfg.participants.clone();
+    let load: Load = match &server {
+        Server::Relay(_) => net.client.enter(move || client::start(cfg))?,
+        Server::Janus(janus) => {
+            let rooms = janus_rooms.clone();
+            let plan = plan.clone();
+            let publishers = sc.participants;
+            let started = net.client.enter(move || {
+                janus_client::create_rooms(cfg.signaling, &rooms, publishers)?;
+                let mut feed = 0u64;
+                client::start_with(cfg, move |spec, cfg, cert, shared, seed| {
+                    feed += 1;
+                    let room = janus_client::room_id(&spec.room, &rooms)?;
+                    Ok(Box::new(janus_client::JanusParticipant::join(
+                        spec,
+                        cfg,
+                        cert,
+                        shared,
+                        seed,
+                        room,
+                        feed,
+                        plan.clone(),
+                    )?))
+                })
+            });
+            match started {
+                Ok(l) => l,
+                Err(e) => {
+                    let errors = janus.log_grep("[ERR]", 10).join("\n");
+                    bail!(
+                        "{e:#}\nJanus's log errors:\n{errors}\nJanus's log ends:\n{}",
+                        janus.log_tail(20)
+                    );
+                }
+            }
+        }
+    };
     // Wait (bounded) for every connection to come up.
     let connect_limit = Duration::from_secs(args.connect_timeout.unwrap_or(20 + total as u64 / 2));
-    let deadline = Instant::now() + connect_limit;
+    let started = Instant::now();
+    let deadline = started + connect_limit;
+    let mut planned = !matches!(server, Server::Janus(_));
     loop {
         let (p, s) = load.connected();
+        if !planned && (p == total || started.elapsed() > connect_limit / 2) {
+            // Janus: every room's publishers that are up, for the subscriptions.
+            let mut feeds: HashMap<u64, Vec<u64>> = HashMap::new();
+            for (k, (spec, c)) in specs.iter().zip(&load.counters).enumerate() {
+                if c.publisher_up.load(std::sync::atomic::Ordering::Relaxed)
+                    && let Some(&room) = janus_rooms.get(&spec.room)
+                {
+                    feeds.entry(room).or_default().push(k as u64 + 1);
+                }
+            }
+            if p < total {
+                eprintln!("   only {p}/{total} publishers up: subscribing to those");
+            }
+            if let Ok(mut g) = plan.lock() {
+                *g = Some(feeds);
+            }
+            planned = true;
+        }
         if p == total && s == total {
             break;
         }
@@ -485,7 +670,7 @@ fn run_once(args: &SfuArgs, sc: Scenario, duration: f64, server_cpu: usize) -> R
         args.settle
     }));
 
-    let snap = |load: &Load| -> (Vec<u64>, [u64; 5]) {
+    let snap = |load: &Load| -> (Vec<u64>, [u64; 6]) {
         let c = &load.counters;
         let per: Vec<u64> = c
             .iter()
@@ -501,22 +686,16 @@ fn run_once(args: &SfuArgs, sc: Scenario, duration: f64, server_cpu: usize) -> R
                 sum(&|c| c.invalid.load(Relaxed)),
                 sum(&|c| c.keyframe_requests.load(Relaxed)),
                 sum(&|c| c.errors.load(Relaxed)),
+                sum(&|c| c.seq_gaps.load(Relaxed)),
             ],
         )
-    };
-    let sfu_stats = |relay: &Daemon| -> (Option<u64>, Option<u64>) {
-        let Ok(j) = relay.stats() else {
-            return (None, None);
-        };
-        let s = &j["sfu"];
-        (s["rtp_in"].as_u64(), s["rtp_out"].as_u64())
     };
     let rb0 = (
         udp_rcvbuf_errors(&net.relay),
         udp_rcvbuf_errors(&net.client),
     );
     let (per0, tot0) = snap(&load);
-    let (in0, out0) = sfu_stats(&relay);
+    let (in0, out0) = server.sfu_stats();
     let cpu0 = proc_cpu(pid).unwrap_or(0);
     let steal0 = cpu_jiffies(server_cpu, &[7]);
     let t0 = Instant::now();
@@ -525,14 +704,24 @@ fn run_once(args: &SfuArgs, sc: Scenario, duration: f64, server_cpu: usize) -> R
     let seconds = t0.elapsed().as_secs_f64();
     let cpu1 = proc_cpu(pid).unwrap_or(0);
     let steal1 = cpu_jiffies(server_cpu, &[7]);
-    let (in1, out1) = sfu_stats(&relay);
+    let (in1, out1) = server.sfu_stats();
     let rb1 = (
         udp_rcvbuf_errors(&net.relay),
         udp_rcvbuf_errors(&net.client),
     );
     let (pubs, subs) = load.connected();
     load.stop();
-    let _ = relay.stop(Duration::from_secs(5));
+    match server {
+        Server::Relay(relay) => {
+            let _ = relay.stop(Duration::from_secs(5));
+        }
+        Server::Janus(janus) => {
+            if std::env::var_os("SFU_BENCH_DEBUG").is_some() {
+                eprintln!("Janus's log:\n{}", janus.log_tail(usize::MAX));
+            }
+            drop(janus);
+        }
+    }
 
     let mut hist = Histogram::<u64>::new(3).context("histogram")?;
     for (a, b) in per0.iter().zip(&per1) {
@@ -542,6 +731,7 @@ fn run_once(args: &SfuArgs, sc: Scenario, duration: f64, server_cpu: usize) -> R
     let received = per1.iter().sum::<u64>() - per0.iter().sum::<u64>();
     let tck = clk_tck();
     Ok(Outcome {
+        target,
         scenario: sc,
         seconds,
         publishers_up: pubs,
@@ -552,6 +742,7 @@ fn run_once(args: &SfuArgs, sc: Scenario, duration: f64, server_cpu: usize) -> R
         invalid: tot1[2],
         keyframe_requests: tot1[3] - tot0[3],
         errors: tot1[4],
+        seq_gaps: tot1[5] - tot0[5],
         relay_rtp_in: in0.zip(in1).map(|(a, b)| b.saturating_sub(a)),
         relay_rtp_out: out0.zip(out1).map(|(a, b)| b.saturating_sub(a)),
         relay_cpu_s: cpu1.saturating_sub(cpu0) as f64 / tck,
@@ -569,9 +760,10 @@ fn markdown(args: &SfuArgs, outcomes: &[Outcome], server_cpu: usize) -> String {
         "### SFU load{}\n",
         if args.smoke { " (smoke)" } else { "" }
     );
+    let janus = args.targets.contains(&Target::Janus);
     let _ = writeln!(
         s,
-        "Relay on CPU {server_cpu}, load client on CPU {}; audio from everyone (50 pkt/s, {} talkers/room), VP8 simulcast q/h/f {} from the video publishers (30 fps, ≤1100 B packets); each receiver gets the 3 loudest speakers' audio. {:.0} s windows.\n",
+        "SFU on CPU {server_cpu}, load client on CPU {}; audio from everyone (50 pkt/s, {} talkers/room), VP8 simulcast q/h/f {} from the video publishers (30 fps, ≤1100 B packets); our relay forwards the 3 loudest speakers' audio to each receiver{}. {:.0} s windows.\n",
         args.client_cpu,
         args.talkers,
         if args.no_video_high {
@@ -579,15 +771,23 @@ fn markdown(args: &SfuArgs, outcomes: &[Outcome], server_cpu: usize) -> String {
         } else {
             "~150/500/1500 kbit/s"
         },
+        if janus {
+            "; Janus's VideoRoom forwards every publisher's audio and one simulcast layer per video (its default substream)"
+        } else {
+            ""
+        },
         outcomes.first().map_or(0.0, |o| o.seconds),
     );
-    s.push_str("| load | PCs up (pub/sub) | sent pkt/s | forwarded pkt/s | relay CPU | forwarded pkt/s per core | receiver pkt/s mean / p50 / p99 | loss | steal |\n");
-    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |\n");
+    s.push_str("| SFU | load | PCs up (pub/sub) | sent pkt/s | forwarded pkt/s | SFU CPU | forwarded pkt/s per core | receiver pkt/s mean / p50 / p99 | loss SFU→receivers | receiver seq gaps | UDP drops SFU / client | steal |\n");
+    s.push_str(
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |\n",
+    );
     for o in outcomes {
         let n = o.scenario.rooms * o.scenario.participants;
         let _ = writeln!(
             s,
-            "| {} | {}/{} of {n} | {:.0} | {:.0}{} | {:.0}% | {:.0} | {:.0} / {} / {} | {} | {:.1}% |",
+            "| {} | {} | {}/{} of {n} | {:.0} | {:.0}{} | {:.0}% | {:.0} | {:.0} / {} / {} | {} | {:.2}% | {} / {} | {:.1}% |",
+            o.target,
             o.scenario.label(),
             o.publishers_up,
             o.subscribers_up,
@@ -604,8 +804,45 @@ fn markdown(args: &SfuArgs, outcomes: &[Outcome], server_cpu: usize) -> String {
             o.per_receiver.value_at_quantile(0.5),
             o.per_receiver.value_at_quantile(0.99),
             o.loss_pct().map_or("n/a".into(), |l| format!("{l:.2}%")),
+            o.gap_pct(),
+            o.relay_rcvbuf_errors,
+            o.client_rcvbuf_errors,
             o.steal_pct,
         );
+    }
+    // Side by side: our relay ÷ Janus per scenario.
+    let ratios: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.target == Target::Relay)
+        .filter_map(|r| {
+            let j = outcomes.iter().find(|j| {
+                j.target == Target::Janus
+                    && j.scenario.rooms == r.scenario.rooms
+                    && j.scenario.participants == r.scenario.participants
+                    && j.scenario.video == r.scenario.video
+            })?;
+            let ratio = |a: f64, b: f64| {
+                if b > 0.0 {
+                    format!("{:.2}×", a / b)
+                } else {
+                    "n/a".into()
+                }
+            };
+            Some(format!(
+                "| {} | {} | {} | {} |",
+                r.scenario.label(),
+                ratio(r.forwarded_per_sec(), j.forwarded_per_sec()),
+                ratio(r.cpu_pct(), j.cpu_pct()),
+                ratio(r.per_core(), j.per_core()),
+            ))
+        })
+        .collect();
+    if !ratios.is_empty() {
+        s.push_str("\nRelay ÷ Janus (same scenario, same run):\n\n| load | forwarded pkt/s | SFU CPU | forwarded pkt/s per core |\n| --- | ---: | ---: | ---: |\n");
+        for r in ratios {
+            s.push_str(&r);
+            s.push('\n');
+        }
     }
     s
 }

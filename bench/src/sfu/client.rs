@@ -7,6 +7,7 @@
 //! browsers. Everything is bounded: the participant count is fixed, each message queue is
 //! tungstenite's, each peer connection owns one socket.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use relay::dtls::Certificate;
+use relay::dtls::{Certificate, Role};
 use relay::rtp::{RtcpPacket, compound};
 use relay::signaling::{
     ClientMessage, Mode, PublishTrack, ServerMessage, Source, Target, TrackKind,
@@ -25,7 +26,9 @@ use tungstenite::{Message, WebSocket};
 
 use super::media::{AUDIO_INTERVAL, AudioSource, FPS, LAYERS, LevelPattern, VideoLayer};
 use super::peer::{MTU, PcState, PeerConn, Received};
-use super::sdp::{offer_transport, publisher_offer, remote_params, subscriber_answer};
+use super::sdp::{
+    RemoteParams, offer_transport, publisher_offer, remote_params, subscriber_answer,
+};
 
 /// How often pending subscriptions are sent (one `subscribe` per batch).
 const SUBSCRIBE_BATCH: Duration = Duration::from_millis(300);
@@ -43,6 +46,10 @@ pub struct Counters {
     pub received: AtomicU64,
     /// Their bytes (plain RTP).
     pub received_bytes: AtomicU64,
+    /// RTP sequence numbers skipped on the subscriber connection (per SSRC, forward
+    /// jumps only): packets lost between the SFU and the receiver, or never sent by an
+    /// SFU that does not renumber what it drops.
+    pub seq_gaps: AtomicU64,
     /// SRTP/SRTCP packets that failed to unprotect.
     pub invalid: AtomicU64,
     /// PLI/FIR received on the publisher connection.
@@ -127,6 +134,26 @@ impl Load {
     }
 }
 
+/// How many sequence numbers a packet of `ssrc` with `seq` skipped since the last one
+/// (0 for the first, a duplicate or a reordered packet); remembers `seq` when it moves
+/// forward.
+fn seq_gap(last: &mut HashMap<u32, u16>, ssrc: u32, seq: u16) -> u64 {
+    match last.get_mut(&ssrc) {
+        None => {
+            last.insert(ssrc, seq);
+            0
+        }
+        Some(prev) => {
+            let delta = seq.wrapping_sub(*prev);
+            if delta == 0 || delta >= 0x8000 {
+                return 0;
+            }
+            *prev = seq;
+            u64::from(delta - 1)
+        }
+    }
+}
+
 fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
@@ -146,13 +173,47 @@ fn ice_string(rng: &mut u64, len: usize) -> String {
 /// once all have joined (their peer connections come up in the background). Call from a
 /// thread inside the client namespace: the workers inherit it.
 pub fn start(cfg: LoadConfig) -> Result<Load> {
+    start_with(cfg, |spec, cfg, certificate, shared, seed| {
+        Ok(Box::new(Participant::join(
+            spec.clone(),
+            cfg,
+            certificate,
+            shared,
+            seed,
+        )?))
+    })
+}
+
+/// One participant as the workers drive it, whatever SFU and signaling it speaks.
+pub trait Driven: Send {
+    /// The sockets to wait on (signaling, publisher, subscriber).
+    fn fds(&self) -> [Option<i32>; 3];
+    /// Reads what arrived, answers, sends media that is due.
+    fn service(&mut self, now: Instant, buf: &mut [u8]);
+    /// When it next wants [`Driven::service`] without input.
+    fn next_due(&self) -> Instant;
+    /// Says goodbye on the signaling channel.
+    fn leave(&mut self);
+}
+
+/// [`start`] with another way of joining (another SFU's signaling).
+pub fn start_with(
+    cfg: LoadConfig,
+    mut join: impl FnMut(
+        &Spec,
+        &LoadConfig,
+        &Certificate,
+        Arc<Counters>,
+        u64,
+    ) -> Result<Box<dyn Driven>>,
+) -> Result<Load> {
     let certificate = Certificate::generate().context("generate the client certificate")?;
     let stop = Arc::new(AtomicBool::new(false));
     let threads = cfg.threads.max(1);
     let mut senders = Vec::new();
     let mut workers = Vec::new();
     for t in 0..threads {
-        let (tx, rx) = mpsc::channel::<Participant>();
+        let (tx, rx) = mpsc::channel::<Box<dyn Driven>>();
         let stop = Arc::clone(&stop);
         let cpu = cfg.cpu;
         senders.push(tx);
@@ -174,8 +235,8 @@ pub fn start(cfg: LoadConfig) -> Result<Load> {
     for (i, spec) in cfg.participants.iter().enumerate() {
         let started = Instant::now();
         let shared = Arc::new(Counters::default());
-        let p = Participant::join(
-            spec.clone(),
+        let p = join(
+            spec,
             &cfg,
             &certificate,
             Arc::clone(&shared),
@@ -195,8 +256,8 @@ pub fn start(cfg: LoadConfig) -> Result<Load> {
     })
 }
 
-fn worker(rx: &mpsc::Receiver<Participant>, stop: &AtomicBool) {
-    let mut parts: Vec<Participant> = Vec::new();
+fn worker(rx: &mpsc::Receiver<Box<dyn Driven>>, stop: &AtomicBool) {
+    let mut parts: Vec<Box<dyn Driven>> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     let mut buf = vec![0u8; MTU + 64];
     loop {
@@ -213,8 +274,8 @@ fn worker(rx: &mpsc::Receiver<Participant>, stop: &AtomicBool) {
         let mut due = now + MAX_WAIT;
         fds.clear();
         for p in &parts {
-            due = due.min(p.next_due);
-            for fd in p.fds() {
+            due = due.min(p.next_due());
+            for fd in p.fds().into_iter().flatten() {
                 fds.push(libc::pollfd {
                     fd,
                     events: libc::POLLIN,
@@ -231,72 +292,61 @@ fn worker(rx: &mpsc::Receiver<Participant>, stop: &AtomicBool) {
         let now = Instant::now();
         let mut at = 0;
         for p in &mut parts {
-            let n = p.fds().count();
+            let n = p.fds().iter().flatten().count();
             let readable = fds[at..at + n].iter().any(|f| f.revents != 0);
             at += n;
-            if readable || p.next_due <= now {
+            if readable || p.next_due() <= now {
                 p.service(now, &mut buf);
             }
         }
     }
 }
 
-/// One synthetic participant.
-struct Participant {
-    spec: Spec,
-    shared: Arc<Counters>,
-    ws: WebSocket<TcpStream>,
-    local_ip: IpAddr,
-    certificate: Certificate,
-    me: Option<String>,
-    pub_creds: (String, String),
-    sub_creds: (String, String),
-    publisher: Option<PeerConn>,
-    subscriber: Option<PeerConn>,
-    audio: AudioSource,
+/// A participant's media side, whatever its signaling: the two peer connections, the
+/// media it publishes and what it counts. Shared by our signaling's participant and
+/// Janus's.
+pub struct Peers {
+    /// Its counters.
+    pub shared: Arc<Counters>,
+    /// Our address.
+    pub local_ip: IpAddr,
+    /// The load's certificate.
+    pub certificate: Certificate,
+    /// Publisher and subscriber ICE credentials (ufrag, pwd).
+    pub pub_creds: (String, String),
+    /// Subscriber ICE credentials.
+    pub sub_creds: (String, String),
+    /// The publisher connection, once the SFU answered.
+    pub publisher: Option<PeerConn>,
+    /// The subscriber connection, once the SFU offered.
+    pub subscriber: Option<PeerConn>,
+    /// The audio stream.
+    pub audio: AudioSource,
     video: Vec<VideoLayer>,
+    /// Last sequence number received per SSRC (subscriber side).
+    last_seq: HashMap<u32, u16>,
     next_audio: Instant,
     next_frame: Instant,
-    pending: Vec<String>,
-    next_subscribe: Instant,
-    next_due: Instant,
-    seed: u64,
-    ws_dead: bool,
+    /// Seed for connections' ICE tie-breakers.
+    pub seed: u64,
 }
 
-impl Participant {
-    fn join(
-        spec: Spec,
-        cfg: &LoadConfig,
+impl Peers {
+    /// The media of `spec`, its ICE credentials and SSRCs drawn from `rng`.
+    pub fn new(
+        spec: &Spec,
+        local_ip: IpAddr,
         certificate: &Certificate,
         shared: Arc<Counters>,
-        seed: u64,
-    ) -> Result<Participant> {
-        let mut rng = seed;
-        let stream = TcpStream::connect_timeout(&cfg.signaling, Duration::from_secs(5))
-            .with_context(|| format!("connect to {}", cfg.signaling))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.set_nodelay(true)?;
-        let url = format!("ws://{}/ws", cfg.signaling);
-        let (mut ws, _) = tungstenite::client(url.as_str(), stream)
-            .map_err(|e| anyhow::anyhow!("WebSocket handshake with {url}: {e}"))?;
-        send(
-            &mut ws,
-            &ClientMessage::Join {
-                room: spec.room.clone(),
-                token: spec.token.clone(),
-                mode: Mode::Sfu,
-            },
-        )?;
-        ws.get_ref().set_nonblocking(true)?;
-        let audio_ssrc = u32::try_from(splitmix(&mut rng) & 0xffff_ffff).unwrap_or(1) | 1;
-        let talker = spec.talker;
+        rng: &mut u64,
+    ) -> Peers {
+        let audio_ssrc = u32::try_from(splitmix(rng) & 0xffff_ffff).unwrap_or(1) | 1;
         let audio = AudioSource::new(
             audio_ssrc,
-            u16::try_from(splitmix(&mut rng) & 0x7fff).unwrap_or(0),
+            u16::try_from(splitmix(rng) & 0x7fff).unwrap_or(0),
             LevelPattern {
-                talker,
-                phase: splitmix(&mut rng) % 200,
+                talker: spec.talker,
+                phase: splitmix(rng) % 200,
             },
         );
         let layers = if spec.no_high {
@@ -310,9 +360,9 @@ impl Participant {
                 .map(|(rid, rate)| {
                     VideoLayer::new(
                         rid,
-                        u32::try_from(splitmix(&mut rng) & 0xffff_ffff).unwrap_or(2) | 2,
+                        u32::try_from(splitmix(rng) & 0xffff_ffff).unwrap_or(2) | 2,
                         *rate,
-                        u16::try_from(splitmix(&mut rng) & 0x7fff).unwrap_or(0),
+                        u16::try_from(splitmix(rng) & 0x7fff).unwrap_or(0),
                     )
                 })
                 .collect()
@@ -320,46 +370,78 @@ impl Participant {
             Vec::new()
         };
         let now = Instant::now();
-        Ok(Participant {
-            pub_creds: (ice_string(&mut rng, 8), ice_string(&mut rng, 24)),
-            sub_creds: (ice_string(&mut rng, 8), ice_string(&mut rng, 24)),
-            spec,
+        Peers {
             shared,
-            ws,
-            local_ip: cfg.local_ip,
+            local_ip,
             certificate: certificate.clone(),
-            me: None,
+            pub_creds: (ice_string(rng, 8), ice_string(rng, 24)),
+            sub_creds: (ice_string(rng, 8), ice_string(rng, 24)),
             publisher: None,
             subscriber: None,
             audio,
             video,
+            last_seq: HashMap::new(),
             next_audio: now,
             next_frame: now,
-            pending: Vec::new(),
-            next_subscribe: now,
-            next_due: now,
-            seed: rng,
-            ws_dead: false,
-        })
+            seed: splitmix(rng),
+        }
     }
 
-    fn fds(&self) -> impl Iterator<Item = i32> + '_ {
+    /// Whether it publishes video.
+    pub fn has_video(&self) -> bool {
+        !self.video.is_empty()
+    }
+
+    /// The rids of its simulcast layers.
+    pub fn rids(&self) -> Vec<String> {
+        self.video.iter().map(|l| l.rid.to_owned()).collect()
+    }
+
+    /// The publisher's offer.
+    pub fn publisher_offer(&self) -> String {
+        publisher_offer(
+            &self.pub_creds.0,
+            &self.pub_creds.1,
+            &self.certificate.fingerprint_string(),
+            self.audio.ssrc,
+        )
+    }
+
+    /// A peer connection with our ICE credentials for one side to the SFU described by
+    /// `remote`, in DTLS role `role`.
+    pub fn connect(
+        &mut self,
+        publisher: bool,
+        remote: RemoteParams,
+        role: Role,
+    ) -> Result<PeerConn> {
+        let (ufrag, pwd) = if publisher {
+            self.pub_creds.clone()
+        } else {
+            self.sub_creds.clone()
+        };
+        PeerConn::new(
+            self.local_ip,
+            ufrag,
+            pwd,
+            remote,
+            &self.certificate,
+            splitmix(&mut self.seed),
+            role,
+        )
+    }
+
+    /// The publisher and subscriber sockets.
+    pub fn fds(&self) -> [Option<i32>; 2] {
         [
-            (!self.ws_dead).then(|| self.ws.get_ref().as_raw_fd()),
             self.publisher.as_ref().map(|p| p.socket.as_raw_fd()),
             self.subscriber.as_ref().map(|p| p.socket.as_raw_fd()),
         ]
-        .into_iter()
-        .flatten()
     }
 
-    fn leave(&mut self) {
-        let _ = send(&mut self.ws, &ClientMessage::Leave {});
-        let _ = self.ws.flush();
-    }
-
-    fn service(&mut self, now: Instant, buf: &mut [u8]) {
-        self.read_signaling(now);
+    /// Counts what the subscriber received, handles keyframe requests on the publisher,
+    /// sends media that is due; returns when it next wants to run.
+    pub fn service(&mut self, now: Instant, buf: &mut [u8]) -> Instant {
         let mut due = now + Duration::from_secs(1);
         // Subscriber: count what arrives.
         if let Some(s) = self.subscriber.as_mut() {
@@ -367,6 +449,14 @@ impl Participant {
                 match r {
                     Received::Rtp(n) => {
                         self.shared.received.fetch_add(1, Ordering::Relaxed);
+                        if n >= 12 {
+                            let seq = u16::from_be_bytes([buf[2], buf[3]]);
+                            let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+                            let gap = seq_gap(&mut self.last_seq, ssrc, seq);
+                            if gap > 0 {
+                                self.shared.seq_gaps.fetch_add(gap, Ordering::Relaxed);
+                            }
+                        }
                         self.shared
                             .received_bytes
                             .fetch_add(n as u64, Ordering::Relaxed);
@@ -419,23 +509,12 @@ impl Participant {
                 }
             }
         }
-        if !self.pending.is_empty() && now >= self.next_subscribe {
-            let tracks: Vec<String> = self.pending.drain(..self.pending.len().min(256)).collect();
-            if send(&mut self.ws, &ClientMessage::Subscribe { tracks }).is_err() {
-                self.ws_dead = true;
-            }
-            self.next_subscribe = now + SUBSCRIBE_BATCH;
-        }
-        if !self.pending.is_empty() {
-            due = due.min(self.next_subscribe);
-        }
-        let _ = self.ws.flush();
         let st = |p: &Option<PeerConn>| p.as_ref().map_or(0, |p| p.state as u64 + 1);
         self.shared.pc_states.store(
             st(&self.publisher) * 10 + st(&self.subscriber),
             Ordering::Relaxed,
         );
-        self.next_due = due;
+        due
     }
 
     fn send_media(&mut self, now: Instant, buf: &mut [u8]) {
@@ -474,6 +553,92 @@ impl Participant {
             self.next_frame += frame;
         }
     }
+}
+
+/// One synthetic participant speaking our signaling.
+struct Participant {
+    spec: Spec,
+    ws: WebSocket<TcpStream>,
+    me: Option<String>,
+    peers: Peers,
+    pending: Vec<String>,
+    next_subscribe: Instant,
+    next_due: Instant,
+    ws_dead: bool,
+}
+
+impl Driven for Participant {
+    fn fds(&self) -> [Option<i32>; 3] {
+        let [p, s] = self.peers.fds();
+        [(!self.ws_dead).then(|| self.ws.get_ref().as_raw_fd()), p, s]
+    }
+    fn service(&mut self, now: Instant, buf: &mut [u8]) {
+        Participant::service(self, now, buf);
+    }
+    fn next_due(&self) -> Instant {
+        self.next_due
+    }
+    fn leave(&mut self) {
+        let _ = send(&mut self.ws, &ClientMessage::Leave {});
+        let _ = self.ws.flush();
+    }
+}
+
+impl Participant {
+    fn join(
+        spec: Spec,
+        cfg: &LoadConfig,
+        certificate: &Certificate,
+        shared: Arc<Counters>,
+        seed: u64,
+    ) -> Result<Participant> {
+        let mut rng = seed;
+        let stream = TcpStream::connect_timeout(&cfg.signaling, Duration::from_secs(5))
+            .with_context(|| format!("connect to {}", cfg.signaling))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.set_nodelay(true)?;
+        let url = format!("ws://{}/ws", cfg.signaling);
+        let (mut ws, _) = tungstenite::client(url.as_str(), stream)
+            .map_err(|e| anyhow::anyhow!("WebSocket handshake with {url}: {e}"))?;
+        send(
+            &mut ws,
+            &ClientMessage::Join {
+                room: spec.room.clone(),
+                token: spec.token.clone(),
+                mode: Mode::Sfu,
+            },
+        )?;
+        ws.get_ref().set_nonblocking(true)?;
+        let peers = Peers::new(&spec, cfg.local_ip, certificate, shared, &mut rng);
+        let now = Instant::now();
+        Ok(Participant {
+            spec,
+            ws,
+            me: None,
+            peers,
+            pending: Vec::new(),
+            next_subscribe: now,
+            next_due: now,
+            ws_dead: false,
+        })
+    }
+
+    fn service(&mut self, now: Instant, buf: &mut [u8]) {
+        self.read_signaling(now);
+        let mut due = self.peers.service(now, buf);
+        if !self.pending.is_empty() && now >= self.next_subscribe {
+            let tracks: Vec<String> = self.pending.drain(..self.pending.len().min(256)).collect();
+            if send(&mut self.ws, &ClientMessage::Subscribe { tracks }).is_err() {
+                self.ws_dead = true;
+            }
+            self.next_subscribe = now + SUBSCRIBE_BATCH;
+        }
+        if !self.pending.is_empty() {
+            due = due.min(self.next_subscribe);
+        }
+        let _ = self.ws.flush();
+        self.next_due = due;
+    }
 
     fn read_signaling(&mut self, now: Instant) {
         while !self.ws_dead {
@@ -496,7 +661,7 @@ impl Participant {
                 Ok(m) => {
                     if let Err(e) = self.on_message(m, now) {
                         eprintln!("{}: {e:#}", self.spec.identity);
-                        self.shared.errors.fetch_add(1, Ordering::Relaxed);
+                        self.peers.shared.errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Err(e) => eprintln!("{}: bad server message: {e:?}", self.spec.identity),
@@ -518,65 +683,48 @@ impl Participant {
                         .map(|t| t.id),
                 );
                 self.me = Some(participant);
-                self.shared.stage.fetch_max(1, Ordering::Relaxed);
+                self.peers.shared.stage.fetch_max(1, Ordering::Relaxed);
                 let mut tracks = vec![PublishTrack {
                     kind: TrackKind::Audio,
                     source: Source::Microphone,
                     mid: Some("0".into()),
                     simulcast: Vec::new(),
                 }];
-                if !self.video.is_empty() {
+                if self.peers.has_video() {
                     tracks.push(PublishTrack {
                         kind: TrackKind::Video,
                         source: Source::Camera,
                         mid: Some("1".into()),
-                        simulcast: self.video.iter().map(|l| l.rid.to_owned()).collect(),
+                        simulcast: self.peers.rids(),
                     });
                 }
                 send(&mut self.ws, &ClientMessage::Publish { tracks })?;
-                let sdp = publisher_offer(
-                    &self.pub_creds.0,
-                    &self.pub_creds.1,
-                    &self.certificate.fingerprint_string(),
-                    self.audio.ssrc,
-                );
+                let sdp = self.peers.publisher_offer();
                 send(&mut self.ws, &ClientMessage::Offer { sdp })?;
             }
             ServerMessage::Answer { sdp, .. } => {
                 let remote = remote_params(&sdp)?;
-                self.shared.stage.fetch_max(2, Ordering::Relaxed);
-                if self.publisher.is_none() {
-                    let pc = PeerConn::new(
-                        self.local_ip,
-                        self.pub_creds.0.clone(),
-                        remote,
-                        &self.certificate,
-                        splitmix(&mut self.seed),
-                    )?;
+                self.peers.shared.stage.fetch_max(2, Ordering::Relaxed);
+                if self.peers.publisher.is_none() {
+                    let pc = self.peers.connect(true, remote, Role::Client)?;
                     self.announce(&pc, Target::Publisher)?;
-                    self.publisher = Some(pc);
+                    self.peers.publisher = Some(pc);
                 }
             }
             ServerMessage::Offer { sdp, .. } => {
                 let answer = subscriber_answer(
                     &sdp,
-                    &self.sub_creds.0,
-                    &self.sub_creds.1,
-                    self.certificate.fingerprint(),
+                    &self.peers.sub_creds.0,
+                    &self.peers.sub_creds.1,
+                    self.peers.certificate.fingerprint(),
                 )?;
                 send(&mut self.ws, &ClientMessage::Answer { sdp: answer })?;
-                self.shared.stage.fetch_max(3, Ordering::Relaxed);
-                if self.subscriber.is_none() {
+                self.peers.shared.stage.fetch_max(3, Ordering::Relaxed);
+                if self.peers.subscriber.is_none() {
                     let remote = offer_transport(&sdp)?;
-                    let pc = PeerConn::new(
-                        self.local_ip,
-                        self.sub_creds.0.clone(),
-                        remote,
-                        &self.certificate,
-                        splitmix(&mut self.seed),
-                    )?;
+                    let pc = self.peers.connect(false, remote, Role::Client)?;
                     self.announce(&pc, Target::Subscriber)?;
-                    self.subscriber = Some(pc);
+                    self.peers.subscriber = Some(pc);
                 }
             }
             ServerMessage::TrackPublished { track }
@@ -585,7 +733,7 @@ impl Participant {
                 self.pending.push(track.id);
             }
             ServerMessage::Error { code, message } => {
-                self.shared.errors.fetch_add(1, Ordering::Relaxed);
+                self.peers.shared.errors.fetch_add(1, Ordering::Relaxed);
                 eprintln!("{}: server error {code:?}: {message}", self.spec.identity);
             }
             _ => {}
@@ -622,5 +770,25 @@ fn send(ws: &mut WebSocket<TcpStream>, m: &ClientMessage) -> Result<()> {
         Ok(()) => Ok(()),
         Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
         Err(e) => Err(anyhow::anyhow!("send: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_gaps_count_forward_jumps_only() {
+        let mut last = HashMap::new();
+        assert_eq!(seq_gap(&mut last, 1, 100), 0, "first packet");
+        assert_eq!(seq_gap(&mut last, 1, 101), 0);
+        assert_eq!(seq_gap(&mut last, 1, 104), 2, "102 and 103 missing");
+        assert_eq!(seq_gap(&mut last, 1, 103), 0, "late packet");
+        assert_eq!(seq_gap(&mut last, 1, 104), 0, "duplicate");
+        assert_eq!(seq_gap(&mut last, 2, 7), 0, "another SSRC");
+        assert_eq!(seq_gap(&mut last, 1, 105), 0);
+        let mut w = HashMap::new();
+        assert_eq!(seq_gap(&mut w, 9, 65_534), 0);
+        assert_eq!(seq_gap(&mut w, 9, 1), 2, "wraps: 65535 and 0 missing");
     }
 }

@@ -1,7 +1,8 @@
 //! One synthetic peer connection to the SFU, as a browser's full ICE agent would run it:
 //! STUN Binding checks (controlling, USE-CANDIDATE, short-term credentials) from one UDP
-//! socket until the SFU answers, then a consent check every 2.5 s; a DTLS client
-//! handshake checking the SFU's certificate fingerprint; then SRTP/SRTCP both ways.
+//! socket until the SFU answers, then a consent check every 2.5 s; a DTLS handshake
+//! (client, or server when the SFU's answer asks for it) checking the SFU's certificate
+//! fingerprint; then SRTP/SRTCP both ways.
 //!
 //! Exists so the load client's publishers and subscribers exercise the same transport
 //! code paths a browser does. The socket is non-blocking: the owner polls it.
@@ -55,6 +56,7 @@ pub struct PeerConn {
     /// The socket (connected to the SFU's candidate, non-blocking).
     pub socket: UdpSocket,
     local_ufrag: String,
+    local_pwd: String,
     remote: RemoteParams,
     certificate: Certificate,
     tiebreaker: u64,
@@ -66,6 +68,7 @@ pub struct PeerConn {
     tx: Option<SrtpSession>,
     rx: Option<SrtpSession>,
     out: Box<[u8; MTU]>,
+    role: Role,
 }
 
 impl std::fmt::Debug for PeerConn {
@@ -79,13 +82,18 @@ impl std::fmt::Debug for PeerConn {
 impl PeerConn {
     /// A connection from a fresh UDP socket on `local_ip` to the SFU described by
     /// `remote`, with our ICE credentials; the first check goes out at the first
-    /// [`tick`](PeerConn::tick).
+    /// [`tick`](PeerConn::tick). `role` is our DTLS role: a client starts its handshake
+    /// once ICE succeeds; a server (when the SFU's answer says `a=setup:active`, as
+    /// Janus's does) waits for the SFU's ClientHello from the start, so that one racing
+    /// our check's response is not lost.
     pub fn new(
         local_ip: std::net::IpAddr,
         local_ufrag: String,
+        local_pwd: String,
         remote: RemoteParams,
         certificate: &Certificate,
         seed: u64,
+        role: Role,
     ) -> Result<PeerConn> {
         let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0)).context("bind a UDP socket")?;
         socket
@@ -96,19 +104,28 @@ impl PeerConn {
         let s2 = socket2::SockRef::from(&socket);
         let _ = s2.set_recv_buffer_size(1 << 20);
         let _ = s2.set_send_buffer_size(1 << 20);
+        let dtls = match role {
+            Role::Server => Some(
+                DtlsEndpoint::new(certificate, Role::Server, remote.fingerprint)
+                    .map_err(|e| anyhow::anyhow!("dtls endpoint: {e}"))?,
+            ),
+            Role::Client => None,
+        };
         Ok(PeerConn {
             socket,
             local_ufrag,
+            local_pwd,
             remote,
             certificate: certificate.clone(),
             tiebreaker: seed,
             txid: [0; 12],
             next_check: Instant::now(),
             state: PcState::Checking,
-            dtls: None,
+            dtls,
             tx: None,
             rx: None,
             out: Box::new([0; MTU]),
+            role,
         })
     }
 
@@ -131,9 +148,11 @@ impl PeerConn {
         }
         let mut next = self.next_check;
         if let Some(d) = self.dtls.as_mut() {
-            if d.poll_timeout().is_some_and(|t| t <= now) {
-                d.handle_timeout(now);
-            }
+            // Unconditionally: OpenSSL retransmits only once its own timer expired, and
+            // `poll_timeout` anchors at the last `now` given, which a client that has
+            // received nothing yet never gave (its deadline would stay in the future and
+            // its ClientHello would never be retransmitted).
+            d.handle_timeout(now);
             self.flush_dtls();
             if let Some(d) = &self.dtls
                 && let Some(t) = d.poll_timeout()
@@ -163,6 +182,20 @@ impl PeerConn {
             && b.add(&Attribute::IceControlling(self.tiebreaker)).is_ok()
             && b.add(&Attribute::UseCandidate).is_ok()
             && b.add_message_integrity(self.remote.pwd.as_bytes()).is_ok()
+            && b.add_fingerprint().is_ok();
+        if ok {
+            let n = b.finish();
+            let _ = self.socket.send(&self.out[..n]);
+        }
+    }
+
+    fn answer_check(&mut self, tid: TransactionId) {
+        let Ok(mut b) = MessageBuilder::new(&mut self.out[..], MessageType::BINDING_SUCCESS, tid)
+        else {
+            return;
+        };
+        let ok = b.add_xor_mapped_address(self.remote.candidate).is_ok()
+            && b.add_message_integrity(self.local_pwd.as_bytes()).is_ok()
             && b.add_fingerprint().is_ok();
         if ok {
             let n = b.finish();
@@ -219,20 +252,31 @@ impl PeerConn {
         match classify(d) {
             Demux::Stun => {
                 if let Ok(m) = Message::parse(d)
+                    && m.message_type() == MessageType::BINDING_REQUEST
+                {
+                    // A full ICE agent checks us back (Janus's libnice does, even in
+                    // lite mode, and nominates only once we answer): answer like a
+                    // browser, with the source address and our password.
+                    self.answer_check(*m.transaction_id());
+                    return Received::Nothing;
+                }
+                if let Ok(m) = Message::parse(d)
                     && m.class() == Class::SuccessResponse
                     && m.transaction_id().0 == self.txid
                     && self.state == PcState::Checking
                 {
                     self.state = PcState::Handshaking;
-                    match DtlsEndpoint::new(
-                        &self.certificate,
-                        Role::Client,
-                        self.remote.fingerprint,
-                    ) {
-                        Ok(e) => self.dtls = Some(e),
-                        Err(e) => {
-                            eprintln!("dtls endpoint: {e}");
-                            self.state = PcState::Failed;
+                    if self.role == Role::Client {
+                        match DtlsEndpoint::new(
+                            &self.certificate,
+                            Role::Client,
+                            self.remote.fingerprint,
+                        ) {
+                            Ok(e) => self.dtls = Some(e),
+                            Err(e) => {
+                                eprintln!("dtls endpoint: {e}");
+                                self.state = PcState::Failed;
+                            }
                         }
                     }
                     self.next_check = now + CONSENT_INTERVAL;
@@ -271,5 +315,81 @@ impl PeerConn {
             Ok(n) => self.socket.send(&buf[..n]).is_ok(),
             Err(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay::stun::attr::XOR_MAPPED_ADDRESS;
+    use relay::stun::integrity::{verify_fingerprint, verify_message_integrity};
+
+    /// A full ICE agent (Janus's libnice) checks us back and nominates only once we
+    /// answer: the answer is a Binding success with the checker's address, signed with
+    /// our password.
+    #[test]
+    fn answers_a_check_from_the_sfu_with_its_address_and_our_password() {
+        let sfu = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let sfu_addr = sfu.local_addr().expect("addr");
+        let remote = RemoteParams {
+            ufrag: "sfuU".into(),
+            pwd: "sfupasswordsfupassword00".into(),
+            fingerprint: [0; 32],
+            candidate: sfu_addr,
+            ext: relay::rtp::ExtMap::default(),
+            opus_pt: None,
+            vp8_pt: None,
+        };
+        let cert = Certificate::generate().expect("certificate");
+        let mut pc = PeerConn::new(
+            "127.0.0.1".parse().expect("ip"),
+            "ourU".into(),
+            "ourpasswordourpassword00".into(),
+            remote,
+            &cert,
+            7,
+            Role::Client,
+        )
+        .expect("peer connection");
+        let ours = pc.socket.local_addr().expect("addr");
+        let mut req = [0u8; 200];
+        let tid = TransactionId([9; 12]);
+        let mut b =
+            MessageBuilder::new(&mut req[..], MessageType::BINDING_REQUEST, tid).expect("builder");
+        b.add(&Attribute::Username(b"ourU:sfuU")).expect("username");
+        b.add(&Attribute::IceControlled(1)).expect("controlled");
+        b.add_message_integrity(b"ourpasswordourpassword00")
+            .expect("integrity");
+        b.add_fingerprint().expect("fingerprint");
+        let n = b.finish();
+        sfu.send_to(&req[..n], ours).expect("send");
+        let mut buf = [0u8; 1500];
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let got = loop {
+            if let Some(r) = pc.recv(&mut buf, Instant::now()) {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "the check never arrived");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(got, Received::Nothing);
+        assert_eq!(
+            pc.state,
+            PcState::Checking,
+            "a check from the SFU is not its answer"
+        );
+        sfu.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let (len, from) = sfu.recv_from(&mut buf).expect("an answer");
+        assert_eq!(from, ours);
+        let m = Message::parse(&buf[..len]).expect("STUN");
+        assert_eq!(m.message_type(), MessageType::BINDING_SUCCESS);
+        assert_eq!(m.transaction_id().0, [9; 12]);
+        verify_message_integrity(&m, b"ourpasswordourpassword00").expect("signed with our pwd");
+        verify_fingerprint(&m).expect("fingerprint");
+        assert_eq!(
+            m.get(XOR_MAPPED_ADDRESS).expect("attributes"),
+            Some(Attribute::XorMappedAddress(sfu_addr))
+        );
     }
 }

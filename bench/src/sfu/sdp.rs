@@ -52,8 +52,9 @@ pub fn publisher_offer(ufrag: &str, pwd: &str, fingerprint: &str, audio_ssrc: u3
 /// `relay::sdp::parse`, which caps descriptions at 64 KiB: the SFU's offer in a
 /// 200-participant room has one section per subscribed track, ~600 bytes each). Compact
 /// like a minimal browser answer so that it stays below the server's 64 KiB message cap:
-/// ICE credentials, fingerprint and `setup:active` at session level; per section its mid,
-/// the direction flipped (`sendonly` → `recvonly`), rtcp-mux, and the first non-RTX
+/// ICE credentials and fingerprint at session level; per section its mid, the direction
+/// flipped (`sendonly` → `recvonly`), `setup:active` (per section as browsers write it:
+/// Janus reads it only there), rtcp-mux, and the first non-RTX
 /// payload type the SFU offered with its rtpmap/fmtp. Rejected sections (port 0) stay
 /// rejected. No candidates: the SFU is ICE-lite and learns our address from our checks.
 pub fn subscriber_answer(
@@ -79,7 +80,7 @@ pub fn subscriber_answer(
         bail!("the SFU's offer has no m= section");
     }
     out.push_str(&format!(
-        "a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\na=fingerprint:sha-256 {}\r\na=setup:active\r\n",
+        "a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\na=fingerprint:sha-256 {}\r\n",
         relay::dtls::format_fingerprint(&fingerprint)
     ));
     for lines in &sections {
@@ -117,7 +118,9 @@ pub fn subscriber_answer(
         } else {
             "inactive"
         };
-        out.push_str(&format!("a={direction}\r\na=rtcp-mux\r\n"));
+        out.push_str(&format!(
+            "a={direction}\r\na=setup:active\r\na=rtcp-mux\r\n"
+        ));
         for prefix in [format!("a=rtpmap:{pt} "), format!("a=fmtp:{pt} ")] {
             if let Some(l) = lines.iter().find(|l| l.starts_with(&prefix)) {
                 out.push_str(l);
@@ -164,6 +167,19 @@ pub fn offer_transport(sdp: &str) -> Result<RemoteParams> {
         opus_pt: None,
         vp8_pt: None,
     })
+}
+
+/// Our DTLS role against a description from the SFU, from its first `a=setup:`: it
+/// says `active` (Janus's answers do) → we are the DTLS server; `passive` → client; an
+/// offer's `actpass` → client (we answer `setup:active`, as browsers do).
+pub fn our_dtls_role(sdp: &str) -> relay::dtls::Role {
+    let setup = sdp
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix("a=setup:"));
+    match setup {
+        Some(s) if s.trim() == "active" => relay::dtls::Role::Server,
+        _ => relay::dtls::Role::Client,
+    }
 }
 
 /// What the client reads out of one of the SFU's descriptions.
@@ -252,6 +268,15 @@ mod tests {
     };
 
     const FP: [u8; 32] = [0xAB; 32];
+
+    #[test]
+    fn dtls_role_follows_the_sfus_setup() {
+        use relay::dtls::Role;
+        assert_eq!(our_dtls_role("v=0\r\na=setup:active\r\n"), Role::Server);
+        assert_eq!(our_dtls_role("v=0\r\na=setup:passive\r\n"), Role::Client);
+        assert_eq!(our_dtls_role("v=0\r\na=setup:actpass\r\n"), Role::Client);
+        assert_eq!(our_dtls_role("v=0\r\n"), Role::Client);
+    }
 
     #[test]
     fn publisher_offer_carries_our_credentials_and_two_sections() {
