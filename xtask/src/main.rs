@@ -151,6 +151,10 @@ enum BenchCmd {
         /// Where to write the Markdown table.
         #[arg(long, default_value = "target/bench/sfu.md")]
         markdown: PathBuf,
+        /// SFUs to measure, each scenario against each: relay (ours), janus (Debian's
+        /// Janus VideoRoom; the bench installs the package with apt-get when missing).
+        #[arg(long, default_value = "relay")]
+        targets: String,
     },
 }
 
@@ -254,6 +258,7 @@ fn real_main() -> Result<()> {
                     duration,
                     smoke,
                     markdown,
+                    targets,
                 },
         } => {
             setup(&root, false, false)?;
@@ -263,7 +268,7 @@ fn real_main() -> Result<()> {
             } else {
                 markdown
             };
-            bench_sfu(&root, &scenarios, duration, smoke, &markdown)
+            bench_sfu(&root, &scenarios, duration, smoke, &markdown, &targets)
         }
     }
 }
@@ -483,6 +488,7 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
             3.0,
             true,
             &target_dir(root).join("bench/sfu-smoke.md"),
+            "relay",
         )?;
     }
     eprintln!("\n==> cargo test summary");
@@ -645,10 +651,12 @@ fn bench_sfu(
     duration: f64,
     smoke: bool,
     markdown: &Path,
+    targets: &str,
 ) -> Result<()> {
     let bin_dir = build_bench(root, smoke)?;
     let mut cmd = Command::new(bin_dir.join("relay-bench"));
     cmd.arg("sfu")
+        .args(["--targets", targets])
         .arg("--relay-bin")
         .arg(bin_dir.join("relay"))
         .args(["--duration", &duration.to_string()])
