@@ -4,7 +4,9 @@
 //! connection (also when many checks arrive in one write or one check arrives byte by
 //! byte); a framed non-STUN packet is dropped without harm; an oversize frame closes that
 //! connection only (counted), while other TCP connections and the UDP path keep working;
-//! a connection that never sends a valid check is closed after ~10 s (counted).
+//! a connection that never sends a valid check (nothing, or a check failing
+//! authentication) is closed after ~10 s (counted); beyond
+//! the per-worker cap a connection is closed at once (counted).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use relay::config::BackendChoice;
 use relay::sfu::control::Command;
-use relay::sfu::runtime::{MediaBackend, MediaIoStats, SfuRuntime};
+use relay::sfu::runtime::{MediaBackend, MediaIoStats, SfuRuntime, TCP_MAX_CONNECTIONS};
 use relay::stun::TransactionId;
 
 #[path = "common/sfu_runtime_fixture.rs"]
@@ -114,6 +116,25 @@ fn tcp_checks(choice: BackendChoice, expect: MediaBackend, check_idle: bool) {
     let answer = first_tcp_answer(&mut a, id);
     fixture::check_answer(&answer, &id, me);
 
+    // The idle connection sends a check signed with the wrong password: it gets a framed
+    // 401 error back, which does not count as a valid check (it is still closed at ~10 s).
+    if let Some(idle) = idle.as_mut() {
+        let mut req = [0u8; 512];
+        let n = fixture::binding_request(
+            &mut req,
+            fixture::UFRAG,
+            "wrongPasswordWrongPassword",
+            TransactionId([9; 12]),
+        );
+        idle.write_all(&framed(&req[..n])).expect("write");
+        idle.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let answer = read_frame(idle).expect("an error answer");
+        assert_eq!(&answer[..2], &[0x01, 0x11], "a Binding error response");
+        idle.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+    }
+
     // Many checks in one write: one framed answer each, in order.
     a.set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
@@ -210,4 +231,38 @@ fn portable_poll_loop_speaks_ice_tcp() {
 #[test]
 fn io_uring_loop_speaks_ice_tcp() {
     tcp_checks(BackendChoice::IoUring, MediaBackend::IoUring, true);
+}
+
+#[test]
+fn connections_beyond_the_cap_are_refused() {
+    let Some(run) = fixture::start(BackendChoice::Portable) else {
+        return;
+    };
+    let to = run.runtime.tcp_addr().expect("TCP is on");
+    let held: Vec<TcpStream> = (0..TCP_MAX_CONNECTIONS).map(|_| connect(to)).collect();
+    let io = io_stats_when(&run.runtime, |s| {
+        s.tcp_connections == TCP_MAX_CONNECTIONS as u64
+    });
+    assert_eq!(io.tcp_connections, TCP_MAX_CONNECTIONS as u64, "{io:?}");
+    assert_eq!(io.tcp_refused, 0);
+    let mut one_more = connect(to);
+    assert!(
+        closed_by_peer(&mut one_more, Duration::from_secs(3)),
+        "the connection past the cap is closed"
+    );
+    let io = io_stats_when(&run.runtime, |s| s.tcp_refused >= 1);
+    assert_eq!(io.tcp_refused, 1, "{io:?}");
+    assert_eq!(io.tcp_connections, TCP_MAX_CONNECTIONS as u64);
+    // A freed place is taken again.
+    drop(held);
+    let io = io_stats_when(&run.runtime, |s| s.tcp_connections == 0);
+    assert_eq!(io.tcp_connections, 0, "{io:?}");
+    run.commands
+        .send(Command::AddTransport(fixture::spec(1)))
+        .expect("command");
+    let mut again = connect(to);
+    let me = again.local_addr().expect("addr");
+    let id = TransactionId([0x42; 12]);
+    fixture::check_answer(&first_tcp_answer(&mut again, id), &id, me);
+    run.runtime.shutdown();
 }

@@ -32,6 +32,10 @@ use crossbeam_channel::{Receiver, Sender};
 
 use self::chores::Chores;
 use self::tcp::TcpMedia;
+pub use self::tcp::{
+    MAX_CONNECTIONS as TCP_MAX_CONNECTIONS, OUT_QUEUE as TCP_OUT_QUEUE,
+    SILENT_TIMEOUT as TCP_SILENT_TIMEOUT, UNANSWERED_TIMEOUT as TCP_UNANSWERED_TIMEOUT,
+};
 use self::uring_loop::UringMedia;
 use super::control::{Command, Event};
 use super::engine::{Engine, EngineConfig, EngineStats, MAX_DATAGRAM};

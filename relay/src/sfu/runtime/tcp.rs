@@ -66,7 +66,7 @@ struct Conn {
     out: VecDeque<u8>,
     opened: Instant,
     last_rx: Instant,
-    /// The engine sent something to this peer over TCP: a STUN check was valid.
+    /// The engine sent this peer something other than a STUN error: a check was valid.
     answered: bool,
     /// A write failed or the peer closed: closed at the next service round.
     dead: bool,
@@ -123,7 +123,11 @@ impl TcpConns {
         if conn.dead {
             return;
         }
-        conn.answered = true;
+        // Anything but a STUN Binding error response (type 0x0111: a check that failed
+        // authentication) means a check on this connection was valid.
+        if data.get(..2) != Some(&[0x01, 0x11]) {
+            conn.answered = true;
+        }
         let total = HEADER + data.len();
         if !conn.out.is_empty() {
             if conn.out.len() + total > OUT_QUEUE {
