@@ -6,7 +6,9 @@
 //! connection only (counted), while other TCP connections and the UDP path keep working;
 //! a connection that never sends a valid check (nothing, or a check failing
 //! authentication) is closed after ~10 s (counted); beyond
-//! the per-worker cap a connection is closed at once (counted).
+//! the per-worker cap a connection is closed at once (counted); a peer that stops
+//! reading gets its answers dropped (counted) once the out-queue is full, never a stuck
+//! worker, and receives only whole frames in order.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -264,5 +266,88 @@ fn connections_beyond_the_cap_are_refused() {
     let me = again.local_addr().expect("addr");
     let id = TransactionId([0x42; 12]);
     fixture::check_answer(&first_tcp_answer(&mut again, id), &id, me);
+    run.runtime.shutdown();
+}
+
+/// A peer that stops reading: answers first fill the kernel's buffers, then the
+/// connection's out-queue, then are dropped (counted), never waited for; what does get
+/// through is whole frames in order (a partly written frame is always finished first);
+/// once the peer reads again the connection works as before.
+#[test]
+fn a_peer_that_does_not_read_gets_drops_not_a_stuck_worker() {
+    let Some(run) = fixture::start(BackendChoice::Portable) else {
+        return;
+    };
+    let to = run.runtime.tcp_addr().expect("TCP is on");
+    run.commands
+        .send(Command::AddTransport(fixture::spec(1)))
+        .expect("command");
+    // A small receive buffer, set before connecting, keeps the window small.
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    sock.connect_timeout(&to.into(), Duration::from_secs(2))
+        .expect("connect");
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let me = s.local_addr().expect("addr");
+    let _ = first_tcp_answer(&mut s, TransactionId([1; 12]));
+    // Checks, never reading the answers, until the SFU reports drops.
+    let mut sent = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut chunk = Vec::new();
+    while run.runtime.io_stats().tcp_send_drops == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no drops after {sent} unread checks"
+        );
+        chunk.clear();
+        for _ in 0..500 {
+            let mut tid = [0u8; 12];
+            tid[..4].copy_from_slice(&sent.to_be_bytes());
+            chunk.extend(framed_check(TransactionId(tid)));
+            sent += 1;
+        }
+        s.write_all(&chunk).expect("the SFU keeps reading");
+    }
+    // The worker was never stuck: the UDP path answers at once.
+    let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let id = TransactionId([0xAB; 12]);
+    let answer = fixture::first_answer(&client, run.runtime.local_addr(), id);
+    fixture::check_answer(&answer, &id, client.local_addr().expect("addr"));
+    // Read everything queued: whole, signed answers for increasing checks.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut last: Option<u32> = None;
+    let mut answers = 0u32;
+    while let Ok(frame) = read_frame(&mut s) {
+        let mut tid = [0u8; 12];
+        tid.copy_from_slice(&frame[8..20]);
+        fixture::check_answer(&frame, &TransactionId(tid), me);
+        let n = u32::from_be_bytes([tid[0], tid[1], tid[2], tid[3]]);
+        if tid != [1; 12] {
+            assert!(last.is_none_or(|l| n > l), "answers in order");
+            last = Some(n);
+        }
+        answers += 1;
+    }
+    let io = run.runtime.io_stats();
+    assert!(io.tcp_send_drops > 0);
+    assert!(
+        u64::from(answers) + io.tcp_send_drops >= u64::from(sent),
+        "every check answered or its answer counted as dropped: {answers} + {} of {sent}",
+        io.tcp_send_drops
+    );
+    eprintln!(
+        "{sent} checks, {answers} answers read, {} dropped",
+        io.tcp_send_drops
+    );
+    // Reading again, the connection works.
+    let id = TransactionId([0xCD; 12]);
+    s.write_all(&framed_check(id)).expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    fixture::check_answer(&read_frame(&mut s).expect("answer"), &id, me);
+    assert_eq!(run.runtime.io_stats().tcp_connections, 1);
     run.runtime.shutdown();
 }
