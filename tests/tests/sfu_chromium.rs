@@ -233,7 +233,10 @@ fn sfu_tcp_only() {
         )
     };
     let result = browser_run(&topo.client, &url, "tcp", &tokens, &diag);
-    eprintln!("TCP pairs: {}; growth: {}", result["pairs"], result["growth"]);
+    eprintln!(
+        "TCP pairs: {}; growth: {}",
+        result["pairs"], result["growth"]
+    );
     let stats = relay.stats().unwrap();
     let sfu = &stats["sfu"];
     eprintln!(

@@ -43,7 +43,10 @@ fuzz_target!(|data: &[u8]| {
         // Read sizes cycle through 1..=256 driven by the seed.
         step = step.wrapping_mul(31).wrapping_add(usize::from(sizes_seed)) % 256 + 1;
         let spare = reader.spare();
-        assert!(!spare.is_empty(), "no room for a read after the frames were taken");
+        assert!(
+            !spare.is_empty(),
+            "no room for a read after the frames were taken"
+        );
         let n = step.min(spare.len()).min(stream.len() - at);
         spare[..n].copy_from_slice(&stream[at..at + n]);
         reader.commit(n);
