@@ -8,7 +8,8 @@
 //! authentication) is closed after ~10 s (counted); beyond
 //! the per-worker cap a connection is closed at once (counted); a peer that stops
 //! reading gets its answers dropped (counted) once the out-queue is full, never a stuck
-//! worker, and receives only whole frames in order.
+//! worker, and receives only whole frames in order; a taken TCP port fails start-up
+//! with a message naming it and `sfu.tcp = false`.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -350,4 +351,43 @@ fn a_peer_that_does_not_read_gets_drops_not_a_stuck_worker() {
     fixture::check_answer(&read_frame(&mut s).expect("answer"), &id, me);
     assert_eq!(run.runtime.io_stats().tcp_connections, 1);
     run.runtime.shutdown();
+}
+
+/// The TCP port equal to the worker's UDP port is taken: start-up fails and says which
+/// address, and how to get out of it.
+#[test]
+fn a_taken_tcp_port_fails_start_up_clearly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let start = |tcp: bool| {
+        let (_cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (ev_tx, _ev_rx) = crossbeam_channel::bounded(16);
+        SfuRuntime::start(
+            relay::sfu::runtime::RuntimeConfig {
+                listen: addr,
+                engine: relay::sfu::engine::EngineConfig::default(),
+                backend: BackendChoice::Portable,
+                core: None,
+                tcp,
+            },
+            std::sync::Arc::new(relay::dtls::Certificate::generate().expect("certificate")),
+            cmd_rx,
+            ev_tx,
+        )
+    };
+    let Err(e) = start(true) else {
+        panic!("started although TCP {addr} is taken");
+    };
+    let text = e.to_string();
+    assert!(
+        text.contains(&addr.to_string())
+            && text.contains("ICE-TCP")
+            && text.contains("sfu.tcp = false"),
+        "{text}"
+    );
+    // UDP only: the same port is fine.
+    let rt = start(false).expect("UDP only starts");
+    assert_eq!(rt.tcp_addr(), None);
+    assert_eq!(rt.local_addr(), addr);
+    rt.shutdown();
 }
