@@ -916,3 +916,59 @@ fn real_firefox_offer_and_answer() {
     assert_eq!(n.extensions.transport_cc, Some(3));
     assert_eq!(n.extensions.mid, Some(4));
 }
+
+/// The SFU's candidate lines: a passive TCP twin of each UDP candidate, with RFC 6544
+/// §4.2's priority (host type preference 126; local preference 2^13 * 4 (passive) +
+/// 8191) below UDP's (RFC 8445 local preference 65535), each transport numbered on its
+/// own, foundations distinct per transport.
+#[test]
+fn tcp_passive_candidates_have_rfc_6544_priorities() {
+    let addr = |a: &str| -> SocketAddr { a.parse().expect("addr") };
+    let p = LocalParams::new(
+        "sfuU",
+        "sfuPasswordSfuPassword24",
+        OUR_FP,
+        vec![
+            LocalCandidate {
+                addr: addr("192.0.2.7:4000"),
+                transport: CandidateTransport::Udp,
+            },
+            LocalCandidate {
+                addr: addr("198.51.100.2:4000"),
+                transport: CandidateTransport::Udp,
+            },
+            LocalCandidate {
+                addr: addr("192.0.2.7:4000"),
+                transport: CandidateTransport::TcpPassive,
+            },
+            LocalCandidate {
+                addr: addr("198.51.100.2:4000"),
+                transport: CandidateTransport::TcpPassive,
+            },
+        ],
+    );
+    let lines: Vec<String> = p
+        .candidate_lines()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let udp0 = (126u32 << 24) + (65_535 << 8) + 255;
+    let udp1 = (126u32 << 24) + (65_534 << 8) + 255;
+    let tcp0 = (126u32 << 24) + (((4 << 13) + 8191) << 8) + 255;
+    let tcp1 = (126u32 << 24) + (((4 << 13) + 8190) << 8) + 255;
+    assert_eq!((udp0, tcp0), (2_130_706_431, 2_124_414_975));
+    assert_eq!(
+        lines,
+        [
+            format!("candidate:1 1 udp {udp0} 192.0.2.7 4000 typ host"),
+            format!("candidate:2 1 udp {udp1} 198.51.100.2 4000 typ host"),
+            format!("candidate:1001 1 tcp {tcp0} 192.0.2.7 4000 typ host tcptype passive"),
+            format!("candidate:1002 1 tcp {tcp1} 198.51.100.2 4000 typ host tcptype passive"),
+        ]
+    );
+    // Browsers read them back as written.
+    for line in &lines {
+        let c = parse_candidate_line(line).expect("parses");
+        assert_eq!(c.to_string(), *line);
+    }
+}
