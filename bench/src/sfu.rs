@@ -710,6 +710,15 @@ fn run_once(
         udp_rcvbuf_errors(&net.client),
     );
     let (pubs, subs) = load.connected();
+    if std::env::var_os("SFU_BENCH_DEBUG").is_some() {
+        let mut states: std::collections::BTreeMap<u64, usize> = Default::default();
+        for c in &load.counters {
+            *states
+                .entry(c.pc_states.load(std::sync::atomic::Ordering::Relaxed))
+                .or_default() += 1;
+        }
+        eprintln!("   connection states at the end (publisher*10+subscriber -> count): {states:?}");
+    }
     load.stop();
     match server {
         Server::Relay(relay) => {
