@@ -482,3 +482,87 @@ fn unprivileged_load_is_not_permitted() {
         "child did not run the check:\n{text}"
     );
 }
+
+/// Creates a BPF hash map with 4-byte keys and values and pins it at `path` (raw
+/// syscalls: the test needs a map of the wrong shape, which no object of ours declares).
+fn pin_small_hash_map(path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt as _;
+    // bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries, rest zero.
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[1, 4, 4, 16]);
+    // SAFETY: BPF_MAP_CREATE (0) reads `size` bytes of a zero-padded bpf_attr.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            create.as_ptr(),
+            std::mem::size_of_val(&create),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    // bpf_attr for BPF_OBJ_PIN: pathname (u64), bpf_fd (u32), file_flags, rest zero.
+    let mut pin = [0u64; 16];
+    pin[0] = c_path.as_ptr() as u64;
+    pin[1] = fd as u64;
+    // SAFETY: BPF_OBJ_PIN (6) reads the pathname pointer (valid while `c_path` lives) and
+    // the fd from a zero-padded bpf_attr.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, pin.as_ptr(), std::mem::size_of_val(&pin)) };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is our own open descriptor; the pin keeps the map alive.
+    unsafe { libc::close(fd as i32) };
+}
+
+#[test]
+fn pinned_maps_of_another_shape_are_refused_not_adopted() {
+    if !privileged() {
+        return;
+    }
+    let root = std::path::Path::new("/sys/fs/bpf");
+    if !root.exists() {
+        eprintln!("skipped: /sys/fs/bpf does not exist");
+        return;
+    }
+    let dir = root.join(format!("relay-test-shape-{}", std::process::id()));
+    let _ = relay::xdp::unload_pins(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = relay::xdp::unload_pins(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let opts = XdpOptions {
+        interfaces: Vec::new(),
+        mode: XdpMode::Auto,
+        stun_ports: vec![3478],
+        pin_dir: Some(dir.clone()),
+    };
+
+    // Positive control: a fresh directory gets this build's maps pinned, and a second
+    // start adopts them.
+    drop(FastPath::start(&opts).expect("fresh pin directory"));
+    assert!(dir.join("TURN_CHANNELS").exists(), "maps were pinned");
+    drop(FastPath::start(&opts).expect("this build's own pins are adopted"));
+
+    // A TURN_CHANNELS of another layout (as an older relay version would leave) is
+    // refused with the path, both shapes and what to do.
+    std::fs::remove_file(dir.join("TURN_CHANNELS")).expect("unpin TURN_CHANNELS");
+    pin_small_hash_map(&dir.join("TURN_CHANNELS"));
+    let err = FastPath::start(&opts)
+        .expect_err("a pinned map of another shape")
+        .to_string();
+    assert!(err.contains("TURN_CHANNELS"), "{err}");
+    assert!(
+        err.contains("4-byte keys, 4-byte values, 16 entries"),
+        "{err}"
+    );
+    assert!(err.contains("40-byte keys, 56-byte values"), "{err}");
+    assert!(err.contains("relay xdp-unload --pin-dir"), "{err}");
+}

@@ -166,6 +166,25 @@ pub enum XdpError {
         /// What is wrong.
         reason: String,
     },
+    /// A map pinned under the pin directory has another shape than this build's (type,
+    /// key or value size, entries): an incompatible relay version left it. Adopting it
+    /// would make the program misread every entry, so the fast path does not start.
+    #[error(
+        "the BPF map pinned at {path:?} is {found}, but this relay expects {expected}: a \
+         relay version with another map layout left it, and adopting it would misread every \
+         entry. Remove the old pins with `relay xdp-unload --pin-dir {dir}` (its kernel \
+         relaying stops; clients' traffic then goes through userspace once this relay has \
+         re-created the allocations) or set xdp.pin_dir to a new directory",
+        dir = .path.parent().unwrap_or(.path).display()
+    )]
+    PinnedMapMismatch {
+        /// The pin.
+        path: PathBuf,
+        /// What the pinned map is.
+        found: String,
+        /// What this build's object declares.
+        expected: String,
+    },
     /// Pinning, adopting or unpinning a link failed.
     #[error("XDP link pinned at {path:?}: {reason}")]
     Link {
@@ -319,6 +338,7 @@ pub(crate) fn load_object_pinned(
     }
     let mut loader = EbpfLoader::new();
     if let Some(dir) = pin_dir {
+        check_pinned_shapes(dir, EBPF_OBJECT)?;
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
@@ -337,6 +357,70 @@ pub(crate) fn load_object_pinned(
             .map_err(map_err(names::STUN_PORTS))?;
     }
     Ok(ebpf)
+}
+
+/// A map's shape: what must match for a pinned map to be adopted by this build's
+/// program. Flags are left out on purpose (e.g. `BPF_F_NO_PREALLOC` changes how entries
+/// are allocated, not what they mean).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MapShape {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+impl std::fmt::Display for MapShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "map type {}, {}-byte keys, {}-byte values, {} entries",
+            self.map_type, self.key_size, self.value_size, self.max_entries
+        )
+    }
+}
+
+/// Checks every map pinned under `dir` against the declaration of the same name in
+/// `object` (so the expectation cannot drift from the program), before aya reuses the
+/// pins: aya adopts a pin by name without comparing anything.
+fn check_pinned_shapes(dir: &Path, object: &[u8]) -> Result<(), XdpError> {
+    let mut parsed = None;
+    for name in PINNED_MAPS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        if parsed.is_none() {
+            let obj = aya_obj::Object::parse(object)
+                .map_err(|e| XdpError::Load(Box::new(aya::EbpfError::ParseError(e))))?;
+            parsed = Some(obj);
+        }
+        let Some(obj) = parsed.as_ref() else {
+            continue;
+        };
+        let want = obj.maps.get(name).ok_or(XdpError::Missing(name))?;
+        let expected = MapShape {
+            map_type: want.map_type(),
+            key_size: want.key_size(),
+            value_size: want.value_size(),
+            max_entries: want.max_entries(),
+        };
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
+        let found = MapShape {
+            map_type: info.map_type().map(|t| t as u32).map_err(map_err(name))?,
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        };
+        if found != expected {
+            return Err(XdpError::PinnedMapMismatch {
+                path,
+                found: found.to_string(),
+                expected: expected.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Loads (without attaching) the program `name` of `ebpf`.
