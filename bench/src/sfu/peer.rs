@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use relay::dtls::{Certificate, DtlsEndpoint, DtlsEvent, Role};
 use relay::rtp::{Demux, classify};
-use relay::srtp::{Profile, SrtpSession, session_keys};
+use relay::srtp::{MAX_SSRCS, MasterKey, Profile, SrtpError, SrtpSession, session_keys};
 use relay::stun::{Attribute, Class, Message, MessageBuilder, MessageType, TransactionId};
 
 use super::sdp::RemoteParams;
@@ -24,6 +24,8 @@ const CONSENT_INTERVAL: Duration = Duration::from_millis(2500);
 const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Largest datagram.
 pub const MTU: usize = 1500;
+/// Receive SRTP contexts per connection (64 SSRCs each).
+const MAX_RX_SESSIONS: usize = 8;
 
 /// Where the connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +68,12 @@ pub struct PeerConn {
     pub state: PcState,
     dtls: Option<DtlsEndpoint>,
     tx: Option<SrtpSession>,
-    rx: Option<SrtpSession>,
+    /// Receive contexts: `relay::srtp` tracks at most `MAX_SSRCS` (64) SSRCs per
+    /// session, and Janus sends a receiver one SSRC per forwarded stream (every other
+    /// publisher's audio: 199 in a 200-participant room), so a new session from the
+    /// same master key takes each further 64.
+    rx: Vec<SrtpSession>,
+    rx_key: Option<MasterKey>,
     out: Box<[u8; MTU]>,
     role: Role,
 }
@@ -123,7 +130,8 @@ impl PeerConn {
             state: PcState::Checking,
             dtls,
             tx: None,
-            rx: None,
+            rx: Vec::new(),
+            rx_key: None,
             out: Box::new([0; MTU]),
             role,
         })
@@ -222,11 +230,13 @@ impl PeerConn {
                         Some((
                             SrtpSession::new(&local).ok()?,
                             SrtpSession::new(&remote).ok()?,
+                            remote,
                         ))
                     }) {
-                        Some((tx, rx)) => {
+                        Some((tx, rx, remote)) => {
                             self.tx = Some(tx);
-                            self.rx = Some(rx);
+                            self.rx = vec![rx];
+                            self.rx_key = Some(remote);
                             self.state = PcState::Connected;
                         }
                         None => self.state = PcState::Failed,
@@ -291,18 +301,40 @@ impl PeerConn {
                 }
                 Received::Nothing
             }
-            Demux::Rtp => match self.rx.as_mut().map(|s| s.unprotect_rtp(d)) {
+            Demux::Rtp => match self.unprotect_rtp(d) {
                 Some(Ok(n)) => Received::Rtp(n),
                 Some(Err(_)) => Received::Invalid,
                 None => Received::Nothing,
             },
-            Demux::Rtcp => match self.rx.as_mut().map(|s| s.unprotect_rtcp(d)) {
+            Demux::Rtcp => match self.rx.first_mut().map(|s| s.unprotect_rtcp(d)) {
                 Some(Ok(n)) => Received::Rtcp(n),
                 Some(Err(_)) => Received::Invalid,
                 None => Received::Nothing,
             },
             Demux::Other => Received::Nothing,
         }
+    }
+
+    /// Unprotects an SRTP packet with the receive context that tracks its SSRC, opening
+    /// another (at most [`MAX_RX_SESSIONS`]) when all are full. `None` before keying.
+    fn unprotect_rtp(&mut self, d: &mut [u8]) -> Option<Result<usize, SrtpError>> {
+        let key = self.rx_key.as_ref()?;
+        for s in &mut self.rx {
+            match s.unprotect_rtp(d) {
+                Err(SrtpError::TooManySsrcs { .. }) => continue,
+                r => return Some(r),
+            }
+        }
+        if self.rx.len() >= MAX_RX_SESSIONS {
+            return Some(Err(SrtpError::TooManySsrcs { max: MAX_SSRCS }));
+        }
+        let mut s = match SrtpSession::new(key) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let r = s.unprotect_rtp(d);
+        self.rx.push(s);
+        Some(r)
     }
 
     /// Protects the RTP packet `buf[..len]` in place and sends it; false when not
@@ -323,6 +355,59 @@ mod tests {
     use super::*;
     use relay::stun::attr::XOR_MAPPED_ADDRESS;
     use relay::stun::integrity::{verify_fingerprint, verify_message_integrity};
+
+    /// Janus sends a receiver one SSRC per forwarded stream, more than one SRTP session
+    /// tracks: every one of 200 SSRCs still unprotects, in ceil(200 / 64) contexts.
+    #[test]
+    fn unprotects_more_ssrcs_than_one_srtp_session_tracks() {
+        let sfu = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let remote = RemoteParams {
+            ufrag: "sfuU".into(),
+            pwd: "sfupasswordsfupassword00".into(),
+            fingerprint: [0; 32],
+            candidate: sfu.local_addr().expect("addr"),
+            ext: relay::rtp::ExtMap::default(),
+            opus_pt: None,
+            vp8_pt: None,
+        };
+        let cert = Certificate::generate().expect("certificate");
+        let mut pc = PeerConn::new(
+            "127.0.0.1".parse().expect("ip"),
+            "ourU".into(),
+            "ourpasswordourpassword00".into(),
+            remote,
+            &cert,
+            7,
+            Role::Client,
+        )
+        .expect("peer connection");
+        let mut buf = [0u8; 200];
+        assert!(pc.unprotect_rtp(&mut buf).is_none(), "not keyed yet");
+        let p = Profile::AeadAes128Gcm;
+        let key =
+            MasterKey::new(p, &vec![7u8; p.key_len()], &vec![9u8; p.salt_len()]).expect("key");
+        let mut tx = Vec::new();
+        pc.rx = vec![SrtpSession::new(&key).expect("session")];
+        pc.rx_key = Some(key.clone());
+        for ssrc in 0..200u32 {
+            // One sender session per 64 SSRCs too (the same limit on its side).
+            let i = usize::try_from(ssrc).expect("fits") / MAX_SSRCS;
+            if tx.len() <= i {
+                tx.push(SrtpSession::new(&key).expect("session"));
+            }
+            for seq in 0..2u16 {
+                let mut pkt = [0u8; 200];
+                pkt[0] = 0x80;
+                pkt[1] = 111;
+                pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+                pkt[8..12].copy_from_slice(&ssrc.to_be_bytes());
+                let n = tx[i].protect_rtp(&mut pkt, 12 + 40).expect("protect");
+                let got = pc.unprotect_rtp(&mut pkt[..n]).expect("keyed");
+                assert_eq!(got.expect("unprotects"), 52, "ssrc {ssrc} seq {seq}");
+            }
+        }
+        assert_eq!(pc.rx.len(), 4);
+    }
 
     /// A full ICE agent (Janus's libnice) checks us back and nominates only once we
     /// answer: the answer is a Binding success with the checker's address, signed with
