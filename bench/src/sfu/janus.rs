@@ -368,6 +368,32 @@ mod tests {
         assert_eq!(parsed.media.len(), 4);
     }
 
+    /// Bad input is an error or an `Other`, never a panic: the recorded reply truncated
+    /// at every length and with bytes overwritten at many places.
+    #[test]
+    fn mangled_replies_never_panic() {
+        let bytes = ATTACHED.as_bytes();
+        for cut in 0..bytes.len() {
+            let _ = parse(&String::from_utf8_lossy(&bytes[..cut]));
+        }
+        let mut state = 0x1234_5678_u64;
+        for _ in 0..2000 {
+            let mut m = bytes.to_vec();
+            for _ in 0..4 {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let at = usize::try_from(state >> 33).expect("fits") % m.len();
+                const ALPHABET: &[u8] = b"{}[]\":,0aZ \\";
+                m[at] = ALPHABET[usize::try_from(state & 0xff).expect("fits") % ALPHABET.len()];
+            }
+            if let Ok(Incoming::Event { data, .. }) = parse(&String::from_utf8_lossy(&m)) {
+                let _ = expect_videoroom(&data, "attached");
+                let _ = plugin_error(&data);
+            }
+        }
+    }
+
     #[test]
     fn parses_success_ack_errors_and_notifications() {
         assert_eq!(
