@@ -8,11 +8,14 @@ use super::model::{
     SimulcastRid, SsrcAttr, SsrcGroup,
 };
 
-/// Largest description accepted (the signaling cap is 64 KiB per message).
-pub const MAX_SDP_LEN: usize = 64 * 1024;
+/// Largest description accepted: 1 MiB, the signaling cap of `offer` and `answer`
+/// messages. A subscriber's description has one m-section per subscribed track, at
+/// 300-900 bytes each in a browser's answer: a 200-participant room needs about 200 KiB.
+pub const MAX_SDP_LEN: usize = 1024 * 1024;
 
-/// Most `m=` sections accepted in one description.
-pub const MAX_MEDIA_SECTIONS: usize = 256;
+/// Most `m=` sections accepted in one description: every participant's audio and camera
+/// and a screen share in a room of a few hundred.
+pub const MAX_MEDIA_SECTIONS: usize = 1024;
 
 /// What was wrong with a session description.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

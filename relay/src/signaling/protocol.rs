@@ -10,8 +10,15 @@ use serde::{Deserialize, Serialize};
 
 use super::token::{Claims, MAX_NAME_LEN, MAX_TOKEN_LEN, TokenError, verify};
 
-/// Largest message the server accepts (WebSocket message payload, bytes).
+/// Largest message the server accepts (WebSocket message payload, bytes), except for
+/// `offer` and `answer` ([`MAX_SDP_MESSAGE_LEN`]).
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
+/// Largest `offer` or `answer` message. A subscriber's description grows with the room:
+/// one m-section per subscribed track, and Chromium writes 300-900 bytes per section in
+/// its answer, so a 200-participant room's answer is well over [`MAX_MESSAGE_LEN`]. The
+/// same bound as the SDP parser's ([`crate::sdp::MAX_SDP_LEN`]): a description that fits
+/// in a message always fits the parser (JSON only adds escapes).
+pub const MAX_SDP_MESSAGE_LEN: usize = crate::sdp::MAX_SDP_LEN;
 /// Most tracks one `publish` may announce.
 pub const MAX_PUBLISH_TRACKS: usize = 16;
 /// Most track ids in one `subscribe` / `unpublish`.
@@ -35,7 +42,8 @@ pub enum ErrorCode {
     ExpiredToken,
     /// The room does not exist (and the token does not allow creating it).
     UnknownRoom,
-    /// The message is larger than [`MAX_MESSAGE_LEN`].
+    /// The message is larger than [`MAX_MESSAGE_LEN`] ([`MAX_SDP_MESSAGE_LEN`] for
+    /// `offer` and `answer`).
     TooLarge,
     /// Too many messages; slow down.
     RateLimited,
@@ -394,23 +402,38 @@ fn json_error(e: &serde_json::Error) -> ProtocolError {
 
 /// Parses and validates one client message.
 pub fn parse_client(bytes: &[u8]) -> Result<ClientMessage, ProtocolError> {
-    if bytes.len() > MAX_MESSAGE_LEN {
-        return Err(ProtocolError::new(
+    let too_large = || {
+        ProtocolError::new(
             ErrorCode::TooLarge,
             format!(
-                "message is {} bytes; the limit is {MAX_MESSAGE_LEN}",
+                "message is {} bytes; the limit is {MAX_MESSAGE_LEN} ({MAX_SDP_MESSAGE_LEN} for \
+                 offer and answer)",
                 bytes.len()
             ),
-        ));
+        )
+    };
+    if bytes.len() > MAX_SDP_MESSAGE_LEN {
+        return Err(too_large());
     }
-    let msg: ClientMessage = serde_json::from_slice(bytes).map_err(|e| json_error(&e))?;
+    // Only a valid offer or answer may be over the general cap (the parse is bounded by
+    // the SDP cap); anything else that large is `too_large`, whatever else is wrong with it.
+    let parsed = serde_json::from_slice::<ClientMessage>(bytes);
+    if bytes.len() > MAX_MESSAGE_LEN
+        && !matches!(
+            parsed,
+            Ok(ClientMessage::Offer { .. } | ClientMessage::Answer { .. })
+        )
+    {
+        return Err(too_large());
+    }
+    let msg = parsed.map_err(|e| json_error(&e))?;
     msg.validate()?;
     Ok(msg)
 }
 
 /// Parses a server message (for clients, the load generator and tests).
 pub fn parse_server(bytes: &[u8]) -> Result<ServerMessage, ProtocolError> {
-    if bytes.len() > MAX_MESSAGE_LEN {
+    if bytes.len() > MAX_SDP_MESSAGE_LEN {
         return Err(ProtocolError::new(ErrorCode::TooLarge, "message too large"));
     }
     serde_json::from_slice(bytes).map_err(|e| json_error(&e))

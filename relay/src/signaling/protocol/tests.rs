@@ -292,19 +292,34 @@ fn bad_input_maps_to_stable_codes() {
         ErrorCode::BadRequest
     );
 
-    // Oversized: refused before parsing, even if it is valid JSON.
+    // Oversized: past the SDP cap, refused before parsing, even if it is valid JSON.
     let big = format!(
         r#"{{"type":"offer","sdp":"v=0{}"}}"#,
-        "a".repeat(MAX_MESSAGE_LEN - 27)
+        "a".repeat(MAX_SDP_MESSAGE_LEN - 27)
     );
-    assert_eq!(big.len(), MAX_MESSAGE_LEN + 1);
+    assert_eq!(big.len(), MAX_SDP_MESSAGE_LEN + 1);
     assert_eq!(code(big.as_bytes()), ErrorCode::TooLarge);
     let just_fits = format!(
-        r#"{{"type":"offer","sdp":"v=0{}"}}"#,
-        "a".repeat(MAX_MESSAGE_LEN - 28)
+        r#"{{"type":"answer","sdp":"v=0{}"}}"#,
+        "a".repeat(MAX_SDP_MESSAGE_LEN - 29)
     );
-    assert_eq!(just_fits.len(), MAX_MESSAGE_LEN);
+    assert_eq!(just_fits.len(), MAX_SDP_MESSAGE_LEN);
     assert!(parse_client(just_fits.as_bytes()).is_ok());
+    // A description over the general cap is fine (a big room's answer)...
+    let big_answer = format!(
+        r#"{{"type":"answer","sdp":"v=0{}"}}"#,
+        "a".repeat(4 * MAX_MESSAGE_LEN)
+    );
+    assert!(parse_client(big_answer.as_bytes()).is_ok());
+    // ...but no other message may use the room: the general cap still holds for them,
+    // at its exact boundary.
+    let padded = |n: usize| format!(r#"{{"type":"leave"{}}}"#, " ".repeat(n));
+    let over = padded(MAX_MESSAGE_LEN + 1 - padded(0).len());
+    assert_eq!(over.len(), MAX_MESSAGE_LEN + 1);
+    assert_eq!(code(over.as_bytes()), ErrorCode::TooLarge);
+    let at = padded(MAX_MESSAGE_LEN - padded(0).len());
+    assert_eq!(at.len(), MAX_MESSAGE_LEN);
+    assert!(parse_client(at.as_bytes()).is_ok(), "a message at the cap");
 }
 
 #[test]

@@ -23,7 +23,9 @@ use super::http::{self, HttpError, MAX_HEAD_LEN, RequestHead};
 use super::limits::{RateLimiter, Verdict};
 use super::routes::{self, Route};
 use super::{ConnHandle, OUTBOUND_QUEUE_LEN, Outbound, Shared, unix_now};
-use crate::signaling::protocol::{ErrorCode, MAX_MESSAGE_LEN, ProtocolError, parse_client};
+use crate::signaling::protocol::{
+    ErrorCode, MAX_MESSAGE_LEN, MAX_SDP_MESSAGE_LEN, ProtocolError, parse_client,
+};
 use crate::signaling::rooms::ConnId;
 
 /// Time a client has to send its whole request head.
@@ -37,7 +39,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_millis(200);
 /// Largest WebSocket message or frame read at all. Messages between
 /// [`MAX_MESSAGE_LEN`] and this are answered with `too_large` and the connection stays
 /// usable; larger ones get `too_large` and a close with 1009.
-pub const WS_READ_CAP: usize = MAX_MESSAGE_LEN + 16 * 1024;
+pub const WS_READ_CAP: usize = MAX_SDP_MESSAGE_LEN + 16 * 1024;
 /// Bytes the WebSocket may hold unsent before the client counts as too slow.
 const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 /// The server pings this often (or a third of the idle timeout, if shorter).
@@ -343,7 +345,10 @@ impl Session<'_> {
                     self.count_error(ErrorCode::TooLarge);
                     let err = ProtocolError::new(
                         ErrorCode::TooLarge,
-                        format!("message is {size} bytes; the limit is {MAX_MESSAGE_LEN}"),
+                        format!(
+                            "message is {size} bytes; the limit is {MAX_MESSAGE_LEN} \
+                             ({MAX_SDP_MESSAGE_LEN} for offer and answer)"
+                        ),
                     );
                     let _ = ws.write(Message::text(err.to_message().to_json()));
                     tracing::info!(
