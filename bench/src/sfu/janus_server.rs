@@ -11,6 +11,7 @@
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::symlink;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -154,7 +155,20 @@ impl JanusServer {
         let log = dir.join("janus.log");
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
-        let child = Command::new("taskset")
+        let mut cmd = Command::new("taskset");
+        // If the bench dies without dropping us (a signal), Janus gets SIGTERM too: the
+        // death signal survives the execs of taskset and ip into janus.
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl,
+        // which is async-signal-safe; it touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(["-c", &cpu.to_string(), "ip", "netns", "exec", ns.name()])
             .arg(bin)
             .arg("-F")
