@@ -6,9 +6,7 @@
 //!
 //! Its own binary: the counting `#[global_allocator]` can exist only once per binary.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::UdpSocket;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use relay::config::BackendChoice;
@@ -18,61 +16,8 @@ use relay::stun::TransactionId;
 #[path = "common/sfu_runtime_fixture.rs"]
 mod fixture;
 
-struct Counting;
-
-/// The kernel thread id of the media thread (0: none yet).
-static MEDIA_TID: AtomicI32 = AtomicI32::new(0);
-static MEDIA_ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-#[inline]
-fn note() {
-    let tid = MEDIA_TID.load(Ordering::Relaxed);
-    // SAFETY: gettid has no preconditions and cannot fail.
-    if tid != 0 && unsafe { libc::gettid() } == tid {
-        MEDIA_ALLOCS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; counting has no
-// effect on the memory returned and never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// The thread id of this process's `relay-sfu` thread.
-fn media_thread_tid() -> i32 {
-    let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
-    let mut found = Vec::new();
-    for t in tasks.flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() == "relay-sfu" {
-            found.push(t.file_name().to_string_lossy().parse::<i32>().expect("tid"));
-        }
-    }
-    assert_eq!(found.len(), 1, "exactly one media thread is running");
-    found[0]
-}
+#[path = "common/thread_alloc.rs"]
+mod thread_alloc;
 
 const WARM_UP: u32 = 200;
 const MEASURED: u32 = 2_000;
@@ -108,25 +53,25 @@ fn allocations_per_check_path(choice: BackendChoice) -> Option<u64> {
     for i in 0..WARM_UP {
         exchange(i);
     }
-    MEDIA_TID.store(media_thread_tid(), Ordering::SeqCst);
-    let before = MEDIA_ALLOCS.load(Ordering::SeqCst);
+    thread_alloc::watch(thread_alloc::thread_tid("relay-sfu"));
+    let before = thread_alloc::allocations();
     for i in 0..MEASURED {
         exchange(WARM_UP + i);
     }
-    let allocs = MEDIA_ALLOCS.load(Ordering::SeqCst) - before;
+    let allocs = thread_alloc::allocations() - before;
     // Positive control: adding a transport does allocate on the media thread, and the
     // counter sees it (so the zero above is not a counter that never counts).
-    let before = MEDIA_ALLOCS.load(Ordering::SeqCst);
+    let before = thread_alloc::allocations();
     run.commands
         .send(Command::AddTransport(fixture::spec(2)))
         .expect("command");
     std::thread::sleep(Duration::from_millis(100));
-    let control = MEDIA_ALLOCS.load(Ordering::SeqCst) - before;
+    let control = thread_alloc::allocations() - before;
     assert!(
         control > 0,
         "the counter sees the media thread's allocations"
     );
-    MEDIA_TID.store(0, Ordering::SeqCst);
+    thread_alloc::watch(0);
     let io = run.runtime.io_stats();
     assert_eq!(io.send_slot_full, 0);
     run.runtime.shutdown();

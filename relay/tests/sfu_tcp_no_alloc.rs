@@ -6,10 +6,8 @@
 //!
 //! Its own binary: the counting `#[global_allocator]` can exist only once per binary.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use relay::config::BackendChoice;
@@ -19,61 +17,8 @@ use relay::stun::TransactionId;
 #[path = "common/sfu_runtime_fixture.rs"]
 mod fixture;
 
-struct Counting;
-
-/// The kernel thread id of the media thread (0: none yet).
-static MEDIA_TID: AtomicI32 = AtomicI32::new(0);
-static MEDIA_ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-#[inline]
-fn note() {
-    let tid = MEDIA_TID.load(Ordering::Relaxed);
-    // SAFETY: gettid has no preconditions and cannot fail.
-    if tid != 0 && unsafe { libc::gettid() } == tid {
-        MEDIA_ALLOCS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; counting has no
-// effect on the memory returned and never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// The thread id of this process's `relay-sfu` thread.
-fn media_thread_tid() -> i32 {
-    let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
-    let mut found = Vec::new();
-    for t in tasks.flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() == "relay-sfu" {
-            found.push(t.file_name().to_string_lossy().parse::<i32>().expect("tid"));
-        }
-    }
-    assert_eq!(found.len(), 1, "exactly one media thread is running");
-    found[0]
-}
+#[path = "common/thread_alloc.rs"]
+mod thread_alloc;
 
 const WARM_UP: u32 = 200;
 const MEASURED: u32 = 2_000;
@@ -119,26 +64,26 @@ fn allocations_per_tcp_check(choice: BackendChoice) -> Option<u64> {
     for i in (0..WARM_UP).step_by(BURST as usize) {
         burst(&mut s, i);
     }
-    MEDIA_TID.store(media_thread_tid(), Ordering::SeqCst);
-    let before = MEDIA_ALLOCS.load(Ordering::SeqCst);
+    thread_alloc::watch(thread_alloc::thread_tid("relay-sfu"));
+    let before = thread_alloc::allocations();
     for i in (WARM_UP..WARM_UP + MEASURED).step_by(BURST as usize) {
         burst(&mut s, i);
     }
-    let allocs = MEDIA_ALLOCS.load(Ordering::SeqCst) - before;
+    let allocs = thread_alloc::allocations() - before;
     // Positive control: a new connection allocates its buffers on the media thread, and
     // the counter sees it.
-    let before = MEDIA_ALLOCS.load(Ordering::SeqCst);
+    let before = thread_alloc::allocations();
     let mut other = TcpStream::connect(to).expect("connect");
     other
         .set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
     burst(&mut other, 900_000);
-    let control = MEDIA_ALLOCS.load(Ordering::SeqCst) - before;
+    let control = thread_alloc::allocations() - before;
     assert!(
         control > 0,
         "the counter sees the media thread's allocations"
     );
-    MEDIA_TID.store(0, Ordering::SeqCst);
+    thread_alloc::watch(0);
     let io = run.runtime.io_stats();
     assert_eq!((io.tcp_send_drops, io.tcp_frame_errors), (0, 0), "{io:?}");
     run.runtime.shutdown();
