@@ -338,8 +338,14 @@ impl AudioRewriter {
     }
 
     /// Which source the slot forwards from now on (`None`: nothing). The switch happens at
-    /// the new source's next packet.
+    /// the new source's next packet. Any change ends the current epoch, also a pause
+    /// (`Some(a)` → `None` → `Some(a)`): the packets `a` sent meanwhile were never
+    /// forwarded, so its next one starts a new epoch at the next sequence number; resuming
+    /// the old epoch would leave a gap the receiver counts as loss.
     pub fn set_source(&mut self, source: Option<u32>) {
+        if source != self.source {
+            self.core.epoch = None;
+        }
         self.source = source;
     }
 
@@ -635,6 +641,47 @@ mod tests {
         assert_eq!(forwarded_from, [100; 5]);
         slot.set_source(None);
         assert_eq!(slot.on_packet(4, &Incoming::new(1, 1, 0)), Decision::Drop);
+    }
+
+    #[test]
+    fn a_paused_speaker_resumes_without_a_sequence_gap() {
+        let mut slot = AudioRewriter::new(OPUS_CLOCK_HZ);
+        slot.set_source(Some(7));
+        let (mut seq, mut ts) = (40_000u16, 1_000_000u32);
+        let mut last = None;
+        let mut resumed = None;
+        for tick in 0..300u64 {
+            let now = tick * 20_000;
+            // Loud for 1 s, quiet (not forwarded) for 2 s, loud again.
+            if tick == 50 {
+                slot.set_source(None);
+            }
+            if tick == 150 {
+                slot.set_source(Some(7));
+            }
+            let p = Incoming::new(seq, ts, now);
+            seq = seq.wrapping_add(1);
+            ts = ts.wrapping_add(960);
+            match slot.on_packet(7, &p) {
+                Decision::Forward(f) => {
+                    if let Some((prev, prev_at)) = last {
+                        let prev: Forward = prev;
+                        assert_eq!(f.seq, prev.seq.wrapping_add(1), "tick {tick}: no gap");
+                        if tick == 150 {
+                            // The timestamp still shows the 2 s of silence.
+                            let elapsed = (now - prev_at) * 48 / 1_000;
+                            assert_eq!(u64::from(f.ts.wrapping_sub(prev.ts)), elapsed);
+                            assert!(f.switched);
+                            resumed = Some(f);
+                        }
+                    }
+                    last = Some((f, now));
+                }
+                Decision::Drop => assert!((50..150).contains(&tick), "tick {tick}"),
+                Decision::DropNeedKeyframe => panic!("audio never waits for a keyframe"),
+            }
+        }
+        assert!(resumed.is_some(), "the speaker was forwarded again");
     }
 
     #[test]
