@@ -722,6 +722,11 @@ fn run_once(
     load.stop();
     match server {
         Server::Relay(relay) => {
+            if std::env::var_os("SFU_BENCH_DEBUG").is_some()
+                && let Ok(j) = relay.stats()
+            {
+                eprintln!("   relay stats at the end: {}", j["sfu"]);
+            }
             let _ = relay.stop(Duration::from_secs(5));
         }
         Server::Janus(janus) => {

@@ -24,7 +24,7 @@ const CONSENT_INTERVAL: Duration = Duration::from_millis(2500);
 const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Largest datagram.
 pub const MTU: usize = 1500;
-/// Receive SRTP contexts per connection (64 SSRCs each).
+/// Receive SRTP contexts per connection (`MAX_SSRCS` SSRCs each).
 const MAX_RX_SESSIONS: usize = 8;
 
 /// Where the connection is.
@@ -68,10 +68,10 @@ pub struct PeerConn {
     pub state: PcState,
     dtls: Option<DtlsEndpoint>,
     tx: Option<SrtpSession>,
-    /// Receive contexts: `relay::srtp` tracks at most `MAX_SSRCS` (64) SSRCs per
-    /// session, and Janus sends a receiver one SSRC per forwarded stream (every other
-    /// publisher's audio: 199 in a 200-participant room), so a new session from the
-    /// same master key takes each further 64.
+    /// Receive contexts: `relay::srtp` tracks at most `MAX_SSRCS` SSRCs per session
+    /// (64 when this was written, 4096 since), and Janus sends a receiver one SSRC per
+    /// forwarded stream (every other publisher's audio: 199 in a 200-participant room),
+    /// so a new session from the same master key takes each further `MAX_SSRCS`.
     rx: Vec<SrtpSession>,
     rx_key: Option<MasterKey>,
     out: Box<[u8; MTU]>,
@@ -389,8 +389,9 @@ mod tests {
         let mut tx = Vec::new();
         pc.rx = vec![SrtpSession::new(&key).expect("session")];
         pc.rx_key = Some(key.clone());
-        for ssrc in 0..200u32 {
-            // One sender session per 64 SSRCs too (the same limit on its side).
+        let ssrcs = u32::try_from(MAX_SSRCS).expect("fits") + 100;
+        for ssrc in 0..ssrcs {
+            // One sender session per `MAX_SSRCS` SSRCs too (the same limit on its side).
             let i = usize::try_from(ssrc).expect("fits") / MAX_SSRCS;
             if tx.len() <= i {
                 tx.push(SrtpSession::new(&key).expect("session"));
@@ -406,7 +407,7 @@ mod tests {
                 assert_eq!(got.expect("unprotects"), 52, "ssrc {ssrc} seq {seq}");
             }
         }
-        assert_eq!(pc.rx.len(), 4);
+        assert_eq!(pc.rx.len(), 2);
     }
 
     /// A full ICE agent (Janus's libnice) checks us back and nominates only once we

@@ -5,15 +5,24 @@
 //! the replay window, authenticates, decrypts, and only then updates its state, so a
 //! forged, corrupted or replayed packet changes nothing.
 
+use std::collections::HashMap;
+
 use super::cipher::Transform;
 use super::keys::{MasterKey, SessionKeys};
 use super::replay::ReplayWindow;
 use super::rtp_header::{RTCP_CLEAR_LEN, parse_rtcp, parse_rtp};
 use super::{Profile, SrtpError};
 
-/// The most SSRCs one session tracks (audio, three simulcast layers, their RTX, and
-/// room to spare).
-pub const MAX_SSRCS: usize = 64;
+/// The most SSRCs one session tracks. A subscriber's sending session has one SSRC per
+/// subscribed track plus RTX (a receiver in a room of a few hundred: every speaker who was
+/// ever among the loudest, and the cameras), so the bound is set by memory per session
+/// (about 100 bytes per SSRC), not by a room size. Only authenticated packets (and our
+/// own protected ones) add an SSRC.
+pub const MAX_SSRCS: usize = 4096;
+/// SSRCs with room reserved when the session is set up (a publisher's audio, three
+/// layers and their RTX fit many times over); the table grows past it when a new SSRC
+/// arrives, never on a packet of a known one.
+const RESERVED_SSRCS: usize = 64;
 
 /// Largest 48-bit SRTP packet index.
 const MAX_RTP_INDEX: u64 = (1 << 48) - 1;
@@ -76,16 +85,18 @@ pub struct SrtpSession {
     profile: Profile,
     rtp: Transform,
     rtcp: Transform,
-    /// `streams[..used]` are in use; allocated once, at set-up.
-    streams: Box<[Stream; MAX_SSRCS]>,
-    used: usize,
+    /// The SSRCs in use, in no order; room for [`RESERVED_SSRCS`] from set-up.
+    streams: Vec<Stream>,
+    /// SSRC → its position in `streams` (a lookup per packet: constant time however many
+    /// streams a receiver has).
+    positions: HashMap<u32, usize>,
 }
 
 impl std::fmt::Debug for SrtpSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SrtpSession")
             .field("profile", &self.profile)
-            .field("ssrcs", &self.used)
+            .field("ssrcs", &self.streams.len())
             .finish_non_exhaustive()
     }
 }
@@ -104,8 +115,8 @@ impl SrtpSession {
             profile,
             rtp: Transform::new(profile, &keys.rtp)?,
             rtcp: Transform::new(profile, &keys.rtcp)?,
-            streams: Box::new([Stream::default(); MAX_SSRCS]),
-            used: 0,
+            streams: Vec::with_capacity(RESERVED_SSRCS),
+            positions: HashMap::with_capacity(RESERVED_SSRCS),
         })
     }
 
@@ -116,43 +127,46 @@ impl SrtpSession {
 
     /// How many SSRCs the session tracks.
     pub fn ssrc_count(&self) -> usize {
-        self.used
+        self.streams.len()
     }
 
     /// Forgets an SSRC (its stream ended), freeing its slot. Returns whether it was known.
     pub fn remove_ssrc(&mut self, ssrc: u32) -> bool {
-        match self.find(ssrc) {
-            Some(i) => {
-                self.used -= 1;
-                self.streams.swap(i, self.used);
-                true
-            }
-            None => false,
+        let Some(i) = self.positions.remove(&ssrc) else {
+            return false;
+        };
+        self.streams.swap_remove(i);
+        if let Some(moved) = self.streams.get(i) {
+            self.positions.insert(moved.ssrc, i);
         }
+        true
     }
 
     fn find(&self, ssrc: u32) -> Option<usize> {
-        self.streams[..self.used]
-            .iter()
-            .position(|s| s.ssrc == ssrc)
+        self.positions.get(&ssrc).copied()
     }
 
     /// The stream of `ssrc` (a copy to work on) and its slot, or a fresh one if there is
     /// room. Nothing is inserted: [`store`](Self::store) does that after success.
     fn load(&self, ssrc: u32) -> Result<(Option<usize>, Stream), SrtpError> {
-        match self.find(ssrc) {
-            Some(i) => Ok((Some(i), self.streams[i])),
-            None if self.used < MAX_SSRCS => Ok((None, Stream::new(ssrc))),
+        match self
+            .find(ssrc)
+            .and_then(|i| Some((i, *self.streams.get(i)?)))
+        {
+            Some((i, stream)) => Ok((Some(i), stream)),
+            None if self.streams.len() < MAX_SSRCS => Ok((None, Stream::new(ssrc))),
             None => Err(SrtpError::TooManySsrcs { max: MAX_SSRCS }),
         }
     }
 
     fn store(&mut self, slot: Option<usize>, stream: Stream) {
-        let i = slot.unwrap_or_else(|| {
-            self.used += 1;
-            self.used - 1
-        });
-        self.streams[i] = stream;
+        match slot.and_then(|i| self.streams.get_mut(i)) {
+            Some(s) => *s = stream,
+            None => {
+                self.positions.insert(stream.ssrc, self.streams.len());
+                self.streams.push(stream);
+            }
+        }
     }
 
     fn check_room(buf: &[u8], len: usize, overhead: usize) -> Result<(), SrtpError> {

@@ -457,6 +457,17 @@ fn ssrc_table_is_bounded() {
         // The other streams kept their state.
         let mut buf = protect(&mut tx, &rtp(2, 63, 4));
         rx.unprotect_rtp(&mut buf).expect("stream 63 intact");
+        // The last stream, moved into the freed place by the removal, kept its replay
+        // window: its first packet again is a replay, its next one is fine.
+        let last = MAX_SSRCS as u32 - 1;
+        let mut replayed = protect(&mut tx, &rtp(1, last, 4));
+        assert!(
+            rx.unprotect_rtp(&mut replayed).is_err(),
+            "a replay on the moved stream"
+        );
+        let mut next = protect(&mut tx, &rtp(2, last, 4));
+        rx.unprotect_rtp(&mut next)
+            .expect("the moved stream goes on");
     }
 }
 
