@@ -235,6 +235,9 @@ impl SfuService {
                 *m.entry(k.to_owned()).or_default() += v;
             }
             let io = rt.io_stats();
+            // The part of send_errors the kernel refused (the rest: the engine could not
+            // build or protect the packet, or the receiver's transport was not up).
+            *m.entry("media_send_errors".into()).or_default() += io.send_errors;
             *m.entry("send_slot_full".into()).or_default() += io.send_slot_full;
             *m.entry("media_recv_drops".into()).or_default() += io.recv_drops;
             for (k, v) in [
