@@ -1130,6 +1130,17 @@ pub fn browser_result(
     result
 }
 
+/// What a failing SFU browser test prints: the relay's SFU counters and its log.
+pub fn sfu_diagnostics(relay: &Daemon) -> String {
+    format!(
+        "{}\n{}",
+        relay
+            .stats()
+            .map_or_else(|e| format!("{e:#}"), |s| s["sfu"].to_string()),
+        relay.log_text()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,8 @@ use std::{net::SocketAddr, time::Duration};
 use relay::signaling::{Claims, sign};
 use relay_e2e::{
     CHROMIUM, Daemon, Netns, TempDir, TurnTopology, browser_dir, browser_result,
-    browser_test_guard, check_browser_prerequisites, require_root, run_bounded, wait_tcp_listening,
+    browser_test_guard, check_browser_prerequisites, require_root, run_bounded, sfu_diagnostics,
+    wait_tcp_listening,
 };
 
 const SECRET: &str = "sfu-e2e-signing-secret-0123456789";
@@ -189,15 +190,7 @@ fn sfu_h264_and_screen_share() {
         "room": "media",
         "participants": (0..3).map(|i| token("media", &format!("p{i}"), exp, false, SECRET)).collect::<Vec<_>>(),
     });
-    let diag = || {
-        format!(
-            "{}\n{}",
-            relay
-                .stats()
-                .map_or_else(|e| format!("{e:#}"), |s| s["sfu"].to_string()),
-            relay.log_text()
-        )
-    };
+    let diag = || sfu_diagnostics(&relay);
     let result = browser_run(&topo.client, &url, "codecs", &tokens, &diag);
     eprintln!(
         "p0 published {}; screen shared via {}",
@@ -223,15 +216,7 @@ fn sfu_tcp_only() {
         "room": "media",
         "participants": (0..2).map(|i| token("media", &format!("t{i}"), exp, false, SECRET)).collect::<Vec<_>>(),
     });
-    let diag = || {
-        format!(
-            "{}\n{}",
-            relay
-                .stats()
-                .map_or_else(|e| format!("{e:#}"), |s| s["sfu"].to_string()),
-            relay.log_text()
-        )
-    };
+    let diag = || sfu_diagnostics(&relay);
     let result = browser_run(&topo.client, &url, "tcp", &tokens, &diag);
     eprintln!(
         "TCP pairs: {}; growth: {}",

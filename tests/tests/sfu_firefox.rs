@@ -25,7 +25,7 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use relay::signaling::{Claims, sign};
 use relay_e2e::{
     CHROMIUM, Daemon, TempDir, TurnTopology, browser_dir, browser_result,
-    check_browser_prerequisites, require_root, run_bounded, wait_tcp_listening,
+    check_browser_prerequisites, require_root, run_bounded, sfu_diagnostics, wait_tcp_listening,
 };
 
 const SECRET: &str = "sfu-firefox-signing-secret-0123456789";
@@ -141,15 +141,7 @@ fn sfu_firefox_and_chromium_exchange_media() {
     let out = run_bounded(&mut cmd, Duration::from_secs(150))
         .expect("run node (is nodejs installed? `cargo xtask setup`)");
     let text = out.text();
-    let diag = || {
-        format!(
-            "{}\n{}",
-            relay
-                .stats()
-                .map_or_else(|e| format!("{e:#}"), |s| s["sfu"].to_string()),
-            relay.log_text()
-        )
-    };
+    let diag = || sfu_diagnostics(&relay);
     let result = browser_result(&text, out.status, &diag);
     eprintln!(
         "Firefox {} published {}\nFirefox received {}\nChromium published {}\nChromium received {}\naudio counters: {}\ntimings: {}",
