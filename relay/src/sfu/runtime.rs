@@ -48,6 +48,63 @@ const MAX_DATAGRAM_ROOM: usize = MAX_DATAGRAM + 64;
 /// Receive buffer asked for on the media socket.
 const RECV_BUFFER: usize = 4 << 20;
 
+/// How often an ephemeral media port is tried again when its TCP twin is taken.
+const EPHEMERAL_BIND_ATTEMPTS: usize = 32;
+
+/// Binds the worker's UDP media socket (non-blocking, receive buffer enlarged) and, with
+/// `tcp`, its ICE-TCP listener on the same address and port. With port 0 the kernel picks
+/// the UDP port, and that port number may already be taken for TCP (by any outgoing
+/// connection's ephemeral port): then both are released and another port is tried, up to
+/// [`EPHEMERAL_BIND_ATTEMPTS`] times. A configured port is tried once (the error names it).
+fn bind_media(
+    listen: SocketAddr,
+    tcp: bool,
+) -> io::Result<(UdpSocket, SocketAddr, Option<TcpMedia>)> {
+    bind_media_with(listen, tcp, TcpMedia::bind)
+}
+
+/// [`bind_media`] with the TCP side given (tests make it refuse).
+fn bind_media_with<T>(
+    listen: SocketAddr,
+    tcp: bool,
+    mut bind_tcp: impl FnMut(SocketAddr) -> io::Result<T>,
+) -> io::Result<(UdpSocket, SocketAddr, Option<T>)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let socket = UdpSocket::bind(listen).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot bind the SFU media socket {listen}: {e} (set sfu.media_listen to a free local address)"),
+            )
+        })?;
+        socket.set_nonblocking(true)?;
+        // Video arrives in frame-sized bursts from every publisher at once; the default
+        // receive buffer (~200 KB) overflowed in the load bench at 50 participants while
+        // the thread was far from busy. The kernel caps this at net.core.rmem_max.
+        let sock = socket2::SockRef::from(&socket);
+        if let Err(e) = sock.set_recv_buffer_size(RECV_BUFFER) {
+            tracing::warn!(error = %e, "cannot enlarge the SFU media socket's receive buffer");
+        }
+        let local = socket.local_addr()?;
+        if !tcp {
+            return Ok((socket, local, None));
+        }
+        // Same address and port as the UDP socket (with port 0, the one it got).
+        match bind_tcp(local) {
+            Ok(t) => return Ok((socket, local, Some(t))),
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    && listen.port() == 0
+                    && attempt < EPHEMERAL_BIND_ATTEMPTS =>
+            {
+                tracing::debug!(%local, "ephemeral media port taken for TCP; trying another");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The media thread's settings.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -150,27 +207,7 @@ impl SfuRuntime {
         commands: Receiver<Command>,
         events: Sender<Event>,
     ) -> io::Result<SfuRuntime> {
-        let socket = UdpSocket::bind(cfg.listen).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot bind the SFU media socket {}: {e} (set sfu.media_listen to a free local address)", cfg.listen),
-            )
-        })?;
-        socket.set_nonblocking(true)?;
-        // Video arrives in frame-sized bursts from every publisher at once; the default
-        // receive buffer (~200 KB) overflowed in the load bench at 50 participants while
-        // the thread was far from busy. The kernel caps this at net.core.rmem_max.
-        let sock = socket2::SockRef::from(&socket);
-        if let Err(e) = sock.set_recv_buffer_size(RECV_BUFFER) {
-            tracing::warn!(error = %e, "cannot enlarge the SFU media socket's receive buffer");
-        }
-        let local = socket.local_addr()?;
-        // Same address and port as the UDP socket (with port 0, the one it got).
-        let tcp = if cfg.tcp {
-            Some(TcpMedia::bind(local)?)
-        } else {
-            None
-        };
+        let (socket, local, tcp) = bind_media(cfg.listen, cfg.tcp)?;
         let tcp_local = tcp.as_ref().map(TcpMedia::local_addr);
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(EngineStats::default()));
@@ -343,5 +380,74 @@ fn pin(core: Option<usize>) {
     let Some(id) = core else { return };
     if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
         tracing::warn!(core = id, "cannot pin the SFU media thread to its core");
+    }
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+
+    fn in_use() -> io::Error {
+        io::Error::new(io::ErrorKind::AddrInUse, "taken")
+    }
+
+    #[test]
+    fn an_ephemeral_port_whose_tcp_twin_is_taken_is_replaced() {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let mut tried = Vec::new();
+        let (socket, local, tcp) = bind_media_with(any, true, |a| {
+            tried.push(a);
+            if tried.len() < 4 {
+                Err(in_use())
+            } else {
+                Ok(a.port())
+            }
+        })
+        .expect("a free pair is found");
+        assert_eq!(tried.len(), 4);
+        assert_eq!(tcp, Some(local.port()), "TCP took the UDP socket's port");
+        assert_eq!(socket.local_addr().expect("addr"), local);
+        // The refused attempts' UDP sockets were released (each got its own port).
+        for earlier in &tried[..3] {
+            assert!(
+                UdpSocket::bind(earlier).is_ok() || earlier.port() == local.port(),
+                "{earlier} still held"
+            );
+        }
+    }
+
+    #[test]
+    fn a_configured_port_or_endless_refusals_end_with_the_error() {
+        let fixed = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = fixed.local_addr().expect("addr");
+        drop(fixed);
+        let mut calls = 0;
+        let err = bind_media_with(port, true, |_| -> io::Result<()> {
+            calls += 1;
+            Err(in_use())
+        })
+        .expect_err("a configured port is tried once");
+        assert_eq!((calls, err.kind()), (1, io::ErrorKind::AddrInUse));
+
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let mut calls = 0;
+        let err = bind_media_with(any, true, |_| -> io::Result<()> {
+            calls += 1;
+            Err(in_use())
+        })
+        .expect_err("bounded");
+        assert_eq!(calls, EPHEMERAL_BIND_ATTEMPTS);
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        // Another error is not retried; without TCP nothing is asked.
+        let mut calls = 0;
+        let _ = bind_media_with(any, true, |_| -> io::Result<()> {
+            calls += 1;
+            Err(io::Error::from(io::ErrorKind::PermissionDenied))
+        });
+        assert_eq!(calls, 1);
+        let (_, _, none) =
+            bind_media_with(any, false, |_| -> io::Result<()> { panic!("no TCP asked") })
+                .expect("UDP only");
+        assert!(none.is_none());
     }
 }
