@@ -654,9 +654,9 @@ impl Participant {
                     return;
                 }
             };
-            // Not `parse_server`: it caps messages at 64 KiB like the server does for
-            // client messages, but the SFU's subscriber offer in a 200-participant room is
-            // larger (one section per track); tungstenite bounds a message at 64 MiB.
+            // Not `parse_server`: it caps messages at the server's 1 MiB description cap,
+            // and this client should see whatever the SFU sends (one section per track in
+            // a large room); tungstenite bounds a message at 64 MiB.
             match serde_json::from_str::<ServerMessage>(msg.as_str()) {
                 Ok(m) => {
                     if let Err(e) = self.on_message(m, now) {
