@@ -23,6 +23,29 @@ use super::{DatagramHandler, DataplaneError, Verdict};
 const SQ_ENTRIES: u32 = 1024;
 /// Completion queue entries (multishot receives can complete many times per SQE).
 const CQ_ENTRIES: u32 = 8192;
+
+/// A ring for one thread that is its only submitter: completion task work is deferred to
+/// that thread's own `io_uring_enter` calls instead of interrupting its other syscalls
+/// (Linux 6.1+); older kernels get cooperative task work, or the plain set-up. Shared by
+/// the TURN workers and the SFU media workers.
+pub(crate) fn owned_ring(sq_entries: u32, cq_entries: u32) -> std::io::Result<IoUring> {
+    IoUring::builder()
+        .setup_cqsize(cq_entries)
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(sq_entries)
+        .or_else(|_| {
+            IoUring::builder()
+                .setup_cqsize(cq_entries)
+                .setup_coop_taskrun()
+                .build(sq_entries)
+        })
+        .or_else(|_| {
+            IoUring::builder()
+                .setup_cqsize(cq_entries)
+                .build(sq_entries)
+        })
+}
 /// Receive buffers in the provided buffer ring (a power of two).
 const BUF_COUNT: u16 = 1024;
 /// Bytes per receive buffer: recvmsg header + name + payload.
@@ -144,26 +167,7 @@ impl<H: DatagramHandler> UringWorker<H> {
                 source,
             }
         };
-        // One thread owns the ring and is the only submitter: defer completion task work
-        // to our own io_uring_enter calls instead of interrupting other syscalls for it
-        // (Linux 6.1+); older kernels get the plain set-up.
-        let ring = IoUring::builder()
-            .setup_cqsize(CQ_ENTRIES)
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(SQ_ENTRIES)
-            .or_else(|_| {
-                IoUring::builder()
-                    .setup_cqsize(CQ_ENTRIES)
-                    .setup_coop_taskrun()
-                    .build(SQ_ENTRIES)
-            })
-            .or_else(|_| {
-                IoUring::builder()
-                    .setup_cqsize(CQ_ENTRIES)
-                    .build(SQ_ENTRIES)
-            })
-            .map_err(io("io_uring_setup"))?;
+        let ring = owned_ring(SQ_ENTRIES, CQ_ENTRIES).map_err(io("io_uring_setup"))?;
         let bufring =
             BufRing::new(BUF_COUNT, BUF_SIZE).map_err(io("allocating receive buffers"))?;
         bufring

@@ -98,24 +98,7 @@ pub(super) struct UringMedia {
 impl UringMedia {
     /// Sets up the ring (on the thread that will use it) and registers the buffer ring.
     pub(super) fn new(socket: UdpSocket) -> io::Result<UringMedia> {
-        // One thread owns the ring and is its only submitter: completion task work runs in
-        // our own io_uring_enter calls (Linux 6.1+); older kernels get the plain set-up.
-        let ring = IoUring::builder()
-            .setup_cqsize(CQ_ENTRIES)
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(SQ_ENTRIES)
-            .or_else(|_| {
-                IoUring::builder()
-                    .setup_cqsize(CQ_ENTRIES)
-                    .setup_coop_taskrun()
-                    .build(SQ_ENTRIES)
-            })
-            .or_else(|_| {
-                IoUring::builder()
-                    .setup_cqsize(CQ_ENTRIES)
-                    .build(SQ_ENTRIES)
-            })?;
+        let ring = crate::dataplane::uring::owned_ring(SQ_ENTRIES, CQ_ENTRIES)?;
         let bufring = BufRing::new(BUF_COUNT, BUF_SIZE)?;
         bufring.register(&ring.submitter(), BGID)?;
         // SAFETY: msghdr is a plain C struct; all-zero is valid. Only the name and control
@@ -213,16 +196,7 @@ impl UringMedia {
                     IoCounters::bump(&counters.recv_drops);
                     continue;
                 };
-                let mut udp = UringTx {
-                    ring: &mut self.ring,
-                    slots: &mut self.slots,
-                    received: &mut self.received,
-                    bufring: &mut self.bufring,
-                    armed: &mut self.armed,
-                    tcp_poll: &mut self.tcp_poll,
-                    counters,
-                    fd,
-                };
+                let (mut udp, scratch) = self.split(counters, fd);
                 let mut tx = Routed {
                     udp: &mut udp,
                     tcp: tcp.as_deref_mut().map(TcpMedia::conns),
@@ -234,27 +208,32 @@ impl UringMedia {
                     via: IceTransport::Udp,
                     now,
                 };
-                engine.handle_datagram(&mut self.scratch, len, at, &mut tx);
+                engine.handle_datagram(scratch, len, at, &mut tx);
             }
             if let Some(t) = tcp.as_deref_mut() {
                 let now = Instant::now();
                 if self.tcp_poll.ready || t.has_work() {
                     self.tcp_poll.ready = false;
-                    let mut udp = UringTx {
-                        ring: &mut self.ring,
-                        slots: &mut self.slots,
-                        received: &mut self.received,
-                        bufring: &mut self.bufring,
-                        armed: &mut self.armed,
-                        tcp_poll: &mut self.tcp_poll,
-                        counters,
-                        fd,
-                    };
+                    let (mut udp, _) = self.split(counters, fd);
                     t.service(engine, &mut udp, counters, now);
                 }
                 t.tick(counters, now);
             }
-            let mut udp = UringTx {
+            let (mut udp, _) = self.split(counters, fd);
+            let mut tx = Routed {
+                udp: &mut udp,
+                tcp: tcp.as_deref_mut().map(TcpMedia::conns),
+                counters,
+            };
+            chores.run(engine, &mut tx);
+        }
+    }
+
+    /// This iteration's send side, and beside it the scratch buffer the engine decrypts
+    /// into while it sends (disjoint fields of the worker).
+    fn split<'a>(&'a mut self, counters: &'a IoCounters, fd: RawFd) -> (UringTx<'a>, &'a mut [u8]) {
+        (
+            UringTx {
                 ring: &mut self.ring,
                 slots: &mut self.slots,
                 received: &mut self.received,
@@ -263,14 +242,9 @@ impl UringMedia {
                 tcp_poll: &mut self.tcp_poll,
                 counters,
                 fd,
-            };
-            let mut tx = Routed {
-                udp: &mut udp,
-                tcp: tcp.as_deref_mut().map(TcpMedia::conns),
-                counters,
-            };
-            chores.run(engine, &mut tx);
-        }
+            },
+            &mut self.scratch,
+        )
     }
 
     /// Cancels every operation and waits (at most [`DRAIN`]) until none references our
