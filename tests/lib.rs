@@ -1130,6 +1130,23 @@ pub fn browser_result(
     result
 }
 
+/// Starts `relay run` in `ns` with the configuration `toml` (written into `files`) and
+/// waits until its signaling server listens on `signaling`: the start-up of the browser
+/// tests, whose configurations differ.
+pub fn start_signaling_relay(
+    ns: &Netns,
+    files: &TempDir,
+    toml: &str,
+    signaling: SocketAddr,
+) -> Daemon {
+    let config = files.write("relay.toml", toml).expect("write relay.toml");
+    let config_s = config.display().to_string();
+    let relay = Daemon::start(ns, &["--config", &config_s]).expect("start the relay");
+    wait_tcp_listening(ns, signaling, Duration::from_secs(10))
+        .expect("the signaling server listens");
+    relay
+}
+
 /// What a failing SFU browser test prints: the relay's SFU counters and its log.
 pub fn sfu_diagnostics(relay: &Daemon) -> String {
     format!(

@@ -30,7 +30,7 @@ use relay::signaling::{Claims, sign};
 use relay_e2e::{
     CHROMIUM, Daemon, Netns, TempDir, TurnTopology, browser_dir, browser_result,
     browser_test_guard, check_browser_prerequisites, require_root, run_bounded, sfu_diagnostics,
-    wait_tcp_listening,
+    start_signaling_relay,
 };
 
 const SECRET: &str = "sfu-e2e-signing-secret-0123456789";
@@ -62,11 +62,8 @@ fn token(room: &str, identity: &str, exp: u64, p2p: bool, secret: &str) -> Strin
 /// The relay with TURN (REST secret) and the SFU on the relay's client-side address.
 fn start_relay(topo: &TurnTopology, files: &TempDir) -> Daemon {
     let ip = topo.relay_client_v4;
-    let config = files
-        .write(
-            "relay.toml",
-            &format!(
-                r#"[server]
+    let toml = format!(
+        r#"[server]
 listen = ["{ip}:{TURN_PORT}"]
 workers = 2
 
@@ -92,18 +89,13 @@ token_secrets = ["{SECRET}"]
 create_rooms = false
 rooms = ["standup", "call-1", "media"]
 "#
-            ),
-        )
-        .unwrap();
-    let config_s = config.display().to_string();
-    let relay = Daemon::start(&topo.relay, &["--config", &config_s]).expect("start the relay");
-    wait_tcp_listening(
+    );
+    start_signaling_relay(
         &topo.relay,
+        files,
+        &toml,
         SocketAddr::new(ip.into(), SIGNALING_PORT),
-        Duration::from_secs(10),
     )
-    .expect("the signaling server listens");
-    relay
 }
 
 /// Runs one scenario of the browser script in `ns` and returns its parsed result after

@@ -25,7 +25,7 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use relay::signaling::{Claims, sign};
 use relay_e2e::{
     CHROMIUM, Daemon, TempDir, TurnTopology, browser_dir, browser_result,
-    check_browser_prerequisites, require_root, run_bounded, sfu_diagnostics, wait_tcp_listening,
+    check_browser_prerequisites, require_root, run_bounded, sfu_diagnostics, start_signaling_relay,
 };
 
 const SECRET: &str = "sfu-firefox-signing-secret-0123456789";
@@ -54,11 +54,8 @@ fn token(room: &str, identity: &str) -> String {
 
 fn start_relay(topo: &TurnTopology, files: &TempDir) -> Daemon {
     let ip = topo.relay_client_v4;
-    let config = files
-        .write(
-            "relay.toml",
-            &format!(
-                r#"[server]
+    let toml = format!(
+        r#"[server]
 listen = ["{ip}:3478"]
 workers = 2
 
@@ -79,18 +76,13 @@ token_secrets = ["{SECRET}"]
 create_rooms = false
 rooms = ["mixed"]
 "#
-            ),
-        )
-        .unwrap();
-    let config_s = config.display().to_string();
-    let relay = Daemon::start(&topo.relay, &["--config", &config_s]).expect("start the relay");
-    wait_tcp_listening(
+    );
+    start_signaling_relay(
         &topo.relay,
+        files,
+        &toml,
         SocketAddr::new(ip.into(), SIGNALING_PORT),
-        Duration::from_secs(10),
     )
-    .expect("the signaling server listens");
-    relay
 }
 
 #[test]
