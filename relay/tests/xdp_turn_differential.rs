@@ -1146,15 +1146,21 @@ fn scenario(
         &format!("{tag}: Send to a peer without permission"),
     );
 
-    // Expired: the channel rule's deadline in the past.
-    let exp_past = monotonic_ns() - 1;
-    Rules { x }.channel(&a, CHANNEL, a.peer, exp_past, base);
+    // Expired: a lifetime that ended just now, written as the daemon writes it
+    // (COARSE_CLOCK_SLACK_NS early, as the kernel reads the coarse clock, which lags by up
+    // to a tick). Repeated across a few ticks: a slack shorter than the lag would relay
+    // some of these frames past the lifetime.
     let f = frame(MAC_CLIENT, tuple.client, tuple.server, &msg, 0);
-    assert_passed(
-        &run(x, ifindex, &f),
-        &f,
-        &format!("{tag}: expired channel rule"),
-    );
+    for i in 0..24 {
+        let ended_now = monotonic_ns() - rc::COARSE_CLOCK_SLACK_NS;
+        Rules { x: &mut *x }.channel(&a, CHANNEL, a.peer, ended_now, base);
+        assert_passed(
+            &run(x, ifindex, &f),
+            &f,
+            &format!("{tag}: channel rule whose lifetime just ended (try {i})"),
+        );
+        std::thread::sleep(std::time::Duration::from_micros(700));
+    }
     // Unresolved next hop: a channel rule towards a peer with no neighbour entry.
     let unresolved = SocketAddr::new(pf.unresolved, PEER_PORT);
     let fib_before = counters(x)[counter::TURN_FIB_PASSED as usize];

@@ -8,9 +8,12 @@
 //! - Ports and channel numbers are `[u8; 2]` in network (wire) order ([`WirePort`]).
 //! - Every struct is `#[repr(C)]` with explicit padding fields (always zero), so the
 //!   kernel hashes no uninitialised bytes.
-//! - Deadlines (`expires_ns`) are CLOCK_MONOTONIC nanoseconds, the clock of
-//!   `bpf_ktime_get_ns`; the kernel treats a rule whose deadline has passed as absent
-//!   (passes the packet up), so a stalled control plane never relays past a lifetime.
+//! - Deadlines (`expires_ns`) are CLOCK_MONOTONIC nanoseconds; the kernel treats a rule
+//!   whose deadline has passed as absent (passes the packet up), so a stalled control
+//!   plane never relays past a lifetime. The kernel reads the coarse clock
+//!   (`bpf_ktime_get_coarse_ns`: the same clock as of the last tick, about 5 ns a read
+//!   against 30–40 for the exact one in a VM), which lags by up to one tick; the daemon
+//!   therefore writes every rule deadline [`COARSE_CLOCK_SLACK_NS`] early.
 
 /// A port or channel number in network byte order.
 pub type WirePort = [u8; 2];
@@ -78,6 +81,12 @@ pub const MAX_RULES: u32 = 131_072;
 pub const MAX_ALLOCATIONS: u32 = 65_536;
 /// Entries in each of the hash maps.
 pub const MAX_MAP_ENTRIES: u32 = 131_072;
+
+/// How much earlier than the lifetime's end the daemon writes a rule's `expires_ns`: more
+/// than the coarse clock's lag (one tick: 10 ms at HZ=100, 4 ms at 250, 1 ms at 1000),
+/// so that the kernel stops relaying before the lifetime ends on any kernel, and
+/// userspace relays the last few milliseconds.
+pub const COARSE_CLOCK_SLACK_NS: u64 = 20_000_000;
 
 /// Rule flag: set DF on the packets this rule sends (IPv4).
 pub const RULE_DONT_FRAGMENT: u16 = 1;

@@ -42,7 +42,9 @@ use crate::policy::PeerPolicy;
 /// best-effort: a failure is logged by the implementation and the traffic concerned
 /// simply stays in userspace.
 pub trait FastRules: Send + Sync {
-    /// `at` as CLOCK_MONOTONIC nanoseconds (the clock of `bpf_ktime_get_ns`).
+    /// The kernel deadline for a lifetime ending at `at`: CLOCK_MONOTONIC nanoseconds,
+    /// `relay_common::turn::COARSE_CLOCK_SLACK_NS` early (the kernel reads the coarse
+    /// clock).
     fn monotonic_ns(&self, at: Instant) -> u64;
     /// A free `alloc_idx` whose `TURN_BANDWIDTH` entry now holds `rate` bytes/s (0 =
     /// unlimited) and an empty window. None when all are in use.

@@ -19,8 +19,8 @@ use std::time::Instant;
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::{Ebpf, Pod};
 use relay_common::turn::{
-    AllocKey, AllocRule, Bandwidth, ChannelKey, ChannelRule, MAX_ALLOCATIONS, MAX_RULES, PeerKey,
-    PeerRule, RuleStats, TurnSettings, maps,
+    AllocKey, AllocRule, Bandwidth, COARSE_CLOCK_SLACK_NS, ChannelKey, ChannelRule,
+    MAX_ALLOCATIONS, MAX_RULES, PeerKey, PeerRule, RuleStats, TurnSettings, maps,
 };
 
 use crate::turn::{FastRules, MonoClock};
@@ -345,7 +345,7 @@ fn logged<T>(what: &'static str, r: Result<T, RulesError>) -> Option<T> {
 
 impl FastRules for TurnMaps {
     fn monotonic_ns(&self, at: Instant) -> u64 {
-        self.clock.ns(at)
+        self.clock.ns(at).saturating_sub(COARSE_CLOCK_SLACK_NS)
     }
 
     fn take_alloc_index(&self, rate: u64) -> Option<u32> {

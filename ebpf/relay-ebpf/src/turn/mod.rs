@@ -26,7 +26,7 @@ mod words;
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
-    helpers::generated::bpf_ktime_get_ns,
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -190,8 +190,10 @@ fn find_rule(ctx: &XdpContext, work: *mut Work) -> Result<(), Option<u32>> {
         )
     };
     pkt::parse(ctx, p)?;
+    // The coarse clock: a seqcount read instead of a TSC read and scaling (deadlines are
+    // written early by `COARSE_CLOCK_SLACK_NS` to cover its lag; see relay_common::turn).
     // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     *hop = Hop {
         ttl_ms: settings.next_hop_ttl_ms,
         fib_ifindex: settings.fib_ifindex,
