@@ -113,6 +113,10 @@ pub struct TurnXdpArgs {
     /// appears well below the relay's capacity.
     #[arg(long)]
     pub threaded_rx: bool,
+    /// `xdp.turn_rules` of the relay for path (a): entries of each kernel TURN rule table
+    /// (default: the relay's default).
+    #[arg(long)]
+    pub turn_rules: Option<u32>,
     /// Paths to run (xdp, io-uring, coturn, floor; comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = vec!["xdp".to_string(), "io-uring".to_string(), "coturn".to_string(), "floor".to_string()])]
     pub paths: Vec<String>,
@@ -994,15 +998,19 @@ fn relay_config(
     topo: &TurnTopology,
     files: &TempDir,
     xdp_ifaces: Option<&[&str]>,
+    turn_rules: Option<u32>,
 ) -> Result<PathBuf> {
     let listen = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT);
     let xdp = match xdp_ifaces {
         Some(ifs) => format!(
-            "enabled = true\nmode = \"native\"\ninterfaces = [{}]",
+            "enabled = true\nmode = \"native\"\ninterfaces = [{}]{}",
             ifs.iter()
                 .map(|i| format!("\"{i}\""))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            turn_rules
+                .map(|n| format!("\nturn_rules = {n}"))
+                .unwrap_or_default()
         ),
         None => "enabled = false".to_string(),
     };
@@ -1218,7 +1226,7 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
         let mut coturn = None;
         match path {
             Path4::Xdp => {
-                let cfg = relay_config(&topo, &files, Some(&[vc.as_str(), "vp"]))?;
+                let cfg = relay_config(&topo, &files, Some(&[vc.as_str(), "vp"]), args.turn_rules)?;
                 let d = Daemon::start_with(
                     &topo.relay,
                     &args.relay_bin,
@@ -1230,7 +1238,7 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
                 bench.measured_prog = attached_prog_id(&topo.relay, &vc);
             }
             Path4::IoUring => {
-                let cfg = relay_config(&topo, &files, None)?;
+                let cfg = relay_config(&topo, &files, None, None)?;
                 bench.bpf.attach(&topo.relay, &vc, common::PROG_PASS)?;
                 let d = Daemon::start_with(
                     &topo.relay,

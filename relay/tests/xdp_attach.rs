@@ -244,6 +244,7 @@ fn fast_path_answers_over_veth_in_native_mode() {
             mode: XdpMode::Native,
             stun_ports: vec![3478],
             pin_dir: None,
+            turn_rules: relay_common::turn::MAX_MAP_ENTRIES,
         },
     );
     assert_eq!(
@@ -352,6 +353,7 @@ fn generic_mode_on_loopback() {
             mode: XdpMode::Auto,
             stun_ports: vec![3478],
             pin_dir: None,
+            turn_rules: relay_common::turn::MAX_MAP_ENTRIES,
         },
     );
     eprintln!("lo attached as {:?}", fp.attachments);
@@ -404,6 +406,7 @@ fn errors_are_typed() {
             mode: XdpMode::Auto,
             stun_ports: vec![3478],
             pin_dir: None,
+            turn_rules: relay_common::turn::MAX_MAP_ENTRIES,
         })
         .expect_err("missing interface")
         .to_string()
@@ -419,6 +422,7 @@ fn errors_are_typed() {
             mode: XdpMode::Native,
             stun_ports: vec![3478],
             pin_dir: None,
+            turn_rules: relay_common::turn::MAX_MAP_ENTRIES,
         })
         .expect_err("lo has no native XDP")
         .to_string()
@@ -447,6 +451,7 @@ fn unprivileged_load_is_not_permitted() {
             mode: XdpMode::Auto,
             stun_ports: vec![3478],
             pin_dir: None,
+            turn_rules: relay_common::turn::MAX_MAP_ENTRIES,
         })
         .expect_err("an unprivileged user cannot load BPF maps and programs");
         assert!(
@@ -543,6 +548,7 @@ fn pinned_maps_of_another_shape_are_refused_not_adopted() {
         mode: XdpMode::Auto,
         stun_ports: vec![3478],
         pin_dir: Some(dir.clone()),
+        turn_rules: relay_common::turn::MAX_MAP_ENTRIES,
     };
 
     // Positive control: a fresh directory gets this build's maps pinned, and a second
@@ -550,6 +556,33 @@ fn pinned_maps_of_another_shape_are_refused_not_adopted() {
     drop(FastPath::start(&opts).expect("fresh pin directory"));
     assert!(dir.join("TURN_CHANNELS").exists(), "maps were pinned");
     drop(FastPath::start(&opts).expect("this build's own pins are adopted"));
+
+    // The same pins under another xdp.turn_rules: refused (both sizes named), not adopted
+    // at the old size.
+    let resized = XdpOptions {
+        turn_rules: 4096,
+        ..opts.clone()
+    };
+    let err = FastPath::start(&resized)
+        .expect_err("pins of another xdp.turn_rules")
+        .to_string();
+    assert!(err.contains("TURN_CHANNELS"), "{err}");
+    assert!(err.contains("131072 entries"), "{err}");
+    assert!(err.contains("4096 entries"), "{err}");
+    assert!(err.contains("xdp.turn_rules"), "{err}");
+    // In a fresh directory the rule maps get the configured size, and that is adopted.
+    let sized_dir = root.join(format!("relay-test-sized-{}", std::process::id()));
+    let _cleanup_sized = Cleanup(sized_dir.clone());
+    let sized = XdpOptions {
+        pin_dir: Some(sized_dir.clone()),
+        ..resized
+    };
+    drop(FastPath::start(&sized).expect("fresh directory, 4096-entry rule maps"));
+    for name in relay::xdp::TURN_RULE_MAPS {
+        let info = aya::maps::MapInfo::from_pin(sized_dir.join(name)).expect("pinned map info");
+        assert_eq!(info.max_entries(), 4096, "{name}");
+    }
+    drop(FastPath::start(&sized).expect("its own sized pins are adopted"));
 
     // A TURN_CHANNELS of another layout (as an older relay version would leave) is
     // refused with the path, both shapes and what to do.

@@ -121,6 +121,9 @@ pub struct XdpConfig {
     /// The interface the TURN fast path's FIB lookups go through (`xdp.fib_interface`;
     /// forwarding is enabled on it only; see `relay::xdp::fib`).
     pub fib_interface: String,
+    /// Entries of each kernel TURN rule map (`xdp.turn_rules`), within
+    /// [`crate::xdp::TURN_RULES_MIN`]..=[`relay_common::turn::MAX_MAP_ENTRIES`].
+    pub turn_rules: u32,
 }
 
 /// Values given on the command line; each set one replaces the file's value.
@@ -221,6 +224,12 @@ struct XdpSection {
     persist: bool,
     #[serde(default = "default_fib_interface")]
     fib_interface: String,
+    #[serde(default = "default_turn_rules")]
+    turn_rules: u32,
+}
+
+fn default_turn_rules() -> u32 {
+    relay_common::turn::MAX_MAP_ENTRIES
 }
 
 fn default_fib_interface() -> String {
@@ -243,6 +252,7 @@ impl Default for XdpSection {
             // kernel keeps relaying through a restart and the rules stay managed.
             persist: true,
             fib_interface: default_fib_interface(),
+            turn_rules: default_turn_rules(),
         }
     }
 }
@@ -341,6 +351,7 @@ impl Config {
                 pin_dir: file.xdp.pin_dir,
                 persist: file.xdp.persist,
                 fib_interface: file.xdp.fib_interface,
+                turn_rules: file.xdp.turn_rules,
             },
             control_socket: file.control.socket,
             log_level: file.log.level,
@@ -444,6 +455,19 @@ impl Config {
                 ),
             ));
         }
+        let rules = crate::xdp::TURN_RULES_MIN..=relay_common::turn::MAX_MAP_ENTRIES;
+        if !rules.contains(&self.xdp.turn_rules) {
+            return Err((
+                "xdp.turn_rules".into(),
+                format!(
+                    "{} is outside {}..={} (entries of each kernel TURN rule table; rules \
+                     beyond it stay in userspace)",
+                    self.xdp.turn_rules,
+                    rules.start(),
+                    rules.end()
+                ),
+            ));
+        }
         for (i, name) in self.xdp.interfaces.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\t', '\n', ':']) {
                 return Err((
@@ -524,6 +548,21 @@ mod tests {
         empty.sfu.enabled = true;
         empty.sfu.demo_tokens = true;
         assert_eq!(empty, Config::embedded_default().expect("default"));
+    }
+
+    #[test]
+    fn turn_rule_table_size_is_configured_within_its_range() {
+        let d = Config::embedded_default().expect("default");
+        assert_eq!(d.xdp.turn_rules, relay_common::turn::MAX_MAP_ENTRIES);
+        let c = Config::parse("[xdp]\nturn_rules = 16384\n", "t").expect("in range");
+        assert_eq!(c.xdp.turn_rules, 16384);
+        for bad in [0, 1023, relay_common::turn::MAX_MAP_ENTRIES + 1] {
+            let e = err(&format!("[xdp]\nturn_rules = {bad}\n"));
+            assert!(
+                e.contains("xdp.turn_rules") && e.contains("1024..=131072"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

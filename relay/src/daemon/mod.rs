@@ -281,6 +281,7 @@ fn start_fast_path(
         },
         stun_ports,
         pin_dir: pin_dir(config),
+        turn_rules: config.xdp.turn_rules,
     };
     match FastPath::start(&opts) {
         Ok(fp) => Ok(Some(fp)),

@@ -94,7 +94,20 @@ pub struct XdpOptions {
     /// from, when a previous daemon left them there); None = nothing pinned, everything
     /// detached when the handle drops.
     pub pin_dir: Option<PathBuf>,
+    /// Entries of each TURN rule map ([`TURN_RULE_MAPS`]), [`TURN_RULES_MIN`]..=
+    /// `relay_common::turn::MAX_MAP_ENTRIES` (the object's size; `xdp.turn_rules`).
+    pub turn_rules: u32,
 }
+
+/// The TURN rule maps whose size is configured (`xdp.turn_rules`).
+pub const TURN_RULE_MAPS: [&str; 3] = [
+    relay_common::turn::maps::CHANNELS,
+    relay_common::turn::maps::PEERS,
+    relay_common::turn::maps::ALLOCS,
+];
+
+/// The smallest `xdp.turn_rules`.
+pub const TURN_RULES_MIN: u32 = 1024;
 
 /// Errors of the fast path.
 #[derive(Debug, thiserror::Error)]
@@ -167,12 +180,13 @@ pub enum XdpError {
         reason: String,
     },
     /// A map pinned under the pin directory has another shape than this build's (type,
-    /// key or value size, entries): an incompatible relay version left it. Adopting it
+    /// key or value size, entries): an incompatible relay version (or another
+    /// `xdp.turn_rules`) left it. Adopting it
     /// would make the program misread every entry, so the fast path does not start.
     #[error(
         "the BPF map pinned at {path:?} is {found}, but this relay expects {expected}: a \
-         relay version with another map layout left it, and adopting it would misread every \
-         entry. Remove the old pins with `relay xdp-unload --pin-dir {dir}` (its kernel \
+         relay version with another map layout, or one run with another xdp.turn_rules, left \
+         it, and adopting it would misread every entry (or size the tables wrongly). Remove the old pins with `relay xdp-unload --pin-dir {dir}` (its kernel \
          relaying stops; clients' traffic then goes through userspace once this relay has \
          re-created the allocations) or set xdp.pin_dir to a new directory",
         dir = .path.parent().unwrap_or(.path).display()
@@ -322,23 +336,27 @@ pub fn unload_pins(dir: &Path) -> Result<Vec<PathBuf>, XdpError> {
     Ok(removed)
 }
 
-/// Loads [`EBPF_OBJECT`] and fills `STUN_PORTS`.
+/// Loads [`EBPF_OBJECT`] (rule maps of the object's size) and fills `STUN_PORTS`.
 pub(crate) fn load_object(stun_ports: &[u16]) -> Result<Ebpf, XdpError> {
-    load_object_pinned(stun_ports, None)
+    load_object_pinned(stun_ports, None, relay_common::turn::MAX_MAP_ENTRIES)
 }
 
-/// As [`load_object`]; with `pin_dir`, the [`PINNED_MAPS`] are reused from (or pinned
-/// into) that directory.
+/// As [`load_object`], with [`TURN_RULE_MAPS`] of `turn_rules` entries; with `pin_dir`,
+/// the [`PINNED_MAPS`] are reused from (or pinned into) that directory.
 pub(crate) fn load_object_pinned(
     stun_ports: &[u16],
     pin_dir: Option<&Path>,
+    turn_rules: u32,
 ) -> Result<Ebpf, XdpError> {
     if EBPF_OBJECT.is_empty() {
         return Err(XdpError::NotBuilt);
     }
     let mut loader = EbpfLoader::new();
+    for name in TURN_RULE_MAPS {
+        loader.map_max_entries(name, turn_rules);
+    }
     if let Some(dir) = pin_dir {
-        check_pinned_shapes(dir, EBPF_OBJECT)?;
+        check_pinned_shapes(dir, EBPF_OBJECT, turn_rules)?;
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
@@ -381,9 +399,10 @@ impl std::fmt::Display for MapShape {
 }
 
 /// Checks every map pinned under `dir` against the declaration of the same name in
-/// `object` (so the expectation cannot drift from the program), before aya reuses the
-/// pins: aya adopts a pin by name without comparing anything.
-fn check_pinned_shapes(dir: &Path, object: &[u8]) -> Result<(), XdpError> {
+/// `object` (so the expectation cannot drift from the program; the [`TURN_RULE_MAPS`]
+/// with `turn_rules` entries), before aya reuses the pins: aya adopts a pin by name
+/// without comparing anything.
+fn check_pinned_shapes(dir: &Path, object: &[u8], turn_rules: u32) -> Result<(), XdpError> {
     let mut parsed = None;
     for name in PINNED_MAPS {
         let path = dir.join(name);
@@ -403,7 +422,11 @@ fn check_pinned_shapes(dir: &Path, object: &[u8]) -> Result<(), XdpError> {
             map_type: want.map_type(),
             key_size: want.key_size(),
             value_size: want.value_size(),
-            max_entries: want.max_entries(),
+            max_entries: if TURN_RULE_MAPS.contains(&name) {
+                turn_rules
+            } else {
+                want.max_entries()
+            },
         };
         let info = aya::maps::MapInfo::from_pin(&path).map_err(map_err(name))?;
         let found = MapShape {
@@ -510,7 +533,8 @@ impl FastPath {
         if let Some(dir) = &opts.pin_dir {
             prepare_pin_dir(dir)?;
         }
-        let mut ebpf = load_object_pinned(&opts.stun_ports, opts.pin_dir.as_deref())?;
+        let mut ebpf =
+            load_object_pinned(&opts.stun_ports, opts.pin_dir.as_deref(), opts.turn_rules)?;
         load_program(&mut ebpf, names::XDP_PROGRAM)?;
         let mut fp = FastPath {
             ebpf,

@@ -14,7 +14,7 @@
 
 use std::io;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::{Ebpf, Pod};
@@ -43,6 +43,12 @@ pub enum RulesError {
         #[source]
         source: MapError,
     },
+    /// A rule table is full (`bpf_map_update_elem` answered E2BIG).
+    #[error(
+        "the kernel rule table {0} is full (xdp.turn_rules entries): the rules beyond it stay \
+         in userspace; raise xdp.turn_rules (with pinned maps, run `relay xdp-unload` first)"
+    )]
+    Full(&'static str),
     /// The number of possible CPUs could not be read.
     #[error("cannot read the number of possible CPUs ({0}): {1}")]
     Cpus(&'static str, #[source] io::Error),
@@ -139,7 +145,12 @@ fn insert_rule<K: Pod, V: Pod>(
     k: &K,
     v: &V,
 ) -> Result<(), RulesError> {
-    lock(m).insert(k, v, 0).map_err(map_err(name))
+    lock(m).insert(k, v, 0).map_err(|e| match &e {
+        MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            RulesError::Full(name)
+        }
+        _ => map_err(name)(e),
+    })
 }
 
 /// The rule under `k` in map `name`, None if there is none.
@@ -333,9 +344,51 @@ impl TurnMaps {
     }
 }
 
+/// How often a full rule table is reported (it can refuse thousands of rules a second).
+const FULL_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Refusals by a full table since the last report, and when that was.
+static FULL_REFUSALS: Mutex<FullReports> = Mutex::new(FullReports {
+    last: None,
+    since: 0,
+});
+
+/// The rate limit of the "table full" warning.
+#[derive(Debug)]
+struct FullReports {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl FullReports {
+    /// Counts one refusal at `now`; Some(refusals to report) when a warning is due (the
+    /// first one at once, then at most one per [`FULL_WARN_EVERY`]).
+    fn refused(&mut self, now: Instant) -> Option<u64> {
+        self.since += 1;
+        match self.last {
+            Some(t) if now.duration_since(t) < FULL_WARN_EVERY => None,
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.since))
+            }
+        }
+    }
+}
+
 fn logged<T>(what: &'static str, r: Result<T, RulesError>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
+        Err(e @ RulesError::Full(_)) => {
+            if let Some(n) = lock(&FULL_REFUSALS).refused(Instant::now()) {
+                tracing::warn!(
+                    error = %e,
+                    refused = n,
+                    "TURN fast path: {what} failed (reported at most once a minute, with \
+                     the rules refused since)"
+                );
+            }
+            None
+        }
         Err(e) => {
             tracing::warn!(error = %e, "TURN fast path: {what} failed; that traffic stays in userspace");
             None
@@ -565,6 +618,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_full_table_is_reported_at_once_then_once_a_minute_with_the_count() {
+        let mut r = FullReports {
+            last: None,
+            since: 0,
+        };
+        let t0 = Instant::now();
+        assert_eq!(r.refused(t0), Some(1));
+        for i in 1..=500u64 {
+            assert_eq!(r.refused(t0 + Duration::from_millis(i)), None);
+        }
+        let later = t0 + FULL_WARN_EVERY;
+        assert_eq!(r.refused(later), Some(501));
+        assert_eq!(r.refused(later + Duration::from_secs(1)), None);
+    }
+
+    #[test]
     fn adopted_rules_stay_only_when_live_and_owned() {
         assert!(keep_adopted(10, 3, 5, &[1, 3]));
         assert!(!keep_adopted(10, 4, 5, &[1, 3]), "orphan");
@@ -639,6 +708,38 @@ mod privileged {
         assert!(!required, "{test}: {why} and RELAY_REQUIRE_PRIVILEGED=1");
         eprintln!("{test}: skipped: {why}");
         false
+    }
+
+    #[test]
+    fn a_full_rule_table_is_reported_as_full() {
+        if !can_run("a_full_rule_table_is_reported_as_full") {
+            return;
+        }
+        let small = crate::xdp::TURN_RULES_MIN;
+        let mut ebpf = super::super::load_object_pinned(&[3478], None, small)
+            .expect("load the embedded object with small rule maps");
+        let m = TurnMaps::take(&mut ebpf).expect("the object has the TURN maps");
+        let key = |i: u32| ChannelKey {
+            client_addr: mapped_v4([198, 51, (i >> 8) as u8, i as u8]),
+            server_addr: mapped_v4([192, 0, 2, 1]),
+            client_port: wire(40000),
+            server_port: wire(3478),
+            channel: wire(0x4001),
+            _pad: [0; 2],
+        };
+        let rule = ChannelRule::default();
+        for i in 0..small {
+            m.insert_channel(&key(i), &rule)
+                .expect("within the table's size");
+        }
+        let e = m
+            .insert_channel(&key(small), &rule)
+            .expect_err("one past the table's size");
+        assert!(matches!(e, RulesError::Full(maps::CHANNELS)), "{e}");
+        assert!(e.to_string().contains("xdp.turn_rules"), "{e}");
+        // Replacing an existing rule still works in a full table.
+        m.insert_channel(&key(0), &rule)
+            .expect("replace in a full table");
     }
 
     #[test]
