@@ -7,11 +7,9 @@
 //! record after it is). Runs for both backends.
 #![allow(clippy::unwrap_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use relay::config::BackendChoice;
@@ -25,47 +23,15 @@ use relay::turn::attrs::{self as tattr, method};
 use relay::turn::auth::{Credentials, PasswordAlgorithm, long_term_key};
 use relay::turn::{Shared, TurnConfig};
 
-struct Counting;
+#[path = "common/thread_alloc.rs"]
+#[allow(dead_code)] // thread_tid: these workers name themselves by calling watch
+mod thread_alloc;
 
-static WORKER_ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static ON_WORKER: Cell<bool> = const { Cell::new(false) };
+/// Counts the calling thread's allocations from now on (the worker threads call it first).
+fn watch_this_thread() {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    thread_alloc::watch(unsafe { libc::gettid() });
 }
-
-#[inline]
-fn note() {
-    if ON_WORKER.try_with(Cell::get).unwrap_or(false) {
-        WORKER_ALLOCS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; counting has no
-// effect on the memory returned.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 const WARM_UP: u64 = 1_000;
 const N: u64 = 10_000;
@@ -127,7 +93,7 @@ fn wait_for(counters: &WorkerCounters, received: u64) {
     }
 }
 
-/// The allocation counter is process-wide: one measurement at a time.
+/// One watched thread at a time (thread_alloc watches a single thread id).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn steady_state_allocates_nothing(backend: Backend) {
@@ -143,7 +109,7 @@ fn steady_state_allocates_nothing(backend: Backend) {
         let counters = counters.clone();
         let shutdown = shutdown.clone();
         std::thread::spawn(move || {
-            ON_WORKER.with(|f| f.set(true));
+            watch_this_thread();
             let w = Worker::new(0, backend, vec![sock], StunHandler, counters);
             let ok = w.is_ok();
             ready_tx.send(ok).unwrap();
@@ -162,10 +128,10 @@ fn steady_state_allocates_nothing(backend: Backend) {
         .unwrap();
     exchange(&client, server, 0, WARM_UP);
     wait_for(&counters, WARM_UP);
-    let before = WORKER_ALLOCS.load(Ordering::SeqCst);
+    let before = thread_alloc::allocations();
     exchange(&client, server, WARM_UP, N);
     wait_for(&counters, WARM_UP + N);
-    let after = WORKER_ALLOCS.load(Ordering::SeqCst);
+    let after = thread_alloc::allocations();
 
     let stop = Instant::now();
     shutdown.store(true, Ordering::Relaxed);
@@ -473,7 +439,7 @@ fn turn_steady_state_allocates_nothing(backend: Backend, leg: Leg) {
         let counters = counters.clone();
         let shutdown = shutdown.clone();
         std::thread::spawn(move || {
-            ON_WORKER.with(|f| f.set(true));
+            watch_this_thread();
             let w = Worker::with_turn(0, backend, vec![sock], StunHandler, counters, setup);
             ready_tx.send(w.is_ok()).unwrap();
             w.expect("worker set-up").run(&shutdown)
@@ -565,9 +531,9 @@ fn turn_steady_state_allocates_nothing(backend: Backend, leg: Leg) {
         relayed.unwrap()
     };
     relay_both_ways(0, WARM_UP);
-    let before = WORKER_ALLOCS.load(Ordering::SeqCst);
+    let before = thread_alloc::allocations();
     relay_both_ways(WARM_UP, N);
-    let after = WORKER_ALLOCS.load(Ordering::SeqCst);
+    let after = thread_alloc::allocations();
 
     shutdown.store(true, Ordering::Relaxed);
     worker.join().expect("worker thread").expect("worker loop");
