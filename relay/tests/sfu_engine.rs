@@ -54,6 +54,8 @@ impl Transmit for Discard {
 /// One browser peer connection: its address, ICE credentials, DTLS client, SRTP.
 struct Browser {
     addr: SocketAddr,
+    /// The ICE transport its datagrams arrive on.
+    via: IceTransport,
     sfu_ufrag: String,
     sfu_pwd: String,
     cert: Certificate,
@@ -66,6 +68,7 @@ impl Browser {
     fn new(addr: &str, sfu_ufrag: &str) -> Browser {
         Browser {
             addr: addr.parse().expect("addr"),
+            via: IceTransport::Udp,
             sfu_ufrag: sfu_ufrag.into(),
             sfu_pwd: format!("{sfu_ufrag}PasswordPassword1234"),
             cert: Certificate::generate().expect("certificate"),
@@ -94,7 +97,7 @@ impl Browser {
         Arrival {
             source: self.addr,
             local: SFU.parse().expect("addr"),
-            via: IceTransport::Udp,
+            via: self.via,
             now: Instant::now(),
         }
     }
@@ -232,6 +235,8 @@ struct Setup {
     engine: Engine,
     publisher: Browser,
     subs: Vec<Browser>,
+    /// The SFU's certificate fingerprint (for connecting more browsers).
+    sfu_fp: [u8; 32],
 }
 
 fn setup() -> Setup {
@@ -324,6 +329,7 @@ fn setup() -> Setup {
         engine,
         publisher,
         subs,
+        sfu_fp,
     }
 }
 
@@ -333,6 +339,7 @@ fn forwards_audio_and_video_with_keyframe_request_and_rtx() {
         mut engine,
         mut publisher,
         mut subs,
+        ..
     } = setup();
     let mut sent = Sent::default();
     // Audio: forwarded at once with the subscribers' SSRC and payload type.
@@ -443,6 +450,7 @@ fn steady_state_forwarding_does_not_allocate() {
         mut engine,
         mut publisher,
         mut subs,
+        ..
     } = setup();
     let mut sent = Sent::default();
     publisher.send_rtp(
@@ -500,11 +508,46 @@ fn steady_state_forwarding_does_not_allocate() {
 }
 
 #[test]
+fn a_tcp_peer_at_a_udp_peers_address_is_a_different_peer() {
+    let Setup {
+        mut engine,
+        mut publisher,
+        mut subs,
+        sfu_fp,
+    } = setup();
+    // Another participant whose TCP connection has the publisher's UDP address and port
+    // (a NAT numbers TCP and UDP independently).
+    let mut tcp_peer = Browser::new(&publisher.addr.to_string(), "tcpT");
+    tcp_peer.via = IceTransport::Tcp;
+    engine.handle_command(
+        Command::AddTransport(tcp_peer.spec(4, TransportRole::Subscriber)),
+        Instant::now(),
+    );
+    tcp_peer.connect(&mut engine, sfu_fp);
+    // The publisher's media still reaches the subscribers: its UDP datagrams are not
+    // taken for the TCP participant's.
+    let mut sent = Sent::default();
+    publisher.send_rtp(
+        &mut engine,
+        &rtp(111, 900, 48_000, PUB_AUDIO_SSRC, &[0xAB; 40]),
+        &mut sent,
+    );
+    let (audio, _) = subs[0].receive(&mut sent);
+    assert_eq!(
+        audio.len(),
+        1,
+        "forwarded to the subscriber: {:?}",
+        engine.stats()
+    );
+}
+
+#[test]
 fn packets_for_a_receiver_without_the_codec_are_counted() {
     let Setup {
         mut engine,
         mut publisher,
         mut subs,
+        ..
     } = setup();
     let now = Instant::now();
     // Subscriber 0 takes the VP8 track again, but its answer had only H.264.

@@ -140,7 +140,9 @@ pub struct Engine {
     base: Instant,
     transports: HashMap<TransportId, TransportSlot>,
     by_ufrag: HashMap<String, TransportId>,
-    by_addr: HashMap<SocketAddr, TransportId>,
+    /// Media destinations by address and ICE transport: a UDP and a TCP peer may share an
+    /// address and port (NATs number the two protocols independently).
+    by_addr: HashMap<(SocketAddr, IceTransport), TransportId>,
     tracks: HashMap<TrackId, Track>,
     subs: HashMap<(TransportId, TrackId), Subscription>,
     rooms: HashMap<RoomId, Room>,
@@ -377,7 +379,7 @@ impl Engine {
         } = at;
         self.stats.datagrams_in += 1;
         let len = len.min(buf.len());
-        let id = match self.by_addr.get(&source) {
+        let id = match self.by_addr.get(&(source, via)) {
             Some(&id) => id,
             None => match stun_local_ufrag(&buf[..len]).and_then(|u| self.by_ufrag.get(u)) {
                 Some(&id) => id,
@@ -438,16 +440,19 @@ impl Engine {
             });
         }
         if let Some(dest) = slot.transport.media_destination(now) {
-            if let Some(pair) = slot.transport.selected_pair() {
-                slot.dest_via = pair.transport;
+            let via = slot
+                .transport
+                .selected_pair()
+                .map_or(slot.dest_via, |pair| pair.transport);
+            if let Some(old) = slot.dest
+                && (old, slot.dest_via) != (dest, via)
+                && self.by_addr.get(&(old, slot.dest_via)) == Some(&id)
+            {
+                self.by_addr.remove(&(old, slot.dest_via));
             }
-            if slot.dest != Some(dest) {
-                if let Some(old) = slot.dest {
-                    self.by_addr.remove(&old);
-                }
-                slot.dest = Some(dest);
-            }
-            self.by_addr.insert(dest, id);
+            slot.dest = Some(dest);
+            slot.dest_via = via;
+            self.by_addr.insert((dest, via), id);
         }
     }
 
