@@ -90,6 +90,9 @@ pub struct TurnStatsJson {
     /// Rules installed in the kernel fast path.
     #[serde(default)]
     pub fast_rules: u64,
+    /// Rules the kernel fast path refused (a full table: raise `xdp.turn_rules`).
+    #[serde(default)]
+    pub fast_rules_refused: u64,
 }
 
 /// One allocation as the control socket reports it (`relay allocations`).

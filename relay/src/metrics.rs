@@ -403,6 +403,14 @@ pub fn render(s: &Stats) -> String {
     );
     family(
         &mut out,
+        "relay_turn_fast_rules_refused_total",
+        "counter",
+        "Rules the XDP fast path could not take (a full table: raise xdp.turn_rules); that \
+         traffic stays in userspace.",
+        &[(String::new(), t.fast_rules_refused)],
+    );
+    family(
+        &mut out,
         "relay_turn_auth_challenges_total",
         "counter",
         "401 challenges to requests without credentials (every client's first request).",
@@ -489,6 +497,7 @@ mod tests {
                 dropped: BTreeMap::new(),
                 kernel_packets: BTreeMap::from([("client_to_peer".into(), 60)]),
                 fast_rules: 3,
+                fast_rules_refused: 2,
             }),
             sfu: None,
         }
@@ -547,6 +556,9 @@ mod tests {
             "relay_turn_auth_challenges_total 5",
             "relay_turn_errors_total{code=\"401\"} 6",
             "# TYPE relay_turn_packets_total counter",
+            "relay_turn_fast_rules 3",
+            "# TYPE relay_turn_fast_rules_refused_total counter",
+            "relay_turn_fast_rules_refused_total 2",
         ] {
             assert!(t.lines().any(|l| l == want), "missing {want:?} in\n{t}");
         }

@@ -153,6 +153,7 @@ pub fn turn_json(s: &TurnStats) -> TurnStatsJson {
             s.kernel_packets_peer_to_client,
         ),
         fast_rules: s.fast_rules,
+        fast_rules_refused: s.fast_rules_refused,
         bytes: dir(s.bytes_client_to_peer, s.bytes_peer_to_client),
         auth_failures: AuthFailure::ALL
             .iter()

@@ -526,6 +526,7 @@ impl FastState {
                 }
                 None => {
                     let Some(stats_idx) = sink.take_stats_index() else {
+                        stats.fast_rules_refused += 1;
                         continue;
                     };
                     entry.set_indices(stats_idx, rule_alloc_idx);
@@ -540,6 +541,7 @@ impl FastState {
                         );
                         *rules += 1;
                     } else {
+                        stats.fast_rules_refused += 1;
                         sink.release_stats_index(stats_idx);
                     }
                 }

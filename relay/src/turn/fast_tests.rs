@@ -40,6 +40,8 @@ struct Maps {
     bandwidth: HashMap<u32, u64>,
     /// Every put (for "updated in place" checks).
     puts: usize,
+    /// Most channel rules the fake takes (None: no limit), as a full kernel table.
+    channel_capacity: Option<usize>,
 }
 
 /// The recording fake.
@@ -127,6 +129,11 @@ impl FastRules for Recorder {
     fn put_channel(&self, key: &ChannelKey, rule: &ChannelRule) -> bool {
         let mut m = self.m();
         m.puts += 1;
+        if m.channel_capacity.is_some_and(|c| m.channels.len() >= c)
+            && !m.channels.contains_key(key)
+        {
+            return false;
+        }
         m.channels.insert(*key, *rule);
         true
     }
@@ -286,6 +293,26 @@ fn channel_bind_installs_both_directions_permission_and_allocation_rules() {
     assert_eq!(m.bandwidth.values().next(), Some(&0), "no limit configured");
     drop(m);
     assert_eq!(w.server.stats().fast_rules, 4);
+}
+
+#[test]
+fn rules_a_full_table_refuses_are_counted_and_stay_in_userspace() {
+    let mut w = world();
+    let rec = with_fast(&w);
+    rec.m().channel_capacity = Some(0);
+    let (mut c, _, _) = allocated(&mut w);
+    assert_eq!(w.server.stats().fast_rules_refused, 0);
+    assert_eq!(
+        class_of(&bind(&mut w, &mut c, 0x4001, peer())),
+        Class::SuccessResponse,
+        "the binding itself succeeds"
+    );
+    // The channel rule was refused; the peer rules and the allocation rule fit.
+    assert_eq!(rec.counts(), (0, 2, 1));
+    assert_eq!(w.server.stats().fast_rules, 3);
+    assert_eq!(w.server.stats().fast_rules_refused, 1);
+    // Its counter index went back: none leaks per refusal.
+    assert_eq!(rec.m().stats_used.len(), 3);
 }
 
 #[test]

@@ -111,6 +111,10 @@ pub struct TurnStats {
     pub kernel_packets_peer_to_client: u64,
     /// Rules installed in the kernel fast path (gauge).
     pub fast_rules: u64,
+    /// Rules the kernel fast path could not take (a full table: `xdp.turn_rules`; no free
+    /// counter index); their traffic stays in userspace. Counted per attempt: a refused
+    /// rule is tried again at the allocation's next change.
+    pub fast_rules_refused: u64,
     /// Requests answered with success.
     pub requests_ok: u64,
     /// Failed authentications by reason, index = [`AuthFailure`] as usize.
@@ -162,6 +166,7 @@ impl TurnStats {
         self.kernel_packets_client_to_peer += o.kernel_packets_client_to_peer;
         self.kernel_packets_peer_to_client += o.kernel_packets_peer_to_client;
         self.fast_rules += o.fast_rules;
+        self.fast_rules_refused += o.fast_rules_refused;
         self.requests_ok += o.requests_ok;
         for (a, b) in self.auth_failures.iter_mut().zip(o.auth_failures) {
             *a += b;
