@@ -181,14 +181,15 @@ pub enum XdpError {
     },
     /// A map pinned under the pin directory has another shape than this build's (type,
     /// key or value size, entries): an incompatible relay version (or another
-    /// `xdp.turn_rules`) left it. Adopting it
-    /// would make the program misread every entry, so the fast path does not start.
+    /// `xdp.turn_rules`) left it. Adopting it would make the program misread every entry,
+    /// so the fast path does not start.
     #[error(
         "the BPF map pinned at {path:?} is {found}, but this relay expects {expected}: a \
          relay version with another map layout, or one run with another xdp.turn_rules, left \
-         it, and adopting it would misread every entry (or size the tables wrongly). Remove the old pins with `relay xdp-unload --pin-dir {dir}` (its kernel \
-         relaying stops; clients' traffic then goes through userspace once this relay has \
-         re-created the allocations) or set xdp.pin_dir to a new directory",
+         it, and adopting it would misread every entry (or size the tables wrongly). Remove \
+         the old pins with `relay xdp-unload --pin-dir {dir}` (its kernel relaying stops; \
+         clients' traffic then goes through userspace once this relay has re-created the \
+         allocations) or set xdp.pin_dir to a new directory",
         dir = .path.parent().unwrap_or(.path).display()
     )]
     PinnedMapMismatch {
