@@ -356,22 +356,19 @@ mod tests {
     use relay::stun::attr::XOR_MAPPED_ADDRESS;
     use relay::stun::integrity::{verify_fingerprint, verify_message_integrity};
 
-    /// Janus sends a receiver one SSRC per forwarded stream, more than one SRTP session
-    /// tracks: every one of 200 SSRCs still unprotects, in ceil(200 / 64) contexts.
-    #[test]
-    fn unprotects_more_ssrcs_than_one_srtp_session_tracks() {
-        let sfu = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    /// Our side of a test connection (ufrag `ourU`) to an SFU at `sfu` (ufrag `sfuU`).
+    fn test_peer(sfu: std::net::SocketAddr) -> PeerConn {
         let remote = RemoteParams {
             ufrag: "sfuU".into(),
             pwd: "sfupasswordsfupassword00".into(),
             fingerprint: [0; 32],
-            candidate: sfu.local_addr().expect("addr"),
+            candidate: sfu,
             ext: relay::rtp::ExtMap::default(),
             opus_pt: None,
             vp8_pt: None,
         };
         let cert = Certificate::generate().expect("certificate");
-        let mut pc = PeerConn::new(
+        PeerConn::new(
             "127.0.0.1".parse().expect("ip"),
             "ourU".into(),
             "ourpasswordourpassword00".into(),
@@ -380,7 +377,15 @@ mod tests {
             7,
             Role::Client,
         )
-        .expect("peer connection");
+        .expect("peer connection")
+    }
+
+    /// Janus sends a receiver one SSRC per forwarded stream, more than one SRTP session
+    /// tracks: every one of 200 SSRCs still unprotects, in ceil(200 / 64) contexts.
+    #[test]
+    fn unprotects_more_ssrcs_than_one_srtp_session_tracks() {
+        let sfu = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut pc = test_peer(sfu.local_addr().expect("addr"));
         let mut buf = [0u8; 200];
         assert!(pc.unprotect_rtp(&mut buf).is_none(), "not keyed yet");
         let p = Profile::AeadAes128Gcm;
@@ -417,26 +422,7 @@ mod tests {
     fn answers_a_check_from_the_sfu_with_its_address_and_our_password() {
         let sfu = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let sfu_addr = sfu.local_addr().expect("addr");
-        let remote = RemoteParams {
-            ufrag: "sfuU".into(),
-            pwd: "sfupasswordsfupassword00".into(),
-            fingerprint: [0; 32],
-            candidate: sfu_addr,
-            ext: relay::rtp::ExtMap::default(),
-            opus_pt: None,
-            vp8_pt: None,
-        };
-        let cert = Certificate::generate().expect("certificate");
-        let mut pc = PeerConn::new(
-            "127.0.0.1".parse().expect("ip"),
-            "ourU".into(),
-            "ourpasswordourpassword00".into(),
-            remote,
-            &cert,
-            7,
-            Role::Client,
-        )
-        .expect("peer connection");
+        let mut pc = test_peer(sfu_addr);
         let ours = pc.socket.local_addr().expect("addr");
         let mut req = [0u8; 200];
         let tid = TransactionId([9; 12]);
