@@ -117,6 +117,13 @@ pub struct TurnXdpArgs {
     /// (default: the relay's default).
     #[arg(long)]
     pub turn_rules: Option<u32>,
+    /// Measure every path this many times, in alternating order (odd rounds run the
+    /// paths in reverse), and report each ratio per round with its median and range.
+    /// This VM's speed drifts between minutes, so one measurement per path compares
+    /// moments as much as paths; ratios of neighbouring measurements repeated over
+    /// rounds do not. The main tables show round 1.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
     /// Paths to run (xdp, io-uring, coturn, floor; comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = vec!["xdp".to_string(), "io-uring".to_string(), "coturn".to_string(), "floor".to_string()])]
     pub paths: Vec<String>,
@@ -711,6 +718,8 @@ impl Step {
 struct Outcome {
     path: Path4,
     allocations: usize,
+    /// Which repetition (`--rounds`), from 0.
+    round: u32,
     best: Option<Step>,
     steps: Vec<(u64, f64, f64)>,
     generator_bound: bool,
@@ -735,6 +744,8 @@ struct Bench<'a> {
     gen_cfg: GenConfig,
     /// The relay process (userspace CPU time per packet).
     server_pid: Option<u32>,
+    /// The current repetition (`--rounds`).
+    round: u32,
 }
 
 impl Bench<'_> {
@@ -854,6 +865,7 @@ impl Bench<'_> {
         let mut out = Outcome {
             path,
             allocations: n,
+            round: self.round,
             best: None,
             steps: Vec::new(),
             generator_bound: false,
@@ -1109,6 +1121,7 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
         args.allocations.iter().all(|n| (1..=20_000).contains(n)),
         "--allocations must each be 1..=20000"
     );
+    ensure!((1..=50).contains(&args.rounds), "--rounds must be 1..=50");
     let paths = args
         .paths
         .iter()
@@ -1210,6 +1223,7 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
         daemon: None,
         measured_prog: None,
         server_pid: None,
+        round: 0,
         gen_cfg: GenConfig {
             allocations: 1,
             first_port: 0,
@@ -1221,99 +1235,22 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
     };
     let mut outcomes = Vec::new();
     let mut placement = Vec::new();
-    for &path in &paths {
-        eprintln!("== {}", path.label());
-        let mut coturn = None;
-        match path {
-            Path4::Xdp => {
-                let cfg = relay_config(&topo, &files, Some(&[vc.as_str(), "vp"]), args.turn_rules)?;
-                let d = Daemon::start_with(
-                    &topo.relay,
-                    &args.relay_bin,
-                    Some(&server_cpu.to_string()),
-                    &["--config", &cfg.display().to_string()],
-                )?;
-                bench.server_pid = d.pid();
-                bench.daemon = Some(d);
-                bench.measured_prog = attached_prog_id(&topo.relay, &vc);
-            }
-            Path4::IoUring => {
-                let cfg = relay_config(&topo, &files, None, None)?;
-                bench.bpf.attach(&topo.relay, &vc, common::PROG_PASS)?;
-                let d = Daemon::start_with(
-                    &topo.relay,
-                    &args.relay_bin,
-                    Some(&server_cpu.to_string()),
-                    &["--config", &cfg.display().to_string()],
-                )?;
-                bench.server_pid = d.pid();
-                bench.daemon = Some(d);
-                bench.measured_prog = None;
-            }
-            Path4::Coturn => {
-                bench.bpf.attach(&topo.relay, &vc, common::PROG_PASS)?;
-                let c = start_coturn(&topo, server_cpu)?;
-                bench.server_pid = c.id();
-                coturn = Some(c);
-                bench.measured_prog = None;
-            }
-            Path4::Floor => {
-                bench.bpf.attach(&topo.relay, &vc, common::PROG_FLOOR)?;
-                bench.measured_prog = bench.bpf.prog_id(common::PROG_FLOOR);
-                bench.server_pid = None;
-            }
-        }
-        let napi = if args.threaded_rx {
-            thread_napi(&topo.relay, &vc, server_cpu)
+    let rounds = if args.smoke { 1 } else { args.rounds };
+    for round in 0..rounds {
+        bench.round = round;
+        let order: Vec<Path4> = if round % 2 == 1 {
+            paths.iter().rev().copied().collect()
         } else {
-            Vec::new()
+            paths.clone()
         };
-        placement.push(format!(
-            "{}: {}",
-            path.short(),
-            if napi.is_empty() {
-                format!("inline on the generator's CPU {}", args.client_cpu)
+        for path in order {
+            if rounds > 1 {
+                eprintln!("== round {} of {rounds}: {}", round + 1, path.label());
             } else {
-                format!("in threaded NAPI, its thread pinned to CPU {server_cpu} at SCHED_FIFO 50")
+                eprintln!("== {}", path.label());
             }
-        ));
-        let mut result = Ok(());
-        for &n in &args.allocations.clone() {
-            match bench.run_allocations(path, n) {
-                Ok(mut o) => {
-                    if path == Path4::Xdp {
-                        let k = o.best.as_ref().and_then(|b| b.kernel_relayed).unwrap_or(0);
-                        if k == 0 {
-                            o.note = Some("fast path did not relay (counters 0)".into());
-                        } else if let Some(b) = &o.best
-                            && (k as f64) < 0.95 * b.received as f64
-                        {
-                            o.note =
-                                Some(format!("only {k} of {} relayed in the kernel", b.received));
-                        }
-                    }
-                    outcomes.push(o);
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
+            run_path(&mut bench, path, &files, &vc, &mut outcomes, &mut placement)?;
         }
-        if let Some(d) = bench.daemon.take() {
-            let st = d.stop(Duration::from_secs(10));
-            if let Ok(s) = st
-                && !s.success()
-            {
-                eprintln!("   relay exited with {s}");
-            }
-        }
-        if let Some(c) = coturn.take() {
-            let _ = c.stop(Duration::from_secs(5));
-        }
-        bench.bpf.detach(common::PROG_PASS)?;
-        bench.bpf.detach(common::PROG_FLOOR)?;
-        result?;
     }
     bench.bpf.detach(common::PROG_SINK)?;
 
@@ -1351,6 +1288,115 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Runs one path at every allocation count: starts what it needs (the relay, coturn, or
+/// the floor program on the relay's veth), measures, stops it again.
+fn run_path(
+    bench: &mut Bench<'_>,
+    path: Path4,
+    files: &TempDir,
+    vc: &str,
+    outcomes: &mut Vec<Outcome>,
+    placement: &mut Vec<String>,
+) -> Result<()> {
+    let server_cpu = bench.server_cpu;
+
+    let mut coturn = None;
+    match path {
+        Path4::Xdp => {
+            let cfg = relay_config(bench.topo, files, Some(&[vc, "vp"]), bench.args.turn_rules)?;
+            let d = Daemon::start_with(
+                &bench.topo.relay,
+                &bench.args.relay_bin,
+                Some(&bench.server_cpu.to_string()),
+                &["--config", &cfg.display().to_string()],
+            )?;
+            bench.server_pid = d.pid();
+            bench.daemon = Some(d);
+            bench.measured_prog = attached_prog_id(&bench.topo.relay, vc);
+        }
+        Path4::IoUring => {
+            let cfg = relay_config(bench.topo, files, None, None)?;
+            bench.bpf.attach(&bench.topo.relay, vc, common::PROG_PASS)?;
+            let d = Daemon::start_with(
+                &bench.topo.relay,
+                &bench.args.relay_bin,
+                Some(&bench.server_cpu.to_string()),
+                &["--config", &cfg.display().to_string()],
+            )?;
+            bench.server_pid = d.pid();
+            bench.daemon = Some(d);
+            bench.measured_prog = None;
+        }
+        Path4::Coturn => {
+            bench.bpf.attach(&bench.topo.relay, vc, common::PROG_PASS)?;
+            let c = start_coturn(bench.topo, bench.server_cpu)?;
+            bench.server_pid = c.id();
+            coturn = Some(c);
+            bench.measured_prog = None;
+        }
+        Path4::Floor => {
+            bench
+                .bpf
+                .attach(&bench.topo.relay, vc, common::PROG_FLOOR)?;
+            bench.measured_prog = bench.bpf.prog_id(common::PROG_FLOOR);
+            bench.server_pid = None;
+        }
+    }
+    let napi = if bench.args.threaded_rx {
+        thread_napi(&bench.topo.relay, vc, server_cpu)
+    } else {
+        Vec::new()
+    };
+    if bench.round == 0 {
+        placement.push(format!(
+            "{}: {}",
+            path.short(),
+            if napi.is_empty() {
+                format!("inline on the generator's CPU {}", bench.args.client_cpu)
+            } else {
+                format!("in threaded NAPI, its thread pinned to CPU {server_cpu} at SCHED_FIFO 50")
+            }
+        ));
+    }
+    let mut result = Ok(());
+    for &n in &bench.args.allocations.clone() {
+        match bench.run_allocations(path, n) {
+            Ok(mut o) => {
+                if path == Path4::Xdp {
+                    let k = o.best.as_ref().and_then(|b| b.kernel_relayed).unwrap_or(0);
+                    if k == 0 {
+                        o.note = Some("fast path did not relay (counters 0)".into());
+                    } else if let Some(b) = &o.best
+                        && (k as f64) < 0.95 * b.received as f64
+                    {
+                        o.note = Some(format!("only {k} of {} relayed in the kernel", b.received));
+                    }
+                }
+                outcomes.push(o);
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if let Some(d) = bench.daemon.take() {
+        let st = d.stop(Duration::from_secs(10));
+        if let Ok(s) = st
+            && !s.success()
+        {
+            eprintln!("   relay exited with {s}");
+        }
+    }
+    if let Some(c) = coturn.take() {
+        let _ = c.stop(Duration::from_secs(5));
+    }
+    bench.bpf.detach(common::PROG_PASS)?;
+    bench.bpf.detach(common::PROG_FLOOR)?;
+    result?;
     Ok(())
 }
 
@@ -1405,6 +1451,9 @@ fn report(
     server_cpu: usize,
 ) -> String {
     let mut md = String::new();
+    let all = outcomes;
+    let first: Vec<Outcome> = all.iter().filter(|o| o.round == 0).cloned().collect();
+    let outcomes = &first[..];
     let rate_of = |p: Path4, n: usize| -> Option<f64> {
         outcomes
             .iter()
@@ -1565,6 +1614,9 @@ fn report(
         }
         let _ = writeln!(md);
     }
+    if args.rounds > 1 && !args.smoke {
+        rounds_section(&mut md, all, &args.allocations, args.rounds);
+    }
     let _ = writeln!(
         md,
         "Load: ChannelData with {}-byte payloads (frames of {} bytes), generated by `bench_gen` through BPF_PROG_TEST_RUN live frames (batch {LIVE_BATCH}) on the client's veth, round-robin over the allocations' source ports; each allocation is a real TURN allocation (Allocate with long-term credentials + ChannelBind to the sink) for (a)–(c). {} s per rate step: first as fast as the generator goes, then the rate is bisected below what got through (at most {} steps); the table shows the highest step with < {LOSS_LIMIT_PCT}% loss. Loss = 1 − frames counted by the sink / frames generated. One-way latency: `bench_sink` on the peer's veth subtracts the generator's `bpf_ktime_get_ns` stamp (log-linear histogram, 12.5% buckets).",
@@ -1597,6 +1649,161 @@ fn report(
     md
 }
 
+/// The path's rate in one round at `n` allocations, when it relayed with < 0.1% loss.
+fn round_rate(outcomes: &[Outcome], p: Path4, n: usize, round: u32) -> Option<f64> {
+    outcomes
+        .iter()
+        .find(|o| o.path == p && o.allocations == n && o.round == round && o.note.is_none())
+        .and_then(|o| o.best.as_ref())
+        .filter(|b| b.loss_pct() < LOSS_LIMIT_PCT)
+        .map(Step::rate)
+        .filter(|r| *r > 0.0)
+}
+
+/// `a`'s rate over `b`'s, per round in which both have one.
+fn round_ratios(outcomes: &[Outcome], a: Path4, b: Path4, n: usize, rounds: u32) -> Vec<f64> {
+    (0..rounds)
+        .filter_map(|r| Some(round_rate(outcomes, a, n, r)? / round_rate(outcomes, b, n, r)?))
+        .collect()
+}
+
+/// The median (the mean of the middle two for an even count); `None` when empty.
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+/// The ratios the issue sets targets for, where both paths ran.
+const RATIOS: [(Path4, Path4); 3] = [
+    (Path4::Xdp, Path4::Floor),
+    (Path4::Xdp, Path4::Coturn),
+    (Path4::IoUring, Path4::Coturn),
+];
+
+/// `--rounds`: every round's rates and ratios, then each ratio's median and range.
+fn rounds_section(md: &mut String, outcomes: &[Outcome], allocations: &[usize], rounds: u32) {
+    let mut paths: Vec<Path4> = Vec::new();
+    for o in outcomes {
+        if !paths.contains(&o.path) {
+            paths.push(o.path);
+        }
+    }
+    let ratios: Vec<(Path4, Path4)> = RATIOS
+        .iter()
+        .copied()
+        .filter(|(a, b)| paths.contains(a) && paths.contains(b))
+        .collect();
+    let _ = writeln!(
+        md,
+        "#### {rounds} rounds (paths in alternating order; the tables above are round 1)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| allocations | round | {} | {} | {} |",
+        paths
+            .iter()
+            .map(|p| format!("{} Mpps", p.short()))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        ratios
+            .iter()
+            .map(|(a, b)| format!("{} / {}", a.short(), b.short()))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        paths
+            .iter()
+            .map(|p| format!("{} prog ns/pkt", p.short()))
+            .collect::<Vec<_>>()
+            .join(" | "),
+    );
+    let _ = writeln!(
+        md,
+        "|---:|---:|{}",
+        "---:|".repeat(2 * paths.len() + ratios.len())
+    );
+    let cell = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("-".to_string(), f);
+    for &n in allocations {
+        for r in 0..rounds {
+            let rates = paths
+                .iter()
+                .map(|&p| {
+                    cell(round_rate(outcomes, p, n, r), &|x| {
+                        format!("{:.3}", x / 1e6)
+                    })
+                })
+                .collect::<Vec<_>>()
+                .join(" | ");
+            let rs = ratios
+                .iter()
+                .map(|&(a, b)| {
+                    let x = round_rate(outcomes, a, n, r)
+                        .zip(round_rate(outcomes, b, n, r))
+                        .map(|(x, y)| x / y);
+                    cell(x, &|x| format!("{x:.2}×"))
+                })
+                .collect::<Vec<_>>()
+                .join(" | ");
+            let prog = paths
+                .iter()
+                .map(|&p| {
+                    let ns = outcomes
+                        .iter()
+                        .find(|o| o.path == p && o.allocations == n && o.round == r)
+                        .and_then(|o| o.best.as_ref())
+                        .and_then(|b| b.prog_ns);
+                    cell(ns, &|x| format!("{x:.0}"))
+                })
+                .collect::<Vec<_>>()
+                .join(" | ");
+            let _ = writeln!(md, "| {n} | {} | {rates} | {rs} | {prog} |", r + 1);
+        }
+    }
+    let _ = writeln!(md);
+    if ratios.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "| allocations | ratio | median | min | max | rounds with both paths |"
+    );
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|");
+    for &n in allocations {
+        for &(a, b) in &ratios {
+            let v = round_ratios(outcomes, a, b, n, rounds);
+            let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let _ = writeln!(
+                md,
+                "| {n} | {} / {} | {} | {} | {} | {} of {rounds} |",
+                a.short(),
+                b.short(),
+                median(&v).map_or("-".to_string(), |m| format!("{m:.2}×")),
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{min:.2}×")
+                },
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{max:.2}×")
+                },
+                v.len()
+            );
+        }
+    }
+    let _ = writeln!(md);
+}
+
 fn write_outputs(path: &Path, md: &str, outcomes: &[Outcome]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -1608,13 +1815,13 @@ fn write_outputs(path: &Path, md: &str, outcomes: &[Outcome]) -> Result<()> {
         .to_string();
     // CSV: throughput.
     let mut csv = String::from(
-        "path,allocations,mpps,loss_pct,p50_us,p99_us,p999_us,cpu_ns_per_pkt,process_ns_per_pkt,prog_ns,note\n",
+        "path,allocations,mpps,loss_pct,p50_us,p99_us,p999_us,cpu_ns_per_pkt,process_ns_per_pkt,prog_ns,note,round\n",
     );
     for o in outcomes {
         if let Some(b) = &o.best {
             let _ = writeln!(
                 csv,
-                "{},{},{:.4},{:.4},{:.2},{:.2},{:.2},{:.1},{},{},{}",
+                "{},{},{:.4},{:.4},{:.2},{:.2},{:.2},{:.1},{},{},{},{}",
                 o.path.short(),
                 o.allocations,
                 b.rate() / 1e6,
@@ -1626,11 +1833,15 @@ fn write_outputs(path: &Path, md: &str, outcomes: &[Outcome]) -> Result<()> {
                 b.proc_ns_per_packet()
                     .map_or(String::new(), |x| format!("{x:.1}")),
                 b.prog_ns.map_or(String::new(), |x| format!("{x:.1}")),
-                o.note.clone().unwrap_or_default()
+                o.note.clone().unwrap_or_default(),
+                o.round + 1
             );
         }
     }
     std::fs::write(dir.join(format!("{stem}.csv")), csv)?;
+    // The plots show round 1, as the tables do.
+    let first: Vec<Outcome> = outcomes.iter().filter(|o| o.round == 0).cloned().collect();
+    let outcomes = &first[..];
     // CSV: latency CDF (largest allocation count).
     let nmax = outcomes.iter().map(|o| o.allocations).max().unwrap_or(0);
     let mut cdf = String::from("path,allocations,latency_us,cdf\n");
@@ -1828,5 +2039,68 @@ mod tests {
         assert!((0.96..1.03).contains(&p50), "{p50}");
         let p999 = quantile_us(&h, 0.999);
         assert!((90.0..110.0).contains(&p999), "{p999}");
+    }
+
+    fn outcome(path: Path4, n: usize, round: u32, mpps: f64, loss: bool) -> Outcome {
+        let received = (mpps * 1e6) as u64;
+        Outcome {
+            path,
+            allocations: n,
+            round,
+            best: Some(Step {
+                sent: if loss { received * 2 } else { received },
+                received,
+                seconds: 1.0,
+                prog_ns: Some(100.0),
+                ..Step::default()
+            }),
+            steps: Vec::new(),
+            generator_bound: false,
+            note: None,
+            saturated: None,
+        }
+    }
+
+    /// Ratios pair the two paths of the same round, skip rounds where either path has
+    /// no loss-free step, and the median is the middle value (or the middle two's mean).
+    #[test]
+    fn round_ratios_pair_paths_within_a_round() {
+        let o = vec![
+            outcome(Path4::Xdp, 10, 0, 0.9, false),
+            outcome(Path4::Floor, 10, 0, 1.0, false),
+            outcome(Path4::Floor, 10, 1, 0.5, false),
+            outcome(Path4::Xdp, 10, 1, 0.4, false),
+            outcome(Path4::Xdp, 10, 2, 0.8, true),
+            outcome(Path4::Floor, 10, 2, 1.0, false),
+            outcome(Path4::Xdp, 10, 3, 0.7, false),
+            outcome(Path4::Floor, 10, 3, 1.0, false),
+            outcome(Path4::Xdp, 100, 0, 0.1, false),
+        ];
+        let v = round_ratios(&o, Path4::Xdp, Path4::Floor, 10, 4);
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert!(
+            (v[0] - 0.9).abs() < 1e-9 && (v[1] - 0.8).abs() < 1e-9,
+            "{v:?}"
+        );
+        assert!((v[2] - 0.7).abs() < 1e-9, "{v:?}");
+        assert_eq!(median(&v), Some(0.8));
+        assert_eq!(median(&[0.5, 0.9]), Some(0.7));
+        assert_eq!(median(&[]), None);
+        assert!(round_ratios(&o, Path4::Xdp, Path4::Floor, 100, 4).is_empty());
+
+        let mut md = String::new();
+        rounds_section(&mut md, &o, &[10, 100], 4);
+        assert!(
+            md.contains("| 10 | xdp / floor | 0.80× | 0.70× | 0.90× | 3 of 4 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 100 | xdp / floor | - | - | - | 0 of 4 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 10 | 3 | - | 1.000 | - | 100 | 100 |"),
+            "{md}"
+        );
     }
 }

@@ -128,6 +128,10 @@ enum BenchCmd {
         /// instead of inline on the generator's CPU.
         #[arg(long)]
         threaded_rx: bool,
+        /// Measure every path this many times in alternating order and report each
+        /// ratio's median and range over the rounds.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
         /// A few seconds, debug build, 10 allocations: proves every path relays.
         #[arg(long)]
         smoke: bool,
@@ -230,6 +234,7 @@ fn real_main() -> Result<()> {
                     size,
                     paths,
                     threaded_rx,
+                    rounds,
                     smoke,
                     markdown,
                 },
@@ -241,6 +246,7 @@ fn real_main() -> Result<()> {
                 size,
                 paths,
                 threaded_rx,
+                rounds,
                 smoke,
             };
             // A smoke run does not overwrite the real report.
@@ -478,6 +484,7 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
                 size: 200,
                 paths: "xdp,io-uring,coturn,floor".into(),
                 threaded_rx: false,
+                rounds: 1,
                 smoke: true,
             },
             &target_dir(root).join("bench/turn-xdp-smoke.md"),
@@ -617,6 +624,7 @@ struct TurnXdpBench {
     size: usize,
     paths: String,
     threaded_rx: bool,
+    rounds: u32,
     smoke: bool,
 }
 
@@ -630,6 +638,7 @@ fn bench_turn_xdp(root: &Path, t: &TurnXdpBench, markdown: &Path) -> Result<()> 
         .args(["--step-seconds", &t.step_seconds.to_string()])
         .args(["--size", &t.size.to_string()])
         .args(["--paths", &t.paths])
+        .args(["--rounds", &t.rounds.to_string()])
         .arg("--markdown")
         .arg(if markdown.is_absolute() {
             markdown.to_path_buf()
