@@ -1434,6 +1434,173 @@ fn fib_through_lo_and_next_hop_cache() {
     }
 }
 
+/// Pins the calling thread to CPU 0: per-CPU map entries are then the ones it sees.
+fn pin_to_cpu0() {
+    // SAFETY: cpu_set_t is plain data (all-zero is an empty set); CPU 0 always exists;
+    // sched_setaffinity(0, ..) changes only the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin the test thread to CPU 0"
+        );
+    }
+}
+
+/// Empties TURN_NEXT_HOPS (the shared cache behind the per-CPU slots).
+fn clear_next_hops(x: &mut XdpTestRun) {
+    let mut m: HashMap<_, rc::NextHopKey, rc::NextHop> = x
+        .ebpf_mut()
+        .map_mut(rc::maps::NEXT_HOPS)
+        .expect("TURN_NEXT_HOPS")
+        .try_into()
+        .expect("lru hash");
+    let keys: Vec<rc::NextHopKey> = m.keys().map(|k| k.expect("key")).collect();
+    for k in keys {
+        m.remove(&k).expect("remove next hop");
+    }
+}
+
+/// CPU 0's TURN_HOP_SLOTS slot `idx`.
+fn hop_slot(x: &mut XdpTestRun, idx: u32) -> rc::HopSlot {
+    let m: PerCpuArray<_, rc::HopSlot> = x
+        .ebpf_mut()
+        .map(rc::maps::HOP_SLOTS)
+        .expect("TURN_HOP_SLOTS")
+        .try_into()
+        .expect("percpu array");
+    m.get(&idx, 0).expect("read slot")[0]
+}
+
+/// The per-CPU next-hop slots: a rule's frames are served from its slot (even with
+/// TURN_NEXT_HOPS emptied and the neighbour changed, within the TTL), and two rules
+/// whose statistics indices share a slot, towards peers with different MACs, each get
+/// their own next hop every time (the slot's key decides, not its index).
+#[test]
+fn hop_slots_serve_each_rule_its_own_next_hop() {
+    if !privileged() {
+        return;
+    }
+    pin_to_cpu0();
+    let ns = Netns::create("s");
+    let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
+    let _in = ns.enter();
+    // SAFETY: as above.
+    let ifindex = unsafe { libc::if_nametoindex(c"v0".as_ptr()) };
+    assert_ne!(ifindex, 0);
+    let mac2 = [0x02, 0, 0, 0, 0, 0xb2];
+    let mac3 = [0x02, 0, 0, 0, 0, 0xb3];
+    let flags = rc::SETTING_ENABLED;
+    Rules { x: &mut x }.settings_with(flags, 60_000, LO_IFINDEX);
+    let mut r = Reference::new();
+    for (is_v6, n) in [(false, 1u16), (true, 3)] {
+        let tag = fam_name(is_v6);
+        let f = fam(is_v6);
+        let peer2_ip = if is_v6 { v6(0x210) } else { v4(210) };
+        ip(&[
+            "neigh",
+            "replace",
+            &peer2_ip.to_string(),
+            "lladdr",
+            "02:00:00:00:00:b2",
+            "dev",
+            "v0",
+            "nud",
+            "permanent",
+        ]);
+        let tuple = |k: u16| FiveTuple {
+            client: SocketAddr::new(f.client, CLIENT_PORT + k),
+            server: SocketAddr::new(f.listen, LISTEN_PORT),
+            transport: Transport::Udp,
+        };
+        let a = r.allocate(
+            tuple(n),
+            is_v6,
+            SocketAddr::new(f.peer, PEER_PORT),
+            40 + n as u8,
+        );
+        let b = r.allocate(
+            tuple(n + 1),
+            is_v6,
+            SocketAddr::new(peer2_ip, PEER_PORT),
+            80 + n as u8,
+        );
+        // Channel rules at statistics indices `base` and `base + HOP_SLOTS`: one slot.
+        let base = 16 * u32::from(n);
+        Rules { x: &mut x }.install(&a, base);
+        Rules { x: &mut x }.install(&b, base + rc::HOP_SLOTS);
+        let msg = channel_data(60, 0, 9);
+        let fa = frame(MAC_CLIENT, a.tuple.client, a.tuple.server, &msg, 0);
+        let fb = frame(MAC_CLIENT, b.tuple.client, b.tuple.server, &msg, 0);
+        let ra = ref_to_peer(&mut r, &a, &msg, 0, v4f(&fa, false)).expect("relays");
+        let rb = with_dmac(
+            ref_to_peer(&mut r, &b, &msg, 0, v4f(&fb, false)).expect("relays"),
+            mac2,
+        );
+        for i in 0..3 {
+            assert_relayed(&run(&x, ifindex, &fa), &ra, &format!("{tag}: a, turn {i}"));
+            assert_relayed(&run(&x, ifindex, &fb), &rb, &format!("{tag}: b, turn {i}"));
+        }
+        let slot = hop_slot(&mut x, base);
+        assert_eq!(
+            slot.key.dst,
+            key_addr(peer2_ip),
+            "{tag}: b's hop in the slot"
+        );
+        assert_eq!(slot.hop.dmac, mac2, "{tag}: b's MAC in the slot");
+
+        // Served from the slot: b's frames keep the slot's MAC with TURN_NEXT_HOPS
+        // emptied and the neighbour changed (a lookup would see the new MAC).
+        ip(&[
+            "neigh",
+            "replace",
+            &peer2_ip.to_string(),
+            "lladdr",
+            "02:00:00:00:00:b3",
+            "dev",
+            "v0",
+            "nud",
+            "permanent",
+        ]);
+        clear_next_hops(&mut x);
+        assert_relayed(
+            &run(&x, ifindex, &fb),
+            &rb,
+            &format!("{tag}: b from its slot"),
+        );
+        // a takes the slot over (a lookup: TURN_NEXT_HOPS is empty), then b's next frame
+        // finds a's key there and looks up again: the new MAC.
+        assert_relayed(&run(&x, ifindex, &fa), &ra, &format!("{tag}: a looked up"));
+        assert_eq!(
+            hop_slot(&mut x, base).key.dst,
+            key_addr(f.peer),
+            "{tag}: a's slot"
+        );
+        assert_relayed(
+            &run(&x, ifindex, &fb),
+            &with_dmac(rb.clone(), mac3),
+            &format!("{tag}: b looked up again (new MAC)"),
+        );
+        // With the cache off (TTL 0) neither the slot nor TURN_NEXT_HOPS is used.
+        ip(&[
+            "neigh",
+            "replace",
+            &peer2_ip.to_string(),
+            "lladdr",
+            "02:00:00:00:00:b2",
+            "dev",
+            "v0",
+            "nud",
+            "permanent",
+        ]);
+        Rules { x: &mut x }.settings_with(flags, 0, LO_IFINDEX);
+        assert_relayed(&run(&x, ifindex, &fb), &rb, &format!("{tag}: b, no cache"));
+        Rules { x: &mut x }.settings_with(flags, 60_000, LO_IFINDEX);
+    }
+}
+
 /// Measurements for the report: verified instructions and ns per frame of each case.
 #[test]
 fn turn_fast_path_cost() {

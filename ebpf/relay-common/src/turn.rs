@@ -73,6 +73,10 @@ pub mod maps {
     /// `LruHashMap<NextHopKey, NextHop>`: `bpf_fib_lookup` results reused for
     /// `TurnSettings::next_hop_ttl_ms` (written only by the kernel).
     pub const NEXT_HOPS: &str = "TURN_NEXT_HOPS";
+    /// `PerCpuArray<HopSlot>` of [`super::HOP_SLOTS`] entries, indexed by a rule's
+    /// `stats_idx` modulo their count: each CPU's copy of the next hops its rules used,
+    /// in front of `TURN_NEXT_HOPS` (written only by the kernel, not pinned).
+    pub const HOP_SLOTS: &str = "TURN_HOP_SLOTS";
 }
 
 /// Entries in `TURN_RULE_STATS` (and the largest `stats_idx` + 1).
@@ -268,6 +272,23 @@ pub const SETTING_SEND_INDICATIONS: u32 = 4;
 /// Entries in `TURN_NEXT_HOPS` (least recently used ones are evicted).
 pub const MAX_NEXT_HOPS: u32 = 65_536;
 
+/// Entries in each CPU's `TURN_HOP_SLOTS` (a power of two; 256 KiB per CPU). A rule's
+/// slot is its `stats_idx` modulo this: up to this many active rules per CPU never evict
+/// each other's next hop.
+pub const HOP_SLOTS: u32 = 4096;
+
+/// Value of `TURN_HOP_SLOTS`: a `TURN_NEXT_HOPS` entry with the key it belongs to (a slot
+/// is shared by rules whose `stats_idx` differ by a multiple of [`HOP_SLOTS`], and an
+/// index is reused by later rules: the key says whose hop it holds). One cache line.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HopSlot {
+    /// The destination and source the hop was found for.
+    pub key: NextHopKey,
+    /// The hop, with the deadline of the `TURN_NEXT_HOPS` entry it came from.
+    pub hop: NextHop,
+}
+
 /// Key of `TURN_NEXT_HOPS`: what the FIB result depends on for a relayed frame (the
 /// lookup interface is one per program; TOS and ports only matter to policy rules that
 /// select on them, which the cache does not model).
@@ -326,6 +347,8 @@ mod pod {
     unsafe impl aya::Pod for super::NextHopKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NextHop {}
+    // SAFETY: as above (two such types, 64 bytes, no padding).
+    unsafe impl aya::Pod for super::HopSlot {}
 }
 
 #[cfg(test)]
@@ -346,6 +369,8 @@ mod tests {
         assert_eq!(size_of::<TurnSettings>(), 16);
         assert_eq!(size_of::<NextHopKey>(), 32);
         assert_eq!(size_of::<NextHop>(), 32);
+        assert_eq!(size_of::<HopSlot>(), 64);
+        assert!(HOP_SLOTS.is_power_of_two());
     }
 
     #[test]

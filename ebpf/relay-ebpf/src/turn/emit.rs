@@ -2,8 +2,8 @@
 //! resize, new headers, counters.
 //!
 //! Frame rules (the same as `relay/src/xdp/turn_frames.rs`, byte for byte): Ethernet MACs
-//! from `bpf_fib_lookup` (or its result cached in `TURN_NEXT_HOPS` for
-//! `next_hop_ttl_ms`); IPv4 `0x45`, TOS copied, ID and DF per the input (see
+//! from `bpf_fib_lookup` (or its result cached in `TURN_NEXT_HOPS` and this CPU's
+//! `TURN_HOP_SLOTS` slot of the rule for `next_hop_ttl_ms`); IPv4 `0x45`, TOS copied, ID and DF per the input (see
 //! `turn_frames.rs`), TTL 64, UDP, header checksum; IPv6 traffic class copied, flow label
 //! 0, hop limit 64; UDP checksum updated incrementally from the incoming one (RFC 1624),
 //! so it is exact when that one was. Both families and the cross-family cases are
@@ -28,14 +28,15 @@ use relay_common::{
         TURN_BANDWIDTH_DROPPED, TURN_FIB_PASSED, TURN_PEER_TO_CHANNEL,
         TURN_PEER_TO_DATA_INDICATION, TURN_UNHANDLED_PASSED,
     },
-    turn::{BANDWIDTH_WINDOW_NS, Bandwidth, NextHop, NextHopKey},
+    turn::{BANDWIDTH_WINDOW_NS, Bandwidth, HOP_SLOTS, NextHop, NextHopKey},
 };
 
 use super::{
-    Hop, Out, TURN_BANDWIDTH, TURN_NEXT_HOPS, TURN_RULE_STATS, Work,
+    Hop, Out, TURN_BANDWIDTH, TURN_HOP_SLOTS, TURN_NEXT_HOPS, TURN_RULE_STATS, Work,
     pkt::{ETH, Pkt},
     words::{
-        Addr, MAGIC_W, addr_neg, addr_sum, be, fold, packet_ptr, rd16, rd32, wr_addr, wr16, wr32,
+        Addr, MAGIC_W, addr_neg, addr_sum, be, fold, packet_ptr, rd_addr, rd16, rd32, same,
+        wr_addr, wr16, wr32,
     },
 };
 use crate::counters;
@@ -134,11 +135,12 @@ pub fn emit(ctx: &XdpContext, work: *mut Work) -> Result<u32, Option<u32>> {
     }
 }
 
-/// The next hop: from `TURN_NEXT_HOPS` while the cached entry is fresh, else from
-/// `bpf_fib_lookup` (also the MTU check), stored on success. The kernel answers
-/// FWD_DISABLED unless forwarding is on for the lookup's interface (checked on 6.18,
-/// with and without BPF_FIB_LOOKUP_OUTPUT): the daemon turns it on for `fib_ifindex`
-/// only (`lo` by default), else everything passes up counted as TURN_FIB_PASSED.
+/// The next hop: from this CPU's `TURN_HOP_SLOTS` slot of the rule, else from
+/// `TURN_NEXT_HOPS`, while the entry is fresh; else from `bpf_fib_lookup` (also the MTU
+/// check), stored in both on success. The kernel answers FWD_DISABLED unless forwarding
+/// is on for the lookup's interface (checked on 6.18, with and without
+/// BPF_FIB_LOOKUP_OUTPUT): the daemon turns it on for `fib_ifindex` only (`lo` by
+/// default), else everything passes up counted as TURN_FIB_PASSED.
 #[inline(always)]
 fn next_hop(
     ctx: &XdpContext,
@@ -150,6 +152,24 @@ fn next_hop(
     key: &mut [u32; 10],
     value: &mut [u64; 4],
 ) -> Result<NextHopWords, Option<u32>> {
+    let slot = if hop.ttl_ms != 0 {
+        TURN_HOP_SLOTS.get_ptr_mut(o.stats_idx & (HOP_SLOTS - 1))
+    } else {
+        None
+    };
+    if let Some(s) = slot {
+        let a = s as usize;
+        // SAFETY: `s` points at this CPU's slot (a HopSlot: the key's two addresses at 0
+        // and 16, a NextHop at 32), which only this CPU writes.
+        let (dst, src) = unsafe { (rd_addr(a), rd_addr(a + 16)) };
+        if same(&dst, &o.dst) && same(&src, &o.src) {
+            // SAFETY: as above.
+            let (expires, mtu, nh) = unsafe { read_hop(a + 32) };
+            if expires > hop.now {
+                return fits(nh, mtu, ip_total);
+            }
+        }
+    }
     *key = [
         o.dst[0], o.dst[1], o.dst[2], o.dst[3], o.src[0], o.src[1], o.src[2], o.src[3], 0, 0,
     ];
@@ -158,23 +178,23 @@ fn next_hop(
     if hop.ttl_ms != 0 {
         if let Some(h) = TURN_NEXT_HOPS.get_ptr(key) {
             let a = h as usize;
-            // SAFETY: `h` points at a live NextHop value (32 bytes, 8-aligned): expires
-            // 0, ifindex 8, mtu 12, smac 16, dmac 22.
-            let (expires, ifindex, mtu) = unsafe { ((*h).expires_ns, (*h).ifindex, (*h).mtu) };
+            // SAFETY: `h` points at a live NextHop value.
+            let (expires, mtu, nh) = unsafe { read_hop(a) };
             if expires > hop.now {
-                if ip_total > mtu as usize {
-                    return Err(Some(TURN_UNHANDLED_PASSED));
+                if let Some(s) = slot {
+                    // SAFETY: `h` points at 32 readable bytes (a NextHop, 8-aligned).
+                    let v = unsafe {
+                        [
+                            *(a as *const u64),
+                            *((a + 8) as *const u64),
+                            *((a + 16) as *const u64),
+                            *((a + 24) as *const u64),
+                        ]
+                    };
+                    // SAFETY: `s` is this CPU's slot (see above).
+                    unsafe { fill_slot(s as usize, o, &v) };
                 }
-                // SAFETY: as above.
-                return Ok(unsafe {
-                    NextHopWords {
-                        ifindex,
-                        smac_lo: rd16(a + 16),
-                        smac_hi: rd32(a + 18),
-                        dmac_lo: rd32(a + 22),
-                        dmac_hi: rd16(a + 26),
-                    }
-                });
+                return fits(nh, mtu, ip_total);
             }
         }
     }
@@ -207,8 +227,62 @@ fn next_hop(
         let v = unsafe { &*(value.as_ptr() as *const NextHop) };
         // A failed insert only costs the next frame another lookup.
         let _ = TURN_NEXT_HOPS.insert(key, v, 0);
+        if let Some(s) = slot {
+            // SAFETY: `s` is this CPU's slot (see above).
+            unsafe { fill_slot(s as usize, o, value) };
+        }
     }
     Ok(nh)
+}
+
+/// Reads a NextHop at `a`: its deadline, MTU and the words of the frame's next hop.
+///
+/// # Safety
+/// `a` must point at a NextHop (32 bytes, 8-aligned: expires 0, ifindex 8, mtu 12, smac
+/// 16, dmac 22).
+#[inline(always)]
+unsafe fn read_hop(a: usize) -> (u64, u16, NextHopWords) {
+    // SAFETY: forwarded from the contract.
+    unsafe {
+        (
+            *(a as *const u64),
+            rd16(a + 12),
+            NextHopWords {
+                ifindex: rd32(a + 8),
+                smac_lo: rd16(a + 16),
+                smac_hi: rd32(a + 18),
+                dmac_lo: rd32(a + 22),
+                dmac_hi: rd16(a + 26),
+            },
+        )
+    }
+}
+
+/// A fresh cached hop, unless the frame is larger than its route's MTU.
+#[inline(always)]
+fn fits(nh: NextHopWords, mtu: u16, ip_total: usize) -> Result<NextHopWords, Option<u32>> {
+    if ip_total > mtu as usize {
+        return Err(Some(TURN_UNHANDLED_PASSED));
+    }
+    Ok(nh)
+}
+
+/// Stores the frame's key and a NextHop (as four words) in a `TURN_HOP_SLOTS` slot.
+///
+/// # Safety
+/// `s` must point at this CPU's slot (a HopSlot, 64 bytes, 64-aligned).
+#[inline(always)]
+unsafe fn fill_slot(s: usize, o: &Out, v: &[u64; 4]) {
+    // SAFETY: forwarded from the contract; the key goes first so that a reader on this CPU
+    // (the only one) never runs between the writes anyway: XDP is not preempted.
+    unsafe {
+        wr_addr(s, &o.dst);
+        wr_addr(s + 16, &o.src);
+        *((s + 32) as *mut u64) = v[0];
+        *((s + 40) as *mut u64) = v[1];
+        *((s + 48) as *mut u64) = v[2];
+        *((s + 56) as *mut u64) = v[3];
+    }
 }
 
 /// The UDP checksum sum of the output (before the final complement): the incoming
