@@ -73,6 +73,23 @@ pub fn emit(ctx: &XdpContext, work: *mut Work) -> Result<u32, Option<u32>> {
     if ip_total > 0xffff {
         return Err(Some(TURN_UNHANDLED_PASSED));
     }
+    // The rule's counters are read here and written at the end: with many rules the
+    // entry (and the per-CPU pointer to it) is a cache miss, which the rest of the
+    // rewrite then hides instead of waiting for it at the end. Only this CPU writes its
+    // entry and XDP is not preempted, so the read stays current (userspace only zeroes an
+    // index before reusing it, when no rule points at it any more).
+    let stats = TURN_RULE_STATS.get_ptr_mut(o.stats_idx);
+    let counted = match stats {
+        // SAFETY: this CPU's entry (see above); volatile so that the loads are issued
+        // here, not sunk to their use.
+        Some(st) => unsafe {
+            (
+                core::ptr::read_volatile(&(*st).packets),
+                core::ptr::read_volatile(&(*st).bytes),
+            )
+        },
+        None => (0, 0),
+    };
     let nh = next_hop(ctx, p, o, hop, ip_total, fib, key, value)?;
     let sum = checksum(ctx, p, o, ulen)?;
 
@@ -119,11 +136,11 @@ pub fn emit(ctx: &XdpContext, work: *mut Work) -> Result<u32, Option<u32>> {
         return Ok(xdp_action::XDP_ABORTED);
     }
 
-    if let Some(st) = TURN_RULE_STATS.get_ptr_mut(o.stats_idx) {
-        // SAFETY: this CPU's entry; XDP is not preempted on a CPU.
+    if let Some(st) = stats {
+        // SAFETY: this CPU's entry, read above.
         unsafe {
-            (*st).packets += 1;
-            (*st).bytes += o.payload_len as u64;
+            (*st).packets = counted.0 + 1;
+            (*st).bytes = counted.1 + o.payload_len as u64;
         }
     }
     counters::bump(o.counter);
