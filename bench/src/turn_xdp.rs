@@ -1307,6 +1307,19 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
     Ok(())
 }
 
+/// Starts the relay daemon with `cfg` on the server CPU, as the bench's current relay.
+fn start_relay(bench: &mut Bench<'_>, cfg: &Path) -> Result<()> {
+    let d = Daemon::start_with(
+        &bench.topo.relay,
+        &bench.args.relay_bin,
+        Some(&bench.server_cpu.to_string()),
+        &["--config", &cfg.display().to_string()],
+    )?;
+    bench.server_pid = d.pid();
+    bench.daemon = Some(d);
+    Ok(())
+}
+
 /// Runs one path at every allocation count: starts what it needs (the relay, coturn, or
 /// the floor program on the relay's veth), measures, stops it again.
 fn run_path(
@@ -1323,27 +1336,13 @@ fn run_path(
     match path {
         Path4::Xdp => {
             let cfg = relay_config(bench.topo, files, Some(&[vc, "vp"]), bench.args.turn_rules)?;
-            let d = Daemon::start_with(
-                &bench.topo.relay,
-                &bench.args.relay_bin,
-                Some(&bench.server_cpu.to_string()),
-                &["--config", &cfg.display().to_string()],
-            )?;
-            bench.server_pid = d.pid();
-            bench.daemon = Some(d);
+            start_relay(bench, &cfg)?;
             bench.measured_prog = attached_prog_id(&bench.topo.relay, vc);
         }
         Path4::IoUring => {
             let cfg = relay_config(bench.topo, files, None, None)?;
             bench.bpf.attach(&bench.topo.relay, vc, common::PROG_PASS)?;
-            let d = Daemon::start_with(
-                &bench.topo.relay,
-                &bench.args.relay_bin,
-                Some(&bench.server_cpu.to_string()),
-                &["--config", &cfg.display().to_string()],
-            )?;
-            bench.server_pid = d.pid();
-            bench.daemon = Some(d);
+            start_relay(bench, &cfg)?;
             bench.measured_prog = None;
         }
         Path4::Coturn => {

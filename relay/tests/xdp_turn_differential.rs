@@ -1364,17 +1364,7 @@ fn fib_through_lo_and_next_hop_cache() {
         Rules { x: &mut x }.settings_with(flags, ttl_ms, LO_IFINDEX);
         assert_relayed(&run(&x, ifindex, &f), &reference, &format!("{tag}: miss"));
         let new_mac = [0x02, 0, 0, 0, 0, 0xb2];
-        ip(&[
-            "neigh",
-            "replace",
-            &peer_ip,
-            "lladdr",
-            "02:00:00:00:00:b2",
-            "dev",
-            "v0",
-            "nud",
-            "permanent",
-        ]);
+        set_neighbour(a.peer.ip(), "02:00:00:00:00:b2");
         let t0 = Instant::now();
         let out = run(&x, ifindex, &f);
         assert!(
@@ -1413,17 +1403,7 @@ fn fib_through_lo_and_next_hop_cache() {
             before + 1,
             "{tag}: counted as TURN_FIB_PASSED"
         );
-        ip(&[
-            "neigh",
-            "replace",
-            &peer_ip,
-            "lladdr",
-            "02:00:00:00:00:b1",
-            "dev",
-            "v0",
-            "nud",
-            "permanent",
-        ]);
+        set_neighbour(a.peer.ip(), "02:00:00:00:00:b1");
         // Without a cache every frame looks up: a change is seen at once.
         Rules { x: &mut x }.settings_with(flags, 0, LO_IFINDEX);
         assert_relayed(
@@ -1432,6 +1412,21 @@ fn fib_through_lo_and_next_hop_cache() {
             &format!("{tag}: no cache"),
         );
     }
+}
+
+/// Sets the permanent neighbour entry of `addr` on v0 (inside the namespace).
+fn set_neighbour(addr: IpAddr, mac: &str) {
+    ip(&[
+        "neigh",
+        "replace",
+        &addr.to_string(),
+        "lladdr",
+        mac,
+        "dev",
+        "v0",
+        "nud",
+        "permanent",
+    ]);
 }
 
 /// Pins the calling thread to CPU 0: per-CPU map entries are then the ones it sees.
@@ -1499,17 +1494,7 @@ fn hop_slots_serve_each_rule_its_own_next_hop() {
         let tag = fam_name(is_v6);
         let f = fam(is_v6);
         let peer2_ip = if is_v6 { v6(0x210) } else { v4(210) };
-        ip(&[
-            "neigh",
-            "replace",
-            &peer2_ip.to_string(),
-            "lladdr",
-            "02:00:00:00:00:b2",
-            "dev",
-            "v0",
-            "nud",
-            "permanent",
-        ]);
+        set_neighbour(peer2_ip, "02:00:00:00:00:b2");
         let tuple = |k: u16| FiveTuple {
             client: SocketAddr::new(f.client, CLIENT_PORT + k),
             server: SocketAddr::new(f.listen, LISTEN_PORT),
@@ -1553,17 +1538,7 @@ fn hop_slots_serve_each_rule_its_own_next_hop() {
 
         // Served from the slot: b's frames keep the slot's MAC with TURN_NEXT_HOPS
         // emptied and the neighbour changed (a lookup would see the new MAC).
-        ip(&[
-            "neigh",
-            "replace",
-            &peer2_ip.to_string(),
-            "lladdr",
-            "02:00:00:00:00:b3",
-            "dev",
-            "v0",
-            "nud",
-            "permanent",
-        ]);
+        set_neighbour(peer2_ip, "02:00:00:00:00:b3");
         clear_next_hops(&mut x);
         assert_relayed(
             &run(&x, ifindex, &fb),
@@ -1584,17 +1559,7 @@ fn hop_slots_serve_each_rule_its_own_next_hop() {
             &format!("{tag}: b looked up again (new MAC)"),
         );
         // With the cache off (TTL 0) neither the slot nor TURN_NEXT_HOPS is used.
-        ip(&[
-            "neigh",
-            "replace",
-            &peer2_ip.to_string(),
-            "lladdr",
-            "02:00:00:00:00:b2",
-            "dev",
-            "v0",
-            "nud",
-            "permanent",
-        ]);
+        set_neighbour(peer2_ip, "02:00:00:00:00:b2");
         Rules { x: &mut x }.settings_with(flags, 0, LO_IFINDEX);
         assert_relayed(&run(&x, ifindex, &fb), &rb, &format!("{tag}: b, no cache"));
         Rules { x: &mut x }.settings_with(flags, 60_000, LO_IFINDEX);
