@@ -3,11 +3,11 @@
 //!
 //! Frame rules (the same as `relay/src/xdp/turn_frames.rs`, byte for byte): Ethernet MACs
 //! from `bpf_fib_lookup` (or its result cached in `TURN_NEXT_HOPS` and this CPU's
-//! `TURN_HOP_SLOTS` slot of the rule for `next_hop_ttl_ms`); IPv4 `0x45`, TOS copied, ID and DF per the input (see
-//! `turn_frames.rs`), TTL 64, UDP, header checksum; IPv6 traffic class copied, flow label
-//! 0, hop limit 64; UDP checksum updated incrementally from the incoming one (RFC 1624),
-//! so it is exact when that one was. Both families and the cross-family cases are
-//! handled: the whole header is rebuilt.
+//! `TURN_HOP_SLOTS` slot of the rule for `next_hop_ttl_ms`); IPv4 `0x45`, TOS copied, ID
+//! and DF per the input (see `turn_frames.rs`), TTL 64, UDP, header checksum; IPv6
+//! traffic class copied, flow label 0, hop limit 64; UDP checksum updated incrementally
+//! from the incoming one (RFC 1624), so it is exact when that one was. Both families and
+//! the cross-family cases are handled: the whole header is rebuilt.
 //!
 //! Everything is word-wide ([`super::words`]): the checksum update is summed in
 //! registers from the words that leave and enter the datagram, and the new headers are

@@ -39,8 +39,8 @@ use relay_common::{
     turn::{
         AllocKey, AllocRule, Bandwidth, ChannelKey, ChannelRule, HOP_SLOTS, HopSlot,
         MAX_ALLOCATIONS, MAX_MAP_ENTRIES, MAX_NEXT_HOPS, MAX_RULES, NextHop, NextHopKey, PeerKey,
-        PeerRule, RuleStats,
-        SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS, TurnSettings,
+        PeerRule, RuleStats, SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS,
+        TurnSettings,
     },
 };
 
