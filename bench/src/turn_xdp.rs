@@ -1562,15 +1562,7 @@ fn report(
         per_core_table(&mut md, outcomes, n);
     }
     // Throughput vs allocations, as text.
-    let paths: Vec<Path4> = {
-        let mut v = Vec::new();
-        for o in outcomes {
-            if !v.contains(&o.path) {
-                v.push(o.path);
-            }
-        }
-        v
-    };
+    let paths = paths_run(outcomes);
     let max = outcomes
         .iter()
         .filter_map(|o| rate_of(o.path, o.allocations))
@@ -1704,14 +1696,20 @@ const RATIOS: [(Path4, Path4); 3] = [
     (Path4::IoUring, Path4::Coturn),
 ];
 
-/// `--rounds`: every round's rates and ratios, then each ratio's median and range.
-fn rounds_section(md: &mut String, outcomes: &[Outcome], allocations: &[usize], rounds: u32) {
-    let mut paths: Vec<Path4> = Vec::new();
+/// The paths that have outcomes, in the order they first ran.
+fn paths_run(outcomes: &[Outcome]) -> Vec<Path4> {
+    let mut v = Vec::new();
     for o in outcomes {
-        if !paths.contains(&o.path) {
-            paths.push(o.path);
+        if !v.contains(&o.path) {
+            v.push(o.path);
         }
     }
+    v
+}
+
+/// `--rounds`: every round's rates and ratios, then each ratio's median and range.
+fn rounds_section(md: &mut String, outcomes: &[Outcome], allocations: &[usize], rounds: u32) {
+    let paths = paths_run(outcomes);
     let ratios: Vec<(Path4, Path4)> = RATIOS
         .iter()
         .copied()

@@ -155,19 +155,7 @@ impl Netns {
             ("fd77::100", "02:00:00:00:00:c1"),
             ("fd77::200", "02:00:00:00:00:b1"),
         ] {
-            ip(&[
-                "-n",
-                n,
-                "neigh",
-                "add",
-                a,
-                "lladdr",
-                mac,
-                "dev",
-                "v0",
-                "nud",
-                "permanent",
-            ]);
+            neighbour(&["-n", n], "add", a, mac);
         }
         let st = Command::new("ip")
             .args(["netns", "exec", n, "sysctl", "-qw"])
@@ -1414,12 +1402,13 @@ fn fib_through_lo_and_next_hop_cache() {
     }
 }
 
-/// Sets the permanent neighbour entry of `addr` on v0 (inside the namespace).
-fn set_neighbour(addr: IpAddr, mac: &str) {
-    ip(&[
+/// `ip [prefix] neigh <verb> <addr> lladdr <mac> dev v0 nud permanent`.
+fn neighbour(prefix: &[&str], verb: &str, addr: &str, mac: &str) {
+    let mut args = prefix.to_vec();
+    args.extend([
         "neigh",
-        "replace",
-        &addr.to_string(),
+        verb,
+        addr,
         "lladdr",
         mac,
         "dev",
@@ -1427,6 +1416,12 @@ fn set_neighbour(addr: IpAddr, mac: &str) {
         "nud",
         "permanent",
     ]);
+    ip(&args);
+}
+
+/// Sets the permanent neighbour entry of `addr` on v0 (inside the namespace).
+fn set_neighbour(addr: IpAddr, mac: &str) {
+    neighbour(&[], "replace", &addr.to_string(), mac);
 }
 
 /// Pins the calling thread to CPU 0: per-CPU map entries are then the ones it sees.
