@@ -64,27 +64,184 @@ fn pid_alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
-/// Deletes namespaces named `<prefix>-<pid>-...` whose pid is not alive (a crashed run).
+/// Removes what runs that ended without cleaning up (crashed, or killed before
+/// [`clean_up_on_signal`] existed) left with `prefix`: namespaces `<prefix>-<pid>-…`,
+/// state files `relay-test-state-<prefix>-<pid>-…` and pin directories
+/// `relay-test-<prefix>-<pid>-…` whose pid is not alive ([`remove_leftovers_of`]).
 pub fn cleanup_leftovers(prefix: &str) {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
-        let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        if !pid_alive(pid) {
-            eprintln!("removing leftover namespace {name}");
-            kill_all_in(name);
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
+    let mut names: Vec<String> = Vec::new();
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        names.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next().map(str::to_owned)),
+        );
+    }
+    for (dir, strip) in [
+        (std::env::temp_dir(), "relay-test-state-"),
+        (PathBuf::from("/sys/fs/bpf"), "relay-test-"),
+    ] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            names.extend(entries.flatten().filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix(strip).map(str::to_owned)
+            }));
         }
     }
+    let mut dead: Vec<i32> = names
+        .iter()
+        .filter_map(|name| {
+            let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
+            rest.split('-').next()?.parse::<i32>().ok()
+        })
+        .filter(|&pid| !pid_alive(pid))
+        .collect();
+    dead.sort_unstable();
+    dead.dedup();
+    for pid in dead {
+        let n = remove_leftovers_of(pid as u32);
+        eprintln!("removed {n} leftovers of the ended run {pid} ({prefix})");
+    }
+}
+
+/// What process `pid` made and may have left behind: its namespaces
+/// (`<prefix>-<pid>-<n>-<tag>`, every process in them killed first), its daemons' bpffs pin
+/// directories (`/sys/fs/bpf/relay-test-<namespace>`) and its temporary files and
+/// directories (`<tmp>/relay-…-<pid>-…` and `janus-…`: [`TempDir`] and the daemons' state files; the
+/// daemons' control sockets `<tmp>/<namespace>.sock`).
+/// Returns how many things it removed.
+pub fn remove_leftovers_of(pid: u32) -> usize {
+    let pid_s = pid.to_string();
+    // The pid follows a word in every name made here (`…-rlx-<pid>-<n>-…`,
+    // `relay-bench-turn-xdp-<pid>-<n>`); a part after a number is a counter, not a pid.
+    let mine = |name: &str| {
+        let parts: Vec<&str> = name.split('-').collect();
+        parts
+            .windows(2)
+            .any(|w| w[1] == pid_s && w[0].parse::<u64>().is_err())
+    };
+    let mut removed = 0;
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            // `<prefix>-<pid>-…`: the pid is the second field.
+            if name.split('-').nth(1) == Some(pid_s.as_str()) {
+                kill_all_in(name);
+                if Command::new("ip")
+                    .args(["netns", "del", name])
+                    .status()
+                    .is_ok_and(|s| s.success())
+                {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    for (dir, prefixes) in [
+        (PathBuf::from("/sys/fs/bpf"), &["relay-test-"][..]),
+        (std::env::temp_dir(), &["relay-", "janus-"][..]),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Control sockets are `<namespace>.sock`.
+            let socket = name.ends_with(".sock") && name.split('-').nth(1) == Some(&pid_s);
+            let ours = prefixes.iter().any(|p| name.starts_with(p)) && mine(&name);
+            if !ours && !socket {
+                continue;
+            }
+            let path = entry.path();
+            let gone = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if gone.is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+/// The write end of [`clean_up_on_signal`]'s pipe (-1 before it is set up).
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Set when a signal's clean-up has begun ([`await_signal_cleanup`]).
+static SIGNAL_CLEANUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// If a signal's clean-up is under way, waits for it: it ends the process when done (with
+/// 128 + the signal). Call before returning from `main`, whose work fails once the
+/// clean-up deletes its namespaces; returning would end the process half-cleaned.
+/// Bounded: after 60 s it returns.
+pub fn await_signal_cleanup() {
+    if SIGNAL_CLEANUP.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_secs(60));
+        eprintln!("warning: the signal clean-up did not finish within 60 s");
+    }
+}
+
+/// The signal handler: passes the signal number to the clean-up thread through the pipe
+/// (`write` is async-signal-safe; nothing else is done here).
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    let b = sig as u8;
+    // SAFETY: `b` is a valid one-byte buffer; a failed write only loses the clean-up.
+    unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP clean up before the process ends: Drop (which deletes
+/// namespaces, stops daemons and removes pins) does not run when a signal kills a
+/// process, and an interrupted bench would leave its daemons running in namespaces nobody
+/// deletes. A handler (whichever thread the signal lands on) wakes a thread of its own,
+/// which runs [`remove_leftovers_of`] for this process and exits with 128 + the signal.
+/// Children get default dispositions back at exec.
+pub fn clean_up_on_signal() -> Result<()> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid two-element array for pipe2 to fill.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    ensure!(rc == 0, "pipe2: {}", std::io::Error::last_os_error());
+    let [read_fd, write_fd] = fds;
+    SIGNAL_PIPE.store(write_fd, Ordering::Relaxed);
+    thread::Builder::new()
+        .name("signal-cleanup".into())
+        .spawn(move || {
+            let mut b = 0u8;
+            // SAFETY: `b` is a valid one-byte buffer; `read_fd` is the pipe's read end,
+            // owned by this thread.
+            let n = unsafe { libc::read(read_fd, (&mut b as *mut u8).cast(), 1) };
+            if n != 1 {
+                return;
+            }
+            let sig = i32::from(b);
+            SIGNAL_CLEANUP.store(true, Ordering::SeqCst);
+            eprintln!("signal {sig}: removing this run's namespaces, daemons, pins and files");
+            let removed = remove_leftovers_of(std::process::id());
+            eprintln!("removed {removed} leftovers");
+            std::process::exit(128 + sig);
+        })
+        .context("spawn the signal clean-up thread")?;
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: sigaction is plain data, fully initialised here; `on_signal` only calls
+        // async-signal-safe functions.
+        let rc = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigaction(sig, &action, std::ptr::null_mut())
+        };
+        ensure!(
+            rc == 0,
+            "sigaction({sig}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 fn kill_all_in(ns: &str) {
@@ -177,7 +334,25 @@ impl Drop for Netns {
         if let Err(e) = sh("ip", &["netns", "del", &self.name]) {
             eprintln!("warning: could not delete namespace {}: {e:#}", self.name);
         }
+        remove_namespace_files(&self.name);
     }
+}
+
+/// Removes what [`Daemon::start`] made for daemons in namespace `ns` and a daemon killed
+/// by a signal cannot remove itself: its state file, control socket and pin directory.
+fn remove_namespace_files(ns: &str) -> usize {
+    let tmp = std::env::temp_dir();
+    let files = [
+        tmp.join(format!("relay-test-state-{ns}.json")),
+        tmp.join(format!("{ns}.sock")),
+    ];
+    let mut removed = 0;
+    for f in files {
+        removed += usize::from(std::fs::remove_file(f).is_ok());
+    }
+    let pins = PathBuf::from(format!("/sys/fs/bpf/relay-test-{ns}"));
+    removed += usize::from(pins.is_dir() && std::fs::remove_dir_all(&pins).is_ok());
+    removed
 }
 
 /// Two namespaces joined by a veth pair: `veth-r` in the relay namespace, `veth-c` in

@@ -58,7 +58,19 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // An interrupted run (Ctrl-C, a timeout's SIGTERM) removes its namespaces, daemons and
+    // pins instead of leaving them running.
+    relay_e2e::clean_up_on_signal()?;
+    let result = run(cli);
+    // The clean-up pulls the namespaces from under the bench, which then fails; let the
+    // clean-up finish and set the exit status instead.
+    relay_e2e::await_signal_cleanup();
+    result
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
         Cmd::Load(args) => {
             let s = load::run(&args)?;
             eprintln!(
