@@ -6,12 +6,14 @@
 //! `turn-load` is the TURN ChannelData generator and sink, and `turn-compare` measures the
 //! relay and coturn relaying ChannelData on a three-namespace topology
 //! (`cargo xtask bench turn`). `turn-xdp` is the four-way ChannelData bench (our XDP
-//! fast path, our io_uring path, coturn, an XDP floor) driven by a BPF live-frame
-//! generator (`cargo xtask bench turn-xdp`).
+//! fast path, our io_uring path, coturn, an XDP floor, and a kernel-socket floor) driven
+//! by a BPF live-frame generator (`cargo xtask bench turn-xdp`); `socket-floor` is that
+//! last path's forwarder.
 
 mod compare;
 mod load;
 mod sfu;
+mod socket_floor;
 mod turn_compare;
 mod turn_load;
 mod turn_xdp;
@@ -52,6 +54,9 @@ enum Cmd {
     /// TURN ChannelData four ways (XDP, io_uring, coturn, XDP floor) with a BPF
     /// live-frame generator, throughput vs allocations (needs root).
     TurnXdp(turn_xdp::TurnXdpArgs),
+    /// The least a ChannelData relay on kernel UDP sockets does (recvmmsg, strip the
+    /// header, sendmmsg to one peer): path (e) of `turn-xdp`, which starts it.
+    SocketFloor(socket_floor::SocketFloorArgs),
     /// SFU load: synthetic publishers and subscribers (signaling, ICE, DTLS, SRTP)
     /// against `relay run` with the SFU on, in network namespaces (needs root).
     Sfu(sfu::SfuArgs),
@@ -118,6 +123,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::TurnCompare(args) => turn_compare::run(&args),
         Cmd::TurnXdp(args) => turn_xdp::run(&args),
+        Cmd::SocketFloor(args) => socket_floor::run(&args),
         Cmd::Sfu(args) => sfu::run(&args),
     }
 }

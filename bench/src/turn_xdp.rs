@@ -124,8 +124,8 @@ pub struct TurnXdpArgs {
     /// rounds do not. The main tables show round 1.
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
-    /// Paths to run (xdp, io-uring, coturn, floor; comma-separated).
-    #[arg(long, value_delimiter = ',', default_values_t = vec!["xdp".to_string(), "io-uring".to_string(), "coturn".to_string(), "floor".to_string()])]
+    /// Paths to run (xdp, io-uring, coturn, floor, socket-floor; comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["xdp".to_string(), "io-uring".to_string(), "coturn".to_string(), "floor".to_string(), "socket-floor".to_string()])]
     pub paths: Vec<String>,
     /// Where to write the Markdown report (CSV and SVG files go next to it).
     #[arg(long)]
@@ -142,6 +142,7 @@ enum Path4 {
     IoUring,
     Coturn,
     Floor,
+    SocketFloor,
 }
 
 impl Path4 {
@@ -151,7 +152,8 @@ impl Path4 {
             "io-uring" => Path4::IoUring,
             "coturn" => Path4::Coturn,
             "floor" => Path4::Floor,
-            _ => bail!("unknown path {s:?}: use xdp, io-uring, coturn, floor"),
+            "socket-floor" => Path4::SocketFloor,
+            _ => bail!("unknown path {s:?}: use xdp, io-uring, coturn, floor, socket-floor"),
         })
     }
     fn label(self) -> &'static str {
@@ -160,6 +162,7 @@ impl Path4 {
             Path4::IoUring => "(b) relay, io_uring (1 worker)",
             Path4::Coturn => "(c) coturn 4.6 (-m 1)",
             Path4::Floor => "(d) floor (bench_floor XDP)",
+            Path4::SocketFloor => "(e) socket floor (recvmmsg/sendmmsg, no TURN)",
         }
     }
     fn short(self) -> &'static str {
@@ -168,6 +171,7 @@ impl Path4 {
             Path4::IoUring => "io_uring",
             Path4::Coturn => "coturn",
             Path4::Floor => "floor",
+            Path4::SocketFloor => "socket_floor",
         }
     }
 }
@@ -712,7 +716,7 @@ impl Step {
     /// relays, the generator's for the XDP paths (inline receive processing).
     fn path_steal_pct(&self, path: Path4) -> f64 {
         match path {
-            Path4::IoUring | Path4::Coturn => self.steal_pct(),
+            Path4::IoUring | Path4::Coturn | Path4::SocketFloor => self.steal_pct(),
             Path4::Xdp | Path4::Floor => 100.0 * self.client_steal_s / self.seconds.max(1e-9),
         }
     }
@@ -769,7 +773,7 @@ impl Bench<'_> {
     fn step_unstolen(&mut self, path: Path4, rate: u64, seconds: f64) -> Result<Step> {
         let mut best = self.step(rate, seconds)?;
         let cpu = match path {
-            Path4::IoUring | Path4::Coturn => self.server_cpu,
+            Path4::IoUring | Path4::Coturn | Path4::SocketFloor => self.server_cpu,
             Path4::Xdp | Path4::Floor => self.args.client_cpu,
         };
         for _ in 0..STEAL_RETRIES {
@@ -989,7 +993,7 @@ impl Bench<'_> {
                 .try_into()
                 .context("frame shorter than its head")?,
         };
-        if path == Path4::Floor {
+        if matches!(path, Path4::Floor | Path4::SocketFloor) {
             return self.search(path, n);
         }
         let load = TurnLoadArgs {
@@ -1113,6 +1117,47 @@ fn start_coturn(topo: &TurnTopology, cpu: usize) -> Result<Process> {
         SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT),
         Duration::from_secs(10),
     )?;
+    Ok(p)
+}
+
+/// Starts path (e), `relay-bench socket-floor` (this binary), in the relay namespace on
+/// `cpu`: ChannelData to the listen address, payloads from the peer-side address to the
+/// sink. Returns once it has bound its sockets.
+fn start_socket_floor(topo: &TurnTopology, cpu: usize) -> Result<Process> {
+    let me = std::env::current_exe().context("this binary's path")?;
+    let mut child = Command::new("taskset")
+        .args([
+            "-c",
+            &cpu.to_string(),
+            "ip",
+            "netns",
+            "exec",
+            topo.relay.name(),
+        ])
+        .arg(me)
+        .arg("socket-floor")
+        .args(["--listen", &format!("{}:{PORT}", topo.relay_client_v4)])
+        .args(["--source", &format!("{}:0", topo.relay_peer_v4)])
+        .args(["--peer", &format!("{}:{SINK_PORT}", topo.peer_v4)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start relay-bench socket-floor")?;
+    let stdout = child.stdout.take().context("socket-floor stdout")?;
+    let p = Process::new(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("socket-floor did not report ready within 10 s")?;
+    ensure!(
+        line.trim() == "ready",
+        "socket-floor failed to start ({line:?})"
+    );
     Ok(p)
 }
 
@@ -1359,6 +1404,13 @@ fn run_path(
             bench.measured_prog = bench.bpf.prog_id(common::PROG_FLOOR);
             bench.server_pid = None;
         }
+        Path4::SocketFloor => {
+            bench.bpf.attach(&bench.topo.relay, vc, common::PROG_PASS)?;
+            let f = start_socket_floor(bench.topo, bench.server_cpu)?;
+            bench.server_pid = f.id();
+            coturn = Some(f);
+            bench.measured_prog = None;
+        }
     }
     let napi = if bench.args.threaded_rx {
         thread_napi(&bench.topo.relay, vc, server_cpu)
@@ -1421,7 +1473,10 @@ fn run_path(
 fn per_core_table(md: &mut String, outcomes: &[Outcome], n: usize) {
     let rows: Vec<(&Outcome, &Step, f64)> = outcomes
         .iter()
-        .filter(|o| o.allocations == n && matches!(o.path, Path4::IoUring | Path4::Coturn))
+        .filter(|o| {
+            o.allocations == n
+                && matches!(o.path, Path4::IoUring | Path4::Coturn | Path4::SocketFloor)
+        })
         .filter_map(|o| {
             let s = o.saturated.as_ref()?;
             Some((o, s, s.proc_ns_per_packet()?))
