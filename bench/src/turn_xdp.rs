@@ -1082,16 +1082,23 @@ allow = ["{TURN_PEER_NET_V4}"]
     )
 }
 
+/// A command that runs the program given next in the relay namespace, pinned to `cpu`
+/// (`taskset` and `ip netns exec` both exec, so the child's pid is the program's).
+fn in_relay_ns(topo: &TurnTopology, cpu: usize) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.args([
+        "-c",
+        &cpu.to_string(),
+        "ip",
+        "netns",
+        "exec",
+        topo.relay.name(),
+    ]);
+    cmd
+}
+
 fn start_coturn(topo: &TurnTopology, cpu: usize) -> Result<Process> {
-    let child = Command::new("taskset")
-        .args([
-            "-c",
-            &cpu.to_string(),
-            "ip",
-            "netns",
-            "exec",
-            topo.relay.name(),
-        ])
+    let child = in_relay_ns(topo, cpu)
         .args(["turnserver", "-n", "--no-cli", "--no-tls", "--no-dtls"])
         .args(["--lt-cred-mech", "--user", &format!("{USER}:{PASSWORD}")])
         .args(["--realm", REALM, "-L", &topo.relay_client_v4.to_string()])
@@ -1125,15 +1132,7 @@ fn start_coturn(topo: &TurnTopology, cpu: usize) -> Result<Process> {
 /// sink. Returns once it has bound its sockets.
 fn start_socket_floor(topo: &TurnTopology, cpu: usize) -> Result<Process> {
     let me = std::env::current_exe().context("this binary's path")?;
-    let mut child = Command::new("taskset")
-        .args([
-            "-c",
-            &cpu.to_string(),
-            "ip",
-            "netns",
-            "exec",
-            topo.relay.name(),
-        ])
+    let mut child = in_relay_ns(topo, cpu)
         .arg(me)
         .arg("socket-floor")
         .args(["--listen", &format!("{}:{PORT}", topo.relay_client_v4)])
