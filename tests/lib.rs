@@ -105,11 +105,11 @@ pub fn cleanup_leftovers(prefix: &str) {
 }
 
 /// What process `pid` made and may have left behind: its namespaces
-/// (`<prefix>-<pid>-<n>-<tag>`, every process in them killed first), its daemons' bpffs pin
-/// directories (`/sys/fs/bpf/relay-test-<namespace>`) and its temporary files and
-/// directories (`<tmp>/relay-…-<pid>-…` and `janus-…`: [`TempDir`] and the daemons' state files; the
-/// daemons' control sockets `<tmp>/<namespace>.sock`).
-/// Returns how many things it removed.
+/// (`<prefix>-<pid>-<n>-<tag>`, every process in them killed first), its daemons' bpffs
+/// pin directories (`/sys/fs/bpf/relay-test-<namespace>`), its temporary files and
+/// directories (`<tmp>/relay-…-<pid>-…` and `janus-…`: [`TempDir`]s and the daemons'
+/// state files) and the daemons' control sockets (`<tmp>/<namespace>.sock`). Returns how
+/// many things it removed.
 pub fn remove_leftovers_of(pid: u32) -> usize {
     let pid_s = pid.to_string();
     // The pid follows a word in every name made here (`…-rlx-<pid>-<n>-…`,
@@ -188,6 +188,8 @@ pub fn await_signal_cleanup() {
 /// The signal handler: passes the signal number to the clean-up thread through the pipe
 /// (`write` is async-signal-safe; nothing else is done here).
 extern "C" fn on_signal(sig: libc::c_int) {
+    // Set here, not in the clean-up thread, so that `main` cannot return in between.
+    SIGNAL_CLEANUP.store(true, Ordering::SeqCst);
     let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
     let b = sig as u8;
     // SAFETY: `b` is a valid one-byte buffer; a failed write only loses the clean-up.
@@ -218,7 +220,6 @@ pub fn clean_up_on_signal() -> Result<()> {
                 return;
             }
             let sig = i32::from(b);
-            SIGNAL_CLEANUP.store(true, Ordering::SeqCst);
             eprintln!("signal {sig}: removing this run's namespaces, daemons, pins and files");
             let removed = remove_leftovers_of(std::process::id());
             eprintln!("removed {removed} leftovers");
