@@ -1376,7 +1376,8 @@ fn run_path(
 ) -> Result<()> {
     let server_cpu = bench.server_cpu;
 
-    let mut coturn = None;
+    // The path's own process when it is not our daemon: coturn or the socket floor.
+    let mut server_process = None;
     match path {
         Path4::Xdp => {
             let cfg = relay_config(bench.topo, files, Some(&[vc, "vp"]), bench.args.turn_rules)?;
@@ -1389,11 +1390,15 @@ fn run_path(
             start_relay(bench, &cfg)?;
             bench.measured_prog = None;
         }
-        Path4::Coturn => {
+        Path4::Coturn | Path4::SocketFloor => {
             bench.bpf.attach(&bench.topo.relay, vc, common::PROG_PASS)?;
-            let c = start_coturn(bench.topo, bench.server_cpu)?;
-            bench.server_pid = c.id();
-            coturn = Some(c);
+            let p = if path == Path4::Coturn {
+                start_coturn(bench.topo, bench.server_cpu)?
+            } else {
+                start_socket_floor(bench.topo, bench.server_cpu)?
+            };
+            bench.server_pid = p.id();
+            server_process = Some(p);
             bench.measured_prog = None;
         }
         Path4::Floor => {
@@ -1402,13 +1407,6 @@ fn run_path(
                 .attach(&bench.topo.relay, vc, common::PROG_FLOOR)?;
             bench.measured_prog = bench.bpf.prog_id(common::PROG_FLOOR);
             bench.server_pid = None;
-        }
-        Path4::SocketFloor => {
-            bench.bpf.attach(&bench.topo.relay, vc, common::PROG_PASS)?;
-            let f = start_socket_floor(bench.topo, bench.server_cpu)?;
-            bench.server_pid = f.id();
-            coturn = Some(f);
-            bench.measured_prog = None;
         }
     }
     let napi = if bench.args.threaded_rx {
@@ -1457,7 +1455,7 @@ fn run_path(
             eprintln!("   relay exited with {s}");
         }
     }
-    if let Some(c) = coturn.take() {
+    if let Some(c) = server_process.take() {
         let _ = c.stop(Duration::from_secs(5));
     }
     bench.bpf.detach(common::PROG_PASS)?;

@@ -596,13 +596,7 @@ impl Rules<'_> {
     }
 
     fn settings_with(&mut self, flags: u32, next_hop_ttl_ms: u32, fib_ifindex: u32) {
-        let mut m: Array<_, rc::TurnSettings> = self
-            .x
-            .ebpf_mut()
-            .map_mut(rc::maps::SETTINGS)
-            .expect("TURN_SETTINGS")
-            .try_into()
-            .expect("array");
+        let mut m: Array<_, rc::TurnSettings> = map_as(self.x, rc::maps::SETTINGS);
         m.set(
             0,
             rc::TurnSettings {
@@ -618,13 +612,7 @@ impl Rules<'_> {
     }
 
     fn channel(&mut self, a: &Alloc, channel: u16, peer: SocketAddr, expires_ns: u64, idx: u32) {
-        let mut m: HashMap<_, rc::ChannelKey, rc::ChannelRule> = self
-            .x
-            .ebpf_mut()
-            .map_mut(rc::maps::CHANNELS)
-            .expect("TURN_CHANNELS")
-            .try_into()
-            .expect("hash");
+        let mut m: HashMap<_, rc::ChannelKey, rc::ChannelRule> = map_as(self.x, rc::maps::CHANNELS);
         let k = rc::ChannelKey {
             client_addr: key_addr(a.tuple.client.ip()),
             server_addr: key_addr(a.tuple.server.ip()),
@@ -648,13 +636,7 @@ impl Rules<'_> {
     }
 
     fn peer(&mut self, a: &Alloc, peer_port: u16, channel: u16, expires_ns: u64, idx: u32) {
-        let mut m: HashMap<_, rc::PeerKey, rc::PeerRule> = self
-            .x
-            .ebpf_mut()
-            .map_mut(rc::maps::PEERS)
-            .expect("TURN_PEERS")
-            .try_into()
-            .expect("hash");
+        let mut m: HashMap<_, rc::PeerKey, rc::PeerRule> = map_as(self.x, rc::maps::PEERS);
         let k = rc::PeerKey {
             peer_addr: key_addr(a.peer.ip()),
             relay_addr: key_addr(a.relay.ip()),
@@ -676,13 +658,7 @@ impl Rules<'_> {
     }
 
     fn alloc(&mut self, a: &Alloc, expires_ns: u64, idx: u32) {
-        let mut m: HashMap<_, rc::AllocKey, rc::AllocRule> = self
-            .x
-            .ebpf_mut()
-            .map_mut(rc::maps::ALLOCS)
-            .expect("TURN_ALLOCS")
-            .try_into()
-            .expect("hash");
+        let mut m: HashMap<_, rc::AllocKey, rc::AllocRule> = map_as(self.x, rc::maps::ALLOCS);
         let k = rc::AllocKey {
             client_addr: key_addr(a.tuple.client.ip()),
             server_addr: key_addr(a.tuple.server.ip()),
@@ -711,13 +687,7 @@ impl Rules<'_> {
     }
 
     fn bandwidth(&mut self, idx: u32, rate: u64) -> rc::Bandwidth {
-        let mut m: Array<_, rc::Bandwidth> = self
-            .x
-            .ebpf_mut()
-            .map_mut(rc::maps::BANDWIDTH)
-            .expect("TURN_BANDWIDTH")
-            .try_into()
-            .expect("array");
+        let mut m: Array<_, rc::Bandwidth> = map_as(self.x, rc::maps::BANDWIDTH);
         let old = m.get(&idx, 0).expect("read bandwidth");
         m.set(
             idx,
@@ -1439,14 +1409,22 @@ fn pin_to_cpu0() {
     }
 }
 
+/// Map `name` of the loaded program as the aya map type the caller names.
+fn map_as<'a, T>(x: &'a mut XdpTestRun, name: &str) -> T
+where
+    T: TryFrom<&'a mut aya::maps::Map>,
+    T::Error: std::fmt::Debug,
+{
+    let map = x
+        .ebpf_mut()
+        .map_mut(name)
+        .unwrap_or_else(|| panic!("no map {name}"));
+    T::try_from(map).unwrap_or_else(|e| panic!("map {name} has another type: {e:?}"))
+}
+
 /// Empties TURN_NEXT_HOPS (the shared cache behind the per-CPU slots).
 fn clear_next_hops(x: &mut XdpTestRun) {
-    let mut m: HashMap<_, rc::NextHopKey, rc::NextHop> = x
-        .ebpf_mut()
-        .map_mut(rc::maps::NEXT_HOPS)
-        .expect("TURN_NEXT_HOPS")
-        .try_into()
-        .expect("lru hash");
+    let mut m: HashMap<_, rc::NextHopKey, rc::NextHop> = map_as(x, rc::maps::NEXT_HOPS);
     let keys: Vec<rc::NextHopKey> = m.keys().map(|k| k.expect("key")).collect();
     for k in keys {
         m.remove(&k).expect("remove next hop");
