@@ -702,13 +702,7 @@ impl Rules<'_> {
     }
 
     fn stats(&mut self, idx: u32) -> rc::RuleStats {
-        let m: PerCpuArray<_, rc::RuleStats> = self
-            .x
-            .ebpf_mut()
-            .map(rc::maps::RULE_STATS)
-            .expect("TURN_RULE_STATS")
-            .try_into()
-            .expect("percpu array");
+        let m: PerCpuArray<_, rc::RuleStats> = map_as(self.x, rc::maps::RULE_STATS);
         let v = m.get(&idx, 0).expect("read stats");
         v.iter()
             .fold(rc::RuleStats::default(), |a, s| rc::RuleStats {
@@ -1433,12 +1427,7 @@ fn clear_next_hops(x: &mut XdpTestRun) {
 
 /// CPU 0's TURN_HOP_SLOTS slot `idx`.
 fn hop_slot(x: &mut XdpTestRun, idx: u32) -> rc::HopSlot {
-    let m: PerCpuArray<_, rc::HopSlot> = x
-        .ebpf_mut()
-        .map(rc::maps::HOP_SLOTS)
-        .expect("TURN_HOP_SLOTS")
-        .try_into()
-        .expect("percpu array");
+    let m: PerCpuArray<_, rc::HopSlot> = map_as(x, rc::maps::HOP_SLOTS);
     m.get(&idx, 0).expect("read slot")[0]
 }
 
