@@ -165,6 +165,10 @@ impl Path4 {
             Path4::SocketFloor => "(e) socket floor (recvmmsg/sendmmsg, no TURN)",
         }
     }
+    /// An XDP program does this path's work (no relay process to time).
+    fn is_xdp(self) -> bool {
+        matches!(self, Path4::Xdp | Path4::Floor)
+    }
     fn short(self) -> &'static str {
         match self {
             Path4::Xdp => "xdp",
@@ -715,9 +719,10 @@ impl Step {
     /// Steal on the CPU where `path` does its work: the server CPU for the userspace
     /// relays, the generator's for the XDP paths (inline receive processing).
     fn path_steal_pct(&self, path: Path4) -> f64 {
-        match path {
-            Path4::IoUring | Path4::Coturn | Path4::SocketFloor => self.steal_pct(),
-            Path4::Xdp | Path4::Floor => 100.0 * self.client_steal_s / self.seconds.max(1e-9),
+        if path.is_xdp() {
+            100.0 * self.client_steal_s / self.seconds.max(1e-9)
+        } else {
+            self.steal_pct()
         }
     }
     fn cpu_ns_per_packet(&self) -> f64 {
@@ -1470,10 +1475,7 @@ fn run_path(
 fn per_core_table(md: &mut String, outcomes: &[Outcome], n: usize) {
     let rows: Vec<(&Outcome, &Step, f64)> = outcomes
         .iter()
-        .filter(|o| {
-            o.allocations == n
-                && matches!(o.path, Path4::IoUring | Path4::Coturn | Path4::SocketFloor)
-        })
+        .filter(|o| o.allocations == n && !o.path.is_xdp())
         .filter_map(|o| {
             let s = o.saturated.as_ref()?;
             Some((o, s, s.proc_ns_per_packet()?))
@@ -1719,10 +1721,33 @@ fn round_rate(outcomes: &[Outcome], p: Path4, n: usize, round: u32) -> Option<f6
         .filter(|r| *r > 0.0)
 }
 
-/// `a`'s rate over `b`'s, per round in which both have one.
-fn round_ratios(outcomes: &[Outcome], a: Path4, b: Path4, n: usize, rounds: u32) -> Vec<f64> {
+/// The relay process's packets per CPU-second in one round at `n` allocations, from the
+/// saturated first step (the userspace paths; `None` for the XDP paths, which have no
+/// process doing the work).
+fn round_core_rate(outcomes: &[Outcome], p: Path4, n: usize, round: u32) -> Option<f64> {
+    outcomes
+        .iter()
+        .find(|o| o.path == p && o.allocations == n && o.round == round)
+        .and_then(|o| o.saturated.as_ref())
+        .and_then(Step::proc_ns_per_packet)
+        .filter(|ns| *ns > 0.0)
+        .map(|ns| 1e9 / ns)
+}
+
+/// A per-round figure of a path: [`round_rate`] or [`round_core_rate`].
+type RoundFigure = fn(&[Outcome], Path4, usize, u32) -> Option<f64>;
+
+/// `a`'s figure over `b`'s, per round in which both have one.
+fn ratios_by(
+    figure: RoundFigure,
+    outcomes: &[Outcome],
+    a: Path4,
+    b: Path4,
+    n: usize,
+    rounds: u32,
+) -> Vec<f64> {
     (0..rounds)
-        .filter_map(|r| Some(round_rate(outcomes, a, n, r)? / round_rate(outcomes, b, n, r)?))
+        .filter_map(|r| Some(figure(outcomes, a, n, r)? / figure(outcomes, b, n, r)?))
         .collect()
 }
 
@@ -1746,6 +1771,16 @@ const RATIOS: [(Path4, Path4); 3] = [
     (Path4::Xdp, Path4::Floor),
     (Path4::Xdp, Path4::Coturn),
     (Path4::IoUring, Path4::Coturn),
+];
+
+/// The per-core ratios the userspace target is read by: packets per CPU-second of the
+/// relay process, saturated. Rates at < 0.1% loss say little for these paths here (the
+/// VM's process stalls overflow socket buffers long before the CPU is busy), so their
+/// rounds are summarised by CPU cost as well.
+const CORE_RATIOS: [(Path4, Path4); 3] = [
+    (Path4::IoUring, Path4::Coturn),
+    (Path4::SocketFloor, Path4::Coturn),
+    (Path4::IoUring, Path4::SocketFloor),
 ];
 
 /// The paths that have outcomes, in the order they first ran.
@@ -1786,7 +1821,11 @@ fn rounds_section(md: &mut String, outcomes: &[Outcome], allocations: &[usize], 
             .join(" | "),
         paths
             .iter()
-            .map(|p| format!("{} prog ns/pkt", p.short()))
+            .map(|p| if p.is_xdp() {
+                format!("{} prog ns/pkt", p.short())
+            } else {
+                format!("{} k pkt per CPU-s", p.short())
+            })
             .collect::<Vec<_>>()
             .join(" | "),
     );
@@ -1820,6 +1859,11 @@ fn rounds_section(md: &mut String, outcomes: &[Outcome], allocations: &[usize], 
             let prog = paths
                 .iter()
                 .map(|&p| {
+                    if !p.is_xdp() {
+                        return cell(round_core_rate(outcomes, p, n, r), &|x| {
+                            format!("{:.0}", x / 1e3)
+                        });
+                    }
                     let ns = outcomes
                         .iter()
                         .find(|o| o.path == p && o.allocations == n && o.round == r)
@@ -1842,17 +1886,46 @@ fn rounds_section(md: &mut String, outcomes: &[Outcome], allocations: &[usize], 
         }
     }
     let _ = writeln!(md);
+    ratio_summary(md, outcomes, allocations, rounds, &ratios, round_rate, "");
+    let core: Vec<(Path4, Path4)> = CORE_RATIOS
+        .iter()
+        .copied()
+        .filter(|(a, b)| paths.contains(a) && paths.contains(b))
+        .collect();
+    ratio_summary(
+        md,
+        outcomes,
+        allocations,
+        rounds,
+        &core,
+        round_core_rate,
+        "Per core: packets per CPU-second of the relay process, saturated (first step), \
+         each round's ratio:\n\n",
+    );
+}
+
+/// One table: each ratio's median and range over the rounds, by `figure`.
+fn ratio_summary(
+    md: &mut String,
+    outcomes: &[Outcome],
+    allocations: &[usize],
+    rounds: u32,
+    ratios: &[(Path4, Path4)],
+    figure: RoundFigure,
+    heading: &str,
+) {
     if ratios.is_empty() {
         return;
     }
+    md.push_str(heading);
     let _ = writeln!(
         md,
         "| allocations | ratio | median | min | max | rounds with both paths |"
     );
     let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|");
     for &n in allocations {
-        for &(a, b) in &ratios {
-            let v = round_ratios(outcomes, a, b, n, rounds);
+        for &(a, b) in ratios {
+            let v = ratios_by(figure, outcomes, a, b, n, rounds);
             let min = v.iter().copied().fold(f64::INFINITY, f64::min);
             let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let _ = writeln!(
@@ -2135,10 +2208,57 @@ mod tests {
         }
     }
 
+    /// A userspace path's outcome whose saturated step delivered `received` packets for
+    /// `cpu_s` seconds of the relay process's CPU.
+    fn saturated(path: Path4, round: u32, received: u64, cpu_s: f64) -> Outcome {
+        let mut o = outcome(path, 10, round, 0.01, false);
+        o.saturated = Some(Step {
+            sent: received,
+            received,
+            seconds: 1.0,
+            proc_cpu_s: Some(cpu_s),
+            ..Step::default()
+        });
+        o
+    }
+
+    /// Per-core ratios come from each round's saturated step (packets per CPU-second of
+    /// the relay process), pair the paths within a round, skip a round where a path
+    /// delivered nothing, and get their own summary table beside the rate ratios.
+    #[test]
+    fn per_core_ratios_pair_saturated_steps_within_a_round() {
+        let o = vec![
+            saturated(Path4::IoUring, 0, 200_000, 1.0),
+            saturated(Path4::Coturn, 0, 100_000, 1.0),
+            saturated(Path4::Coturn, 1, 100_000, 0.8),
+            saturated(Path4::IoUring, 1, 150_000, 0.5),
+            saturated(Path4::IoUring, 2, 0, 1.0),
+            saturated(Path4::Coturn, 2, 100_000, 1.0),
+        ];
+        let v = ratios_by(round_core_rate, &o, Path4::IoUring, Path4::Coturn, 10, 3);
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(
+            (v[0] - 2.0).abs() < 1e-9 && (v[1] - 2.4).abs() < 1e-9,
+            "{v:?}"
+        );
+        assert_eq!(round_core_rate(&o, Path4::Xdp, 10, 0), None);
+
+        let mut md = String::new();
+        rounds_section(&mut md, &o, &[10], 3);
+        assert!(
+            md.contains("| 10 | io_uring / coturn | 2.20× | 2.00× | 2.40× | 2 of 3 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 10 | 2 | 0.010 | 0.010 | 1.00× | 300 | 125 |"),
+            "{md}"
+        );
+    }
+
     /// Ratios pair the two paths of the same round, skip rounds where either path has
     /// no loss-free step, and the median is the middle value (or the middle two's mean).
     #[test]
-    fn round_ratios_pair_paths_within_a_round() {
+    fn rate_ratios_pair_paths_within_a_round() {
         let o = vec![
             outcome(Path4::Xdp, 10, 0, 0.9, false),
             outcome(Path4::Floor, 10, 0, 1.0, false),
@@ -2150,7 +2270,7 @@ mod tests {
             outcome(Path4::Floor, 10, 3, 1.0, false),
             outcome(Path4::Xdp, 100, 0, 0.1, false),
         ];
-        let v = round_ratios(&o, Path4::Xdp, Path4::Floor, 10, 4);
+        let v = ratios_by(round_rate, &o, Path4::Xdp, Path4::Floor, 10, 4);
         assert_eq!(v.len(), 3, "{v:?}");
         assert!(
             (v[0] - 0.9).abs() < 1e-9 && (v[1] - 0.8).abs() < 1e-9,
@@ -2160,7 +2280,7 @@ mod tests {
         assert_eq!(median(&v), Some(0.8));
         assert_eq!(median(&[0.5, 0.9]), Some(0.7));
         assert_eq!(median(&[]), None);
-        assert!(round_ratios(&o, Path4::Xdp, Path4::Floor, 100, 4).is_empty());
+        assert!(ratios_by(round_rate, &o, Path4::Xdp, Path4::Floor, 100, 4).is_empty());
 
         let mut md = String::new();
         rounds_section(&mut md, &o, &[10, 100], 4);
