@@ -17,6 +17,7 @@ mod socket_floor;
 mod turn_compare;
 mod turn_load;
 mod turn_xdp;
+mod xsk_floor;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -57,6 +58,9 @@ enum Cmd {
     /// The least a ChannelData relay on kernel UDP sockets does (recvmmsg, strip the
     /// header, sendmmsg to one peer): path (e) of `turn-xdp`, which starts it.
     SocketFloor(socket_floor::SocketFloorArgs),
+    /// Path (f) of `turn-xdp`: the least a ChannelData relay on AF_XDP does (one fixed
+    /// peer, no lookup); started by the bench in the relay namespace, not by hand.
+    XskFloor(xsk_floor::XskFloorArgs),
     /// SFU load: synthetic publishers and subscribers (signaling, ICE, DTLS, SRTP)
     /// against `relay run` with the SFU on, in network namespaces (needs root).
     Sfu(sfu::SfuArgs),
@@ -124,6 +128,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::TurnCompare(args) => turn_compare::run(&args),
         Cmd::TurnXdp(args) => turn_xdp::run(&args),
         Cmd::SocketFloor(args) => socket_floor::run(&args),
+        Cmd::XskFloor(args) => xsk_floor::run(&args),
         Cmd::Sfu(args) => sfu::run(&args),
     }
 }

@@ -6,7 +6,12 @@
 //! - (b) our relay on io_uring (`[xdp] enabled = false`, one worker);
 //! - (c) coturn (`turnserver -m 1`);
 //! - (d) the floor: `bench_floor` from `ebpf/bench-ebpf`, the least header work a
-//!   ChannelData relay needs, on the same veth.
+//!   ChannelData relay needs, on the same veth;
+//! - (e) the socket floor (`relay-bench socket-floor`): the least a userspace relay on
+//!   kernel UDP sockets does, to read (b) and (c) against;
+//! - (f) the AF_XDP floor (`relay-bench xsk-floor`, steered by `bench_xsk`): the same
+//!   least work in userspace with the socket layer bypassed, the design a userspace path
+//!   would need to pass the socket floor.
 //!
 //! Why it exists: kernel UDP sockets send about 0.8 Mpps per core here, which cannot find
 //! an XDP relay's limit. The generator is `bench_gen` run by BPF_PROG_TEST_RUN with
@@ -39,7 +44,7 @@ use std::{
     fmt::Write as _,
     fs::File,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -48,7 +53,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use aya::{
     Ebpf,
-    maps::{Array, PerCpuArray, PerCpuValues},
+    maps::{Array, PerCpuArray, PerCpuValues, XskMap},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use common::{
@@ -124,8 +129,9 @@ pub struct TurnXdpArgs {
     /// rounds do not. The main tables show round 1.
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
-    /// Paths to run (xdp, io-uring, coturn, floor, socket-floor; comma-separated).
-    #[arg(long, value_delimiter = ',', default_values_t = vec!["xdp".to_string(), "io-uring".to_string(), "coturn".to_string(), "floor".to_string(), "socket-floor".to_string()])]
+    /// Paths to run (xdp, io-uring, coturn, floor, socket-floor, xsk-floor;
+    /// comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["xdp".to_string(), "io-uring".to_string(), "coturn".to_string(), "floor".to_string(), "socket-floor".to_string(), "xsk-floor".to_string()])]
     pub paths: Vec<String>,
     /// Where to write the Markdown report (CSV and SVG files go next to it).
     #[arg(long)]
@@ -143,6 +149,7 @@ enum Path4 {
     Coturn,
     Floor,
     SocketFloor,
+    XskFloor,
 }
 
 impl Path4 {
@@ -153,7 +160,10 @@ impl Path4 {
             "coturn" => Path4::Coturn,
             "floor" => Path4::Floor,
             "socket-floor" => Path4::SocketFloor,
-            _ => bail!("unknown path {s:?}: use xdp, io-uring, coturn, floor, socket-floor"),
+            "xsk-floor" => Path4::XskFloor,
+            _ => bail!(
+                "unknown path {s:?}: use xdp, io-uring, coturn, floor, socket-floor, xsk-floor"
+            ),
         })
     }
     fn label(self) -> &'static str {
@@ -163,6 +173,7 @@ impl Path4 {
             Path4::Coturn => "(c) coturn 4.6 (-m 1)",
             Path4::Floor => "(d) floor (bench_floor XDP)",
             Path4::SocketFloor => "(e) socket floor (recvmmsg/sendmmsg, no TURN)",
+            Path4::XskFloor => "(f) AF_XDP floor (copy mode, no TURN)",
         }
     }
     /// An XDP program does this path's work (no relay process to time).
@@ -176,6 +187,7 @@ impl Path4 {
             Path4::Coturn => "coturn",
             Path4::Floor => "floor",
             Path4::SocketFloor => "socket_floor",
+            Path4::XskFloor => "xsk_floor",
         }
     }
 }
@@ -384,6 +396,7 @@ impl Bpf {
             common::PROG_FLOOR,
             common::PROG_SINK,
             common::PROG_PASS,
+            common::PROG_XSK,
         ] {
             Self::xdp_of(&mut ebpf, name)?
                 .load()
@@ -452,6 +465,16 @@ impl Bpf {
             .context("FLOOR_CONFIG")?
             .try_into()?;
         a.set(0, cfg, 0).context("write FLOOR_CONFIG")
+    }
+
+    /// Puts the AF_XDP socket `fd` where `bench_xsk` sends queue 0's frames.
+    fn set_xsk(&mut self, fd: &OwnedFd) -> Result<()> {
+        let mut m: XskMap<_> = self
+            .ebpf
+            .map_mut(common::XSKS)
+            .context("XSKS")?
+            .try_into()?;
+        m.set(0, fd.as_raw_fd(), 0).context("write XSKS")
     }
 
     fn set_sink_port(&mut self, port: u16) -> Result<()> {
@@ -765,6 +788,10 @@ struct Bench<'a> {
     server_pid: Option<u32>,
     /// The current repetition (`--rounds`).
     round: u32,
+    /// The floor's rewrite (paths d and f).
+    floor: FloorConfig,
+    /// The relay's client-side veth.
+    vc: String,
 }
 
 impl Bench<'_> {
@@ -777,9 +804,10 @@ impl Bench<'_> {
     /// at different moments would compare different amounts of stolen time.
     fn step_unstolen(&mut self, path: Path4, rate: u64, seconds: f64) -> Result<Step> {
         let mut best = self.step(rate, seconds)?;
-        let cpu = match path {
-            Path4::IoUring | Path4::Coturn | Path4::SocketFloor => self.server_cpu,
-            Path4::Xdp | Path4::Floor => self.args.client_cpu,
+        let cpu = if path.is_xdp() {
+            self.args.client_cpu
+        } else {
+            self.server_cpu
         };
         for _ in 0..STEAL_RETRIES {
             if best.path_steal_pct(path) <= STEAL_LIMIT_PCT {
@@ -998,7 +1026,7 @@ impl Bench<'_> {
                 .try_into()
                 .context("frame shorter than its head")?,
         };
-        if matches!(path, Path4::Floor | Path4::SocketFloor) {
+        if matches!(path, Path4::Floor | Path4::SocketFloor | Path4::XskFloor) {
             return self.search(path, n);
         }
         let load = TurnLoadArgs {
@@ -1136,18 +1164,80 @@ fn start_coturn(topo: &TurnTopology, cpu: usize) -> Result<Process> {
 /// `cpu`: ChannelData to the listen address, payloads from the peer-side address to the
 /// sink. Returns once it has bound its sockets.
 fn start_socket_floor(topo: &TurnTopology, cpu: usize) -> Result<Process> {
-    let me = std::env::current_exe().context("this binary's path")?;
-    let mut child = in_relay_ns(topo, cpu)
-        .arg(me)
+    let mut cmd = in_relay_ns(topo, cpu);
+    cmd.arg(std::env::current_exe().context("this binary's path")?)
         .arg("socket-floor")
         .args(["--listen", &format!("{}:{PORT}", topo.relay_client_v4)])
         .args(["--source", &format!("{}:0", topo.relay_peer_v4)])
-        .args(["--peer", &format!("{}:{SINK_PORT}", topo.peer_v4)])
+        .args(["--peer", &format!("{}:{SINK_PORT}", topo.peer_v4)]);
+    let (p, line) = spawn_until_ready(cmd, "socket-floor")?;
+    ensure!(line == "ready", "socket-floor failed to start ({line:?})");
+    Ok(p)
+}
+
+/// Starts path (f), `relay-bench xsk-floor` (this binary), in the relay namespace on
+/// `cpu`, with `floor`'s rewrite; returns it with a duplicate of its receive socket
+/// (`pidfd_getfd`) for `bench_xsk`'s map.
+fn start_xsk_floor(
+    topo: &TurnTopology,
+    cpu: usize,
+    floor: &FloorConfig,
+    vc: &str,
+) -> Result<(Process, OwnedFd)> {
+    let mac = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let mut cmd = in_relay_ns(topo, cpu);
+    cmd.arg(std::env::current_exe().context("this binary's path")?)
+        .arg("xsk-floor")
+        .args(["--rx-dev", vc, "--tx-dev", "vp"])
+        .args([
+            "--dst-mac",
+            &mac(floor.dst_mac),
+            "--src-mac",
+            &mac(floor.src_mac),
+        ])
+        .args(["--src-ip", &Ipv4Addr::from(floor.src_ip).to_string()])
+        .args(["--dst-ip", &Ipv4Addr::from(floor.dst_ip).to_string()])
+        .args(["--listen-port", &floor.listen_port.to_string()])
+        .args(["--peer-port", &floor.sink_port.to_string()]);
+    let (p, line) = spawn_until_ready(cmd, "xsk-floor")?;
+    let child_fd: i32 = line
+        .strip_prefix("ready ")
+        .and_then(|f| f.parse().ok())
+        .with_context(|| format!("xsk-floor failed to start ({line:?})"))?;
+    let pid = p.id().context("xsk-floor's pid")?;
+    // SAFETY: plain syscalls; each result is checked and owned at once.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    ensure!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a fresh descriptor nobody else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    // SAFETY: as above.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), child_fd, 0) };
+    ensure!(
+        fd >= 0,
+        "pidfd_getfd (xsk-floor's socket): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: as above.
+    Ok((p, unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+}
+
+/// Spawns `cmd` with its stdout piped and waits (10 s at most) for its first line.
+fn spawn_until_ready(mut cmd: Command, what: &str) -> Result<(Process, String)> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
-        .context("start relay-bench socket-floor")?;
-    let stdout = child.stdout.take().context("socket-floor stdout")?;
+        .with_context(|| format!("start relay-bench {what}"))?;
+    let stdout = child.stdout.take().context("child stdout")?;
     let p = Process::new(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -1157,12 +1247,8 @@ fn start_socket_floor(topo: &TurnTopology, cpu: usize) -> Result<Process> {
     });
     let line = rx
         .recv_timeout(Duration::from_secs(10))
-        .context("socket-floor did not report ready within 10 s")?;
-    ensure!(
-        line.trim() == "ready",
-        "socket-floor failed to start ({line:?})"
-    );
-    Ok(p)
+        .with_context(|| format!("{what} did not report ready within 10 s"))?;
+    Ok((p, line.trim().to_string()))
 }
 
 /// Runs the bench: every path, every allocation count; prints and writes the report.
@@ -1258,7 +1344,7 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
 
     let mut bpf = Bpf::load()?;
     bpf.set_sink_port(SINK_PORT)?;
-    bpf.set_floor(FloorConfig {
+    let floor = FloorConfig {
         dst_mac: peer_mac,
         src_mac: vp_mac,
         src_ip: topo.relay_peer_v4.octets(),
@@ -1266,7 +1352,8 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
         listen_port: PORT,
         sink_port: SINK_PORT,
         out_ifindex: vp_ifindex,
-    })?;
+    };
+    bpf.set_floor(floor)?;
     bpf.attach(&topo.peer, "eth0", common::PROG_SINK)?;
     let tpl = template(
         client_mac,
@@ -1289,6 +1376,8 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
         measured_prog: None,
         server_pid: None,
         round: 0,
+        floor,
+        vc: vc.clone(),
         gen_cfg: GenConfig {
             allocations: 1,
             first_port: 0,
@@ -1406,6 +1495,14 @@ fn run_path(
             server_process = Some(p);
             bench.measured_prog = None;
         }
+        Path4::XskFloor => {
+            bench.bpf.attach(&bench.topo.relay, vc, common::PROG_XSK)?;
+            let (p, fd) = start_xsk_floor(bench.topo, bench.server_cpu, &bench.floor, &bench.vc)?;
+            bench.bpf.set_xsk(&fd)?;
+            bench.server_pid = p.id();
+            server_process = Some(p);
+            bench.measured_prog = bench.bpf.prog_id(common::PROG_XSK);
+        }
         Path4::Floor => {
             bench
                 .bpf
@@ -1465,6 +1562,7 @@ fn run_path(
     }
     bench.bpf.detach(common::PROG_PASS)?;
     bench.bpf.detach(common::PROG_FLOOR)?;
+    bench.bpf.detach(common::PROG_XSK)?;
     result?;
     Ok(())
 }
@@ -1638,7 +1736,7 @@ fn report(
             });
             let _ = writeln!(
                 md,
-                "{n:>6} {:<9} {:>7} {bar}",
+                "{n:>6} {:<12} {:>7} {bar}",
                 p.short(),
                 r.map_or("-".to_string(), |r| format!("{:.3}", r / 1e6))
             );
@@ -1777,9 +1875,10 @@ const RATIOS: [(Path4, Path4); 3] = [
 /// relay process, saturated. Rates at < 0.1% loss say little for these paths here (the
 /// VM's process stalls overflow socket buffers long before the CPU is busy), so their
 /// rounds are summarised by CPU cost as well.
-const CORE_RATIOS: [(Path4, Path4); 3] = [
+const CORE_RATIOS: [(Path4, Path4); 4] = [
     (Path4::IoUring, Path4::Coturn),
     (Path4::SocketFloor, Path4::Coturn),
+    (Path4::XskFloor, Path4::Coturn),
     (Path4::IoUring, Path4::SocketFloor),
 ];
 

@@ -121,8 +121,11 @@ enum BenchCmd {
         /// Application bytes per ChannelData message.
         #[arg(long, default_value_t = 200)]
         size: usize,
-        /// Paths (comma-separated: xdp, io-uring, coturn, floor).
-        #[arg(long, default_value = "xdp,io-uring,coturn,floor,socket-floor")]
+        /// Paths (comma-separated: xdp, io-uring, coturn, floor, socket-floor, xsk-floor).
+        #[arg(
+            long,
+            default_value = "xdp,io-uring,coturn,floor,socket-floor,xsk-floor"
+        )]
         paths: String,
         /// Receive processing of the relay's veth in threaded NAPI on the server CPU
         /// instead of inline on the generator's CPU.
@@ -482,7 +485,7 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
                 allocations: "10".into(),
                 step_seconds: 1.0,
                 size: 200,
-                paths: "xdp,io-uring,coturn,floor,socket-floor".into(),
+                paths: "xdp,io-uring,coturn,floor,socket-floor,xsk-floor".into(),
                 threaded_rx: false,
                 rounds: 1,
                 smoke: true,

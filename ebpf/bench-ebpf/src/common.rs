@@ -14,12 +14,19 @@ pub const SINK_STATS: &str = "SINK_STATS";
 /// Per-CPU array ([`HIST_BUCKETS`] u64): one-way latency histogram.
 pub const SINK_HIST: &str = "SINK_HIST";
 
+/// XSK map ([`XSK_QUEUES`] entries): `relay-bench xsk-floor`'s receive socket, by queue.
+pub const XSKS: &str = "XSKS";
+/// Receive queues `bench_xsk` can steer (the socket is bound to queue 0).
+pub const XSK_QUEUES: u32 = 4;
+
 /// Program names.
 pub const PROG_GEN: &str = "bench_gen";
 /// The floor: strips the ChannelData header, rewrites addresses and ports, redirects.
 pub const PROG_FLOOR: &str = "bench_floor";
 /// Counts, measures latency, drops.
 pub const PROG_SINK: &str = "bench_sink";
+/// Path (f): steers ChannelData to the listen port into an AF_XDP socket.
+pub const PROG_XSK: &str = "bench_xsk";
 /// Passes everything (makes a veth receive XDP_TX'ed frames).
 pub const PROG_PASS: &str = "bench_pass";
 

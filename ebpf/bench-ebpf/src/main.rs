@@ -12,6 +12,9 @@
 //! - `bench_sink`: on the peer's veth, counts the bench's frames and their bytes, records
 //!   the one-way latency (same clock as the generator's stamp) in a log-linear histogram,
 //!   and drops them. Everything else (ARP, ...) passes.
+//! - `bench_xsk`: path (f), the AF_XDP floor: redirects UDP to the listen port into the
+//!   AF_XDP socket of `relay-bench xsk-floor` (`XSKS`, by receive queue); everything else,
+//!   and everything while no socket is there, passes.
 //! - `bench_pass`: passes everything; makes a veth receive frames XDP_TX'ed into its pair
 //!   (needed in front of the userspace relays).
 #![no_std]
@@ -24,7 +27,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::{bpf_ktime_get_ns, bpf_redirect, generated::bpf_xdp_adjust_head},
     macros::{map, xdp},
-    maps::{Array, PerCpuArray},
+    maps::{Array, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 
@@ -40,6 +43,8 @@ static FLOOR_CFG: Array<FloorConfig> = Array::with_max_entries(1, 0);
 static SINK_CFG: Array<u16> = Array::with_max_entries(1, 0);
 #[map(name = "SINK_STATS")]
 static SINK_STATS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(SINK_STAT_COUNT, 0);
+#[map(name = "XSKS")]
+static XSKS_MAP: XskMap = XskMap::with_max_entries(XSK_QUEUES, 0);
 #[map(name = "SINK_HIST")]
 static SINK_HIST_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(HIST_BUCKETS, 0);
 
@@ -296,6 +301,37 @@ fn floor(ctx: &XdpContext) -> Option<u32> {
     }
     // SAFETY: `bpf_redirect` only records the target for after the program returns.
     Some(unsafe { bpf_redirect(cfg.out_ifindex, 0) } as u32)
+}
+
+#[xdp]
+pub fn bench_xsk(ctx: XdpContext) -> u32 {
+    to_xsk(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn to_xsk(ctx: &XdpContext) -> Option<u32> {
+    let cfg = FLOOR_CFG.get(0)?;
+    let h = at(ctx, 0, UDP_PAYLOAD)?;
+    // SAFETY: `h` covers UDP_PAYLOAD bytes, past every offset read here.
+    let (ether, vihl, proto, dport) = unsafe {
+        (
+            rd16(h.add(12)),
+            *h.add(IP_OFF),
+            *h.add(IP_OFF + 9),
+            rd16(h.add(UDP_OFF + 2)),
+        )
+    };
+    if ether != 0x0800u16.to_be() || vihl != 0x45 || proto != 17 || dport != cfg.listen_port.to_be()
+    {
+        return None;
+    }
+    // SAFETY: the context pointer is the program's own.
+    let queue = unsafe { (*ctx.ctx).rx_queue_index };
+    Some(
+        XSKS_MAP
+            .redirect(queue, u64::from(xdp_action::XDP_PASS))
+            .unwrap_or(xdp_action::XDP_PASS),
+    )
 }
 
 #[cfg(not(test))]
