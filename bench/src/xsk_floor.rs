@@ -309,7 +309,7 @@ fn setsockopt<T>(fd: i32, name: i32, v: &T) -> Result<()> {
 impl Xsk {
     /// A socket bound to queue 0 of `dev` in copy mode.
     fn open(dev: &str) -> Result<Xsk> {
-        let ifindex = nix_ifindex(dev)?;
+        let ifindex = if_index(dev)?;
         // SAFETY: plain socket call; the fd is owned below.
         let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         ensure!(
@@ -426,12 +426,14 @@ impl Xsk {
 
 impl Drop for Xsk {
     fn drop(&mut self) {
-        // SAFETY: our own mapping; the socket (closed after this) no longer uses it.
+        // SAFETY: our own mapping, unmapped once. The kernel pinned the UMEM's pages when
+        // it was registered and keeps them until the socket (closed right after this) is
+        // released, so it never writes into unmapped memory.
         unsafe { libc::munmap(self.umem.cast(), FRAME * FRAMES) };
     }
 }
 
-fn nix_ifindex(dev: &str) -> Result<u32> {
+fn if_index(dev: &str) -> Result<u32> {
     let c = std::ffi::CString::new(dev).context("interface name")?;
     // SAFETY: a NUL-terminated name.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
