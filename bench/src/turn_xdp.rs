@@ -38,7 +38,7 @@
 
 #[path = "../../ebpf/bench-ebpf/src/common.rs"]
 #[allow(dead_code)]
-mod common;
+pub(crate) mod common;
 
 use std::{
     fmt::Write as _,

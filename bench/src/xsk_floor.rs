@@ -29,6 +29,8 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 
+use crate::turn_xdp::common::{FloorConfig, relayed_udp_checksum};
+
 /// Frames per receive batch.
 pub const BATCH: usize = 64;
 /// Bytes per UMEM frame.
@@ -82,17 +84,6 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     Ok(m)
 }
 
-/// What a relayed frame gets.
-#[derive(Debug, Clone, Copy)]
-pub struct Rewrite {
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
-    pub src_ip: [u8; 4],
-    pub dst_ip: [u8; 4],
-    pub listen_port: u16,
-    pub peer_port: u16,
-}
-
 fn word(b: &[u8], off: usize) -> u16 {
     u16::from_be_bytes([b[off], b[off + 1]])
 }
@@ -108,7 +99,7 @@ fn fold(mut s: u32) -> u16 {
 /// `None` when `inp` is not an unfragmented IPv4/UDP ChannelData frame to the listen port
 /// with exactly its data (channel 0x4000–0x4FFF; the same frames `bench_floor` relays) or
 /// `out` is too small.
-pub fn rewrite(inp: &[u8], out: &mut [u8], r: &Rewrite) -> Option<usize> {
+pub fn rewrite(inp: &[u8], out: &mut [u8], r: &FloorConfig) -> Option<usize> {
     if inp.len() < PAYLOAD + 4
         || word(inp, 12) != 0x0800
         || inp[IP] != 0x45
@@ -129,27 +120,30 @@ pub fn rewrite(inp: &[u8], out: &mut [u8], r: &Rewrite) -> Option<usize> {
         return None;
     }
     let new_udp_len = (udp_len - 4) as u16;
-    // Incremental UDP checksum (RFC 1624), as bench_floor: out go the old addresses,
-    // destination port, both counts of the UDP length and the ChannelData header; in come
-    // the new ones. The data moves by 4 bytes (even), so its sum is unchanged.
-    let old_csum = word(inp, UDP + 6);
-    let mut s = u32::from(!old_csum);
-    for off in [IP + 12, IP + 14, IP + 16, IP + 18, UDP + 2] {
-        s += u32::from(!word(inp, off));
-    }
-    s += 2 * u32::from(!word(inp, UDP + 4))
-        + u32::from(!word(inp, PAYLOAD))
-        + u32::from(!word(inp, PAYLOAD + 2));
-    for ip in [r.src_ip, r.dst_ip] {
-        s += u32::from(word(&ip, 0)) + u32::from(word(&ip, 2));
-    }
-    s += u32::from(r.peer_port) + 2 * u32::from(new_udp_len);
-    let mut udp_csum = !fold(s);
-    if old_csum == 0 {
-        udp_csum = 0; // no checksum stays no checksum
-    } else if udp_csum == 0 {
-        udp_csum = 0xffff;
-    }
+    // Big-endian words throughout (the sum does not depend on the byte order).
+    let udp_csum = relayed_udp_checksum(
+        word(inp, UDP + 6),
+        [
+            word(inp, IP + 12),
+            word(inp, IP + 14),
+            word(inp, IP + 16),
+            word(inp, IP + 18),
+            word(inp, UDP + 2),
+            word(inp, UDP + 4),
+            word(inp, UDP + 4),
+            word(inp, PAYLOAD),
+            word(inp, PAYLOAD + 2),
+        ],
+        [
+            word(&r.src_ip, 0),
+            word(&r.src_ip, 2),
+            word(&r.dst_ip, 0),
+            word(&r.dst_ip, 2),
+            r.sink_port,
+            new_udp_len,
+            new_udp_len,
+        ],
+    );
 
     out[0..6].copy_from_slice(&r.dst_mac);
     out[6..12].copy_from_slice(&r.src_mac);
@@ -163,7 +157,7 @@ pub fn rewrite(inp: &[u8], out: &mut [u8], r: &Rewrite) -> Option<usize> {
     let ip_sum: u32 = (IP..UDP).step_by(2).map(|i| u32::from(word(out, i))).sum();
     out[IP + 10..IP + 12].copy_from_slice(&(!fold(ip_sum)).to_be_bytes());
     out[UDP..UDP + 2].copy_from_slice(&inp[UDP..UDP + 2]);
-    out[UDP + 2..UDP + 4].copy_from_slice(&r.peer_port.to_be_bytes());
+    out[UDP + 2..UDP + 4].copy_from_slice(&r.sink_port.to_be_bytes());
     out[UDP + 4..UDP + 6].copy_from_slice(&new_udp_len.to_be_bytes());
     out[UDP + 6..UDP + 8].copy_from_slice(&udp_csum.to_be_bytes());
     out[PAYLOAD..PAYLOAD + clen].copy_from_slice(&inp[PAYLOAD + 4..PAYLOAD + 4 + clen]);
@@ -443,13 +437,14 @@ fn if_index(dev: &str) -> Result<u32> {
 
 /// Runs the forwarder until the process is killed.
 pub fn run(args: &XskFloorArgs) -> Result<()> {
-    let r = Rewrite {
+    let r = FloorConfig {
         dst_mac: args.dst_mac,
         src_mac: args.src_mac,
         src_ip: args.src_ip.octets(),
         dst_ip: args.dst_ip.octets(),
         listen_port: args.listen_port,
-        peer_port: args.peer_port,
+        sink_port: args.peer_port,
+        out_ifindex: 0,
     };
     let mut rx = Xsk::open(&args.rx_dev)?;
     let mut tx = Xsk::open(&args.tx_dev)?;
@@ -616,14 +611,15 @@ mod tests {
         }
     }
 
-    fn rw() -> Rewrite {
-        Rewrite {
+    fn rw() -> FloorConfig {
+        FloorConfig {
             dst_mac: [2, 0, 0, 0, 0, 9],
             src_mac: [2, 0, 0, 0, 0, 8],
             src_ip: [10, 202, 0, 1],
             dst_ip: [10, 202, 0, 2],
             listen_port: 3478,
-            peer_port: 4000,
+            sink_port: 4000,
+            out_ifindex: 0,
         }
     }
 
@@ -658,6 +654,28 @@ mod tests {
         let mut out = [0u8; FRAME];
         let n = rewrite(&frame(b"abc", 0x4000, false), &mut out, &rw()).expect("relayed");
         assert_eq!(word(&out[..n], UDP + 6), 0);
+    }
+
+    /// bench_floor feeds the shared checksum native-order (little-endian) words, this
+    /// forwarder big-endian ones: the results must be the same checksum, byte-swapped.
+    #[test]
+    fn relayed_checksum_does_not_depend_on_byte_order() {
+        let removed = [0x0ac9, 0x0002, 0x0ac9, 0x0001, 3478, 216, 216, 0x4001, 208];
+        let added = [0x0aca, 0x0001, 0x0aca, 0x0002, 4000, 212, 212];
+        for old in [0u16, 1, 0x1234, 0xfffe, 0xffff] {
+            let be = relayed_udp_checksum(old, removed, added);
+            let le = relayed_udp_checksum(
+                old.swap_bytes(),
+                removed.map(u16::swap_bytes),
+                added.map(u16::swap_bytes),
+            );
+            assert_eq!(le, be.swap_bytes(), "old checksum {old:#06x}");
+        }
+        assert_eq!(
+            relayed_udp_checksum(0, removed, added),
+            0,
+            "none stays none"
+        );
     }
 
     /// What bench_floor would not relay is not relayed here either.

@@ -121,3 +121,37 @@ pub struct FloorConfig {
     /// ifindex of the relay's peer-side interface (redirect target).
     pub out_ifindex: u32,
 }
+
+/// The UDP checksum of a ChannelData frame once relayed as the floors relay it (`bench_floor`
+/// in the kernel, `relay-bench xsk-floor` in userspace): an incremental update (RFC 1624)
+/// of the frame's checksum `old`. Out go `removed`: the old source and destination
+/// addresses (two words each), destination port, the UDP length twice (pseudo-header and
+/// header) and the two words of the ChannelData header. In come `added`: the new
+/// addresses, destination port and the new UDP length twice. The data itself moves by 4
+/// bytes (even), so its sum is unchanged.
+///
+/// All words in one byte order, either: a one's-complement sum does not depend on it (RFC
+/// 1071), and the result is in that order. No checksum (0) stays no checksum; a computed
+/// 0 is sent as 0xFFFF.
+#[inline(always)]
+pub fn relayed_udp_checksum(old: u16, removed: [u16; 9], added: [u16; 7]) -> u16 {
+    let mut s = u64::from(!old);
+    let mut i = 0;
+    while i < removed.len() {
+        s += u64::from(!removed[i]);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < added.len() {
+        s += u64::from(added[i]);
+        i += 1;
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    match !(s as u16) {
+        _ if old == 0 => 0,
+        0 => 0xffff,
+        c => c,
+    }
+}

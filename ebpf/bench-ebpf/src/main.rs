@@ -239,31 +239,31 @@ fn floor(ctx: &XdpContext) -> Option<u32> {
     let tot_len = u16::from_be(w(IP_OFF + 2));
     let new_udp_len = (udp_len - 4).to_be();
     let old_csum = w(UDP_OFF + 6);
-    // Incremental UDP checksum (RFC 1624): remove the old words, add the new ones. The
-    // payload moves by 4 bytes (even), so its sum is unchanged.
-    let mut s: u64 = u64::from(!old_csum);
-    for off in [
-        IP_OFF + 12,
-        IP_OFF + 14,
-        IP_OFF + 16,
-        IP_OFF + 18,
-        UDP_OFF + 2,
-    ] {
-        s += u64::from(!w(off));
-    }
-    // UDP length counts twice (pseudo-header and header); the ChannelData header goes.
-    s += 2 * u64::from(!w(UDP_OFF + 4))
-        + u64::from(!w(UDP_PAYLOAD))
-        + u64::from(!w(UDP_PAYLOAD + 2));
-    let ip = |b: [u8; 4], i: usize| u64::from(u16::from_ne_bytes([b[i], b[i + 1]]));
-    s += ip(cfg.src_ip, 0) + ip(cfg.src_ip, 2) + ip(cfg.dst_ip, 0) + ip(cfg.dst_ip, 2);
-    s += u64::from(cfg.sink_port.to_be()) + 2 * u64::from(new_udp_len);
-    let mut c = !fold(s);
-    if old_csum == 0 {
-        c = 0; // no checksum stays no checksum
-    } else if c == 0 {
-        c = 0xffff;
-    }
+    // Native-order words throughout (the sum does not depend on the byte order).
+    let ip = |b: [u8; 4], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+    let c = relayed_udp_checksum(
+        old_csum,
+        [
+            w(IP_OFF + 12),
+            w(IP_OFF + 14),
+            w(IP_OFF + 16),
+            w(IP_OFF + 18),
+            w(UDP_OFF + 2),
+            w(UDP_OFF + 4),
+            w(UDP_OFF + 4),
+            w(UDP_PAYLOAD),
+            w(UDP_PAYLOAD + 2),
+        ],
+        [
+            ip(cfg.src_ip, 0),
+            ip(cfg.src_ip, 2),
+            ip(cfg.dst_ip, 0),
+            ip(cfg.dst_ip, 2),
+            cfg.sink_port.to_be(),
+            new_udp_len,
+            new_udp_len,
+        ],
+    );
     // New headers, written 4 bytes further on, then the head moves by 4.
     hdr[0..6].copy_from_slice(&cfg.dst_mac);
     hdr[6..12].copy_from_slice(&cfg.src_mac);
