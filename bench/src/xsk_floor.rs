@@ -14,29 +14,27 @@
 //! stripped; MACs, addresses, destination port, lengths, a fresh IPv4 header checksum and
 //! an incremental UDP checksum, as `bench_floor` does) into a frame of a second socket,
 //! bound to the peer-side veth, and the kernel transmits it. Frames are received in
-//! batches of up to [`BATCH`]; when none wait, the process sleeps in `poll`.
+//! batches of up to [`BATCH`]; when none wait, the process sleeps in `poll`. The sockets
+//! are the relay's own ([`relay::xsk`]), as its workers use them.
 //!
 //! The bench hands the receive socket to `bench_xsk`'s map itself (`pidfd_getfd`): this
 //! process prints `ready <fd>` once both sockets are bound.
 
-use std::{
-    io::Write,
-    net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::{io::Write, net::Ipv4Addr};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result};
 use clap::Args;
+use relay::xsk::{self, XskConfig, XskSocket, XskStats};
 
 use crate::turn_xdp::common::{FloorConfig, relayed_udp_checksum};
 
 /// Frames per receive batch.
 pub const BATCH: usize = 64;
-/// Bytes per UMEM frame.
-const FRAME: usize = 2048;
-/// Frames per UMEM, and entries per ring.
-const FRAMES: usize = 4096;
+/// Receive frames of the receive socket and send frames of the send socket (entries of
+/// their rings).
+const FRAMES: u32 = 4096;
+/// The other direction's frames of each socket: its rings must exist, nothing uses them.
+const UNUSED_FRAMES: u32 = 64;
 /// Ethernet + IPv4 (no options) + UDP.
 const ETH: usize = 14;
 const IP: usize = ETH;
@@ -164,275 +162,15 @@ pub fn rewrite(inp: &[u8], out: &mut [u8], r: &FloorConfig) -> Option<usize> {
     Some(PAYLOAD + clen)
 }
 
-/// One mmapped AF_XDP ring: entries of `T` (a u64 frame address for the fill and
-/// completion rings, an `xdp_desc` for RX and TX).
-struct Ring<T> {
-    producer: *const AtomicU32,
-    consumer: *const AtomicU32,
-    entries: *mut T,
-    map: *mut libc::c_void,
-    map_len: usize,
-    /// Our copy of the index this side owns (producer of a ring we fill, consumer of a
-    /// ring we drain).
-    local: u32,
-}
-
-impl<T: Copy> Ring<T> {
-    /// Maps the ring of `fd` at page offset `pgoff` described by `off`.
-    fn map(fd: i32, off: &libc::xdp_ring_offset, pgoff: u64, producer_side: bool) -> Result<Self> {
-        let map_len = off.desc as usize + FRAMES * std::mem::size_of::<T>();
-        // SAFETY: a fresh shared mapping of the socket's ring; checked below.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                fd,
-                pgoff as libc::off_t,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            bail!("mmap AF_XDP ring: {}", std::io::Error::last_os_error());
-        }
-        let at = |o: u64| (map as usize + o as usize) as *mut u8;
-        let mut ring = Ring {
-            producer: at(off.producer) as *const AtomicU32,
-            consumer: at(off.consumer) as *const AtomicU32,
-            entries: at(off.desc) as *mut T,
-            map,
-            map_len,
-            local: 0,
-        };
-        // SAFETY: both indices lie inside the mapping (kernel-given offsets), u32-aligned.
-        ring.local = unsafe {
-            if producer_side {
-                (*ring.producer).load(Ordering::Relaxed)
-            } else {
-                (*ring.consumer).load(Ordering::Relaxed)
-            }
-        };
-        Ok(ring)
-    }
-
-    /// Free entries of a ring we produce into.
-    fn free(&self) -> u32 {
-        // SAFETY: the consumer index lies inside the mapping.
-        let cons = unsafe { (*self.consumer).load(Ordering::Acquire) };
-        FRAMES as u32 - self.local.wrapping_sub(cons)
-    }
-
-    /// Puts `v` at our producer index (the caller checked [`Ring::free`]); published by
-    /// [`Ring::publish_producer`].
-    fn push(&mut self, v: T) {
-        // SAFETY: the index is masked into the ring's FRAMES entries.
-        unsafe {
-            self.entries
-                .add(self.local as usize & (FRAMES - 1))
-                .write(v)
-        };
-        self.local = self.local.wrapping_add(1);
-    }
-
-    fn publish_producer(&self) {
-        // SAFETY: the producer index lies inside the mapping; Release orders the entries
-        // written before it.
-        unsafe { (*self.producer).store(self.local, Ordering::Release) };
-    }
-
-    /// Entries waiting in a ring we consume from.
-    fn ready(&self) -> u32 {
-        // SAFETY: the producer index lies inside the mapping; Acquire orders the entries.
-        let prod = unsafe { (*self.producer).load(Ordering::Acquire) };
-        prod.wrapping_sub(self.local)
-    }
-
-    /// The `i`-th waiting entry of a ring we consume from.
-    fn peek(&self, i: u32) -> T {
-        // SAFETY: the index is masked into the ring's FRAMES entries.
-        unsafe {
-            self.entries
-                .add(self.local.wrapping_add(i) as usize & (FRAMES - 1))
-                .read()
-        }
-    }
-
-    fn release(&mut self, n: u32) {
-        self.local = self.local.wrapping_add(n);
-        // SAFETY: the consumer index lies inside the mapping.
-        unsafe { (*self.consumer).store(self.local, Ordering::Release) };
-    }
-}
-
-impl<T> Drop for Ring<T> {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping, unmapped once.
-        unsafe { libc::munmap(self.map, self.map_len) };
-    }
-}
-
-/// An AF_XDP socket with its own UMEM of FRAMES frames and its four rings.
-struct Xsk {
-    fd: OwnedFd,
-    umem: *mut u8,
-    fill: Ring<u64>,
-    comp: Ring<u64>,
-    rx: Ring<libc::xdp_desc>,
-    tx: Ring<libc::xdp_desc>,
-}
-
-fn setsockopt<T>(fd: i32, name: i32, v: &T) -> Result<()> {
-    // SAFETY: `v` is a live value of the size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_XDP,
-            name,
-            (v as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
+/// A socket on queue 0 of `dev` (a veth has one).
+fn open(dev: &str, rx_frames: u32, tx_frames: u32) -> Result<XskSocket> {
+    let cfg = XskConfig {
+        ifindex: xsk::ifindex(dev)?,
+        queue: 0,
+        rx_frames,
+        tx_frames,
     };
-    ensure!(
-        r == 0,
-        "setsockopt(SOL_XDP, {name}): {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
-}
-
-impl Xsk {
-    /// A socket bound to queue 0 of `dev` in copy mode.
-    fn open(dev: &str) -> Result<Xsk> {
-        let ifindex = if_index(dev)?;
-        // SAFETY: plain socket call; the fd is owned below.
-        let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        ensure!(
-            raw >= 0,
-            "socket(AF_XDP): {} (needs a kernel with AF_XDP and root)",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: `raw` is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let len = FRAME * FRAMES;
-        // SAFETY: a fresh private anonymous mapping; checked below.
-        let umem = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        ensure!(
-            umem != libc::MAP_FAILED,
-            "mmap UMEM: {}",
-            std::io::Error::last_os_error()
-        );
-        let reg = libc::xdp_umem_reg {
-            addr: umem as u64,
-            len: len as u64,
-            chunk_size: FRAME as u32,
-            headroom: 0,
-            flags: 0,
-            tx_metadata_len: 0,
-        };
-        setsockopt(raw, libc::XDP_UMEM_REG, &reg)?;
-        let n = FRAMES as u32;
-        for opt in [
-            libc::XDP_UMEM_FILL_RING,
-            libc::XDP_UMEM_COMPLETION_RING,
-            libc::XDP_RX_RING,
-            libc::XDP_TX_RING,
-        ] {
-            setsockopt(raw, opt, &n)?;
-        }
-        // SAFETY: xdp_mmap_offsets is plain data filled by the kernel.
-        let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
-        let mut olen = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
-        // SAFETY: `off` has the size passed in `olen`.
-        let r = unsafe {
-            libc::getsockopt(
-                raw,
-                libc::SOL_XDP,
-                libc::XDP_MMAP_OFFSETS,
-                (&mut off as *mut libc::xdp_mmap_offsets).cast(),
-                &mut olen,
-            )
-        };
-        ensure!(
-            r == 0,
-            "getsockopt(XDP_MMAP_OFFSETS): {}",
-            std::io::Error::last_os_error()
-        );
-        let fill = Ring::map(raw, &off.fr, libc::XDP_UMEM_PGOFF_FILL_RING, true)?;
-        let comp = Ring::map(raw, &off.cr, libc::XDP_UMEM_PGOFF_COMPLETION_RING, false)?;
-        let rx = Ring::map(raw, &off.rx, libc::XDP_PGOFF_RX_RING as u64, false)?;
-        let tx = Ring::map(raw, &off.tx, libc::XDP_PGOFF_TX_RING as u64, true)?;
-        let sa = libc::sockaddr_xdp {
-            sxdp_family: libc::AF_XDP as u16,
-            sxdp_flags: libc::XDP_COPY,
-            sxdp_ifindex: ifindex,
-            sxdp_queue_id: 0,
-            sxdp_shared_umem_fd: 0,
-        };
-        // SAFETY: `sa` is a complete sockaddr_xdp of the size passed.
-        let r = unsafe {
-            libc::bind(
-                raw,
-                (&sa as *const libc::sockaddr_xdp).cast(),
-                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-            )
-        };
-        ensure!(
-            r == 0,
-            "bind AF_XDP socket to {dev} queue 0: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(Xsk {
-            fd,
-            umem: umem.cast(),
-            fill,
-            comp,
-            rx,
-            tx,
-        })
-    }
-
-    /// Frame `addr`'s bytes (`len` of them from `addr`, inside the UMEM).
-    fn frame(&self, addr: u64, len: usize) -> &[u8] {
-        let addr = addr as usize;
-        assert!(addr + len <= FRAME * FRAMES);
-        // SAFETY: inside the UMEM (checked above); the kernel does not write a frame while
-        // userspace owns it (taken from RX, not yet given back to the fill ring).
-        unsafe { std::slice::from_raw_parts(self.umem.add(addr), len) }
-    }
-
-    /// Frame `addr`, writable (a frame this process owns: not on the TX ring).
-    fn frame_mut(&mut self, addr: u64) -> &mut [u8] {
-        let addr = addr as usize & !(FRAME - 1);
-        assert!(addr + FRAME <= FRAME * FRAMES);
-        // SAFETY: one whole frame inside the UMEM, owned by this process (free list).
-        unsafe { std::slice::from_raw_parts_mut(self.umem.add(addr), FRAME) }
-    }
-}
-
-impl Drop for Xsk {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping, unmapped once. The kernel pinned the UMEM's pages when
-        // it was registered and keeps them until the socket (closed right after this) is
-        // released, so it never writes into unmapped memory.
-        unsafe { libc::munmap(self.umem.cast(), FRAME * FRAMES) };
-    }
-}
-
-fn if_index(dev: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(dev).context("interface name")?;
-    // SAFETY: a NUL-terminated name.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    ensure!(i != 0, "no interface {dev}");
-    Ok(i)
+    XskSocket::open(&cfg).with_context(|| format!("AF_XDP socket on {dev}"))
 }
 
 /// Runs the forwarder until the process is killed.
@@ -446,64 +184,36 @@ pub fn run(args: &XskFloorArgs) -> Result<()> {
         sink_port: args.peer_port,
         out_ifindex: 0,
     };
-    let mut rx = Xsk::open(&args.rx_dev)?;
-    let mut tx = Xsk::open(&args.tx_dev)?;
-    // Every receive frame goes on the fill ring; every send frame is free.
-    for i in 0..FRAMES {
-        rx.fill.push((i * FRAME) as u64);
-    }
-    rx.fill.publish_producer();
-    let mut free: Vec<u64> = (0..FRAMES).map(|i| (i * FRAME) as u64).collect();
+    let mut rx = open(&args.rx_dev, FRAMES, UNUSED_FRAMES)?;
+    let mut tx = open(&args.tx_dev, UNUSED_FRAMES, FRAMES)?;
     let mut drops = [0u64; 3];
-    println!("ready {}", rx.fd.as_raw_fd());
+    println!("ready {}", rx.fd());
     std::io::stdout().flush()?;
 
+    let (_, mut out) = tx.split();
     loop {
-        // Send frames the kernel is done with become free again.
-        let done = tx.comp.ready();
-        for i in 0..done {
-            free.push(tx.comp.peek(i));
-        }
-        tx.comp.release(done);
-
-        let n = rx.rx.ready().min(BATCH as u32);
+        // Each frame is copied (or dropped) and goes back to the fill ring at once; the
+        // relayed frames leave in one flush per batch.
+        let (mut inp, _) = rx.split();
+        let n = inp.recv(BATCH, |frame| {
+            out.send_with(|buf| rewrite(frame, buf, &r));
+        });
+        // Also when idle: what a busy device left on the TX ring (no system call when
+        // nothing is left).
+        out.flush().context("AF_XDP transmit")?;
         if n == 0 {
             let mut p = libc::pollfd {
-                fd: rx.fd.as_raw_fd(),
+                fd: rx.fd(),
                 events: libc::POLLIN,
                 revents: 0,
             };
             // SAFETY: one valid pollfd.
             if unsafe { libc::poll(&mut p, 1, 100) } == 0 {
                 // Idle for 100 ms: a step is over.
-                report_drops(&rx, &mut drops);
+                if let Ok(st) = rx.stats() {
+                    report_drops(&st, &mut drops);
+                }
             }
-            continue;
-        }
-        let room = tx.tx.free().min(free.len() as u32);
-        let mut sent = 0;
-        for i in 0..n {
-            let d = rx.rx.peek(i);
-            if sent < room
-                && let Some(out) = free.last().copied()
-                && let Some(len) = rewrite(rx.frame(d.addr, d.len as usize), tx.frame_mut(out), &r)
-            {
-                free.pop();
-                tx.tx.push(libc::xdp_desc {
-                    addr: out,
-                    len: len as u32,
-                    options: 0,
-                });
-                sent += 1;
-            }
-            // Copied (or dropped): the receive frame goes back at once.
-            rx.fill.push(d.addr & !(FRAME as u64 - 1));
-        }
-        rx.rx.release(n);
-        rx.fill.publish_producer();
-        if sent > 0 {
-            tx.tx.publish_producer();
-            kick(&tx)?;
         }
     }
 }
@@ -511,22 +221,9 @@ pub fn run(args: &XskFloorArgs) -> Result<()> {
 /// Prints the receive socket's drop counters to stderr when they changed (called once
 /// the forwarder has been idle for a while, so about once per bench step): frames the kernel could not hand over are the forwarder's loss, not the relay
 /// path's, and a bench reader needs to tell them apart.
-fn report_drops(rx: &Xsk, last: &mut [u64; 3]) {
-    // SAFETY: xdp_statistics is plain data filled by the kernel.
-    let mut st: libc::xdp_statistics = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
-    // SAFETY: `st` has the size passed in `len`.
-    let r = unsafe {
-        libc::getsockopt(
-            rx.fd.as_raw_fd(),
-            libc::SOL_XDP,
-            libc::XDP_STATISTICS,
-            (&mut st as *mut libc::xdp_statistics).cast(),
-            &mut len,
-        )
-    };
+fn report_drops(st: &XskStats, last: &mut [u64; 3]) {
     let now = [st.rx_dropped, st.rx_ring_full, st.rx_fill_ring_empty_descs];
-    if r == 0 && now != *last {
+    if now != *last {
         eprintln!(
             "   xsk-floor: receive drops so far: {} dropped, {} with the RX ring full, {} with the fill ring empty",
             now[0], now[1], now[2]
@@ -535,39 +232,10 @@ fn report_drops(rx: &Xsk, last: &mut [u64; 3]) {
     }
 }
 
-/// Makes the kernel transmit what the TX ring holds. In copy mode it does so in `sendto`,
-/// at most 32 frames per call (answering EAGAIN while more wait), so it is called until
-/// the ring is drained, a bounded number of times.
-fn kick(tx: &Xsk) -> Result<()> {
-    for _ in 0..FRAMES / 32 {
-        // SAFETY: a zero-length send on our own socket only starts transmission.
-        let k = unsafe {
-            libc::sendto(
-                tx.fd.as_raw_fd(),
-                std::ptr::null(),
-                0,
-                libc::MSG_DONTWAIT,
-                std::ptr::null(),
-                0,
-            )
-        };
-        if k >= 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) => continue,
-            // The device is busy or out of buffers: what is left goes on the next kick.
-            Some(libc::EBUSY) | Some(libc::ENOBUFS) => return Ok(()),
-            _ => bail!("sendto (AF_XDP transmit): {e}"),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use relay::xsk::FRAME_SIZE;
 
     /// Sum over 16-bit words (one's complement, folded), for a checksum from scratch.
     fn sum(b: &[u8]) -> u32 {
@@ -630,7 +298,7 @@ mod tests {
         for len in [0usize, 1, 7, 200, 1201] {
             let payload: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
             let inp = frame(&payload, 0x4001, true);
-            let mut out = [0u8; FRAME];
+            let mut out = [0u8; FRAME_SIZE];
             let n = rewrite(&inp, &mut out, &rw()).expect("relayed");
             let out = &out[..n];
             assert_eq!(n, inp.len() - 4);
@@ -651,7 +319,7 @@ mod tests {
             );
         }
         // No checksum stays no checksum.
-        let mut out = [0u8; FRAME];
+        let mut out = [0u8; FRAME_SIZE];
         let n = rewrite(&frame(b"abc", 0x4000, false), &mut out, &rw()).expect("relayed");
         assert_eq!(word(&out[..n], UDP + 6), 0);
     }
@@ -681,7 +349,7 @@ mod tests {
     /// What bench_floor would not relay is not relayed here either.
     #[test]
     fn rewrite_refuses_what_the_floor_refuses() {
-        let mut out = [0u8; FRAME];
+        let mut out = [0u8; FRAME_SIZE];
         let ok = frame(b"data", 0x4000, true);
         assert!(rewrite(&ok, &mut out, &rw()).is_some());
         assert!(rewrite(&frame(b"data", 0x5000, true), &mut out, &rw()).is_none());
