@@ -12,6 +12,10 @@ pub mod names {
     /// An XDP program that passes every frame: attached to the peer of a veth so that
     /// frames XDP_TX'ed (or redirected) into the pair are received there.
     pub const XDP_PASS_PROGRAM: &str = "relay_xdp_pass";
+    /// An XDP program that is never attached: run through `BPF_PROG_TEST_RUN` on a
+    /// `turn::FibProbeFrame`, it asks `bpf_fib_lookup` what the TURN fast path would ask
+    /// and writes the answer into the frame (next hops for the AF_XDP data path).
+    pub const FIB_PROBE_PROGRAM: &str = "relay_fib_probe";
     /// `PerCpuArray<u64>` of [`crate::counter`] indices.
     pub const COUNTERS: &str = "RELAY_COUNTERS";
     /// `HashMap<u16, u8>`: UDP ports (host byte order) on which Binding is answered.

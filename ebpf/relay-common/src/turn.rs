@@ -77,6 +77,23 @@ pub mod maps {
     /// `stats_idx` modulo their count: each CPU's copy of the next hops its rules used,
     /// in front of `TURN_NEXT_HOPS` (written only by the kernel, not pinned).
     pub const HOP_SLOTS: &str = "TURN_HOP_SLOTS";
+    /// `XskMap` of [`super::XSK_SOCKETS`] entries, indexed by [`super::xsk_key`] (the
+    /// ingress interface's slot in `TURN_XSK_IFACES`, then the RX queue): the AF_XDP
+    /// socket that frames steered there go to (per process: not pinned).
+    pub const XSKS: &str = "TURN_XSKS";
+    /// `Array<u8>` of [`super::XSK_PORTS_ENTRIES`] entries, indexed by UDP destination port
+    /// (host order): what the port is to the AF_XDP steering ([`super::XSK_PORT_NONE`],
+    /// [`super::XSK_PORT_LISTEN`] or [`super::xsk_port_owner`]); not pinned.
+    pub const XSK_PORTS: &str = "TURN_XSK_PORTS";
+    /// `Array<u32>` of one entry: the number of workers owning AF_XDP sockets; 0 (the
+    /// default) turns the steering off. Not pinned.
+    pub const XSK_WORKERS: &str = "TURN_XSK_WORKERS";
+    /// `Array<u32>` of [`super::MAX_XSK_IFACES`] entries: the ifindexes whose frames are
+    /// steered, by slot (0 = a free slot); a frame of any other interface passes up. Not
+    /// pinned.
+    pub const XSK_IFACES: &str = "TURN_XSK_IFACES";
+    /// `PerCpuArray<u64>` of one entry: frames redirected to an AF_XDP socket. Not pinned.
+    pub const XSK_STATS: &str = "TURN_XSK_STATS";
 }
 
 /// Entries in `TURN_RULE_STATS` (and the largest `stats_idx` + 1).
@@ -321,6 +338,148 @@ pub struct NextHop {
     pub _pad2: [u8; 4],
 }
 
+// ---------- AF_XDP steering (userspace data path) ----------
+//
+// `relay_xdp` hands frames it would pass up (XDP_PASS) to AF_XDP sockets instead when they
+// are UDP for a port in `TURN_XSK_PORTS` (see [`xsk_port_steers`]); the kernel-handled
+// cases (Binding answers, TURN frames relayed in the kernel) are unaffected.
+
+/// Entries in `TURN_XSKS`: RX queues 0..64 can have an AF_XDP socket; frames received on
+/// a higher queue are passed up as before.
+pub const MAX_XSK_QUEUES: u32 = 64;
+/// Interfaces whose frames can be steered (slots of `TURN_XSK_IFACES`).
+pub const MAX_XSK_IFACES: u32 = 4;
+/// Entries in `TURN_XSKS`: a socket per (interface slot, RX queue).
+pub const XSK_SOCKETS: u32 = MAX_XSK_IFACES * MAX_XSK_QUEUES;
+
+/// The `TURN_XSKS` key of RX queue `queue` of the interface in slot `slot`, or None
+/// when either is out of range (such frames are not steered).
+#[inline(always)]
+pub const fn xsk_key(slot: u32, queue: u32) -> Option<u32> {
+    if slot < MAX_XSK_IFACES && queue < MAX_XSK_QUEUES {
+        Some(slot * MAX_XSK_QUEUES + queue)
+    } else {
+        None
+    }
+}
+
+/// Entries in `TURN_XSK_PORTS`: one per UDP port.
+pub const XSK_PORTS_ENTRIES: u32 = 65_536;
+/// `TURN_XSK_PORTS` value: the port is not steered (frames pass up as before).
+pub const XSK_PORT_NONE: u8 = 0;
+/// `TURN_XSK_PORTS` value: a TURN listen port: steered to the socket of the queue the
+/// frame arrived on, whichever worker owns that queue.
+pub const XSK_PORT_LISTEN: u8 = 0xFF;
+/// The most workers the port encoding can name (`w + 1` for worker `w`: 1..=0xFE).
+pub const MAX_XSK_WORKERS: u32 = 0xFE;
+
+/// The `TURN_XSK_PORTS` value of a relayed port owned by worker `worker`, or None when
+/// the encoding cannot name it (`worker >= MAX_XSK_WORKERS`).
+pub const fn xsk_port_owner(worker: u32) -> Option<u8> {
+    if worker < MAX_XSK_WORKERS {
+        Some(worker as u8 + 1)
+    } else {
+        None
+    }
+}
+
+/// The worker owning a relayed port of `TURN_XSK_PORTS` value `kind`, if `kind` names one
+/// (not [`XSK_PORT_NONE`], not [`XSK_PORT_LISTEN`]).
+pub const fn xsk_port_worker(kind: u8) -> Option<u32> {
+    if kind == XSK_PORT_NONE || kind == XSK_PORT_LISTEN {
+        None
+    } else {
+        Some(kind as u32 - 1)
+    }
+}
+
+/// Whether a frame for a port of `TURN_XSK_PORTS` value `kind`, received on RX queue
+/// `queue`, goes to that queue's AF_XDP socket when `workers` workers own the sockets
+/// (queue `q` belongs to worker `q % workers`): never with `workers == 0` (steering off)
+/// or an unsteered port; always for a listen port; for a relayed port only on a queue
+/// of its owner (elsewhere the owner's kernel socket receives it). The XDP program calls
+/// exactly this.
+#[inline(always)]
+pub const fn xsk_port_steers(kind: u8, queue: u32, workers: u32) -> bool {
+    if workers == 0 || kind == XSK_PORT_NONE {
+        return false;
+    }
+    if kind == XSK_PORT_LISTEN {
+        return true;
+    }
+    let owner = kind as u32 - 1;
+    owner < workers && queue % workers == owner
+}
+
+// ---------- next-hop probe (`relay_fib_probe`) ----------
+
+/// `FibProbeRequest::family` of IPv4 (`AF_INET`).
+pub const FIB_PROBE_V4: u8 = 2;
+/// `FibProbeRequest::family` of IPv6 (`AF_INET6`).
+pub const FIB_PROBE_V6: u8 = 10;
+
+/// What `relay_fib_probe` looks up: the route a relayed frame from `src` to `dst` would
+/// take, asked exactly as the TURN fast path asks `bpf_fib_lookup`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibProbeRequest {
+    /// [`FIB_PROBE_V4`] or [`FIB_PROBE_V6`].
+    pub family: u8,
+    /// The IPv4 TOS of the frame (the fast path passes it; IPv6 passes no flow info).
+    pub tos: u8,
+    /// The IP total length of the frame to send (host order): the route MTU check.
+    pub tot_len: u16,
+    /// Source port (network order; the fast path passes the output's ports).
+    pub sport: WirePort,
+    /// Destination port (network order).
+    pub dport: WirePort,
+    /// The interface whose FIB the lookup takes; 0 = as the fast path does
+    /// (`TurnSettings::fib_ifindex`, else the ingress interface: `lo` of the calling
+    /// thread's network namespace under `BPF_PROG_TEST_RUN`).
+    pub ifindex: u32,
+    /// Source address (network order; IPv4 in the first 4 bytes, the rest zero).
+    pub src: [u8; 16],
+    /// Destination address (same form).
+    pub dst: [u8; 16],
+}
+
+/// What `relay_fib_probe` found (written into the frame after the request).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibProbeReply {
+    /// `bpf_fib_lookup`'s return value: `BPF_FIB_LKUP_RET_*` (0 = success), or a
+    /// negative errno; [`FIB_PROBE_NOT_RUN`] until the program wrote the reply.
+    pub rc: i32,
+    /// The egress interface (also set with `BPF_FIB_LKUP_RET_NO_NEIGH`).
+    pub ifindex: u32,
+    /// The route's MTU (success, and `BPF_FIB_LKUP_RET_FRAG_NEEDED`).
+    pub mtu: u16,
+    /// The egress interface's MAC (success only).
+    pub smac: [u8; 6],
+    /// The next hop's MAC (success only).
+    pub dmac: [u8; 6],
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+
+/// `FibProbeReply::rc` as userspace sends it: no `BPF_FIB_LKUP_RET_*` and no errno, so a
+/// reply the program did not write is recognised.
+pub const FIB_PROBE_NOT_RUN: i32 = i32::MIN;
+
+/// The frame given to `relay_fib_probe` through `BPF_PROG_TEST_RUN`: the program reads
+/// `request` and fills `reply`, and returns XDP_PASS (XDP_ABORTED when the frame is too
+/// short or its family unknown).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibProbeFrame {
+    /// What to look up.
+    pub request: FibProbeRequest,
+    /// What was found.
+    pub reply: FibProbeReply,
+    /// Zero (the frame is 96 bytes; `BPF_PROG_TEST_RUN` wants at least an Ethernet header).
+    pub _pad: [u8; 28],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: each type is #[repr(C)], Copy, made only of integers and byte arrays with
@@ -349,6 +508,12 @@ mod pod {
     unsafe impl aya::Pod for super::NextHop {}
     // SAFETY: as above (two such types, 64 bytes, no padding).
     unsafe impl aya::Pod for super::HopSlot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FibProbeRequest {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FibProbeReply {}
+    // SAFETY: as above (the two above and a byte array, 96 bytes, no padding).
+    unsafe impl aya::Pod for super::FibProbeFrame {}
 }
 
 #[cfg(test)]
@@ -371,6 +536,75 @@ mod tests {
         assert_eq!(size_of::<NextHop>(), 32);
         assert_eq!(size_of::<HopSlot>(), 64);
         assert!(HOP_SLOTS.is_power_of_two());
+        assert_eq!(size_of::<FibProbeRequest>(), 44);
+        assert_eq!(size_of::<FibProbeReply>(), 24);
+        assert_eq!(size_of::<FibProbeFrame>(), 96);
+        assert_eq!(core::mem::offset_of!(FibProbeFrame, reply), 44);
+    }
+
+    #[test]
+    fn xsk_port_encoding_round_trips() {
+        assert_eq!(xsk_port_owner(0), Some(1));
+        assert_eq!(xsk_port_owner(MAX_XSK_WORKERS - 1), Some(0xFE));
+        assert_eq!(xsk_port_owner(MAX_XSK_WORKERS), None);
+        for w in 0..MAX_XSK_WORKERS {
+            let kind = xsk_port_owner(w).expect("encodable");
+            assert_ne!(kind, XSK_PORT_NONE);
+            assert_ne!(kind, XSK_PORT_LISTEN);
+            assert_eq!(xsk_port_worker(kind), Some(w));
+        }
+        assert_eq!(xsk_port_worker(XSK_PORT_NONE), None);
+        assert_eq!(xsk_port_worker(XSK_PORT_LISTEN), None);
+    }
+
+    #[test]
+    fn xsk_steering_decision() {
+        // Steering off: nothing is steered, whatever the port says.
+        for kind in [XSK_PORT_NONE, XSK_PORT_LISTEN, 1, 2, 0xFE] {
+            for queue in [0, 1, 63, 64, u32::MAX] {
+                assert!(
+                    !xsk_port_steers(kind, queue, 0),
+                    "kind {kind} queue {queue}"
+                );
+            }
+        }
+        // An unsteered port never is.
+        for workers in [1, 2, 7, MAX_XSK_WORKERS] {
+            for queue in [0, 1, 5, 63] {
+                assert!(!xsk_port_steers(XSK_PORT_NONE, queue, workers));
+            }
+        }
+        // A listen port is steered on every queue.
+        for workers in [1, 2, 3] {
+            for queue in 0..MAX_XSK_QUEUES {
+                assert!(xsk_port_steers(XSK_PORT_LISTEN, queue, workers));
+            }
+        }
+        // A relayed port: only on its owner's queues (queue % workers == owner).
+        let w1 = xsk_port_owner(1).expect("encodable");
+        let on: [u32; 4] = [1, 4, 7, 10];
+        for queue in 0..12 {
+            assert_eq!(
+                xsk_port_steers(w1, queue, 3),
+                on.contains(&queue),
+                "queue {queue}"
+            );
+        }
+        // One worker owns every queue.
+        let w0 = xsk_port_owner(0).expect("encodable");
+        for queue in 0..MAX_XSK_QUEUES {
+            assert!(xsk_port_steers(w0, queue, 1));
+        }
+        // An owner beyond the worker count (a stale entry after fewer workers) is not
+        // steered anywhere: the queue it would match does not exist among the workers.
+        let w5 = xsk_port_owner(5).expect("encodable");
+        for queue in 0..MAX_XSK_QUEUES {
+            assert!(!xsk_port_steers(w5, queue, 3), "queue {queue}");
+        }
+        // The largest owner with the most workers.
+        let last = xsk_port_owner(MAX_XSK_WORKERS - 1).expect("encodable");
+        assert!(xsk_port_steers(last, MAX_XSK_WORKERS - 1, MAX_XSK_WORKERS));
+        assert!(!xsk_port_steers(last, 0, MAX_XSK_WORKERS));
     }
 
     #[test]

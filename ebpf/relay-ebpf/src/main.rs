@@ -4,11 +4,15 @@
 //! [`turn`]; only while `TURN_SETTINGS` enables it), answers STUN Binding requests on the
 //! ports in `STUN_PORTS` inside the kernel (contracts 1 and 2 of issue 2) and passes
 //! every other frame up unchanged;
+//! frames it would pass up go to an AF_XDP socket instead when userspace asked for
+//! their UDP port ([`xsk`]; off unless `TURN_XSK_WORKERS` is set);
 //! `relay_xdp_pass` passes everything (attached to the peer of a veth so that frames
-//! XDP_TX'ed into the pair are received there).
+//! XDP_TX'ed into the pair are received there);
+//! `relay_fib_probe` is never attached: userspace runs it through `BPF_PROG_TEST_RUN` to
+//! ask the FIB what the TURN fast path would ask ([`fib_probe`]).
 //!
 //! Modules: [`turn`] (TURN relaying), [`parse`] (Ethernet/IP/UDP), [`stun`] (Binding
-//! checks and the answer frame),
+//! checks and the answer frame), [`xsk`] (AF_XDP steering), [`fib_probe`],
 //! [`csum`] (Internet checksum), [`crc`] (FINGERPRINT CRC-32), [`counters`].
 #![no_std]
 #![no_main]
@@ -18,9 +22,11 @@
 mod counters;
 mod crc;
 mod csum;
+mod fib_probe;
 mod parse;
 mod stun;
 mod turn;
+mod xsk;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -43,13 +49,26 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 pub fn relay_xdp(ctx: XdpContext) -> u32 {
     let turn = turn::relay_packed(&ctx);
     if turn < turn::PASS_COUNTED {
+        if turn == xdp_action::XDP_PASS {
+            return xsk::steer_or_pass(&ctx);
+        }
         return turn;
     }
     if turn != turn::NOT_TURN {
         counters::bump(turn & 0xff);
-        return xdp_action::XDP_PASS;
+        return xsk::steer_or_pass(&ctx);
     }
-    stun_path(&ctx)
+    // Every frame the kernel does not handle (answer or relay) is passed up unchanged,
+    // or steered to an AF_XDP socket whose owner takes the place of the stack.
+    match stun_path(&ctx) {
+        xdp_action::XDP_PASS => xsk::steer_or_pass(&ctx),
+        action => action,
+    }
+}
+
+#[xdp]
+pub fn relay_fib_probe(ctx: XdpContext) -> u32 {
+    fib_probe::probe(&ctx)
 }
 
 /// The STUN Binding path, a separate BPF function so that its stack frame and the TURN

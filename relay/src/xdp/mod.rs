@@ -19,11 +19,18 @@
 //! `BPF_PROG_TEST_RUN` and compares it with the userspace answer (the differential
 //! harness). [`rules`] is the TURN fast path's map handle: [`FastPath::turn_maps`] takes
 //! the TURN maps out of the loaded object for the workers, which install rules into them.
+//! For the AF_XDP data path, [`FastPath::xsk_steering`] ([`xsk_steer`]) steers the frames
+//! the program would pass up into the workers' AF_XDP sockets, and
+//! [`FastPath::next_hop_probe`] ([`nexthop`]) gives them the next hops the kernel fast
+//! path would use.
 
+mod bpf_sys;
 pub mod fib;
+pub mod nexthop;
 pub mod rules;
 pub mod testrun;
 pub mod turn_frames;
+pub mod xsk_steer;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -238,6 +245,10 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> XdpError {
 
 /// The maps pinned by name under the pin directory (the TURN maps, the counters and the
 /// STUN ports): a restarted daemon reuses them, rules, counters and all.
+///
+/// Deliberately not pinned: the next-hop caches (`TURN_NEXT_HOPS`, `TURN_HOP_SLOTS`:
+/// rebuilt from the FIB), the scratch maps, and the AF_XDP steering maps
+/// ([`UNPINNED_XSK_MAPS`]).
 pub const PINNED_MAPS: [&str; 8] = [
     relay_common::turn::maps::CHANNELS,
     relay_common::turn::maps::PEERS,
@@ -247,6 +258,21 @@ pub const PINNED_MAPS: [&str; 8] = [
     relay_common::turn::maps::SETTINGS,
     names::COUNTERS,
     names::STUN_PORTS,
+];
+
+/// The AF_XDP steering maps ([`xsk_steer`]), never pinned: they name sockets and workers
+/// of one process, and AF_XDP sockets die with it. A restarted daemon's program (which
+/// takes over a pinned link) starts with all of them zero: steering off until its own
+/// workers register their sockets. The previous program keeps its own until it is
+/// replaced, and passes up what it would have steered once the sockets closed (the kernel
+/// removes a closed socket from the socket map; the redirect then falls back to
+/// XDP_PASS).
+pub const UNPINNED_XSK_MAPS: [&str; 5] = [
+    relay_common::turn::maps::XSKS,
+    relay_common::turn::maps::XSK_PORTS,
+    relay_common::turn::maps::XSK_WORKERS,
+    relay_common::turn::maps::XSK_IFACES,
+    relay_common::turn::maps::XSK_STATS,
 ];
 
 /// `statfs(2)` magic of bpffs.
@@ -511,6 +537,10 @@ pub struct FastPath {
     links: Vec<LinkHandle>,
     pin_dir: Option<PathBuf>,
     adopted: bool,
+    /// The next-hop probe program, loaded (never attached); None if it failed to load.
+    probe: Option<nexthop::NextHopProbe>,
+    /// The AF_XDP steering maps; None if this object has none.
+    steering: Option<xsk_steer::XskSteering>,
 }
 
 impl std::fmt::Debug for FastPath {
@@ -537,12 +567,26 @@ impl FastPath {
         let mut ebpf =
             load_object_pinned(&opts.stun_ports, opts.pin_dir.as_deref(), opts.turn_rules)?;
         load_program(&mut ebpf, names::XDP_PROGRAM)?;
+        // The AF_XDP data path's helpers: optional, so a failure only costs that path
+        // (its workers keep the kernel sockets).
+        let probe = nexthop::NextHopProbe::load(&mut ebpf)
+            .inspect_err(|e| {
+                warn!(error = %e, "next-hop probe unavailable: the AF_XDP data path sends through the kernel sockets")
+            })
+            .ok();
+        let steering = xsk_steer::XskSteering::from_ebpf(&ebpf)
+            .inspect_err(|e| {
+                warn!(error = %e, "AF_XDP steering unavailable: every frame the fast path does not handle goes to the kernel sockets")
+            })
+            .ok();
         let mut fp = FastPath {
             ebpf,
             attachments: Vec::new(),
             links: Vec::new(),
             pin_dir: opts.pin_dir.clone(),
             adopted: false,
+            probe,
+            steering,
         };
         for interface in &opts.interfaces {
             let attached = match opts.pin_dir.clone() {
@@ -734,6 +778,19 @@ impl FastPath {
         rules::TurnMaps::take(&mut self.ebpf)
     }
 
+    /// A handle on the loaded (never attached) `relay_fib_probe` program: the next hops
+    /// the TURN fast path would use, for frames built in userspace. None when it could
+    /// not be loaded (logged at start).
+    pub fn next_hop_probe(&self) -> Option<nexthop::NextHopProbe> {
+        self.probe.clone()
+    }
+
+    /// A handle on the AF_XDP steering maps (off until `set_workers`). None when this
+    /// object has none (logged at start). Dropping the fast path turns steering off.
+    pub fn xsk_steering(&self) -> Option<xsk_steer::XskSteering> {
+        self.steering.clone()
+    }
+
     /// The counters (indices in `relay_common::counter`), summed over CPUs.
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize], XdpError> {
         read_counters(&self.ebpf)
@@ -754,6 +811,13 @@ impl FastPath {
     }
 
     fn take_down(&mut self, unpin: Unpin) -> Result<(), XdpError> {
+        // Steering off first: a program left running (pinned link) then passes everything
+        // up, whatever happens to the sockets of this process.
+        if let Some(steering) = self.steering.take()
+            && let Err(e) = steering.turn_off()
+        {
+            warn!(error = %e, "cannot turn the AF_XDP steering off");
+        }
         let links = std::mem::take(&mut self.links);
         let attachments = std::mem::take(&mut self.attachments);
         let mut first = None;

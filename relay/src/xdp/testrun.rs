@@ -116,8 +116,19 @@ impl XdpTestRun {
     /// the calling thread's network namespace (the `xdp_md` context of
     /// `BPF_PROG_TEST_RUN`): `bpf_fib_lookup` then resolves in that namespace.
     pub fn run_on(&self, frame: &[u8], ingress_ifindex: u32) -> Result<XdpOutcome, XdpError> {
+        self.run_on_queue(frame, ingress_ifindex, 0)
+    }
+
+    /// As [`Self::run_on`], received on RX queue `rx_queue` of that interface (which must
+    /// have that many queues).
+    pub fn run_on_queue(
+        &self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        rx_queue: u32,
+    ) -> Result<XdpOutcome, XdpError> {
         let mut out = vec![0u8; frame.len() + MAX_GROWTH];
-        let ctx = xdp_md(frame.len(), ingress_ifindex);
+        let ctx = xdp_md(frame.len(), ingress_ifindex, rx_queue);
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
@@ -140,7 +151,7 @@ impl XdpTestRun {
         ingress_ifindex: u32,
         runs: u32,
     ) -> Result<Duration, XdpError> {
-        let ctx = xdp_md(frame.len(), ingress_ifindex);
+        let ctx = xdp_md(frame.len(), ingress_ifindex, 0);
         self.mean_of_single_runs(frame, Some(&ctx), runs)
     }
 
@@ -174,6 +185,11 @@ impl XdpTestRun {
     /// The loaded object, to reach its maps (e.g. to write TURN rules in a test).
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    /// The loaded object (e.g. for `XskSteering::from_ebpf`).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
     }
 
     /// Runs the program `repeat` times on `frame` in one `BPF_PROG_TEST_RUN` call and
@@ -242,9 +258,9 @@ impl XdpTestRun {
 }
 
 /// The `struct xdp_md` given to `BPF_PROG_TEST_RUN` as `ctx_in`: data from 0 to the
-/// frame's end, received on `ingress_ifindex`, queue 0.
-fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
-    let fields = [0u32, len as u32, 0, ingress_ifindex, 0, 0];
+/// frame's end, received on `ingress_ifindex`, queue `rx_queue`.
+fn xdp_md(len: usize, ingress_ifindex: u32, rx_queue: u32) -> Vec<u8> {
+    let fields = [0u32, len as u32, 0, ingress_ifindex, rx_queue, 0];
     fields.iter().flat_map(|f| f.to_ne_bytes()).collect()
 }
 

@@ -63,7 +63,7 @@ static TURN_RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(M
 #[map(name = "TURN_BANDWIDTH")]
 static TURN_BANDWIDTH: Array<Bandwidth> = Array::with_max_entries(MAX_ALLOCATIONS, 0);
 #[map(name = "TURN_SETTINGS")]
-static TURN_SETTINGS: Array<TurnSettings> = Array::with_max_entries(1, 0);
+pub static TURN_SETTINGS: Array<TurnSettings> = Array::with_max_entries(1, 0);
 /// Next hops found by `bpf_fib_lookup`, reused for `next_hop_ttl_ms` (the lookup is most
 /// of a relayed frame's cost). One map shared by all CPUs: a hit only reads it, and a
 /// route or neighbour change is one entry to age out, not one per CPU.
