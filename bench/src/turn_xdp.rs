@@ -4,6 +4,9 @@
 //!
 //! - (a) our relay with its XDP fast path (`relay run`, XDP native on both veths);
 //! - (b) our relay on io_uring (`[xdp] enabled = false`, one worker);
+//! - (b') the same relay with its AF_XDP side on (`xdp.af_xdp = true`, `xdp.turn =
+//!   false`: the XDP program steers every TURN frame to the worker's AF_XDP sockets and
+//!   relays nothing itself; `relay::dataplane::xsk_path`);
 //! - (c) coturn (`turnserver -m 1`);
 //! - (d) the floor: `bench_floor` from `ebpf/bench-ebpf`, the least header work a
 //!   ChannelData relay needs, on the same veth;
@@ -131,7 +134,7 @@ pub struct TurnXdpArgs {
     pub rounds: u32,
     /// Paths to run (xdp, io-uring, coturn, floor, socket-floor, xsk-floor;
     /// comma-separated).
-    #[arg(long, value_delimiter = ',', default_values_t = vec!["xdp".to_string(), "io-uring".to_string(), "coturn".to_string(), "floor".to_string(), "socket-floor".to_string(), "xsk-floor".to_string()])]
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["xdp".to_string(), "io-uring".to_string(), "io-uring-xsk".to_string(), "coturn".to_string(), "floor".to_string(), "socket-floor".to_string(), "xsk-floor".to_string()])]
     pub paths: Vec<String>,
     /// Where to write the Markdown report (CSV and SVG files go next to it).
     #[arg(long)]
@@ -146,6 +149,7 @@ pub struct TurnXdpArgs {
 enum Path4 {
     Xdp,
     IoUring,
+    IoUringXsk,
     Coturn,
     Floor,
     SocketFloor,
@@ -157,12 +161,14 @@ impl Path4 {
         Ok(match s {
             "xdp" => Path4::Xdp,
             "io-uring" => Path4::IoUring,
+            "io-uring-xsk" => Path4::IoUringXsk,
             "coturn" => Path4::Coturn,
             "floor" => Path4::Floor,
             "socket-floor" => Path4::SocketFloor,
             "xsk-floor" => Path4::XskFloor,
             _ => bail!(
-                "unknown path {s:?}: use xdp, io-uring, coturn, floor, socket-floor, xsk-floor"
+                "unknown path {s:?}: use xdp, io-uring, io-uring-xsk, coturn, floor, \
+                 socket-floor, xsk-floor"
             ),
         })
     }
@@ -170,6 +176,7 @@ impl Path4 {
         match self {
             Path4::Xdp => "(a) relay, XDP fast path",
             Path4::IoUring => "(b) relay, io_uring (1 worker)",
+            Path4::IoUringXsk => "(b') relay, io_uring + AF_XDP sockets (1 worker)",
             Path4::Coturn => "(c) coturn 4.6 (-m 1)",
             Path4::Floor => "(d) floor (bench_floor XDP)",
             Path4::SocketFloor => "(e) socket floor (recvmmsg/sendmmsg, no TURN)",
@@ -184,6 +191,7 @@ impl Path4 {
         match self {
             Path4::Xdp => "xdp",
             Path4::IoUring => "io_uring",
+            Path4::IoUringXsk => "io_uring_xsk",
             Path4::Coturn => "coturn",
             Path4::Floor => "floor",
             Path4::SocketFloor => "socket_floor",
@@ -1064,23 +1072,32 @@ fn relay_config(
     files: &TempDir,
     xdp_ifaces: Option<&[&str]>,
     turn_rules: Option<u32>,
+    af_xdp: bool,
 ) -> Result<PathBuf> {
     let listen = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT);
     let xdp = match xdp_ifaces {
-        Some(ifs) => format!(
-            "enabled = true\nmode = \"native\"\ninterfaces = [{}]{}",
-            ifs.iter()
-                .map(|i| format!("\"{i}\""))
-                .collect::<Vec<_>>()
-                .join(", "),
-            turn_rules
-                .map(|n| format!("\nturn_rules = {n}"))
-                .unwrap_or_default()
-        ),
+        Some(ifs) => {
+            format!(
+                "enabled = true\nmode = \"native\"\ninterfaces = [{}]{}",
+                ifs.iter()
+                    .map(|i| format!("\"{i}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                turn_rules
+                    .map(|n| format!("\nturn_rules = {n}"))
+                    .unwrap_or_default()
+            ) + if af_xdp {
+                "\nturn = false\naf_xdp = true"
+            } else {
+                ""
+            }
+        }
         None => "enabled = false".to_string(),
     };
     files.write(
-        if xdp_ifaces.is_some() {
+        if af_xdp {
+            "relay-af-xdp.toml"
+        } else if xdp_ifaces.is_some() {
             "relay-xdp.toml"
         } else {
             "relay.toml"
@@ -1282,7 +1299,7 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
         args.relay_bin.exists()
             || !paths
                 .iter()
-                .any(|p| matches!(p, Path4::Xdp | Path4::IoUring)),
+                .any(|p| matches!(p, Path4::Xdp | Path4::IoUring | Path4::IoUringXsk)),
         "no relay binary at {}",
         args.relay_bin.display()
     );
@@ -1474,13 +1491,24 @@ fn run_path(
     let mut server_process = None;
     match path {
         Path4::Xdp => {
-            let cfg = relay_config(bench.topo, files, Some(&[vc, "vp"]), bench.args.turn_rules)?;
+            let cfg = relay_config(
+                bench.topo,
+                files,
+                Some(&[vc, "vp"]),
+                bench.args.turn_rules,
+                false,
+            )?;
             start_relay(bench, &cfg)?;
             bench.measured_prog = attached_prog_id(&bench.topo.relay, vc);
         }
         Path4::IoUring => {
-            let cfg = relay_config(bench.topo, files, None, None)?;
+            let cfg = relay_config(bench.topo, files, None, None, false)?;
             bench.bpf.attach(&bench.topo.relay, vc, common::PROG_PASS)?;
+            start_relay(bench, &cfg)?;
+            bench.measured_prog = None;
+        }
+        Path4::IoUringXsk => {
+            let cfg = relay_config(bench.topo, files, Some(&[vc, "vp"]), None, true)?;
             start_relay(bench, &cfg)?;
             bench.measured_prog = None;
         }
@@ -1865,18 +1893,21 @@ fn median(v: &[f64]) -> Option<f64> {
 }
 
 /// The ratios the issue sets targets for, where both paths ran.
-const RATIOS: [(Path4, Path4); 3] = [
+const RATIOS: [(Path4, Path4); 4] = [
     (Path4::Xdp, Path4::Floor),
     (Path4::Xdp, Path4::Coturn),
     (Path4::IoUring, Path4::Coturn),
+    (Path4::IoUringXsk, Path4::Coturn),
 ];
 
 /// The per-core ratios the userspace target is read by: packets per CPU-second of the
 /// relay process, saturated. Rates at < 0.1% loss say little for these paths here (the
 /// VM's process stalls overflow socket buffers long before the CPU is busy), so their
 /// rounds are summarised by CPU cost as well.
-const CORE_RATIOS: [(Path4, Path4); 4] = [
+const CORE_RATIOS: [(Path4, Path4); 6] = [
     (Path4::IoUring, Path4::Coturn),
+    (Path4::IoUringXsk, Path4::Coturn),
+    (Path4::IoUringXsk, Path4::XskFloor),
     (Path4::SocketFloor, Path4::Coturn),
     (Path4::XskFloor, Path4::Coturn),
     (Path4::IoUring, Path4::SocketFloor),

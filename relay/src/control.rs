@@ -277,6 +277,11 @@ pub struct UserspaceStats {
     /// Drops by reason (only reasons seen at least once).
     #[serde(default)]
     pub dropped_by_reason: BTreeMap<String, u64>,
+    /// The AF_XDP side (`xdp.af_xdp`): frames `received` and `sent` through AF_XDP
+    /// sockets, sends that took a kernel socket instead (`fallback`), received frames
+    /// `dropped`. Empty when it is off.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub af_xdp: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -632,6 +637,7 @@ mod tests {
                 dropped: 1,
                 errors: 0,
                 dropped_by_reason: BTreeMap::from([("not_stun".into(), 1)]),
+                af_xdp: BTreeMap::new(),
             },
             turn: None,
             sfu: None,

@@ -356,6 +356,9 @@ fn table(s: &Stats) -> String {
     for (k, v) in &u.dropped_by_reason {
         let _ = writeln!(out, "    dropped {k:<20}{v:>12}");
     }
+    for (k, v) in &u.af_xdp {
+        let _ = writeln!(out, "    af_xdp {k:<21}{v:>12}");
+    }
     match &s.xdp {
         None => {
             let _ = writeln!(out, "\nxdp fast path: off");

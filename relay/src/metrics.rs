@@ -317,6 +317,17 @@ pub fn render(s: &Stats) -> String {
         "Datagrams dropped by the userspace data path, by reason.",
         &labelled("reason", &u.dropped_by_reason),
     );
+    if !u.af_xdp.is_empty() {
+        family(
+            &mut out,
+            "relay_af_xdp_frames_total",
+            "counter",
+            "The workers' AF_XDP side (xdp.af_xdp): frames received and sent through AF_XDP \
+             sockets, sends that took a kernel socket instead (fallback), received frames \
+             dropped (malformed or bad checksum).",
+            &labelled("event", &u.af_xdp),
+        );
+    }
     family(
         &mut out,
         "relay_stun_errors_total",
@@ -477,6 +488,7 @@ mod tests {
                 dropped: 2,
                 errors: 0,
                 dropped_by_reason: BTreeMap::from([("not_stun".into(), 2)]),
+                af_xdp: BTreeMap::from([("sent".into(), 4)]),
             },
             turn: turn.then(|| TurnStatsJson {
                 allocations: 3,
@@ -544,6 +556,7 @@ mod tests {
             "relay_stun_answered_total{path=\"userspace\"} 8",
             "relay_stun_answered_total{path=\"xdp\"} 7",
             "relay_stun_dropped_total{reason=\"not_stun\"} 2",
+            "relay_af_xdp_frames_total{event=\"sent\"} 4",
             "relay_xdp_events_total{counter=\"passed\"} 9",
             "# TYPE relay_turn_allocations gauge",
             "relay_turn_allocations 3",

@@ -124,7 +124,7 @@ enum BenchCmd {
         /// Paths (comma-separated: xdp, io-uring, coturn, floor, socket-floor, xsk-floor).
         #[arg(
             long,
-            default_value = "xdp,io-uring,coturn,floor,socket-floor,xsk-floor"
+            default_value = "xdp,io-uring,io-uring-xsk,coturn,floor,socket-floor,xsk-floor"
         )]
         paths: String,
         /// Receive processing of the relay's veth in threaded NAPI on the server CPU
@@ -485,7 +485,7 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
                 allocations: "10".into(),
                 step_seconds: 1.0,
                 size: 200,
-                paths: "xdp,io-uring,coturn,floor,socket-floor,xsk-floor".into(),
+                paths: "xdp,io-uring,io-uring-xsk,coturn,floor,socket-floor,xsk-floor".into(),
                 threaded_rx: false,
                 rounds: 1,
                 smoke: true,

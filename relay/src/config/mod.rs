@@ -124,6 +124,10 @@ pub struct XdpConfig {
     /// Entries of each kernel TURN rule map (`xdp.turn_rules`), within
     /// [`crate::xdp::TURN_RULES_MIN`]..=[`relay_common::turn::MAX_MAP_ENTRIES`].
     pub turn_rules: u32,
+    /// Serve TURN over UDP through AF_XDP sockets in the io_uring workers
+    /// (`xdp.af_xdp`): what the kernel does not relay itself reaches userspace without
+    /// the kernel's UDP sockets. See `relay::dataplane::xsk_path`.
+    pub af_xdp: bool,
 }
 
 /// Values given on the command line; each set one replaces the file's value.
@@ -226,6 +230,8 @@ struct XdpSection {
     fib_interface: String,
     #[serde(default = "default_turn_rules")]
     turn_rules: u32,
+    #[serde(default)]
+    af_xdp: bool,
 }
 
 fn default_turn_rules() -> u32 {
@@ -253,6 +259,7 @@ impl Default for XdpSection {
             persist: true,
             fib_interface: default_fib_interface(),
             turn_rules: default_turn_rules(),
+            af_xdp: false,
         }
     }
 }
@@ -352,6 +359,7 @@ impl Config {
                 persist: file.xdp.persist,
                 fib_interface: file.xdp.fib_interface,
                 turn_rules: file.xdp.turn_rules,
+                af_xdp: file.xdp.af_xdp,
             },
             control_socket: file.control.socket,
             log_level: file.log.level,
@@ -556,6 +564,9 @@ mod tests {
         assert_eq!(d.xdp.turn_rules, relay_common::turn::MAX_MAP_ENTRIES);
         let c = Config::parse("[xdp]\nturn_rules = 16384\n", "t").expect("in range");
         assert_eq!(c.xdp.turn_rules, 16384);
+        assert!(!d.xdp.af_xdp, "AF_XDP is opt-in");
+        let c = Config::parse("[xdp]\naf_xdp = true\n", "t").expect("parses");
+        assert!(c.xdp.af_xdp);
         for bad in [0, 1023, relay_common::turn::MAX_MAP_ENTRIES + 1] {
             let e = err(&format!("[xdp]\nturn_rules = {bad}\n"));
             assert!(

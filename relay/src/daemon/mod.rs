@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+mod af_xdp;
 mod operator;
 pub mod sfu;
 mod state;
@@ -98,10 +99,22 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
     if let Some(r) = &restored {
         state::finish(&r.pool, kernel_turn);
     }
+    let xsk = match &fast_path {
+        Some(fp) => af_xdp::start(config, fp, &dataplane),
+        None => {
+            if config.xdp.af_xdp {
+                tracing::warn!(
+                    "AF_XDP path off (xdp.af_xdp = true): it needs the XDP fast path, which is not attached"
+                );
+            }
+            None
+        }
+    };
 
     let sfu = match sfu::SfuService::start(config) {
         Ok(s) => s,
         Err(e) => {
+            af_xdp::stop(xsk);
             let _ = dataplane.stop();
             if let Some(fp) = fast_path {
                 stop_fast_path(config, fp);
@@ -122,6 +135,11 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
     };
     let xdp_summary = if kernel_turn {
         format!("{xdp_summary}; TURN relayed in the kernel")
+    } else {
+        xdp_summary
+    };
+    let xdp_summary = if xsk.is_some() {
+        format!("{xdp_summary}; AF_XDP sockets in the workers")
     } else {
         xdp_summary
     };
@@ -199,6 +217,7 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
         tracing::info!(path = %path.display(), "TURN state saved for the next start");
     }
 
+    af_xdp::stop(xsk);
     let stopped = dataplane.stop();
     if let Some(fp) = fast_path {
         stop_fast_path(config, fp);
@@ -507,6 +526,15 @@ pub fn collect_stats(dataplane: &Dataplane, fast_path: Option<&FastPath>) -> Sta
             dropped: c.dropped(),
             errors: c.errors,
             dropped_by_reason: by_reason,
+            af_xdp: if c.xsk.iter().any(|v| *v > 0) {
+                ["received", "sent", "fallback", "dropped"]
+                    .iter()
+                    .zip(c.xsk)
+                    .map(|(k, v)| ((*k).to_owned(), v))
+                    .collect()
+            } else {
+                std::collections::BTreeMap::new()
+            },
         },
         turn: None,
         sfu: None,

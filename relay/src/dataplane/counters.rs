@@ -44,6 +44,9 @@ pub struct Counts {
     pub dropped_by_io: [u64; IO_DROP_REASONS],
     /// Failed system calls / completions (receive or send errors).
     pub errors: u64,
+    /// AF_XDP side (`xdp.af_xdp`): frames received, frames sent, sends that went through
+    /// a kernel socket instead, received frames dropped.
+    pub xsk: [u64; 4],
 }
 
 impl Counts {
@@ -70,6 +73,9 @@ impl Counts {
         self.received += o.received;
         self.answered += o.answered;
         self.errors += o.errors;
+        for (a, b) in self.xsk.iter_mut().zip(o.xsk) {
+            *a += b;
+        }
         for (a, b) in self.dropped_by_handler.iter_mut().zip(o.dropped_by_handler) {
             *a += b;
         }
@@ -87,6 +93,7 @@ pub struct WorkerCounters {
     received: AtomicU64,
     answered: AtomicU64,
     errors: AtomicU64,
+    xsk: [AtomicU64; 4],
     dropped_by_handler: [AtomicU64; MAX_DROP_REASONS],
     dropped_by_io: [AtomicU64; IO_DROP_REASONS],
 }
@@ -98,6 +105,9 @@ impl WorkerCounters {
         self.received.store(c.received, Relaxed);
         self.answered.store(c.answered, Relaxed);
         self.errors.store(c.errors, Relaxed);
+        for (a, v) in self.xsk.iter().zip(c.xsk) {
+            a.store(v, Relaxed);
+        }
         for (a, v) in self.dropped_by_handler.iter().zip(c.dropped_by_handler) {
             a.store(v, Relaxed);
         }
@@ -122,6 +132,9 @@ impl WorkerCounters {
             *v = a.load(Relaxed);
         }
         for (v, a) in c.dropped_by_io.iter_mut().zip(&self.dropped_by_io) {
+            *v = a.load(Relaxed);
+        }
+        for (v, a) in c.xsk.iter_mut().zip(&self.xsk) {
             *v = a.load(Relaxed);
         }
         c

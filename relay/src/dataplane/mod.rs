@@ -25,6 +25,7 @@ pub mod socket;
 pub mod turn_io;
 pub(crate) mod uring;
 mod worker;
+pub mod xsk_path;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use std::time::Duration;
 pub use counters::{Counts, WorkerCounters};
 pub use turn_io::{RelaySpec, Reservations, Restored, TurnSetup, WorkerCommand};
 pub use worker::Worker;
+pub use xsk_path::{XskCounts, XskInterface, XskSetup};
 
 use crate::config::BackendChoice;
 use crate::stun::binding::{self, DropReason, Reply};
@@ -513,6 +515,27 @@ impl Dataplane {
             }
         }
         out
+    }
+
+    /// Asks every worker to open its AF_XDP sockets (`xdp.af_xdp`); returns the sockets
+    /// opened in all, or the first worker's reason why not (workers that did open theirs
+    /// keep them: their frames are served either way).
+    pub fn enable_xsk(&self, setup: &XskSetup) -> Result<usize, String> {
+        if self.commands.is_empty() {
+            return Err("AF_XDP serves TURN, which is off".to_owned());
+        }
+        let answers = self.ask_all(|reply| WorkerCommand::EnableXsk {
+            setup: Box::new(setup.clone()),
+            reply,
+        });
+        if answers.len() < self.commands.len() {
+            return Err("a worker did not answer in time".to_owned());
+        }
+        let mut total = 0;
+        for a in answers {
+            total += a?;
+        }
+        Ok(total)
     }
 
     /// The allocations of all workers, optionally only of `user` and/or touching `addr`

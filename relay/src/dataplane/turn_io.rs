@@ -296,7 +296,21 @@ pub enum WorkerCommand {
         /// Where to answer.
         reply: mpsc::Sender<Vec<SavedAllocation>>,
     },
+    /// Serve UDP through AF_XDP sockets as well (`xdp.af_xdp`, io_uring backend only);
+    /// answers how many sockets the worker opened, or why it could not.
+    EnableXsk {
+        /// What the worker needs.
+        setup: Box<super::xsk_path::XskSetup>,
+        /// Where to answer.
+        reply: mpsc::Sender<Result<usize, String>>,
+    },
 }
+
+/// An [`WorkerCommand::EnableXsk`] waiting for the backend.
+pub(super) type XskRequest = (
+    Box<super::xsk_path::XskSetup>,
+    mpsc::Sender<Result<usize, String>>,
+);
 
 /// Everything a worker needs to serve TURN (built by [`super::Dataplane::start_turn`]).
 pub struct TurnSetup {
@@ -338,7 +352,30 @@ pub(super) enum Op {
 pub(super) trait UdpSend {
     /// `from`: source address to send from (a wildcard listen socket), else None.
     fn send(&mut self, fd: RawFd, to: SocketAddr, from: Option<IpAddr>, bytes: &[u8]) -> bool;
+
+    /// [`UdpSend::send`] with the datagram's full source address (`local`: the listen
+    /// address it answers on, or the relayed address), for a backend that builds the
+    /// frame itself (AF_XDP) instead of handing it to the socket `fd`.
+    #[inline]
+    fn send_from(
+        &mut self,
+        fd: RawFd,
+        local: SocketAddr,
+        to: SocketAddr,
+        from: Option<IpAddr>,
+        bytes: &[u8],
+    ) -> bool {
+        let _ = local;
+        self.send(fd, to, from, bytes)
+    }
 }
+
+/// Called with (port, live) when a relayed port opens (true) or starts closing (false):
+/// the AF_XDP path tells the XDP program which worker owns the port.
+pub(super) type PortHook = Box<dyn FnMut(u16, bool) + Send>;
+
+/// No relayed port in the index.
+const NO_RELAY: u32 = u32::MAX;
 
 // ---------------------------------------------------------------------------------------
 // Relayed sockets
@@ -350,6 +387,8 @@ enum RelayState {
 
 struct Relay {
     socket: UdpSocket,
+    /// The relayed transport address (the socket's local address).
+    local: SocketAddr,
     generation: u16,
     state: RelayState,
 }
@@ -363,6 +402,10 @@ pub(super) struct Relays {
     reservations: Arc<Reservations>,
     rng: u64,
     ops: Vec<Op>,
+    /// Relayed port → handle, kept only for the AF_XDP path (whose frames name the port,
+    /// not a socket): 65 536 entries, [`NO_RELAY`] where no live relay has the port.
+    by_port: Option<Box<[u32]>>,
+    port_hook: Option<PortHook>,
 }
 
 impl Relays {
@@ -375,6 +418,46 @@ impl Relays {
             reservations,
             rng: seed | 1,
             ops: Vec::with_capacity(64),
+            by_port: None,
+            port_hook: None,
+        }
+    }
+
+    /// Starts keeping the port index (AF_XDP path), calling `hook` for every relayed port
+    /// that opens or closes from now on and for those already open.
+    pub(super) fn index_ports(&mut self, mut hook: PortHook) {
+        let mut index = vec![NO_RELAY; 1 << 16].into_boxed_slice();
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some(r) = s
+                && matches!(r.state, RelayState::Live)
+            {
+                index[usize::from(r.local.port())] = (u32::from(r.generation) << 16) | i as u32;
+                hook(r.local.port(), true);
+            }
+        }
+        self.by_port = Some(index);
+        self.port_hook = Some(hook);
+    }
+
+    /// The live relay on `port` (AF_XDP path) and its relayed address.
+    #[inline]
+    pub(super) fn by_port(&self, port: u16) -> Option<(RelayHandle, SocketAddr)> {
+        let h = *self.by_port.as_ref()?.get(usize::from(port))?;
+        if h == NO_RELAY {
+            return None;
+        }
+        self.local(h).map(|(_, local)| (h, local))
+    }
+
+    /// The socket of a live relay and its relayed address.
+    #[inline]
+    pub(super) fn local(&self, handle: RelayHandle) -> Option<(RawFd, SocketAddr)> {
+        let index = (handle & 0xFFFF) as usize;
+        match self.slots.get(index) {
+            Some(Some(r)) if u32::from(r.generation) == handle >> 16 => {
+                matches!(r.state, RelayState::Live).then(|| (r.socket.as_raw_fd(), r.local))
+            }
+            _ => None,
         }
     }
 
@@ -486,6 +569,7 @@ impl Relays {
     }
 
     fn insert(&mut self, socket: UdpSocket) -> Result<RelayHandle, PortError> {
+        let local = socket.local_addr().map_err(|e| PortError::Io(e.kind()))?;
         let index = match self.free.pop() {
             Some(i) => usize::from(i),
             None => {
@@ -502,10 +586,17 @@ impl Relays {
         let fd = socket.as_raw_fd();
         self.slots[index] = Some(Relay {
             socket,
+            local,
             generation,
             state: RelayState::Live,
         });
         let handle = (u32::from(generation) << 16) | index as u32;
+        if let Some(by_port) = self.by_port.as_mut() {
+            by_port[usize::from(local.port())] = handle;
+            if let Some(hook) = self.port_hook.as_mut() {
+                hook(local.port(), true);
+            }
+        }
         self.ops.push(Op::ArmRelay(handle, fd));
         Ok(handle)
     }
@@ -582,6 +673,15 @@ impl Relays {
         {
             r.state = RelayState::Closing;
             self.ops.push(Op::CancelRelay(handle));
+            let port = r.local.port();
+            if let Some(by_port) = self.by_port.as_mut()
+                && by_port[usize::from(port)] == handle
+            {
+                by_port[usize::from(port)] = NO_RELAY;
+                if let Some(hook) = self.port_hook.as_mut() {
+                    hook(port, false);
+                }
+            }
         }
     }
 }
@@ -924,7 +1024,8 @@ impl<S: UdpSend> Transmit for Tx<'_, S> {
         match tuple.transport {
             Transport::Udp => {
                 if let Some((fd, from)) = listen_socket_for(self.listen, tuple.server) {
-                    self.udp.send(fd, tuple.client, from, bytes);
+                    self.udp
+                        .send_from(fd, tuple.server, tuple.client, from, bytes);
                 }
             }
             Transport::Tcp | Transport::Tls => {
@@ -935,9 +1036,9 @@ impl<S: UdpSend> Transmit for Tx<'_, S> {
 
     #[inline]
     fn to_peer(&mut self, relay: RelayHandle, peer: SocketAddr, bytes: &[u8]) {
-        let fd = self.relays.borrow().fd(relay);
-        if let Some(fd) = fd {
-            self.udp.send(fd, peer, None, bytes);
+        let socket = self.relays.borrow().local(relay);
+        if let Some((fd, local)) = socket {
+            self.udp.send_from(fd, local, peer, None, bytes);
         }
     }
 
@@ -1005,6 +1106,9 @@ pub(super) struct TurnIo {
     pool: Arc<Reservations>,
     /// `Instant` ↔ CLOCK_MONOTONIC, for snapshots and restored deadlines.
     clock: MonoClock,
+    /// Whether the backend can serve AF_XDP sockets (io_uring).
+    pub(super) xsk_capable: bool,
+    xsk_request: Option<XskRequest>,
 }
 
 impl TurnIo {
@@ -1057,6 +1161,24 @@ impl TurnIo {
             last_sweep: Instant::now(),
             now: Instant::now(),
             wall: SystemTime::now(),
+            xsk_capable: false,
+            xsk_request: None,
+        })
+    }
+
+    /// A pending request to open AF_XDP sockets, for the backend.
+    pub(super) fn take_xsk_request(&mut self) -> Option<XskRequest> {
+        self.xsk_request.take()
+    }
+
+    /// The listen socket index serving UDP destination `dst` (AF_XDP frames name the
+    /// address, not the socket).
+    #[inline]
+    pub(super) fn listen_index_for(&self, dst: SocketAddr) -> Option<usize> {
+        self.listen.iter().position(|(a, _)| *a == dst).or_else(|| {
+            self.listen.iter().position(|(a, _)| {
+                a.ip().is_unspecified() && a.port() == dst.port() && a.is_ipv4() == dst.is_ipv4()
+            })
         })
     }
 
@@ -1522,6 +1644,16 @@ impl TurnIo {
             }
             WorkerCommand::Snapshot { reply } => {
                 let _ = reply.send(self.server.snapshot(self.now, &self.clock));
+            }
+            WorkerCommand::EnableXsk { setup, reply } => {
+                if self.xsk_capable {
+                    self.xsk_request = Some((setup, reply));
+                } else {
+                    let _ = reply.send(Err(
+                        "AF_XDP sockets need the io_uring backend (this worker runs the portable one)"
+                            .to_owned(),
+                    ));
+                }
             }
         }
     }

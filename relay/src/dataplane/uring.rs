@@ -17,6 +17,7 @@ use super::counters::{Counts, IoDrop, WorkerCounters};
 use super::slots::SendSlots;
 use super::socket::{NAME_LEN, decode_sockaddr};
 use super::turn_io::{Op, TurnIo, UdpSend};
+use super::xsk_path::{self, RX_BATCH, XskPath};
 use super::{DatagramHandler, DataplaneError, Verdict};
 
 /// Submission queue entries.
@@ -72,6 +73,11 @@ const TAG_CONN: u64 = 5;
 const TAG_CONN_OUT: u64 = 6;
 /// An AsyncCancel's own completion (ignored).
 const TAG_CANCEL: u64 = 7;
+/// An AF_XDP socket is readable (index = its position in the worker's `XskPath`).
+const TAG_XSK: u64 = 8;
+/// Receive batches drained from one AF_XDP socket per loop round (the whole RX ring);
+/// what is left is taken next round without sleeping.
+const XSK_ROUNDS: usize = 32;
 const INDEX_MASK: u64 = (1 << TAG_SHIFT) - 1;
 
 #[inline]
@@ -150,6 +156,9 @@ pub(super) struct UringWorker<H> {
     /// TURN mode: listen datagrams go to the TURN server instead of `handler`. Declared
     /// after `ring`, so relayed sockets close after the ring stopped using them.
     turn: Option<Box<TurnIo>>,
+    /// AF_XDP sockets (`xdp.af_xdp`), opened when the control plane asks. Declared
+    /// before `turn`: nothing in it refers to the TURN state.
+    xsk: Option<Box<XskPath>>,
 }
 
 impl<H: DatagramHandler> UringWorker<H> {
@@ -158,8 +167,11 @@ impl<H: DatagramHandler> UringWorker<H> {
         sockets: Vec<UdpSocket>,
         handler: H,
         counters: Arc<WorkerCounters>,
-        turn: Option<Box<TurnIo>>,
+        mut turn: Option<Box<TurnIo>>,
     ) -> Result<Self, DataplaneError> {
+        if let Some(t) = turn.as_deref_mut() {
+            t.xsk_capable = true;
+        }
         let io = |what: &'static str| {
             move |source| DataplaneError::Io {
                 worker: index,
@@ -192,6 +204,7 @@ impl<H: DatagramHandler> UringWorker<H> {
             counts: Counts::default(),
             index,
             turn,
+            xsk: None,
         })
     }
 
@@ -221,8 +234,11 @@ impl<H: DatagramHandler> UringWorker<H> {
             counters,
             counts,
             turn,
+            xsk,
+            index,
             ..
         } = self;
+        let index = *index;
         let mut ops: Vec<Op> = Vec::with_capacity(256);
         let fds: Vec<i32> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
         let args = SubmitArgs::new().timespec(&WAIT);
@@ -243,9 +259,14 @@ impl<H: DatagramHandler> UringWorker<H> {
         // Set when a round stopped taking completions with every send slot in flight and
         // completions still queued: see below.
         let mut starved = false;
+        // Frames left in an AF_XDP socket's rings after the last round.
+        let mut xsk_more = false;
         while !shutdown.load(Ordering::Relaxed) {
             let (submitter, mut sq, mut cq) = ring.split();
-            let want = usize::from(!turn.as_deref().is_some_and(TurnIo::has_pending));
+            let busy = turn.as_deref().is_some_and(TurnIo::has_pending)
+                || xsk_more
+                || xsk.as_deref().is_some_and(XskPath::has_pending);
+            let want = usize::from(!busy);
             match submitter.submit_with_args(want, &args) {
                 Ok(_) => {}
                 Err(e)
@@ -326,6 +347,18 @@ impl<H: DatagramHandler> UringWorker<H> {
                         }
                         slots.release(i as u32);
                     }
+                    TAG_XSK => {
+                        // Readiness only: every socket is drained below, each round.
+                        if !cqueue::more(flags)
+                            && res != -libc::ECANCELED
+                            && let Some(fd) = xsk.as_deref().and_then(|x| x.fds().nth(i))
+                        {
+                            let e = poll_entry(fd, TAG_XSK, i as u64, true, false);
+                            if push(&submitter, &mut sq, &e).is_err() {
+                                counts.errors += 1;
+                            }
+                        }
+                    }
                     kind @ (TAG_RELAY | TAG_ACCEPT | TAG_CONN | TAG_CONN_OUT) => {
                         let Some(t) = turn.as_deref_mut() else {
                             continue;
@@ -343,6 +376,21 @@ impl<H: DatagramHandler> UringWorker<H> {
                 }
             }
             starved = slots.available() == 0 && !cq.is_empty();
+            if let (Some(t), Some(x)) = (turn.as_deref_mut(), xsk.as_deref_mut()) {
+                let mut tx = UringSend {
+                    slots,
+                    submitter: &submitter,
+                    sq: &mut sq,
+                    counts,
+                };
+                xsk_more = drain_xsk(x, t, &mut tx);
+                tx.counts.xsk = [
+                    x.counts.received,
+                    x.counts.sent,
+                    x.counts.fallback,
+                    x.counts.dropped,
+                ];
+            }
             if let Some(t) = turn.as_deref_mut() {
                 t.retry_pending(&mut UringSend {
                     slots,
@@ -351,6 +399,18 @@ impl<H: DatagramHandler> UringWorker<H> {
                     counts,
                 });
                 t.housekeeping();
+                if let Some((setup, reply)) = t.take_xsk_request() {
+                    let answer = open_xsk(&setup, index, t, xsk);
+                    if let Some(x) = xsk.as_deref() {
+                        for (i, fd) in x.fds().enumerate() {
+                            let e = poll_entry(fd, TAG_XSK, i as u64, true, false);
+                            if push(&submitter, &mut sq, &e).is_err() {
+                                counts.errors += 1;
+                            }
+                        }
+                    }
+                    let _ = reply.send(answer);
+                }
                 t.take_ops(&mut ops);
                 for op in ops.drain(..) {
                     let e = match op {
@@ -628,6 +688,132 @@ fn on_turn_completion(
         }
         TAG_CONN_OUT if res >= 0 => turn.on_writable(data),
         _ => {}
+    }
+}
+
+/// Opens the worker's AF_XDP sockets, registers them and its relayed ports with the XDP
+/// program; the answer for the control plane.
+fn open_xsk(
+    setup: &xsk_path::XskSetup,
+    index: usize,
+    turn: &mut TurnIo,
+    xsk: &mut Option<Box<XskPath>>,
+) -> Result<usize, String> {
+    if xsk.is_some() {
+        return Err("AF_XDP sockets are already open".to_owned());
+    }
+    let path = XskPath::open(setup, index as u32).map_err(|e| e.to_string())?;
+    let n = path.ports.len();
+    let steering = path.steering();
+    let worker = index as u32;
+    turn.relays
+        .borrow_mut()
+        .index_ports(Box::new(move |port, live| {
+            let r = if live {
+                steering.set_owner(port, worker)
+            } else {
+                steering.clear_port(port)
+            };
+            if let Err(e) = r {
+                tracing::warn!(port, error = %e, "cannot update the AF_XDP port map; this port's peer traffic stays on the kernel socket");
+            }
+        }));
+    *xsk = Some(Box::new(path));
+    Ok(n)
+}
+
+/// Takes what the AF_XDP sockets received (bounded) through the TURN core, then hands
+/// the frames it queued to the kernel. True when a socket may hold more.
+fn drain_xsk(x: &mut XskPath, turn: &mut TurnIo, tx: &mut UringSend<'_, '_, '_>) -> bool {
+    let mut more = false;
+    for i in 0..x.ports.len() {
+        for _ in 0..XSK_ROUNDS {
+            let n = x.with_batch(i, |x, frame| on_xsk_frame(frame, x, turn, tx));
+            more = n == RX_BATCH;
+            if !more {
+                break;
+            }
+        }
+    }
+    if x.flush() != 0 {
+        tx.counts.errors += 1;
+    }
+    more
+}
+
+/// One frame from an AF_XDP socket: a client's datagram to a listen address, or a
+/// peer's to one of this worker's relayed addresses.
+#[inline]
+fn on_xsk_frame(
+    frame: &[u8],
+    x: &mut XskPath,
+    turn: &mut TurnIo,
+    inner: &mut UringSend<'_, '_, '_>,
+) {
+    let Some(r) = xsk_path::check_frame(frame) else {
+        x.counts.dropped += 1;
+        return;
+    };
+    inner.counts.received += 1;
+    let now = turn.now;
+    let mut tx = XskSend {
+        inner,
+        xsk: x,
+        tos: r.tos,
+        v4: r.v4,
+        now,
+    };
+    if let Some(i) = turn.listen_index_for(r.dst) {
+        turn.on_client_datagram(&mut tx, i, r.src, Some(r.dst.ip()), r.payload);
+        return;
+    }
+    let relay = turn.relays.borrow().by_port(r.dst.port());
+    match relay {
+        Some((h, local)) if local.ip() == r.dst.ip() => {
+            turn.on_peer_datagram(&mut tx, h, r.src, r.payload);
+        }
+        _ => tx.xsk.counts.dropped += 1,
+    }
+}
+
+/// [`UdpSend`] for datagrams answering an AF_XDP frame: the frame is built here and sent
+/// through the worker's AF_XDP socket when it can be, else through the socket.
+struct XskSend<'a, 'b, 'r, 's> {
+    inner: &'a mut UringSend<'b, 'r, 's>,
+    xsk: &'a mut XskPath,
+    /// The received frame's traffic class and IPv4 fields (the output copies them).
+    tos: u8,
+    v4: crate::xdp::turn_frames::Ipv4Fields,
+    now: Instant,
+}
+
+impl UdpSend for XskSend<'_, '_, '_, '_> {
+    #[inline]
+    fn send(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        to: std::net::SocketAddr,
+        from: Option<std::net::IpAddr>,
+        bytes: &[u8],
+    ) -> bool {
+        self.inner.send(fd, to, from, bytes)
+    }
+
+    #[inline]
+    fn send_from(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        local: std::net::SocketAddr,
+        to: std::net::SocketAddr,
+        from: Option<std::net::IpAddr>,
+        bytes: &[u8],
+    ) -> bool {
+        if self.xsk.send(local, to, self.tos, self.v4, bytes, self.now) {
+            self.inner.counts.answered += 1;
+            true
+        } else {
+            self.inner.send(fd, to, from, bytes)
+        }
     }
 }
 

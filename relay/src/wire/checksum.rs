@@ -80,6 +80,17 @@ pub fn udp_checksum(src: IpAddr, dst: IpAddr, segment: &[u8]) -> u16 {
     }
 }
 
+/// Whether `segment`'s UDP checksum field holds only the pseudo-header sum: what a Linux
+/// sender with checksum offload (`CHECKSUM_PARTIAL`) leaves in a datagram that never
+/// reaches a NIC, e.g. over a veth pair. The kernel's receive path trusts such packets
+/// (their metadata says so); a frame taken raw (XDP, AF_XDP) has lost that metadata,
+/// so a raw receiver that accepts them too must recognise the value itself.
+pub fn udp_checksum_partial(src: IpAddr, dst: IpAddr, segment: &[u8]) -> bool {
+    segment.len() >= 8
+        && u16::from_be_bytes([segment[6], segment[7]])
+            == fold(pseudo_header_sum(src, dst, segment.len()))
+}
+
 /// Whether `segment`'s UDP checksum is valid as received from `src` to `dst`. A zero
 /// field means "no checksum" over IPv4 (valid) and is invalid over IPv6.
 pub fn udp_checksum_valid(src: IpAddr, dst: IpAddr, segment: &[u8]) -> bool {

@@ -94,6 +94,9 @@ pub enum TurnFrameError {
     /// The IP packet would exceed 65535 bytes.
     #[error("the datagram is too large for one IP packet")]
     TooLarge,
+    /// The output buffer cannot hold the frame.
+    #[error("the frame does not fit the output buffer")]
+    BufferTooSmall,
 }
 
 /// The TOS byte (IPv4) or traffic class (IPv6) of a received frame, if it parses.
@@ -117,6 +120,23 @@ pub fn build_relayed_frame(
     v4: Ipv4Fields,
     payload: &[u8],
 ) -> Result<Vec<u8>, TurnFrameError> {
+    let mut f = vec![0u8; ETH_HLEN + IPV6_HLEN + UDP_HLEN + payload.len()];
+    let n = write_relayed_frame(&mut f, hop, src, dst, tos, v4, payload)?;
+    f.truncate(n);
+    Ok(f)
+}
+
+/// [`build_relayed_frame`] into `out` (an AF_XDP frame of the userspace path: no
+/// allocation); returns the frame's length.
+pub fn write_relayed_frame(
+    out: &mut [u8],
+    hop: &Hop,
+    src: SocketAddr,
+    dst: SocketAddr,
+    tos: u8,
+    v4: Ipv4Fields,
+    payload: &[u8],
+) -> Result<usize, TurnFrameError> {
     let (src_ip, dst_ip) = (src.ip().to_canonical(), dst.ip().to_canonical());
     let v6 = match (src_ip, dst_ip) {
         (IpAddr::V4(_), IpAddr::V4(_)) => false,
@@ -129,42 +149,52 @@ pub fn build_relayed_frame(
     if ip_len > usize::from(u16::MAX) {
         return Err(TurnFrameError::TooLarge);
     }
-    let mut f = Vec::with_capacity(ETH_HLEN + ip_len);
-    f.extend_from_slice(&hop.dst_mac);
-    f.extend_from_slice(&hop.src_mac);
+    let total = ETH_HLEN + ip_len;
+    let Some(f) = out.get_mut(..total) else {
+        return Err(TurnFrameError::BufferTooSmall);
+    };
+    f[0..6].copy_from_slice(&hop.dst_mac);
+    f[6..12].copy_from_slice(&hop.src_mac);
     let udp_len16 = (udp_len as u16).to_be_bytes();
+    let ip = ETH_HLEN;
     match (src_ip, dst_ip) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            f.extend_from_slice(&wire::ETHERTYPE_IPV4.to_be_bytes());
-            let ip_start = f.len();
-            f.extend_from_slice(&[0x45, tos]);
-            f.extend_from_slice(&(ip_len as u16).to_be_bytes());
-            f.extend_from_slice(&v4.id.to_be_bytes());
-            f.extend_from_slice(&[if v4.df { 0x40 } else { 0 }, 0, HOP_LIMIT, 17, 0, 0]);
-            f.extend_from_slice(&s.octets());
-            f.extend_from_slice(&d.octets());
-            let c = wire::ipv4_header_checksum(&f[ip_start..ip_start + IPV4_HLEN]);
-            f[ip_start + 10..ip_start + 12].copy_from_slice(&c.to_be_bytes());
+            f[12..14].copy_from_slice(&wire::ETHERTYPE_IPV4.to_be_bytes());
+            f[ip..ip + 2].copy_from_slice(&[0x45, tos]);
+            f[ip + 2..ip + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+            f[ip + 4..ip + 6].copy_from_slice(&v4.id.to_be_bytes());
+            f[ip + 6..ip + 12].copy_from_slice(&[
+                if v4.df { 0x40 } else { 0 },
+                0,
+                HOP_LIMIT,
+                17,
+                0,
+                0,
+            ]);
+            f[ip + 12..ip + 16].copy_from_slice(&s.octets());
+            f[ip + 16..ip + 20].copy_from_slice(&d.octets());
+            let c = wire::ipv4_header_checksum(&f[ip..ip + IPV4_HLEN]);
+            f[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            f.extend_from_slice(&wire::ETHERTYPE_IPV6.to_be_bytes());
-            f.extend_from_slice(&[0x60 | (tos >> 4), tos << 4, 0, 0]);
-            f.extend_from_slice(&udp_len16);
-            f.extend_from_slice(&[17, HOP_LIMIT]);
-            f.extend_from_slice(&s.octets());
-            f.extend_from_slice(&d.octets());
+            f[12..14].copy_from_slice(&wire::ETHERTYPE_IPV6.to_be_bytes());
+            f[ip..ip + 4].copy_from_slice(&[0x60 | (tos >> 4), tos << 4, 0, 0]);
+            f[ip + 4..ip + 6].copy_from_slice(&udp_len16);
+            f[ip + 6..ip + 8].copy_from_slice(&[17, HOP_LIMIT]);
+            f[ip + 8..ip + 24].copy_from_slice(&s.octets());
+            f[ip + 24..ip + 40].copy_from_slice(&d.octets());
         }
         _ => return Err(TurnFrameError::FamilyMismatch),
     }
-    let udp_start = f.len();
-    f.extend_from_slice(&src.port().to_be_bytes());
-    f.extend_from_slice(&dst.port().to_be_bytes());
-    f.extend_from_slice(&udp_len16);
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(payload);
-    let c = wire::udp_checksum(src_ip, dst_ip, &f[udp_start..]);
-    f[udp_start + 6..udp_start + 8].copy_from_slice(&c.to_be_bytes());
-    Ok(f)
+    let u = ip + ip_hlen;
+    f[u..u + 2].copy_from_slice(&src.port().to_be_bytes());
+    f[u + 2..u + 4].copy_from_slice(&dst.port().to_be_bytes());
+    f[u + 4..u + 6].copy_from_slice(&udp_len16);
+    f[u + 6..u + 8].copy_from_slice(&[0, 0]);
+    f[u + 8..].copy_from_slice(payload);
+    let c = wire::udp_checksum(src_ip, dst_ip, &f[u..]);
+    f[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -202,6 +232,37 @@ mod tests {
         assert!(p.ip_checksum_valid());
         assert!(p.udp_checksum_valid());
         assert_eq!(tos_of(&f), Some(0xb8));
+    }
+
+    #[test]
+    fn writing_into_a_buffer_equals_building_and_refuses_a_short_buffer() {
+        let src: SocketAddr = "192.0.2.2:50000".parse().expect("addr");
+        let dst: SocketAddr = "[2001:db8::5]:7000".parse().expect("addr");
+        let v6src: SocketAddr = "[2001:db8::2]:50000".parse().expect("addr");
+        for (s, d) in [
+            (src, "203.0.113.5:7000".parse().expect("addr")),
+            (v6src, dst),
+        ] {
+            let built = build_relayed_frame(&HOP, s, d, 0x10, Ipv4Fields::default(), b"abc")
+                .expect("builds");
+            let mut out = [0xAAu8; 128];
+            let n = write_relayed_frame(&mut out, &HOP, s, d, 0x10, Ipv4Fields::default(), b"abc")
+                .expect("fits");
+            assert_eq!(&out[..n], &built[..]);
+            assert_eq!(out[n], 0xAA, "nothing written past the frame");
+            assert_eq!(
+                write_relayed_frame(
+                    &mut out[..built.len() - 1],
+                    &HOP,
+                    s,
+                    d,
+                    0x10,
+                    Ipv4Fields::default(),
+                    b"abc"
+                ),
+                Err(TurnFrameError::BufferTooSmall)
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,219 @@
+//! TURN through the workers' AF_XDP sockets (`xdp.af_xdp = true`), end to end: the same
+//! topology as `turn_fastpath.rs` (coturn's `turnutils_uclient` in a client namespace,
+//! the daemon with XDP native on `vc` and `vp`, `turnutils_peer` echoing in a peer
+//! namespace), but with TURN relaying in the kernel OFF (`xdp.turn = false`): the XDP
+//! program steers every TURN frame to an AF_XDP socket of a worker, and the worker
+//! relays it by building the output frame itself.
+//!
+//! What must hold, per run: uclient reports zero loss and every message back; the
+//! daemon's AF_XDP counters (`relay stats --json`, `userspace.af_xdp`) show that at least
+//! 90% of the datagrams uclient and the peer exchanged with the relay were received
+//! through AF_XDP, and that at least 90% of what the relay sent went out through AF_XDP
+//! (the rest: the first sends towards a not yet resolved neighbour take the kernel socket,
+//! which resolves it). Two workers on single-queue veths: all steered traffic lands on
+//! worker 0 (the one owning queue 0), which is also what makes the allocations and their
+//! traffic meet on one worker.
+//!
+//! Needs root; without it the tests print "skipped: needs root" (or fail when
+//! RELAY_REQUIRE_PRIVILEGED=1, as `cargo xtask test` sets).
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use relay_e2e::turn_xdp::{PASSWORD, PEER_PORT, PORT, USER};
+use relay_e2e::{
+    Daemon, Process, TempDir, TurnTopology, UclientTotals, XdpPass, require_root, run_bounded,
+    spawn_in, turn_xdp,
+};
+
+/// Longest a single uclient run may take.
+const RUN_LIMIT: Duration = Duration::from_secs(90);
+/// uclient's message length (`-l`).
+const MSG_LEN: u64 = 180;
+/// Share of the relay's datagrams that must have gone through AF_XDP.
+const XSK_SHARE: f64 = 0.9;
+
+struct Setup {
+    // Field order is drop order: processes, then the XDP pass programs, then namespaces.
+    relay: Option<Daemon>,
+    _peer: Process,
+    _pass: Vec<XdpPass>,
+    topo: TurnTopology,
+    _files: TempDir,
+}
+
+fn setup() -> Setup {
+    let topo = TurnTopology::new("rla").expect("create the TURN topology");
+    let pass = turn_xdp::prepare_topology(&topo, false);
+    let files = TempDir::new("relay-turn-af-xdp").unwrap();
+    let text = turn_xdp::config(
+        &topo,
+        "af_xdp = true\n",
+        "legacy_channel_range = true\n",
+        "[quota]\nper_user = 1000\ntotal = 10000\n\n",
+    )
+    .replace("turn = true\n", "turn = false\n");
+    assert!(text.contains("turn = false\n"), "{text}");
+    let config = files.write("relay.toml", &text).unwrap();
+    let peer = spawn_in(
+        &topo.peer,
+        "turnutils_peer",
+        &[
+            "-L",
+            &topo.peer_v4.to_string(),
+            "-p",
+            &PEER_PORT.to_string(),
+        ],
+        None,
+    )
+    .expect("start turnutils_peer (is coturn installed? `cargo xtask setup`)");
+    std::thread::sleep(Duration::from_millis(300));
+    let config_s = config.display().to_string();
+    let relay = Daemon::start(&topo.relay, &["--config", &config_s]).expect("start the relay");
+    let log = relay.log_text();
+    assert!(
+        log.contains("AF_XDP path on"),
+        "the daemon did not turn the AF_XDP path on; its log:\n{log}"
+    );
+    assert!(
+        !log.contains("TURN relayed in the kernel"),
+        "kernel TURN relaying should be off here; its log:\n{log}"
+    );
+    Setup {
+        relay: Some(relay),
+        _peer: peer,
+        _pass: pass,
+        topo,
+        _files: files,
+    }
+}
+
+/// `userspace.af_xdp.<name>` of `relay stats --json` (0 when absent).
+fn af_xdp(stats: &serde_json::Value, name: &str) -> u64 {
+    stats
+        .pointer(&format!("/userspace/af_xdp/{name}"))
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// One uclient run. `send`: Send indications (`-s`) instead of channels.
+fn run(s: &Setup, send: bool, clients: u32, messages: u32) {
+    let relay = s.relay.as_ref().unwrap();
+    let topo = &s.topo;
+    let before = relay.stats().expect("relay stats --json");
+    let mut args: Vec<String> = Vec::new();
+    if send {
+        args.push("-s".into());
+    }
+    args.extend([
+        "-u".into(),
+        USER.into(),
+        "-w".into(),
+        PASSWORD.into(),
+        "-p".into(),
+        PORT.to_string(),
+        "-e".into(),
+        topo.peer_v4.to_string(),
+        "-r".into(),
+        PEER_PORT.to_string(),
+        "-m".into(),
+        clients.to_string(),
+        "-n".into(),
+        messages.to_string(),
+        "-l".into(),
+        MSG_LEN.to_string(),
+        topo.relay_client_v4.to_string(),
+    ]);
+    eprintln!("turnutils_uclient {}", args.join(" "));
+    let mut cmd = topo.client.command("turnutils_uclient");
+    cmd.args(&args);
+    let out = run_bounded(&mut cmd, RUN_LIMIT)
+        .expect("run turnutils_uclient (is coturn installed? `cargo xtask setup`)");
+    let text = out.text();
+    let tail: String = {
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    assert!(
+        out.status.is_some() && out.success(),
+        "turnutils_uclient failed or timed out ({:?}); its output ends:\n{tail}",
+        out.status
+    );
+    let totals = UclientTotals::parse(&text)
+        .unwrap_or_else(|| panic!("no final report in the output:\n{tail}"));
+    assert_eq!(totals.lost, 0, "lost packets: {totals:?}\n{tail}");
+    assert_eq!(totals.send_dropped, 0, "send dropped: {totals:?}");
+    assert!(
+        totals.sent >= u64::from(clients) * u64::from(messages),
+        "{totals:?}"
+    );
+    assert_eq!(
+        totals.received, totals.sent,
+        "not every message came back: {totals:?}"
+    );
+    // Counters are published every loop round; give the workers one.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = relay.stats().expect("relay stats --json");
+    let grew = |n: &str| af_xdp(&after, n) - af_xdp(&before, n);
+    let echoed = totals.received;
+    // Each echoed message: client → relay and peer → relay received, relay → peer and
+    // relay → client sent (allocation, refresh and permission traffic comes on top).
+    let (received, sent, fallback, dropped) = (
+        grew("received"),
+        grew("sent"),
+        grew("fallback"),
+        grew("dropped"),
+    );
+    eprintln!(
+        "send={send}: {totals:?}; af_xdp received {received}, sent {sent}, fallback \
+         {fallback}, dropped {dropped}; userspace: {}",
+        after["userspace"]
+    );
+    assert!(
+        received as f64 >= XSK_SHARE * (2 * echoed) as f64,
+        "only {received} of at least {} datagrams arrived through AF_XDP; stats: {after}; \
+         relay log:\n{}",
+        2 * echoed,
+        relay.log_text()
+    );
+    assert!(
+        sent as f64 >= XSK_SHARE * (2 * echoed) as f64 && sent as f64 >= 9.0 * fallback as f64,
+        "only {sent} datagrams left through AF_XDP ({fallback} through sockets) for {echoed} \
+         echoes; stats: {after}"
+    );
+    assert_eq!(dropped, 0, "AF_XDP frames dropped; stats: {after}");
+    let turn_bytes = after
+        .pointer("/turn/bytes/client_to_peer")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    assert!(
+        turn_bytes >= echoed * MSG_LEN,
+        "the TURN byte counters did not see the traffic: {}",
+        after["turn"]
+    );
+}
+
+fn uclient_through_af_xdp(test: &str, send: bool) {
+    if !require_root(test) {
+        return;
+    }
+    let mut s = setup();
+    run(&s, send, 5, 200);
+    let status = s
+        .relay
+        .take()
+        .unwrap()
+        .stop(Duration::from_secs(10))
+        .expect("stop the relay");
+    assert!(status.success(), "relay exited with {status}");
+}
+
+#[test]
+fn uclient_channels_through_af_xdp() {
+    uclient_through_af_xdp("uclient_channels_through_af_xdp", false);
+}
+
+#[test]
+fn uclient_send_indications_through_af_xdp() {
+    uclient_through_af_xdp("uclient_send_indications_through_af_xdp", true);
+}
