@@ -415,8 +415,8 @@ pub(super) fn check_frame(frame: &[u8]) -> Option<Received<'_>> {
         src: f.src,
         dst: f.dst,
         payload: f.payload,
-        tos: turn_frames::tos_of(frame)?,
-        v4: Ipv4Fields::for_input(frame, false)?,
+        tos: turn_frames::tos_of_frame(&f)?,
+        v4: Ipv4Fields::for_frame(&f, false)?,
     })
 }
 

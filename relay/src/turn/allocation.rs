@@ -55,9 +55,9 @@ pub(super) struct Allocation {
     pub txn: TransactionId,
     pub response: Vec<u8>,
     /// Peer IP (canonical) → permission expiry.
-    pub permissions: HashMap<IpAddr, Instant>,
-    pub channels: HashMap<u16, Channel>,
-    pub peer_channels: HashMap<SocketAddr, u16>,
+    pub permissions: super::Map<IpAddr, Instant>,
+    pub channels: super::Map<u16, Channel>,
+    pub peer_channels: super::Map<SocketAddr, u16>,
     /// Expired channel numbers that may only be rebound to the same peer until the instant.
     pub cooldown: HashMap<u16, (SocketAddr, Instant)>,
     pub bucket: Option<TokenBucket>,

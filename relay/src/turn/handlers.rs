@@ -249,9 +249,9 @@ impl TurnServer {
                 expires,
                 txn: *m.transaction_id(),
                 response,
-                permissions: HashMap::new(),
-                channels: HashMap::new(),
-                peer_channels: HashMap::new(),
+                permissions: super::Map::default(),
+                channels: super::Map::default(),
+                peer_channels: super::Map::default(),
                 cooldown: HashMap::new(),
                 bucket: (bandwidth > 0)
                     .then(|| TokenBucket::new(bandwidth, bandwidth.max(65_536), now)),

@@ -465,13 +465,15 @@ impl TurnServer {
         // Unrepresentable deadlines count as already passed.
         let at = |ns: u64| clock.instant(ns).unwrap_or(now);
         let expires = at(saved.expires_ns);
-        let permissions: HashMap<IpAddr, Instant> = saved
+        let permissions: super::Map<IpAddr, Instant> = saved
             .permissions
             .iter()
             .map(|p| (p.peer, at(p.expires_ns)))
             .collect();
-        let mut channels = HashMap::with_capacity(saved.channels.len());
-        let mut peer_channels = HashMap::with_capacity(saved.channels.len());
+        let mut channels =
+            super::Map::with_capacity_and_hasher(saved.channels.len(), Default::default());
+        let mut peer_channels =
+            super::Map::with_capacity_and_hasher(saved.channels.len(), Default::default());
         for c in &saved.channels {
             channels.insert(
                 c.number,

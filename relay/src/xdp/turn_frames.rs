@@ -68,7 +68,12 @@ impl Ipv4Fields {
     /// sequence numbers and timestamps), costs nothing and keeps the output a pure
     /// function of the input (no per-flow counter to share between CPUs).
     pub fn for_input(input: &[u8], send_indication: bool) -> Option<Ipv4Fields> {
-        let f = wire::parse_udp_frame(input).ok()?;
+        Self::for_frame(&wire::parse_udp_frame(input).ok()?, send_indication)
+    }
+
+    /// [`Ipv4Fields::for_input`] of a frame parsed already.
+    pub fn for_frame(f: &wire::UdpFrame<'_>, send_indication: bool) -> Option<Ipv4Fields> {
+        let input = f.frame();
         let ip = f.ip_header();
         if f.is_ipv6() {
             let udp = input.get(ETH_HLEN + IPV6_HLEN + 6..ETH_HLEN + IPV6_HLEN + 8)?;
@@ -101,7 +106,11 @@ pub enum TurnFrameError {
 
 /// The TOS byte (IPv4) or traffic class (IPv6) of a received frame, if it parses.
 pub fn tos_of(frame: &[u8]) -> Option<u8> {
-    let f = wire::parse_udp_frame(frame).ok()?;
+    tos_of_frame(&wire::parse_udp_frame(frame).ok()?)
+}
+
+/// [`tos_of`] of a frame parsed already.
+pub fn tos_of_frame(f: &wire::UdpFrame<'_>) -> Option<u8> {
     let ip = f.ip_header();
     if f.is_ipv6() {
         Some((ip.first()? << 4) | (ip.get(1)? >> 4))
