@@ -1244,6 +1244,78 @@ allow = ["{TURN_PEER_NET_V4}", "{TURN_PEER_NET_V6}"]
             relay_v4 = topo.relay_peer_v4,
         )
     }
+
+    /// `turnutils_uclient` in the client namespace against the relay of `topo`: `clients`
+    /// clients (`-m`) of `messages` messages (`-n`) of `len` bytes (`-l`) each, echoed by
+    /// the peer at [`PEER_PORT`]; channels, or Send indications when `send` (`-s`).
+    pub fn uclient_command(
+        topo: &TurnTopology,
+        send: bool,
+        clients: u32,
+        messages: u32,
+        len: u64,
+    ) -> std::process::Command {
+        let mut args: Vec<String> = Vec::new();
+        if send {
+            args.push("-s".into());
+        }
+        args.extend([
+            "-u".into(),
+            USER.into(),
+            "-w".into(),
+            PASSWORD.into(),
+            "-p".into(),
+            PORT.to_string(),
+            "-e".into(),
+            topo.peer_v4.to_string(),
+            "-r".into(),
+            PEER_PORT.to_string(),
+            "-m".into(),
+            clients.to_string(),
+            "-n".into(),
+            messages.to_string(),
+            "-l".into(),
+            len.to_string(),
+            topo.relay_client_v4.to_string(),
+        ]);
+        eprintln!("turnutils_uclient {}", args.join(" "));
+        let mut cmd = topo.client.command("turnutils_uclient");
+        cmd.args(&args);
+        cmd
+    }
+
+    /// Checks a finished [`uclient_command`] run: it exited successfully, lost nothing and
+    /// every one of at least `clients × messages` messages came back. Returns its totals.
+    pub fn check_uclient(
+        out: super::Result<super::BoundedOutput>,
+        clients: u32,
+        messages: u32,
+    ) -> super::UclientTotals {
+        let out = out.expect("run turnutils_uclient (is coturn installed? `cargo xtask setup`)");
+        let text = out.text();
+        let tail: String = {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        assert!(
+            out.status.is_some() && out.success(),
+            "turnutils_uclient failed or timed out ({:?}); its output ends:\n{tail}",
+            out.status
+        );
+        let totals = super::UclientTotals::parse(&text)
+            .unwrap_or_else(|| panic!("no final report in the output:\n{tail}"));
+        assert_eq!(totals.lost, 0, "lost packets: {totals:?}\n{tail}");
+        assert_eq!(totals.send_dropped, 0, "send dropped: {totals:?}");
+        assert!(
+            totals.sent >= u64::from(clients) * u64::from(messages),
+            "{totals:?}"
+        );
+        assert_eq!(
+            totals.received, totals.sent,
+            "not every message came back: {totals:?}"
+        );
+        totals
+    }
 }
 
 /// Debian's Chromium, which the browser tests drive (never a downloaded browser).

@@ -18,17 +18,9 @@ use std::{
 use relay::xdp::{AttachedMode, FastPath, XdpMode, XdpOptions};
 use relay_common::counter;
 
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("RELAY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-        panic!("this test needs root (netns, XDP attach) and RELAY_REQUIRE_PRIVILEGED=1 is set");
-    }
-    eprintln!("skipped: needs root");
-    false
-}
+#[path = "common/privileged.rs"]
+mod privileged;
+use privileged::privileged;
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");

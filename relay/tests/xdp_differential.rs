@@ -22,17 +22,9 @@ const COOKIE: u32 = 0x2112_A442;
 
 /// Privileged-test rule: run as root; otherwise fail under RELAY_REQUIRE_PRIVILEGED=1,
 /// else say "skipped: needs root".
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("RELAY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-        panic!("this test needs root (BPF_PROG_TEST_RUN) and RELAY_REQUIRE_PRIVILEGED=1 is set");
-    }
-    eprintln!("skipped: needs root");
-    false
-}
+#[path = "common/privileged.rs"]
+mod privileged;
+use privileged::privileged;
 
 /// A small deterministic generator (xorshift64*), so failures replay.
 struct Rng(u64);

@@ -46,17 +46,9 @@ const RELAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 /// `lo` in a new network namespace.
 const LO_IFINDEX: u32 = 1;
 
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("RELAY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-        panic!("this test needs root (netns, BPF_PROG_TEST_RUN) and RELAY_REQUIRE_PRIVILEGED=1");
-    }
-    eprintln!("skipped: needs root");
-    false
-}
+#[path = "common/privileged.rs"]
+mod privileged;
+use privileged::privileged;
 
 // ---------- frames ----------
 

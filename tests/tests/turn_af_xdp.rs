@@ -20,10 +20,9 @@
 
 use std::time::Duration;
 
-use relay_e2e::turn_xdp::{PASSWORD, PEER_PORT, PORT, USER};
+use relay_e2e::turn_xdp::PEER_PORT;
 use relay_e2e::{
-    Daemon, Process, TempDir, TurnTopology, UclientTotals, XdpPass, require_root, run_bounded,
-    spawn_in, turn_xdp,
+    Daemon, Process, TempDir, TurnTopology, XdpPass, require_root, run_bounded, spawn_in, turn_xdp,
 };
 
 /// Longest a single uclient run may take.
@@ -101,56 +100,8 @@ fn run(s: &Setup, send: bool, clients: u32, messages: u32) {
     let relay = s.relay.as_ref().unwrap();
     let topo = &s.topo;
     let before = relay.stats().expect("relay stats --json");
-    let mut args: Vec<String> = Vec::new();
-    if send {
-        args.push("-s".into());
-    }
-    args.extend([
-        "-u".into(),
-        USER.into(),
-        "-w".into(),
-        PASSWORD.into(),
-        "-p".into(),
-        PORT.to_string(),
-        "-e".into(),
-        topo.peer_v4.to_string(),
-        "-r".into(),
-        PEER_PORT.to_string(),
-        "-m".into(),
-        clients.to_string(),
-        "-n".into(),
-        messages.to_string(),
-        "-l".into(),
-        MSG_LEN.to_string(),
-        topo.relay_client_v4.to_string(),
-    ]);
-    eprintln!("turnutils_uclient {}", args.join(" "));
-    let mut cmd = topo.client.command("turnutils_uclient");
-    cmd.args(&args);
-    let out = run_bounded(&mut cmd, RUN_LIMIT)
-        .expect("run turnutils_uclient (is coturn installed? `cargo xtask setup`)");
-    let text = out.text();
-    let tail: String = {
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    };
-    assert!(
-        out.status.is_some() && out.success(),
-        "turnutils_uclient failed or timed out ({:?}); its output ends:\n{tail}",
-        out.status
-    );
-    let totals = UclientTotals::parse(&text)
-        .unwrap_or_else(|| panic!("no final report in the output:\n{tail}"));
-    assert_eq!(totals.lost, 0, "lost packets: {totals:?}\n{tail}");
-    assert_eq!(totals.send_dropped, 0, "send dropped: {totals:?}");
-    assert!(
-        totals.sent >= u64::from(clients) * u64::from(messages),
-        "{totals:?}"
-    );
-    assert_eq!(
-        totals.received, totals.sent,
-        "not every message came back: {totals:?}"
-    );
+    let mut cmd = turn_xdp::uclient_command(topo, send, clients, messages, MSG_LEN);
+    let totals = turn_xdp::check_uclient(run_bounded(&mut cmd, RUN_LIMIT), clients, messages);
     // Counters are published every loop round; give the workers one.
     std::thread::sleep(Duration::from_millis(500));
     let after = relay.stats().expect("relay stats --json");
