@@ -394,16 +394,22 @@ impl XskPath {
 
 /// A received frame, checked as the kernel's UDP receive path checks it.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Received<'a> {
-    pub(super) src: SocketAddr,
-    pub(super) dst: SocketAddr,
-    pub(super) payload: &'a [u8],
-    pub(super) tos: u8,
-    pub(super) v4: Ipv4Fields,
+pub struct Received<'a> {
+    /// Sender.
+    pub src: SocketAddr,
+    /// Destination (a listen or relayed address, if it is ours).
+    pub dst: SocketAddr,
+    /// The UDP payload.
+    pub payload: &'a [u8],
+    /// IPv4 TOS / IPv6 traffic class (copied into what is sent in answer).
+    pub tos: u8,
+    /// The IPv4 fields an answer copies (fast path rules).
+    pub v4: Ipv4Fields,
 }
 
 /// Parses and checks one received frame (None = drop: what the kernel would drop too).
-pub(super) fn check_frame(frame: &[u8]) -> Option<Received<'_>> {
+/// Public for the fuzz target (`relay/fuzz/fuzz_targets/xsk_frame.rs`).
+pub fn check_frame(frame: &[u8]) -> Option<Received<'_>> {
     let f = wire::parse_udp_frame(frame).ok()?;
     if !f.ip_checksum_valid()
         || !(f.udp_checksum_valid()
