@@ -1245,6 +1245,25 @@ allow = ["{TURN_PEER_NET_V4}", "{TURN_PEER_NET_V6}"]
         )
     }
 
+    /// `turnutils_peer` echoing on [`PEER_PORT`] at the peer address of `topo`, given a
+    /// moment to bind.
+    pub fn spawn_peer(topo: &TurnTopology) -> super::Process {
+        let peer = super::spawn_in(
+            &topo.peer,
+            "turnutils_peer",
+            &[
+                "-L",
+                &topo.peer_v4.to_string(),
+                "-p",
+                &PEER_PORT.to_string(),
+            ],
+            None,
+        )
+        .expect("start turnutils_peer (is coturn installed? `cargo xtask setup`)");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        peer
+    }
+
     /// `turnutils_uclient` in the client namespace against the relay of `topo`: `clients`
     /// clients (`-m`) of `messages` messages (`-n`) of `len` bytes (`-l`) each, echoed by
     /// the peer at [`PEER_PORT`]; channels, or Send indications when `send` (`-s`).

@@ -18,18 +18,9 @@ use std::{
 use relay::xdp::{AttachedMode, FastPath, XdpMode, XdpOptions};
 use relay_common::counter;
 
-#[path = "common/privileged.rs"]
-mod privileged;
-use privileged::privileged;
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+#[path = "common/root.rs"]
+mod root;
+use root::{ip, privileged};
 
 /// A network namespace deleted on drop.
 struct Netns(String);

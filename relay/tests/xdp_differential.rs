@@ -22,9 +22,9 @@ const COOKIE: u32 = 0x2112_A442;
 
 /// Privileged-test rule: run as root; otherwise fail under RELAY_REQUIRE_PRIVILEGED=1,
 /// else say "skipped: needs root".
-#[path = "common/privileged.rs"]
-mod privileged;
-use privileged::privileged;
+#[path = "common/root.rs"]
+mod root;
+use root::privileged;
 
 /// A small deterministic generator (xorshift64*), so failures replay.
 struct Rng(u64);

@@ -30,24 +30,15 @@ const NEW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb2];
 /// `lo` in a new network namespace.
 const LO_IFINDEX: u32 = 1;
 
-#[path = "common/privileged.rs"]
-mod privileged;
-use privileged::privileged;
+#[path = "common/root.rs"]
+mod root;
+use root::{ip, privileged};
 
 fn a4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
 }
 fn a6(last: u16) -> IpAddr {
     IpAddr::V6(Ipv6Addr::new(0xfd79, 0, 0, 0, 0, 0, 0, last))
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The test's namespace; deleted on drop (also when the test fails).

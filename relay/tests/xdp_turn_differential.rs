@@ -58,9 +58,9 @@ const MTU: usize = 1500;
 /// `lo` in a new network namespace.
 const LO_IFINDEX: u32 = 1;
 
-#[path = "common/privileged.rs"]
-mod privileged;
-use privileged::privileged;
+#[path = "common/root.rs"]
+mod root;
+use root::{ip, privileged};
 
 // ---------- addresses ----------
 
@@ -110,11 +110,6 @@ fn key_addr(ip: IpAddr) -> [u8; 16] {
 }
 
 // ---------- the namespace ----------
-
-fn ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).status().expect("run ip");
-    assert!(st.success(), "ip {args:?} failed");
-}
 
 /// A network namespace with veth v0 (the relay's addresses) ↔ v1; removed on drop.
 struct Netns {

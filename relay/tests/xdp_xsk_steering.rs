@@ -46,9 +46,9 @@ const RELAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 /// `lo` in a new network namespace.
 const LO_IFINDEX: u32 = 1;
 
-#[path = "common/privileged.rs"]
-mod privileged;
-use privileged::privileged;
+#[path = "common/root.rs"]
+mod root;
+use root::{ip, privileged};
 
 // ---------- frames ----------
 
@@ -160,15 +160,6 @@ fn channel_data(channel: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 // ---------- the namespace ----------
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A namespace with a 4-queue veth v0 (the relay's addresses) ↔ v1, permanent
 /// neighbour entries for the client and the peer, forwarding on `lo` only; deleted on

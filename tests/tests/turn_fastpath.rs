@@ -26,10 +26,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use relay_e2e::turn_xdp::PEER_PORT;
 use relay_e2e::{
-    Daemon, Process, TempDir, TurnTopology, XdpPass, relay_bin, require_root, run_bounded,
-    spawn_in, turn_xdp,
+    Daemon, Process, TempDir, TurnTopology, XdpPass, relay_bin, require_root, run_bounded, turn_xdp,
 };
 
 /// Longest a single uclient run may take.
@@ -68,19 +66,7 @@ fn setup() -> Setup {
     let pass = turn_xdp::prepare_topology(&topo, false);
     let files = TempDir::new("relay-turn-fastpath").unwrap();
     let config = relay_config(&topo, &files);
-    let peer = spawn_in(
-        &topo.peer,
-        "turnutils_peer",
-        &[
-            "-L",
-            &topo.peer_v4.to_string(),
-            "-p",
-            &PEER_PORT.to_string(),
-        ],
-        None,
-    )
-    .expect("start turnutils_peer (is coturn installed? `cargo xtask setup`)");
-    std::thread::sleep(Duration::from_millis(300));
+    let peer = turn_xdp::spawn_peer(&topo);
     let config_s = config.display().to_string();
     let relay = Daemon::start(&topo.relay, &["--config", &config_s]).expect("start the relay");
     let log = relay.log_text();
