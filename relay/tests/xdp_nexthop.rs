@@ -32,7 +32,7 @@ const LO_IFINDEX: u32 = 1;
 
 #[path = "common/root.rs"]
 mod root;
-use root::{ip, privileged};
+use root::{forward_on_lo_only, ip, privileged};
 
 fn a4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
@@ -87,18 +87,7 @@ impl Netns {
         ]);
         ns.ip(&["route", "add", "blackhole", "198.51.100.0/24"]);
         ns.ip(&["route", "add", "unreachable", "203.0.113.0/24"]);
-        let st = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "sysctl", "-qw"])
-            .args([
-                // Off everywhere, then on for lo only (as the daemon does).
-                "net.ipv4.conf.all.forwarding=0",
-                "net.ipv6.conf.all.forwarding=0",
-                "net.ipv4.conf.lo.forwarding=1",
-                "net.ipv6.conf.lo.forwarding=1",
-            ])
-            .status()
-            .expect("run sysctl");
-        assert!(st.success(), "forwarding on lo in {}", ns.0);
+        forward_on_lo_only(&ns.0);
         ns
     }
 

@@ -60,7 +60,7 @@ const LO_IFINDEX: u32 = 1;
 
 #[path = "common/root.rs"]
 mod root;
-use root::{ip, privileged};
+use root::{forward_on_lo_only, ip, privileged};
 
 // ---------- addresses ----------
 
@@ -144,19 +144,7 @@ impl Netns {
         ] {
             neighbour(&["-n", n], "add", a, mac);
         }
-        let st = Command::new("ip")
-            .args(["netns", "exec", n, "sysctl", "-qw"])
-            .args([
-                // Off everywhere (a new namespace inherits IPv4's from the host), then on
-                // for lo only: the relay's own interface never routes.
-                "net.ipv4.conf.all.forwarding=0",
-                "net.ipv6.conf.all.forwarding=0",
-                "net.ipv4.conf.lo.forwarding=1",
-                "net.ipv6.conf.lo.forwarding=1",
-            ])
-            .status()
-            .expect("run sysctl");
-        assert!(st.success(), "enable forwarding on lo in {n}");
+        forward_on_lo_only(n);
         ns
     }
 

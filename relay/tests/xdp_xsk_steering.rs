@@ -48,7 +48,7 @@ const LO_IFINDEX: u32 = 1;
 
 #[path = "common/root.rs"]
 mod root;
-use root::{ip, privileged};
+use root::{forward_on_lo_only, ip, privileged};
 
 // ---------- frames ----------
 
@@ -219,15 +219,7 @@ impl Netns {
                 "permanent",
             ]);
         }
-        let st = Command::new("ip")
-            .args(["netns", "exec", n, "sysctl", "-qw"])
-            .args([
-                "net.ipv4.conf.all.forwarding=0",
-                "net.ipv4.conf.lo.forwarding=1",
-            ])
-            .status()
-            .expect("run sysctl");
-        assert!(st.success(), "forwarding on lo in {n}");
+        forward_on_lo_only(n);
         ns
     }
 

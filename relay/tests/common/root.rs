@@ -33,3 +33,20 @@ pub fn ip(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Forwarding off on every interface of namespace `ns` (a new namespace inherits IPv4's
+/// from the host) and on for `lo` only, as the daemon sets it for its FIB lookups
+/// (`xdp.fib_interface`): the relay's own interfaces never route.
+pub fn forward_on_lo_only(ns: &str) {
+    let st = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-qw"])
+        .args([
+            "net.ipv4.conf.all.forwarding=0",
+            "net.ipv6.conf.all.forwarding=0",
+            "net.ipv4.conf.lo.forwarding=1",
+            "net.ipv6.conf.lo.forwarding=1",
+        ])
+        .status()
+        .expect("run sysctl");
+    assert!(st.success(), "forwarding on lo only in {ns}");
+}
