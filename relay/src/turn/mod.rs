@@ -21,6 +21,8 @@
 //! - [`framing`]: message boundaries on stream transports;
 //! - [`stats`]: plain counters;
 //! - [`snapshot`]: the state file a restarted daemon restores UDP allocations from;
+//! - `forward`: the relay path's one-lookup forwarding index, derived from the
+//!   allocations;
 //! - `timers`: the expiry heap.
 //!
 //! Amplification: an answer to an unauthenticated UDP request (the 401/438 challenge, a
@@ -44,6 +46,7 @@ mod allocation;
 pub mod attrs;
 pub mod auth;
 pub mod fast;
+mod forward;
 pub mod framing;
 mod handlers;
 pub mod nonce;
@@ -57,6 +60,9 @@ mod tests;
 
 #[cfg(test)]
 mod fast_tests;
+
+#[cfg(test)]
+mod forward_tests;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, OnceLock, RwLock};

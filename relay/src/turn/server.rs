@@ -18,6 +18,7 @@ use super::allocation::{Allocation, Relay, family_index};
 use super::attrs;
 use super::auth::{AuthResult, Authenticated, Authenticator, PASSWORD_ALGORITHMS_VALUE};
 use super::fast::{Env, FastState, quota_exhausted};
+use super::forward::ForwardIndex;
 use super::stats::{AuthFailure, TurnStats};
 use super::timers::{Timer, Timers};
 use super::{
@@ -77,6 +78,8 @@ pub struct TurnServer {
     pub(super) own: Vec<IpAddr>,
     /// The rules this server installed in the kernel fast path.
     pub(super) fast: FastState,
+    /// One-lookup answers for the relay path, derived from `allocs`.
+    pub(super) fwd: ForwardIndex,
 }
 
 /// Unix seconds of `wall` (0 before the epoch).
@@ -127,6 +130,7 @@ impl TurnServer {
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
             own: shared.policy.own_addresses(),
             fast: FastState::default(),
+            fwd: ForwardIndex::default(),
             shared,
         }
     }
@@ -269,6 +273,27 @@ impl TurnServer {
         tx: &mut impl Transmit,
     ) {
         let peer = canonical(peer);
+        if let Some(e) = self.fwd.to_client.get_mut(&(relay, peer))
+            && e.until > now
+            && let Ok(len) = u16::try_from(datagram.len())
+        {
+            let padded = if e.tuple.transport.is_stream() {
+                datagram.len().next_multiple_of(4)
+            } else {
+                datagram.len()
+            };
+            let out = &mut self.scratch;
+            out[0..2].copy_from_slice(&e.channel.to_be_bytes());
+            out[2..4].copy_from_slice(&len.to_be_bytes());
+            out[4..4 + datagram.len()].copy_from_slice(datagram);
+            out[4 + datagram.len()..4 + padded].fill(0);
+            e.packets += 1;
+            e.bytes += datagram.len() as u64;
+            self.stats.packets_peer_to_client += 1;
+            self.stats.bytes_peer_to_client += datagram.len() as u64;
+            tx.to_client(&e.tuple, &out[..4 + padded]);
+            return;
+        }
         let Some(a) = self
             .by_relay
             .get(&relay)
@@ -375,6 +400,16 @@ impl TurnServer {
             self.stats.dropped_malformed += 1;
             return;
         };
+        if let Some(e) = self.fwd.to_peer.get_mut(&(*tuple, number))
+            && e.until > now
+        {
+            e.packets += 1;
+            e.bytes += payload.len() as u64;
+            self.stats.packets_client_to_peer += 1;
+            self.stats.bytes_client_to_peer += payload.len() as u64;
+            tx.to_peer(e.relay, e.peer, payload);
+            return;
+        }
         let Some(a) = self
             .by_tuple
             .get(tuple)
@@ -516,6 +551,7 @@ impl TurnServer {
         let Some(mut a) = self.allocs.remove(&id) else {
             return;
         };
+        self.fwd.forget(id, &mut a);
         // The kernel stops relaying before the relayed port is given back.
         if let Some(sink) = self.shared.fast_rules() {
             self.fast.clear(&*sink, id, Some(&mut a), &mut self.stats);
@@ -547,29 +583,32 @@ impl TurnServer {
 
     /// The allocations of this server, as of `now`.
     pub fn allocations(&self, now: Instant) -> impl Iterator<Item = AllocationInfo> + '_ {
-        self.allocs.values().map(move |a| AllocationInfo {
-            user: a.username.clone(),
-            client: a.tuple.client,
-            server: a.tuple.server,
-            transport: a.tuple.transport,
-            relayed: a.relayed().map(|r| r.addr).collect(),
-            expires_in_s: a.expires.saturating_duration_since(now).as_secs(),
-            permissions: a
-                .permissions
-                .iter()
-                .filter(|&(_, &e)| e > now)
-                .map(|(ip, _)| *ip)
-                .collect(),
-            channels: a
-                .channels
-                .iter()
-                .filter(|(_, c)| c.expires > now)
-                .map(|(n, c)| (*n, c.peer))
-                .collect(),
-            packets_to_peer: a.traffic.packets_to_peer,
-            bytes_to_peer: a.traffic.bytes_to_peer,
-            packets_to_client: a.traffic.packets_to_client,
-            bytes_to_client: a.traffic.bytes_to_client,
+        self.allocs.iter().map(move |(&id, a)| {
+            let traffic = self.fwd.traffic(id, a);
+            AllocationInfo {
+                user: a.username.clone(),
+                client: a.tuple.client,
+                server: a.tuple.server,
+                transport: a.tuple.transport,
+                relayed: a.relayed().map(|r| r.addr).collect(),
+                expires_in_s: a.expires.saturating_duration_since(now).as_secs(),
+                permissions: a
+                    .permissions
+                    .iter()
+                    .filter(|&(_, &e)| e > now)
+                    .map(|(ip, _)| *ip)
+                    .collect(),
+                channels: a
+                    .channels
+                    .iter()
+                    .filter(|(_, c)| c.expires > now)
+                    .map(|(n, c)| (*n, c.peer))
+                    .collect(),
+                packets_to_peer: traffic.packets_to_peer,
+                bytes_to_peer: traffic.bytes_to_peer,
+                packets_to_client: traffic.packets_to_client,
+                bytes_to_client: traffic.bytes_to_client,
+            }
         })
     }
 
@@ -613,9 +652,15 @@ impl TurnServer {
         &self.stats
     }
 
-    /// Brings allocation `id`'s kernel fast-path rules in line with its state at `now`
-    /// (no-op without a fast path). Called after every change of the allocation.
+    /// Brings allocation `id`'s forwarding-index entries and kernel fast-path rules (if
+    /// there is a fast path) in line with its state at `now`. Called after every change
+    /// of the allocation.
     pub(super) fn sync_fast(&mut self, id: u64, now: Instant) {
+        if let Some(a) = self.allocs.get_mut(&id) {
+            let (own, ports) = (&self.own, &self.config.relay_ports);
+            self.fwd
+                .sync(id, a, now, |peer| !own_service(own, ports, peer));
+        }
         let Some(sink) = self.shared.fast_rules() else {
             return;
         };

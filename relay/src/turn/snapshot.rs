@@ -415,11 +415,14 @@ impl TurnServer {
                     dont_fragment: a.dont_fragment,
                     byte_quota: a.byte_quota,
                     bandwidth_limit: a.bucket.as_ref().map_or(0, |_| self.config.bandwidth_limit),
-                    traffic: SavedTraffic {
-                        packets_to_peer: a.traffic.packets_to_peer,
-                        bytes_to_peer: a.traffic.bytes_to_peer,
-                        packets_to_client: a.traffic.packets_to_client,
-                        bytes_to_client: a.traffic.bytes_to_client,
+                    traffic: {
+                        let t = self.fwd.traffic(*id, a);
+                        SavedTraffic {
+                            packets_to_peer: t.packets_to_peer,
+                            bytes_to_peer: t.bytes_to_peer,
+                            packets_to_client: t.packets_to_client,
+                            bytes_to_client: t.bytes_to_client,
+                        }
                     },
                     kernel: self.fast.export(*id),
                 }
