@@ -76,21 +76,11 @@ impl ForwardIndex {
         let Some(list) = self.installed.remove(&id) else {
             return;
         };
-        let mut t = Traffic::default();
         for i in &list {
-            if let Some(e) = self.to_peer.remove(&(a.tuple, i.channel)) {
-                t.packets_to_peer += e.packets;
-                t.bytes_to_peer += e.bytes;
-            }
-            if let Some(e) = self.to_client.remove(&(i.relay, i.peer)) {
-                t.packets_to_client += e.packets;
-                t.bytes_to_client += e.bytes;
-            }
+            let out = self.to_peer.remove(&(a.tuple, i.channel));
+            let back = self.to_client.remove(&(i.relay, i.peer));
+            add(&mut a.traffic, out.as_ref(), back.as_ref());
         }
-        a.traffic.packets_to_peer += t.packets_to_peer;
-        a.traffic.bytes_to_peer += t.bytes_to_peer;
-        a.traffic.packets_to_client += t.packets_to_client;
-        a.traffic.bytes_to_client += t.bytes_to_client;
     }
 
     /// Rebuilds allocation `id`'s entries from its state at `now`. `peer_allowed` says
@@ -155,14 +145,9 @@ impl ForwardIndex {
     pub fn traffic(&self, id: u64, a: &Allocation) -> Traffic {
         let mut t = a.traffic;
         for i in self.installed.get(&id).into_iter().flatten() {
-            if let Some(e) = self.to_peer.get(&(a.tuple, i.channel)) {
-                t.packets_to_peer += e.packets;
-                t.bytes_to_peer += e.bytes;
-            }
-            if let Some(e) = self.to_client.get(&(i.relay, i.peer)) {
-                t.packets_to_client += e.packets;
-                t.bytes_to_client += e.bytes;
-            }
+            let out = self.to_peer.get(&(a.tuple, i.channel));
+            let back = self.to_client.get(&(i.relay, i.peer));
+            add(&mut t, out, back);
         }
         t
     }
@@ -171,5 +156,17 @@ impl ForwardIndex {
     #[cfg(test)]
     pub fn len(&self) -> (usize, usize) {
         (self.to_peer.len(), self.to_client.len())
+    }
+}
+
+/// Adds one channel's entry counters to `t`.
+fn add(t: &mut Traffic, out: Option<&ToPeer>, back: Option<&ToClient>) {
+    if let Some(e) = out {
+        t.packets_to_peer += e.packets;
+        t.bytes_to_peer += e.bytes;
+    }
+    if let Some(e) = back {
+        t.packets_to_client += e.packets;
+        t.bytes_to_client += e.bytes;
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::attrs::{self, method};
 use super::tests::*;
 use super::*;
-use crate::policy::{PeerPolicy, PolicyConfig, Quotas};
+use crate::policy::Quotas;
 use crate::stun::Class;
 
 /// xorshift64*: a fixed, reproducible sequence per seed.
@@ -29,31 +29,12 @@ impl Rng {
 }
 
 fn pair_world() -> World {
-    let own: std::net::IpAddr = "192.0.2.10".parse().expect("ip");
-    let policy = PeerPolicy::new(
-        &PolicyConfig {
-            allow: vec!["192.0.2.0/24".into()],
-            deny: vec![],
-        },
-        &[own],
-    )
-    .expect("policy");
     let mut cfg = config();
     cfg.nonce_lifetime = Duration::from_secs(100_000_000);
-    let mut w = world_with_policy(cfg, Quotas::new(0, 0), policy);
+    let mut w = world_with_policy(cfg, Quotas::new(0, 0), own_address_policy());
     // Data indications carry transaction ids from a per-server random seed.
     w.server.txn_seed = [7; 12];
     w
-}
-
-fn channel_data(number: u16, data: &[u8], pad: bool) -> Vec<u8> {
-    let mut v = number.to_be_bytes().to_vec();
-    v.extend_from_slice(&(data.len() as u16).to_be_bytes());
-    v.extend_from_slice(data);
-    if pad {
-        v.resize(v.len().next_multiple_of(4), 0);
-    }
-    v
 }
 
 /// Both servers' view of everything observable.

@@ -413,6 +413,19 @@ pub(super) fn allocate(w: &mut World, c: &mut Client, extra: &[(u16, Vec<u8>)]) 
     w.one(&c.tuple, &req)
 }
 
+/// A policy where the relay's own address is 192.0.2.10 (its relay_ipv4), allowed
+/// through the default deny-list (TEST-NET) so that only the own-address rule applies.
+pub(super) fn own_address_policy() -> PeerPolicy {
+    PeerPolicy::new(
+        &PolicyConfig {
+            allow: vec!["192.0.2.0/24".into()],
+            deny: vec![],
+        },
+        &["192.0.2.10".parse().expect("ip")],
+    )
+    .expect("policy")
+}
+
 /// A client with a successful allocation.
 pub(super) fn allocated(w: &mut World) -> (Client, SocketAddr, RelayHandle) {
     let mut c = Client::new(udp_tuple(), "alice", "wonderland");
@@ -485,7 +498,7 @@ pub(super) fn send_indication(c: &mut Client, p: SocketAddr, data: &[u8]) -> Vec
     buf
 }
 
-fn channel_data(number: u16, data: &[u8], pad: bool) -> Vec<u8> {
+pub(super) fn channel_data(number: u16, data: &[u8], pad: bool) -> Vec<u8> {
     let mut v = number.to_be_bytes().to_vec();
     v.extend_from_slice(&(data.len() as u16).to_be_bytes());
     v.extend_from_slice(data);
@@ -1512,18 +1525,8 @@ fn legacy_channel_range_accepts_rfc5766_numbers_only_when_enabled() {
 
 #[test]
 fn own_address_reachable_on_relay_ports_only() {
-    // The relay's own address is 192.0.2.10 (its relay_ipv4); allowed through the default
-    // deny-list (TEST-NET) so that only the own-address rule is under test.
     let own: std::net::IpAddr = "192.0.2.10".parse().expect("ip");
-    let policy = PeerPolicy::new(
-        &PolicyConfig {
-            allow: vec!["192.0.2.0/24".into()],
-            deny: vec![],
-        },
-        &[own],
-    )
-    .expect("policy");
-    let mut w = world_with_policy(config(), Quotas::new(0, 0), policy);
+    let mut w = world_with_policy(config(), Quotas::new(0, 0), own_address_policy());
     let (mut c, _, handle) = allocated(&mut w);
     let other_allocation = SocketAddr::new(own, 50_000);
     let own_service = SocketAddr::new(own, 22);
