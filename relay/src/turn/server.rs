@@ -277,21 +277,13 @@ impl TurnServer {
             && e.until > now
             && let Ok(len) = u16::try_from(datagram.len())
         {
-            let padded = if e.tuple.transport.is_stream() {
-                datagram.len().next_multiple_of(4)
-            } else {
-                datagram.len()
-            };
-            let out = &mut self.scratch;
-            out[0..2].copy_from_slice(&e.channel.to_be_bytes());
-            out[2..4].copy_from_slice(&len.to_be_bytes());
-            out[4..4 + datagram.len()].copy_from_slice(datagram);
-            out[4 + datagram.len()..4 + padded].fill(0);
+            let stream = e.tuple.transport.is_stream();
+            let n = write_channel_data(&mut self.scratch, e.channel, len, datagram, stream);
             e.packets += 1;
             e.bytes += datagram.len() as u64;
             self.stats.packets_peer_to_client += 1;
             self.stats.bytes_peer_to_client += datagram.len() as u64;
-            tx.to_client(&e.tuple, &out[..4 + padded]);
+            tx.to_client(&e.tuple, &self.scratch[..n]);
             return;
         }
         let Some(a) = self
@@ -329,16 +321,7 @@ impl TurnServer {
                     self.stats.dropped_malformed += 1;
                     return;
                 };
-                let padded = if a.tuple.transport.is_stream() {
-                    datagram.len().next_multiple_of(4)
-                } else {
-                    datagram.len()
-                };
-                out[0..2].copy_from_slice(&number.to_be_bytes());
-                out[2..4].copy_from_slice(&len.to_be_bytes());
-                out[4..4 + datagram.len()].copy_from_slice(datagram);
-                out[4 + datagram.len()..4 + padded].fill(0);
-                4 + padded
+                write_channel_data(out, number, len, datagram, a.tuple.transport.is_stream())
             }
             None => {
                 self.txn_counter = self.txn_counter.wrapping_add(1);
@@ -1020,6 +1003,23 @@ fn own_service(
     peer: SocketAddr,
 ) -> bool {
     !own.is_empty() && own.contains(&peer.ip()) && !relay_ports.contains(&peer.port())
+}
+
+/// Writes a ChannelData frame (channel `number`, `data` of `len` bytes, padded to four
+/// bytes for stream clients) at the start of `out`; returns its length. `out` is the
+/// server's scratch buffer, large enough for any datagram.
+#[inline]
+fn write_channel_data(out: &mut [u8], number: u16, len: u16, data: &[u8], stream: bool) -> usize {
+    let padded = if stream {
+        data.len().next_multiple_of(4)
+    } else {
+        data.len()
+    };
+    out[0..2].copy_from_slice(&number.to_be_bytes());
+    out[2..4].copy_from_slice(&len.to_be_bytes());
+    out[4..4 + data.len()].copy_from_slice(data);
+    out[4 + data.len()..4 + padded].fill(0);
+    4 + padded
 }
 
 /// A [`Transmit`] view that sends to peers with the Don't Fragment bit (one Send
