@@ -6,11 +6,21 @@
 
 use libfuzzer_sys::fuzz_target;
 use relay::rtp::RtpView;
-use relay::sfu::rtx::{unwrap, unwrap_in_place, wrap};
+use relay::sfu::rtx::{RtxError, unwrap, unwrap_in_place, wrap};
 
 fuzz_target!(|data: &[u8]| {
-    let mut out = [0u8; 2048];
+    // Room for any output (wrap adds two bytes), so that the copying and the in-place
+    // unwrap are compared on what they decide, not on the buffer given.
+    let mut out = vec![0u8; data.len() + 2];
     let outer = unwrap(data, &mut out, 0x1234_5678, 96);
+    // Half the room: the same answer or a clear BufferTooSmall, never a panic.
+    let mut half = vec![0u8; data.len() / 2];
+    match (unwrap(data, &mut half, 0x1234_5678, 96), &outer) {
+        (Ok(a), Ok(b)) => assert_eq!(a, *b),
+        (Err(RtxError::BufferTooSmall { .. }), Ok(_)) => {}
+        (Err(a), Err(b)) => assert_eq!(a, *b),
+        (a, b) => panic!("unwrap into half the room {a:?}, into enough {b:?}"),
+    }
     let mut copy = data.to_vec();
     let inner = unwrap_in_place(&mut copy, 0x1234_5678, 96);
     match (outer, inner) {
@@ -28,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(n) = wrap(data, &mut out, 0x0BAD_CAFE, 97, 5, 4242) {
         let original = RtpView::parse(data).expect("wrap accepted it");
-        let mut back = [0u8; 2048];
+        let mut back = vec![0u8; n];
         let (m, osn) = unwrap(&out[..n], &mut back, 1, 96).expect("own RTX unwraps");
         assert_eq!(osn, 4242);
         let v = RtpView::parse(&back[..m]).expect("parses");
