@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
     // Random bytes rarely carry right checksums: the same frame with them fixed reaches
     // the acceptance path.
     if let Ok(f) = relay::wire::parse_udp_frame(data) {
-        let (ip, udp, end) = (f.ip_offset, f.udp_offset, f.payload_offset + f.payload.len());
+        let (ip, udp, end) = (
+            f.ip_offset,
+            f.udp_offset,
+            f.payload_offset + f.payload.len(),
+        );
         let (src, dst, v6) = (f.src.ip(), f.dst.ip(), f.is_ipv6());
         let mut fixed = data.to_vec();
         if !v6 {
