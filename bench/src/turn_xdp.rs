@@ -436,13 +436,15 @@ impl Bpf {
     }
 
     /// Keeps the generator in the kernel's XDP dispatcher for the whole run by attaching
-    /// it (generic mode) to `dev`, one end of a veth pair made here in `ns` and left down,
-    /// so it never receives a frame (this kernel has no dummy device type). Each `BPF_PROG_TEST_RUN` call of an XDP program adds the program
-    /// to the dispatcher and removes it again, and each change waits for an RCU grace
-    /// period (`bpf_dispatcher_change_prog` → `synchronize_rcu`, about 10 ms twice per
-    /// call on this VM): the generator's CPU sat idle about a quarter of the time, which
-    /// added the same idle time to every path and flattered the ratios to the floor.
-    /// While another attachment holds the program there, a call only takes a reference.
+    /// it (generic mode) to `dev`, one end of a veth pair made here in `ns` and left
+    /// down, so it never receives a frame (this kernel has no dummy device type).
+    ///
+    /// Each `BPF_PROG_TEST_RUN` call of an XDP program adds the program to the dispatcher
+    /// and removes it again, and each change waits for an RCU grace period
+    /// (`bpf_dispatcher_change_prog` → `synchronize_rcu`, about 10 ms twice per call on
+    /// this VM): the generator's CPU sat idle about a quarter of the time, which added the
+    /// same idle time to every path and flattered the ratios to the floor. While another
+    /// attachment holds the program there, a call only takes a reference.
     fn hold_generator_in_dispatcher(&mut self, ns: &Netns, dev: &str) -> Result<()> {
         let other = format!("{dev}x");
         ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", &other])
