@@ -1156,7 +1156,16 @@ fn turn_fast_path_matches_the_userspace_relay() {
     Rules { x: &mut x }.settings(
         rc::SETTING_ENABLED | rc::SETTING_DATA_INDICATIONS | rc::SETTING_SEND_INDICATIONS,
     );
-    for (n, (c6, p6)) in (1..).zip([(false, false), (true, true), (false, true), (true, false)]) {
+    // Every case with each rule clock: the coarse clock (TURN_CLOCK zero, as before the
+    // daemon calibrates it), then jiffies (TURN_CLOCK calibrated, as the daemon runs it):
+    // live rules relay and rules whose lifetime just ended pass up with both.
+    let families = [(false, false), (true, true), (false, true), (true, false)];
+    for (n, (c6, p6)) in (1..).zip(families) {
+        scenario(&mut x, ifindex, &mut r, c6, p6, n);
+    }
+    let clock = relay::xdp::clock::install(x.ebpf_mut()).expect("calibrate the rule clock");
+    assert_ne!(clock.tick_ns, 0);
+    for (n, (c6, p6)) in (5..).zip(families) {
         scenario(&mut x, ifindex, &mut r, c6, p6, n);
     }
     let c = counters(&x);

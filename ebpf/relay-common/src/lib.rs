@@ -16,6 +16,10 @@ pub mod names {
     /// `turn::FibProbeFrame`, it asks `bpf_fib_lookup` what the TURN fast path would ask
     /// and writes the answer into the frame (next hops for the AF_XDP data path).
     pub const FIB_PROBE_PROGRAM: &str = "relay_fib_probe";
+    /// An XDP program that is never attached: run through `BPF_PROG_TEST_RUN` on a
+    /// `turn::ClockSample`, it writes the kernel's jiffies and CLOCK_MONOTONIC into it
+    /// (the daemon calibrates `turn::TurnClock` from such samples).
+    pub const CLOCK_PROBE_PROGRAM: &str = "relay_clock_probe";
     /// `PerCpuArray<u64>` of [`crate::counter`] indices.
     pub const COUNTERS: &str = "RELAY_COUNTERS";
     /// `HashMap<u16, u8>`: UDP ports (host byte order) on which Binding is answered.

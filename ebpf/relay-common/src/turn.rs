@@ -13,7 +13,10 @@
 //!   plane never relays past a lifetime. The kernel reads the coarse clock
 //!   (`bpf_ktime_get_coarse_ns`: the same clock as of the last tick, about 5 ns a read
 //!   against 30–40 for the exact one in a VM), which lags by up to one tick; the daemon
-//!   therefore writes every rule deadline [`COARSE_CLOCK_SLACK_NS`] early.
+//!   therefore writes every rule deadline [`COARSE_CLOCK_SLACK_NS`] early. Once the
+//!   daemon has calibrated [`TurnClock`] (`TURN_CLOCK`), the kernel reads jiffies instead
+//!   (a plain load, inlined by the verifier) and turns them into the same clock; see
+//!   [`TurnClock`] for why that stays within the same slack.
 
 /// A port or channel number in network byte order.
 pub type WirePort = [u8; 2];
@@ -73,6 +76,10 @@ pub mod maps {
     /// `LruHashMap<NextHopKey, NextHop>`: `bpf_fib_lookup` results reused for
     /// `TurnSettings::next_hop_ttl_ms` (written only by the kernel).
     pub const NEXT_HOPS: &str = "TURN_NEXT_HOPS";
+    /// `Array<TurnClock>` of one entry: how the kernel turns jiffies into
+    /// CLOCK_MONOTONIC nanoseconds; all zero (the default) = read the coarse clock. Not
+    /// pinned: every daemon calibrates its own program's.
+    pub const CLOCK: &str = "TURN_CLOCK";
     /// `PerCpuArray<HopSlot>` of [`super::HOP_SLOTS`] entries, indexed by a rule's
     /// `stats_idx` modulo their count: each CPU's copy of the next hops its rules used,
     /// in front of `TURN_NEXT_HOPS` (written only by the kernel, not pinned).
@@ -277,6 +284,39 @@ pub struct TurnSettings {
     /// The interface whose FIB input path the lookups take (`params.ifindex`); 0 = the
     /// frame's ingress interface. Forwarding must be on for that interface only.
     pub fib_ifindex: u32,
+}
+
+/// Value of `TURN_CLOCK[0]`: the rule clock from jiffies, `now = jiffies × tick_ns +
+/// offset_ns` (wrapping), used while `tick_ns != 0`.
+///
+/// Why: `bpf_ktime_get_coarse_ns` is a helper call with a seqcount read of the
+/// timekeeper, about 25 ns per relayed frame in a VM (measured with `relay-bench
+/// turn-xdp`, an eighth of the program's time at one allocation), while `bpf_jiffies64`
+/// is inlined into one load. The two clocks tick together: the kernel's tick code
+/// advances jiffies by whole `TICK_NSEC` steps of CLOCK_MONOTONIC, in the same update as
+/// the coarse clock. So the daemon measures the tick once (`TICK_NSEC` of a known `HZ`)
+/// and places the offset so that `now` is the END of the current jiffy: it runs ahead of
+/// CLOCK_MONOTONIC by at most one tick (rules stop up to a tick early, userspace relays
+/// the rest), and lags only as jiffies themselves lag, which the coarse clock does too
+/// ([`COARSE_CLOCK_SLACK_NS`] covers it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TurnClock {
+    /// Nanoseconds per jiffy (`TICK_NSEC`); 0 = not calibrated: the coarse clock.
+    pub tick_ns: u64,
+    /// Added (wrapping) to `jiffies × tick_ns`.
+    pub offset_ns: u64,
+}
+
+/// The frame given to `relay_clock_probe` through `BPF_PROG_TEST_RUN`: the program
+/// overwrites both fields (XDP_PASS), read back from `data_out`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockSample {
+    /// `bpf_jiffies64()`.
+    pub jiffies: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC), read right after.
+    pub mono_ns: u64,
 }
 
 /// Setting: relay ChannelData and peer data in the kernel.
@@ -514,6 +554,10 @@ mod pod {
     unsafe impl aya::Pod for super::FibProbeReply {}
     // SAFETY: as above (the two above and a byte array, 96 bytes, no padding).
     unsafe impl aya::Pod for super::FibProbeFrame {}
+    // SAFETY: as above (two u64).
+    unsafe impl aya::Pod for super::TurnClock {}
+    // SAFETY: as above (two u64).
+    unsafe impl aya::Pod for super::ClockSample {}
 }
 
 #[cfg(test)]
@@ -532,6 +576,8 @@ mod tests {
         assert_eq!(size_of::<RuleStats>(), 16);
         assert_eq!(size_of::<Bandwidth>(), 32);
         assert_eq!(size_of::<TurnSettings>(), 16);
+        assert_eq!(size_of::<TurnClock>(), 16);
+        assert_eq!(size_of::<ClockSample>(), 16);
         assert_eq!(size_of::<NextHopKey>(), 32);
         assert_eq!(size_of::<NextHop>(), 32);
         assert_eq!(size_of::<HopSlot>(), 64);

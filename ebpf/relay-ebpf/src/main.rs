@@ -9,7 +9,9 @@
 //! `relay_xdp_pass` passes everything (attached to the peer of a veth so that frames
 //! XDP_TX'ed into the pair are received there);
 //! `relay_fib_probe` is never attached: userspace runs it through `BPF_PROG_TEST_RUN` to
-//! ask the FIB what the TURN fast path would ask ([`fib_probe`]).
+//! ask the FIB what the TURN fast path would ask ([`fib_probe`]); `relay_clock_probe`
+//! likewise reads the kernel clocks the TURN rule clock is calibrated from
+//! ([`clock_probe`]).
 //!
 //! Modules: [`turn`] (TURN relaying), [`parse`] (Ethernet/IP/UDP), [`stun`] (Binding
 //! checks and the answer frame), [`xsk`] (AF_XDP steering), [`fib_probe`],
@@ -19,6 +21,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod clock_probe;
 mod counters;
 mod crc;
 mod csum;
@@ -69,6 +72,11 @@ pub fn relay_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn relay_fib_probe(ctx: XdpContext) -> u32 {
     fib_probe::probe(&ctx)
+}
+
+#[xdp]
+pub fn relay_clock_probe(ctx: XdpContext) -> u32 {
+    clock_probe::probe(&ctx)
 }
 
 /// The STUN Binding path, a separate BPF function so that its stack frame and the TURN
