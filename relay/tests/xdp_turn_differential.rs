@@ -561,6 +561,36 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The rule the daemon writes for `a`'s channel to `peer`.
+fn channel_rule(
+    a: &Alloc,
+    channel: u16,
+    peer: SocketAddr,
+    expires_ns: u64,
+    idx: u32,
+) -> (rc::ChannelKey, rc::ChannelRule) {
+    let k = rc::ChannelKey {
+        client_addr: key_addr(a.tuple.client.ip()),
+        server_addr: key_addr(a.tuple.server.ip()),
+        client_port: rc::wire(a.tuple.client.port()),
+        server_port: rc::wire(a.tuple.server.port()),
+        channel: rc::wire(channel),
+        _pad: [0; 2],
+    };
+    let v = rc::ChannelRule {
+        expires_ns,
+        relay_addr: key_addr(a.relay.ip()),
+        peer_addr: key_addr(peer.ip()),
+        relay_port: rc::wire(a.relay.port()),
+        peer_port: rc::wire(peer.port()),
+        flags: 0,
+        _pad: 0,
+        stats_idx: idx,
+        alloc_idx: a.handle,
+    };
+    (k, v)
+}
+
 struct Rules<'a> {
     x: &'a mut XdpTestRun,
 }
@@ -586,28 +616,35 @@ impl Rules<'_> {
         .expect("set settings");
     }
 
+    /// A channel rule where the daemon writes it: an IPv4 client's under the compact key
+    /// in TURN_CHANNELS_V4 (no wide copy), any other in TURN_CHANNELS.
     fn channel(&mut self, a: &Alloc, channel: u16, peer: SocketAddr, expires_ns: u64, idx: u32) {
-        let mut m: HashMap<_, rc::ChannelKey, rc::ChannelRule> = map_as(self.x, rc::maps::CHANNELS);
-        let k = rc::ChannelKey {
-            client_addr: key_addr(a.tuple.client.ip()),
-            server_addr: key_addr(a.tuple.server.ip()),
-            client_port: rc::wire(a.tuple.client.port()),
-            server_port: rc::wire(a.tuple.server.port()),
-            channel: rc::wire(channel),
-            _pad: [0; 2],
-        };
-        let v = rc::ChannelRule {
-            expires_ns,
-            relay_addr: key_addr(a.relay.ip()),
-            peer_addr: key_addr(peer.ip()),
-            relay_port: rc::wire(a.relay.port()),
-            peer_port: rc::wire(peer.port()),
-            flags: 0,
-            _pad: 0,
-            stats_idx: idx,
-            alloc_idx: a.handle,
-        };
-        m.insert(k, v, 0).expect("insert channel");
+        let (k, v) = channel_rule(a, channel, peer, expires_ns, idx);
+        let mut wide: HashMap<_, rc::ChannelKey, rc::ChannelRule> =
+            map_as(self.x, rc::maps::CHANNELS);
+        match k.v4() {
+            Some(k4) => {
+                let _ = wide.remove(&k);
+                let mut m: HashMap<_, rc::ChannelKeyV4, rc::ChannelRule> =
+                    map_as(self.x, rc::maps::CHANNELS_V4);
+                m.insert(k4, v, 0).expect("insert channel");
+            }
+            None => wide.insert(k, v, 0).expect("insert channel"),
+        }
+    }
+
+    /// A channel rule as an older daemon left it: under the wide key in TURN_CHANNELS
+    /// only, whatever the family.
+    fn channel_left_wide(&mut self, a: &Alloc, channel: u16, peer: SocketAddr, idx: u32) {
+        let (k, v) = channel_rule(a, channel, peer, monotonic_ns() + 60_000_000_000, idx);
+        if let Some(k4) = k.v4() {
+            let mut m: HashMap<_, rc::ChannelKeyV4, rc::ChannelRule> =
+                map_as(self.x, rc::maps::CHANNELS_V4);
+            let _ = m.remove(&k4);
+        }
+        let mut wide: HashMap<_, rc::ChannelKey, rc::ChannelRule> =
+            map_as(self.x, rc::maps::CHANNELS);
+        wide.insert(k, v, 0).expect("insert channel");
     }
 
     fn peer(&mut self, a: &Alloc, peer_port: u16, channel: u16, expires_ns: u64, idx: u32) {
@@ -859,6 +896,19 @@ fn scenario(
         (relayed, bytes),
         "{tag}: rule stats of the channel"
     );
+    // A rule an older daemon left under the wide key in TURN_CHANNELS still relays (the
+    // kernel falls back to it), until the daemon rewrites it under the compact key.
+    Rules { x }.channel_left_wide(&a, CHANNEL, a.peer, base);
+    let msg = channel_data(10, 2, 3);
+    let f = frame(MAC_CLIENT, tuple.client, tuple.server, &msg, 0);
+    let reference =
+        ref_to_peer(r, &a, &msg, 0, v4f(&f, false)).expect("userspace relays ChannelData");
+    assert_relayed(
+        &run(x, ifindex, &f),
+        &reference,
+        &format!("{tag}: ChannelData on a rule under the wide key"),
+    );
+    Rules { x }.install(&a, base);
 
     // One byte over the peer-side MTU (only reachable when the peer's header is larger).
     if max_out < max_in {

@@ -58,6 +58,13 @@ pub const fn is_mapped_v4(a: &[u8; 16]) -> bool {
 pub mod maps {
     /// `HashMap<ChannelKey, ChannelRule>`: ChannelData from a client → UDP to a peer.
     pub const CHANNELS: &str = "TURN_CHANNELS";
+    /// `HashMap<ChannelKeyV4, ChannelRule>`: the channel rules of IPv4 clients (client
+    /// and listen address IPv4), which the kernel looks up first for an IPv4 frame: a
+    /// 16-byte key hashes in less than half the time of a [`super::ChannelKey`], and its
+    /// element is 24 bytes smaller (one cache line fewer to miss with many rules). Other
+    /// rules stay in [`CHANNELS`], which the kernel also consults when this one has no
+    /// entry (rules an older daemon wrote there keep working after an upgrade).
+    pub const CHANNELS_V4: &str = "TURN_CHANNELS_V4";
     /// `HashMap<PeerKey, PeerRule>`: UDP from a peer to a relay port → the client, as
     /// ChannelData (exact peer port, `channel != 0`) or as a Data indication (the
     /// permission entry: `peer_port == [0, 0]`, `channel == [0, 0]`).
@@ -143,7 +150,60 @@ pub struct ChannelKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of `TURN_CHANNELS`: where the channel's data goes.
+impl ChannelKey {
+    /// The compact key of a rule for `TURN_CHANNELS_V4` (client and listen address
+    /// both IPv4-mapped); None for any other rule.
+    pub const fn v4(&self) -> Option<ChannelKeyV4> {
+        if !is_mapped_v4(&self.client_addr) || !is_mapped_v4(&self.server_addr) {
+            return None;
+        }
+        let (c, s) = (&self.client_addr, &self.server_addr);
+        Some(ChannelKeyV4 {
+            client_addr: [c[12], c[13], c[14], c[15]],
+            server_addr: [s[12], s[13], s[14], s[15]],
+            client_port: self.client_port,
+            server_port: self.server_port,
+            channel: self.channel,
+            _pad: [0; 2],
+        })
+    }
+}
+
+/// Key of `TURN_CHANNELS_V4`: a [`ChannelKey`] whose addresses are IPv4, with the
+/// addresses in 4 bytes (the layout the kernel builds from an IPv4 frame: source and
+/// destination address, then the UDP ports, then the channel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ChannelKeyV4 {
+    /// The client's (source) IPv4 address.
+    pub client_addr: [u8; 4],
+    /// The listen (destination) IPv4 address.
+    pub server_addr: [u8; 4],
+    /// The client's port.
+    pub client_port: WirePort,
+    /// The listen port.
+    pub server_port: WirePort,
+    /// The channel number.
+    pub channel: WirePort,
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+
+impl ChannelKeyV4 {
+    /// The same key in the 16-byte form of `TURN_CHANNELS`.
+    pub const fn widen(&self) -> ChannelKey {
+        ChannelKey {
+            client_addr: mapped_v4(self.client_addr),
+            server_addr: mapped_v4(self.server_addr),
+            client_port: self.client_port,
+            server_port: self.server_port,
+            channel: self.channel,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Value of `TURN_CHANNELS` and `TURN_CHANNELS_V4`: where the channel's data goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChannelRule {
@@ -529,6 +589,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ChannelRule {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::ChannelKeyV4 {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::PeerKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PeerRule {}
@@ -566,9 +628,32 @@ mod tests {
     use core::mem::size_of;
 
     #[test]
+    fn ipv4_channel_keys_narrow_and_widen_back() {
+        let k = ChannelKey {
+            client_addr: mapped_v4([192, 0, 2, 7]),
+            server_addr: mapped_v4([198, 51, 100, 1]),
+            client_port: wire(40000),
+            server_port: wire(3478),
+            channel: wire(0x4001),
+            _pad: [0; 2],
+        };
+        let n = k.v4().expect("both IPv4");
+        assert_eq!(n.client_addr, [192, 0, 2, 7]);
+        assert_eq!(n.server_addr, [198, 51, 100, 1]);
+        assert_eq!(n.widen(), k);
+        let mut v6 = k;
+        v6.client_addr[0] = 0x20;
+        assert_eq!(v6.v4(), None);
+        let mut v6 = k;
+        v6.server_addr[10] = 0;
+        assert_eq!(v6.v4(), None);
+    }
+
+    #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<ChannelKey>(), 40);
         assert_eq!(size_of::<ChannelRule>(), 56);
+        assert_eq!(size_of::<ChannelKeyV4>(), 16);
         assert_eq!(size_of::<PeerKey>(), 36);
         assert_eq!(size_of::<PeerRule>(), 56);
         assert_eq!(size_of::<AllocKey>(), 36);

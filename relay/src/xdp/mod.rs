@@ -108,8 +108,9 @@ pub struct XdpOptions {
 }
 
 /// The TURN rule maps whose size is configured (`xdp.turn_rules`).
-pub const TURN_RULE_MAPS: [&str; 3] = [
+pub const TURN_RULE_MAPS: [&str; 4] = [
     relay_common::turn::maps::CHANNELS,
+    relay_common::turn::maps::CHANNELS_V4,
     relay_common::turn::maps::PEERS,
     relay_common::turn::maps::ALLOCS,
 ];
@@ -253,8 +254,9 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> XdpError {
 /// Deliberately not pinned: the next-hop caches (`TURN_NEXT_HOPS`, `TURN_HOP_SLOTS`:
 /// rebuilt from the FIB), the scratch maps, and the AF_XDP steering maps
 /// ([`UNPINNED_XSK_MAPS`]).
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
     relay_common::turn::maps::CHANNELS,
+    relay_common::turn::maps::CHANNELS_V4,
     relay_common::turn::maps::PEERS,
     relay_common::turn::maps::ALLOCS,
     relay_common::turn::maps::RULE_STATS,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::{Ebpf, Pod};
 use relay_common::turn::{
-    AllocKey, AllocRule, Bandwidth, COARSE_CLOCK_SLACK_NS, ChannelKey, ChannelRule,
+    AllocKey, AllocRule, Bandwidth, COARSE_CLOCK_SLACK_NS, ChannelKey, ChannelKeyV4, ChannelRule,
     MAX_ALLOCATIONS, MAX_RULES, PeerKey, PeerRule, RuleStats, TurnSettings, maps,
 };
 
@@ -182,6 +182,8 @@ fn remove_rule<K: Pod, V: Pod>(
 /// The TURN maps of a loaded XDP object, shared by the workers.
 pub struct TurnMaps {
     channels: RuleMap<ChannelKey, ChannelRule>,
+    /// The IPv4 clients' channel rules (see `maps::CHANNELS_V4`).
+    channels_v4: RuleMap<ChannelKeyV4, ChannelRule>,
     peers: RuleMap<PeerKey, PeerRule>,
     allocs: RuleMap<AllocKey, AllocRule>,
     stats: Mutex<PerCpuArray<MapData, RuleStats>>,
@@ -208,6 +210,7 @@ impl TurnMaps {
         // Check all names first so that a missing map takes nothing.
         for name in [
             maps::CHANNELS,
+            maps::CHANNELS_V4,
             maps::PEERS,
             maps::ALLOCS,
             maps::RULE_STATS,
@@ -228,6 +231,7 @@ impl TurnMaps {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| RulesError::Cpus(what, e))?;
         Ok(TurnMaps {
             channels: Mutex::new(take(ebpf, maps::CHANNELS)?),
+            channels_v4: Mutex::new(take(ebpf, maps::CHANNELS_V4)?),
             peers: Mutex::new(take(ebpf, maps::PEERS)?),
             allocs: Mutex::new(take(ebpf, maps::ALLOCS)?),
             stats: Mutex::new(take(ebpf, maps::RULE_STATS)?),
@@ -240,19 +244,36 @@ impl TurnMaps {
         })
     }
 
-    /// Inserts or replaces a channel rule.
+    /// Inserts or replaces a channel rule: an IPv4 client's in `TURN_CHANNELS_V4` (and
+    /// any copy an older daemon left under the wide key in `TURN_CHANNELS` goes, so that
+    /// the kernel never finds a stale one there), any other in `TURN_CHANNELS`.
     pub fn insert_channel(&self, k: &ChannelKey, v: &ChannelRule) -> Result<(), RulesError> {
-        insert_rule(&self.channels, maps::CHANNELS, k, v)
+        match k.v4() {
+            Some(k4) => {
+                insert_rule(&self.channels_v4, maps::CHANNELS_V4, &k4, v)?;
+                remove_rule(&self.channels, maps::CHANNELS, k).map(|_| ())
+            }
+            None => insert_rule(&self.channels, maps::CHANNELS, k, v),
+        }
     }
 
-    /// The channel rule under `k`, if any.
+    /// The channel rule under `k`, if any (where the kernel would find it).
     pub fn channel(&self, k: &ChannelKey) -> Result<Option<ChannelRule>, RulesError> {
+        if let Some(k4) = k.v4()
+            && let Some(v) = get_rule(&self.channels_v4, maps::CHANNELS_V4, &k4)?
+        {
+            return Ok(Some(v));
+        }
         get_rule(&self.channels, maps::CHANNELS, k)
     }
 
-    /// Removes a channel rule; Ok(false) if there was none.
+    /// Removes a channel rule (from both maps); Ok(false) if there was none.
     pub fn remove_channel(&self, k: &ChannelKey) -> Result<bool, RulesError> {
-        remove_rule(&self.channels, maps::CHANNELS, k)
+        let narrow = match k.v4() {
+            Some(k4) => remove_rule(&self.channels_v4, maps::CHANNELS_V4, &k4)?,
+            None => false,
+        };
+        Ok(remove_rule(&self.channels, maps::CHANNELS, k)? || narrow)
     }
 
     /// Inserts or replaces a peer rule.
@@ -518,45 +539,25 @@ impl TurnMaps {
         let now = monotonic_anchor()?.ns(Instant::now());
         let mut out = Adopted::default();
         let mut idx = Vec::new();
-        {
-            let mut m = lock(&self.channels);
-            let rules: Vec<_> = m.iter().filter_map(Result::ok).collect();
-            for (k, v) in rules {
-                if v.expires_ns <= now {
-                    let _ = m.remove(&k);
-                    out.removed += 1;
-                } else {
-                    idx.push((v.stats_idx, v.alloc_idx));
-                    out.kept += 1;
+        macro_rules! sweep {
+            ($map:expr) => {{
+                let mut m = lock(&$map);
+                let rules: Vec<_> = m.iter().filter_map(Result::ok).collect();
+                for (k, v) in rules {
+                    if v.expires_ns <= now {
+                        let _ = m.remove(&k);
+                        out.removed += 1;
+                    } else {
+                        idx.push((v.stats_idx, v.alloc_idx));
+                        out.kept += 1;
+                    }
                 }
-            }
+            }};
         }
-        {
-            let mut m = lock(&self.peers);
-            let rules: Vec<_> = m.iter().filter_map(Result::ok).collect();
-            for (k, v) in rules {
-                if v.expires_ns <= now {
-                    let _ = m.remove(&k);
-                    out.removed += 1;
-                } else {
-                    idx.push((v.stats_idx, v.alloc_idx));
-                    out.kept += 1;
-                }
-            }
-        }
-        {
-            let mut m = lock(&self.allocs);
-            let rules: Vec<_> = m.iter().filter_map(Result::ok).collect();
-            for (k, v) in rules {
-                if v.expires_ns <= now {
-                    let _ = m.remove(&k);
-                    out.removed += 1;
-                } else {
-                    idx.push((v.stats_idx, v.alloc_idx));
-                    out.kept += 1;
-                }
-            }
-        }
+        sweep!(self.channels);
+        sweep!(self.channels_v4);
+        sweep!(self.peers);
+        sweep!(self.allocs);
         let mut stats = lock(&self.stats_pool);
         let mut allocs = lock(&self.alloc_pool);
         // Out-of-range indices (none set) are ignored by `reserve`.
@@ -598,6 +599,7 @@ impl TurnMaps {
             }};
         }
         sweep!(self.channels);
+        sweep!(self.channels_v4);
         sweep!(self.peers);
         sweep!(self.allocs);
         let mut sp = lock(&self.stats_pool);
@@ -735,7 +737,8 @@ mod privileged {
         let e = m
             .insert_channel(&key(small), &rule)
             .expect_err("one past the table's size");
-        assert!(matches!(e, RulesError::Full(maps::CHANNELS)), "{e}");
+        // IPv4 clients' rules live in the compact map.
+        assert!(matches!(e, RulesError::Full(maps::CHANNELS_V4)), "{e}");
         assert!(e.to_string().contains("xdp.turn_rules"), "{e}");
         // Replacing an existing rule still works in a full table.
         m.insert_channel(&key(0), &rule)
@@ -786,6 +789,40 @@ mod privileged {
         assert!(m.remove_channel(&ck).expect("remove"));
         assert!(!m.remove_channel(&ck).expect("remove absent"));
         assert_eq!(m.channel(&ck).expect("get"), None);
+
+        // Where the kernel looks: an IPv4 client's rule under the compact key only (a
+        // wide copy an older daemon left goes on insert), an IPv6 client's wide.
+        let k4 = ck.v4().expect("an IPv4 key");
+        insert_rule(&m.channels, maps::CHANNELS, &ck, &cr).expect("an older daemon's rule");
+        assert_eq!(m.channel(&ck).expect("get the old rule"), Some(cr));
+        m.insert_channel(&ck, &updated).expect("insert");
+        assert_eq!(
+            get_rule(&m.channels_v4, maps::CHANNELS_V4, &k4).expect("get"),
+            Some(updated)
+        );
+        assert_eq!(
+            get_rule(&m.channels, maps::CHANNELS, &ck).expect("get"),
+            None
+        );
+        insert_rule(&m.channels, maps::CHANNELS, &ck, &cr).expect("an older daemon's rule");
+        assert!(m.remove_channel(&ck).expect("remove both"));
+        assert_eq!(
+            get_rule(&m.channels, maps::CHANNELS, &ck).expect("get"),
+            None
+        );
+        assert_eq!(m.channel(&ck).expect("get"), None);
+        let ck6 = ChannelKey {
+            client_addr: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
+            ..ck
+        };
+        m.insert_channel(&ck6, &cr)
+            .expect("insert an IPv6 client's rule");
+        assert_eq!(
+            get_rule(&m.channels, maps::CHANNELS, &ck6).expect("get"),
+            Some(cr)
+        );
+        assert_eq!(m.channel(&ck6).expect("get"), Some(cr));
+        assert!(m.remove_channel(&ck6).expect("remove"));
 
         let pk = PeerKey {
             peer_addr: mapped_v4([203, 0, 113, 5]),

@@ -1,8 +1,9 @@
 //! TURN relaying in the kernel (issue 4), driven only by the rule maps of the contract
 //! (`relay_common::turn`) that the daemon's control plane writes.
 //!
-//! - ChannelData from a client with a live `TURN_CHANNELS` rule → a UDP datagram from the
-//!   relayed address to the peer (header and padding stripped).
+//! - ChannelData from a client with a live `TURN_CHANNELS_V4` (IPv4 client) or
+//!   `TURN_CHANNELS` rule → a UDP datagram from the relayed address to the peer (header
+//!   and padding stripped).
 //! - UDP from a peer to a relayed port with a live `TURN_PEERS` rule → ChannelData to the
 //!   client (exact peer port, `channel != 0`), or a Data indication built here (the
 //!   permission entry, `peer_port == 0`) when `SETTING_DATA_INDICATIONS` is on.
@@ -37,7 +38,7 @@ use relay_common::{
         TURN_PEER_TO_DATA_INDICATION, TURN_UNHANDLED_PASSED,
     },
     turn::{
-        AllocKey, AllocRule, Bandwidth, ChannelKey, ChannelRule, HOP_SLOTS, HopSlot,
+        AllocKey, AllocRule, Bandwidth, ChannelKey, ChannelKeyV4, ChannelRule, HOP_SLOTS, HopSlot,
         MAX_ALLOCATIONS, MAX_MAP_ENTRIES, MAX_NEXT_HOPS, MAX_RULES, NextHop, NextHopKey, PeerKey,
         PeerRule, RuleStats, SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS,
         TurnClock, TurnSettings,
@@ -53,6 +54,10 @@ use words::{Addr, host, is_mapped, rd_addr, rd16, rd32};
 // with `EbpfLoader::map_pin_path(NAME, dir/NAME)` (reuses an existing pin: adoption).
 #[map(name = "TURN_CHANNELS")]
 static TURN_CHANNELS: HashMap<ChannelKey, ChannelRule> =
+    HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
+/// The IPv4 clients' channel rules under a 16-byte key (see relay_common::turn::maps).
+#[map(name = "TURN_CHANNELS_V4")]
+static TURN_CHANNELS_V4: HashMap<ChannelKeyV4, ChannelRule> =
     HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
 #[map(name = "TURN_PEERS")]
 static TURN_PEERS: HashMap<PeerKey, PeerRule> = HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
@@ -293,23 +298,39 @@ fn from_client(
     // SAFETY: the 4 bytes are inside the packet (checked above).
     let h = unsafe { rd32(at) };
     let len = host((h >> 16) as u16) as usize;
-    *key = [
-        p.src[0],
-        p.src[1],
-        p.src[2],
-        p.src[3],
-        p.dst[0],
-        p.dst[1],
-        p.dst[2],
-        p.dst[3],
-        p.ports,
-        h & 0xffff,
-    ];
-    // SAFETY: `key` has the size and layout of a ChannelKey (client address, server
-    // address, client port, server port, channel, zero padding); the value is read at
-    // once through the map's pointer.
-    let rule = unsafe { TURN_CHANNELS.get_ptr(&*(key.as_ptr() as *const ChannelKey)) }
-        .ok_or(Some(TURN_NO_RULE_PASSED))?;
+    let mut found = None;
+    if !p.v6 {
+        key[0] = p.src[3];
+        key[1] = p.dst[3];
+        key[2] = p.ports;
+        key[3] = h & 0xffff;
+        // SAFETY: the first 16 bytes of `key` have the layout of a ChannelKeyV4 (client
+        // address, server address, client port, server port, channel, zero padding).
+        found = unsafe { TURN_CHANNELS_V4.get_ptr(&*(key.as_ptr() as *const ChannelKeyV4)) };
+    }
+    let rule = match found {
+        Some(r) => r,
+        None => {
+            // IPv6 clients, and IPv4 rules an older daemon left in TURN_CHANNELS.
+            *key = [
+                p.src[0],
+                p.src[1],
+                p.src[2],
+                p.src[3],
+                p.dst[0],
+                p.dst[1],
+                p.dst[2],
+                p.dst[3],
+                p.ports,
+                h & 0xffff,
+            ];
+            // SAFETY: `key` has the size and layout of a ChannelKey (client address,
+            // server address, client port, server port, channel, zero padding); the value
+            // is read at once through the map's pointer.
+            unsafe { TURN_CHANNELS.get_ptr(&*(key.as_ptr() as *const ChannelKey)) }
+                .ok_or(Some(TURN_NO_RULE_PASSED))?
+        }
+    };
     let r = rule as usize;
     // SAFETY: `r` points at a live ChannelRule value (56 bytes, 8-aligned).
     let (expires, relay_addr, peer_addr, ports, stats_idx, alloc_idx) = unsafe {
