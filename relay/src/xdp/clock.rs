@@ -18,7 +18,7 @@ use std::io;
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::time::{Duration, Instant};
 
-use aya::{Ebpf, maps::Array, programs::Xdp};
+use aya::{Ebpf, maps::Array};
 use relay_common::{
     names,
     turn::{ClockSample, TurnClock, maps},
@@ -137,25 +137,7 @@ pub struct ClockProbe {
 impl ClockProbe {
     /// Loads `relay_clock_probe` of `ebpf` (if not loaded yet) and takes a handle on it.
     pub fn load(ebpf: &mut Ebpf) -> Result<ClockProbe, XdpError> {
-        let name = names::CLOCK_PROBE_PROGRAM;
-        let prog: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or(XdpError::Missing(name))?
-            .try_into()
-            .map_err(|source| XdpError::Program { name, source })?;
-        if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| XdpError::Program { name, source })?;
-        }
-        let prog = prog
-            .fd()
-            .map_err(|source| XdpError::Program { name, source })?
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| XdpError::Program {
-                name,
-                source: aya::programs::ProgramError::IOError(e),
-            })?;
+        let prog = super::probe_program_fd(ebpf, names::CLOCK_PROBE_PROGRAM)?;
         Ok(ClockProbe { prog })
     }
 
@@ -314,21 +296,7 @@ mod tests {
         check(&c, s(130, read(&c, 130) - t / 2)).expect("half a tick ahead is fine");
     }
 
-    fn can_run(test: &str) -> bool {
-        let required = std::env::var("RELAY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        let why = if !root {
-            "needs root"
-        } else if super::super::EBPF_OBJECT.is_empty() {
-            "needs the eBPF object (built with RELAY_SKIP_EBPF=1)"
-        } else {
-            return true;
-        };
-        assert!(!required, "{test}: {why} and RELAY_REQUIRE_PRIVILEGED=1");
-        eprintln!("{test}: skipped: {why}");
-        false
-    }
+    use crate::xdp::can_run_privileged as can_run;
 
     /// The real kernel: the probe's clocks, the calibration, and the clock it installs
     /// staying within a tick of CLOCK_MONOTONIC over 100 ms of samples.

@@ -479,6 +479,52 @@ fn check_pinned_shapes(dir: &Path, object: &[u8], turn_rules: u32) -> Result<(),
     Ok(())
 }
 
+/// Loads the never-attached program `name` of `ebpf` (unless loaded already) and returns
+/// a handle of its own on it, for `BPF_PROG_TEST_RUN` (the probes: [`nexthop`],
+/// [`clock`]).
+pub(crate) fn probe_program_fd(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<std::os::fd::OwnedFd, XdpError> {
+    use std::os::fd::AsFd as _;
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(XdpError::Missing(name))?
+        .try_into()
+        .map_err(|source| XdpError::Program { name, source })?;
+    if prog.fd().is_err() {
+        prog.load()
+            .map_err(|source| XdpError::Program { name, source })?;
+    }
+    prog.fd()
+        .map_err(|source| XdpError::Program { name, source })?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| XdpError::Program {
+            name,
+            source: ProgramError::IOError(e),
+        })
+}
+
+/// For the privileged unit tests: root and an object built with the eBPF toolchain, or
+/// skip (with RELAY_REQUIRE_PRIVILEGED=1 a skip is a failure).
+#[cfg(test)]
+pub(crate) fn can_run_privileged(test: &str) -> bool {
+    let required = std::env::var("RELAY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let why = if !root {
+        "needs root"
+    } else if EBPF_OBJECT.is_empty() {
+        "needs the eBPF object (built with RELAY_SKIP_EBPF=1)"
+    } else {
+        return true;
+    };
+    assert!(!required, "{test}: {why} and RELAY_REQUIRE_PRIVILEGED=1");
+    eprintln!("{test}: skipped: {why}");
+    false
+}
+
 /// Loads (without attaching) the program `name` of `ebpf`.
 pub(crate) fn load_program<'a>(
     ebpf: &'a mut Ebpf,

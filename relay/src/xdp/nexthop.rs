@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::sync::Arc;
 
-use aya::{Ebpf, programs::Xdp};
+use aya::Ebpf;
 use relay_common::{
     names,
     turn::{
@@ -143,27 +143,8 @@ impl NextHopProbe {
     /// program shares the object's maps: with no override it reads
     /// `TurnSettings::fib_ifindex` from the object's `TURN_SETTINGS`, as the fast path.
     pub fn load(ebpf: &mut Ebpf) -> Result<NextHopProbe, XdpError> {
-        let name = names::FIB_PROBE_PROGRAM;
-        let prog: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or(XdpError::Missing(name))?
-            .try_into()
-            .map_err(|source| XdpError::Program { name, source })?;
-        if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| XdpError::Program { name, source })?;
-        }
-        let fd = prog
-            .fd()
-            .map_err(|source| XdpError::Program { name, source })?
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| XdpError::Program {
-                name,
-                source: aya::programs::ProgramError::IOError(e),
-            })?;
         Ok(NextHopProbe {
-            prog: Arc::new(fd),
+            prog: Arc::new(super::probe_program_fd(ebpf, names::FIB_PROBE_PROGRAM)?),
             lookup_ifindex: 0,
         })
     }

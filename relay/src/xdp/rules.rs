@@ -694,23 +694,7 @@ mod privileged {
         SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS, mapped_v4, wire,
     };
 
-    /// Root (and an object built with the eBPF toolchain) or skip; with
-    /// RELAY_REQUIRE_PRIVILEGED=1 a skip is a failure.
-    fn can_run(test: &str) -> bool {
-        let required = std::env::var("RELAY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        let why = if !root {
-            "needs root"
-        } else if super::super::EBPF_OBJECT.is_empty() {
-            "needs the eBPF object (built with RELAY_SKIP_EBPF=1)"
-        } else {
-            return true;
-        };
-        assert!(!required, "{test}: {why} and RELAY_REQUIRE_PRIVILEGED=1");
-        eprintln!("{test}: skipped: {why}");
-        false
-    }
+    use crate::xdp::can_run_privileged as can_run;
 
     #[test]
     fn a_full_rule_table_is_reported_as_full() {
