@@ -536,9 +536,53 @@ fn pinned_maps_of_another_shape_are_refused_not_adopted() {
 
     // Positive control: a fresh directory gets this build's maps pinned, and a second
     // start adopts them.
-    drop(FastPath::start(&opts).expect("fresh pin directory"));
+    // A channel rule in the pinned channel table is found again by the next daemon: the
+    // table's seed is adopted with it (a new seed would strand every slot), and the
+    // slot stays where the kernel probes.
+    let key = relay_common::turn::ChannelKey {
+        client_addr: relay_common::turn::mapped_v4([198, 51, 100, 7]),
+        server_addr: relay_common::turn::mapped_v4([192, 0, 2, 1]),
+        client_port: relay_common::turn::wire(40000),
+        server_port: relay_common::turn::wire(3478),
+        channel: relay_common::turn::wire(0x4001),
+        _pad: [0; 2],
+    };
+    let rule = relay_common::turn::ChannelRule {
+        expires_ns: u64::MAX,
+        relay_addr: relay_common::turn::mapped_v4([192, 0, 2, 10]),
+        peer_addr: relay_common::turn::mapped_v4([203, 0, 113, 5]),
+        relay_port: relay_common::turn::wire(50000),
+        peer_port: relay_common::turn::wire(7000),
+        flags: 0,
+        _pad: 0,
+        stats_idx: 5,
+        alloc_idx: 5,
+    };
+    let seed = |dir: &std::path::Path| {
+        let m =
+            aya::maps::MapData::from_pin(dir.join(relay_common::turn::maps::CHANNEL_TABLE_INFO))
+                .expect("pinned table info");
+        let a: aya::maps::Array<_, relay_common::turn::ChannelTableInfo> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(m)).expect("an array");
+        a.get(&0, 0).expect("info")
+    };
+    let mut first = FastPath::start(&opts).expect("fresh pin directory");
+    let maps = first.turn_maps().expect("TURN maps");
+    assert!(maps.has_channel_table(), "the table is on (x86_64)");
+    maps.insert_channel(&key, &rule).expect("insert");
+    let info = seed(&dir);
+    assert_ne!(info.mask, 0, "the table is on");
+    drop(maps);
+    drop(first);
     assert!(dir.join("TURN_CHANNELS").exists(), "maps were pinned");
-    drop(FastPath::start(&opts).expect("this build's own pins are adopted"));
+    let mut second = FastPath::start(&opts).expect("this build's own pins are adopted");
+    let maps = second.turn_maps().expect("TURN maps");
+    assert_eq!(seed(&dir), info, "the seed and mask are adopted");
+    let a = maps.adopt_existing().expect("sweep the adopted maps");
+    assert_eq!((a.kept, a.removed), (1, 0));
+    assert_eq!(maps.channel(&key).expect("get"), Some(rule));
+    drop(maps);
+    drop(second);
 
     // The same pins under another xdp.turn_rules: refused (both sizes named), not adopted
     // at the old size.

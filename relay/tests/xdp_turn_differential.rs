@@ -38,6 +38,8 @@ use relay::{
     },
     wire,
     xdp::{
+        channel_table::{MappedSlots, SlotTable},
+        rules::open_channel_table,
         testrun::{XdpAction, XdpOutcome, XdpTestRun},
         turn_frames::{Hop, Ipv4Fields, build_relayed_frame},
     },
@@ -616,10 +618,19 @@ impl Rules<'_> {
         .expect("set settings");
     }
 
-    /// A channel rule where the daemon writes it: an IPv4 client's under the compact key
-    /// in TURN_CHANNELS_V4 (no wide copy), any other in TURN_CHANNELS.
+    /// The channel table as the daemon maps it (the seed set on first use).
+    fn table(&mut self) -> SlotTable<MappedSlots> {
+        open_channel_table(self.x.ebpf_mut())
+            .expect("open the channel table")
+            .expect("the table is on (x86_64)")
+    }
+
+    /// A channel rule where the daemon writes it: an IPv4 client's in TURN_CHANNEL_TABLE
+    /// when it has a compact form (IPv4 relayed and peer address), else under the compact
+    /// key in TURN_CHANNELS_V4 (no wide copy); any other in TURN_CHANNELS.
     fn channel(&mut self, a: &Alloc, channel: u16, peer: SocketAddr, expires_ns: u64, idx: u32) {
         let (k, v) = channel_rule(a, channel, peer, expires_ns, idx);
+        let in_table = k.v4().is_some_and(|k4| self.table().put(&k4, &v));
         let mut wide: HashMap<_, rc::ChannelKey, rc::ChannelRule> =
             map_as(self.x, rc::maps::CHANNELS);
         match k.v4() {
@@ -627,10 +638,26 @@ impl Rules<'_> {
                 let _ = wide.remove(&k);
                 let mut m: HashMap<_, rc::ChannelKeyV4, rc::ChannelRule> =
                     map_as(self.x, rc::maps::CHANNELS_V4);
-                m.insert(k4, v, 0).expect("insert channel");
+                if in_table {
+                    let _ = m.remove(&k4);
+                } else {
+                    m.insert(k4, v, 0).expect("insert channel");
+                }
             }
             None => wide.insert(k, v, 0).expect("insert channel"),
         }
+    }
+
+    /// An IPv4 client's channel rule in TURN_CHANNELS_V4 only (where the daemon puts one
+    /// that found no free table slot); returns whether the table had it.
+    fn channel_in_v4_map(&mut self, a: &Alloc, channel: u16, peer: SocketAddr, idx: u32) -> bool {
+        let (k, v) = channel_rule(a, channel, peer, monotonic_ns() + 60_000_000_000, idx);
+        let k4 = k.v4().expect("an IPv4 client");
+        let had = self.table().remove(&k4);
+        let mut m: HashMap<_, rc::ChannelKeyV4, rc::ChannelRule> =
+            map_as(self.x, rc::maps::CHANNELS_V4);
+        m.insert(k4, v, 0).expect("insert channel");
+        had
     }
 
     /// A channel rule as an older daemon left it: under the wide key in TURN_CHANNELS
@@ -638,6 +665,7 @@ impl Rules<'_> {
     fn channel_left_wide(&mut self, a: &Alloc, channel: u16, peer: SocketAddr, idx: u32) {
         let (k, v) = channel_rule(a, channel, peer, monotonic_ns() + 60_000_000_000, idx);
         if let Some(k4) = k.v4() {
+            self.table().remove(&k4);
             let mut m: HashMap<_, rc::ChannelKeyV4, rc::ChannelRule> =
                 map_as(self.x, rc::maps::CHANNELS_V4);
             let _ = m.remove(&k4);
@@ -909,6 +937,45 @@ fn scenario(
         &format!("{tag}: ChannelData on a rule under the wide key"),
     );
     Rules { x }.install(&a, base);
+    if !client_v6 {
+        // A rule that found no free table slot relays from TURN_CHANNELS_V4.
+        let was_in_table = Rules { x }.channel_in_v4_map(&a, CHANNEL, a.peer, base);
+        assert_eq!(
+            was_in_table, !peer_v6,
+            "{tag}: where the daemon put the rule"
+        );
+        assert_relayed(
+            &run(x, ifindex, &f),
+            &reference,
+            &format!("{tag}: ChannelData on a rule in {}", rc::maps::CHANNELS_V4),
+        );
+        Rules { x }.install(&a, base);
+    }
+    if !client_v6 && !peer_v6 {
+        // A table slot caught mid-write (seqlock word odd, or changed while the program
+        // read it; both look the same to one run) is not used: the frame passes up
+        // unchanged and userspace relays it.
+        let mut t = Rules { x }.table();
+        let k4 = channel_rule(&a, CHANNEL, a.peer, 0, base)
+            .0
+            .v4()
+            .expect("IPv4");
+        assert!(
+            t.set_seq_for_test(&k4, 1),
+            "{tag}: the rule is in the table"
+        );
+        assert_passed(
+            &run(x, ifindex, &f),
+            &f,
+            &format!("{tag}: ChannelData on a slot being written"),
+        );
+        assert!(t.set_seq_for_test(&k4, 2));
+        assert_relayed(
+            &run(x, ifindex, &f),
+            &reference,
+            &format!("{tag}: ChannelData on the slot once written"),
+        );
+    }
 
     // One byte over the peer-side MTU (only reachable when the peer's header is larger).
     if max_out < max_in {
@@ -1684,4 +1751,113 @@ fn time_cases(x: &XdpTestRun, ifindex: u32, cases: &[(String, Vec<u8>, XdpAction
             );
         }
     }
+}
+
+/// The channel table's seqlock against the real program: while another thread rewrites
+/// a slot back and forth between two rules as fast as it can, every frame the program
+/// relays is exactly one rule's output (never addresses of one and ports of the other),
+/// or passes up unchanged (a slot caught mid-write). Bounded: 40 000 runs or 20 s.
+#[test]
+fn channel_table_slots_are_never_read_half_written() {
+    if !privileged() {
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let ns = Netns::create("s");
+    let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
+    let _in = ns.enter();
+    // SAFETY: a NUL-terminated name; looked up in this thread's (new) namespace.
+    let ifindex = unsafe { libc::if_nametoindex(c"v0".as_ptr()) };
+    assert_ne!(ifindex, 0, "v0 exists in the namespace");
+    Rules { x: &mut x }.settings(rc::SETTING_ENABLED);
+    let client = SocketAddr::new(v4(100), CLIENT_PORT + 100);
+    let listen = SocketAddr::new(v4(1), LISTEN_PORT);
+    let k = rc::ChannelKey {
+        client_addr: key_addr(client.ip()),
+        server_addr: key_addr(listen.ip()),
+        client_port: rc::wire(client.port()),
+        server_port: rc::wire(listen.port()),
+        channel: rc::wire(CHANNEL),
+        _pad: [0; 2],
+    }
+    .v4()
+    .expect("IPv4");
+    // Two rules differing in every word the program reads.
+    let far = monotonic_ns() + 600_000_000_000;
+    let rule = |relay: u8, peer: u8, port: u16, idx: u32| rc::ChannelRule {
+        expires_ns: far + u64::from(idx),
+        relay_addr: rc::mapped_v4([10, 77, 0, relay]),
+        peer_addr: rc::mapped_v4([10, 77, 0, peer]),
+        relay_port: rc::wire(50_000 + port),
+        peer_port: rc::wire(7_000 + port),
+        flags: 0,
+        _pad: 0,
+        stats_idx: idx,
+        alloc_idx: rc::NO_BUDGET,
+    };
+    let (a, b) = (rule(2, 200, 0, 1), rule(1, 100, 2, 2));
+    let f = frame(MAC_CLIENT, client, listen, &channel_data(40, 0, 7), 0);
+    let mut table = Rules { x: &mut x }.table();
+    let mut expect = Vec::new();
+    for r in [&a, &b] {
+        assert!(table.put(&k, r), "a free slot");
+        let out = run(&x, ifindex, &f);
+        assert_eq!(out.action, XdpAction::Tx, "the rule relays");
+        expect.push(out.frame);
+    }
+    assert_ne!(expect[0], expect[1]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, writes) = (stop.clone(), writes.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + std::time::Duration::from_secs(25);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                for r in [&a, &b] {
+                    assert!(table.put(&k, r));
+                }
+                writes.fetch_add(2, Ordering::Relaxed);
+            }
+        })
+    };
+    let (mut seen, mut passed) = ([0u32; 2], 0u32);
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    for i in 0..40_000 {
+        if i % 1000 == 0 && Instant::now() > deadline {
+            break;
+        }
+        let out = run(&x, ifindex, &f);
+        match out.action {
+            XdpAction::Pass => {
+                assert_eq!(out.frame, f, "a passed frame is unchanged");
+                passed += 1;
+            }
+            XdpAction::Tx => match expect.iter().position(|e| *e == out.frame) {
+                Some(which) => seen[which] += 1,
+                None => {
+                    stop.store(true, Ordering::Relaxed);
+                    panic!(
+                        "run {i}: a frame of neither rule (a torn slot):\n{:02x?}\nA {:02x?}\nB {:02x?}",
+                        &out.frame[..60],
+                        &expect[0][..60],
+                        &expect[1][..60]
+                    );
+                }
+            },
+            other => panic!("run {i}: {other:?}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    eprintln!(
+        "rule A {} times, rule B {}, passed up {passed}, {} slot writes",
+        seen[0],
+        seen[1],
+        writes.load(Ordering::Relaxed)
+    );
+    assert!(
+        seen[0] > 0 && seen[1] > 0,
+        "both rules seen: the writer raced the reader"
+    );
 }

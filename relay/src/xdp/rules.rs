@@ -20,9 +20,10 @@ use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::{Ebpf, Pod};
 use relay_common::turn::{
     AllocKey, AllocRule, Bandwidth, COARSE_CLOCK_SLACK_NS, ChannelKey, ChannelKeyV4, ChannelRule,
-    MAX_ALLOCATIONS, MAX_RULES, PeerKey, PeerRule, RuleStats, TurnSettings, maps,
+    ChannelTableInfo, MAX_ALLOCATIONS, MAX_RULES, PeerKey, PeerRule, RuleStats, TurnSettings, maps,
 };
 
+use super::channel_table::{MappedSlots, SlotTable};
 use crate::turn::{FastRules, MonoClock};
 
 /// Errors of the TURN map handle.
@@ -184,6 +185,8 @@ pub struct TurnMaps {
     channels: RuleMap<ChannelKey, ChannelRule>,
     /// The IPv4 clients' channel rules (see `maps::CHANNELS_V4`).
     channels_v4: RuleMap<ChannelKeyV4, ChannelRule>,
+    /// `TURN_CHANNEL_TABLE`, in front of `channels_v4` (None: off, see [`open_channel_table`]).
+    table: Option<Mutex<SlotTable<MappedSlots>>>,
     peers: RuleMap<PeerKey, PeerRule>,
     allocs: RuleMap<AllocKey, AllocRule>,
     stats: Mutex<PerCpuArray<MapData, RuleStats>>,
@@ -211,6 +214,8 @@ impl TurnMaps {
         for name in [
             maps::CHANNELS,
             maps::CHANNELS_V4,
+            maps::CHANNEL_TABLE,
+            maps::CHANNEL_TABLE_INFO,
             maps::PEERS,
             maps::ALLOCS,
             maps::RULE_STATS,
@@ -229,9 +234,11 @@ impl TurnMaps {
             T::try_from(map).map_err(map_err(name))
         }
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| RulesError::Cpus(what, e))?;
+        let table = open_channel_table(ebpf)?.map(Mutex::new);
         Ok(TurnMaps {
             channels: Mutex::new(take(ebpf, maps::CHANNELS)?),
             channels_v4: Mutex::new(take(ebpf, maps::CHANNELS_V4)?),
+            table,
             peers: Mutex::new(take(ebpf, maps::PEERS)?),
             allocs: Mutex::new(take(ebpf, maps::ALLOCS)?),
             stats: Mutex::new(take(ebpf, maps::RULE_STATS)?),
@@ -244,36 +251,58 @@ impl TurnMaps {
         })
     }
 
-    /// Inserts or replaces a channel rule: an IPv4 client's in `TURN_CHANNELS_V4` (and
-    /// any copy an older daemon left under the wide key in `TURN_CHANNELS` goes, so that
-    /// the kernel never finds a stale one there), any other in `TURN_CHANNELS`.
+    /// Inserts or replaces a channel rule where the kernel looks first: an IPv4 client's
+    /// in `TURN_CHANNEL_TABLE` when it has a compact form and a free slot, else in
+    /// `TURN_CHANNELS_V4`; any other in `TURN_CHANNELS`. Copies elsewhere go after the new
+    /// one is in place (the kernel finds the old or the new rule meanwhile, never none),
+    /// including one an older daemon left under the wide key.
     pub fn insert_channel(&self, k: &ChannelKey, v: &ChannelRule) -> Result<(), RulesError> {
-        match k.v4() {
-            Some(k4) => {
-                insert_rule(&self.channels_v4, maps::CHANNELS_V4, &k4, v)?;
-                remove_rule(&self.channels, maps::CHANNELS, k).map(|_| ())
-            }
-            None => insert_rule(&self.channels, maps::CHANNELS, k, v),
+        let Some(k4) = k.v4() else {
+            return insert_rule(&self.channels, maps::CHANNELS, k, v);
+        };
+        let in_table = match &self.table {
+            Some(t) => lock(t).put(&k4, v),
+            None => false,
+        };
+        if in_table {
+            remove_rule(&self.channels_v4, maps::CHANNELS_V4, &k4)?;
+        } else {
+            insert_rule(&self.channels_v4, maps::CHANNELS_V4, &k4, v)?;
         }
+        remove_rule(&self.channels, maps::CHANNELS, k).map(|_| ())
     }
 
     /// The channel rule under `k`, if any (where the kernel would find it).
     pub fn channel(&self, k: &ChannelKey) -> Result<Option<ChannelRule>, RulesError> {
-        if let Some(k4) = k.v4()
-            && let Some(v) = get_rule(&self.channels_v4, maps::CHANNELS_V4, &k4)?
-        {
-            return Ok(Some(v));
+        if let Some(k4) = k.v4() {
+            if let Some(t) = &self.table
+                && let Some(v) = lock(t).get(&k4)
+            {
+                return Ok(Some(v));
+            }
+            if let Some(v) = get_rule(&self.channels_v4, maps::CHANNELS_V4, &k4)? {
+                return Ok(Some(v));
+            }
         }
         get_rule(&self.channels, maps::CHANNELS, k)
     }
 
-    /// Removes a channel rule (from both maps); Ok(false) if there was none.
+    /// Removes a channel rule (from the table and both maps); Ok(false) if there was
+    /// none.
     pub fn remove_channel(&self, k: &ChannelKey) -> Result<bool, RulesError> {
         let narrow = match k.v4() {
-            Some(k4) => remove_rule(&self.channels_v4, maps::CHANNELS_V4, &k4)?,
+            Some(k4) => {
+                let slot = self.table.as_ref().is_some_and(|t| lock(t).remove(&k4));
+                remove_rule(&self.channels_v4, maps::CHANNELS_V4, &k4)? || slot
+            }
             None => false,
         };
         Ok(remove_rule(&self.channels, maps::CHANNELS, k)? || narrow)
+    }
+
+    /// Whether `TURN_CHANNEL_TABLE` is in use.
+    pub fn has_channel_table(&self) -> bool {
+        self.table.is_some()
     }
 
     /// Inserts or replaces a peer rule.
@@ -363,6 +392,66 @@ impl TurnMaps {
             lock(&self.alloc_pool).in_use(),
         )
     }
+}
+
+/// Maps `TURN_CHANNEL_TABLE` of `ebpf` and tells the kernel its seed and mask: the seed
+/// of a table already in use (adopted from a previous daemon: its slots stay where they
+/// are), else a fresh random one. None (the table off, `TURN_CHANNEL_TABLE_INFO` left
+/// as it is) off x86_64, whose load order the kernel's seqlock reader relies on, and
+/// when the map cannot be mapped (logged): channel rules then all go to the hash maps.
+/// The maps stay in `ebpf` (the mapping holds its own reference to the table).
+pub fn open_channel_table(ebpf: &mut Ebpf) -> Result<Option<SlotTable<MappedSlots>>, RulesError> {
+    if !cfg!(target_arch = "x86_64") {
+        return Ok(None);
+    }
+    let Some(aya::maps::Map::Array(data)) = ebpf.map(maps::CHANNEL_TABLE) else {
+        return Err(RulesError::Missing(maps::CHANNEL_TABLE));
+    };
+    let len = data
+        .info()
+        .map_err(map_err(maps::CHANNEL_TABLE))?
+        .max_entries() as usize;
+    let slots = match MappedSlots::map(std::os::fd::AsFd::as_fd(data.fd()), len) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "cannot mmap the kernel channel table {}: IPv4 channel rules go to {} \
+                 (a little slower with many allocations)",
+                maps::CHANNEL_TABLE,
+                maps::CHANNELS_V4
+            );
+            return Ok(None);
+        }
+    };
+    let mut info: Array<&mut MapData, ChannelTableInfo> = ebpf
+        .map_mut(maps::CHANNEL_TABLE_INFO)
+        .ok_or(RulesError::Missing(maps::CHANNEL_TABLE_INFO))
+        .and_then(|m| Array::try_from(m).map_err(map_err(maps::CHANNEL_TABLE_INFO)))?;
+    let old = info.get(&0, 0).map_err(map_err(maps::CHANNEL_TABLE_INFO))?;
+    let seed = if old.mask != 0 && old.mask as usize + 1 == len {
+        old.seed
+    } else {
+        random_seed()
+    };
+    let table = SlotTable::new(slots, seed);
+    info.set(0, table.info(), 0)
+        .map_err(map_err(maps::CHANNEL_TABLE_INFO))?;
+    Ok(Some(table))
+}
+
+/// 8 bytes from getrandom(2), else from the clock (the seed only spreads keys).
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: `b` is a valid writable buffer of 8 bytes.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 8 {
+        return u64::from_ne_bytes(b);
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.as_nanos() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// How often a full rule table is reported (it can refuse thousands of rules a second).
@@ -558,6 +647,17 @@ impl TurnMaps {
         sweep!(self.channels_v4);
         sweep!(self.peers);
         sweep!(self.allocs);
+        if let Some(t) = &self.table {
+            let (kept, removed) = lock(t).retain(|v| {
+                let live = v.expires_ns > now;
+                if live {
+                    idx.push((v.stats_idx, v.alloc_idx));
+                }
+                live
+            });
+            out.kept += kept;
+            out.removed += removed;
+        }
         let mut stats = lock(&self.stats_pool);
         let mut allocs = lock(&self.alloc_pool);
         // Out-of-range indices (none set) are ignored by `reserve`.
@@ -602,6 +702,12 @@ impl TurnMaps {
         sweep!(self.channels_v4);
         sweep!(self.peers);
         sweep!(self.allocs);
+        if let Some(t) = &self.table {
+            let (kept, removed) =
+                lock(t).retain(|v| keep_adopted(v.expires_ns, v.stats_idx, now, stats));
+            out.kept += kept;
+            out.removed += removed;
+        }
         let mut sp = lock(&self.stats_pool);
         for &s in stats {
             sp.reserve(s);
@@ -730,6 +836,76 @@ mod privileged {
     }
 
     #[test]
+    fn rules_beyond_the_channel_table_go_to_the_hash_map() {
+        if !can_run("rules_beyond_the_channel_table_go_to_the_hash_map") {
+            return;
+        }
+        let small = crate::xdp::TURN_RULES_MIN;
+        let mut ebpf = super::super::load_object_pinned(&[3478], None, small)
+            .expect("load the embedded object with small rule maps");
+        let m = TurnMaps::take(&mut ebpf).expect("the object has the TURN maps");
+        assert!(m.has_channel_table(), "the table is on (x86_64)");
+        let key = |i: u32| ChannelKey {
+            client_addr: mapped_v4([198, 51, (i >> 8) as u8, i as u8]),
+            server_addr: mapped_v4([192, 0, 2, 1]),
+            client_port: wire(40000),
+            server_port: wire(3478),
+            channel: wire(0x4001),
+            _pad: [0; 2],
+        };
+        let rule = |i: u32| ChannelRule {
+            expires_ns: u64::MAX,
+            relay_addr: mapped_v4([192, 0, 2, 10]),
+            peer_addr: mapped_v4([203, 0, 113, 5]),
+            relay_port: wire(50000),
+            peer_port: wire(7000),
+            flags: 0,
+            _pad: 0,
+            stats_idx: i,
+            alloc_idx: i,
+        };
+        // Twice the table's slots: it cannot hold them all, the hash map takes the rest.
+        let n = 2 * small - 64;
+        for i in 0..n {
+            m.insert_channel(&key(i), &rule(i))
+                .expect("table + map hold them");
+        }
+        let (mut in_table, mut in_map) = (0, 0);
+        for i in 0..n {
+            let k4 = key(i).v4().expect("IPv4");
+            let t = m.table.as_ref().and_then(|t| lock(t).get(&k4));
+            let h = get_rule(&m.channels_v4, maps::CHANNELS_V4, &k4).expect("get");
+            assert!(t.is_some() != h.is_some(), "rule {i}: in exactly one place");
+            assert_eq!(t.or(h), Some(rule(i)));
+            assert_eq!(m.channel(&key(i)).expect("get"), Some(rule(i)));
+            in_table += usize::from(t.is_some());
+            in_map += usize::from(h.is_some());
+        }
+        assert!(in_table > small as usize * 3 / 4, "{in_table} in the table");
+        assert!(in_map > 0);
+        // Removing frees slots: a new rule takes one again.
+        for i in 0..n {
+            assert!(m.remove_channel(&key(i)).expect("remove"));
+        }
+        m.insert_channel(&key(0), &rule(0)).expect("insert");
+        let k4 = key(0).v4().expect("IPv4");
+        assert!(m.table.as_ref().and_then(|t| lock(t).get(&k4)).is_some());
+        // Adoption keeps the live rule and clears an expired one.
+        m.insert_channel(
+            &key(1),
+            &ChannelRule {
+                expires_ns: 1,
+                ..rule(1)
+            },
+        )
+        .expect("insert");
+        let a = m.adopt_existing().expect("sweep");
+        assert_eq!((a.kept, a.removed), (1, 1));
+        assert_eq!(m.channel(&key(1)).expect("get"), None);
+        assert_eq!(m.channel(&key(0)).expect("get"), Some(rule(0)));
+    }
+
+    #[test]
     fn turn_maps_round_trip_through_the_kernel() {
         if !can_run("turn_maps_round_trip_through_the_kernel") {
             return;
@@ -774,18 +950,39 @@ mod privileged {
         assert!(!m.remove_channel(&ck).expect("remove absent"));
         assert_eq!(m.channel(&ck).expect("get"), None);
 
-        // Where the kernel looks: an IPv4 client's rule under the compact key only (a
-        // wide copy an older daemon left goes on insert), an IPv6 client's wide.
+        // Where the kernel looks: an IPv4 client's rule in the channel table when it is
+        // IPv4 throughout, else under the compact key (a copy anywhere else goes on
+        // insert, including a wide one an older daemon left); an IPv6 client's wide.
         let k4 = ck.v4().expect("an IPv4 key");
+        assert!(m.has_channel_table(), "the table is on (x86_64)");
+        let in_table = |m: &TurnMaps| m.table.as_ref().and_then(|t| lock(t).get(&k4));
         insert_rule(&m.channels, maps::CHANNELS, &ck, &cr).expect("an older daemon's rule");
         assert_eq!(m.channel(&ck).expect("get the old rule"), Some(cr));
         m.insert_channel(&ck, &updated).expect("insert");
+        assert_eq!(in_table(&m), Some(updated));
         assert_eq!(
             get_rule(&m.channels_v4, maps::CHANNELS_V4, &k4).expect("get"),
-            Some(updated)
+            None
         );
         assert_eq!(
             get_rule(&m.channels, maps::CHANNELS, &ck).expect("get"),
+            None
+        );
+        let to_v6_peer = ChannelRule {
+            peer_addr: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5],
+            ..updated
+        };
+        m.insert_channel(&ck, &to_v6_peer).expect("insert");
+        assert_eq!(in_table(&m), None, "no compact form: out of the table");
+        assert_eq!(
+            get_rule(&m.channels_v4, maps::CHANNELS_V4, &k4).expect("get"),
+            Some(to_v6_peer)
+        );
+        assert_eq!(m.channel(&ck).expect("get"), Some(to_v6_peer));
+        m.insert_channel(&ck, &updated).expect("back to IPv4");
+        assert_eq!(in_table(&m), Some(updated));
+        assert_eq!(
+            get_rule(&m.channels_v4, maps::CHANNELS_V4, &k4).expect("get"),
             None
         );
         insert_rule(&m.channels, maps::CHANNELS, &ck, &cr).expect("an older daemon's rule");

@@ -38,15 +38,16 @@ use relay_common::{
         TURN_PEER_TO_DATA_INDICATION, TURN_UNHANDLED_PASSED,
     },
     turn::{
-        AllocKey, AllocRule, Bandwidth, ChannelKey, ChannelKeyV4, ChannelRule, HOP_SLOTS, HopSlot,
-        MAX_ALLOCATIONS, MAX_MAP_ENTRIES, MAX_NEXT_HOPS, MAX_RULES, NextHop, NextHopKey, PeerKey,
-        PeerRule, RuleStats, SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS,
-        TurnClock, TurnSettings,
+        AllocKey, AllocRule, Bandwidth, CHANNEL_PROBES, ChannelKey, ChannelKeyV4, ChannelRule,
+        ChannelSlot, ChannelTableInfo, HOP_SLOTS, HopSlot, MAX_ALLOCATIONS, MAX_MAP_ENTRIES,
+        MAX_NEXT_HOPS, MAX_RULES, NextHop, NextHopKey, PeerKey, PeerRule, RuleStats,
+        SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS, TurnClock,
+        TurnSettings,
     },
 };
 
 use pkt::Pkt;
-use words::{Addr, host, is_mapped, rd_addr, rd16, rd32};
+use words::{Addr, MAPPED_W2, host, is_mapped, rd_addr, rd16, rd32};
 
 // The contract's maps. Declared without `pinned(...)` on purpose: aya's loader pins
 // ByName maps under /sys/fs/bpf at EVERY load (test runs included), which would make
@@ -59,6 +60,17 @@ static TURN_CHANNELS: HashMap<ChannelKey, ChannelRule> =
 #[map(name = "TURN_CHANNELS_V4")]
 static TURN_CHANNELS_V4: HashMap<ChannelKeyV4, ChannelRule> =
     HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
+/// `BPF_F_MMAPABLE`: the daemon writes `TURN_CHANNEL_TABLE` slots through an mmap (a
+/// seqlock, which a `bpf_map_update_elem` copy could not be).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// IPv4 channel rules in an open-addressed table probed before `TURN_CHANNELS_V4` (see
+/// relay_common::turn::ChannelSlot); sized by the daemon (a power of two).
+#[map(name = "TURN_CHANNEL_TABLE")]
+static TURN_CHANNEL_TABLE: Array<ChannelSlot> =
+    Array::with_max_entries(MAX_MAP_ENTRIES, BPF_F_MMAPABLE);
+/// The table's seed and mask (mask 0: off).
+#[map(name = "TURN_CHANNEL_TABLE_INFO")]
+static TURN_CHANNEL_TABLE_INFO: Array<ChannelTableInfo> = Array::with_max_entries(1, 0);
 #[map(name = "TURN_PEERS")]
 static TURN_PEERS: HashMap<PeerKey, PeerRule> = HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
 #[map(name = "TURN_ALLOCS")]
@@ -299,49 +311,23 @@ fn from_client(
     let h = unsafe { rd32(at) };
     let len = host((h >> 16) as u16) as usize;
     let mut found = None;
+    let mut slot = None;
     if !p.v6 {
         key[0] = p.src[3];
         key[1] = p.dst[3];
         key[2] = p.ports;
         key[3] = h & 0xffff;
-        // SAFETY: the first 16 bytes of `key` have the layout of a ChannelKeyV4 (client
-        // address, server address, client port, server port, channel, zero padding).
-        found = unsafe { TURN_CHANNELS_V4.get_ptr(&*(key.as_ptr() as *const ChannelKeyV4)) };
-    }
-    let rule = match found {
-        Some(r) => r,
-        None => {
-            // IPv6 clients, and IPv4 rules an older daemon left in TURN_CHANNELS.
-            *key = [
-                p.src[0],
-                p.src[1],
-                p.src[2],
-                p.src[3],
-                p.dst[0],
-                p.dst[1],
-                p.dst[2],
-                p.dst[3],
-                p.ports,
-                h & 0xffff,
-            ];
-            // SAFETY: `key` has the size and layout of a ChannelKey (client address,
-            // server address, client port, server port, channel, zero padding); the value
-            // is read at once through the map's pointer.
-            unsafe { TURN_CHANNELS.get_ptr(&*(key.as_ptr() as *const ChannelKey)) }
-                .ok_or(Some(TURN_NO_RULE_PASSED))?
+        slot = table_rule(key);
+        if slot.is_none() {
+            // SAFETY: the first 16 bytes of `key` have the layout of a ChannelKeyV4
+            // (client address, server address, client port, server port, channel, zero
+            // padding).
+            found = unsafe { TURN_CHANNELS_V4.get_ptr(&*(key.as_ptr() as *const ChannelKeyV4)) };
         }
-    };
-    let r = rule as usize;
-    // SAFETY: `r` points at a live ChannelRule value (56 bytes, 8-aligned).
-    let (expires, relay_addr, peer_addr, ports, stats_idx, alloc_idx) = unsafe {
-        (
-            (*rule).expires_ns,
-            rd_addr(r + 8),
-            rd_addr(r + 24),
-            rd32(r + 40),
-            (*rule).stats_idx,
-            (*rule).alloc_idx,
-        )
+    }
+    let (expires, relay_addr, peer_addr, ports, stats_idx, alloc_idx) = match slot {
+        Some(r) => r,
+        None => map_rule(p, h, found, key)?,
     };
     if !live(expires, now) {
         return Err(Some(TURN_NO_RULE_PASSED));
@@ -372,6 +358,105 @@ fn from_client(
         counter: TURN_CHANNEL_TO_PEER,
     };
     Ok(())
+}
+
+/// What the channel path needs of a rule: deadline, relayed and peer address, relayed
+/// then peer port (one memory-order word), `stats_idx`, `alloc_idx`.
+type ChannelFields = (u64, Addr, Addr, u32, u32, u32);
+
+/// The rule for the ChannelKeyV4 in `key[0..4]` from `TURN_CHANNEL_TABLE`; None when the
+/// table is off, holds no such key, or the slot is being rewritten (seqlock: the hash
+/// maps decide, and a rule the daemon is moving is in one of them first).
+#[inline(always)]
+fn table_rule(key: &[u32; 10]) -> Option<ChannelFields> {
+    let info = TURN_CHANNEL_TABLE_INFO.get(0)?;
+    let mask = info.mask;
+    if mask == 0 {
+        return None;
+    }
+    #[cfg(target_endian = "little")]
+    let (w0, w1) = (
+        key[0] as u64 | (key[1] as u64) << 32,
+        key[2] as u64 | (key[3] as u64) << 32,
+    );
+    #[cfg(target_endian = "big")]
+    let (w0, w1) = (
+        (key[0] as u64) << 32 | key[1] as u64,
+        (key[2] as u64) << 32 | key[3] as u64,
+    );
+    let home = relay_common::turn::channel_slot_home(w0, w1, info);
+    for i in 0..CHANNEL_PROBES {
+        let s = TURN_CHANNEL_TABLE.get_ptr((home + i) & mask)? as usize;
+        let rd = |off: usize| {
+            // SAFETY: `s` points at a 64-byte ChannelSlot, `off` is a 4-aligned offset
+            // inside it. Volatile: the loads stay in this order (the seqlock).
+            unsafe { core::ptr::read_volatile((s + off) as *const u32) }
+        };
+        let seq = rd(0);
+        if rd(8) != key[0] || rd(12) != key[1] || rd(16) != key[2] || rd(20) != key[3] {
+            continue;
+        }
+        // SAFETY: as `rd`, for the 8-aligned deadline.
+        let expires = unsafe { core::ptr::read_volatile((s + 24) as *const u64) };
+        let fields = (
+            expires,
+            [0, 0, MAPPED_W2, rd(32)],
+            [0, 0, MAPPED_W2, rd(36)],
+            rd(40),
+            rd(48),
+            rd(52),
+        );
+        if seq & 1 != 0 || rd(0) != seq {
+            return None;
+        }
+        return Some(fields);
+    }
+    None
+}
+
+/// The rule from `TURN_CHANNELS_V4` (`found`), else from `TURN_CHANNELS`.
+#[inline(always)]
+fn map_rule(
+    p: &Pkt,
+    h: u32,
+    found: Option<*const ChannelRule>,
+    key: &mut [u32; 10],
+) -> Result<ChannelFields, Option<u32>> {
+    let rule = match found {
+        Some(r) => r,
+        None => {
+            // IPv6 clients, and IPv4 rules an older daemon left in TURN_CHANNELS.
+            *key = [
+                p.src[0],
+                p.src[1],
+                p.src[2],
+                p.src[3],
+                p.dst[0],
+                p.dst[1],
+                p.dst[2],
+                p.dst[3],
+                p.ports,
+                h & 0xffff,
+            ];
+            // SAFETY: `key` has the size and layout of a ChannelKey (client address,
+            // server address, client port, server port, channel, zero padding); the value
+            // is read at once through the map's pointer.
+            unsafe { TURN_CHANNELS.get_ptr(&*(key.as_ptr() as *const ChannelKey)) }
+                .ok_or(Some(TURN_NO_RULE_PASSED))?
+        }
+    };
+    let r = rule as usize;
+    // SAFETY: `r` points at a live ChannelRule value (56 bytes, 8-aligned).
+    Ok(unsafe {
+        (
+            (*rule).expires_ns,
+            rd_addr(r + 8),
+            rd_addr(r + 24),
+            rd32(r + 40),
+            (*rule).stats_idx,
+            (*rule).alloc_idx,
+        )
+    })
 }
 
 /// UDP from a peer to a relayed port → ChannelData or a Data indication to the client.
