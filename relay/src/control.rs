@@ -279,7 +279,8 @@ pub struct UserspaceStats {
     pub dropped_by_reason: BTreeMap<String, u64>,
     /// The AF_XDP side (`xdp.af_xdp`): frames `received` and `sent` through AF_XDP
     /// sockets, sends that took a kernel socket instead (`fallback`), received frames
-    /// `dropped`. Empty when it is off.
+    /// `dropped`, and frames the XDP program `steered` to the sockets (more than
+    /// `received` when a socket's receive ring overflowed). Empty when it is off.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub af_xdp: BTreeMap<String, u64>,
 }

@@ -324,7 +324,8 @@ pub fn render(s: &Stats) -> String {
             "counter",
             "The workers' AF_XDP side (xdp.af_xdp): frames received and sent through AF_XDP \
              sockets, sends that took a kernel socket instead (fallback), received frames \
-             dropped (malformed or bad checksum).",
+             dropped (malformed or bad checksum), frames the XDP program steered to the \
+             sockets (steered; above received when a receive ring overflowed).",
             &labelled("event", &u.af_xdp),
         );
     }

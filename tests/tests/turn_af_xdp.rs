@@ -96,16 +96,22 @@ fn run(s: &Setup, send: bool, clients: u32, messages: u32) {
     let echoed = totals.received;
     // Each echoed message: client → relay and peer → relay received, relay → peer and
     // relay → client sent (allocation, refresh and permission traffic comes on top).
-    let (received, sent, fallback, dropped) = (
+    let (received, sent, fallback, dropped, steered) = (
         grew("received"),
         grew("sent"),
         grew("fallback"),
         grew("dropped"),
+        grew("steered"),
     );
     eprintln!(
         "send={send}: {totals:?}; af_xdp received {received}, sent {sent}, fallback \
-         {fallback}, dropped {dropped}; userspace: {}",
+         {fallback}, dropped {dropped}, steered {steered}; userspace: {}",
         after["userspace"]
+    );
+    // Every frame a worker received through AF_XDP was steered there by the program.
+    assert!(
+        steered >= received && received > 0,
+        "the program steered {steered} frames, the workers received {received}; stats: {after}"
     );
     assert!(
         received as f64 >= XSK_SHARE * (2 * echoed) as f64,

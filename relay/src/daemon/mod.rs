@@ -474,6 +474,31 @@ fn start_kernel_turn(
     true
 }
 
+/// `userspace.af_xdp` of the stats answer: the workers' AF_XDP counters and the frames
+/// the XDP program steered to their sockets (`steered`; more than `received` when a
+/// socket's receive ring overflowed). Empty while nothing went through AF_XDP.
+fn af_xdp_stats(
+    workers: [u64; 4],
+    fast_path: Option<&FastPath>,
+) -> std::collections::BTreeMap<String, u64> {
+    let steered = match fast_path.and_then(FastPath::xsk_steering) {
+        Some(s) => s.steered_frames().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the AF_XDP steering counter");
+            0
+        }),
+        None => 0,
+    };
+    if steered == 0 && workers.iter().all(|v| *v == 0) {
+        return std::collections::BTreeMap::new();
+    }
+    ["received", "sent", "fallback", "dropped"]
+        .iter()
+        .zip(workers)
+        .map(|(k, v)| ((*k).to_owned(), v))
+        .chain(std::iter::once(("steered".to_owned(), steered)))
+        .collect()
+}
+
 /// The stats answer of the control socket.
 pub fn collect_stats(dataplane: &Dataplane, fast_path: Option<&FastPath>) -> Stats {
     let c = dataplane.counts();
@@ -526,15 +551,7 @@ pub fn collect_stats(dataplane: &Dataplane, fast_path: Option<&FastPath>) -> Sta
             dropped: c.dropped(),
             errors: c.errors,
             dropped_by_reason: by_reason,
-            af_xdp: if c.xsk.iter().any(|v| *v > 0) {
-                ["received", "sent", "fallback", "dropped"]
-                    .iter()
-                    .zip(c.xsk)
-                    .map(|(k, v)| ((*k).to_owned(), v))
-                    .collect()
-            } else {
-                std::collections::BTreeMap::new()
-            },
+            af_xdp: af_xdp_stats(c.xsk, fast_path),
         },
         turn: None,
         sfu: None,
