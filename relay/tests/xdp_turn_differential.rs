@@ -173,6 +173,14 @@ struct Entered {
     orig: File,
 }
 
+/// The ifindex of `v0` in the namespace the calling thread has entered.
+fn v0_ifindex() -> u32 {
+    // SAFETY: a NUL-terminated name; looked up in this thread's (new) namespace.
+    let ifindex = unsafe { libc::if_nametoindex(c"v0".as_ptr()) };
+    assert_ne!(ifindex, 0, "v0 exists in the namespace");
+    ifindex
+}
+
 impl Drop for Entered {
     fn drop(&mut self) {
         // SAFETY: as in `enter`; back to the thread's original namespace.
@@ -1253,9 +1261,7 @@ fn turn_fast_path_matches_the_userspace_relay() {
     let ns = Netns::create("d");
     let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
     let _in = ns.enter();
-    // SAFETY: a NUL-terminated name; looked up in this thread's (new) namespace.
-    let ifindex = unsafe { libc::if_nametoindex(c"v0".as_ptr()) };
-    assert_ne!(ifindex, 0, "v0 exists in the namespace");
+    let ifindex = v0_ifindex();
     let mut r = Reference::new();
 
     // Off: everything passes (the STUN path decides).
@@ -1351,10 +1357,8 @@ fn fib_through_lo_and_next_hop_cache() {
     let ns = Netns::create("n");
     let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
     let _in = ns.enter();
-    // SAFETY: as above.
-    let ifindex = unsafe { libc::if_nametoindex(c"v0".as_ptr()) };
-    assert_ne!(ifindex, 0);
-    // SAFETY: as above.
+    let ifindex = v0_ifindex();
+    // SAFETY: a NUL-terminated name; looked up in this thread's (new) namespace.
     assert_eq!(unsafe { libc::if_nametoindex(c"lo".as_ptr()) }, LO_IFINDEX);
     for v6 in [false, true] {
         assert_eq!(forwarding("v0", v6), "0", "no forwarding on the veth");
@@ -1545,9 +1549,7 @@ fn hop_slots_serve_each_rule_its_own_next_hop() {
     let ns = Netns::create("s");
     let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
     let _in = ns.enter();
-    // SAFETY: as above.
-    let ifindex = unsafe { libc::if_nametoindex(c"v0".as_ptr()) };
-    assert_ne!(ifindex, 0);
+    let ifindex = v0_ifindex();
     let mac2 = [0x02, 0, 0, 0, 0, 0xb2];
     let mac3 = [0x02, 0, 0, 0, 0, 0xb3];
     let flags = rc::SETTING_ENABLED;
@@ -1638,9 +1640,7 @@ fn turn_fast_path_cost() {
     let ns = Netns::create("c");
     let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
     let _in = ns.enter();
-    // SAFETY: as above.
-    let ifindex = unsafe { libc::if_nametoindex(c"v0".as_ptr()) };
-    assert_ne!(ifindex, 0);
+    let ifindex = v0_ifindex();
     let mut r = Reference::new();
     Rules { x: &mut x }.settings(
         rc::SETTING_ENABLED | rc::SETTING_DATA_INDICATIONS | rc::SETTING_SEND_INDICATIONS,
@@ -1766,9 +1766,7 @@ fn channel_table_slots_are_never_read_half_written() {
     let ns = Netns::create("s");
     let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
     let _in = ns.enter();
-    // SAFETY: a NUL-terminated name; looked up in this thread's (new) namespace.
-    let ifindex = unsafe { libc::if_nametoindex(c"v0".as_ptr()) };
-    assert_ne!(ifindex, 0, "v0 exists in the namespace");
+    let ifindex = v0_ifindex();
     Rules { x: &mut x }.settings(rc::SETTING_ENABLED);
     let client = SocketAddr::new(v4(100), CLIENT_PORT + 100);
     let listen = SocketAddr::new(v4(1), LISTEN_PORT);

@@ -802,23 +802,34 @@ mod privileged {
 
     use crate::xdp::can_run_privileged as can_run;
 
-    #[test]
-    fn a_full_rule_table_is_reported_as_full() {
-        if !can_run("a_full_rule_table_is_reported_as_full") {
-            return;
-        }
-        let small = crate::xdp::TURN_RULES_MIN;
-        let mut ebpf = super::super::load_object_pinned(&[3478], None, small)
+    /// The embedded object with rule maps of the smallest size, and its TURN maps.
+    fn small_maps() -> (aya::Ebpf, TurnMaps) {
+        let mut ebpf = super::super::load_object_pinned(&[3478], None, crate::xdp::TURN_RULES_MIN)
             .expect("load the embedded object with small rule maps");
         let m = TurnMaps::take(&mut ebpf).expect("the object has the TURN maps");
-        let key = |i: u32| ChannelKey {
+        (ebpf, m)
+    }
+
+    /// Channel key `i`: IPv4 client 198.51.x.y:40000 to 192.0.2.1:3478, channel 0x4001.
+    fn numbered_key(i: u32) -> ChannelKey {
+        ChannelKey {
             client_addr: mapped_v4([198, 51, (i >> 8) as u8, i as u8]),
             server_addr: mapped_v4([192, 0, 2, 1]),
             client_port: wire(40000),
             server_port: wire(3478),
             channel: wire(0x4001),
             _pad: [0; 2],
-        };
+        }
+    }
+
+    #[test]
+    fn a_full_rule_table_is_reported_as_full() {
+        if !can_run("a_full_rule_table_is_reported_as_full") {
+            return;
+        }
+        let small = crate::xdp::TURN_RULES_MIN;
+        let (_ebpf, m) = small_maps();
+        let key = numbered_key;
         let rule = ChannelRule::default();
         for i in 0..small {
             m.insert_channel(&key(i), &rule)
@@ -841,18 +852,9 @@ mod privileged {
             return;
         }
         let small = crate::xdp::TURN_RULES_MIN;
-        let mut ebpf = super::super::load_object_pinned(&[3478], None, small)
-            .expect("load the embedded object with small rule maps");
-        let m = TurnMaps::take(&mut ebpf).expect("the object has the TURN maps");
+        let (_ebpf, m) = small_maps();
         assert!(m.has_channel_table(), "the table is on (x86_64)");
-        let key = |i: u32| ChannelKey {
-            client_addr: mapped_v4([198, 51, (i >> 8) as u8, i as u8]),
-            server_addr: mapped_v4([192, 0, 2, 1]),
-            client_port: wire(40000),
-            server_port: wire(3478),
-            channel: wire(0x4001),
-            _pad: [0; 2],
-        };
+        let key = numbered_key;
         let rule = |i: u32| ChannelRule {
             expires_ns: u64::MAX,
             relay_addr: mapped_v4([192, 0, 2, 10]),
