@@ -8,21 +8,39 @@ use std::net::IpAddr;
 /// word sum modulo 0xFFFF and zero only when every word and `initial` are, which is all
 /// that [`fold`] needs.
 ///
-/// Eight bytes per step (two big-endian 32-bit halves into a 64-bit accumulator, which
-/// cannot overflow for any slice shorter than 64 GiB): the payload of every relayed
-/// AF_XDP frame is summed here, twice (receive check and output checksum).
+/// Sixteen bytes per step into two 64-bit accumulators (32-bit halves added, so no
+/// overflow for any slice shorter than 64 GiB), in native byte order: the ones'
+/// complement sum is byte-order independent (RFC 1071 section 2(B)), so the words are
+/// summed as they lie in memory and the folded result is byte-swapped once, instead of
+/// swapping every word. The payload of every relayed AF_XDP frame is summed here, twice
+/// (receive check and output checksum).
 pub fn ones_complement_sum(data: &[u8], initial: u32) -> u32 {
-    let mut sum = u64::from(initial);
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        sum += (w >> 32) + (w & 0xffff_ffff);
+    let (mut a, mut b) = (0u64, 0u64);
+    let mut blocks = data.chunks_exact(16);
+    for c in &mut blocks {
+        let (x, y) = c.split_at(8);
+        let x = u64::from_ne_bytes(x.try_into().unwrap_or([0; 8]));
+        let y = u64::from_ne_bytes(y.try_into().unwrap_or([0; 8]));
+        a += (x >> 32) + (x & 0xffff_ffff);
+        b += (y >> 32) + (y & 0xffff_ffff);
     }
-    let mut words = chunks.remainder().chunks_exact(2);
-    for w in &mut words {
+    let mut native = a + b;
+    let rest = blocks.remainder();
+    let mut words = rest.chunks_exact(8);
+    for c in &mut words {
+        let x = u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
+        native += (x >> 32) + (x & 0xffff_ffff);
+    }
+    while native > 0xffff {
+        native = (native & 0xffff) + (native >> 16);
+    }
+    // The folded sum of native-order words, as the sum of big-endian words.
+    let mut sum = u64::from(initial) + u64::from(u16::from_be_bytes((native as u16).to_ne_bytes()));
+    let mut pairs = words.remainder().chunks_exact(2);
+    for w in &mut pairs {
         sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
     }
-    if let [last] = words.remainder() {
+    if let [last] = pairs.remainder() {
         sum += u64::from(*last) << 8;
     }
     while sum > 0xffff_ffff {
