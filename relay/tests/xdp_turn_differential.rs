@@ -650,6 +650,7 @@ impl Rules<'_> {
                     let _ = m.remove(&k4);
                 } else {
                     m.insert(k4, v, 0).expect("insert channel");
+                    self.table().remove(&k4);
                 }
             }
             None => wide.insert(k, v, 0).expect("insert channel"),

@@ -215,10 +215,10 @@ impl<S: Slots> SlotTable<S> {
 
     /// Stores `rule` under `k` (replacing its slot, else in the first free one);
     /// false when the rule has no compact form or its slots are all taken: it belongs in
-    /// the hash map (and is not in this table).
+    /// the hash map. A slot `k` already has then keeps the old rule: the caller removes
+    /// it once the new one is in the map, so that the kernel never finds neither.
     pub fn put(&mut self, k: &ChannelKeyV4, rule: &ChannelRule) -> bool {
         let Some(slot) = ChannelSlot::compact(k, rule) else {
-            self.remove(k);
             return false;
         };
         let at = self
@@ -337,14 +337,17 @@ mod tests {
     }
 
     #[test]
-    fn a_rule_without_a_compact_form_is_refused_and_leaves_the_table() {
+    fn a_rule_without_a_compact_form_is_refused_and_the_old_one_kept_until_removed() {
         let mut t = table(64, 5);
         let k = key(40_000, 0x4000);
         assert!(t.put(&k, &rule(1)));
         let mut v6 = rule(1);
         v6.peer_addr = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
         assert!(!t.put(&k, &v6));
-        assert_eq!(t.get(&k), None, "the stale IPv4 form must not stay");
+        // The caller puts the new rule in the hash map first, then removes this one.
+        assert_eq!(t.get(&k), Some(rule(1)));
+        assert!(t.remove(&k));
+        assert_eq!(t.get(&k), None);
     }
 
     #[test]

@@ -268,6 +268,9 @@ impl TurnMaps {
             remove_rule(&self.channels_v4, maps::CHANNELS_V4, &k4)?;
         } else {
             insert_rule(&self.channels_v4, maps::CHANNELS_V4, &k4, v)?;
+            if let Some(t) = &self.table {
+                lock(t).remove(&k4);
+            }
         }
         remove_rule(&self.channels, maps::CHANNELS, k).map(|_| ())
     }
