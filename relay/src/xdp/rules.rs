@@ -622,6 +622,61 @@ pub struct Adopted {
     pub removed: usize,
 }
 
+/// The fields of a rule that adoption looks at.
+trait AdoptedRule {
+    /// (`expires_ns`, `stats_idx`, `alloc_idx`).
+    fn indices(&self) -> (u64, u32, u32);
+}
+
+macro_rules! adopted_rule {
+    ($($t:ty),*) => {$(
+        impl AdoptedRule for $t {
+            fn indices(&self) -> (u64, u32, u32) {
+                (self.expires_ns, self.stats_idx, self.alloc_idx)
+            }
+        }
+    )*};
+}
+adopted_rule!(ChannelRule, PeerRule, AllocRule);
+
+/// Removes the rules of `m` for which `keep(expires_ns, stats_idx, alloc_idx)` is false.
+fn sweep_map<K: Pod, V: Pod + AdoptedRule>(
+    m: &RuleMap<K, V>,
+    keep: &mut impl FnMut(u64, u32, u32) -> bool,
+    out: &mut Adopted,
+) {
+    let mut m = lock(m);
+    let rules: Vec<_> = m.iter().filter_map(Result::ok).collect();
+    for (k, v) in rules {
+        let (e, s, a) = v.indices();
+        if keep(e, s, a) {
+            out.kept += 1;
+        } else {
+            let _ = m.remove(&k);
+            out.removed += 1;
+        }
+    }
+}
+
+impl TurnMaps {
+    /// Keeps the rules of every map and of the channel table for which `keep(expires_ns,
+    /// stats_idx, alloc_idx)` is true and removes the others (and the table's torn or
+    /// unreachable slots).
+    fn sweep_all(&self, mut keep: impl FnMut(u64, u32, u32) -> bool) -> Adopted {
+        let mut out = Adopted::default();
+        sweep_map(&self.channels, &mut keep, &mut out);
+        sweep_map(&self.channels_v4, &mut keep, &mut out);
+        sweep_map(&self.peers, &mut keep, &mut out);
+        sweep_map(&self.allocs, &mut keep, &mut out);
+        if let Some(t) = &self.table {
+            let (kept, removed) = lock(t).retain(|v| keep(v.expires_ns, v.stats_idx, v.alloc_idx));
+            out.kept += kept;
+            out.removed += removed;
+        }
+        out
+    }
+}
+
 impl TurnMaps {
     /// For maps adopted from a previous daemon: removes the rules whose deadline has
     /// passed and reserves the `stats_idx`/`alloc_idx` of the live ones, so that new
@@ -629,38 +684,14 @@ impl TurnMaps {
     /// keep relaying until their deadlines.
     pub fn adopt_existing(&self) -> Result<Adopted, RulesError> {
         let now = monotonic_anchor()?.ns(Instant::now());
-        let mut out = Adopted::default();
         let mut idx = Vec::new();
-        macro_rules! sweep {
-            ($map:expr) => {{
-                let mut m = lock(&$map);
-                let rules: Vec<_> = m.iter().filter_map(Result::ok).collect();
-                for (k, v) in rules {
-                    if v.expires_ns <= now {
-                        let _ = m.remove(&k);
-                        out.removed += 1;
-                    } else {
-                        idx.push((v.stats_idx, v.alloc_idx));
-                        out.kept += 1;
-                    }
-                }
-            }};
-        }
-        sweep!(self.channels);
-        sweep!(self.channels_v4);
-        sweep!(self.peers);
-        sweep!(self.allocs);
-        if let Some(t) = &self.table {
-            let (kept, removed) = lock(t).retain(|v| {
-                let live = v.expires_ns > now;
-                if live {
-                    idx.push((v.stats_idx, v.alloc_idx));
-                }
-                live
-            });
-            out.kept += kept;
-            out.removed += removed;
-        }
+        let out = self.sweep_all(|expires_ns, stats_idx, alloc_idx| {
+            let live = expires_ns > now;
+            if live {
+                idx.push((stats_idx, alloc_idx));
+            }
+            live
+        });
         let mut stats = lock(&self.stats_pool);
         let mut allocs = lock(&self.alloc_pool);
         // Out-of-range indices (none set) are ignored by `reserve`.
@@ -686,31 +717,8 @@ impl TurnMaps {
     /// instead of [`TurnMaps::adopt_existing`] when a snapshot was restored.
     pub fn retain_owned(&self, stats: &[u32], allocs: &[u32]) -> Result<Adopted, RulesError> {
         let now = monotonic_anchor()?.ns(Instant::now());
-        let mut out = Adopted::default();
-        macro_rules! sweep {
-            ($map:expr) => {{
-                let mut m = lock(&$map);
-                let rules: Vec<_> = m.iter().filter_map(Result::ok).collect();
-                for (k, v) in rules {
-                    if keep_adopted(v.expires_ns, v.stats_idx, now, stats) {
-                        out.kept += 1;
-                    } else {
-                        let _ = m.remove(&k);
-                        out.removed += 1;
-                    }
-                }
-            }};
-        }
-        sweep!(self.channels);
-        sweep!(self.channels_v4);
-        sweep!(self.peers);
-        sweep!(self.allocs);
-        if let Some(t) = &self.table {
-            let (kept, removed) =
-                lock(t).retain(|v| keep_adopted(v.expires_ns, v.stats_idx, now, stats));
-            out.kept += kept;
-            out.removed += removed;
-        }
+        let out = self
+            .sweep_all(|expires_ns, stats_idx, _| keep_adopted(expires_ns, stats_idx, now, stats));
         let mut sp = lock(&self.stats_pool);
         for &s in stats {
             sp.reserve(s);
