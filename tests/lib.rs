@@ -1022,6 +1022,9 @@ pub struct UclientTotals {
     pub lost: u64,
     /// `total send dropped N`.
     pub send_dropped: u64,
+    /// The longest round trip, in whole ms (`Average round trip delay …, max = N ms`);
+    /// 0 when the line is missing.
+    pub rtt_max_ms: u64,
 }
 
 fn number_after(line: &str, key: &str) -> Option<u64> {
@@ -1056,6 +1059,9 @@ impl UclientTotals {
                 t.lost = number_after(line, "Total lost packets")?;
                 t.send_dropped = number_after(line, "total send dropped")?;
                 losses = true;
+            }
+            if line.contains("Average round trip delay") {
+                t.rtt_max_ms = number_after(line, "max").unwrap_or(0);
             }
         }
         (counts && losses).then_some(t)
@@ -1439,7 +1445,7 @@ mod tests {
 5: : start_mclient: tot_send_bytes ~ 20000, tot_recv_bytes ~ 19900
 5: : Total transmit time is 5
 5: : Total lost packets 1 (0.500000%), total send dropped 2 (0.000000%)
-5: : Average round trip delay 0.000000 ms; min = 0 ms, max = 0 ms
+5: : Average round trip delay 0.500000 ms; min = 0 ms, max = 7 ms
 ";
         assert_eq!(
             UclientTotals::parse(out),
@@ -1447,7 +1453,8 @@ mod tests {
                 sent: 200,
                 received: 199,
                 lost: 1,
-                send_dropped: 2
+                send_dropped: 2,
+                rtt_max_ms: 7,
             })
         );
         assert_eq!(

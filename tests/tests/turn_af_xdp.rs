@@ -18,7 +18,8 @@
 //! RELAY_REQUIRE_PRIVILEGED=1, as `cargo xtask test` sets).
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use relay_e2e::{
     Daemon, Process, TempDir, TurnTopology, XdpPass, require_root, run_bounded, turn_xdp,
@@ -137,12 +138,76 @@ fn run(s: &Setup, send: bool, clients: u32, messages: u32) {
     );
 }
 
+/// Round trips of an unauthenticated Allocate request (answered 401 by a worker; the XDP
+/// program answers plain Binding requests itself) after the worker has been idle: each
+/// answer must come well before the worker's longest sleep (100 ms), i.e. the frame
+/// arriving on the AF_XDP socket woke the worker. Catches a worker that sleeps with no
+/// readiness poll armed on its sockets (it would answer only when its wait times out).
+/// The gaps mix long idles with short ones: a poll armed late (say, one round after the
+/// worker went to sleep) shows only when the next request comes within that sleep.
+fn allocate_after_idle(s: &Setup) {
+    const GAPS_MS: [u64; 8] = [250, 30, 30, 60, 250, 10, 30, 60];
+    const LIMIT: Duration = Duration::from_millis(20);
+    let relay = s.relay.as_ref().unwrap();
+    let topo = &s.topo;
+    let server = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), turn_xdp::PORT);
+    let sock = topo
+        .client
+        .udp_socket(SocketAddr::new(IpAddr::V4(topo.client_v4), 0))
+        .expect("client socket");
+    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let before = relay.stats().expect("relay stats --json");
+    let (mut times, mut slow) = (Vec::new(), Vec::new());
+    for (round, gap) in (0u8..).zip(GAPS_MS) {
+        std::thread::sleep(Duration::from_millis(gap));
+        // An Allocate request: type 0x0003, the magic cookie, a fresh id,
+        // REQUESTED-TRANSPORT (0x0019) = UDP, no credentials.
+        let mut req = [0u8; 28];
+        req[..2].copy_from_slice(&3u16.to_be_bytes());
+        req[2..4].copy_from_slice(&8u16.to_be_bytes());
+        req[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+        req[8..20].fill(0xa0 + round);
+        req[20..24].copy_from_slice(&[0x00, 0x19, 0x00, 0x04]);
+        req[24] = 17;
+        let t0 = Instant::now();
+        sock.send_to(&req, server)
+            .expect("send an Allocate request");
+        let mut buf = [0u8; 512];
+        let (n, _) = sock
+            .recv_from(&mut buf)
+            .expect("an Allocate answer within 1 s");
+        let took = t0.elapsed();
+        assert!(
+            n >= 20 && buf[..2] == [0x01, 0x13] && buf[8..20] == req[8..20],
+            "not an Allocate error answer to our request: {:02x?}",
+            &buf[..n]
+        );
+        times.push(took);
+        if took > LIMIT {
+            slow.push(took);
+        }
+    }
+    eprintln!("round trips after gaps of {GAPS_MS:?} ms: {times:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = relay.stats().expect("relay stats --json");
+    let received = af_xdp(&after, "received") - af_xdp(&before, "received");
+    assert!(
+        received >= GAPS_MS.len() as u64,
+        "the Allocate requests did not arrive through AF_XDP ({received} frames); stats: {after}"
+    );
+    assert!(
+        slow.is_empty(),
+        "answers after idle gaps of {GAPS_MS:?} ms took longer than {LIMIT:?}: {slow:?}"
+    );
+}
+
 fn uclient_through_af_xdp(test: &str, send: bool) {
     if !require_root(test) {
         return;
     }
     let mut s = setup();
     run(&s, send, 5, 200);
+    allocate_after_idle(&s);
     let status = s
         .relay
         .take()

@@ -259,13 +259,20 @@ impl<H: DatagramHandler> UringWorker<H> {
         // Set when a round stopped taking completions with every send slot in flight and
         // completions still queued: see below.
         let mut starved = false;
-        // Frames left in an AF_XDP socket's rings after the last round.
+        // Frames came from an AF_XDP socket in the last round (more may follow: no sleep).
         let mut xsk_more = false;
         while !shutdown.load(Ordering::Relaxed) {
             let (submitter, mut sq, mut cq) = ring.split();
             let busy = turn.as_deref().is_some_and(TurnIo::has_pending)
                 || xsk_more
                 || xsk.as_deref().is_some_and(XskPath::has_pending);
+            if !busy && let Some(x) = xsk.as_deref_mut() {
+                // About to sleep: ask to be woken when an AF_XDP socket has frames.
+                arm_xsk_polls(x, &submitter, &mut sq, counts);
+                // Published now, for the enter below (the queue syncs itself only when
+                // dropped, at the end of the round).
+                sq.sync();
+            }
             let want = usize::from(!busy);
             match submitter.submit_with_args(want, &args) {
                 Ok(_) => {}
@@ -348,15 +355,11 @@ impl<H: DatagramHandler> UringWorker<H> {
                         slots.release(i as u32);
                     }
                     TAG_XSK => {
-                        // Readiness only: every socket is drained below, each round.
-                        if !cqueue::more(flags)
-                            && res != -libc::ECANCELED
-                            && let Some(fd) = xsk.as_deref().and_then(|x| x.fds().nth(i))
-                        {
-                            let e = poll_entry(fd, TAG_XSK, i as u64, true, false);
-                            if push(&submitter, &mut sq, &e).is_err() {
-                                counts.errors += 1;
-                            }
+                        // Readiness only: every socket is drained below, each round; the
+                        // one-shot poll is armed again before the loop next sleeps.
+                        if let Some(p) = xsk.as_deref_mut().and_then(|x| x.ports.get_mut(i)) {
+                            p.poll_armed = false;
+                            p.poll_cancelled = false;
                         }
                     }
                     kind @ (TAG_RELAY | TAG_ACCEPT | TAG_CONN | TAG_CONN_OUT) => {
@@ -384,6 +387,10 @@ impl<H: DatagramHandler> UringWorker<H> {
                     counts,
                 };
                 xsk_more = drain_xsk(x, t, &mut tx);
+                if xsk_more {
+                    // Busy from now on: see `disarm_xsk_polls`.
+                    disarm_xsk_polls(x, tx.submitter, tx.sq, tx.counts);
+                }
                 tx.counts.xsk = [
                     x.counts.received,
                     x.counts.sent,
@@ -400,15 +407,8 @@ impl<H: DatagramHandler> UringWorker<H> {
                 });
                 t.housekeeping();
                 if let Some((setup, reply)) = t.take_xsk_request() {
+                    // Its sockets' polls are armed when the loop next sleeps.
                     let answer = open_xsk(&setup, index, t, xsk);
-                    if let Some(x) = xsk.as_deref() {
-                        for (i, fd) in x.fds().enumerate() {
-                            let e = poll_entry(fd, TAG_XSK, i as u64, true, false);
-                            if push(&submitter, &mut sq, &e).is_err() {
-                                counts.errors += 1;
-                            }
-                        }
-                    }
                     let _ = reply.send(answer);
                 }
                 t.take_ops(&mut ops);
@@ -722,20 +722,80 @@ fn open_xsk(
     Ok(n)
 }
 
-/// Takes what the AF_XDP sockets received (bounded) through the TURN core, then hands
-/// the frames it queued to the kernel. True when a socket may hold more.
+/// Arms a one-shot readability poll on each AF_XDP socket that has none.
+///
+/// Why one-shot, and only before the loop sleeps: a poll stays on the socket's wait queue
+/// while it is armed, and the kernel then wakes that queue for every frame it finishes
+/// sending (`sock_wfree` → write space: a spin lock with interrupts off and the poll's
+/// wake callback, ~4% of the worker's CPU at saturation when the poll was multishot). A
+/// worker that is draining its sockets needs no wake-up; one about to sleep does, and
+/// arming then loses none (the kernel checks readiness when the poll is armed).
+fn arm_xsk_polls(
+    x: &mut XskPath,
+    submitter: &Submitter<'_>,
+    sq: &mut squeue::SubmissionQueue<'_>,
+    counts: &mut Counts,
+) {
+    for (i, p) in x.ports.iter_mut().enumerate() {
+        if p.poll_armed {
+            continue;
+        }
+        let e = opcode::PollAdd::new(Fd(p.socket.fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(tag(TAG_XSK, i as u64));
+        if push(submitter, sq, &e).is_ok() {
+            p.poll_armed = true;
+        } else {
+            counts.errors += 1;
+        }
+    }
+}
+
+/// Cancels the polls still armed on AF_XDP sockets once the worker is busy draining
+/// them (it will not sleep, so it needs no wake-up): a socket that only sends (the
+/// peer-side one, when peers are silent) would otherwise keep its poll on its wait queue
+/// and pay for a wake-up call on every frame it sends (see [`arm_xsk_polls`]).
+fn disarm_xsk_polls(
+    x: &mut XskPath,
+    submitter: &Submitter<'_>,
+    sq: &mut squeue::SubmissionQueue<'_>,
+    counts: &mut Counts,
+) {
+    for (i, p) in x.ports.iter_mut().enumerate() {
+        if !p.poll_armed || p.poll_cancelled {
+            continue;
+        }
+        if push(submitter, sq, &cancel_entry(TAG_XSK, i as u64)).is_ok() {
+            p.poll_cancelled = true;
+        } else {
+            counts.errors += 1;
+        }
+    }
+}
+
+/// Takes what the AF_XDP sockets received (bounded) through the TURN core, handing the
+/// frames each batch queued to the kernel before the next batch (the kernel copies them
+/// out of the UMEM while they are still in this core's cache). True when a socket may
+/// hold more.
 fn drain_xsk(x: &mut XskPath, turn: &mut TurnIo, tx: &mut UringSend<'_, '_, '_>) -> bool {
     let mut more = false;
     for i in 0..x.ports.len() {
         for _ in 0..XSK_ROUNDS {
             let n = x.with_batch(i, |x, frame| on_xsk_frame(frame, x, turn, tx));
-            more = n == RX_BATCH;
-            if !more {
+            if x.flush() != 0 {
+                tx.counts.errors += 1;
+            }
+            // A round that found frames is followed by one that does not sleep: under
+            // load the loop then never arms a poll (see `arm_xsk_polls`), and an idle
+            // worker sleeps after one empty look.
+            more |= n > 0;
+            if n < RX_BATCH {
                 break;
             }
         }
     }
-    if x.flush() != 0 {
+    // Frames a previous flush left on a ring (device busy) go now.
+    if x.has_pending() && x.flush() != 0 {
         tx.counts.errors += 1;
     }
     more

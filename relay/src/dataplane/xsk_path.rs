@@ -27,7 +27,6 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use crate::wire;
@@ -147,6 +146,10 @@ pub(super) struct XskPort {
     pub(super) socket: XskSocket,
     /// Frames queued since the last flush.
     dirty: bool,
+    /// A one-shot readability poll is armed on the worker's io_uring.
+    pub(super) poll_armed: bool,
+    /// Its cancel is queued (the poll's completion clears both flags).
+    pub(super) poll_cancelled: bool,
 }
 
 /// Counters of the AF_XDP side (folded into the worker's counts).
@@ -217,6 +220,8 @@ impl XskPath {
                 queue,
                 socket,
                 dirty: false,
+                poll_armed: false,
+                poll_cancelled: false,
             });
         }
         Ok(XskPath {
@@ -229,11 +234,6 @@ impl XskPath {
             batch_len: [0; RX_BATCH],
             counts: XskCounts::default(),
         })
-    }
-
-    /// The sockets' fds, for readiness polling.
-    pub(super) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
-        self.ports.iter().map(|p| p.socket.fd())
     }
 
     /// A steering handle (for the relayed-port hook).
