@@ -724,12 +724,13 @@ fn open_xsk(
 
 /// Arms a one-shot readability poll on each AF_XDP socket that has none.
 ///
-/// Why one-shot, and only before the loop sleeps: a poll stays on the socket's wait queue
-/// while it is armed, and the kernel then wakes that queue for every frame it finishes
-/// sending (`sock_wfree` → write space: a spin lock with interrupts off and the poll's
-/// wake callback, ~4% of the worker's CPU at saturation when the poll was multishot). A
-/// worker that is draining its sockets needs no wake-up; one about to sleep does, and
-/// arming then loses none (the kernel checks readiness when the poll is armed).
+/// Why one-shot, and only before the loop sleeps: a worker that is draining its sockets
+/// needs no wake-up, and a multishot poll posts a completion for every readiness change
+/// and sits on the socket's wait queue all the time (the kernel runs its wake callback on
+/// receive and on every send completion). One about to sleep does need it, and arming
+/// then loses none: the kernel checks readiness when the poll is armed. (Profiled at
+/// saturation, the `sock_wfree` wake-up cost did not go away with this change, so some
+/// of it has another cause; throughput stayed within noise.)
 fn arm_xsk_polls(
     x: &mut XskPath,
     submitter: &Submitter<'_>,
@@ -754,7 +755,7 @@ fn arm_xsk_polls(
 /// Cancels the polls still armed on AF_XDP sockets once the worker is busy draining
 /// them (it will not sleep, so it needs no wake-up): a socket that only sends (the
 /// peer-side one, when peers are silent) would otherwise keep its poll on its wait queue
-/// and pay for a wake-up call on every frame it sends (see [`arm_xsk_polls`]).
+/// for as long as the worker stays busy (see [`arm_xsk_polls`]).
 fn disarm_xsk_polls(
     x: &mut XskPath,
     submitter: &Submitter<'_>,
