@@ -414,11 +414,31 @@ fn setup(root: &Path, fuzz: bool, minimal: bool) -> Result<()> {
     run("setup", &mut cmd)
 }
 
+/// Crates outside the workspace (its `exclude` list), checked by `fmt` one by one.
+const OUT_OF_WORKSPACE: [&str; 3] = ["ebpf/relay-ebpf", "ebpf/bench-ebpf", "relay/fuzz"];
+
 fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result<()> {
     let started = Instant::now();
     setup(root, !no_fuzz, false)?;
     run("fmt", cargo().args(["fmt", "--all", "--", "--check"]))
         .context("formatting differs: run `cargo fmt --all`")?;
+    // The crates the workspace excludes (BPF programs, fuzz targets) are formatted too.
+    for krate in OUT_OF_WORKSPACE {
+        let manifest = root.join(krate).join("Cargo.toml");
+        run(
+            "fmt",
+            cargo()
+                .args(["fmt", "--manifest-path"])
+                .arg(&manifest)
+                .args(["--", "--check"]),
+        )
+        .with_context(|| {
+            format!(
+                "formatting differs in {krate}: run `cargo fmt --manifest-path {}`",
+                manifest.display()
+            )
+        })?;
+    }
     run(
         "clippy",
         cargo().args([
