@@ -148,6 +148,9 @@ fn run(s: &Setup, send: bool, clients: u32, messages: u32) {
 fn allocate_after_idle(s: &Setup) {
     const GAPS_MS: [u64; 8] = [250, 30, 30, 60, 250, 10, 30, 60];
     const LIMIT: Duration = Duration::from_millis(20);
+    // One answer may be late (a scheduling hiccup of the VM); a worker that sleeps
+    // through its frames makes most of them late (7 of 8 when its polls were never armed).
+    const LATE_ALLOWED: usize = 1;
     let relay = s.relay.as_ref().unwrap();
     let topo = &s.topo;
     let server = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), turn_xdp::PORT);
@@ -196,7 +199,7 @@ fn allocate_after_idle(s: &Setup) {
         "the Allocate requests did not arrive through AF_XDP ({received} frames); stats: {after}"
     );
     assert!(
-        slow.is_empty(),
+        slow.len() <= LATE_ALLOWED,
         "answers after idle gaps of {GAPS_MS:?} ms took longer than {LIMIT:?}: {slow:?}"
     );
 }
