@@ -776,8 +776,8 @@ fn disarm_xsk_polls(
 
 /// Takes what the AF_XDP sockets received (bounded) through the TURN core, handing the
 /// frames each batch queued to the kernel before the next batch (the kernel copies them
-/// out of the UMEM while they are still in this core's cache). True when a socket may
-/// hold more.
+/// out of the UMEM while they are still in this core's cache). True when any socket gave
+/// frames (more may follow).
 fn drain_xsk(x: &mut XskPath, turn: &mut TurnIo, tx: &mut UringSend<'_, '_, '_>) -> bool {
     let mut more = false;
     for i in 0..x.ports.len() {
