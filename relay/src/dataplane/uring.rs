@@ -17,7 +17,7 @@ use super::counters::{Counts, IoDrop, WorkerCounters};
 use super::slots::SendSlots;
 use super::socket::{NAME_LEN, decode_sockaddr};
 use super::turn_io::{Op, TurnIo, UdpSend};
-use super::xsk_path::{self, RX_BATCH, XskPath};
+use super::xsk_path::{self, RX_BATCH, XskPath, XskPoll};
 use super::{DatagramHandler, DataplaneError, Verdict};
 
 /// Submission queue entries.
@@ -358,8 +358,7 @@ impl<H: DatagramHandler> UringWorker<H> {
                         // Readiness only: every socket is drained below, each round; the
                         // one-shot poll is armed again before the loop next sleeps.
                         if let Some(p) = xsk.as_deref_mut().and_then(|x| x.ports.get_mut(i)) {
-                            p.poll_armed = false;
-                            p.poll_cancelled = false;
+                            p.poll = XskPoll::Idle;
                         }
                     }
                     kind @ (TAG_RELAY | TAG_ACCEPT | TAG_CONN | TAG_CONN_OUT) => {
@@ -738,14 +737,14 @@ fn arm_xsk_polls(
     counts: &mut Counts,
 ) {
     for (i, p) in x.ports.iter_mut().enumerate() {
-        if p.poll_armed {
+        if p.poll != XskPoll::Idle {
             continue;
         }
         let e = opcode::PollAdd::new(Fd(p.socket.fd()), libc::POLLIN as u32)
             .build()
             .user_data(tag(TAG_XSK, i as u64));
         if push(submitter, sq, &e).is_ok() {
-            p.poll_armed = true;
+            p.poll = XskPoll::Armed;
         } else {
             counts.errors += 1;
         }
@@ -763,11 +762,11 @@ fn disarm_xsk_polls(
     counts: &mut Counts,
 ) {
     for (i, p) in x.ports.iter_mut().enumerate() {
-        if !p.poll_armed || p.poll_cancelled {
+        if p.poll != XskPoll::Armed {
             continue;
         }
         if push(submitter, sq, &cancel_entry(TAG_XSK, i as u64)).is_ok() {
-            p.poll_cancelled = true;
+            p.poll = XskPoll::Cancelling;
         } else {
             counts.errors += 1;
         }

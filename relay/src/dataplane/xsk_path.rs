@@ -146,10 +146,20 @@ pub(super) struct XskPort {
     pub(super) socket: XskSocket,
     /// Frames queued since the last flush.
     dirty: bool,
-    /// A one-shot readability poll is armed on the worker's io_uring.
-    pub(super) poll_armed: bool,
-    /// Its cancel is queued (the poll's completion clears both flags).
-    pub(super) poll_cancelled: bool,
+    /// The socket's one-shot readability poll on the worker's io_uring.
+    pub(super) poll: XskPoll,
+}
+
+/// Where a socket's one-shot readability poll stands (its completion, whether it fired
+/// or was cancelled, makes it [`XskPoll::Idle`] again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum XskPoll {
+    /// None armed.
+    Idle,
+    /// Armed, waiting for frames.
+    Armed,
+    /// Armed, and its cancel is queued.
+    Cancelling,
 }
 
 /// Counters of the AF_XDP side (folded into the worker's counts).
@@ -220,8 +230,7 @@ impl XskPath {
                 queue,
                 socket,
                 dirty: false,
-                poll_armed: false,
-                poll_cancelled: false,
+                poll: XskPoll::Idle,
             });
         }
         Ok(XskPath {
