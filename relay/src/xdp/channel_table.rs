@@ -266,7 +266,10 @@ impl<S: Slots> SlotTable<S> {
     /// any slot left half-written (odd `seq`: a daemon stopped mid-write) or stored where
     /// no probe of its key would find it (a table whose seed was lost). Returns (kept,
     /// removed).
-    pub fn retain(&mut self, mut keep: impl FnMut(&ChannelRule) -> bool) -> (usize, usize) {
+    pub fn retain(
+        &mut self,
+        mut keep: impl FnMut(&ChannelKeyV4, &ChannelRule) -> bool,
+    ) -> (usize, usize) {
         let (mut kept, mut removed) = (0, 0);
         for i in 0..self.slots.slot_count() {
             let s = self.read(i);
@@ -274,7 +277,7 @@ impl<S: Slots> SlotTable<S> {
                 continue;
             }
             let reachable = s.key != EMPTY && self.probes(&s.key).any(|p| p == i);
-            if s.seq & 1 == 0 && reachable && keep(&s.rule()) {
+            if s.seq & 1 == 0 && reachable && keep(&s.key, &s.rule()) {
                 kept += 1;
             } else {
                 self.write(i, &ChannelSlot::default());
@@ -430,14 +433,14 @@ mod tests {
         s.seq = 2;
         // SAFETY: as above.
         unsafe { *t.slots.base().add(stray) = s };
-        let (kept, removed) = t.retain(|r| r.stats_idx == 1);
+        let (kept, removed) = t.retain(|_, r| r.stats_idx == 1);
         assert_eq!((kept, removed), (1, 2));
         assert_eq!(t.get(&a), Some(rule(1)));
         assert_eq!(t.get(&b), None);
         assert_eq!(t.read(stray).key, EMPTY);
         assert!((0..64).all(|i| t.read(i).seq & 1 == 0));
         // A rule failing `keep` goes too.
-        assert_eq!(t.retain(|_| false), (0, 1));
+        assert_eq!(t.retain(|_, _| false), (0, 1));
         assert_eq!(t.get(&a), None);
     }
 

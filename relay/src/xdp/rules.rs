@@ -12,6 +12,7 @@
 //! lists shared by all workers ([`IndexPool`]), resetting the entry an index names when it
 //! is reused (counters to zero, a fresh bandwidth window).
 
+use std::collections::HashSet;
 use std::io;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -639,16 +640,19 @@ macro_rules! adopted_rule {
 }
 adopted_rule!(ChannelRule, PeerRule, AllocRule);
 
-/// Removes the rules of `m` for which `keep(expires_ns, stats_idx, alloc_idx)` is false.
+/// Removes the rules of `m` for which `keep(expires_ns, stats_idx, alloc_idx)` is false,
+/// and adds the `stats_idx` of every rule it held to `seen`.
 fn sweep_map<K: Pod, V: Pod + AdoptedRule>(
     m: &RuleMap<K, V>,
     keep: &mut impl FnMut(u64, u32, u32) -> bool,
+    seen: &mut HashSet<u32>,
     out: &mut Adopted,
 ) {
     let mut m = lock(m);
     let rules: Vec<_> = m.iter().filter_map(Result::ok).collect();
     for (k, v) in rules {
         let (e, s, a) = v.indices();
+        seen.insert(s);
         if keep(e, s, a) {
             out.kept += 1;
         } else {
@@ -660,20 +664,43 @@ fn sweep_map<K: Pod, V: Pod + AdoptedRule>(
 
 impl TurnMaps {
     /// Keeps the rules of every map and of the channel table for which `keep(expires_ns,
-    /// stats_idx, alloc_idx)` is true and removes the others (and the table's torn or
-    /// unreachable slots).
+    /// stats_idx, alloc_idx)` is true and removes the others, the table's torn or
+    /// unreachable slots, and its shadowed ones (see [`shadowed_slot`]).
     fn sweep_all(&self, mut keep: impl FnMut(u64, u32, u32) -> bool) -> Adopted {
         let mut out = Adopted::default();
-        sweep_map(&self.channels, &mut keep, &mut out);
-        sweep_map(&self.channels_v4, &mut keep, &mut out);
-        sweep_map(&self.peers, &mut keep, &mut out);
-        sweep_map(&self.allocs, &mut keep, &mut out);
+        let mut in_maps = HashSet::new();
+        sweep_map(&self.channels, &mut keep, &mut in_maps, &mut out);
+        sweep_map(&self.channels_v4, &mut keep, &mut in_maps, &mut out);
+        sweep_map(&self.peers, &mut keep, &mut in_maps, &mut out);
+        sweep_map(&self.allocs, &mut keep, &mut in_maps, &mut out);
         if let Some(t) = &self.table {
-            let (kept, removed) = lock(t).retain(|v| keep(v.expires_ns, v.stats_idx, v.alloc_idx));
+            let (kept, removed) = lock(t).retain(|k, v| {
+                !self.shadowed_slot(k, v, &in_maps) && keep(v.expires_ns, v.stats_idx, v.alloc_idx)
+            });
             out.kept += kept;
             out.removed += removed;
         }
         out
+    }
+}
+
+impl TurnMaps {
+    /// Whether the table slot `k` → `v` is stale: its key also has a rule in a hash map,
+    /// or its `stats_idx` belongs to a rule there (`in_maps`). This build never leaves a
+    /// key in two places or gives two rules one index, so such a slot was left by a
+    /// daemon that did not manage the table: an older one, run after this one on the same
+    /// pins. Its program never read the table, and it removed and reassigned rules in the
+    /// hash maps only, so the slot may name a channel it has since removed, a relayed
+    /// address it freed, or another rule's counters. (A daemon stopped between writing a
+    /// key's slot and removing its hash-map copy also leaves two: the hash map's is then
+    /// the one kept, and the restored allocation rewrites it.)
+    fn shadowed_slot(&self, k: &ChannelKeyV4, v: &ChannelRule, in_maps: &HashSet<u32>) -> bool {
+        in_maps.contains(&v.stats_idx)
+            || !matches!(get_rule(&self.channels_v4, maps::CHANNELS_V4, k), Ok(None))
+            || !matches!(
+                get_rule(&self.channels, maps::CHANNELS, &k.widen()),
+                Ok(None)
+            )
     }
 }
 
@@ -916,6 +943,64 @@ mod privileged {
         assert_eq!((a.kept, a.removed), (1, 1));
         assert_eq!(m.channel(&key(1)).expect("get"), None);
         assert_eq!(m.channel(&key(0)).expect("get"), Some(rule(0)));
+    }
+
+    #[test]
+    fn adoption_drops_table_slots_an_older_daemon_left_stale() {
+        if !can_run("adoption_drops_table_slots_an_older_daemon_left_stale") {
+            return;
+        }
+        let (_ebpf, m) = small_maps();
+        assert!(m.has_channel_table(), "the table is on (x86_64)");
+        let key = numbered_key;
+        let rule = |stats_idx: u32, peer: u8| ChannelRule {
+            expires_ns: u64::MAX,
+            relay_addr: mapped_v4([192, 0, 2, 10]),
+            peer_addr: mapped_v4([203, 0, 113, peer]),
+            relay_port: wire(50000),
+            peer_port: wire(7000),
+            flags: 0,
+            _pad: 0,
+            stats_idx,
+            alloc_idx: 0,
+        };
+        let in_table = |i: u32| {
+            let k4 = key(i).v4().expect("IPv4");
+            m.table.as_ref().and_then(|t| lock(t).get(&k4))
+        };
+        // This build's rules, all in the table.
+        for i in [0, 1, 2, 4] {
+            m.insert_channel(&key(i), &rule(i, 1)).expect("insert");
+            assert_eq!(in_table(i), Some(rule(i, 1)), "rule {i} in the table");
+        }
+        // An older daemon on the same pins writes the hash maps only: it removed channel
+        // 1 and gave its index to channel 9, bound channel 2 afresh to another peer, and
+        // keeps channel 4 under the wide key.
+        let v4 = |i: u32| key(i).v4().expect("IPv4");
+        insert_rule(&m.channels_v4, maps::CHANNELS_V4, &v4(9), &rule(1, 2)).expect("insert");
+        insert_rule(&m.channels_v4, maps::CHANNELS_V4, &v4(2), &rule(3, 2)).expect("insert");
+        insert_rule(&m.channels, maps::CHANNELS, &key(4), &rule(5, 2)).expect("insert");
+
+        let a = m.adopt_existing().expect("sweep");
+        assert_eq!((a.kept, a.removed), (4, 3), "{a:?}");
+        assert_eq!(in_table(0), Some(rule(0, 1)), "an untouched slot stays");
+        for i in [1, 2, 4] {
+            assert_eq!(in_table(i), None, "stale slot {i} removed");
+        }
+        assert_eq!(m.channel(&key(1)).expect("get"), None, "removed channel");
+        assert_eq!(m.channel(&key(9)).expect("get"), Some(rule(1, 2)));
+        assert_eq!(
+            m.channel(&key(2)).expect("get"),
+            Some(rule(3, 2)),
+            "the new binding"
+        );
+        assert_eq!(m.channel(&key(4)).expect("get"), Some(rule(5, 2)));
+        // The kept rules' indices are reserved; those of the removed slots are free.
+        let mut pool = lock(&m.stats_pool);
+        assert_eq!(pool.in_use(), 4);
+        let mut fresh = [pool.take(), pool.take()];
+        fresh.sort_unstable();
+        assert_eq!(fresh, [Some(2), Some(4)]);
     }
 
     #[test]
