@@ -769,6 +769,15 @@ impl Daemon {
         let mut child = self.child.take().context("daemon already stopped")?;
         terminate(&mut child, timeout)
     }
+
+    /// Sends SIGTERM and panics unless the daemon exits with status 0 within 10 s: the
+    /// clean shutdown every test expects at its end.
+    pub fn stop_cleanly(self) {
+        match self.stop(Duration::from_secs(10)) {
+            Ok(status) => assert!(status.success(), "relay exited with {status}"),
+            Err(e) => panic!("stop the relay: {e:#}"),
+        }
+    }
 }
 
 /// SIGTERM, wait up to `timeout`, then SIGKILL.

@@ -162,8 +162,7 @@ fn sfu_three_participants_layer_switch_and_bad_input() {
         sfu["rtp_out"].as_u64().unwrap_or(0) > 1000,
         "the relay's SFU counters do not show the forwarding: {sfu}"
     );
-    let status = relay.stop(Duration::from_secs(10)).unwrap();
-    assert!(status.success(), "relay exited with {status}");
+    relay.stop_cleanly();
 }
 
 #[test]
@@ -188,8 +187,7 @@ fn sfu_h264_and_screen_share() {
         "p0 published {}; screen shared via {}",
         result["published"], result["screenPath"]
     );
-    let status = relay.stop(Duration::from_secs(10)).unwrap();
-    assert!(status.success(), "relay exited with {status}");
+    relay.stop_cleanly();
 }
 
 #[test]
@@ -229,8 +227,7 @@ fn sfu_tcp_only() {
         "the SFU forwarded media: {sfu}"
     );
     assert_eq!(sfu["tcp_frame_errors"].as_u64(), Some(0), "{sfu}");
-    let status = relay.stop(Duration::from_secs(10)).unwrap();
-    assert!(status.success(), "relay exited with {status}");
+    relay.stop_cleanly();
 }
 
 #[test]
@@ -273,6 +270,5 @@ fn p2p_file_through_turn() {
             result[pair]
         );
     }
-    let status = relay.stop(Duration::from_secs(10)).unwrap();
-    assert!(status.success(), "relay exited with {status}");
+    relay.stop_cleanly();
 }

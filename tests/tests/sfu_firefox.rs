@@ -151,6 +151,5 @@ fn sfu_firefox_and_chromium_exchange_media() {
         "the relay's SFU counters do not show the forwarding: {}",
         stats["sfu"]
     );
-    let status = relay.stop(Duration::from_secs(10)).unwrap();
-    assert!(status.success(), "relay exited with {status}");
+    relay.stop_cleanly();
 }

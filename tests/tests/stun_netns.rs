@@ -164,8 +164,7 @@ fn binding_answered_by_xdp_native() {
         num(&before, &["userspace", "stun_answered"]),
         "userspace answered although the fast path is on: {after}"
     );
-    let status = daemon.stop(Duration::from_secs(10)).expect("stop");
-    assert!(status.success(), "relay exited with {status}");
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -187,8 +186,7 @@ fn binding_answered_by_io_uring_without_xdp() {
         "userspace answered {answered}, expected at least {}: {after}",
         2 * per_family
     );
-    let status = daemon.stop(Duration::from_secs(10)).expect("stop");
-    assert!(status.success(), "relay exited with {status}");
+    daemon.stop_cleanly();
 }
 
 /// Runs coturn's `turnutils_stunclient` in the client namespace and returns the
@@ -267,8 +265,7 @@ fn coturn_stunclient_gets_mapped_address_from_both_paths() {
                 "userspace answered {user} of stunclient's requests"
             );
         }
-        let status = daemon.stop(Duration::from_secs(10)).expect("stop");
-        assert!(status.success(), "relay exited with {status}");
+        daemon.stop_cleanly();
     }
 }
 

@@ -211,13 +211,7 @@ fn uclient_through_af_xdp(test: &str, send: bool) {
     let mut s = setup();
     run(&s, send, 5, 200);
     allocate_after_idle(&s);
-    let status = s
-        .relay
-        .take()
-        .unwrap()
-        .stop(Duration::from_secs(10))
-        .expect("stop the relay");
-    assert!(status.success(), "relay exited with {status}");
+    s.relay.take().unwrap().stop_cleanly();
 }
 
 #[test]
