@@ -445,14 +445,18 @@ fn sink(sock: UdpSocket, start: Instant, stop: Arc<AtomicBool>) -> Result<SinkRe
 /// Opens one UDP socket per allocation (consecutive ports from `--first-port`, or
 /// ephemeral ones), each connected to the server, and does Allocate + ChannelBind to
 /// `--sink` on each (in the calling thread's network namespace). The sockets are left
-/// non-blocking; the returned auth state is what [`release`] needs.
-pub(crate) fn open_allocations(args: &TurnLoadArgs) -> Result<(Vec<UdpSocket>, Option<Auth>)> {
+/// non-blocking; returned with them are the relayed addresses (in the same order) and the
+/// auth state [`release`] needs.
+pub(crate) fn open_allocations(
+    args: &TurnLoadArgs,
+) -> Result<(Vec<UdpSocket>, Vec<SocketAddr>, Option<Auth>)> {
     let bind: SocketAddr = if args.server.is_ipv6() {
         "[::]:0".parse()?
     } else {
         "0.0.0.0:0".parse()?
     };
     let mut socks = Vec::with_capacity(args.allocations);
+    let mut relayed = Vec::with_capacity(args.allocations);
     let mut auth = None;
     for i in 0..args.allocations {
         let mut local = bind;
@@ -466,12 +470,13 @@ pub(crate) fn open_allocations(args: &TurnLoadArgs) -> Result<(Vec<UdpSocket>, O
         s.connect(args.server)?;
         s.set_read_timeout(Some(Duration::from_millis(200)))?;
         let _ = socket2::SockRef::from(&s).set_send_buffer_size(1 << 20);
-        handshake(&s, i, args, &mut auth)
+        let r = handshake(&s, i, args, &mut auth)
             .with_context(|| format!("allocation {i} of {}", args.allocations))?;
         s.set_nonblocking(true)?;
         socks.push(s);
+        relayed.push(r);
     }
-    Ok((socks, auth))
+    Ok((socks, relayed, auth))
 }
 
 /// Sets up the allocations and channels, runs the load, returns what the sink saw.
@@ -513,7 +518,7 @@ pub fn run(args: &TurnLoadArgs) -> Result<TurnSummary> {
         .recv_timeout(Duration::from_secs(10))
         .context("the sink did not start")??;
 
-    let (socks, auth) = open_allocations(args)?;
+    let (socks, _, auth) = open_allocations(args)?;
     let setup_seconds = start.elapsed().as_secs_f64();
     eprintln!(
         "{} allocations with a channel to {} ready in {setup_seconds:.2}s",

@@ -33,6 +33,13 @@
 //! relay's core per packet (from /proc/stat), and for XDP programs their own ns per run
 //! (kernel BPF run-time statistics of the attached program).
 //!
+//! `--direction peer-to-client` measures the other direction: the generator runs on the
+//! peer's veth and sends plain UDP from the sink's address to each allocation's relayed
+//! port (the relayed ports the control client got, in `GEN_PORTS`), the relays send it on
+//! to the client as ChannelData, and the sink counts it on the client's veth. Its floor is
+//! `bench_floor_rev`, which adds the 4-byte header; the socket and AF_XDP floors (e), (f)
+//! exist for the client → peer direction only.
+//!
 //! Placement: the generator (this process's main thread) on `--client-cpu`, the relay
 //! process on `--server-cpu`. The receive processing of the relay's client-side veth (its
 //! XDP program, and for userspace relays the UDP stack up to the socket) runs inline in
@@ -61,7 +68,7 @@ use aya::{
 };
 use common::{
     APP_INDEX, APP_MAGIC, APP_MIN, APP_SEQ, APP_TIME, FloorConfig, GenConfig, HIST_BUCKETS,
-    HIST_SUB_BITS, MAGIC, UDP_OFF, UDP_PAYLOAD,
+    HIST_SUB_BITS, MAGIC, SinkConfig, UDP_OFF, UDP_PAYLOAD,
 };
 use relay_e2e::{Daemon, Netns, Process, TURN_PEER_NET_V4, TempDir, TurnTopology};
 
@@ -145,6 +152,38 @@ pub struct TurnXdpArgs {
     /// nothing (path (a) only once [`FAST_PATH_LANDED`]).
     #[arg(long)]
     pub smoke: bool,
+    /// Which way the relayed traffic goes: ChannelData from the client out to the peer as
+    /// UDP, or UDP from the peer back to the client as ChannelData.
+    #[arg(long, value_enum, default_value_t = Direction::ClientToPeer)]
+    pub direction: Direction,
+}
+
+/// The relayed direction (`--direction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Direction {
+    /// ChannelData from the client → UDP to the peer.
+    ClientToPeer,
+    /// UDP from the peer → ChannelData to the client.
+    PeerToClient,
+}
+
+impl Direction {
+    fn to_client(self) -> bool {
+        self == Direction::PeerToClient
+    }
+    /// The relay's XDP counter of frames relayed this way in the kernel.
+    fn kernel_counter(self) -> &'static str {
+        match self {
+            Direction::ClientToPeer => "turn_channel_to_peer",
+            Direction::PeerToClient => "turn_peer_to_channel",
+        }
+    }
+    fn describe(self) -> &'static str {
+        match self {
+            Direction::ClientToPeer => "client → peer (ChannelData in, UDP out)",
+            Direction::PeerToClient => "peer → client (UDP in, ChannelData out)",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -404,6 +443,7 @@ impl Bpf {
         for name in [
             common::PROG_GEN,
             common::PROG_FLOOR,
+            common::PROG_FLOOR_REV,
             common::PROG_SINK,
             common::PROG_PASS,
             common::PROG_XSK,
@@ -510,13 +550,33 @@ impl Bpf {
         m.set(0, fd.as_raw_fd(), 0).context("write XSKS")
     }
 
-    fn set_sink_port(&mut self, port: u16) -> Result<()> {
-        let mut a: Array<_, u16> = self
+    fn set_sink(&mut self, cfg: SinkConfig) -> Result<()> {
+        let mut a: Array<_, SinkConfig> = self
             .ebpf
             .map_mut(common::SINK_CONFIG)
             .context("SINK_CONFIG")?
             .try_into()?;
-        a.set(0, port, 0).context("write SINK_CONFIG")
+        a.set(0, cfg, 0).context("write SINK_CONFIG")
+    }
+
+    /// The destination port of each allocation for the generator on the peer side.
+    fn set_gen_ports(&mut self, ports: &[u16]) -> Result<()> {
+        ensure!(
+            ports.len() <= common::GEN_PORTS_MAX as usize,
+            "{} allocations: the generator holds at most {}",
+            ports.len(),
+            common::GEN_PORTS_MAX
+        );
+        let mut a: Array<_, u16> = self
+            .ebpf
+            .map_mut(common::GEN_PORTS)
+            .context("GEN_PORTS")?
+            .try_into()?;
+        for (i, p) in (0u32..).zip(ports) {
+            a.set(i, *p, 0)
+                .with_context(|| format!("write GEN_PORTS[{i}]"))?;
+        }
+        Ok(())
     }
 
     fn sink(&self) -> Result<SinkSnap> {
@@ -648,6 +708,8 @@ struct SinkSnap {
 unsafe impl aya::Pod for GenConfig {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FloorConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SinkConfig {}
 
 /// Lower bound (ns) of histogram bucket `i` (see `bucket` in the eBPF program).
 fn bucket_low(i: usize) -> f64 {
@@ -685,21 +747,29 @@ fn quantile_us(hist: &[u64], q: f64) -> f64 {
     0.0
 }
 
-/// The ChannelData frame template and the checksum base for [`GenConfig`].
+/// The frame template and the checksum base for [`GenConfig`].
 struct Template {
     frame: Vec<u8>,
     csum_base: u64,
 }
 
+/// A frame of `size` bytes of the bench's payload from `src:sport` to `dst:dport`, as
+/// ChannelData (channel 0x4000) or as plain UDP. The port the generator writes (source
+/// from the client, destination from the peer) is passed as 0, as the checksum base
+/// requires.
+#[allow(clippy::too_many_arguments)]
 fn template(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
     src: Ipv4Addr,
     dst: Ipv4Addr,
+    sport: u16,
     dport: u16,
     size: usize,
+    channel_data: bool,
 ) -> Template {
-    let udp_len = 8 + 4 + size;
+    let cd = if channel_data { 4 } else { 0 };
+    let udp_len = 8 + cd + size;
     let mut f = vec![0u8; UDP_OFF + udp_len];
     f[0..6].copy_from_slice(&dst_mac);
     f[6..12].copy_from_slice(&src_mac);
@@ -715,11 +785,14 @@ fn template(
     let c = !fold(words(ip));
     ip[10..12].copy_from_slice(&c.to_ne_bytes());
     let u = UDP_OFF;
+    f[u..u + 2].copy_from_slice(&sport.to_be_bytes());
     f[u + 2..u + 4].copy_from_slice(&dport.to_be_bytes());
     f[u + 4..u + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    f[u + 8..u + 10].copy_from_slice(&0x4000u16.to_be_bytes());
-    f[u + 10..u + 12].copy_from_slice(&(size as u16).to_be_bytes());
-    let app = UDP_PAYLOAD + 4;
+    if channel_data {
+        f[u + 8..u + 10].copy_from_slice(&0x4000u16.to_be_bytes());
+        f[u + 10..u + 12].copy_from_slice(&(size as u16).to_be_bytes());
+    }
+    let app = UDP_PAYLOAD + cd;
     f[app + APP_MAGIC..app + APP_MAGIC + 4].copy_from_slice(&MAGIC.to_le_bytes());
     for (i, b) in f[app + APP_MIN..].iter_mut().enumerate() {
         *b = (i % 251) as u8;
@@ -831,7 +904,10 @@ struct Bench<'a> {
     args: &'a TurnXdpArgs,
     topo: &'a TurnTopology,
     bpf: Bpf,
-    client_ifindex: u32,
+    /// Where the generator sends from: the client's namespace and veth, or the peer's
+    /// (`--direction peer-to-client`).
+    gen_ns: &'a Netns,
+    gen_ifindex: u32,
     tpl: Template,
     server_cpu: usize,
     next_port: u16,
@@ -847,6 +923,9 @@ struct Bench<'a> {
     floor: FloorConfig,
     /// The relay's client-side veth.
     vc: String,
+    /// The relay's veth the generator's frames arrive on: `vc`, or `vp` for the other
+    /// direction.
+    rx_dev: String,
 }
 
 impl Bench<'_> {
@@ -890,8 +969,8 @@ impl Bench<'_> {
         let st0 = cpu_steal(self.server_cpu);
         let cst0 = cpu_steal(self.args.client_cpu);
         let (sent, secs) = self.bpf.generate(
-            &self.topo.client,
-            self.client_ifindex,
+            self.gen_ns,
+            self.gen_ifindex,
             &self.tpl.frame,
             self.gen_cfg,
             rate,
@@ -952,12 +1031,12 @@ impl Bench<'_> {
         })
     }
 
-    /// `turn_channel_to_peer` of the daemon's XDP counters (path (a) only).
+    /// The daemon's XDP counter of the measured direction (path (a) only).
     fn kernel_relayed(&self) -> Option<u64> {
         let d = self.daemon.as_ref()?;
         let s = d.stats().ok()?;
         Some(
-            s["xdp"]["counters"]["turn_channel_to_peer"]
+            s["xdp"]["counters"][self.args.direction.kernel_counter()]
                 .as_u64()
                 .unwrap_or(0),
         )
@@ -1107,9 +1186,12 @@ impl Bench<'_> {
         } else {
             next as u16
         };
+        let to_client = self.args.direction.to_client();
         self.gen_cfg = GenConfig {
             allocations: n as u32,
             first_port: u32::from(first_port),
+            to_client: u32::from(to_client),
+            _pad: 0,
             csum_base: self.tpl.csum_base,
             rate: 0,
             start_ns: 0,
@@ -1118,6 +1200,12 @@ impl Bench<'_> {
                 .context("frame shorter than its head")?,
         };
         if matches!(path, Path4::Floor | Path4::SocketFloor | Path4::XskFloor) {
+            if to_client {
+                // The floor relays to the relayed address's any port: spread the load
+                // over as many as there are allocations, as for the relays.
+                let ports: Vec<u16> = (0..n).map(|i| first_port.wrapping_add(i as u16)).collect();
+                self.bpf.set_gen_ports(&ports)?;
+            }
             return self.search(path, n);
         }
         let load = TurnLoadArgs {
@@ -1134,7 +1222,7 @@ impl Bench<'_> {
             json: false,
         };
         let t = Instant::now();
-        let (socks, auth) = {
+        let (socks, relayed, auth) = {
             let _g = enter(&self.topo.client)?;
             turn_load::open_allocations(&load)
                 .with_context(|| format!("{}: set up {n} allocations", path.label()))?
@@ -1144,9 +1232,30 @@ impl Bench<'_> {
             t.elapsed().as_secs_f64(),
             usize::from(first_port) + n - 1
         );
-        let r = self.search(path, n);
+        let r = self
+            .aim_at_relayed(&relayed)
+            .and_then(|()| self.search(path, n));
         turn_load::release(&socks, &load, auth.as_ref());
         r
+    }
+}
+
+impl Bench<'_> {
+    /// For the peer → client direction: the generator sends to these relayed addresses,
+    /// which must all be on the relay's peer-side address (the template's destination).
+    fn aim_at_relayed(&mut self, relayed: &[SocketAddr]) -> Result<()> {
+        if !self.args.direction.to_client() {
+            return Ok(());
+        }
+        let want = IpAddr::V4(self.topo.relay_peer_v4);
+        if let Some(a) = relayed.iter().find(|a| a.ip() != want) {
+            bail!(
+                "the relay gave relayed address {a}, but the generator sends to {want}: \
+                 configure the relay to relay from its peer-side address"
+            );
+        }
+        let ports: Vec<u16> = relayed.iter().map(SocketAddr::port).collect();
+        self.bpf.set_gen_ports(&ports)
     }
 }
 
@@ -1373,11 +1482,24 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
         "--allocations must each be 1..=20000"
     );
     ensure!((1..=50).contains(&args.rounds), "--rounds must be 1..=50");
-    let paths = args
+    let mut paths = args
         .paths
         .iter()
         .map(|p| Path4::parse(p))
         .collect::<Result<Vec<_>>>()?;
+    let to_client = args.direction.to_client();
+    if to_client
+        && paths
+            .iter()
+            .any(|p| matches!(p, Path4::SocketFloor | Path4::XskFloor))
+    {
+        eprintln!(
+            "note: the socket and AF_XDP floors relay client → peer only; \
+             measuring peer → client without them"
+        );
+        paths.retain(|p| !matches!(p, Path4::SocketFloor | Path4::XskFloor));
+    }
+    ensure!(!paths.is_empty(), "no path left to measure");
     ensure!(
         args.relay_bin.exists()
             || !paths
@@ -1395,9 +1517,9 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
     topo.relay.ip(&["link", "set", "vc", "name", &vc])?;
     topo.relay.ip(&["link", "set", &vc, "up"])?;
     let (client_ifindex, client_mac) = link_info(&topo.client, "eth0")?;
-    let (_, vc_mac) = link_info(&topo.relay, &vc)?;
+    let (vc_ifindex, vc_mac) = link_info(&topo.relay, &vc)?;
     let (vp_ifindex, vp_mac) = link_info(&topo.relay, "vp")?;
-    let (_, peer_mac) = link_info(&topo.peer, "eth0")?;
+    let (peer_ifindex, peer_mac) = link_info(&topo.peer, "eth0")?;
     // Static neighbours: no ARP during the runs (the sink drops nothing but the bench's
     // frames, so ARP would work too; this only removes a first-packet delay).
     let mac_s = |m: [u8; 6]| {
@@ -1441,33 +1563,82 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
     ])?;
 
     let mut bpf = Bpf::load()?;
-    bpf.set_sink_port(SINK_PORT)?;
-    let floor = FloorConfig {
-        dst_mac: peer_mac,
-        src_mac: vp_mac,
-        src_ip: topo.relay_peer_v4.octets(),
-        dst_ip: topo.peer_v4.octets(),
-        listen_port: PORT,
-        sink_port: SINK_PORT,
-        out_ifindex: vp_ifindex,
+    let (floor, tpl) = if to_client {
+        // Client ports are 10 000 and up (`Bench::next_port`); the relays' STUN answers
+        // to them pass the sink.
+        bpf.set_sink(SinkConfig {
+            port_lo: 10_000,
+            port_hi: u16::MAX,
+            channel_data: 1,
+            _pad: 0,
+        })?;
+        let floor = FloorConfig {
+            dst_mac: client_mac,
+            src_mac: vc_mac,
+            src_ip: topo.relay_client_v4.octets(),
+            dst_ip: topo.client_v4.octets(),
+            listen_port: PORT,
+            sink_port: 10_000,
+            out_ifindex: vc_ifindex,
+            peer_port: SINK_PORT,
+            _pad: 0,
+        };
+        let tpl = template(
+            peer_mac,
+            vp_mac,
+            topo.peer_v4,
+            topo.relay_peer_v4,
+            SINK_PORT,
+            0,
+            args.size,
+            false,
+        );
+        bpf.attach(&topo.client, "eth0", common::PROG_SINK)?;
+        (floor, tpl)
+    } else {
+        bpf.set_sink(SinkConfig {
+            port_lo: SINK_PORT,
+            port_hi: SINK_PORT,
+            channel_data: 0,
+            _pad: 0,
+        })?;
+        let floor = FloorConfig {
+            dst_mac: peer_mac,
+            src_mac: vp_mac,
+            src_ip: topo.relay_peer_v4.octets(),
+            dst_ip: topo.peer_v4.octets(),
+            listen_port: PORT,
+            sink_port: SINK_PORT,
+            out_ifindex: vp_ifindex,
+            peer_port: 0,
+            _pad: 0,
+        };
+        let tpl = template(
+            client_mac,
+            vc_mac,
+            topo.client_v4,
+            topo.relay_client_v4,
+            0,
+            PORT,
+            args.size,
+            true,
+        );
+        bpf.attach(&topo.peer, "eth0", common::PROG_SINK)?;
+        (floor, tpl)
     };
     bpf.set_floor(floor)?;
-    bpf.attach(&topo.peer, "eth0", common::PROG_SINK)?;
     bpf.hold_generator_in_dispatcher(&topo.client, "gpin")?;
-    let tpl = template(
-        client_mac,
-        vc_mac,
-        topo.client_v4,
-        topo.relay_client_v4,
-        PORT,
-        args.size,
-    );
     let files = TempDir::new("relay-bench-turn-xdp")?;
     let mut bench = Bench {
         args: &args,
         topo: &topo,
         bpf,
-        client_ifindex,
+        gen_ns: if to_client { &topo.peer } else { &topo.client },
+        gen_ifindex: if to_client {
+            peer_ifindex
+        } else {
+            client_ifindex
+        },
         tpl,
         server_cpu,
         next_port: 10_000,
@@ -1477,9 +1648,16 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
         round: 0,
         floor,
         vc: vc.clone(),
+        rx_dev: if to_client {
+            "vp".to_string()
+        } else {
+            vc.clone()
+        },
         gen_cfg: GenConfig {
             allocations: 1,
             first_port: 0,
+            to_client: 0,
+            _pad: 0,
             csum_base: 0,
             rate: 0,
             start_ns: 0,
@@ -1581,11 +1759,13 @@ fn run_path(
                 false,
             )?;
             start_relay(bench, &cfg)?;
-            bench.measured_prog = attached_prog_id(&bench.topo.relay, vc);
+            bench.measured_prog = attached_prog_id(&bench.topo.relay, &bench.rx_dev);
         }
         Path4::IoUring => {
             let cfg = relay_config(bench.topo, files, None, None, false)?;
-            bench.bpf.attach(&bench.topo.relay, vc, common::PROG_PASS)?;
+            bench
+                .bpf
+                .attach(&bench.topo.relay, &bench.rx_dev, common::PROG_PASS)?;
             start_relay(bench, &cfg)?;
             bench.measured_prog = None;
         }
@@ -1595,7 +1775,9 @@ fn run_path(
             bench.measured_prog = None;
         }
         Path4::Coturn | Path4::SocketFloor => {
-            bench.bpf.attach(&bench.topo.relay, vc, common::PROG_PASS)?;
+            bench
+                .bpf
+                .attach(&bench.topo.relay, &bench.rx_dev, common::PROG_PASS)?;
             let p = if path == Path4::Coturn {
                 start_coturn(bench.topo, bench.server_cpu)?
             } else {
@@ -1614,15 +1796,18 @@ fn run_path(
             bench.measured_prog = bench.bpf.prog_id(common::PROG_XSK);
         }
         Path4::Floor => {
-            bench
-                .bpf
-                .attach(&bench.topo.relay, vc, common::PROG_FLOOR)?;
-            bench.measured_prog = bench.bpf.prog_id(common::PROG_FLOOR);
+            let prog = if bench.args.direction.to_client() {
+                common::PROG_FLOOR_REV
+            } else {
+                common::PROG_FLOOR
+            };
+            bench.bpf.attach(&bench.topo.relay, &bench.rx_dev, prog)?;
+            bench.measured_prog = bench.bpf.prog_id(prog);
             bench.server_pid = None;
         }
     }
     let napi = if bench.args.threaded_rx {
-        thread_napi(&bench.topo.relay, vc, server_cpu)
+        thread_napi(&bench.topo.relay, &bench.rx_dev, server_cpu)
     } else {
         Vec::new()
     };
@@ -1672,6 +1857,7 @@ fn run_path(
     }
     bench.bpf.detach(common::PROG_PASS)?;
     bench.bpf.detach(common::PROG_FLOOR)?;
+    bench.bpf.detach(common::PROG_FLOOR_REV)?;
     bench.bpf.detach(common::PROG_XSK)?;
     result?;
     Ok(())
@@ -1728,6 +1914,7 @@ fn report(
     server_cpu: usize,
 ) -> String {
     let mut md = String::new();
+    let _ = writeln!(md, "Direction: {}.\n", args.direction.describe());
     let all = outcomes;
     let first: Vec<Outcome> = all.iter().filter(|o| o.round == 0).cloned().collect();
     let outcomes = &first[..];
@@ -1886,17 +2073,34 @@ fn report(
     if args.rounds > 1 && !args.smoke {
         rounds_section(&mut md, all, &args.allocations, args.rounds);
     }
+    let (load, far) = match args.direction {
+        Direction::ClientToPeer => (
+            format!(
+                "ChannelData with {}-byte payloads (frames of {} bytes), generated by `bench_gen` through BPF_PROG_TEST_RUN live frames (batch {LIVE_BATCH}) on the client's veth, round-robin over the allocations' source ports",
+                args.size,
+                UDP_PAYLOAD + 4 + args.size
+            ),
+            "peer's",
+        ),
+        Direction::PeerToClient => (
+            format!(
+                "UDP with {}-byte payloads (frames of {} bytes, {} once relayed as ChannelData), generated by `bench_gen` through BPF_PROG_TEST_RUN live frames (batch {LIVE_BATCH}) on the peer's veth from the sink's address, round-robin over the allocations' relayed ports; the floor (`bench_floor_rev`) sends every frame to one client port",
+                args.size,
+                UDP_PAYLOAD + args.size,
+                UDP_PAYLOAD + 4 + args.size
+            ),
+            "client's",
+        ),
+    };
     let _ = writeln!(
         md,
-        "Load: ChannelData with {}-byte payloads (frames of {} bytes), generated by `bench_gen` through BPF_PROG_TEST_RUN live frames (batch {LIVE_BATCH}) on the client's veth, round-robin over the allocations' source ports; each allocation is a real TURN allocation (Allocate with long-term credentials + ChannelBind to the sink) for (a)–(c). {} s per rate step: first as fast as the generator goes, then the rate is bisected below what got through (at most {} steps); the table shows the highest step with < {LOSS_LIMIT_PCT}% loss. Loss = 1 − frames counted by the sink / frames generated. One-way latency: `bench_sink` on the peer's veth subtracts the generator's `bpf_ktime_get_ns` stamp (log-linear histogram, 12.5% buckets).",
-        args.size,
-        UDP_PAYLOAD + 4 + args.size,
+        "Load: {load}; each allocation is a real TURN allocation (Allocate with long-term credentials + ChannelBind to the sink) for (a)–(c). {} s per rate step: first as fast as the generator goes, then the rate is bisected below what got through (at most {} steps); the table shows the highest step with < {LOSS_LIMIT_PCT}% loss. Loss = 1 − frames counted by the sink / frames generated. One-way latency: `bench_sink` on the {far} veth subtracts the generator's `bpf_ktime_get_ns` stamp (log-linear histogram, 12.5% buckets).",
         if args.smoke { 1.0 } else { args.step_seconds },
         args.max_steps
     );
     let _ = writeln!(
         md,
-        "Placement: generator on CPU {}; relay process (relay: 1 worker; coturn: -m 1) on CPU {server_cpu}; receive processing of the relay's client-side veth: {}. CPU {server_cpu} ns/pkt = busy time of CPU {server_cpu} (user+nice+system+irq+softirq from /proc/stat, steal excluded) / packets delivered: it includes the sink's XDP program and whatever else ran there; with inline receive processing the XDP paths run on the generator's CPU, so for them it is near 0 and the XDP program's own ns/pkt is the figure. Relay process ns/pkt = user+system CPU time of the relay process (all threads) / packets delivered. XDP prog ns/pkt = kernel BPF run-time statistics of the program attached to the relay's client-side veth (includes the redirect's cost only up to the helper call), from a separate 1 s step at the chosen rate: the statistics are off during the rate steps, because their two clock reads per program run (generator, relay and sink programs alike) slow every XDP path by about the same time and so flatter the ratios to the floor.",
+        "Placement: generator on CPU {}; relay process (relay: 1 worker; coturn: -m 1) on CPU {server_cpu}; receive processing of the relay's veth the load arrives on: {}. CPU {server_cpu} ns/pkt = busy time of CPU {server_cpu} (user+nice+system+irq+softirq from /proc/stat, steal excluded) / packets delivered: it includes the sink's XDP program and whatever else ran there; with inline receive processing the XDP paths run on the generator's CPU, so for them it is near 0 and the XDP program's own ns/pkt is the figure. Relay process ns/pkt = user+system CPU time of the relay process (all threads) / packets delivered. XDP prog ns/pkt = kernel BPF run-time statistics of the program attached to the relay's veth the load arrives on (includes the redirect's cost only up to the helper call), from a separate 1 s step at the chosen rate: the statistics are off during the rate steps, because their two clock reads per program run (generator, relay and sink programs alike) slow every XDP path by about the same time and so flatter the ratios to the floor.",
         args.client_cpu,
         {
             let mut p = placement.to_vec();
@@ -2359,44 +2563,205 @@ mod tests {
     }
 
     /// The generator's checksum arithmetic, done here the way the program does it, gives
-    /// the checksum a from-scratch computation gives.
+    /// the checksum a from-scratch computation gives: for ChannelData from the client
+    /// (the port it writes is the source) and for UDP from the peer (the destination).
     #[test]
     fn template_checksum_base_matches_full_checksum() {
-        let t = template(
-            [2, 0, 0, 0, 0, 1],
-            [2, 0, 0, 0, 0, 2],
-            Ipv4Addr::new(10, 201, 3, 2),
-            Ipv4Addr::new(10, 201, 3, 1),
-            3478,
-            201,
-        );
-        let (port, idx, seq, now) = (12_345u16, 7u32, 99u32, 0x1234_5678_9abc_def0u64);
-        let mut f = t.frame.clone();
-        f[UDP_OFF..UDP_OFF + 2].copy_from_slice(&port.to_be_bytes());
-        let app = UDP_PAYLOAD + 4;
-        f[app + APP_INDEX..app + APP_INDEX + 4].copy_from_slice(&idx.to_le_bytes());
-        f[app + APP_SEQ..app + APP_SEQ + 4].copy_from_slice(&seq.to_le_bytes());
-        f[app + APP_TIME..app + APP_TIME + 8].copy_from_slice(&now.to_le_bytes());
-        let s32 = |v: u32| u64::from(v & 0xffff) + u64::from(v >> 16);
-        let sum = t.csum_base
-            + u64::from(port.to_be())
-            + s32(idx)
-            + s32(seq)
-            + s32(now as u32)
-            + s32((now >> 32) as u32);
-        let fast = !fold(sum);
-        // From scratch.
-        let udp_len = f.len() - UDP_OFF;
+        for (to_client, size) in [(false, 201), (false, 20), (true, 201), (true, 20)] {
+            let (sport, dport, cd) = if to_client {
+                (SINK_PORT, 0, 0)
+            } else {
+                (0, PORT, 4)
+            };
+            let t = template(
+                [2, 0, 0, 0, 0, 1],
+                [2, 0, 0, 0, 0, 2],
+                Ipv4Addr::new(10, 201, 3, 2),
+                Ipv4Addr::new(10, 201, 3, 1),
+                sport,
+                dport,
+                size,
+                !to_client,
+            );
+            assert_eq!(t.frame.len(), UDP_PAYLOAD + cd + size);
+            let (port, idx, seq, now) = (12_345u16, 7u32, 99u32, 0x1234_5678_9abc_def0u64);
+            let mut f = t.frame.clone();
+            let port_at = UDP_OFF + if to_client { 2 } else { 0 };
+            f[port_at..port_at + 2].copy_from_slice(&port.to_be_bytes());
+            let app = UDP_PAYLOAD + cd;
+            assert_eq!(f[app + APP_MAGIC..app + APP_MAGIC + 4], MAGIC.to_le_bytes());
+            f[app + APP_INDEX..app + APP_INDEX + 4].copy_from_slice(&idx.to_le_bytes());
+            f[app + APP_SEQ..app + APP_SEQ + 4].copy_from_slice(&seq.to_le_bytes());
+            f[app + APP_TIME..app + APP_TIME + 8].copy_from_slice(&now.to_le_bytes());
+            let s32 = |v: u32| u64::from(v & 0xffff) + u64::from(v >> 16);
+            let sum = t.csum_base
+                + u64::from(port.to_be())
+                + s32(idx)
+                + s32(seq)
+                + s32(now as u32)
+                + s32((now >> 32) as u32);
+            let fast = !fold(sum);
+            f[UDP_OFF + 6..UDP_OFF + 8].copy_from_slice(&fast.to_ne_bytes());
+            assert!(
+                udp_checksum_verifies(&f),
+                "to_client {to_client}, size {size}"
+            );
+            // IPv4 header checksum verifies.
+            assert_eq!(fold(words(&f[14..34])), 0xffff);
+        }
+    }
+
+    /// The pseudo-header (addresses of `f`'s IPv4 header, UDP length from its UDP header)
+    /// and the UDP segment sum to all ones.
+    fn udp_checksum_verifies(f: &[u8]) -> bool {
+        let udp_len = usize::from(u16::from_be_bytes([f[UDP_OFF + 4], f[UDP_OFF + 5]]));
+        if UDP_OFF + udp_len != f.len() {
+            return false;
+        }
         let mut pseudo = Vec::new();
         pseudo.extend_from_slice(&f[26..34]);
         pseudo.extend_from_slice(&[0, 17]);
         pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
-        let full = !fold(words(&pseudo) + words(&f[UDP_OFF..]));
-        assert_eq!(fast, full);
-        f[UDP_OFF + 6..UDP_OFF + 8].copy_from_slice(&fast.to_ne_bytes());
-        assert_eq!(fold(words(&pseudo) + words(&f[UDP_OFF..])), 0xffff);
-        // IPv4 header checksum verifies.
-        assert_eq!(fold(words(&f[14..34])), 0xffff);
+        fold(words(&pseudo) + words(&f[UDP_OFF..])) == 0xffff
+    }
+
+    /// Whether a test that loads the bench's programs can run: root and the eBPF object.
+    /// With `RELAY_REQUIRE_PRIVILEGED=1` (the README's test command) a missing one fails.
+    fn privileged(test: &str) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let why = if unsafe { libc::geteuid() } != 0 {
+            "needs root"
+        } else if OBJECT.is_empty() {
+            "needs the eBPF object (built with BENCH_SKIP_EBPF=1)"
+        } else {
+            return true;
+        };
+        let required = std::env::var("RELAY_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
+        assert!(!required, "{test}: {why} and RELAY_REQUIRE_PRIVILEGED=1");
+        eprintln!("{test}: skipped: {why}");
+        false
+    }
+
+    /// Runs program `name` once on `frame` (BPF_PROG_TEST_RUN); returns the XDP action
+    /// and the frame as the program left it.
+    fn run_once(bpf: &mut Bpf, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 64];
+        let prog = Bpf::xdp_of(&mut bpf.ebpf, name).expect("program");
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    const XDP_REDIRECT: u32 = 4;
+
+    /// `bench_floor_rev` turns UDP from the peer into ChannelData to the client with both
+    /// checksums exactly right, passes what it must not touch, and `bench_sink` in
+    /// ChannelData mode counts the result while passing STUN to the same ports.
+    #[test]
+    fn reverse_floor_adds_the_channel_header_and_the_sink_counts_it() {
+        if !privileged("reverse_floor_adds_the_channel_header_and_the_sink_counts_it") {
+            return;
+        }
+        let mut bpf = Bpf::load().expect("load the bench's programs");
+        let floor = FloorConfig {
+            dst_mac: [2, 0, 0, 0, 0, 9],
+            src_mac: [2, 0, 0, 0, 0, 8],
+            src_ip: [10, 201, 0, 1],
+            dst_ip: [10, 201, 0, 2],
+            listen_port: PORT,
+            sink_port: 10_007,
+            out_ifindex: 1,
+            peer_port: SINK_PORT,
+            _pad: 0,
+        };
+        bpf.set_floor(floor).expect("floor config");
+        bpf.set_sink(SinkConfig {
+            port_lo: 10_000,
+            port_hi: 10_010,
+            channel_data: 1,
+            _pad: 0,
+        })
+        .expect("sink config");
+        let from_peer = |size: usize, sport: u16| {
+            let t = template(
+                [2, 0, 0, 0, 0, 3],
+                [2, 0, 0, 0, 0, 4],
+                Ipv4Addr::new(10, 202, 0, 2),
+                Ipv4Addr::new(10, 202, 0, 1),
+                sport,
+                50_123,
+                size,
+                false,
+            );
+            let mut f = t.frame;
+            let c = !fold(t.csum_base);
+            f[UDP_OFF + 6..UDP_OFF + 8].copy_from_slice(&c.to_ne_bytes());
+            assert!(udp_checksum_verifies(&f));
+            f
+        };
+        for size in [APP_MIN, 201, 1400, 1468] {
+            let f = from_peer(size, SINK_PORT);
+            let (action, out) = run_once(&mut bpf, common::PROG_FLOOR_REV, &f);
+            assert_eq!(action, XDP_REDIRECT, "size {size}");
+            assert_eq!(out.len(), f.len() + 4);
+            assert_eq!(out[0..6], floor.dst_mac);
+            assert_eq!(out[6..12], floor.src_mac);
+            assert_eq!(out[12..14], f[12..14]);
+            assert_eq!(
+                usize::from(u16::from_be_bytes([out[16], out[17]])),
+                out.len() - 14
+            );
+            assert_eq!(out[22], 64, "TTL");
+            assert_eq!(out[26..30], floor.src_ip);
+            assert_eq!(out[30..34], floor.dst_ip);
+            assert_eq!(fold(words(&out[14..34])), 0xffff, "IPv4 checksum");
+            assert_eq!(out[UDP_OFF..UDP_OFF + 2], PORT.to_be_bytes());
+            assert_eq!(out[UDP_OFF + 2..UDP_OFF + 4], 10_007u16.to_be_bytes());
+            assert_eq!(out[UDP_PAYLOAD..UDP_PAYLOAD + 2], [0x40, 0]);
+            assert_eq!(
+                out[UDP_PAYLOAD + 2..UDP_PAYLOAD + 4],
+                (size as u16).to_be_bytes()
+            );
+            assert_eq!(out[UDP_PAYLOAD + 4..], f[UDP_PAYLOAD..]);
+            assert!(udp_checksum_verifies(&out), "UDP checksum, size {size}");
+
+            let before = bpf.sink().expect("sink stats");
+            let (action, _) = run_once(&mut bpf, common::PROG_SINK, &out);
+            assert_eq!(action, XDP_DROP, "the sink takes the relayed frame");
+            let after = bpf.sink().expect("sink stats");
+            assert_eq!(after.packets, before.packets + 1);
+            assert_eq!(after.bad, before.bad);
+        }
+        // Too large once the header is added, and from another source port: untouched.
+        for f in [from_peer(1469, SINK_PORT), from_peer(201, SINK_PORT + 1)] {
+            let (action, out) = run_once(&mut bpf, common::PROG_FLOOR_REV, &f);
+            assert_eq!((action, out), (XDP_PASS, f));
+        }
+        // The sink passes a STUN message to a client port and UDP outside the range, and
+        // counts ChannelData without the bench's payload as bad.
+        let relayed = run_once(&mut bpf, common::PROG_FLOOR_REV, &from_peer(201, SINK_PORT)).1;
+        let mut stun = relayed.clone();
+        stun[UDP_PAYLOAD] = 0x01;
+        let mut elsewhere = relayed.clone();
+        elsewhere[UDP_OFF + 2..UDP_OFF + 4].copy_from_slice(&10_011u16.to_be_bytes());
+        for f in [stun, elsewhere] {
+            assert_eq!(run_once(&mut bpf, common::PROG_SINK, &f).0, XDP_PASS);
+        }
+        let mut foreign = relayed;
+        foreign[UDP_PAYLOAD + 4] ^= 0xff;
+        let before = bpf.sink().expect("sink stats");
+        assert_eq!(run_once(&mut bpf, common::PROG_SINK, &foreign).0, XDP_DROP);
+        let after = bpf.sink().expect("sink stats");
+        assert_eq!((after.packets, after.bad), (before.packets, before.bad + 1));
     }
 
     #[test]

@@ -183,6 +183,8 @@ pub fn run(args: &XskFloorArgs) -> Result<()> {
         listen_port: args.listen_port,
         sink_port: args.peer_port,
         out_ifindex: 0,
+        peer_port: 0,
+        _pad: 0,
     };
     let mut rx = open(&args.rx_dev, FRAMES, UNUSED_FRAMES)?;
     let mut tx = open(&args.tx_dev, UNUSED_FRAMES, FRAMES)?;
@@ -288,6 +290,8 @@ mod tests {
             listen_port: 3478,
             sink_port: 4000,
             out_ifindex: 0,
+            peer_port: 0,
+            _pad: 0,
         }
     }
 

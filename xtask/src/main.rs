@@ -138,6 +138,10 @@ enum BenchCmd {
         /// A few seconds, debug build, 10 allocations: proves every path relays.
         #[arg(long)]
         smoke: bool,
+        /// The relayed direction: client-to-peer (ChannelData in) or peer-to-client (UDP
+        /// in; the socket and AF_XDP floors are left out).
+        #[arg(long, default_value = "client-to-peer")]
+        direction: String,
         /// Where to write the Markdown report (CSV and SVG next to it).
         #[arg(long, default_value = "target/bench/turn-xdp.md")]
         markdown: PathBuf,
@@ -239,6 +243,7 @@ fn real_main() -> Result<()> {
                     threaded_rx,
                     rounds,
                     smoke,
+                    direction,
                     markdown,
                 },
         } => {
@@ -251,6 +256,7 @@ fn real_main() -> Result<()> {
                 threaded_rx,
                 rounds,
                 smoke,
+                direction,
             };
             // A smoke run does not overwrite the real report.
             let markdown = if smoke && markdown == Path::new("target/bench/turn-xdp.md") {
@@ -509,8 +515,23 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
                 threaded_rx: false,
                 rounds: 1,
                 smoke: true,
+                direction: "client-to-peer".into(),
             },
             &target_dir(root).join("bench/turn-xdp-smoke.md"),
+        )?;
+        bench_turn_xdp(
+            root,
+            &TurnXdpBench {
+                allocations: "10".into(),
+                step_seconds: 1.0,
+                size: 200,
+                paths: "xdp,io-uring,io-uring-xsk,coturn,floor".into(),
+                threaded_rx: false,
+                rounds: 1,
+                smoke: true,
+                direction: "peer-to-client".into(),
+            },
+            &target_dir(root).join("bench/turn-xdp-smoke-peer-to-client.md"),
         )?;
         bench_sfu(
             root,
@@ -649,6 +670,7 @@ struct TurnXdpBench {
     threaded_rx: bool,
     rounds: u32,
     smoke: bool,
+    direction: String,
 }
 
 fn bench_turn_xdp(root: &Path, t: &TurnXdpBench, markdown: &Path) -> Result<()> {
@@ -662,6 +684,7 @@ fn bench_turn_xdp(root: &Path, t: &TurnXdpBench, markdown: &Path) -> Result<()> 
         .args(["--size", &t.size.to_string()])
         .args(["--paths", &t.paths])
         .args(["--rounds", &t.rounds.to_string()])
+        .args(["--direction", &t.direction])
         .arg("--markdown")
         .arg(if markdown.is_absolute() {
             markdown.to_path_buf()

@@ -7,8 +7,13 @@ pub const GEN_CONFIG: &str = "GEN_CONFIG";
 pub const GEN_SEQ: &str = "GEN_SEQ";
 /// Array map (1 entry, [`FloorConfig`]): the floor forwarder's rewrite.
 pub const FLOOR_CONFIG: &str = "FLOOR_CONFIG";
-/// Array map (1 entry, u16 port): the sink's UDP port (host order).
+/// Array map (1 entry, [`SinkConfig`]): what the sink counts.
 pub const SINK_CONFIG: &str = "SINK_CONFIG";
+/// Array map ([`GEN_PORTS_MAX`] u16, host order): the destination port of each
+/// allocation when the generator sends from the peer ([`GenConfig::to_client`]).
+pub const GEN_PORTS: &str = "GEN_PORTS";
+/// Entries of [`GEN_PORTS`]: the most allocations the bench measures.
+pub const GEN_PORTS_MAX: u32 = 20_000;
 /// Per-CPU array ([`SINK_STAT_COUNT`] u64): packets, bytes, frames with a bad magic.
 pub const SINK_STATS: &str = "SINK_STATS";
 /// Per-CPU array ([`HIST_BUCKETS`] u64): one-way latency histogram.
@@ -23,6 +28,9 @@ pub const XSK_QUEUES: u32 = 4;
 pub const PROG_GEN: &str = "bench_gen";
 /// The floor: strips the ChannelData header, rewrites addresses and ports, redirects.
 pub const PROG_FLOOR: &str = "bench_floor";
+/// The floor of the other direction: adds a ChannelData header to UDP from the peer,
+/// rewrites addresses and ports, redirects.
+pub const PROG_FLOOR_REV: &str = "bench_floor_rev";
 /// Counts, measures latency, drops.
 pub const PROG_SINK: &str = "bench_sink";
 /// Path (f): steers ChannelData to the listen port into an AF_XDP socket.
@@ -55,7 +63,8 @@ pub const IP_OFF: usize = ETH_HLEN;
 pub const UDP_OFF: usize = IP_OFF + 20;
 /// Offset of the UDP payload (the ChannelData header on the client side).
 pub const UDP_PAYLOAD: usize = UDP_OFF + 8;
-/// Offsets inside the application data (after the ChannelData header): magic, allocation
+/// Offsets inside the application data (after the ChannelData header on the client side,
+/// the whole UDP payload on the peer side): magic, allocation
 /// index, sequence number (all u32, little-endian) and send time (u64 ns of
 /// `bpf_ktime_get_ns`, little-endian).
 pub const APP_MAGIC: usize = 0;
@@ -69,8 +78,10 @@ pub const APP_TIME: usize = 12;
 pub const APP_MIN: usize = 20;
 
 /// The generator's settings. The frame template is BPF_PROG_TEST_RUN's `data_in`; the
-/// program writes the source port (`first_port + seq % allocations`), index, sequence
-/// number, time and the UDP checksum.
+/// program writes the allocation's port, index, sequence number, time and the UDP
+/// checksum. From the client (`to_client == 0`) the frame is ChannelData and the port is
+/// the source port `first_port + seq % allocations`; from the peer it is plain UDP and
+/// the port is the destination, the allocation's relayed port from [`GEN_PORTS`].
 ///
 /// Pacing happens in the program: with `rate` set, a frame is transmitted only while the
 /// frames sent since `start_ns` stay within `rate` per second, the others are dropped
@@ -82,8 +93,12 @@ pub const APP_MIN: usize = 20;
 pub struct GenConfig {
     /// Number of allocations (source ports) to cycle through; at least 1.
     pub allocations: u32,
-    /// First source port (host order).
+    /// First source port (host order; client side only).
     pub first_port: u32,
+    /// Non-zero: the frame goes from the peer to the relayed ports (see above).
+    pub to_client: u32,
+    /// Zero (keeps the layout free of implicit padding).
+    pub _pad: u32,
     /// One's-complement sum (native 16-bit loads, unfolded) of the pseudo-header and the
     /// UDP segment with source port, index, sequence, time and checksum all zero.
     pub csum_base: u64,
@@ -114,12 +129,37 @@ pub struct FloorConfig {
     pub src_ip: [u8; 4],
     /// The peer's IPv4 address (network order bytes).
     pub dst_ip: [u8; 4],
-    /// The TURN listen port (host order): only ChannelData to it is forwarded.
+    /// The TURN listen port (host order): only ChannelData to it is forwarded. In the
+    /// other direction, the source port of what goes out to the client.
     pub listen_port: u16,
-    /// The sink's port (host order).
+    /// The sink's port (host order). In the other direction, the client's port every
+    /// frame goes to: the floor keeps no per-allocation state.
     pub sink_port: u16,
-    /// ifindex of the relay's peer-side interface (redirect target).
+    /// ifindex of the relay's peer-side interface (redirect target); in the other
+    /// direction, of its client-side interface.
     pub out_ifindex: u32,
+    /// The other direction only: the peer's source port (host order); only UDP from it
+    /// is relayed.
+    pub peer_port: u16,
+    /// Zero.
+    pub _pad: u16,
+}
+
+/// What `bench_sink` counts: IPv4 UDP to a destination port in `port_lo..=port_hi`
+/// carrying the bench's payload, right after the UDP header (peer side) or after a
+/// ChannelData header (`channel_data != 0`, client side; there other UDP to those ports,
+/// the relay's STUN answers, passes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SinkConfig {
+    /// Lowest destination port (host order).
+    pub port_lo: u16,
+    /// Highest destination port (host order).
+    pub port_hi: u16,
+    /// Non-zero: the payload is ChannelData.
+    pub channel_data: u16,
+    /// Zero.
+    pub _pad: u16,
 }
 
 /// The UDP checksum of a ChannelData frame once relayed as the floors relay it (`bench_floor`
@@ -133,8 +173,15 @@ pub struct FloorConfig {
 /// All words in one byte order, either: a one's-complement sum does not depend on it (RFC
 /// 1071), and the result is in that order. No checksum (0) stays no checksum; a computed
 /// 0 is sent as 0xFFFF.
+///
+/// The other direction (`bench_floor_rev`) uses it with the ChannelData header's two words
+/// among `added`.
 #[inline(always)]
-pub fn relayed_udp_checksum(old: u16, removed: [u16; 9], added: [u16; 7]) -> u16 {
+pub fn relayed_udp_checksum<const R: usize, const A: usize>(
+    old: u16,
+    removed: [u16; R],
+    added: [u16; A],
+) -> u16 {
     let mut s = u64::from(!old);
     let mut i = 0;
     while i < removed.len() {

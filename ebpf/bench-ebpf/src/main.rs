@@ -9,9 +9,14 @@
 //! - `bench_floor`: the floor. The least header work a ChannelData relay needs (strip the
 //!   4-byte ChannelData header, rewrite MACs, addresses, ports, lengths and checksums) and
 //!   a redirect to the peer side; no rule lookup, no state.
-//! - `bench_sink`: on the peer's veth, counts the bench's frames and their bytes, records
-//!   the one-way latency (same clock as the generator's stamp) in a log-linear histogram,
-//!   and drops them. Everything else (ARP, ...) passes.
+//!   Measuring the other direction (`--direction peer-to-client`), it runs on the peer's
+//!   veth and sends plain UDP to each allocation's relayed port instead.
+//! - `bench_floor_rev`: the floor of that direction: add the 4-byte ChannelData header,
+//!   rewrite the rest as `bench_floor` does, redirect to the client side.
+//! - `bench_sink`: on the far side's veth (the peer's, or the client's for the other
+//!   direction), counts the bench's frames and their bytes, records the one-way latency
+//!   (same clock as the generator's stamp) in a log-linear histogram, and drops them.
+//!   Everything else (ARP, the relay's STUN answers, ...) passes.
 //! - `bench_xsk`: path (f), the AF_XDP floor: redirects UDP to the listen port into the
 //!   AF_XDP socket of `relay-bench xsk-floor` (`XSKS`, by receive queue); everything else,
 //!   and everything while no socket is there, passes.
@@ -40,7 +45,9 @@ static GEN_SEQ_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "FLOOR_CONFIG")]
 static FLOOR_CFG: Array<FloorConfig> = Array::with_max_entries(1, 0);
 #[map(name = "SINK_CONFIG")]
-static SINK_CFG: Array<u16> = Array::with_max_entries(1, 0);
+static SINK_CFG: Array<SinkConfig> = Array::with_max_entries(1, 0);
+#[map(name = "GEN_PORTS")]
+static GEN_PORTS_MAP: Array<u16> = Array::with_max_entries(GEN_PORTS_MAX, 0);
 #[map(name = "SINK_STATS")]
 static SINK_STATS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(SINK_STAT_COUNT, 0);
 #[map(name = "XSKS")]
@@ -112,17 +119,24 @@ fn generate(ctx: &XdpContext) -> Option<u32> {
         cfg.allocations
     };
     let idx = (seq % u64::from(n)) as u32;
-    let port = (cfg.first_port + idx) as u16;
-    let app_off = UDP_PAYLOAD + 4;
     let head = at(ctx, 0, GEN_HEAD_LEN)?;
     // SAFETY: `head` covers GEN_HEAD_LEN bytes of the packet; the source is the map
     // value's array of that length.
     unsafe { core::ptr::copy_nonoverlapping(cfg.head.as_ptr(), head, GEN_HEAD_LEN) };
     let udp = at(ctx, UDP_OFF, 8)?;
-    let app = at(ctx, app_off, APP_MIN)?;
+    // From the client: ChannelData from the allocation's source port. From the peer:
+    // plain UDP to the allocation's relayed port.
+    let (port, port_at, app) = if cfg.to_client == 0 {
+        let p = (cfg.first_port + idx) as u16;
+        (p, udp, at(ctx, UDP_PAYLOAD + 4, APP_MIN)?)
+    } else {
+        let p = *GEN_PORTS_MAP.get(idx)?;
+        // SAFETY: `udp` covers the 8-byte UDP header.
+        (p, unsafe { udp.add(2) }, at(ctx, UDP_PAYLOAD, APP_MIN)?)
+    };
     let seq32 = seq as u32;
     let port_word = port.to_be();
-    wr16(udp, port_word);
+    wr16(port_at, port_word);
     // SAFETY: `app` covers APP_MIN bytes (checked by `at`).
     unsafe {
         core::ptr::write_unaligned(app.add(APP_INDEX).cast::<u32>(), idx.to_le());
@@ -176,20 +190,41 @@ fn bucket(v: u64) -> u32 {
 
 #[inline(always)]
 fn sink(ctx: &XdpContext) -> Option<u32> {
-    let port = *SINK_CFG.get(0)?;
-    let h = at(ctx, 0, UDP_PAYLOAD + APP_MIN)?;
-    // SAFETY: `h` covers the Ethernet, IPv4 and UDP headers and APP_MIN payload bytes.
+    let cfg = SINK_CFG.get(0)?;
+    let h = at(ctx, 0, UDP_PAYLOAD)?;
+    // SAFETY: `h` covers the Ethernet, IPv4 and UDP headers.
+    let (ether, vihl, proto, dport) = unsafe {
+        (
+            rd16(h.add(12)),
+            *h.add(IP_OFF),
+            *h.add(IP_OFF + 9),
+            u16::from_be(rd16(h.add(UDP_OFF + 2))),
+        )
+    };
+    if ether != 0x0800u16.to_be()
+        || vihl != 0x45
+        || proto != 17
+        || dport < cfg.port_lo
+        || dport > cfg.port_hi
+    {
+        return None;
+    }
+    let app = if cfg.channel_data == 0 {
+        // SAFETY: `at` checked UDP_PAYLOAD + APP_MIN bytes from the start.
+        unsafe { at(ctx, 0, UDP_PAYLOAD + APP_MIN)?.add(UDP_PAYLOAD) }
+    } else {
+        let h = at(ctx, 0, UDP_PAYLOAD + 4 + APP_MIN)?;
+        // SAFETY: as above, for UDP_PAYLOAD + 4 + APP_MIN bytes. Channel numbers start
+        // with the bits 01 (RFC 8656, section 12); STUN messages with 00.
+        unsafe {
+            if *h.add(UDP_PAYLOAD) & 0xc0 != 0x40 {
+                return None;
+            }
+            h.add(UDP_PAYLOAD + 4)
+        }
+    };
+    // SAFETY: `app` covers APP_MIN bytes (checked above).
     unsafe {
-        if rd16(h.add(12)) != 0x0800u16.to_be()
-            || *h.add(IP_OFF) != 0x45
-            || *h.add(IP_OFF + 9) != 17
-        {
-            return None;
-        }
-        if rd16(h.add(UDP_OFF + 2)) != port.to_be() {
-            return None;
-        }
-        let app = h.add(UDP_PAYLOAD);
         let magic = u32::from_le(core::ptr::read_unaligned(app.add(APP_MAGIC).cast::<u32>()));
         if magic != MAGIC {
             bump(SINK_BAD, 1);
@@ -299,6 +334,104 @@ fn floor(ctx: &XdpContext) -> Option<u32> {
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, 4) } != 0 {
         return Some(xdp_action::XDP_ABORTED);
     }
+    // SAFETY: `bpf_redirect` only records the target for after the program returns.
+    Some(unsafe { bpf_redirect(cfg.out_ifindex, 0) } as u32)
+}
+
+#[xdp]
+pub fn bench_floor_rev(ctx: XdpContext) -> u32 {
+    floor_rev(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+/// The least a relay does for UDP from a peer on a channel: add the ChannelData header
+/// (channel 0x4000, no padding: the floor does not pad), rewrite MACs, addresses, ports,
+/// lengths and checksums, redirect to the client side. No rule lookup: every frame goes
+/// to one client port ([`FloorConfig::sink_port`]).
+#[inline(always)]
+fn floor_rev(ctx: &XdpContext) -> Option<u32> {
+    let cfg = FLOOR_CFG.get(0)?;
+    let h = at(ctx, 0, UDP_PAYLOAD)?;
+    let mut hdr = [0u8; UDP_PAYLOAD + 4];
+    // SAFETY: `h` covers UDP_PAYLOAD bytes; `hdr` is a local longer than that.
+    unsafe { core::ptr::copy_nonoverlapping(h, hdr.as_mut_ptr(), UDP_PAYLOAD) };
+    let w = |off: usize| u16::from_ne_bytes([hdr[off], hdr[off + 1]]);
+    let udp_len = u16::from_be(w(UDP_OFF + 4));
+    let tot_len = u16::from_be(w(IP_OFF + 2));
+    if w(12) != 0x0800u16.to_be()
+        || hdr[IP_OFF] != 0x45
+        || hdr[IP_OFF + 9] != 17
+        || w(IP_OFF + 6) & 0x3fffu16.to_be() != 0
+        || w(UDP_OFF) != cfg.peer_port.to_be()
+        || udp_len < 8
+        || u32::from(udp_len) + 20 != u32::from(tot_len)
+        || tot_len > 1500 - 4
+    {
+        return None;
+    }
+    let new_udp_len = (udp_len + 4).to_be();
+    let chan = 0x4000u16.to_be();
+    let clen = (udp_len - 8).to_be();
+    let ip = |b: [u8; 4], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+    let c = relayed_udp_checksum(
+        w(UDP_OFF + 6),
+        [
+            w(IP_OFF + 12),
+            w(IP_OFF + 14),
+            w(IP_OFF + 16),
+            w(IP_OFF + 18),
+            w(UDP_OFF),
+            w(UDP_OFF + 2),
+            w(UDP_OFF + 4),
+            w(UDP_OFF + 4),
+        ],
+        [
+            ip(cfg.src_ip, 0),
+            ip(cfg.src_ip, 2),
+            ip(cfg.dst_ip, 0),
+            ip(cfg.dst_ip, 2),
+            cfg.listen_port.to_be(),
+            cfg.sink_port.to_be(),
+            new_udp_len,
+            new_udp_len,
+            chan,
+            clen,
+        ],
+    );
+    hdr[0..6].copy_from_slice(&cfg.dst_mac);
+    hdr[6..12].copy_from_slice(&cfg.src_mac);
+    let tot = (tot_len + 4).to_be_bytes();
+    hdr[IP_OFF + 2] = tot[0];
+    hdr[IP_OFF + 3] = tot[1];
+    hdr[IP_OFF + 8] = 64;
+    hdr[IP_OFF + 10] = 0;
+    hdr[IP_OFF + 11] = 0;
+    hdr[IP_OFF + 12..IP_OFF + 16].copy_from_slice(&cfg.src_ip);
+    hdr[IP_OFF + 16..IP_OFF + 20].copy_from_slice(&cfg.dst_ip);
+    let mut ips: u64 = 0;
+    let mut i = IP_OFF;
+    while i < UDP_OFF {
+        ips += u64::from(u16::from_ne_bytes([hdr[i], hdr[i + 1]]));
+        i += 2;
+    }
+    let ipc = (!fold(ips)).to_ne_bytes();
+    hdr[IP_OFF + 10] = ipc[0];
+    hdr[IP_OFF + 11] = ipc[1];
+    hdr[UDP_OFF..UDP_OFF + 2].copy_from_slice(&cfg.listen_port.to_be_bytes());
+    hdr[UDP_OFF + 2..UDP_OFF + 4].copy_from_slice(&cfg.sink_port.to_be_bytes());
+    hdr[UDP_OFF + 4..UDP_OFF + 6].copy_from_slice(&new_udp_len.to_ne_bytes());
+    hdr[UDP_OFF + 6..UDP_OFF + 8].copy_from_slice(&c.to_ne_bytes());
+    hdr[UDP_PAYLOAD..UDP_PAYLOAD + 2].copy_from_slice(&chan.to_ne_bytes());
+    hdr[UDP_PAYLOAD + 2..UDP_PAYLOAD + 4].copy_from_slice(&clen.to_ne_bytes());
+    // SAFETY: the context pointer is the program's own.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -4) } != 0 {
+        return None;
+    }
+    // The frame grew by 4 bytes, so this holds; were it not, the head is now garbage.
+    let Some(h) = at(ctx, 0, UDP_PAYLOAD + 4) else {
+        return Some(xdp_action::XDP_ABORTED);
+    };
+    // SAFETY: `h` covers UDP_PAYLOAD + 4 bytes of the moved head; `hdr` is that long.
+    unsafe { core::ptr::copy_nonoverlapping(hdr.as_ptr(), h, UDP_PAYLOAD + 4) };
     // SAFETY: `bpf_redirect` only records the target for after the program returns.
     Some(unsafe { bpf_redirect(cfg.out_ifindex, 0) } as u32)
 }
