@@ -2691,6 +2691,71 @@ mod tests {
     const XDP_PASS: u32 = 2;
     const XDP_REDIRECT: u32 = 4;
 
+    /// `bench_floor` turns ChannelData from the client into UDP to the sink with both
+    /// checksums exactly right, and passes ChannelData with padding or to another port.
+    #[test]
+    fn floor_strips_the_channel_header_with_exact_checksums() {
+        if !privileged("floor_strips_the_channel_header_with_exact_checksums") {
+            return;
+        }
+        let mut bpf = Bpf::load().expect("load the bench's programs");
+        let floor = FloorConfig {
+            dst_mac: [2, 0, 0, 0, 0, 9],
+            src_mac: [2, 0, 0, 0, 0, 8],
+            src_ip: [10, 202, 0, 1],
+            dst_ip: [10, 202, 0, 2],
+            listen_port: PORT,
+            sink_port: SINK_PORT,
+            out_ifindex: 1,
+            peer_port: 0,
+            _pad: 0,
+        };
+        bpf.set_floor(floor).expect("floor config");
+        let from_client = |size: usize, dport: u16| {
+            let t = template(
+                [2, 0, 0, 0, 0, 3],
+                [2, 0, 0, 0, 0, 4],
+                Ipv4Addr::new(10, 201, 0, 2),
+                Ipv4Addr::new(10, 201, 0, 1),
+                12_345,
+                dport,
+                size,
+                true,
+            );
+            let mut f = t.frame;
+            let c = !fold(t.csum_base);
+            f[UDP_OFF + 6..UDP_OFF + 8].copy_from_slice(&c.to_ne_bytes());
+            assert!(udp_checksum_verifies(&f));
+            f
+        };
+        for size in [APP_MIN, 201, 1400] {
+            let f = from_client(size, PORT);
+            let (action, out) = run_once(&mut bpf, common::PROG_FLOOR, &f);
+            assert_eq!(action, XDP_REDIRECT, "size {size}");
+            assert_eq!(out.len(), f.len() - 4);
+            assert_eq!(out[0..6], floor.dst_mac);
+            assert_eq!(out[6..12], floor.src_mac);
+            assert_eq!(out[22], 64, "TTL");
+            assert_eq!(out[26..30], floor.src_ip);
+            assert_eq!(out[30..34], floor.dst_ip);
+            assert_eq!(fold(words(&out[14..34])), 0xffff, "IPv4 checksum");
+            assert_eq!(
+                out[UDP_OFF..UDP_OFF + 2],
+                f[UDP_OFF..UDP_OFF + 2],
+                "source port"
+            );
+            assert_eq!(out[UDP_OFF + 2..UDP_OFF + 4], SINK_PORT.to_be_bytes());
+            assert_eq!(out[UDP_PAYLOAD..], f[UDP_PAYLOAD + 4..]);
+            assert!(udp_checksum_verifies(&out), "UDP checksum, size {size}");
+        }
+        let mut padded = from_client(201, PORT);
+        padded[UDP_PAYLOAD + 3] -= 1; // the length says one byte less: padding follows
+        for f in [padded, from_client(201, PORT + 1)] {
+            let (action, out) = run_once(&mut bpf, common::PROG_FLOOR, &f);
+            assert_eq!((action, out), (XDP_PASS, f));
+        }
+    }
+
     /// `bench_floor_rev` turns UDP from the peer into ChannelData to the client with both
     /// checksums exactly right, passes what it must not touch, and `bench_sink` in
     /// ChannelData mode counts the result while passing STUN to the same ports.

@@ -505,34 +505,34 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
             },
             &target_dir(root).join("bench/turn-smoke.md"),
         )?;
-        bench_turn_xdp(
-            root,
-            &TurnXdpBench {
-                allocations: "10".into(),
-                step_seconds: 1.0,
-                size: 200,
-                paths: "xdp,io-uring,io-uring-xsk,coturn,floor,socket-floor,xsk-floor".into(),
-                threaded_rx: false,
-                rounds: 1,
-                smoke: true,
-                direction: "client-to-peer".into(),
-            },
-            &target_dir(root).join("bench/turn-xdp-smoke.md"),
-        )?;
-        bench_turn_xdp(
-            root,
-            &TurnXdpBench {
-                allocations: "10".into(),
-                step_seconds: 1.0,
-                size: 200,
-                paths: "xdp,io-uring,io-uring-xsk,coturn,floor".into(),
-                threaded_rx: false,
-                rounds: 1,
-                smoke: true,
-                direction: "peer-to-client".into(),
-            },
-            &target_dir(root).join("bench/turn-xdp-smoke-peer-to-client.md"),
-        )?;
+        // Both directions; the socket and AF_XDP floors relay client → peer only.
+        for (direction, paths, report) in [
+            (
+                "client-to-peer",
+                "xdp,io-uring,io-uring-xsk,coturn,floor,socket-floor,xsk-floor",
+                "bench/turn-xdp-smoke.md",
+            ),
+            (
+                "peer-to-client",
+                "xdp,io-uring,io-uring-xsk,coturn,floor",
+                "bench/turn-xdp-smoke-peer-to-client.md",
+            ),
+        ] {
+            bench_turn_xdp(
+                root,
+                &TurnXdpBench {
+                    allocations: "10".into(),
+                    step_seconds: 1.0,
+                    size: 200,
+                    paths: paths.into(),
+                    threaded_rx: false,
+                    rounds: 1,
+                    smoke: true,
+                    direction: direction.into(),
+                },
+                &target_dir(root).join(report),
+            )?;
+        }
         bench_sfu(
             root,
             "",

@@ -242,6 +242,31 @@ fn sink(ctx: &XdpContext) -> Option<u32> {
     Some(xdp_action::XDP_DROP)
 }
 
+/// The floors' Ethernet and IPv4 rewrite in the header copy `hdr`: MACs, total length
+/// `tot_len`, TTL 64, the configured addresses and a fresh header checksum.
+#[inline(always)]
+fn rewrite_eth_ip(hdr: &mut [u8; UDP_PAYLOAD + 4], cfg: &FloorConfig, tot_len: u16) {
+    hdr[0..6].copy_from_slice(&cfg.dst_mac);
+    hdr[6..12].copy_from_slice(&cfg.src_mac);
+    let tot = tot_len.to_be_bytes();
+    hdr[IP_OFF + 2] = tot[0];
+    hdr[IP_OFF + 3] = tot[1];
+    hdr[IP_OFF + 8] = 64;
+    hdr[IP_OFF + 10] = 0;
+    hdr[IP_OFF + 11] = 0;
+    hdr[IP_OFF + 12..IP_OFF + 16].copy_from_slice(&cfg.src_ip);
+    hdr[IP_OFF + 16..IP_OFF + 20].copy_from_slice(&cfg.dst_ip);
+    let mut ips: u64 = 0;
+    let mut i = IP_OFF;
+    while i < UDP_OFF {
+        ips += u64::from(u16::from_ne_bytes([hdr[i], hdr[i + 1]]));
+        i += 2;
+    }
+    let ipc = (!fold(ips)).to_ne_bytes();
+    hdr[IP_OFF + 10] = ipc[0];
+    hdr[IP_OFF + 11] = ipc[1];
+}
+
 #[xdp]
 pub fn bench_floor(ctx: XdpContext) -> u32 {
     floor(&ctx).unwrap_or(xdp_action::XDP_PASS)
@@ -300,25 +325,7 @@ fn floor(ctx: &XdpContext) -> Option<u32> {
         ],
     );
     // New headers, written 4 bytes further on, then the head moves by 4.
-    hdr[0..6].copy_from_slice(&cfg.dst_mac);
-    hdr[6..12].copy_from_slice(&cfg.src_mac);
-    let tot = (tot_len - 4).to_be_bytes();
-    hdr[IP_OFF + 2] = tot[0];
-    hdr[IP_OFF + 3] = tot[1];
-    hdr[IP_OFF + 8] = 64;
-    hdr[IP_OFF + 10] = 0;
-    hdr[IP_OFF + 11] = 0;
-    hdr[IP_OFF + 12..IP_OFF + 16].copy_from_slice(&cfg.src_ip);
-    hdr[IP_OFF + 16..IP_OFF + 20].copy_from_slice(&cfg.dst_ip);
-    let mut ips: u64 = 0;
-    let mut i = IP_OFF;
-    while i < UDP_OFF {
-        ips += u64::from(u16::from_ne_bytes([hdr[i], hdr[i + 1]]));
-        i += 2;
-    }
-    let ipc = (!fold(ips)).to_ne_bytes();
-    hdr[IP_OFF + 10] = ipc[0];
-    hdr[IP_OFF + 11] = ipc[1];
+    rewrite_eth_ip(&mut hdr, cfg, tot_len - 4);
     let dp = cfg.sink_port.to_be_bytes();
     hdr[UDP_OFF + 2] = dp[0];
     hdr[UDP_OFF + 3] = dp[1];
@@ -397,25 +404,7 @@ fn floor_rev(ctx: &XdpContext) -> Option<u32> {
             clen,
         ],
     );
-    hdr[0..6].copy_from_slice(&cfg.dst_mac);
-    hdr[6..12].copy_from_slice(&cfg.src_mac);
-    let tot = (tot_len + 4).to_be_bytes();
-    hdr[IP_OFF + 2] = tot[0];
-    hdr[IP_OFF + 3] = tot[1];
-    hdr[IP_OFF + 8] = 64;
-    hdr[IP_OFF + 10] = 0;
-    hdr[IP_OFF + 11] = 0;
-    hdr[IP_OFF + 12..IP_OFF + 16].copy_from_slice(&cfg.src_ip);
-    hdr[IP_OFF + 16..IP_OFF + 20].copy_from_slice(&cfg.dst_ip);
-    let mut ips: u64 = 0;
-    let mut i = IP_OFF;
-    while i < UDP_OFF {
-        ips += u64::from(u16::from_ne_bytes([hdr[i], hdr[i + 1]]));
-        i += 2;
-    }
-    let ipc = (!fold(ips)).to_ne_bytes();
-    hdr[IP_OFF + 10] = ipc[0];
-    hdr[IP_OFF + 11] = ipc[1];
+    rewrite_eth_ip(&mut hdr, cfg, tot_len + 4);
     hdr[UDP_OFF..UDP_OFF + 2].copy_from_slice(&cfg.listen_port.to_be_bytes());
     hdr[UDP_OFF + 2..UDP_OFF + 4].copy_from_slice(&cfg.sink_port.to_be_bytes());
     hdr[UDP_OFF + 4..UDP_OFF + 6].copy_from_slice(&new_udp_len.to_ne_bytes());
