@@ -562,7 +562,7 @@ fn pinned_maps_of_another_shape_are_refused_not_adopted() {
         let m =
             aya::maps::MapData::from_pin(dir.join(relay_common::turn::maps::CHANNEL_TABLE_INFO))
                 .expect("pinned table info");
-        let a: aya::maps::Array<_, relay_common::turn::ChannelTableInfo> =
+        let a: aya::maps::Array<_, relay_common::turn::SlotTableInfo> =
             aya::maps::Array::try_from(aya::maps::Map::Array(m)).expect("an array");
         a.get(&0, 0).expect("info")
     };

@@ -38,8 +38,8 @@ use relay::{
     },
     wire,
     xdp::{
-        channel_table::{MappedSlots, SlotTable},
-        rules::open_channel_table,
+        rules::{open_channel_table, open_peer_table},
+        slot_table::{ChannelTable, PeerTable},
         testrun::{XdpAction, XdpOutcome, XdpTestRun},
         turn_frames::{Hop, Ipv4Fields, build_relayed_frame},
     },
@@ -601,6 +601,33 @@ fn channel_rule(
     (k, v)
 }
 
+fn peer_rule(
+    a: &Alloc,
+    peer_port: u16,
+    channel: u16,
+    expires_ns: u64,
+    idx: u32,
+) -> (rc::PeerKey, rc::PeerRule) {
+    let k = rc::PeerKey {
+        peer_addr: key_addr(a.peer.ip()),
+        relay_addr: key_addr(a.relay.ip()),
+        peer_port: rc::wire(peer_port),
+        relay_port: rc::wire(a.relay.port()),
+    };
+    let v = rc::PeerRule {
+        expires_ns,
+        client_addr: key_addr(a.tuple.client.ip()),
+        server_addr: key_addr(a.tuple.server.ip()),
+        client_port: rc::wire(a.tuple.client.port()),
+        server_port: rc::wire(a.tuple.server.port()),
+        channel: rc::wire(channel),
+        flags: 0,
+        stats_idx: idx,
+        alloc_idx: a.handle,
+    };
+    (k, v)
+}
+
 struct Rules<'a> {
     x: &'a mut XdpTestRun,
 }
@@ -627,9 +654,16 @@ impl Rules<'_> {
     }
 
     /// The channel table as the daemon maps it (the seed set on first use).
-    fn table(&mut self) -> SlotTable<MappedSlots> {
+    fn table(&mut self) -> ChannelTable {
         open_channel_table(self.x.ebpf_mut())
             .expect("open the channel table")
+            .expect("the table is on (x86_64)")
+    }
+
+    /// The peer table as the daemon maps it (the seed set on first use).
+    fn peer_table(&mut self) -> PeerTable {
+        open_peer_table(self.x.ebpf_mut())
+            .expect("open the peer table")
             .expect("the table is on (x86_64)")
     }
 
@@ -684,26 +718,32 @@ impl Rules<'_> {
         wide.insert(k, v, 0).expect("insert channel");
     }
 
+    /// A peer rule where the daemon writes it: an IPv4 channel binding's in
+    /// TURN_PEER_TABLE (compact form: every address IPv4, a channel), any other in
+    /// TURN_PEERS.
     fn peer(&mut self, a: &Alloc, peer_port: u16, channel: u16, expires_ns: u64, idx: u32) {
+        let (k, v) = peer_rule(a, peer_port, channel, expires_ns, idx);
+        let in_table = k.v4().is_some_and(|k4| self.peer_table().put(&k4, &v));
         let mut m: HashMap<_, rc::PeerKey, rc::PeerRule> = map_as(self.x, rc::maps::PEERS);
-        let k = rc::PeerKey {
-            peer_addr: key_addr(a.peer.ip()),
-            relay_addr: key_addr(a.relay.ip()),
-            peer_port: rc::wire(peer_port),
-            relay_port: rc::wire(a.relay.port()),
-        };
-        let v = rc::PeerRule {
-            expires_ns,
-            client_addr: key_addr(a.tuple.client.ip()),
-            server_addr: key_addr(a.tuple.server.ip()),
-            client_port: rc::wire(a.tuple.client.port()),
-            server_port: rc::wire(a.tuple.server.port()),
-            channel: rc::wire(channel),
-            flags: 0,
-            stats_idx: idx,
-            alloc_idx: a.handle,
-        };
+        if in_table {
+            let _ = m.remove(&k);
+        } else {
+            m.insert(k, v, 0).expect("insert peer");
+            if let Some(k4) = k.v4() {
+                self.peer_table().remove(&k4);
+            }
+        }
+    }
+
+    /// A peer rule in TURN_PEERS only (where the daemon puts one that found no free table
+    /// slot, and where an older daemon left every one); returns whether the table had it.
+    fn peer_in_map(&mut self, a: &Alloc, channel: u16, idx: u32) -> bool {
+        let exp = monotonic_ns() + 60_000_000_000;
+        let (k, v) = peer_rule(a, a.peer.port(), channel, exp, idx);
+        let had = k.v4().is_some_and(|k4| self.peer_table().remove(&k4));
+        let mut m: HashMap<_, rc::PeerKey, rc::PeerRule> = map_as(self.x, rc::maps::PEERS);
         m.insert(k, v, 0).expect("insert peer");
+        had
     }
 
     fn alloc(&mut self, a: &Alloc, expires_ns: u64, idx: u32) {
@@ -1033,6 +1073,70 @@ fn scenario(
             &reference,
             &format!("{tag}: peer→ChannelData len {len}"),
         );
+    }
+    // Where the rule is: an IPv4 channel binding (client and peer IPv4) in
+    // TURN_PEER_TABLE, any other in TURN_PEERS; from either, the same output.
+    let payload = data(50, 7);
+    let f = frame(MAC_PEER, peer, a.relay, &payload, 0);
+    let reference =
+        ref_to_client(r, &a, peer, &payload, 0, v4f(&f, false), None).expect("userspace relays");
+    let was_in_table = Rules { x }.peer_in_map(&a, CHANNEL, base + 1);
+    assert_eq!(
+        was_in_table,
+        !client_v6 && !peer_v6,
+        "{tag}: where the daemon put the peer rule"
+    );
+    assert_relayed(
+        &run(x, ifindex, &f),
+        &reference,
+        &format!("{tag}: peer→ChannelData on a rule in {}", rc::maps::PEERS),
+    );
+    Rules { x }.install(&a, base);
+    if !client_v6 && !peer_v6 {
+        // A peer slot caught mid-write is not used: the frame passes up unchanged.
+        let mut t = Rules { x }.peer_table();
+        let k4 = peer_rule(&a, peer.port(), CHANNEL, 0, 0)
+            .0
+            .v4()
+            .expect("IPv4");
+        assert!(
+            t.set_seq_for_test(&k4, 1),
+            "{tag}: the peer rule is in the table"
+        );
+        let before = counters(x);
+        let out = run(x, ifindex, &f);
+        assert_passed(
+            &out,
+            &f,
+            &format!("{tag}: peer→ChannelData on a slot being written"),
+        );
+        assert!(t.set_seq_for_test(&k4, 2));
+        assert_relayed(
+            &run(x, ifindex, &f),
+            &reference,
+            &format!("{tag}: peer→ChannelData on the slot once written"),
+        );
+        // A slot whose deadline has passed relays nothing as ChannelData (the permission
+        // entry, expired too here, does not relay either).
+        let ended = monotonic_ns() - rc::COARSE_CLOCK_SLACK_NS;
+        Rules { x }.peer(&a, peer.port(), CHANNEL, ended, base + 1);
+        Rules { x }.peer(&a, 0, 0, ended, base + 2);
+        assert!(
+            Rules { x }.peer_table().set_seq_for_test(&k4, 4),
+            "{tag}: the expired rule is still in the table"
+        );
+        assert_passed(
+            &run(x, ifindex, &f),
+            &f,
+            &format!("{tag}: peer→ChannelData on an expired slot"),
+        );
+        let no_rule = counters(x)[counter::TURN_NO_RULE_PASSED as usize]
+            - before[counter::TURN_NO_RULE_PASSED as usize];
+        assert_eq!(
+            no_rule, 2,
+            "{tag}: the slot being written and the expired one passed for want of a rule"
+        );
+        Rules { x }.install(&a, base);
     }
     if max_cd + 1 + p_hlen + 8 <= MTU + 40 {
         let payload = data(max_cd + 1, 3);

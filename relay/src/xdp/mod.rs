@@ -25,11 +25,11 @@
 //! path would use.
 
 mod bpf_sys;
-pub mod channel_table;
 pub mod clock;
 pub mod fib;
 pub mod nexthop;
 pub mod rules;
+pub mod slot_table;
 pub mod testrun;
 pub mod turn_frames;
 pub mod xsk_steer;
@@ -116,9 +116,15 @@ pub const TURN_RULE_MAPS: [&str; 4] = [
     relay_common::turn::maps::ALLOCS,
 ];
 
-/// Slots of `TURN_CHANNEL_TABLE` for `xdp.turn_rules`: the next power of two (64 bytes
-/// each: 8 MiB at the default).
-pub fn channel_table_slots(turn_rules: u32) -> u32 {
+/// The compact rule tables (`slot_table`), sized by [`slot_table_slots`].
+pub const SLOT_TABLES: [&str; 2] = [
+    relay_common::turn::maps::CHANNEL_TABLE,
+    relay_common::turn::maps::PEER_TABLE,
+];
+
+/// Slots of each of [`SLOT_TABLES`] for `xdp.turn_rules`: the next power of two (64 bytes
+/// each: 8 MiB per table at the default).
+pub fn slot_table_slots(turn_rules: u32) -> u32 {
     turn_rules.checked_next_power_of_two().unwrap_or(1 << 31)
 }
 
@@ -261,11 +267,13 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> XdpError {
 /// Deliberately not pinned: the next-hop caches (`TURN_NEXT_HOPS`, `TURN_HOP_SLOTS`:
 /// rebuilt from the FIB), the scratch maps, and the AF_XDP steering maps
 /// ([`UNPINNED_XSK_MAPS`]).
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 13] = [
     relay_common::turn::maps::CHANNELS,
     relay_common::turn::maps::CHANNELS_V4,
     relay_common::turn::maps::CHANNEL_TABLE,
     relay_common::turn::maps::CHANNEL_TABLE_INFO,
+    relay_common::turn::maps::PEER_TABLE,
+    relay_common::turn::maps::PEER_TABLE_INFO,
     relay_common::turn::maps::PEERS,
     relay_common::turn::maps::ALLOCS,
     relay_common::turn::maps::RULE_STATS,
@@ -397,10 +405,9 @@ pub(crate) fn load_object_pinned(
     for name in TURN_RULE_MAPS {
         loader.map_max_entries(name, turn_rules);
     }
-    loader.map_max_entries(
-        relay_common::turn::maps::CHANNEL_TABLE,
-        channel_table_slots(turn_rules),
-    );
+    for table in SLOT_TABLES {
+        loader.map_max_entries(table, slot_table_slots(turn_rules));
+    }
     if let Some(dir) = pin_dir {
         check_pinned_shapes(dir, EBPF_OBJECT, turn_rules)?;
         for name in PINNED_MAPS {
@@ -470,8 +477,8 @@ fn check_pinned_shapes(dir: &Path, object: &[u8], turn_rules: u32) -> Result<(),
             value_size: want.value_size(),
             max_entries: if TURN_RULE_MAPS.contains(&name) {
                 turn_rules
-            } else if name == relay_common::turn::maps::CHANNEL_TABLE {
-                channel_table_slots(turn_rules)
+            } else if SLOT_TABLES.contains(&name) {
+                slot_table_slots(turn_rules)
             } else {
                 want.max_entries()
             },

@@ -21,10 +21,11 @@ use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::{Ebpf, Pod};
 use relay_common::turn::{
     AllocKey, AllocRule, Bandwidth, COARSE_CLOCK_SLACK_NS, ChannelKey, ChannelKeyV4, ChannelRule,
-    ChannelTableInfo, MAX_ALLOCATIONS, MAX_RULES, PeerKey, PeerRule, RuleStats, TurnSettings, maps,
+    MAX_ALLOCATIONS, MAX_RULES, PeerKey, PeerKeyV4, PeerRule, RuleStats, SlotTableInfo,
+    TurnSettings, maps,
 };
 
-use super::channel_table::{MappedSlots, SlotTable};
+use super::slot_table::{ChannelTable, CompactSlot, MappedSlots, PeerTable, SlotTable};
 use crate::turn::{FastRules, MonoClock};
 
 /// Errors of the TURN map handle.
@@ -187,8 +188,10 @@ pub struct TurnMaps {
     /// The IPv4 clients' channel rules (see `maps::CHANNELS_V4`).
     channels_v4: RuleMap<ChannelKeyV4, ChannelRule>,
     /// `TURN_CHANNEL_TABLE`, in front of `channels_v4` (None: off, see [`open_channel_table`]).
-    table: Option<Mutex<SlotTable<MappedSlots>>>,
+    table: Option<Mutex<ChannelTable>>,
     peers: RuleMap<PeerKey, PeerRule>,
+    /// `TURN_PEER_TABLE`, in front of `peers` (None: off, as `table`).
+    peer_table: Option<Mutex<PeerTable>>,
     allocs: RuleMap<AllocKey, AllocRule>,
     stats: Mutex<PerCpuArray<MapData, RuleStats>>,
     bandwidth: Mutex<Array<MapData, Bandwidth>>,
@@ -217,6 +220,8 @@ impl TurnMaps {
             maps::CHANNELS_V4,
             maps::CHANNEL_TABLE,
             maps::CHANNEL_TABLE_INFO,
+            maps::PEER_TABLE,
+            maps::PEER_TABLE_INFO,
             maps::PEERS,
             maps::ALLOCS,
             maps::RULE_STATS,
@@ -236,11 +241,13 @@ impl TurnMaps {
         }
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| RulesError::Cpus(what, e))?;
         let table = open_channel_table(ebpf)?.map(Mutex::new);
+        let peer_table = open_peer_table(ebpf)?.map(Mutex::new);
         Ok(TurnMaps {
             channels: Mutex::new(take(ebpf, maps::CHANNELS)?),
             channels_v4: Mutex::new(take(ebpf, maps::CHANNELS_V4)?),
             table,
             peers: Mutex::new(take(ebpf, maps::PEERS)?),
+            peer_table,
             allocs: Mutex::new(take(ebpf, maps::ALLOCS)?),
             stats: Mutex::new(take(ebpf, maps::RULE_STATS)?),
             bandwidth: Mutex::new(take(ebpf, maps::BANDWIDTH)?),
@@ -309,19 +316,51 @@ impl TurnMaps {
         self.table.is_some()
     }
 
-    /// Inserts or replaces a peer rule.
+    /// Inserts or replaces a peer rule where the kernel looks first: an IPv4 channel
+    /// binding's in `TURN_PEER_TABLE` when it has a compact form and a free slot, any
+    /// other in `TURN_PEERS`. The copy in the other place goes after the new one is in
+    /// place (the kernel finds the old or the new rule meanwhile, never none).
     pub fn insert_peer(&self, k: &PeerKey, v: &PeerRule) -> Result<(), RulesError> {
-        insert_rule(&self.peers, maps::PEERS, k, v)
+        let k4 = k.v4();
+        let in_table = match (&self.peer_table, &k4) {
+            (Some(t), Some(k4)) => lock(t).put(k4, v),
+            _ => false,
+        };
+        if in_table {
+            return remove_rule(&self.peers, maps::PEERS, k).map(|_| ());
+        }
+        insert_rule(&self.peers, maps::PEERS, k, v)?;
+        if let (Some(t), Some(k4)) = (&self.peer_table, &k4) {
+            lock(t).remove(k4);
+        }
+        Ok(())
     }
 
-    /// The peer rule under `k`, if any.
+    /// The peer rule under `k`, if any (where the kernel would find it).
     pub fn peer(&self, k: &PeerKey) -> Result<Option<PeerRule>, RulesError> {
+        if let (Some(t), Some(k4)) = (&self.peer_table, k.v4())
+            && let Some(v) = lock(t).get(&k4)
+        {
+            return Ok(Some(v));
+        }
         get_rule(&self.peers, maps::PEERS, k)
     }
 
-    /// Removes a peer rule; Ok(false) if there was none.
+    /// Whether the peer rule under `k` is in `TURN_PEER_TABLE`.
+    pub fn peer_in_table(&self, k: &PeerKey) -> bool {
+        match (&self.peer_table, k.v4()) {
+            (Some(t), Some(k4)) => lock(t).get(&k4).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Removes a peer rule (from the table and the map); Ok(false) if there was none.
     pub fn remove_peer(&self, k: &PeerKey) -> Result<bool, RulesError> {
-        remove_rule(&self.peers, maps::PEERS, k)
+        let slot = match (&self.peer_table, k.v4()) {
+            (Some(t), Some(k4)) => lock(t).remove(&k4),
+            _ => false,
+        };
+        Ok(remove_rule(&self.peers, maps::PEERS, k)? || slot)
     }
 
     /// Inserts or replaces an allocation rule.
@@ -398,49 +437,70 @@ impl TurnMaps {
     }
 }
 
-/// Maps `TURN_CHANNEL_TABLE` of `ebpf` and tells the kernel its seed and mask: the seed
-/// of a table already in use (adopted from a previous daemon: its slots stay where they
-/// are), else a fresh random one. None (the table off, `TURN_CHANNEL_TABLE_INFO` left
-/// as it is) off x86_64, whose load order the kernel's seqlock reader relies on, and
-/// when the map cannot be mapped (logged): channel rules then all go to the hash maps.
-/// The maps stay in `ebpf` (the mapping holds its own reference to the table).
-pub fn open_channel_table(ebpf: &mut Ebpf) -> Result<Option<SlotTable<MappedSlots>>, RulesError> {
+/// Maps `TURN_CHANNEL_TABLE` of `ebpf` and tells the kernel its seed and mask; see
+/// [`open_slot_table`].
+pub fn open_channel_table(ebpf: &mut Ebpf) -> Result<Option<ChannelTable>, RulesError> {
+    open_slot_table(
+        ebpf,
+        maps::CHANNEL_TABLE,
+        maps::CHANNEL_TABLE_INFO,
+        "IPv4 channel rules go to TURN_CHANNELS_V4",
+    )
+}
+
+/// Maps `TURN_PEER_TABLE` of `ebpf` and tells the kernel its seed and mask; see
+/// [`open_slot_table`].
+pub fn open_peer_table(ebpf: &mut Ebpf) -> Result<Option<PeerTable>, RulesError> {
+    open_slot_table(
+        ebpf,
+        maps::PEER_TABLE,
+        maps::PEER_TABLE_INFO,
+        "IPv4 channel bindings' peer rules go to TURN_PEERS",
+    )
+}
+
+/// Maps the compact table `name` of `ebpf` and tells the kernel its seed and mask (in
+/// `info_name`): the seed of a table already in use (adopted from a previous daemon: its
+/// slots stay where they are), else a fresh random one. None (the table off, its info
+/// left as it is) off x86_64, whose load order the kernel's seqlock reader relies on,
+/// and when the map cannot be mapped (logged with `instead`): the rules then all go to
+/// the hash maps. The maps stay in `ebpf` (the mapping holds its own reference).
+pub fn open_slot_table<T: CompactSlot>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    info_name: &'static str,
+    instead: &str,
+) -> Result<Option<SlotTable<MappedSlots<T>>>, RulesError> {
     if !cfg!(target_arch = "x86_64") {
         return Ok(None);
     }
-    let Some(aya::maps::Map::Array(data)) = ebpf.map(maps::CHANNEL_TABLE) else {
-        return Err(RulesError::Missing(maps::CHANNEL_TABLE));
+    let Some(aya::maps::Map::Array(data)) = ebpf.map(name) else {
+        return Err(RulesError::Missing(name));
     };
-    let len = data
-        .info()
-        .map_err(map_err(maps::CHANNEL_TABLE))?
-        .max_entries() as usize;
+    let len = data.info().map_err(map_err(name))?.max_entries() as usize;
     let slots = match MappedSlots::map(std::os::fd::AsFd::as_fd(data.fd()), len) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(
                 error = %e,
-                "cannot mmap the kernel channel table {}: IPv4 channel rules go to {} \
-                 (a little slower with many allocations)",
-                maps::CHANNEL_TABLE,
-                maps::CHANNELS_V4
+                "cannot mmap the kernel rule table {name}: {instead} (a little slower with \
+                 many allocations)"
             );
             return Ok(None);
         }
     };
-    let mut info: Array<&mut MapData, ChannelTableInfo> = ebpf
-        .map_mut(maps::CHANNEL_TABLE_INFO)
-        .ok_or(RulesError::Missing(maps::CHANNEL_TABLE_INFO))
-        .and_then(|m| Array::try_from(m).map_err(map_err(maps::CHANNEL_TABLE_INFO)))?;
-    let old = info.get(&0, 0).map_err(map_err(maps::CHANNEL_TABLE_INFO))?;
+    let mut info: Array<&mut MapData, SlotTableInfo> = ebpf
+        .map_mut(info_name)
+        .ok_or(RulesError::Missing(info_name))
+        .and_then(|m| Array::try_from(m).map_err(map_err(info_name)))?;
+    let old = info.get(&0, 0).map_err(map_err(info_name))?;
     let seed = if old.mask != 0 && old.mask as usize + 1 == len {
         old.seed
     } else {
         random_seed()
     };
     let table = SlotTable::new(slots, seed);
-    info.set(0, table.info(), 0)
-        .map_err(map_err(maps::CHANNEL_TABLE_INFO))?;
+    info.set(0, table.info(), 0).map_err(map_err(info_name))?;
     Ok(Some(table))
 }
 
@@ -680,6 +740,14 @@ impl TurnMaps {
             out.kept += kept;
             out.removed += removed;
         }
+        if let Some(t) = &self.peer_table {
+            let (kept, removed) = lock(t).retain(|k, v| {
+                !self.shadowed_peer_slot(k, v, &in_maps)
+                    && keep(v.expires_ns, v.stats_idx, v.alloc_idx)
+            });
+            out.kept += kept;
+            out.removed += removed;
+        }
         out
     }
 }
@@ -701,6 +769,12 @@ impl TurnMaps {
                 get_rule(&self.channels, maps::CHANNELS, &k.widen()),
                 Ok(None)
             )
+    }
+
+    /// As [`TurnMaps::shadowed_slot`], for a `TURN_PEER_TABLE` slot and `TURN_PEERS`.
+    fn shadowed_peer_slot(&self, k: &PeerKeyV4, v: &PeerRule, in_maps: &HashSet<u32>) -> bool {
+        in_maps.contains(&v.stats_idx)
+            || !matches!(get_rule(&self.peers, maps::PEERS, &k.widen()), Ok(None))
     }
 }
 
@@ -1001,6 +1075,80 @@ mod privileged {
         let mut fresh = [pool.take(), pool.take()];
         fresh.sort_unstable();
         assert_eq!(fresh, [Some(2), Some(4)]);
+    }
+
+    #[test]
+    fn peer_rules_of_ipv4_channel_bindings_live_in_the_peer_table() {
+        if !can_run("peer_rules_of_ipv4_channel_bindings_live_in_the_peer_table") {
+            return;
+        }
+        let (_ebpf, m) = small_maps();
+        // Peer 203.0.113.x:7000 to the relayed 192.0.2.10:(50000 + i).
+        let key = |i: u32, peer_port: u16| PeerKey {
+            peer_addr: mapped_v4([203, 0, 113, i as u8]),
+            relay_addr: mapped_v4([192, 0, 2, 10]),
+            peer_port: wire(peer_port),
+            relay_port: wire(50_000 + i as u16),
+        };
+        let rule = |stats_idx: u32, channel: u16| PeerRule {
+            expires_ns: u64::MAX,
+            client_addr: mapped_v4([198, 51, 100, 7]),
+            server_addr: mapped_v4([192, 0, 2, 1]),
+            client_port: wire(40_000),
+            server_port: wire(3478),
+            channel: wire(channel),
+            flags: 0,
+            stats_idx,
+            alloc_idx: 0,
+        };
+        let in_map = |k: &PeerKey| get_rule(&m.peers, maps::PEERS, k).expect("get");
+        // A channel binding: in the table, not in the map.
+        m.insert_peer(&key(0, 7000), &rule(0, 0x4000))
+            .expect("insert");
+        assert!(m.peer_in_table(&key(0, 7000)));
+        assert_eq!(in_map(&key(0, 7000)), None);
+        assert_eq!(m.peer(&key(0, 7000)).expect("get"), Some(rule(0, 0x4000)));
+        // A permission entry (any port, no channel) and an IPv6 client's binding: in the
+        // map only.
+        m.insert_peer(&key(0, 0), &rule(1, 0)).expect("insert");
+        assert!(!m.peer_in_table(&key(0, 0)));
+        assert_eq!(in_map(&key(0, 0)), Some(rule(1, 0)));
+        let mut v6 = rule(2, 0x4001);
+        v6.client_addr = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        m.insert_peer(&key(0, 7000), &v6).expect("replace");
+        assert!(
+            !m.peer_in_table(&key(0, 7000)),
+            "no compact form: out of the table"
+        );
+        assert_eq!(m.peer(&key(0, 7000)).expect("get"), Some(v6));
+        // Back to IPv4: into the table again, the map's copy gone.
+        m.insert_peer(&key(0, 7000), &rule(0, 0x4000))
+            .expect("replace");
+        assert!(m.peer_in_table(&key(0, 7000)));
+        assert_eq!(in_map(&key(0, 7000)), None);
+        assert!(m.remove_peer(&key(0, 7000)).expect("remove"));
+        assert_eq!(m.peer(&key(0, 7000)).expect("get"), None);
+        assert!(!m.remove_peer(&key(0, 7000)).expect("remove"));
+
+        // Adoption drops slots an older daemon (hash map only) made stale: a key it
+        // rewrote in the map, and a stats index it gave to another rule.
+        for i in [1, 2, 3] {
+            m.insert_peer(&key(i, 7000), &rule(10 + i, 0x4000))
+                .expect("insert");
+        }
+        insert_rule(&m.peers, maps::PEERS, &key(2, 7000), &rule(20, 0x4002)).expect("insert");
+        insert_rule(&m.peers, maps::PEERS, &key(9, 7000), &rule(13, 0x4003)).expect("insert");
+        let a = m.adopt_existing().expect("sweep");
+        // Kept: the permission entry, slot 1, and the two map rules; removed: slots 2, 3.
+        assert_eq!((a.kept, a.removed), (4, 2), "{a:?}");
+        assert!(m.peer_in_table(&key(1, 7000)), "an untouched slot stays");
+        assert_eq!(m.peer(&key(2, 7000)).expect("get"), Some(rule(20, 0x4002)));
+        assert_eq!(
+            m.peer(&key(3, 7000)).expect("get"),
+            None,
+            "index reused: gone"
+        );
+        assert_eq!(m.peer(&key(9, 7000)).expect("get"), Some(rule(13, 0x4003)));
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! - ChannelData from a client with a live `TURN_CHANNELS_V4` (IPv4 client) or
 //!   `TURN_CHANNELS` rule → a UDP datagram from the relayed address to the peer (header
 //!   and padding stripped).
-//! - UDP from a peer to a relayed port with a live `TURN_PEERS` rule → ChannelData to the
-//!   client (exact peer port, `channel != 0`), or a Data indication built here (the
-//!   permission entry, `peer_port == 0`) when `SETTING_DATA_INDICATIONS` is on.
+//! - UDP from a peer to a relayed port with a live `TURN_PEER_TABLE` slot (an IPv4
+//!   channel binding) or `TURN_PEERS` rule → ChannelData to the client (exact peer port,
+//!   `channel != 0`), or a Data indication built here (the permission entry,
+//!   `peer_port == 0`) when `SETTING_DATA_INDICATIONS` is on.
 //! - Send indications from a client with a live `TURN_ALLOCS` rule and a permission
 //!   entry for the XOR-PEER-ADDRESS → the DATA as UDP from the relayed address, when
 //!   `SETTING_SEND_INDICATIONS` is on and the message has the shape [`send`] accepts.
@@ -39,10 +40,10 @@ use relay_common::{
     },
     turn::{
         AllocKey, AllocRule, Bandwidth, CHANNEL_PROBES, ChannelKey, ChannelKeyV4, ChannelRule,
-        ChannelSlot, ChannelTableInfo, HOP_SLOTS, HopSlot, MAX_ALLOCATIONS, MAX_MAP_ENTRIES,
-        MAX_NEXT_HOPS, MAX_RULES, NextHop, NextHopKey, PeerKey, PeerRule, RuleStats,
-        SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS, TurnClock,
-        TurnSettings,
+        ChannelSlot, HOP_SLOTS, HopSlot, MAX_ALLOCATIONS, MAX_MAP_ENTRIES, MAX_NEXT_HOPS,
+        MAX_RULES, NextHop, NextHopKey, PeerKey, PeerRule, PeerSlot, RuleStats,
+        SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS, SlotTableInfo,
+        TurnClock, TurnSettings,
     },
 };
 
@@ -70,7 +71,14 @@ static TURN_CHANNEL_TABLE: Array<ChannelSlot> =
     Array::with_max_entries(MAX_MAP_ENTRIES, BPF_F_MMAPABLE);
 /// The table's seed and mask (mask 0: off).
 #[map(name = "TURN_CHANNEL_TABLE_INFO")]
-static TURN_CHANNEL_TABLE_INFO: Array<ChannelTableInfo> = Array::with_max_entries(1, 0);
+static TURN_CHANNEL_TABLE_INFO: Array<SlotTableInfo> = Array::with_max_entries(1, 0);
+/// The peer rules of IPv4 channel bindings in an open-addressed table probed before
+/// `TURN_PEERS` (see relay_common::turn::PeerSlot); sized by the daemon (a power of two).
+#[map(name = "TURN_PEER_TABLE")]
+static TURN_PEER_TABLE: Array<PeerSlot> = Array::with_max_entries(MAX_MAP_ENTRIES, BPF_F_MMAPABLE);
+/// The peer table's seed and mask (mask 0: off).
+#[map(name = "TURN_PEER_TABLE_INFO")]
+static TURN_PEER_TABLE_INFO: Array<SlotTableInfo> = Array::with_max_entries(1, 0);
 #[map(name = "TURN_PEERS")]
 static TURN_PEERS: HashMap<PeerKey, PeerRule> = HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
 #[map(name = "TURN_ALLOCS")]
@@ -317,7 +325,18 @@ fn from_client(
         key[1] = p.dst[3];
         key[2] = p.ports;
         key[3] = h & 0xffff;
-        slot = table_rule(key);
+        if let Slot::Hit((expires, relay, peer, ports, _, stats_idx, alloc_idx)) =
+            table_slot(&TURN_CHANNEL_TABLE, &TURN_CHANNEL_TABLE_INFO, key)
+        {
+            slot = Some((
+                expires,
+                [0, 0, MAPPED_W2, relay],
+                [0, 0, MAPPED_W2, peer],
+                ports,
+                stats_idx,
+                alloc_idx,
+            ));
+        }
         if slot.is_none() {
             // SAFETY: the first 16 bytes of `key` have the layout of a ChannelKeyV4
             // (client address, server address, client port, server port, channel, zero
@@ -364,15 +383,31 @@ fn from_client(
 /// then peer port (one memory-order word), `stats_idx`, `alloc_idx`.
 type ChannelFields = (u64, Addr, Addr, u32, u32, u32);
 
-/// The rule for the ChannelKeyV4 in `key[0..4]` from `TURN_CHANNEL_TABLE`; None when the
-/// table is off, holds no such key, or the slot is being rewritten (seqlock: the hash
-/// maps decide, and a rule the daemon is moving is in one of them first).
+/// A compact table slot's words after its key: deadline, the two IPv4 addresses, the
+/// ports word, the word at offset 44 (a peer slot's channel), `stats_idx`, `alloc_idx`.
+type SlotWords = (u64, u32, u32, u32, u32, u32, u32);
+
+/// What [`table_slot`] found.
+enum Slot {
+    /// The table is off or holds no such key.
+    Miss,
+    /// The key's slot is being rewritten (seqlock): the hash map decides, and a rule the
+    /// daemon is moving is there first.
+    Torn,
+    /// The slot's words.
+    Hit(SlotWords),
+}
+
+/// The slot for the 16-byte key in `key[0..4]` from `table` (a `TURN_CHANNEL_TABLE` or
+/// `TURN_PEER_TABLE`, whose slots share the layout this reads) with its `info`.
 #[inline(always)]
-fn table_rule(key: &[u32; 10]) -> Option<ChannelFields> {
-    let info = TURN_CHANNEL_TABLE_INFO.get(0)?;
+fn table_slot<T>(table: &Array<T>, info: &Array<SlotTableInfo>, key: &[u32; 10]) -> Slot {
+    let Some(info) = info.get(0) else {
+        return Slot::Miss;
+    };
     let mask = info.mask;
     if mask == 0 {
-        return None;
+        return Slot::Miss;
     }
     #[cfg(target_endian = "little")]
     let (w0, w1) = (
@@ -384,12 +419,16 @@ fn table_rule(key: &[u32; 10]) -> Option<ChannelFields> {
         (key[0] as u64) << 32 | key[1] as u64,
         (key[2] as u64) << 32 | key[3] as u64,
     );
-    let home = relay_common::turn::channel_slot_home(w0, w1, info);
+    let home = relay_common::turn::slot_home(w0, w1, info);
     for i in 0..CHANNEL_PROBES {
-        let s = TURN_CHANNEL_TABLE.get_ptr((home + i) & mask)? as usize;
+        let Some(s) = table.get_ptr((home + i) & mask) else {
+            return Slot::Miss;
+        };
+        let s = s as usize;
         let rd = |off: usize| {
-            // SAFETY: `s` points at a 64-byte ChannelSlot, `off` is a 4-aligned offset
-            // inside it. Volatile: the loads stay in this order (the seqlock).
+            // SAFETY: `s` points at a 64-byte slot (ChannelSlot or PeerSlot), `off` is a
+            // 4-aligned offset inside it. Volatile: the loads stay in this order (the
+            // seqlock).
             unsafe { core::ptr::read_volatile((s + off) as *const u32) }
         };
         let seq = rd(0);
@@ -398,20 +437,13 @@ fn table_rule(key: &[u32; 10]) -> Option<ChannelFields> {
         }
         // SAFETY: as `rd`, for the 8-aligned deadline.
         let expires = unsafe { core::ptr::read_volatile((s + 24) as *const u64) };
-        let fields = (
-            expires,
-            [0, 0, MAPPED_W2, rd(32)],
-            [0, 0, MAPPED_W2, rd(36)],
-            rd(40),
-            rd(48),
-            rd(52),
-        );
+        let words = (expires, rd(32), rd(36), rd(40), rd(44), rd(48), rd(52));
         if seq & 1 != 0 || rd(0) != seq {
-            return None;
+            return Slot::Torn;
         }
-        return Some(fields);
+        return Slot::Hit(words);
     }
-    None
+    Slot::Miss
 }
 
 /// The rule from `TURN_CHANNELS_V4` (`found`), else from `TURN_CHANNELS`.
@@ -459,16 +491,19 @@ fn map_rule(
     })
 }
 
-/// UDP from a peer to a relayed port → ChannelData or a Data indication to the client.
+/// The peer rule from `TURN_PEERS`: the exact entry when it has a channel and is live,
+/// else the permission entry (any peer port; a Data indication, when they are on) unless
+/// the frame's `TURN_PEER_TABLE` slot was `torn` (its channel binding is being
+/// rewritten: the frame passes up rather than go out as a Data indication). Returns its
+/// fields and channel (0: a Data indication).
 #[inline(always)]
-fn from_peer(
+fn peer_map_rule(
     p: &Pkt,
     flags: u32,
-    payload: usize,
     now: u64,
-    o: &mut Out,
+    torn: bool,
     key: &mut [u32; 10],
-) -> Result<(), Option<u32>> {
+) -> Result<(PeerFields, u16), Option<u32>> {
     *key = [
         p.src[0], p.src[1], p.src[2], p.src[3], p.dst[0], p.dst[1], p.dst[2], p.dst[3], p.ports, 0,
     ];
@@ -486,6 +521,9 @@ fn from_peer(
         }
     }
     if rule.is_null() {
+        if torn {
+            return Err(Some(TURN_NO_RULE_PASSED));
+        }
         // The permission entry: any peer port.
         key[8] = p.ports & 0xffff_0000;
         // SAFETY: as above.
@@ -502,7 +540,7 @@ fn from_peer(
     }
     let r = rule as usize;
     // SAFETY: `rule` points at a live PeerRule value (56 bytes, 8-aligned).
-    let (client_addr, server_addr, ports, stats_idx, alloc_idx) = unsafe {
+    let fields = unsafe {
         (
             rd_addr(r + 8),
             rd_addr(r + 24),
@@ -510,6 +548,57 @@ fn from_peer(
             (*rule).stats_idx,
             (*rule).alloc_idx,
         )
+    };
+    Ok((fields, channel))
+}
+
+/// What the peer path needs of a rule: client and listen address, client then listen
+/// port (one memory-order word), `stats_idx`, `alloc_idx`.
+type PeerFields = (Addr, Addr, u32, u32, u32);
+
+/// UDP from a peer to a relayed port → ChannelData or a Data indication to the client.
+#[inline(always)]
+fn from_peer(
+    p: &Pkt,
+    flags: u32,
+    payload: usize,
+    now: u64,
+    o: &mut Out,
+    key: &mut [u32; 10],
+) -> Result<(), Option<u32>> {
+    let mut fields: Option<PeerFields> = None;
+    let mut channel = 0u16;
+    let mut torn = false;
+    if !p.v6 {
+        // The compact key: peer address, relayed address, ports, a zero word.
+        key[0] = p.src[3];
+        key[1] = p.dst[3];
+        key[2] = p.ports;
+        key[3] = 0;
+        let found = table_slot(&TURN_PEER_TABLE, &TURN_PEER_TABLE_INFO, key);
+        torn = matches!(found, Slot::Torn);
+        if let Slot::Hit((e, client, server, ports, w44, stats_idx, alloc_idx)) = found {
+            let b = w44.to_ne_bytes();
+            let c = u16::from_ne_bytes([b[0], b[1]]);
+            if c != 0 && live(e, now) {
+                channel = c;
+                fields = Some((
+                    [0, 0, MAPPED_W2, client],
+                    [0, 0, MAPPED_W2, server],
+                    ports,
+                    stats_idx,
+                    alloc_idx,
+                ));
+            }
+        }
+    }
+    let (client_addr, server_addr, ports, stats_idx, alloc_idx) = match fields {
+        Some(f) => f,
+        None => {
+            let (f, c) = peer_map_rule(p, flags, now, torn, key)?;
+            channel = c;
+            f
+        }
     };
     let v6 = !is_mapped(&client_addr);
     if v6 == is_mapped(&server_addr) {

@@ -1,50 +1,117 @@
-//! The daemon's side of `TURN_CHANNEL_TABLE`: IPv4 channel rules in an open-addressed
-//! array the XDP program probes before the `TURN_CHANNELS_V4` hash map (layout and the
-//! reasons in `relay_common::turn::ChannelSlot`).
+//! The daemon's side of the compact rule tables the XDP program probes before the hash
+//! maps: `TURN_CHANNEL_TABLE` (IPv4 channel rules, in front of `TURN_CHANNELS_V4`) and
+//! `TURN_PEER_TABLE` (the peer rules of IPv4 channel bindings, in front of `TURN_PEERS`).
+//! Layouts and the reasons in `relay_common::turn::{ChannelSlot, PeerSlot}`.
 //!
-//! Why the daemon manages the table itself: a kernel hash map costs three cache misses
+//! Why the daemon manages the tables itself: a kernel hash map costs three cache misses
 //! per lookup with many rules, a slot here one. The price is that the kernel no longer
 //! protects readers from a half-written entry, so slots are written in place through an
 //! mmap of the map as a seqlock (`seq` odd while writing), and the program ignores a slot
 //! whose `seq` was odd or changed while it read it. A rule finds a home within
-//! [`CHANNEL_PROBES`] slots of its hash or stays in the hash map: the table is a faster
+//! [`CHANNEL_PROBES`] slots of its hash or stays in the hash map: a table is a faster
 //! place for most rules, never the only one, so collisions (or a table turned off) only
 //! cost speed.
 //!
-//! [`SlotTable`] holds the logic over any slot memory ([`HeapSlots`] in unit tests);
-//! [`MappedSlots`] is the mmap of the real map.
+//! [`SlotTable`] holds the logic over any slot memory ([`HeapSlots`] in unit tests) of
+//! any [`CompactSlot`] type; [`MappedSlots`] is the mmap of a real map.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 
 use relay_common::turn::{
-    CHANNEL_PROBES, ChannelKeyV4, ChannelRule, ChannelSlot, ChannelTableInfo, channel_key_words,
-    channel_slot_home,
+    CHANNEL_PROBES, ChannelKeyV4, ChannelRule, ChannelSlot, PeerKeyV4, PeerRule, PeerSlot,
+    SlotTableInfo, channel_key_words, slot_home,
 };
+
+/// A slot type of a compact table: 64 bytes, a seqlock word first, then its 16-byte key
+/// (all zero: an empty slot).
+pub trait CompactSlot: Copy + Default + PartialEq + Send {
+    /// The slot's key.
+    type Key: Copy + Eq + Default + std::fmt::Debug;
+    /// The rule, in the form of its hash map.
+    type Rule;
+    /// The slot holding `rule` under `key`; None when the rule has no compact form.
+    fn compact(key: &Self::Key, rule: &Self::Rule) -> Option<Self>;
+    /// The slot's key.
+    fn key(&self) -> Self::Key;
+    /// The seqlock word.
+    fn seq(&self) -> u32;
+    /// The rule the slot holds.
+    fn rule(&self) -> Self::Rule;
+    /// The key as the two words the kernel hashes.
+    fn words(key: &Self::Key) -> (u64, u64);
+}
+
+impl CompactSlot for ChannelSlot {
+    type Key = ChannelKeyV4;
+    type Rule = ChannelRule;
+    fn compact(key: &ChannelKeyV4, rule: &ChannelRule) -> Option<Self> {
+        ChannelSlot::compact(key, rule)
+    }
+    fn key(&self) -> ChannelKeyV4 {
+        self.key
+    }
+    fn seq(&self) -> u32 {
+        self.seq
+    }
+    fn rule(&self) -> ChannelRule {
+        ChannelSlot::rule(self)
+    }
+    fn words(key: &ChannelKeyV4) -> (u64, u64) {
+        channel_key_words(key)
+    }
+}
+
+impl CompactSlot for PeerSlot {
+    type Key = PeerKeyV4;
+    type Rule = PeerRule;
+    fn compact(key: &PeerKeyV4, rule: &PeerRule) -> Option<Self> {
+        PeerSlot::compact(key, rule)
+    }
+    fn key(&self) -> PeerKeyV4 {
+        self.key
+    }
+    fn seq(&self) -> u32 {
+        self.seq
+    }
+    fn rule(&self) -> PeerRule {
+        PeerSlot::rule(self)
+    }
+    fn words(key: &PeerKeyV4) -> (u64, u64) {
+        key.words()
+    }
+}
 
 /// Slot memory: `slot_count` slots from `base`, valid and writable while the owner
 /// lives.
 pub trait Slots: Send {
+    /// The slot type.
+    type Slot: CompactSlot;
     /// The first slot.
-    fn base(&self) -> *mut ChannelSlot;
+    fn base(&self) -> *mut Self::Slot;
     /// Number of slots (a power of two).
     fn slot_count(&self) -> usize;
 }
 
+/// The daemon's `TURN_CHANNEL_TABLE`.
+pub type ChannelTable = SlotTable<MappedSlots<ChannelSlot>>;
+/// The daemon's `TURN_PEER_TABLE`.
+pub type PeerTable = SlotTable<MappedSlots<PeerSlot>>;
+
 /// Zeroed slots on the heap (the unit tests' table).
 #[derive(Debug)]
-pub struct HeapSlots {
-    ptr: *mut ChannelSlot,
+pub struct HeapSlots<T> {
+    ptr: *mut T,
     len: usize,
 }
 
 // SAFETY: the allocation is owned by this value alone; see `MappedSlots`.
-unsafe impl Send for HeapSlots {}
+unsafe impl<T: Send> Send for HeapSlots<T> {}
 
-impl HeapSlots {
+impl<T: CompactSlot> HeapSlots<T> {
     /// `len` empty slots.
-    pub fn new(len: usize) -> HeapSlots {
-        let b = vec![ChannelSlot::default(); len].into_boxed_slice();
+    pub fn new(len: usize) -> HeapSlots<T> {
+        let b = vec![T::default(); len].into_boxed_slice();
         HeapSlots {
             ptr: Box::into_raw(b).cast(),
             len,
@@ -52,7 +119,7 @@ impl HeapSlots {
     }
 }
 
-impl Drop for HeapSlots {
+impl<T> Drop for HeapSlots<T> {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` came from `Box::into_raw` of a boxed slice of `len` slots,
         // freed once.
@@ -60,8 +127,9 @@ impl Drop for HeapSlots {
     }
 }
 
-impl Slots for HeapSlots {
-    fn base(&self) -> *mut ChannelSlot {
+impl<T: CompactSlot> Slots for HeapSlots<T> {
+    type Slot = T;
+    fn base(&self) -> *mut T {
         self.ptr
     }
     fn slot_count(&self) -> usize {
@@ -69,23 +137,23 @@ impl Slots for HeapSlots {
     }
 }
 
-/// A shared, writable mmap of a `BPF_F_MMAPABLE` array map of [`ChannelSlot`]s.
+/// A shared, writable mmap of a `BPF_F_MMAPABLE` array map of slots `T`.
 #[derive(Debug)]
-pub struct MappedSlots {
-    ptr: *mut ChannelSlot,
+pub struct MappedSlots<T> {
+    ptr: *mut T,
     len: usize,
     bytes: usize,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; every access goes
 // through `SlotTable`, which its owner keeps behind a mutex.
-unsafe impl Send for MappedSlots {}
+unsafe impl<T: Send> Send for MappedSlots<T> {}
 
-impl MappedSlots {
+impl<T: CompactSlot> MappedSlots<T> {
     /// Maps `len` slots of the array map `fd`.
-    pub fn map(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Result<MappedSlots> {
+    pub fn map(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Result<MappedSlots<T>> {
         use std::os::fd::AsRawFd;
-        let bytes = len * std::mem::size_of::<ChannelSlot>();
+        let bytes = len * std::mem::size_of::<T>();
         // SAFETY: a fresh shared mapping of the map's value area (the kernel checks the
         // length against the map and that the map is mmapable); nothing else aliases it
         // in this process.
@@ -110,15 +178,16 @@ impl MappedSlots {
     }
 }
 
-impl Drop for MappedSlots {
+impl<T> Drop for MappedSlots<T> {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`bytes` are exactly the mapping made in `map`, unmapped once.
         unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
     }
 }
 
-impl Slots for MappedSlots {
-    fn base(&self) -> *mut ChannelSlot {
+impl<T: CompactSlot> Slots for MappedSlots<T> {
+    type Slot = T;
+    fn base(&self) -> *mut T {
         self.ptr
     }
     fn slot_count(&self) -> usize {
@@ -126,11 +195,16 @@ impl Slots for MappedSlots {
     }
 }
 
+/// A key of table `S` (all zero: an empty slot).
+type Key<S> = <<S as Slots>::Slot as CompactSlot>::Key;
+/// A rule of table `S`.
+type Rule<S> = <<S as Slots>::Slot as CompactSlot>::Rule;
+
 /// The table logic over slot memory `S`. One writer at a time (`&mut self`); the XDP
 /// program reads concurrently.
 pub struct SlotTable<S: Slots> {
     slots: S,
-    info: ChannelTableInfo,
+    info: SlotTableInfo,
 }
 
 impl<S: Slots> std::fmt::Debug for SlotTable<S> {
@@ -141,16 +215,6 @@ impl<S: Slots> std::fmt::Debug for SlotTable<S> {
     }
 }
 
-/// A key with no rule: an empty slot.
-const EMPTY: ChannelKeyV4 = ChannelKeyV4 {
-    client_addr: [0; 4],
-    server_addr: [0; 4],
-    client_port: [0; 2],
-    server_port: [0; 2],
-    channel: [0; 2],
-    _pad: [0; 2],
-};
-
 impl<S: Slots> SlotTable<S> {
     /// The table over `slots` with `seed`, using the largest power of two of them (all
     /// of them: the daemon sizes the map so).
@@ -160,7 +224,7 @@ impl<S: Slots> SlotTable<S> {
         let mask = u32::try_from(usable.saturating_sub(1)).unwrap_or(0);
         SlotTable {
             slots,
-            info: ChannelTableInfo {
+            info: SlotTableInfo {
                 seed,
                 mask,
                 _pad: 0,
@@ -169,11 +233,11 @@ impl<S: Slots> SlotTable<S> {
     }
 
     /// What the kernel must be told (`TURN_CHANNEL_TABLE_INFO[0]`).
-    pub fn info(&self) -> ChannelTableInfo {
+    pub fn info(&self) -> SlotTableInfo {
         self.info
     }
 
-    fn read(&self, i: usize) -> ChannelSlot {
+    fn read(&self, i: usize) -> S::Slot {
         debug_assert!(i < self.slots.slot_count());
         // SAFETY: `i` is below the slot count (callers mask it), the memory lives as
         // long as `self.slots`, and only this writer changes it (the kernel only reads).
@@ -181,7 +245,7 @@ impl<S: Slots> SlotTable<S> {
     }
 
     /// Writes slot `i` as a seqlock: `seq` odd, the other 60 bytes, `seq` even again.
-    fn write(&mut self, i: usize, v: &ChannelSlot) {
+    fn write(&mut self, i: usize, v: &S::Slot) {
         debug_assert!(i < self.slots.slot_count());
         // SAFETY: slot `i` is inside the memory (as in `read`); `seq` is its first,
         // 4-aligned word (slots are 64-aligned), used only atomically by this writer.
@@ -192,8 +256,8 @@ impl<S: Slots> SlotTable<S> {
         let odd = seq.load(Ordering::Relaxed) | 1;
         seq.store(odd, Ordering::Relaxed);
         fence(Ordering::Release);
-        let src = (v as *const ChannelSlot).cast::<u32>();
-        for w in 0..(std::mem::size_of::<ChannelSlot>() / 4 - 1) {
+        let src = (v as *const S::Slot).cast::<u32>();
+        for w in 0..(std::mem::size_of::<S::Slot>() / 4 - 1) {
             // SAFETY: word `w + 1` of both 64-byte slots (after `seq`).
             unsafe { std::ptr::write_volatile(words.add(w), *src.add(w + 1)) };
         }
@@ -202,28 +266,29 @@ impl<S: Slots> SlotTable<S> {
     }
 
     /// The slots a key may occupy, home first.
-    fn probes(&self, k: &ChannelKeyV4) -> impl Iterator<Item = usize> + use<S> {
-        let (w0, w1) = channel_key_words(k);
-        let home = channel_slot_home(w0, w1, &self.info);
+    fn probes(&self, k: &Key<S>) -> impl Iterator<Item = usize> + use<S> {
+        let (w0, w1) = S::Slot::words(k);
+        let home = slot_home(w0, w1, &self.info);
         let mask = self.info.mask;
         (0..CHANNEL_PROBES).map(move |i| (home.wrapping_add(i) & mask) as usize)
     }
 
-    fn find(&self, k: &ChannelKeyV4) -> Option<usize> {
-        self.probes(k).find(|&i| self.read(i).key == *k)
+    fn find(&self, k: &Key<S>) -> Option<usize> {
+        self.probes(k).find(|&i| self.read(i).key() == *k)
     }
 
     /// Stores `rule` under `k` (replacing its slot, else in the first free one);
     /// false when the rule has no compact form or its slots are all taken: it belongs in
     /// the hash map. A slot `k` already has then keeps the old rule: the caller removes
     /// it once the new one is in the map, so that the kernel never finds neither.
-    pub fn put(&mut self, k: &ChannelKeyV4, rule: &ChannelRule) -> bool {
-        let Some(slot) = ChannelSlot::compact(k, rule) else {
+    pub fn put(&mut self, k: &Key<S>, rule: &Rule<S>) -> bool {
+        let Some(slot) = S::Slot::compact(k, rule) else {
             return false;
         };
+        let empty = Key::<S>::default();
         let at = self
             .find(k)
-            .or_else(|| self.probes(k).find(|&i| self.read(i).key == EMPTY));
+            .or_else(|| self.probes(k).find(|&i| self.read(i).key() == empty));
         match at {
             Some(i) => {
                 self.write(i, &slot);
@@ -234,15 +299,15 @@ impl<S: Slots> SlotTable<S> {
     }
 
     /// The rule under `k`.
-    pub fn get(&self, k: &ChannelKeyV4) -> Option<ChannelRule> {
+    pub fn get(&self, k: &Key<S>) -> Option<Rule<S>> {
         self.find(k).map(|i| self.read(i).rule())
     }
 
     /// Removes the rule under `k`; false if there was none.
-    pub fn remove(&mut self, k: &ChannelKeyV4) -> bool {
+    pub fn remove(&mut self, k: &Key<S>) -> bool {
         match self.find(k) {
             Some(i) => {
-                self.write(i, &ChannelSlot::default());
+                self.write(i, &S::Slot::default());
                 true
             }
             None => false,
@@ -252,7 +317,7 @@ impl<S: Slots> SlotTable<S> {
     /// Sets the seqlock word of `k`'s slot to `seq` (an odd value: a write in progress),
     /// for tests of the kernel's reader; false if `k` has no slot.
     #[doc(hidden)]
-    pub fn set_seq_for_test(&mut self, k: &ChannelKeyV4, seq: u32) -> bool {
+    pub fn set_seq_for_test(&mut self, k: &Key<S>, seq: u32) -> bool {
         let Some(i) = self.find(k) else {
             return false;
         };
@@ -266,21 +331,20 @@ impl<S: Slots> SlotTable<S> {
     /// any slot left half-written (odd `seq`: a daemon stopped mid-write) or stored where
     /// no probe of its key would find it (a table whose seed was lost). Returns (kept,
     /// removed).
-    pub fn retain(
-        &mut self,
-        mut keep: impl FnMut(&ChannelKeyV4, &ChannelRule) -> bool,
-    ) -> (usize, usize) {
+    pub fn retain(&mut self, mut keep: impl FnMut(&Key<S>, &Rule<S>) -> bool) -> (usize, usize) {
+        let empty = Key::<S>::default();
         let (mut kept, mut removed) = (0, 0);
         for i in 0..self.slots.slot_count() {
             let s = self.read(i);
-            if s.key == EMPTY && s.seq & 1 == 0 {
+            let (key, seq) = (s.key(), s.seq());
+            if key == empty && seq & 1 == 0 {
                 continue;
             }
-            let reachable = s.key != EMPTY && self.probes(&s.key).any(|p| p == i);
-            if s.seq & 1 == 0 && reachable && keep(&s.key, &s.rule()) {
+            let reachable = key != empty && self.probes(&key).any(|p| p == i);
+            if seq & 1 == 0 && reachable && keep(&key, &s.rule()) {
                 kept += 1;
             } else {
-                self.write(i, &ChannelSlot::default());
+                self.write(i, &S::Slot::default());
                 removed += 1;
             }
         }
@@ -293,7 +357,7 @@ mod tests {
     use super::*;
     use relay_common::turn::{mapped_v4, wire};
 
-    fn table(slots: usize, seed: u64) -> SlotTable<HeapSlots> {
+    fn table(slots: usize, seed: u64) -> SlotTable<HeapSlots<ChannelSlot>> {
         SlotTable::new(HeapSlots::new(slots), seed)
     }
 
@@ -330,7 +394,9 @@ mod tests {
         assert_eq!(t.get(&k), Some(rule(1)));
         assert!(t.put(&k, &rule(2)), "replaced in place");
         assert_eq!(t.get(&k), Some(rule(2)));
-        let used = (0..64).filter(|&i| t.read(i).key != EMPTY).count();
+        let used = (0..64)
+            .filter(|&i| t.read(i).key != ChannelKeyV4::default())
+            .count();
         assert_eq!(used, 1, "one slot per key");
         assert!(t.remove(&k));
         assert_eq!(t.get(&k), None);
@@ -369,7 +435,7 @@ mod tests {
             assert_eq!(t.get(k), Some(rule(*p)));
             // And where the kernel looks for it.
             let (w0, w1) = channel_key_words(k);
-            let home = channel_slot_home(w0, w1, &t.info());
+            let home = slot_home(w0, w1, &t.info());
             let at = t.find(k).expect("placed");
             assert!((0..CHANNEL_PROBES).any(|i| (home + i) & 7 == at as u32));
         }
@@ -389,7 +455,7 @@ mod tests {
         let homes: std::collections::HashSet<u32> = (0..10_000u16)
             .map(|p| {
                 let (w0, w1) = channel_key_words(&key(20_000 + p, 0x4000));
-                channel_slot_home(w0, w1, &t.info())
+                slot_home(w0, w1, &t.info())
             })
             .collect();
         assert!(homes.len() > 7_200, "{} distinct homes", homes.len());
@@ -401,10 +467,10 @@ mod tests {
         let (w0, w1) = channel_key_words(&k);
         let homes: std::collections::HashSet<u32> = (0..16u64)
             .map(|seed| {
-                channel_slot_home(
+                slot_home(
                     w0,
                     w1,
-                    &ChannelTableInfo {
+                    &SlotTableInfo {
                         seed: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
                         mask: 4095,
                         _pad: 0,
@@ -427,7 +493,10 @@ mod tests {
         unsafe { (*t.slots.base().add(torn)).seq |= 1 };
         // A slot no probe reaches (written under another seed).
         let stray = (0..64)
-            .find(|&i| t.read(i).key == EMPTY && !t.probes(&key(3, 0x4000)).any(|p| p == i))
+            .find(|&i| {
+                t.read(i).key == ChannelKeyV4::default()
+                    && !t.probes(&key(3, 0x4000)).any(|p| p == i)
+            })
             .expect("a free slot outside key 3's window");
         let mut s = ChannelSlot::compact(&key(3, 0x4000), &rule(3)).expect("compact");
         s.seq = 2;
@@ -437,7 +506,7 @@ mod tests {
         assert_eq!((kept, removed), (1, 2));
         assert_eq!(t.get(&a), Some(rule(1)));
         assert_eq!(t.get(&b), None);
-        assert_eq!(t.read(stray).key, EMPTY);
+        assert_eq!(t.read(stray).key, ChannelKeyV4::default());
         assert!((0..64).all(|i| t.read(i).seq & 1 == 0));
         // A rule failing `keep` goes too.
         assert_eq!(t.retain(|_, _| false), (0, 1));
