@@ -38,6 +38,11 @@ pub const fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
     ]
 }
 
+/// The IPv4 address in the last four bytes of an IPv4-mapped key address.
+pub const fn ipv4_of(a: &[u8; 16]) -> [u8; 4] {
+    [a[12], a[13], a[14], a[15]]
+}
+
 /// Whether a 16-byte key address is an IPv4-mapped one.
 pub const fn is_mapped_v4(a: &[u8; 16]) -> bool {
     a[0] == 0
@@ -171,10 +176,9 @@ impl ChannelKey {
         if !is_mapped_v4(&self.client_addr) || !is_mapped_v4(&self.server_addr) {
             return None;
         }
-        let (c, s) = (&self.client_addr, &self.server_addr);
         Some(ChannelKeyV4 {
-            client_addr: [c[12], c[13], c[14], c[15]],
-            server_addr: [s[12], s[13], s[14], s[15]],
+            client_addr: ipv4_of(&self.client_addr),
+            server_addr: ipv4_of(&self.server_addr),
             client_port: self.client_port,
             server_port: self.server_port,
             channel: self.channel,
@@ -303,14 +307,13 @@ impl ChannelSlot {
         if !is_mapped_v4(&rule.relay_addr) || !is_mapped_v4(&rule.peer_addr) {
             return None;
         }
-        let (r, p) = (&rule.relay_addr, &rule.peer_addr);
         Some(ChannelSlot {
             seq: 0,
             _pad0: 0,
             key: *key,
             expires_ns: rule.expires_ns,
-            relay_addr: [r[12], r[13], r[14], r[15]],
-            peer_addr: [p[12], p[13], p[14], p[15]],
+            relay_addr: ipv4_of(&rule.relay_addr),
+            peer_addr: ipv4_of(&rule.peer_addr),
             relay_port: rule.relay_port,
             peer_port: rule.peer_port,
             flags: rule.flags,
@@ -423,10 +426,9 @@ impl PeerKey {
         if !is_mapped_v4(&self.peer_addr) || !is_mapped_v4(&self.relay_addr) {
             return None;
         }
-        let (p, r) = (&self.peer_addr, &self.relay_addr);
         Some(PeerKeyV4 {
-            peer_addr: [p[12], p[13], p[14], p[15]],
-            relay_addr: [r[12], r[13], r[14], r[15]],
+            peer_addr: ipv4_of(&self.peer_addr),
+            relay_addr: ipv4_of(&self.relay_addr),
             peer_port: self.peer_port,
             relay_port: self.relay_port,
             _pad: [0; 4],
@@ -536,14 +538,13 @@ impl PeerSlot {
         {
             return None;
         }
-        let (c, s) = (&rule.client_addr, &rule.server_addr);
         Some(PeerSlot {
             seq: 0,
             _pad0: 0,
             key: *key,
             expires_ns: rule.expires_ns,
-            client_addr: [c[12], c[13], c[14], c[15]],
-            server_addr: [s[12], s[13], s[14], s[15]],
+            client_addr: ipv4_of(&rule.client_addr),
+            server_addr: ipv4_of(&rule.server_addr),
             client_port: rule.client_port,
             server_port: rule.server_port,
             channel: rule.channel,
