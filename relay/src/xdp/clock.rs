@@ -36,8 +36,13 @@ const HZ_CHOICES: [u64; 14] = [
 const MIN_SPAN: Duration = Duration::from_millis(40);
 /// How long to wait between samples while looking for an edge.
 const POLL: Duration = Duration::from_micros(50);
-/// The whole calibration gives up after this (HZ=24 needs about 170 ms).
-const BUDGET: Duration = Duration::from_millis(500);
+/// The whole calibration gives up after this (HZ=24 needs about 170 ms; more when edges
+/// seen late are skipped).
+const BUDGET: Duration = Duration::from_millis(1000);
+/// The longest gap between the last sample before a jiffy edge and the first after it
+/// for [`edge`] to take that sample as the edge: with both edges at most this late, the
+/// tick estimate over [`MIN_SPAN`] stays within [`fit`]'s 1%.
+const MAX_EDGE_GAP: Duration = Duration::from_micros(300);
 /// How far the clock may read behind CLOCK_MONOTONIC in [`check`] (jiffies updated
 /// late), and beyond one tick ahead of it (the edge seen late).
 const TOLERANCE_NS: u64 = 2_000_000;
@@ -157,13 +162,26 @@ impl ClockProbe {
     }
 }
 
-/// The first sample after jiffies move past `after`, polling until `deadline`.
-fn edge(probe: &ClockProbe, after: u64, deadline: Instant) -> Result<ClockSample, ClockError> {
+/// The first sample after jiffies move past `after`, polling until `deadline`, that
+/// was taken within [`MAX_EDGE_GAP`] of the sample before it (still in the old jiffy).
+/// An edge seen after a longer gap (the thread preempted between two polls, as on a
+/// loaded machine) may be milliseconds late, which would skew the tick estimate by more
+/// than the HZ choices differ: such an edge is skipped and the next one awaited.
+fn edge(
+    sample: &mut impl FnMut() -> Result<ClockSample, ClockError>,
+    mut after: u64,
+    deadline: Instant,
+) -> Result<ClockSample, ClockError> {
+    let mut prev: Option<u64> = None;
     loop {
-        let s = probe.sample()?;
+        let s = sample()?;
         if s.jiffies != after {
-            return Ok(s);
+            if prev.is_some_and(|p| s.mono_ns.saturating_sub(p) <= MAX_EDGE_GAP.as_nanos() as u64) {
+                return Ok(s);
+            }
+            after = s.jiffies;
         }
+        prev = Some(s.mono_ns);
         if Instant::now() >= deadline {
             return Err(ClockError::Stalled(BUDGET));
         }
@@ -174,17 +192,18 @@ fn edge(probe: &ClockProbe, after: u64, deadline: Instant) -> Result<ClockSample
 /// Measures the rule clock (see the module doc); bounded by [`BUDGET`].
 pub fn calibrate(probe: &ClockProbe) -> Result<TurnClock, ClockError> {
     let deadline = Instant::now() + BUDGET;
-    let first = probe.sample()?;
-    let a = edge(probe, first.jiffies, deadline)?;
+    let mut sample = || probe.sample();
+    let first = sample()?;
+    let a = edge(&mut sample, first.jiffies, deadline)?;
     let mut s = a;
     while Duration::from_nanos(s.mono_ns.saturating_sub(a.mono_ns)) < MIN_SPAN {
         if Instant::now() >= deadline {
             return Err(ClockError::Stalled(BUDGET));
         }
         std::thread::sleep(POLL * 20);
-        s = probe.sample()?;
+        s = sample()?;
     }
-    let b = edge(probe, s.jiffies, deadline)?;
+    let b = edge(&mut sample, s.jiffies, deadline)?;
     let clock = fit(a, b)?;
     for _ in 0..CHECKS {
         check(&clock, probe.sample()?)?;
@@ -250,6 +269,24 @@ mod tests {
                 assert!(ahead > 0 && ahead <= (t + late_b) as i64, "{ahead}");
             }
         }
+    }
+
+    #[test]
+    fn an_edge_seen_after_a_long_gap_is_skipped_for_the_next() {
+        // Jiffy 10 until 4 ms, polled every 100 µs, then a 3.5 ms gap (preempted) into
+        // jiffy 11; polled again, the next edge (12) is seen 100 µs after the last poll.
+        let mut seq = vec![s(10, 3_800_000), s(10, 3_900_000), s(11, 7_400_000)];
+        seq.extend((0..5).map(|i| s(11, 7_500_000 + i * 100_000)));
+        seq.push(s(12, 8_050_000));
+        let mut it = seq.into_iter();
+        let mut sample = || Ok(it.next().expect("a sample left"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let e = edge(&mut sample, 10, deadline).expect("an edge");
+        assert_eq!(e, s(12, 8_050_000));
+        // The first sample is already past the edge: its lateness is unknown, skipped.
+        let mut it = vec![s(5, 0), s(5, 100_000), s(6, 150_000)].into_iter();
+        let mut sample = || Ok(it.next().expect("a sample left"));
+        assert_eq!(edge(&mut sample, 4, deadline).expect("edge"), s(6, 150_000));
     }
 
     #[test]
