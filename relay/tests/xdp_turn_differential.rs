@@ -1964,3 +1964,157 @@ fn channel_table_slots_are_never_read_half_written() {
         "both rules seen: the writer raced the reader"
     );
 }
+
+/// Tables that grow and shrink with their rules (`TurnMaps` resizing them as the daemon
+/// does) against the real program: while another thread adds and removes enough rules
+/// to move both tables between 1 024 and 2 048 slots and back, a frame of a rule that
+/// stays (client → peer through the channel table, peer → client through the peer
+/// table) is relayed exactly as before every single time: never passed up, never a Data
+/// indication. Bounded: 6 cycles or 30 s for the writer, 400 000 runs for the reader.
+#[test]
+fn resized_tables_never_hide_a_rule_from_the_program() {
+    if !privileged() {
+        return;
+    }
+    use relay::xdp::rules::TurnMaps;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let ns = Netns::create("s");
+    let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
+    let _in = ns.enter();
+    let ifindex = v0_ifindex();
+    Rules { x: &mut x }.settings(rc::SETTING_ENABLED);
+    let maps = Arc::new(TurnMaps::take(x.ebpf_mut()).expect("the TURN maps"));
+    assert_eq!(
+        maps.table_sizes(),
+        [(1024, 0), (1024, 0)],
+        "fresh tables start small"
+    );
+    let client = SocketAddr::new(v4(100), CLIENT_PORT + 100);
+    let listen = SocketAddr::new(v4(1), LISTEN_PORT);
+    let relayed = SocketAddr::new(v4(2), 50_000);
+    let peer = SocketAddr::new(v4(200), PEER_PORT);
+    let far = monotonic_ns() + 600_000_000_000;
+    let channel_key = move |port: u16| rc::ChannelKey {
+        client_addr: key_addr(client.ip()),
+        server_addr: key_addr(listen.ip()),
+        client_port: rc::wire(port),
+        server_port: rc::wire(listen.port()),
+        channel: rc::wire(CHANNEL),
+        _pad: [0; 2],
+    };
+    let channel = move |idx: u32| rc::ChannelRule {
+        expires_ns: far,
+        relay_addr: key_addr(relayed.ip()),
+        peer_addr: key_addr(peer.ip()),
+        relay_port: rc::wire(relayed.port()),
+        peer_port: rc::wire(peer.port()),
+        flags: 0,
+        _pad: 0,
+        stats_idx: idx,
+        alloc_idx: rc::NO_BUDGET,
+    };
+    let peer_key = move |relay_port: u16| rc::PeerKey {
+        peer_addr: key_addr(peer.ip()),
+        relay_addr: key_addr(relayed.ip()),
+        peer_port: rc::wire(peer.port()),
+        relay_port: rc::wire(relay_port),
+    };
+    let peer_rule = move |idx: u32| rc::PeerRule {
+        expires_ns: far,
+        client_addr: key_addr(client.ip()),
+        server_addr: key_addr(listen.ip()),
+        client_port: rc::wire(client.port()),
+        server_port: rc::wire(listen.port()),
+        channel: rc::wire(CHANNEL),
+        flags: 0,
+        stats_idx: idx,
+        alloc_idx: rc::NO_BUDGET,
+    };
+    maps.insert_channel(&channel_key(client.port()), &channel(1))
+        .expect("the channel rule");
+    maps.insert_peer(&peer_key(relayed.port()), &peer_rule(2))
+        .expect("the peer rule");
+    let to_peer = frame(MAC_CLIENT, client, listen, &channel_data(40, 0, 7), 0);
+    let to_client = frame(MAC_PEER, peer, relayed, &data(40, 9), 0);
+    let expect: Vec<Vec<u8>> = [&to_peer, &to_client]
+        .iter()
+        .map(|f| {
+            let out = run(&x, ifindex, f);
+            assert_eq!(out.action, XdpAction::Tx, "the rule relays");
+            out.frame
+        })
+        .collect();
+    let passed_before = counters(&x)[counter::TURN_NO_RULE_PASSED as usize];
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let resizes = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, resizes, maps) = (stop.clone(), resizes.clone(), maps.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + std::time::Duration::from_secs(30);
+            // 800 more rules each: past 11/16 of 1 024 slots (a rebuild at 2 048), then
+            // back below 1/8 of 2 048 (a rebuild at 1 024).
+            for cycle in 0..6u32 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                for i in 0..800u16 {
+                    let idx = 10 + u32::from(i);
+                    maps.insert_channel(&channel_key(20_000 + i), &channel(idx))
+                        .expect("filler channel rule");
+                    maps.insert_peer(&peer_key(51_000 + i), &peer_rule(idx + 1000))
+                        .expect("filler peer rule");
+                }
+                let grown = maps.table_sizes();
+                assert_eq!(
+                    (grown[0].0, grown[1].0),
+                    (2048, 2048),
+                    "cycle {cycle}: both tables grew"
+                );
+                for i in 0..800u16 {
+                    assert!(
+                        maps.remove_channel(&channel_key(20_000 + i))
+                            .expect("remove")
+                    );
+                    assert!(maps.remove_peer(&peer_key(51_000 + i)).expect("remove"));
+                }
+                assert_eq!(
+                    maps.table_sizes(),
+                    [(1024, 1), (1024, 1)],
+                    "cycle {cycle}: both tables shrank back to the one rule each"
+                );
+                resizes.fetch_add(4, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut runs = 0u32;
+    for i in 0..400_000u32 {
+        if writer.is_finished() {
+            break;
+        }
+        let which = (i % 2) as usize;
+        let out = run(&x, ifindex, if which == 0 { &to_peer } else { &to_client });
+        if out.action != XdpAction::Tx || out.frame != expect[which] {
+            stop.store(true, Ordering::Relaxed);
+            panic!(
+                "run {i} ({}): {:?}, a frame other than the rule's own",
+                ["client → peer", "peer → client"][which],
+                out.action
+            );
+        }
+        runs += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("the writer's own checks");
+    let done = resizes.load(Ordering::Relaxed);
+    eprintln!("{runs} runs during {done} table resizes");
+    assert!(done >= 4, "at least one grow-and-shrink cycle ran");
+    assert!(runs > 100, "the reader ran while the tables were resized");
+    assert_eq!(
+        counters(&x)[counter::TURN_NO_RULE_PASSED as usize],
+        passed_before,
+        "no frame passed up for want of its rule"
+    );
+    // Both rules are back in their tables (not only in the hash maps).
+    assert!(maps.peer_in_table(&peer_key(relayed.port())));
+}

@@ -58,6 +58,11 @@ pub enum RulesError {
     /// CLOCK_MONOTONIC could not be read.
     #[error("clock_gettime(CLOCK_MONOTONIC) failed: {0}")]
     Clock(#[source] io::Error),
+    /// A compact table's seed and mask could not be told to the kernel.
+    #[error(
+        "cannot set {0}: {1}; the table is off until the daemon restarts, and its rules are          in the hash maps (a little slower with many allocations)"
+    )]
+    TableInfo(&'static str, #[source] io::Error),
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> RulesError {
@@ -269,7 +274,15 @@ impl TurnMaps {
             return insert_rule(&self.channels, maps::CHANNELS, k, v);
         };
         let in_table = match &self.table {
-            Some(t) => lock(t).put(&k4, v),
+            Some(t) => {
+                let mut t = lock(t);
+                if !t.contains(&k4)
+                    && let Some(mask) = t.grow_mask()
+                {
+                    self.resize_channel_table(&mut t, mask);
+                }
+                t.put(&k4, v)
+            }
             None => false,
         };
         if in_table {
@@ -303,7 +316,14 @@ impl TurnMaps {
     pub fn remove_channel(&self, k: &ChannelKey) -> Result<bool, RulesError> {
         let narrow = match k.v4() {
             Some(k4) => {
-                let slot = self.table.as_ref().is_some_and(|t| lock(t).remove(&k4));
+                let slot = self.table.as_ref().is_some_and(|t| {
+                    let mut t = lock(t);
+                    let removed = t.remove(&k4);
+                    if let Some(mask) = t.shrink_mask() {
+                        self.resize_channel_table(&mut t, mask);
+                    }
+                    removed
+                });
                 remove_rule(&self.channels_v4, maps::CHANNELS_V4, &k4)? || slot
             }
             None => false,
@@ -316,6 +336,18 @@ impl TurnMaps {
         self.table.is_some()
     }
 
+    /// Slots in use and rules held, of the channel table then the peer table (zeros for
+    /// a table that is off).
+    pub fn table_sizes(&self) -> [(usize, usize); 2] {
+        fn sizes<S: super::slot_table::Slots>(t: &SlotTable<S>) -> (usize, usize) {
+            (t.in_use(), t.live())
+        }
+        [
+            self.table.as_ref().map_or((0, 0), |t| sizes(&lock(t))),
+            self.peer_table.as_ref().map_or((0, 0), |t| sizes(&lock(t))),
+        ]
+    }
+
     /// Inserts or replaces a peer rule where the kernel looks first: an IPv4 channel
     /// binding's in `TURN_PEER_TABLE` when it has a compact form and a free slot, any
     /// other in `TURN_PEERS`. The copy in the other place goes after the new one is in
@@ -323,7 +355,15 @@ impl TurnMaps {
     pub fn insert_peer(&self, k: &PeerKey, v: &PeerRule) -> Result<(), RulesError> {
         let k4 = k.v4();
         let in_table = match (&self.peer_table, &k4) {
-            (Some(t), Some(k4)) => lock(t).put(k4, v),
+            (Some(t), Some(k4)) => {
+                let mut t = lock(t);
+                if !t.contains(k4)
+                    && let Some(mask) = t.grow_mask()
+                {
+                    self.resize_peer_table(&mut t, mask);
+                }
+                t.put(k4, v)
+            }
             _ => false,
         };
         if in_table {
@@ -357,10 +397,43 @@ impl TurnMaps {
     /// Removes a peer rule (from the table and the map); Ok(false) if there was none.
     pub fn remove_peer(&self, k: &PeerKey) -> Result<bool, RulesError> {
         let slot = match (&self.peer_table, k.v4()) {
-            (Some(t), Some(k4)) => lock(t).remove(&k4),
+            (Some(t), Some(k4)) => {
+                let mut t = lock(t);
+                let removed = t.remove(&k4);
+                if let Some(mask) = t.shrink_mask() {
+                    self.resize_peer_table(&mut t, mask);
+                }
+                removed
+            }
             _ => false,
         };
         Ok(remove_rule(&self.peers, maps::PEERS, k)? || slot)
+    }
+
+    /// Moves the channel table to `mask + 1` slots (see [`resize_table`]); a failure is
+    /// logged: the rules stay where the kernel finds them.
+    fn resize_channel_table(&self, t: &mut ChannelTable, mask: u32) {
+        let copy = |k: &ChannelKeyV4, v: &ChannelRule| {
+            insert_rule(&self.channels_v4, maps::CHANNELS_V4, k, v)
+        };
+        let drop_copy = |k: &ChannelKeyV4| remove_rule(&self.channels_v4, maps::CHANNELS_V4, k);
+        let get = |k: &ChannelKeyV4| get_rule(&self.channels_v4, maps::CHANNELS_V4, k);
+        log_resize(
+            maps::CHANNEL_TABLE,
+            resize_table(t, mask, maps::CHANNEL_TABLE_INFO, get, copy, drop_copy),
+        );
+    }
+
+    /// As [`TurnMaps::resize_channel_table`], for the peer table.
+    fn resize_peer_table(&self, t: &mut PeerTable, mask: u32) {
+        let copy =
+            |k: &PeerKeyV4, v: &PeerRule| insert_rule(&self.peers, maps::PEERS, &k.widen(), v);
+        let drop_copy = |k: &PeerKeyV4| remove_rule(&self.peers, maps::PEERS, &k.widen());
+        let get = |k: &PeerKeyV4| get_rule(&self.peers, maps::PEERS, &k.widen());
+        log_resize(
+            maps::PEER_TABLE,
+            resize_table(t, mask, maps::PEER_TABLE_INFO, get, copy, drop_copy),
+        );
     }
 
     /// Inserts or replaces an allocation rule.
@@ -478,7 +551,21 @@ pub fn open_slot_table<T: CompactSlot>(
         return Err(RulesError::Missing(name));
     };
     let len = data.info().map_err(map_err(name))?.max_entries() as usize;
-    let slots = match MappedSlots::map(std::os::fd::AsFd::as_fd(data.fd()), len) {
+    let info = {
+        let Some(aya::maps::Map::Array(info)) = ebpf.map(info_name) else {
+            return Err(RulesError::Missing(info_name));
+        };
+        let fd = std::os::fd::AsFd::as_fd(info.fd())
+            .try_clone_to_owned()
+            .map_err(|e| RulesError::TableInfo(info_name, e))?;
+        let data = MapData::from_fd(fd).map_err(map_err(info_name))?;
+        Array::<MapData, SlotTableInfo>::try_from(aya::maps::Map::Array(data))
+            .map_err(map_err(info_name))?
+    };
+    let Some(aya::maps::Map::Array(data)) = ebpf.map(name) else {
+        return Err(RulesError::Missing(name));
+    };
+    let slots = match MappedSlots::map(std::os::fd::AsFd::as_fd(data.fd()), len, info) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(
@@ -489,19 +576,111 @@ pub fn open_slot_table<T: CompactSlot>(
             return Ok(None);
         }
     };
-    let mut info: Array<&mut MapData, SlotTableInfo> = ebpf
-        .map_mut(info_name)
-        .ok_or(RulesError::Missing(info_name))
-        .and_then(|m| Array::try_from(m).map_err(map_err(info_name)))?;
-    let old = info.get(&0, 0).map_err(map_err(info_name))?;
-    let seed = if old.mask != 0 && old.mask as usize + 1 == len {
-        old.seed
-    } else {
-        random_seed()
+    let old: SlotTableInfo = {
+        let info: Array<&MapData, SlotTableInfo> = ebpf
+            .map(info_name)
+            .ok_or(RulesError::Missing(info_name))
+            .and_then(|m| Array::try_from(m).map_err(map_err(info_name)))?;
+        info.get(&0, 0).map_err(map_err(info_name))?
     };
-    let table = SlotTable::new(slots, seed);
-    info.set(0, table.info(), 0).map_err(map_err(info_name))?;
+    // A table in use (adopted: its slots stay where they are) keeps its seed and mask.
+    let in_use =
+        old.mask != 0 && (old.mask as usize + 1).is_power_of_two() && (old.mask as usize) < len;
+    let table = if in_use {
+        SlotTable::new(slots, old.seed, Some(old.mask))
+    } else {
+        SlotTable::new(slots, random_seed(), None)
+    };
+    let mut table = table;
+    table
+        .publish()
+        .map_err(|e| RulesError::TableInfo(info_name, e))?;
     Ok(Some(table))
+}
+
+/// How long a resized table's rules keep their hash-map copies after the kernel was told
+/// the new mask: a program run that read the old "off" just before still finds them
+/// (a run takes well under a microsecond; this also covers one interrupted for long).
+const RESIZE_GRACE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// What a resize did: slots before and after, rules moved, rules left in the hash map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resized {
+    /// Slots in use before.
+    pub from: usize,
+    /// Slots in use after.
+    pub to: usize,
+    /// Rules the table held.
+    pub rules: usize,
+    /// Of them, those that found no free slot under the new mask (now in the hash map).
+    pub in_hash_map: usize,
+}
+
+/// Moves table `t` to `mask + 1` slots so that the kernel finds every rule throughout:
+/// each rule is copied to its hash map (`copy`), then [`SlotTable::rebuild`] turns the
+/// table off, re-places the rules, along with those it had refused for want of a slot
+/// (read back from the hash map with `get`), and turns it on at the new mask; after
+/// [`RESIZE_GRACE`] the hash-map entries of the rules now in the table are removed
+/// (`drop_copy`). If a copy fails, the copies made so far are removed and the table
+/// keeps its size; if the rebuild fails, the table stays off and every copy stays.
+pub fn resize_table<T: CompactSlot>(
+    t: &mut SlotTable<MappedSlots<T>>,
+    mask: u32,
+    info_name: &'static str,
+    get: impl Fn(&T::Key) -> Result<Option<T::Rule>, RulesError>,
+    copy: impl Fn(&T::Key, &T::Rule) -> Result<(), RulesError>,
+    drop_copy: impl Fn(&T::Key) -> Result<bool, RulesError>,
+) -> Result<Resized, RulesError> {
+    let mut rules = t.rules();
+    let (from, own) = (t.in_use(), rules.len());
+    for k in t.refused() {
+        if let Some(v) = get(&k)? {
+            rules.push((k, v));
+        }
+    }
+    for (i, (k, v)) in rules[..own].iter().enumerate() {
+        if let Err(e) = copy(k, v) {
+            for (k, _) in &rules[..i] {
+                // Best effort: a copy left behind only costs the kernel a slower lookup
+                // once the table entry is gone.
+                let _ = drop_copy(k);
+            }
+            return Err(e);
+        }
+    }
+    let unplaced: HashSet<T::Key> = t
+        .rebuild(mask, &rules)
+        .map_err(|e| RulesError::TableInfo(info_name, e))?
+        .into_iter()
+        .collect();
+    std::thread::sleep(RESIZE_GRACE);
+    for (k, _) in rules.iter().filter(|(k, _)| !unplaced.contains(k)) {
+        drop_copy(k)?;
+    }
+    Ok(Resized {
+        from,
+        to: t.in_use(),
+        rules: rules.len(),
+        in_hash_map: unplaced.len(),
+    })
+}
+
+fn log_resize(table: &'static str, r: Result<Resized, RulesError>) {
+    match r {
+        Ok(r) => tracing::info!(
+            table,
+            from = r.from,
+            to = r.to,
+            rules = r.rules,
+            in_hash_map = r.in_hash_map,
+            "kernel rule table resized to its number of rules"
+        ),
+        Err(e) => tracing::warn!(
+            table,
+            error = %e,
+            "kernel rule table not resized: its rules stay where the kernel finds them,              which costs speed only"
+        ),
+    }
 }
 
 /// 8 bytes from getrandom(2), else from the clock (the seed only spreads keys).
@@ -734,19 +913,27 @@ impl TurnMaps {
         sweep_map(&self.peers, &mut keep, &mut in_maps, &mut out);
         sweep_map(&self.allocs, &mut keep, &mut in_maps, &mut out);
         if let Some(t) = &self.table {
-            let (kept, removed) = lock(t).retain(|k, v| {
+            let mut t = lock(t);
+            let (kept, removed) = t.retain(|k, v| {
                 !self.shadowed_slot(k, v, &in_maps) && keep(v.expires_ns, v.stats_idx, v.alloc_idx)
             });
             out.kept += kept;
             out.removed += removed;
+            if let Some(mask) = t.shrink_mask() {
+                self.resize_channel_table(&mut t, mask);
+            }
         }
         if let Some(t) = &self.peer_table {
-            let (kept, removed) = lock(t).retain(|k, v| {
+            let mut t = lock(t);
+            let (kept, removed) = t.retain(|k, v| {
                 !self.shadowed_peer_slot(k, v, &in_maps)
                     && keep(v.expires_ns, v.stats_idx, v.alloc_idx)
             });
             out.kept += kept;
             out.removed += removed;
+            if let Some(mask) = t.shrink_mask() {
+                self.resize_peer_table(&mut t, mask);
+            }
         }
         out
     }
