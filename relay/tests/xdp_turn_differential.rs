@@ -1858,6 +1858,31 @@ fn time_cases(x: &XdpTestRun, ifindex: u32, cases: &[(String, Vec<u8>, XdpAction
     }
 }
 
+/// A namespace of its own, entered, with the program loaded and TURN relaying on: where
+/// the tests of the tables against the real program start. Fields drop in order: the
+/// namespace is left, then the program unloaded, then the namespace deleted.
+struct Loaded {
+    _in: Entered,
+    x: XdpTestRun,
+    ifindex: u32,
+    _ns: Netns,
+}
+
+/// `tag` names the namespace: one per test (tests run in parallel in one process).
+fn loaded_with_turn_on(tag: &str) -> Loaded {
+    let ns = Netns::create(tag);
+    let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
+    let entered = ns.enter();
+    let ifindex = v0_ifindex();
+    Rules { x: &mut x }.settings(rc::SETTING_ENABLED);
+    Loaded {
+        _in: entered,
+        x,
+        ifindex,
+        _ns: ns,
+    }
+}
+
 /// The channel table's seqlock against the real program: while another thread rewrites
 /// a slot back and forth between two rules as fast as it can, every frame the program
 /// relays is exactly one rule's output (never addresses of one and ports of the other),
@@ -1868,11 +1893,8 @@ fn channel_table_slots_are_never_read_half_written() {
         return;
     }
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let ns = Netns::create("s");
-    let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
-    let _in = ns.enter();
-    let ifindex = v0_ifindex();
-    Rules { x: &mut x }.settings(rc::SETTING_ENABLED);
+    let mut loaded = loaded_with_turn_on("q");
+    let (x, ifindex) = (&mut loaded.x, loaded.ifindex);
     let client = SocketAddr::new(v4(100), CLIENT_PORT + 100);
     let listen = SocketAddr::new(v4(1), LISTEN_PORT);
     let k = rc::ChannelKey {
@@ -1900,11 +1922,11 @@ fn channel_table_slots_are_never_read_half_written() {
     };
     let (a, b) = (rule(2, 200, 0, 1), rule(1, 100, 2, 2));
     let f = frame(MAC_CLIENT, client, listen, &channel_data(40, 0, 7), 0);
-    let mut table = Rules { x: &mut x }.table();
+    let mut table = Rules { x }.table();
     let mut expect = Vec::new();
     for r in [&a, &b] {
         assert!(table.put(&k, r), "a free slot");
-        let out = run(&x, ifindex, &f);
+        let out = run(x, ifindex, &f);
         assert_eq!(out.action, XdpAction::Tx, "the rule relays");
         expect.push(out.frame);
     }
@@ -1930,7 +1952,7 @@ fn channel_table_slots_are_never_read_half_written() {
         if i % 1000 == 0 && Instant::now() > deadline {
             break;
         }
-        let out = run(&x, ifindex, &f);
+        let out = run(x, ifindex, &f);
         match out.action {
             XdpAction::Pass => {
                 assert_eq!(out.frame, f, "a passed frame is unchanged");
@@ -1978,11 +2000,8 @@ fn resized_tables_never_hide_a_rule_from_the_program() {
     }
     use relay::xdp::rules::TurnMaps;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let ns = Netns::create("s");
-    let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
-    let _in = ns.enter();
-    let ifindex = v0_ifindex();
-    Rules { x: &mut x }.settings(rc::SETTING_ENABLED);
+    let mut loaded = loaded_with_turn_on("r");
+    let (x, ifindex) = (&mut loaded.x, loaded.ifindex);
     let maps = Arc::new(TurnMaps::take(x.ebpf_mut()).expect("the TURN maps"));
     assert_eq!(
         maps.table_sizes(),
@@ -2039,12 +2058,12 @@ fn resized_tables_never_hide_a_rule_from_the_program() {
     let expect: Vec<Vec<u8>> = [&to_peer, &to_client]
         .iter()
         .map(|f| {
-            let out = run(&x, ifindex, f);
+            let out = run(x, ifindex, f);
             assert_eq!(out.action, XdpAction::Tx, "the rule relays");
             out.frame
         })
         .collect();
-    let passed_before = counters(&x)[counter::TURN_NO_RULE_PASSED as usize];
+    let passed_before = counters(x)[counter::TURN_NO_RULE_PASSED as usize];
 
     let stop = Arc::new(AtomicBool::new(false));
     let resizes = Arc::new(AtomicU64::new(0));
@@ -2093,7 +2112,7 @@ fn resized_tables_never_hide_a_rule_from_the_program() {
             break;
         }
         let which = (i % 2) as usize;
-        let out = run(&x, ifindex, if which == 0 { &to_peer } else { &to_client });
+        let out = run(x, ifindex, if which == 0 { &to_peer } else { &to_client });
         if out.action != XdpAction::Tx || out.frame != expect[which] {
             stop.store(true, Ordering::Relaxed);
             panic!(
@@ -2111,7 +2130,7 @@ fn resized_tables_never_hide_a_rule_from_the_program() {
     assert!(done >= 4, "at least one grow-and-shrink cycle ran");
     assert!(runs > 100, "the reader ran while the tables were resized");
     assert_eq!(
-        counters(&x)[counter::TURN_NO_RULE_PASSED as usize],
+        counters(x)[counter::TURN_NO_RULE_PASSED as usize],
         passed_before,
         "no frame passed up for want of its rule"
     );

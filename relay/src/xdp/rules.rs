@@ -60,7 +60,9 @@ pub enum RulesError {
     Clock(#[source] io::Error),
     /// A compact table's seed and mask could not be told to the kernel.
     #[error(
-        "cannot set {0}: {1}; the table is off until the daemon restarts, and its rules are          in the hash maps (a little slower with many allocations)"
+        "cannot tell the kernel the seed and mask of its rule table through {0}: {1}; the \
+         rules stay where the kernel finds them, in the hash maps if the table is off (a \
+         little slower with many allocations)"
     )]
     TableInfo(&'static str, #[source] io::Error),
 }
