@@ -64,45 +64,34 @@ pub trait CompactSlot: Copy + Default + PartialEq + Send {
     fn words(key: &Self::Key) -> (u64, u64);
 }
 
-impl CompactSlot for ChannelSlot {
-    type Key = ChannelKeyV4;
-    type Rule = ChannelRule;
-    fn compact(key: &ChannelKeyV4, rule: &ChannelRule) -> Option<Self> {
-        ChannelSlot::compact(key, rule)
-    }
-    fn key(&self) -> ChannelKeyV4 {
-        self.key
-    }
-    fn seq(&self) -> u32 {
-        self.seq
-    }
-    fn rule(&self) -> ChannelRule {
-        ChannelSlot::rule(self)
-    }
-    fn words(key: &ChannelKeyV4) -> (u64, u64) {
-        channel_key_words(key)
-    }
+/// `CompactSlot` for a relay_common slot type whose inherent `compact`/`rule` and fields
+/// `key`/`seq` already say it all; `$words` hashes a key.
+macro_rules! compact_slot {
+    ($slot:ty, $key:ty, $rule:ty, $words:expr) => {
+        impl CompactSlot for $slot {
+            type Key = $key;
+            type Rule = $rule;
+            fn compact(key: &$key, rule: &$rule) -> Option<Self> {
+                <$slot>::compact(key, rule)
+            }
+            fn key(&self) -> $key {
+                self.key
+            }
+            fn seq(&self) -> u32 {
+                self.seq
+            }
+            fn rule(&self) -> $rule {
+                <$slot>::rule(self)
+            }
+            fn words(key: &$key) -> (u64, u64) {
+                $words(key)
+            }
+        }
+    };
 }
 
-impl CompactSlot for PeerSlot {
-    type Key = PeerKeyV4;
-    type Rule = PeerRule;
-    fn compact(key: &PeerKeyV4, rule: &PeerRule) -> Option<Self> {
-        PeerSlot::compact(key, rule)
-    }
-    fn key(&self) -> PeerKeyV4 {
-        self.key
-    }
-    fn seq(&self) -> u32 {
-        self.seq
-    }
-    fn rule(&self) -> PeerRule {
-        PeerSlot::rule(self)
-    }
-    fn words(key: &PeerKeyV4) -> (u64, u64) {
-        key.words()
-    }
-}
+compact_slot!(ChannelSlot, ChannelKeyV4, ChannelRule, channel_key_words);
+compact_slot!(PeerSlot, PeerKeyV4, PeerRule, PeerKeyV4::words);
 
 /// Slot memory: `slot_count` slots from `base`, valid and writable while the owner
 /// lives.
