@@ -1987,6 +1987,86 @@ fn channel_table_slots_are_never_read_half_written() {
     );
 }
 
+/// Removed rules' slots against the real program: three channel rules whose keys share a
+/// home slot fill three consecutive slots; once the first is removed, the other two are
+/// still relayed from the table exactly as before (its slot is vacated, so the program's
+/// probe, which stops at an empty slot, goes on past it), and the removed one passes up
+/// unchanged. Once all are gone, every frame passes up.
+#[test]
+fn rules_past_a_removed_one_are_still_relayed_from_the_table() {
+    if !privileged() {
+        return;
+    }
+    let mut loaded = loaded_with_turn_on("v");
+    let (x, ifindex) = (&mut loaded.x, loaded.ifindex);
+    let listen = SocketAddr::new(v4(1), LISTEN_PORT);
+    let key = |port: u16| {
+        rc::ChannelKey {
+            client_addr: key_addr(v4(100)),
+            server_addr: key_addr(listen.ip()),
+            client_port: rc::wire(port),
+            server_port: rc::wire(listen.port()),
+            channel: rc::wire(CHANNEL),
+            _pad: [0; 2],
+        }
+        .v4()
+        .expect("IPv4")
+    };
+    let mut table = Rules { x }.table();
+    let home = |port: u16| {
+        let (w0, w1) = rc::channel_key_words(&key(port));
+        rc::slot_home(w0, w1, &table.info())
+    };
+    let h = home(CLIENT_PORT);
+    let ports: Vec<u16> = (CLIENT_PORT..CLIENT_PORT + 20_000)
+        .filter(|&p| home(p) == h)
+        .take(3)
+        .collect();
+    assert_eq!(ports.len(), 3, "three keys of one home");
+    let far = monotonic_ns() + 600_000_000_000;
+    let rule = |i: u16| rc::ChannelRule {
+        expires_ns: far,
+        relay_addr: rc::mapped_v4([10, 77, 0, 2]),
+        peer_addr: rc::mapped_v4([10, 77, 0, 100]),
+        relay_port: rc::wire(50_000 + i),
+        peer_port: rc::wire(7_000 + i),
+        flags: 0,
+        _pad: 0,
+        stats_idx: u32::from(i) + 1,
+        alloc_idx: rc::NO_BUDGET,
+    };
+    let frames: Vec<Vec<u8>> = ports
+        .iter()
+        .map(|&p| {
+            let client = SocketAddr::new(v4(100), p);
+            frame(MAC_CLIENT, client, listen, &channel_data(40, 0, 7), 0)
+        })
+        .collect();
+    let mut relayed = Vec::new();
+    for (i, &p) in ports.iter().enumerate() {
+        assert!(table.put(&key(p), &rule(i as u16)), "a free slot");
+        let out = run(x, ifindex, &frames[i]);
+        assert_eq!(out.action, XdpAction::Tx, "rule {i} relays");
+        relayed.push(out.frame);
+    }
+    assert!(table.remove(&key(ports[0])));
+    for i in 1..3 {
+        let out = run(x, ifindex, &frames[i]);
+        assert_eq!(out.action, XdpAction::Tx, "rule {i} past the removed one");
+        assert_eq!(out.frame, relayed[i], "rule {i} relayed as before");
+    }
+    let out = run(x, ifindex, &frames[0]);
+    assert_eq!(out.action, XdpAction::Pass, "the removed rule's frame");
+    assert_eq!(out.frame, frames[0], "passed up unchanged");
+    for &p in &ports[1..] {
+        assert!(table.remove(&key(p)));
+    }
+    assert_eq!((table.live(), table.vacated()), (0, 0), "all emptied");
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(run(x, ifindex, f).action, XdpAction::Pass, "frame {i}");
+    }
+}
+
 /// Tables that grow and shrink with their rules (`TurnMaps` resizing them as the daemon
 /// does) against the real program: while another thread adds and removes enough rules
 /// to move both tables between 1 024 and 2 048 slots and back, a frame of a rule that

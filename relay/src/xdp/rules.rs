@@ -25,7 +25,7 @@ use relay_common::turn::{
     TurnSettings, maps,
 };
 
-use super::slot_table::{ChannelTable, CompactSlot, MappedSlots, PeerTable, SlotTable};
+use super::slot_table::{ChannelTable, CompactSlot, MappedSlots, PeerTable, SlotTable, Slots};
 use crate::turn::{FastRules, MonoClock};
 
 /// Errors of the TURN map handle.
@@ -667,8 +667,21 @@ pub fn resize_table<T: CompactSlot>(
     })
 }
 
+/// The table's own mask when some of its keys are stored where the kernel's probe never
+/// reaches (see [`SlotTable::hidden`]): a rebuild at the same size places them again.
+fn rebuild_in_place<S: Slots>(t: &SlotTable<S>) -> Option<u32> {
+    (t.in_use() > 0 && t.hidden() > 0).then(|| t.info().mask)
+}
+
 fn log_resize(table: &'static str, r: Result<Resized, RulesError>) {
     match r {
+        Ok(r) if r.from == r.to => tracing::info!(
+            table,
+            slots = r.to,
+            rules = r.rules,
+            in_hash_map = r.in_hash_map,
+            "kernel rule table rebuilt at its size (slots of removed rules emptied)"
+        ),
         Ok(r) => tracing::info!(
             table,
             from = r.from,
@@ -680,7 +693,7 @@ fn log_resize(table: &'static str, r: Result<Resized, RulesError>) {
         Err(e) => tracing::warn!(
             table,
             error = %e,
-            "kernel rule table not resized: its rules stay where the kernel finds them,              which costs speed only"
+            "kernel rule table not resized: its rules stay where the kernel finds them, which costs speed only"
         ),
     }
 }
@@ -921,7 +934,7 @@ impl TurnMaps {
             });
             out.kept += kept;
             out.removed += removed;
-            if let Some(mask) = t.shrink_mask() {
+            if let Some(mask) = t.shrink_mask().or_else(|| rebuild_in_place(&t)) {
                 self.resize_channel_table(&mut t, mask);
             }
         }
@@ -933,7 +946,7 @@ impl TurnMaps {
             });
             out.kept += kept;
             out.removed += removed;
-            if let Some(mask) = t.shrink_mask() {
+            if let Some(mask) = t.shrink_mask().or_else(|| rebuild_in_place(&t)) {
                 self.resize_peer_table(&mut t, mask);
             }
         }

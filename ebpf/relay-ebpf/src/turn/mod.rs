@@ -432,7 +432,14 @@ fn table_slot<T>(table: &Array<T>, info: &Array<SlotTableInfo>, key: &[u32; 10])
             unsafe { core::ptr::read_volatile((s + off) as *const u32) }
         };
         let seq = rd(0);
-        if rd(8) != key[0] || rd(12) != key[1] || rd(16) != key[2] || rd(20) != key[3] {
+        let k0 = rd(8);
+        if k0 != key[0] || rd(12) != key[1] || rd(16) != key[2] || rd(20) != key[3] {
+            // An empty slot (all-zero key) ends the key's cluster: the daemon never stores
+            // a key past one (see relay_common::turn::CHANNEL_PROBES). Read while a key
+            // is being written into it, the key was not in the table a moment ago either.
+            if k0 | rd(12) | rd(16) | rd(20) == 0 {
+                return Slot::Miss;
+            }
             continue;
         }
         // SAFETY: as `rd`, for the 8-aligned deadline.
