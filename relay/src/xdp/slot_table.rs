@@ -53,6 +53,9 @@ const GROW_DEN: usize = 16;
 /// ... and shrinks once fewer than `1 / SHRINK_DEN` are, to where at most
 /// `GROW_NUM / (2 GROW_DEN)` are (so that neither happens again soon).
 const SHRINK_DEN: usize = 8;
+/// A table whose live rules fit its size is rebuilt at that size, to empty its vacated
+/// slots, once these are `1 / VACATED_DEN` of it and it would otherwise grow.
+const VACATED_DEN: usize = 16;
 
 /// A slot type of a compact table: 64 bytes, a seqlock word first, then its 16-byte key
 /// (all zero: an empty slot; [`CompactSlot::VACATED`]: a removed rule's).
@@ -365,14 +368,15 @@ impl<S: Slots> SlotTable<S> {
 
     /// The mask to rebuild at before one more rule is put, if the table should grow, or
     /// be rebuilt at its size to empty its vacated slots (they lengthen probes as rules
-    /// do).
+    /// do): only once they are `1 / VACATED_DEN` of it, so that a full table whose rules
+    /// come and go is not rebuilt at every change.
     pub fn grow_mask(&self) -> Option<u32> {
         let size = self.in_use();
         if size == 0 || (self.live + self.vacated + 1) * GROW_DEN <= size * GROW_NUM {
             return None;
         }
         let target = self.size_for(self.live + 1, GROW_NUM, GROW_DEN);
-        (target > size || self.vacated > 0).then(|| (target - 1) as u32)
+        (target > size || self.vacated * VACATED_DEN >= size).then(|| (target - 1) as u32)
     }
 
     /// The mask to rebuild at, if the table should shrink.
@@ -887,7 +891,7 @@ mod tests {
             t.put(&key(p, 0x4000), &rule(u32::from(p)));
             p += 1;
         }
-        assert!(t.vacated() > 0, "some vacated slots left");
+        assert!(t.vacated() >= 64, "{} vacated slots left", t.vacated());
         assert!((t.live() + 1) * 16 <= 1024 * 11, "the live rules fit");
         assert_eq!(t.grow_mask(), Some(1023), "rebuilt at its size");
         let rules = t.rules();
@@ -896,6 +900,39 @@ mod tests {
         for (k, _) in rules.iter().filter(|(k, _)| !unplaced.contains(k)) {
             assert!(kernel_find(&t, k).is_some(), "{k:?}");
         }
+    }
+
+    #[test]
+    fn a_full_table_whose_rules_come_and_go_is_not_rebuilt_at_every_change() {
+        // A map of 1 024 slots, all in use, holding more than 11/16 of them: it cannot
+        // grow, and a few vacated slots are not worth a rebuild.
+        let mut t = table(1024, 8);
+        let mut p = 1u16;
+        while t.live() < 720 {
+            t.put(&key(p, 0x4000), &rule(u32::from(p)));
+            p += 1;
+        }
+        assert_eq!(t.grow_mask(), None, "at its map's size, nothing vacated");
+        let mut removed = 0;
+        for q in 1..p {
+            if t.vacated() >= 63 {
+                break;
+            }
+            removed += usize::from(t.remove(&key(q, 0x4000)));
+            assert_eq!(t.grow_mask(), None, "{} vacated", t.vacated());
+        }
+        assert!(removed > 0);
+        // One more vacated slot: a sixteenth of the table, worth emptying.
+        let q = (1..p).find(|&q| {
+            let k = key(q, 0x4000);
+            t.contains(&k) && {
+                let at = t.find(&k).expect("in the table");
+                t.read((at + 1) & 1023).key != ChannelKeyV4::default()
+            }
+        });
+        assert!(t.remove(&key(q.expect("a rule inside a cluster"), 0x4000)));
+        assert_eq!(t.vacated(), 64);
+        assert_eq!(t.grow_mask(), Some(1023));
     }
 
     #[test]
