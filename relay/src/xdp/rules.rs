@@ -680,7 +680,7 @@ fn log_resize(table: &'static str, r: Result<Resized, RulesError>) {
             slots = r.to,
             rules = r.rules,
             in_hash_map = r.in_hash_map,
-            "kernel rule table rebuilt at its size (slots of removed rules emptied)"
+            "kernel rule table rebuilt at its size (removed rules' slots emptied, every rule where the kernel probes)"
         ),
         Ok(r) => tracing::info!(
             table,
@@ -1277,6 +1277,50 @@ mod privileged {
         let mut fresh = [pool.take(), pool.take()];
         fresh.sort_unstable();
         assert_eq!(fresh, [Some(2), Some(4)]);
+    }
+
+    #[test]
+    fn adoption_replaces_rules_an_older_daemon_left_past_an_emptied_slot() {
+        if !can_run("adoption_replaces_rules_an_older_daemon_left_past_an_emptied_slot") {
+            return;
+        }
+        let (_ebpf, m) = small_maps();
+        let t = m.table.as_ref().expect("the table is on (x86_64)");
+        let v4 = |i: u32| numbered_key(i).v4().expect("IPv4");
+        let home = |i: u32| {
+            let (w0, w1) = relay_common::turn::channel_key_words(&v4(i));
+            relay_common::turn::slot_home(w0, w1, &lock(t).info())
+        };
+        let same: Vec<u32> = (1..60_000)
+            .filter(|&i| home(i) == home(0))
+            .take(1)
+            .collect();
+        let (a, b) = (0, same[0]);
+        let rule = |stats_idx: u32| ChannelRule {
+            expires_ns: u64::MAX,
+            relay_addr: mapped_v4([192, 0, 2, 10]),
+            peer_addr: mapped_v4([203, 0, 113, 1]),
+            relay_port: wire(50000),
+            peer_port: wire(7000),
+            flags: 0,
+            _pad: 0,
+            stats_idx,
+            alloc_idx: 0,
+        };
+        m.insert_channel(&numbered_key(a), &rule(1))
+            .expect("insert");
+        m.insert_channel(&numbered_key(b), &rule(2))
+            .expect("insert");
+        // The daemon before vacated slots removed `a` by emptying its slot (and then
+        // stopped): `b`, stored one slot on, is past an empty slot.
+        assert!(lock(t).empty_slot_for_test(&v4(a)));
+        assert_eq!(lock(t).hidden(), 1);
+        let adopted = m.adopt_existing().expect("sweep");
+        assert_eq!((adopted.kept, adopted.removed), (1, 0), "{adopted:?}");
+        let t = lock(t);
+        assert_eq!(t.hidden(), 0, "placed again where the kernel probes");
+        assert_eq!(t.get(&v4(b)), Some(rule(2)));
+        assert_eq!(t.live(), 1);
     }
 
     #[test]

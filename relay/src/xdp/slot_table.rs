@@ -609,6 +609,18 @@ impl<S: Slots> SlotTable<S> {
             .count()
     }
 
+    /// Empties `k`'s slot as a daemon before vacated slots did (for tests of adoption);
+    /// false if `k` has no slot.
+    #[doc(hidden)]
+    pub fn empty_slot_for_test(&mut self, k: &Key<S>) -> bool {
+        let Some(i) = self.find(k) else {
+            return false;
+        };
+        self.write(i, &S::Slot::default());
+        self.live -= 1;
+        true
+    }
+
     /// Sets the seqlock word of `k`'s slot to `seq` (an odd value: a write in progress),
     /// for tests of the kernel's reader; false if `k` has no slot.
     #[doc(hidden)]
