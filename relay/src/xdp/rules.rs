@@ -1136,6 +1136,22 @@ mod privileged {
         }
     }
 
+    /// A channel rule that never expires, from the relayed 192.0.2.10:50000 to the peer
+    /// 203.0.113.`peer`:7000, with its counter and budget indices.
+    fn far_rule(stats_idx: u32, peer: u8, alloc_idx: u32) -> ChannelRule {
+        ChannelRule {
+            expires_ns: u64::MAX,
+            relay_addr: mapped_v4([192, 0, 2, 10]),
+            peer_addr: mapped_v4([203, 0, 113, peer]),
+            relay_port: wire(50000),
+            peer_port: wire(7000),
+            flags: 0,
+            _pad: 0,
+            stats_idx,
+            alloc_idx,
+        }
+    }
+
     #[test]
     fn a_full_rule_table_is_reported_as_full() {
         if !can_run("a_full_rule_table_is_reported_as_full") {
@@ -1169,17 +1185,7 @@ mod privileged {
         let (_ebpf, m) = small_maps();
         assert!(m.has_channel_table(), "the table is on (x86_64)");
         let key = numbered_key;
-        let rule = |i: u32| ChannelRule {
-            expires_ns: u64::MAX,
-            relay_addr: mapped_v4([192, 0, 2, 10]),
-            peer_addr: mapped_v4([203, 0, 113, 5]),
-            relay_port: wire(50000),
-            peer_port: wire(7000),
-            flags: 0,
-            _pad: 0,
-            stats_idx: i,
-            alloc_idx: i,
-        };
+        let rule = |i: u32| far_rule(i, 5, i);
         // Twice the table's slots: it cannot hold them all, the hash map takes the rest.
         let n = 2 * small - 64;
         for i in 0..n {
@@ -1229,17 +1235,7 @@ mod privileged {
         let (_ebpf, m) = small_maps();
         assert!(m.has_channel_table(), "the table is on (x86_64)");
         let key = numbered_key;
-        let rule = |stats_idx: u32, peer: u8| ChannelRule {
-            expires_ns: u64::MAX,
-            relay_addr: mapped_v4([192, 0, 2, 10]),
-            peer_addr: mapped_v4([203, 0, 113, peer]),
-            relay_port: wire(50000),
-            peer_port: wire(7000),
-            flags: 0,
-            _pad: 0,
-            stats_idx,
-            alloc_idx: 0,
-        };
+        let rule = |stats_idx: u32, peer: u8| far_rule(stats_idx, peer, 0);
         let in_table = |i: u32| {
             let k4 = key(i).v4().expect("IPv4");
             m.table.as_ref().and_then(|t| lock(t).get(&k4))
@@ -1296,17 +1292,7 @@ mod privileged {
             .take(1)
             .collect();
         let (a, b) = (0, same[0]);
-        let rule = |stats_idx: u32| ChannelRule {
-            expires_ns: u64::MAX,
-            relay_addr: mapped_v4([192, 0, 2, 10]),
-            peer_addr: mapped_v4([203, 0, 113, 1]),
-            relay_port: wire(50000),
-            peer_port: wire(7000),
-            flags: 0,
-            _pad: 0,
-            stats_idx,
-            alloc_idx: 0,
-        };
+        let rule = |stats_idx: u32| far_rule(stats_idx, 1, 0);
         m.insert_channel(&numbered_key(a), &rule(1))
             .expect("insert");
         m.insert_channel(&numbered_key(b), &rule(2))
