@@ -571,6 +571,17 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The `TURN_CHANNELS` key of ChannelData from `client` to `listen` on `channel`.
+fn channel_key(client: SocketAddr, listen: SocketAddr, channel: u16) -> rc::ChannelKey {
+    rc::ChannelKey {
+        client_addr: key_addr(client.ip()),
+        server_addr: key_addr(listen.ip()),
+        client_port: rc::wire(client.port()),
+        server_port: rc::wire(listen.port()),
+        channel: rc::wire(channel),
+        _pad: [0; 2],
+    }
+}
 /// The rule the daemon writes for `a`'s channel to `peer`.
 fn channel_rule(
     a: &Alloc,
@@ -579,14 +590,7 @@ fn channel_rule(
     expires_ns: u64,
     idx: u32,
 ) -> (rc::ChannelKey, rc::ChannelRule) {
-    let k = rc::ChannelKey {
-        client_addr: key_addr(a.tuple.client.ip()),
-        server_addr: key_addr(a.tuple.server.ip()),
-        client_port: rc::wire(a.tuple.client.port()),
-        server_port: rc::wire(a.tuple.server.port()),
-        channel: rc::wire(channel),
-        _pad: [0; 2],
-    };
+    let k = channel_key(a.tuple.client, a.tuple.server, channel);
     let v = rc::ChannelRule {
         expires_ns,
         relay_addr: key_addr(a.relay.ip()),
@@ -1897,16 +1901,7 @@ fn channel_table_slots_are_never_read_half_written() {
     let (x, ifindex) = (&mut loaded.x, loaded.ifindex);
     let client = SocketAddr::new(v4(100), CLIENT_PORT + 100);
     let listen = SocketAddr::new(v4(1), LISTEN_PORT);
-    let k = rc::ChannelKey {
-        client_addr: key_addr(client.ip()),
-        server_addr: key_addr(listen.ip()),
-        client_port: rc::wire(client.port()),
-        server_port: rc::wire(listen.port()),
-        channel: rc::wire(CHANNEL),
-        _pad: [0; 2],
-    }
-    .v4()
-    .expect("IPv4");
+    let k = channel_key(client, listen, CHANNEL).v4().expect("IPv4");
     // Two rules differing in every word the program reads.
     let far = monotonic_ns() + 600_000_000_000;
     let rule = |relay: u8, peer: u8, port: u16, idx: u32| rc::ChannelRule {
@@ -2001,16 +1996,9 @@ fn rules_past_a_removed_one_are_still_relayed_from_the_table() {
     let (x, ifindex) = (&mut loaded.x, loaded.ifindex);
     let listen = SocketAddr::new(v4(1), LISTEN_PORT);
     let key = |port: u16| {
-        rc::ChannelKey {
-            client_addr: key_addr(v4(100)),
-            server_addr: key_addr(listen.ip()),
-            client_port: rc::wire(port),
-            server_port: rc::wire(listen.port()),
-            channel: rc::wire(CHANNEL),
-            _pad: [0; 2],
-        }
-        .v4()
-        .expect("IPv4")
+        channel_key(SocketAddr::new(v4(100), port), listen, CHANNEL)
+            .v4()
+            .expect("IPv4")
     };
     let mut table = Rules { x }.table();
     let home = |port: u16| {
@@ -2093,14 +2081,7 @@ fn resized_tables_never_hide_a_rule_from_the_program() {
     let relayed = SocketAddr::new(v4(2), 50_000);
     let peer = SocketAddr::new(v4(200), PEER_PORT);
     let far = monotonic_ns() + 600_000_000_000;
-    let channel_key = move |port: u16| rc::ChannelKey {
-        client_addr: key_addr(client.ip()),
-        server_addr: key_addr(listen.ip()),
-        client_port: rc::wire(port),
-        server_port: rc::wire(listen.port()),
-        channel: rc::wire(CHANNEL),
-        _pad: [0; 2],
-    };
+    let key_at = move |port: u16| channel_key(SocketAddr::new(client.ip(), port), listen, CHANNEL);
     let channel = move |idx: u32| rc::ChannelRule {
         expires_ns: far,
         relay_addr: key_addr(relayed.ip()),
@@ -2129,7 +2110,7 @@ fn resized_tables_never_hide_a_rule_from_the_program() {
         stats_idx: idx,
         alloc_idx: rc::NO_BUDGET,
     };
-    maps.insert_channel(&channel_key(client.port()), &channel(1))
+    maps.insert_channel(&key_at(client.port()), &channel(1))
         .expect("the channel rule");
     maps.insert_peer(&peer_key(relayed.port()), &peer_rule(2))
         .expect("the peer rule");
@@ -2159,7 +2140,7 @@ fn resized_tables_never_hide_a_rule_from_the_program() {
                 }
                 for i in 0..800u16 {
                     let idx = 10 + u32::from(i);
-                    maps.insert_channel(&channel_key(20_000 + i), &channel(idx))
+                    maps.insert_channel(&key_at(20_000 + i), &channel(idx))
                         .expect("filler channel rule");
                     maps.insert_peer(&peer_key(51_000 + i), &peer_rule(idx + 1000))
                         .expect("filler peer rule");
@@ -2171,10 +2152,7 @@ fn resized_tables_never_hide_a_rule_from_the_program() {
                     "cycle {cycle}: both tables grew"
                 );
                 for i in 0..800u16 {
-                    assert!(
-                        maps.remove_channel(&channel_key(20_000 + i))
-                            .expect("remove")
-                    );
+                    assert!(maps.remove_channel(&key_at(20_000 + i)).expect("remove"));
                     assert!(maps.remove_peer(&peer_key(51_000 + i)).expect("remove"));
                 }
                 assert_eq!(
