@@ -131,6 +131,11 @@ enum BenchCmd {
         /// instead of inline on the generator's CPU.
         #[arg(long)]
         threaded_rx: bool,
+        /// Receive processing of the sink's veth in threaded NAPI on the generator's CPU
+        /// instead of inline in each relay's transmit (the relays' CPU then holds their own
+        /// work only).
+        #[arg(long)]
+        threaded_sink: bool,
         /// Measure every path this many times in alternating order and report each
         /// ratio's median and range over the rounds.
         #[arg(long, default_value_t = 1)]
@@ -241,6 +246,7 @@ fn real_main() -> Result<()> {
                     size,
                     paths,
                     threaded_rx,
+                    threaded_sink,
                     rounds,
                     smoke,
                     direction,
@@ -254,6 +260,7 @@ fn real_main() -> Result<()> {
                 size,
                 paths,
                 threaded_rx,
+                threaded_sink,
                 rounds,
                 smoke,
                 direction,
@@ -505,16 +512,20 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
             },
             &target_dir(root).join("bench/turn-smoke.md"),
         )?;
-        // Both directions; the socket and AF_XDP floors relay client → peer only.
-        for (direction, paths, report) in [
+        // Both directions; the socket and AF_XDP floors relay client → peer only. The
+        // peer → client run puts the sink's receive processing in its own thread, so the
+        // smoke covers that placement too.
+        for (direction, paths, threaded_sink, report) in [
             (
                 "client-to-peer",
                 "xdp,io-uring,io-uring-xsk,coturn,floor,socket-floor,xsk-floor",
+                false,
                 "bench/turn-xdp-smoke.md",
             ),
             (
                 "peer-to-client",
                 "xdp,io-uring,io-uring-xsk,coturn,floor",
+                true,
                 "bench/turn-xdp-smoke-peer-to-client.md",
             ),
         ] {
@@ -526,6 +537,7 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
                     size: 200,
                     paths: paths.into(),
                     threaded_rx: false,
+                    threaded_sink,
                     rounds: 1,
                     smoke: true,
                     direction: direction.into(),
@@ -668,6 +680,7 @@ struct TurnXdpBench {
     size: usize,
     paths: String,
     threaded_rx: bool,
+    threaded_sink: bool,
     rounds: u32,
     smoke: bool,
     direction: String,
@@ -693,6 +706,9 @@ fn bench_turn_xdp(root: &Path, t: &TurnXdpBench, markdown: &Path) -> Result<()> 
         });
     if t.threaded_rx {
         cmd.arg("--threaded-rx");
+    }
+    if t.threaded_sink {
+        cmd.arg("--threaded-sink");
     }
     if t.smoke {
         cmd.arg("--smoke");
