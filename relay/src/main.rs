@@ -21,7 +21,7 @@ const EXIT_CONFIG: u8 = 2;
 #[command(
     name = "relay",
     version,
-    about = "Kernel-bypass WebRTC media relay (STUN today)"
+    about = "Kernel-bypass WebRTC media relay: STUN, TURN and an SFU"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -30,7 +30,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the daemon (STUN on 127.0.0.1:3478 and [::1]:3478 when given no config).
+    /// Run the daemon (with no config: STUN and TURN on 127.0.0.1:3478 and [::1]:3478,
+    /// the SFU's signaling on 127.0.0.1:8080).
     Run(RunArgs),
     /// Print the running daemon's counters.
     Stats {
@@ -153,7 +154,8 @@ struct RunArgs {
     #[arg(long)]
     xdp_no_persist: bool,
     /// TURN state file for restarts (replaces turn.state_file; "" = off).
-    #[arg(long, value_name = "PATH")]
+    // clap's PathBuf parser refuses an empty value, which is how this option says "off".
+    #[arg(long, value_name = "PATH", value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from))]
     turn_state_file: Option<PathBuf>,
     /// Control socket path (replaces control.socket).
     #[arg(long, value_name = "PATH")]
@@ -539,5 +541,35 @@ fn check_config(file: &Path) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_CONFIG)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--turn-state-file ""` is the documented way to turn the state file off: clap's
+    /// default path parser rejected it as a missing value.
+    #[test]
+    fn an_empty_turn_state_file_turns_it_off() {
+        let cli = Cli::try_parse_from(["relay", "run", "--turn-state-file", ""])
+            .expect("an empty state file is accepted");
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(
+            args.turn_state_file.as_deref(),
+            Some(std::path::Path::new(""))
+        );
+        assert_eq!(load(&args).expect("config").turn.state_file, None);
+        let cli = Cli::try_parse_from(["relay", "run", "--turn-state-file", "/tmp/s.json"])
+            .expect("a path is accepted");
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(
+            load(&args).expect("config").turn.state_file.as_deref(),
+            Some(std::path::Path::new("/tmp/s.json"))
+        );
     }
 }
