@@ -2480,6 +2480,10 @@ fn write_outputs(path: &Path, md: &str, outcomes: &[Outcome]) -> Result<()> {
             if c == 0 {
                 continue;
             }
+            if acc == 0 && bucket_low(i) > 0.0 {
+                // The curve rises from 0 where the first frame's bucket starts.
+                pts.push((bucket_low(i) / 1000.0, 0.0));
+            }
             acc += c;
             let x = (bucket_low(i) + (bucket_mid(i) - bucket_low(i)) * 2.0) / 1000.0;
             let y = acc as f64 / total as f64;
@@ -2525,9 +2529,18 @@ fn write_outputs(path: &Path, md: &str, outcomes: &[Outcome]) -> Result<()> {
     Ok(())
 }
 
-/// A small line chart: log10 x axis, linear y from 0.
+/// Series colours of [`svg`]: distinct for up to eight series (the bench has seven paths).
+const CHART_COLORS: [&str; 8] = [
+    "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#7f7f7f", "#9467bd", "#8c564b", "#e377c2",
+];
+
+/// A small line chart: log10 x axis, linear y from 0, a marker on every point, the
+/// legend to the right of the plot (so it never covers a line) and the reference paths
+/// (names ending in "floor") dashed.
 fn svg(title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
-    let (w, h, l, b) = (640.0, 400.0, 60.0, 40.0);
+    // Width, height, left and bottom margins, right edge of the plot area.
+    let (w, h, l, b) = (780.0, 400.0, 60.0, 40.0);
+    let right = w - 150.0;
     let pts = series.iter().flat_map(|(_, p)| p.iter());
     let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0f64);
     for &(x, y) in pts {
@@ -2543,17 +2556,15 @@ fn svg(title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f64
     if y1 <= 0.0 {
         y1 = 1.0;
     }
-    let sx = |x: f64| l + (x.max(1e-3).log10() - x0) / (x1 - x0) * (w - l - 20.0);
+    let sx = |x: f64| l + (x.max(1e-3).log10() - x0) / (x1 - x0) * (right - l);
     let sy = |y: f64| h - b - y / y1 * (h - b - 30.0);
-    let colors = ["#d62728", "#1f77b4", "#2ca02c", "#7f7f7f", "#9467bd"];
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{l}\" y1=\"30\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{xlabel} (log)</text>\n<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{ylabel}</text>\n",
-        w / 2.0,
-        h - b,
-        w - 20.0,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n<line x1=\"{l}\" y1=\"{}\" x2=\"{right}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{l}\" y1=\"30\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{xlabel} (log)</text>\n<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{ylabel}</text>\n",
+        (l + right) / 2.0,
         h - b,
         h - b,
-        w / 2.0,
+        h - b,
+        (l + right) / 2.0,
         h - 8.0,
         h / 2.0,
         h / 2.0
@@ -2562,9 +2573,10 @@ fn svg(title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f64
         let y = y1 * k as f64 / 4.0;
         let _ = writeln!(
             s,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y:.3}</text>",
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y:.3}</text>\n<line x1=\"{l}\" y1=\"{sy:.1}\" x2=\"{right}\" y2=\"{sy:.1}\" stroke=\"#e0e0e0\"/>",
             l - 4.0,
-            sy(y) + 4.0
+            sy(y) + 4.0,
+            sy = sy(y)
         );
     }
     let mut e = x0.floor() as i32;
@@ -2581,18 +2593,37 @@ fn svg(title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f64
         e += 1;
     }
     for (i, (name, p)) in series.iter().enumerate() {
-        let c = colors[i % colors.len()];
+        let c = CHART_COLORS[i % CHART_COLORS.len()];
+        let dash = if name.ends_with("floor") {
+            " stroke-dasharray=\"6 3\""
+        } else {
+            ""
+        };
         let line = p
             .iter()
             .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
             .collect::<Vec<_>>()
             .join(" ");
+        let ly = 40.0 + 18.0 * i as f64;
         let _ = writeln!(
             s,
-            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{line}\"/>\n<text x=\"{}\" y=\"{}\" fill=\"{c}\">{name}</text>",
-            w - 120.0,
-            40.0 + 16.0 * i as f64
+            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\"{dash} points=\"{line}\"/>\n<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{c}\" stroke-width=\"2\"{dash}/>\n<text x=\"{}\" y=\"{}\" fill=\"{c}\">{name}</text>",
+            right + 12.0,
+            right + 36.0,
+            right + 42.0,
+            ly + 4.0
         );
+        // Markers only where points are few (throughput); a CDF has one per bucket.
+        if p.len() <= 12 {
+            for &(x, y) in p {
+                let _ = writeln!(
+                    s,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"/>",
+                    sx(x),
+                    sy(y)
+                );
+            }
+        }
     }
     s.push_str("</svg>\n");
     s
@@ -2601,6 +2632,56 @@ fn svg(title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Seven paths get seven colours, the legend lies right of every plotted point, and
+    /// the floors are dashed: the chart in docs/ must tell the paths apart.
+    #[test]
+    fn chart_tells_seven_paths_apart() {
+        let names = [
+            "xdp",
+            "io_uring",
+            "io_uring_xsk",
+            "coturn",
+            "floor",
+            "socket_floor",
+            "xsk_floor",
+        ];
+        let series: Vec<(String, Vec<(f64, f64)>)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), vec![(1.0, i as f64), (10_000.0, 3.0)]))
+            .collect();
+        let out = svg("t", "x", "y", &series);
+        let strokes: std::collections::HashSet<&str> = out
+            .split("<polyline")
+            .skip(1)
+            .filter_map(|p| p.split("stroke=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(strokes.len(), names.len(), "a colour per path");
+        let max_point_x = out
+            .split("points=\"")
+            .skip(1)
+            .filter_map(|p| p.split('"').next())
+            .flat_map(|p| p.split(' ').map(str::to_owned).collect::<Vec<_>>())
+            .filter_map(|xy| xy.split(',').next()?.parse::<f64>().ok())
+            .fold(0.0, f64::max);
+        for n in names {
+            let label = format!(">{n}</text>");
+            let at = out.find(&label).expect("legend entry");
+            let x: f64 = out[..at]
+                .rsplit("<text x=\"")
+                .next()
+                .and_then(|t| t.split('"').next())
+                .and_then(|x| x.parse().ok())
+                .expect("legend x");
+            assert!(x > max_point_x, "legend of {n} at {x} is over the plot");
+        }
+        assert_eq!(
+            out.matches("stroke-dasharray").count(),
+            2 * 3,
+            "three floors, line + key"
+        );
+    }
 
     #[test]
     fn eintr_from_test_run_is_recognised_through_the_wrappers() {
