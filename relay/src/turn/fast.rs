@@ -71,6 +71,16 @@ pub trait FastRules: Send + Sync {
     /// The packets and bytes relayed so far by the rule with `stats_idx`, summed over CPUs
     /// (zero when unreadable).
     fn rule_stats(&self, stats_idx: u32) -> RuleStats;
+    /// The counters of the rules `first..first + out.len()` into `out`, as
+    /// [`FastRules::rule_stats`] gives them; false when they could not be read (`out` is
+    /// then not to be used). The default reads them one by one; the kernel maps read
+    /// them in batches.
+    fn rule_stats_range(&self, first: u32, out: &mut [RuleStats]) -> bool {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = self.rule_stats(first + i as u32);
+        }
+        true
+    }
     /// After a restart: marks the indices owned by restored allocations (`stats` per rule,
     /// `allocs` per allocation) as in use, and removes from the maps every rule that is
     /// expired or owned by none of them (orphans left by the previous daemon). Returns
@@ -269,6 +279,10 @@ pub(super) struct FastState {
     allocs: HashMap<u64, FastAlloc>,
     /// Rules installed (gauge).
     pub(super) rules: u64,
+    /// Counters of rules `read_first..`, read at once for [`FastState::fold_read`] by
+    /// [`FastState::read_counters`] (reused: no allocation per fold once grown).
+    read: Vec<RuleStats>,
+    read_first: u32,
 }
 
 /// Whether `a` has used up its byte quota (`a.byte_quota` > 0).
@@ -450,7 +464,11 @@ fn account(a: Option<&mut Allocation>, stats: &mut TurnStats, to_peer: bool, d: 
 
 /// Reads rule `r`'s counters and returns the growth since the last fold.
 fn growth(sink: &dyn FastRules, r: &mut Installed) -> RuleStats {
-    let now = sink.rule_stats(r.stats_idx);
+    growth_to(sink.rule_stats(r.stats_idx), r)
+}
+
+/// What rule `r` counted since it was last folded, given its counters `now`.
+fn growth_to(now: RuleStats, r: &mut Installed) -> RuleStats {
     let d = RuleStats {
         packets: now.packets.saturating_sub(r.seen.packets),
         bytes: now.bytes.saturating_sub(r.seen.bytes),
@@ -487,7 +505,7 @@ impl FastState {
                 rules: HashMap::new(),
             });
         }
-        let FastState { allocs, rules } = self;
+        let FastState { allocs, rules, .. } = self;
         let Some(fa) = allocs.get_mut(&id) else {
             return;
         };
@@ -593,6 +611,57 @@ impl FastState {
             // One budget for both paths: the kernel enforces the limit on its own share
             // (TURN_BANDWIDTH), and its bytes are charged here to the bucket userspace
             // relays from, so the sum stays within `turn.bandwidth_limit` over time.
+            a.charge_bandwidth(d.bytes, now);
+        }
+    }
+
+    /// Reads the counters of every installed rule with one range read
+    /// ([`FastRules::rule_stats_range`]) for the [`FastState::fold_read`] calls that
+    /// follow; false when they could not be read (then fold with [`FastState::fold`]).
+    pub(super) fn read_counters(&mut self, sink: &dyn FastRules) -> bool {
+        let (mut lo, mut hi) = (u32::MAX, 0u32);
+        for inst in self.allocs.values().flat_map(|fa| fa.rules.values()) {
+            lo = lo.min(inst.stats_idx);
+            hi = hi.max(inst.stats_idx);
+        }
+        self.read.clear();
+        self.read_first = 0;
+        if lo > hi {
+            return true;
+        }
+        self.read
+            .resize((hi - lo) as usize + 1, RuleStats::default());
+        self.read_first = lo;
+        if sink.rule_stats_range(lo, &mut self.read) {
+            true
+        } else {
+            self.read.clear();
+            false
+        }
+    }
+
+    /// As [`FastState::fold`], with the counters [`FastState::read_counters`] read (a
+    /// rule installed since then is read on its own).
+    pub(super) fn fold_read(
+        &mut self,
+        sink: &dyn FastRules,
+        id: u64,
+        a: &mut Allocation,
+        stats: &mut TurnStats,
+        now: Instant,
+    ) {
+        let Some(fa) = self.allocs.get_mut(&id) else {
+            return;
+        };
+        for inst in fa.rules.values_mut() {
+            let seen = inst
+                .stats_idx
+                .checked_sub(self.read_first)
+                .and_then(|i| self.read.get(i as usize))
+                .copied()
+                .unwrap_or_else(|| sink.rule_stats(inst.stats_idx));
+            let d = growth_to(seen, inst);
+            account(Some(&mut *a), stats, inst.entry.toward_peer(), d);
             a.charge_bandwidth(d.bytes, now);
         }
     }

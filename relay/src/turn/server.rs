@@ -668,11 +668,18 @@ impl TurnServer {
         let Some(sink) = self.shared.fast_rules() else {
             return;
         };
+        // One range read for all rules, not one lookup per rule (see
+        // `TurnMaps::stats_range`); rule by rule only if that read failed.
+        let read = self.fast.read_counters(&*sink);
         for id in self.fast.ids() {
             let Some(a) = self.allocs.get_mut(&id) else {
                 continue;
             };
-            self.fast.fold(&*sink, id, a, &mut self.stats, now);
+            if read {
+                self.fast.fold_read(&*sink, id, a, &mut self.stats, now);
+            } else {
+                self.fast.fold(&*sink, id, a, &mut self.stats, now);
+            }
             if quota_exhausted(a) {
                 tracing::debug!(user = %a.username, client = %a.tuple.client, "allocation byte quota used up; kernel rules removed");
                 self.sync_fast(id, now);

@@ -15,6 +15,7 @@ const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// `BPF_ANY`: create or update.
 pub(crate) const BPF_ANY: u64 = 0;
@@ -26,6 +27,19 @@ struct MapElemAttr {
     _pad: u32,
     key: u64,
     value: u64,
+    flags: u64,
+}
+
+/// `union bpf_attr` as the `BPF_MAP_*_BATCH` commands read it.
+#[repr(C)]
+struct MapBatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
     flags: u64,
 }
 
@@ -128,6 +142,45 @@ pub(crate) fn map_delete<K: aya::Pod>(map: BorrowedFd<'_>, key: &K) -> io::Resul
     unsafe { sys_bpf(BPF_MAP_DELETE_ELEM, &mut attr) }.map(|_| ())
 }
 
+/// `BPF_MAP_LOOKUP_BATCH` on an array map (u32 keys): reads the entries after index
+/// `after` (from index 0 when None), as many as `keys` holds, into `keys` and `values`
+/// (for a per-CPU map `values` holds one rounded-up value per possible CPU per entry:
+/// `keys.len() × CPUs` of `V`). Returns how many entries were read; fewer than asked
+/// means the array ended. Kernels before 5.6 have no batch commands (EINVAL).
+pub(crate) fn array_lookup_batch<V: aya::Pod>(
+    map: BorrowedFd<'_>,
+    after: Option<u32>,
+    keys: &mut [u32],
+    values: &mut [V],
+) -> io::Result<usize> {
+    let count = u32::try_from(keys.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    if count == 0 || values.len() < keys.len() || !values.len().is_multiple_of(keys.len()) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let start = after.unwrap_or(0);
+    let mut next = 0u32;
+    let mut attr = MapBatchAttr {
+        in_batch: after.map_or(0, |_| &start as *const u32 as u64),
+        out_batch: &mut next as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count,
+        map_fd: map.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: the batch layout; `start` and `next` are live u32s (the array's key size),
+    // `keys` is writable for `count` keys and `values` for `count` entries of the sizes
+    // the caller's contract gives (one value, or one per possible CPU); all outlive the
+    // call.
+    match unsafe { sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+        Ok(_) => Ok(attr.count as usize),
+        // The array ended within this batch: `count` says how many were read.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(attr.count as usize),
+        Err(e) => Err(e),
+    }
+}
+
 /// What one `BPF_PROG_TEST_RUN` returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TestRunResult {
@@ -191,6 +244,12 @@ mod tests {
         assert_eq!(std::mem::offset_of!(TestRunAttr, flags), 64);
         assert_eq!(std::mem::offset_of!(TestRunAttr, batch_size), 72);
         assert_eq!(size_of::<TestRunAttr>(), 80);
+        // batch: in_batch 0, out_batch 8, keys 16, values 24, count 32, map_fd 36,
+        // elem_flags 40, flags 48.
+        assert_eq!(std::mem::offset_of!(MapBatchAttr, count), 32);
+        assert_eq!(std::mem::offset_of!(MapBatchAttr, map_fd), 36);
+        assert_eq!(std::mem::offset_of!(MapBatchAttr, flags), 48);
+        assert_eq!(size_of::<MapBatchAttr>(), 56);
     }
 
     #[test]
