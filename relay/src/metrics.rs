@@ -325,7 +325,9 @@ pub fn render(s: &Stats) -> String {
             "The workers' AF_XDP side (xdp.af_xdp): frames received and sent through AF_XDP \
              sockets, sends that took a kernel socket instead (fallback), received frames \
              dropped (malformed or bad checksum), frames the XDP program steered to the \
-             sockets (steered; above received when a receive ring overflowed).",
+             sockets (steered; above received when a receive ring overflowed), and frames \
+             the kernel dropped before a worker saw them: receive ring full \
+             (kernel_ring_full) or no free frame (kernel_dropped).",
             &labelled("event", &u.af_xdp),
         );
     }

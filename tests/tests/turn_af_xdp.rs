@@ -127,6 +127,23 @@ fn run(s: &Setup, send: bool, clients: u32, messages: u32) {
          echoes; stats: {after}"
     );
     assert_eq!(dropped, 0, "AF_XDP frames dropped; stats: {after}");
+    // The kernel's own drop counters are reported, and account for no more than the
+    // frames that were steered and never received.
+    for name in ["kernel_ring_full", "kernel_dropped"] {
+        assert!(
+            after
+                .pointer(&format!("/userspace/af_xdp/{name}"))
+                .is_some(),
+            "relay stats has no af_xdp.{name}: {after}"
+        );
+    }
+    let lost_in_kernel = grew("kernel_ring_full") + grew("kernel_dropped");
+    assert!(
+        lost_in_kernel <= steered - received,
+        "{lost_in_kernel} frames counted as dropped in the kernel, but only {} steered frames \
+         were not received; stats: {after}",
+        steered - received
+    );
     let turn_bytes = after
         .pointer("/turn/bytes/client_to_peer")
         .and_then(serde_json::Value::as_u64)

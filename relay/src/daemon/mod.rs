@@ -478,7 +478,7 @@ fn start_kernel_turn(
 /// the XDP program steered to their sockets (`steered`; more than `received` when a
 /// socket's receive ring overflowed). Empty while nothing went through AF_XDP.
 fn af_xdp_stats(
-    workers: [u64; 4],
+    workers: [u64; crate::dataplane::counters::XSK_COUNTS],
     fast_path: Option<&FastPath>,
 ) -> std::collections::BTreeMap<String, u64> {
     let steered = match fast_path.and_then(FastPath::xsk_steering) {
@@ -491,7 +491,7 @@ fn af_xdp_stats(
     if steered == 0 && workers.iter().all(|v| *v == 0) {
         return std::collections::BTreeMap::new();
     }
-    ["received", "sent", "fallback", "dropped"]
+    crate::dataplane::counters::XSK_COUNT_NAMES
         .iter()
         .zip(workers)
         .map(|(k, v)| ((*k).to_owned(), v))

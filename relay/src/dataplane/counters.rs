@@ -27,6 +27,18 @@ pub enum IoDrop {
 /// Number of [`IoDrop`] reasons.
 pub const IO_DROP_REASONS: usize = 4;
 
+/// AF_XDP counters per worker, in the order of [`XSK_COUNT_NAMES`].
+pub const XSK_COUNTS: usize = 6;
+/// Names of the AF_XDP counters in `relay stats` (`af_xdp`).
+pub const XSK_COUNT_NAMES: [&str; XSK_COUNTS] = [
+    "received",
+    "sent",
+    "fallback",
+    "dropped",
+    "kernel_ring_full",
+    "kernel_dropped",
+];
+
 /// Names of the [`IoDrop`] reasons, in order.
 pub const IO_DROP_NAMES: [&str; IO_DROP_REASONS] =
     ["truncated", "no_send_slot", "bad_source", "no_buffer"];
@@ -45,8 +57,9 @@ pub struct Counts {
     /// Failed system calls / completions (receive or send errors).
     pub errors: u64,
     /// AF_XDP side (`xdp.af_xdp`): frames received, frames sent, sends that went through
-    /// a kernel socket instead, received frames dropped.
-    pub xsk: [u64; 4],
+    /// a kernel socket instead, received frames dropped, and what the kernel dropped
+    /// before the worker saw it: at a full receive ring, for want of a free frame.
+    pub xsk: [u64; XSK_COUNTS],
 }
 
 impl Counts {
@@ -93,7 +106,7 @@ pub struct WorkerCounters {
     received: AtomicU64,
     answered: AtomicU64,
     errors: AtomicU64,
-    xsk: [AtomicU64; 4],
+    xsk: [AtomicU64; XSK_COUNTS],
     dropped_by_handler: [AtomicU64; MAX_DROP_REASONS],
     dropped_by_io: [AtomicU64; IO_DROP_REASONS],
 }

@@ -390,11 +390,14 @@ impl<H: DatagramHandler> UringWorker<H> {
                     // Busy from now on: see `disarm_xsk_polls`.
                     disarm_xsk_polls(x, tx.submitter, tx.sq, tx.counts);
                 }
+                x.read_kernel_counts(t.now);
                 tx.counts.xsk = [
                     x.counts.received,
                     x.counts.sent,
                     x.counts.fallback,
                     x.counts.dropped,
+                    x.counts.kernel_ring_full,
+                    x.counts.kernel_dropped,
                 ];
             }
             if let Some(t) = turn.as_deref_mut() {

@@ -173,7 +173,16 @@ pub struct XskCounts {
     pub fallback: u64,
     /// Received frames dropped: malformed, bad checksum, or for no listen/relayed address.
     pub dropped: u64,
+    /// Frames the kernel could not deliver because this worker's receive ring was full
+    /// (the worker fell behind), summed over its sockets (`XDP_STATISTICS`).
+    pub kernel_ring_full: u64,
+    /// Frames the kernel dropped for want of a free frame (the fill ring was empty),
+    /// summed over the worker's sockets (`XDP_STATISTICS` `rx_dropped`).
+    pub kernel_dropped: u64,
 }
+
+/// How often the kernel's per-socket drop counters are read (two `getsockopt` a socket).
+const KERNEL_COUNTS_EVERY: Duration = Duration::from_secs(1);
 
 /// The worker's AF_XDP sockets and what sending through them needs.
 pub(super) struct XskPath {
@@ -186,6 +195,8 @@ pub(super) struct XskPath {
     batch: Box<[u8]>,
     batch_len: [usize; RX_BATCH],
     pub(super) counts: XskCounts,
+    /// When the kernel's drop counters were last read into `counts`.
+    kernel_read: Option<Instant>,
 }
 
 /// Why the AF_XDP side could not start.
@@ -242,7 +253,36 @@ impl XskPath {
             batch: vec![0u8; RX_BATCH * FRAME_SIZE].into_boxed_slice(),
             batch_len: [0; RX_BATCH],
             counts: XskCounts::default(),
+            kernel_read: None,
         })
+    }
+
+    /// Reads the kernel's drop counters of this worker's sockets into `counts`, at most
+    /// once per [`KERNEL_COUNTS_EVERY`]. Why: frames the kernel drops at a full ring
+    /// never reach the worker, so without these an operator sees loss and no cause.
+    pub(super) fn read_kernel_counts(&mut self, now: Instant) {
+        if self
+            .kernel_read
+            .is_some_and(|t| now.duration_since(t) < KERNEL_COUNTS_EVERY)
+        {
+            return;
+        }
+        self.kernel_read = Some(now);
+        let (mut full, mut dropped) = (0u64, 0u64);
+        for p in &self.ports {
+            match p.socket.stats() {
+                Ok(st) => {
+                    full += st.rx_ring_full;
+                    dropped += st.rx_dropped;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, ifindex = p.ifindex, queue = p.queue, "cannot read an AF_XDP socket's drop counters");
+                    return;
+                }
+            }
+        }
+        self.counts.kernel_ring_full = full;
+        self.counts.kernel_dropped = dropped;
     }
 
     /// A steering handle (for the relayed-port hook).
