@@ -467,6 +467,28 @@ fn growth(sink: &dyn FastRules, r: &mut Installed) -> RuleStats {
     growth_to(sink.rule_stats(r.stats_idx), r)
 }
 
+/// Folds the growth of `fa`'s rules, whose counters `counters` gives by `stats_idx`,
+/// into `a` and `stats`.
+fn fold_rules(
+    fa: Option<&mut FastAlloc>,
+    a: &mut Allocation,
+    stats: &mut TurnStats,
+    now: Instant,
+    counters: impl Fn(u32) -> RuleStats,
+) {
+    let Some(fa) = fa else {
+        return;
+    };
+    for inst in fa.rules.values_mut() {
+        let d = growth_to(counters(inst.stats_idx), inst);
+        account(Some(&mut *a), stats, inst.entry.toward_peer(), d);
+        // One budget for both paths: the kernel enforces the limit on its own share
+        // (TURN_BANDWIDTH), and its bytes are charged here to the bucket userspace
+        // relays from, so the sum stays within `turn.bandwidth_limit` over time.
+        a.charge_bandwidth(d.bytes, now);
+    }
+}
+
 /// What rule `r` counted since it was last folded, given its counters `now`.
 fn growth_to(now: RuleStats, r: &mut Installed) -> RuleStats {
     let d = RuleStats {
@@ -602,17 +624,9 @@ impl FastState {
         stats: &mut TurnStats,
         now: Instant,
     ) {
-        let Some(fa) = self.allocs.get_mut(&id) else {
-            return;
-        };
-        for inst in fa.rules.values_mut() {
-            let d = growth(sink, inst);
-            account(Some(&mut *a), stats, inst.entry.toward_peer(), d);
-            // One budget for both paths: the kernel enforces the limit on its own share
-            // (TURN_BANDWIDTH), and its bytes are charged here to the bucket userspace
-            // relays from, so the sum stays within `turn.bandwidth_limit` over time.
-            a.charge_bandwidth(d.bytes, now);
-        }
+        fold_rules(self.allocs.get_mut(&id), a, stats, now, |i| {
+            sink.rule_stats(i)
+        });
     }
 
     /// Reads the counters of every installed rule with one range read
@@ -650,20 +664,18 @@ impl FastState {
         stats: &mut TurnStats,
         now: Instant,
     ) {
-        let Some(fa) = self.allocs.get_mut(&id) else {
-            return;
-        };
-        for inst in fa.rules.values_mut() {
-            let seen = inst
-                .stats_idx
-                .checked_sub(self.read_first)
-                .and_then(|i| self.read.get(i as usize))
+        let FastState {
+            allocs,
+            read,
+            read_first,
+            ..
+        } = self;
+        fold_rules(allocs.get_mut(&id), a, stats, now, |i| {
+            i.checked_sub(*read_first)
+                .and_then(|k| read.get(k as usize))
                 .copied()
-                .unwrap_or_else(|| sink.rule_stats(inst.stats_idx));
-            let d = growth_to(seen, inst);
-            account(Some(&mut *a), stats, inst.entry.toward_peer(), d);
-            a.charge_bandwidth(d.bytes, now);
-        }
+                .unwrap_or_else(|| sink.rule_stats(i))
+        });
     }
 
     /// Ids of the allocations with rules.
