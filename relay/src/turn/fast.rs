@@ -279,7 +279,7 @@ pub(super) struct FastState {
     allocs: HashMap<u64, FastAlloc>,
     /// Rules installed (gauge).
     pub(super) rules: u64,
-    /// Counters of rules `read_first..`, read at once for [`FastState::fold_read`] by
+    /// Counters of rules `read_first..`, read at once for [`FastState::fold`] by
     /// [`FastState::read_counters`] (reused: no allocation per fold once grown).
     read: Vec<RuleStats>,
     read_first: u32,
@@ -467,28 +467,6 @@ fn growth(sink: &dyn FastRules, r: &mut Installed) -> RuleStats {
     growth_to(sink.rule_stats(r.stats_idx), r)
 }
 
-/// Folds the growth of `fa`'s rules, whose counters `counters` gives by `stats_idx`,
-/// into `a` and `stats`.
-fn fold_rules(
-    fa: Option<&mut FastAlloc>,
-    a: &mut Allocation,
-    stats: &mut TurnStats,
-    now: Instant,
-    counters: impl Fn(u32) -> RuleStats,
-) {
-    let Some(fa) = fa else {
-        return;
-    };
-    for inst in fa.rules.values_mut() {
-        let d = growth_to(counters(inst.stats_idx), inst);
-        account(Some(&mut *a), stats, inst.entry.toward_peer(), d);
-        // One budget for both paths: the kernel enforces the limit on its own share
-        // (TURN_BANDWIDTH), and its bytes are charged here to the bucket userspace
-        // relays from, so the sum stays within `turn.bandwidth_limit` over time.
-        a.charge_bandwidth(d.bytes, now);
-    }
-}
-
 /// What rule `r` counted since it was last folded, given its counters `now`.
 fn growth_to(now: RuleStats, r: &mut Installed) -> RuleStats {
     let d = RuleStats {
@@ -615,48 +593,38 @@ impl FastState {
         sink.release_alloc_index(fa.alloc_idx);
     }
 
-    /// Folds the counter growth of allocation `id`'s rules into `a` and `stats`.
-    pub(super) fn fold(
-        &mut self,
-        sink: &dyn FastRules,
-        id: u64,
-        a: &mut Allocation,
-        stats: &mut TurnStats,
-        now: Instant,
-    ) {
-        fold_rules(self.allocs.get_mut(&id), a, stats, now, |i| {
-            sink.rule_stats(i)
-        });
-    }
-
     /// Reads the counters of every installed rule with one range read
-    /// ([`FastRules::rule_stats_range`]) for the [`FastState::fold_read`] calls that
-    /// follow; false when they could not be read (then fold with [`FastState::fold`]).
-    pub(super) fn read_counters(&mut self, sink: &dyn FastRules) -> bool {
+    /// ([`FastRules::rule_stats_range`]) for the [`FastState::fold`] calls that follow,
+    /// until [`FastState::forget_counters`]. When they cannot be read, the folds read
+    /// each rule on its own.
+    pub(super) fn read_counters(&mut self, sink: &dyn FastRules) {
         let (mut lo, mut hi) = (u32::MAX, 0u32);
         for inst in self.allocs.values().flat_map(|fa| fa.rules.values()) {
             lo = lo.min(inst.stats_idx);
             hi = hi.max(inst.stats_idx);
         }
-        self.read.clear();
-        self.read_first = 0;
+        self.forget_counters();
         if lo > hi {
-            return true;
+            return;
         }
         self.read
             .resize((hi - lo) as usize + 1, RuleStats::default());
         self.read_first = lo;
-        if sink.rule_stats_range(lo, &mut self.read) {
-            true
-        } else {
-            self.read.clear();
-            false
+        if !sink.rule_stats_range(lo, &mut self.read) {
+            self.forget_counters();
         }
     }
 
-    /// As [`FastState::fold`], with the counters [`FastState::read_counters`] read (a
-    /// rule installed since then is read on its own).
-    pub(super) fn fold_read(
+    /// Drops what [`FastState::read_counters`] read (keeps the buffer).
+    pub(super) fn forget_counters(&mut self) {
+        self.read.clear();
+        self.read_first = 0;
+    }
+
+    /// Folds the counter growth of allocation `id`'s rules into `a` and `stats`: from
+    /// what [`FastState::read_counters`] read, and for rules it did not cover (installed
+    /// since, or the read failed) from the rule's own counters.
+    pub(super) fn fold(
         &mut self,
         sink: &dyn FastRules,
         id: u64,
@@ -670,12 +638,23 @@ impl FastState {
             read_first,
             ..
         } = self;
-        fold_rules(allocs.get_mut(&id), a, stats, now, |i| {
-            i.checked_sub(*read_first)
+        let Some(fa) = allocs.get_mut(&id) else {
+            return;
+        };
+        for inst in fa.rules.values_mut() {
+            let counters = inst
+                .stats_idx
+                .checked_sub(*read_first)
                 .and_then(|k| read.get(k as usize))
                 .copied()
-                .unwrap_or_else(|| sink.rule_stats(i))
-        });
+                .unwrap_or_else(|| sink.rule_stats(inst.stats_idx));
+            let d = growth_to(counters, inst);
+            account(Some(&mut *a), stats, inst.entry.toward_peer(), d);
+            // One budget for both paths: the kernel enforces the limit on its own share
+            // (TURN_BANDWIDTH), and its bytes are charged here to the bucket userspace
+            // relays from, so the sum stays within `turn.bandwidth_limit` over time.
+            a.charge_bandwidth(d.bytes, now);
+        }
     }
 
     /// Ids of the allocations with rules.

@@ -669,22 +669,19 @@ impl TurnServer {
             return;
         };
         // One range read for all rules, not one lookup per rule (see
-        // `TurnMaps::stats_range`); rule by rule only if that read failed.
-        let read = self.fast.read_counters(&*sink);
+        // `TurnMaps::stats_range`); if it fails, each fold reads its rules one by one.
+        self.fast.read_counters(&*sink);
         for id in self.fast.ids() {
             let Some(a) = self.allocs.get_mut(&id) else {
                 continue;
             };
-            if read {
-                self.fast.fold_read(&*sink, id, a, &mut self.stats, now);
-            } else {
-                self.fast.fold(&*sink, id, a, &mut self.stats, now);
-            }
+            self.fast.fold(&*sink, id, a, &mut self.stats, now);
             if quota_exhausted(a) {
                 tracing::debug!(user = %a.username, client = %a.tuple.client, "allocation byte quota used up; kernel rules removed");
                 self.sync_fast(id, now);
             }
         }
+        self.fast.forget_counters();
     }
 
     /// Re-checks every permission and channel against the peer policy (after a reload
