@@ -44,7 +44,10 @@
 //! process on `--server-cpu`. The receive processing of the relay's client-side veth (its
 //! XDP program, and for userspace relays the UDP stack up to the socket) runs inline in
 //! the generator's BPF_PROG_TEST_RUN call by default; `--threaded-rx` moves it to a
-//! threaded-NAPI kernel thread pinned to `--server-cpu`.
+//! threaded-NAPI kernel thread pinned to `--server-cpu`. The sink veth's receive
+//! processing runs inline in whoever transmits to it (for userspace relays: in their
+//! `sendto`, on the relay's CPU); `--threaded-sink` moves it to a thread on the
+//! generator's CPU, so that a relay's CPU time holds its own work only.
 
 #[path = "../../ebpf/bench-ebpf/src/common.rs"]
 #[allow(dead_code)]
