@@ -121,11 +121,34 @@ pub(super) fn finish(pool: &Reservations, kernel_turn: bool) {
     pool.release_restored();
 }
 
-/// Writes the current allocations (workers' and unclaimed restored ones) to `path`.
-/// Says so once (at warning level) when saving fails, then only at debug level until a
-/// save succeeds again.
+/// Writes the current allocations (workers' and unclaimed restored ones) to `path`, on
+/// the calling thread (the last save at shutdown; the periodic ones go through
+/// [`super::state_writer::StateWriter`]).
 pub(super) fn save(path: &Path, dataplane: &Dataplane, failing: &mut bool) -> bool {
-    let all: Vec<SavedAllocation> = dataplane.snapshot();
+    match gather(dataplane) {
+        Some(all) => write(path, all, failing),
+        None => false,
+    }
+}
+
+/// The allocations to save, or None (with a warning) when a worker did not hand over
+/// its own in time.
+pub(super) fn gather(dataplane: &Dataplane) -> Option<Vec<SavedAllocation>> {
+    let all = dataplane.snapshot();
+    if all.is_none() {
+        // The previous file stays: it still names the allocations of the worker that
+        // did not answer.
+        tracing::warn!(
+            "TURN state not saved: a worker did not hand over its allocations in time (it \
+             may be overloaded); the state file keeps the previous save"
+        );
+    }
+    all
+}
+
+/// Writes `all` to `path`. Says so once (at warning level) when writing fails, then only
+/// at debug level until a write succeeds again.
+pub(super) fn write(path: &Path, all: Vec<SavedAllocation>, failing: &mut bool) -> bool {
     let n = all.len();
     match Snapshot::new(boot_id(), mono_now(), all).write(path) {
         Ok(()) => {

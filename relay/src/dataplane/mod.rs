@@ -200,6 +200,9 @@ pub struct TurnDataplane {
 
 /// How long the control plane waits for a worker's answer.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long it waits for a worker's state snapshot, which the worker takes a slice per
+/// loop round (`turn::snapshot_job`): a few hundred rounds with 100 000 allocations.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds one worker's TCP listener on `addr` (SO_REUSEPORT so every worker has its own
 /// accept queue; v6-only for IPv6).
@@ -498,23 +501,39 @@ impl Dataplane {
     /// one loop iteration; one that does not within [`COMMAND_TIMEOUT`] is skipped with a
     /// warning).
     fn ask_all<T>(&self, make: impl Fn(mpsc::Sender<T>) -> WorkerCommand) -> Vec<T> {
+        self.ask_all_within(COMMAND_TIMEOUT, make).0
+    }
+
+    /// [`Dataplane::ask_all`] with its own deadline; also says how many workers did not
+    /// answer in time.
+    fn ask_all_within<T>(
+        &self,
+        timeout: Duration,
+        make: impl Fn(mpsc::Sender<T>) -> WorkerCommand,
+    ) -> (Vec<T>, usize) {
         let mut pending = Vec::with_capacity(self.commands.len());
+        let mut missing = 0;
         for (i, c) in self.commands.iter().enumerate() {
             let (tx, rx) = mpsc::channel();
             if c.send(make(tx)).is_ok() {
                 pending.push((i, rx));
+            } else {
+                missing += 1;
             }
         }
-        let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+        let deadline = std::time::Instant::now() + timeout;
         let mut out = Vec::with_capacity(pending.len());
         for (i, rx) in pending {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
                 Ok(v) => out.push(v),
-                Err(_) => tracing::warn!(worker = i, "worker did not answer a control command"),
+                Err(_) => {
+                    missing += 1;
+                    tracing::warn!(worker = i, "worker did not answer a control command");
+                }
             }
         }
-        out
+        (out, missing)
     }
 
     /// Asks every worker to open its AF_XDP sockets (`xdp.af_xdp`); returns the sockets
@@ -572,16 +591,20 @@ impl Dataplane {
             .sum()
     }
 
-    /// Every UDP allocation for the state file: the workers' and the restored ones no
-    /// worker has claimed yet.
-    pub fn snapshot(&self) -> Vec<SavedAllocation> {
-        let mut all: Vec<SavedAllocation> = self
-            .ask_all(|reply| WorkerCommand::Snapshot { reply })
-            .into_iter()
-            .flatten()
-            .collect();
+    /// Every UDP allocation for the state file, ordered by 5-tuple: the workers' and the
+    /// restored ones no worker has claimed yet. None when a worker did not answer within
+    /// [`SNAPSHOT_TIMEOUT`]: a file written without its allocations would make a
+    /// restarted daemon forget them.
+    pub fn snapshot(&self) -> Option<Vec<SavedAllocation>> {
+        let (answers, missing) =
+            self.ask_all_within(SNAPSHOT_TIMEOUT, |reply| WorkerCommand::Snapshot { reply });
+        if missing > 0 {
+            return None;
+        }
+        let mut all: Vec<SavedAllocation> = answers.into_iter().flatten().collect();
         all.extend(self.pool.restored_snapshot());
-        all
+        all.sort_by_key(|a| (a.client, a.server));
+        Some(all)
     }
 
     /// The shared pool of held ports and restored allocations.

@@ -30,6 +30,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::policy::QuotaTicket;
 use crate::tls::{ReadStatus, TlsReloader, TlsStream};
 use crate::turn::snapshot::SavedAllocation;
+use crate::turn::snapshot_job::SnapshotJob;
 use crate::turn::{
     AllocationInfo, FiveTuple, IpFamily, KickTarget, MonoClock, PortError, PortRequest,
     RelayHandle, RelayPorts, Shared, Transmit, Transport, TurnConfig, TurnServer, TurnStats,
@@ -1109,7 +1110,14 @@ pub(super) struct TurnIo {
     /// Whether the backend can serve AF_XDP sockets (io_uring).
     pub(super) xsk_capable: bool,
     xsk_request: Option<XskRequest>,
+    /// The state snapshot being taken, and who waits for it.
+    snapshot: Option<(SnapshotJob, Vec<mpsc::Sender<Vec<SavedAllocation>>>)>,
 }
+
+/// Allocations a state snapshot in progress takes per loop round: about half a
+/// millisecond of work (2 µs each were measured with 10 000 allocations), so a save never
+/// holds up the packets for long (`turn::snapshot_job`).
+const SNAPSHOT_SLICE: usize = 256;
 
 impl TurnIo {
     pub(super) fn new(
@@ -1163,6 +1171,7 @@ impl TurnIo {
             wall: SystemTime::now(),
             xsk_capable: false,
             xsk_request: None,
+            snapshot: None,
         })
     }
 
@@ -1440,7 +1449,7 @@ impl TurnIo {
     /// Whether some connection waits in [`TurnIo::retry_pending`] (the loop should not
     /// block).
     pub(super) fn has_pending(&self) -> bool {
-        !self.pending_read.is_empty() || !self.pending_accept.is_empty()
+        !self.pending_read.is_empty() || !self.pending_accept.is_empty() || self.snapshot.is_some()
     }
 
     /// Connection `token` is readable: read, cut into messages, hand them to the core.
@@ -1570,6 +1579,7 @@ impl TurnIo {
         while let Ok(cmd) = self.commands.try_recv() {
             self.command(cmd);
         }
+        self.continue_snapshot();
         if self.now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
             self.last_sweep = self.now;
             self.relays.borrow_mut().expire_reservations(self.now);
@@ -1586,6 +1596,29 @@ impl TurnIo {
             self.sweep_connections();
             // Kernel-relayed traffic into the allocations' counters (and byte quotas).
             self.server.fold_fast_counters(self.now);
+        }
+    }
+
+    /// Takes the next slice of the state snapshot in progress; answers once it is done.
+    fn continue_snapshot(&mut self) {
+        let Some((job, _)) = &mut self.snapshot else {
+            return;
+        };
+        if !self
+            .server
+            .snapshot_step(job, self.now, &self.clock, SNAPSHOT_SLICE)
+        {
+            return;
+        }
+        let Some((job, waiting)) = self.snapshot.take() else {
+            return;
+        };
+        let saved = self.server.snapshot_finish(job, self.now, &self.clock);
+        if let Some((last, others)) = waiting.split_last() {
+            for w in others {
+                let _ = w.send(saved.clone());
+            }
+            let _ = last.send(saved);
         }
     }
 
@@ -1642,9 +1675,11 @@ impl TurnIo {
             WorkerCommand::RecheckPolicy { reply } => {
                 let _ = reply.send(self.server.recheck_policy(self.now));
             }
-            WorkerCommand::Snapshot { reply } => {
-                let _ = reply.send(self.server.snapshot(self.now, &self.clock));
-            }
+            WorkerCommand::Snapshot { reply } => match &mut self.snapshot {
+                // One job serves every request that arrives while it runs.
+                Some((_, waiting)) => waiting.push(reply),
+                None => self.snapshot = Some((self.server.snapshot_begin(), vec![reply])),
+            },
             WorkerCommand::EnableXsk { setup, reply } => {
                 if self.xsk_capable {
                     self.xsk_request = Some((setup, reply));

@@ -957,3 +957,57 @@ fn restore_after_the_deadline_removes_the_kernel_rules() {
     assert!(w2.ports.open.is_empty(), "port closed");
     assert_eq!(w2.quotas.held_by("alice"), 0);
 }
+
+/// A state snapshot taken a slice at a time never names one kernel counter index twice:
+/// here the allocation taken first goes away, and another's new channel takes its freed
+/// indices before the job ends (`super::snapshot_job`).
+#[test]
+fn a_sliced_snapshot_never_names_a_kernel_index_twice() {
+    let mut w = world();
+    let rec = with_fast(&w);
+    let (mut a, _, _) = allocated(&mut w);
+    assert_eq!(
+        class_of(&bind(&mut w, &mut a, 0x4001, peer())),
+        Class::SuccessResponse
+    );
+    let a_indices: Vec<u32> = rec.m().stats_used.clone();
+    let mut b = Client::new(
+        FiveTuple {
+            client: "192.0.2.99:50000".parse().expect("addr"),
+            ..udp_tuple()
+        },
+        "alice",
+        "wonderland",
+    );
+    assert_eq!(
+        class_of(&allocate(&mut w, &mut b, &[])),
+        Class::SuccessResponse
+    );
+    let clock = MonoClock::new(w.t0, T0_NS);
+    let mut job = w.server.snapshot_begin();
+    // The first allocation (lowest id) is taken, with its indices.
+    assert!(!w.server.snapshot_step(&mut job, w.now, &clock, 1));
+    assert_eq!(
+        class_of(&refresh(&mut w, &mut a, 0)),
+        Class::SuccessResponse
+    );
+    assert_eq!(
+        class_of(&bind(&mut w, &mut b, 0x4002, peer())),
+        Class::SuccessResponse
+    );
+    let reused = rec
+        .m()
+        .stats_used
+        .iter()
+        .filter(|i| a_indices.contains(i))
+        .count();
+    assert!(reused > 0, "the fake hands freed indices out again");
+    assert!(w.server.snapshot_step(&mut job, w.now, &clock, 1));
+    let saved = w.server.snapshot_finish(job, w.now, &clock);
+    assert_eq!(saved.len(), 1, "the deleted allocation is left out");
+    let mut named: Vec<u32> = saved.iter().flat_map(|s| s.kernel_indices().0).collect();
+    named.sort_unstable();
+    let mut used = rec.m().stats_used.clone();
+    used.sort_unstable();
+    assert_eq!(named, used, "each installed index named once");
+}

@@ -52,6 +52,7 @@ mod handlers;
 pub mod nonce;
 pub mod server;
 pub mod snapshot;
+pub mod snapshot_job;
 pub mod stats;
 mod timers;
 

@@ -80,6 +80,9 @@ pub struct TurnServer {
     pub(super) fast: FastState,
     /// One-lookup answers for the relay path, derived from `allocs`.
     pub(super) fwd: ForwardIndex,
+    /// While a state snapshot is taken a slice at a time: the allocations that changed
+    /// or went away since it began ([`super::snapshot_job`]).
+    pub(super) snapshot_touched: Option<std::collections::HashSet<u64>>,
 }
 
 /// Unix seconds of `wall` (0 before the epoch).
@@ -131,6 +134,7 @@ impl TurnServer {
             own: shared.policy.own_addresses(),
             fast: FastState::default(),
             fwd: ForwardIndex::default(),
+            snapshot_touched: None,
             shared,
         }
     }
@@ -534,6 +538,7 @@ impl TurnServer {
         let Some(mut a) = self.allocs.remove(&id) else {
             return;
         };
+        self.snapshot_note(id);
         self.fwd.forget(id, &mut a);
         // The kernel stops relaying before the relayed port is given back.
         if let Some(sink) = self.shared.fast_rules() {
@@ -639,6 +644,7 @@ impl TurnServer {
     /// there is a fast path) in line with its state at `now`. Called after every change
     /// of the allocation.
     pub(super) fn sync_fast(&mut self, id: u64, now: Instant) {
+        self.snapshot_note(id);
         if let Some(a) = self.allocs.get_mut(&id) {
             let (own, ports) = (&self.own, &self.config.relay_ports);
             self.fwd

@@ -373,63 +373,72 @@ impl TurnServer {
         self.by_tuple.contains_key(tuple)
     }
 
-    /// The UDP allocations of this server still alive at `now`, for the state file.
-    /// Deadlines through `clock` (CLOCK_MONOTONIC).
-    pub fn snapshot(&self, now: Instant, clock: &MonoClock) -> Vec<SavedAllocation> {
-        let realm = self.shared.credentials().realm.clone();
-        let mut out: Vec<SavedAllocation> = self
-            .allocs
-            .iter()
-            .filter(|(_, a)| a.tuple.transport == Transport::Udp && a.expires > now)
-            .map(|(id, a)| {
-                let mut permissions: Vec<SavedPermission> = a
-                    .permissions
-                    .iter()
-                    .filter(|&(_, &e)| e > now)
-                    .map(|(ip, e)| SavedPermission {
-                        peer: *ip,
-                        expires_ns: clock.ns(*e),
-                    })
-                    .collect();
-                permissions.sort_by_key(|p| p.peer);
-                let mut channels: Vec<SavedChannel> = a
-                    .channels
-                    .iter()
-                    .filter(|(_, c)| c.expires > now)
-                    .map(|(n, c)| SavedChannel {
-                        number: *n,
-                        peer: c.peer,
-                        expires_ns: clock.ns(c.expires),
-                    })
-                    .collect();
-                channels.sort_by_key(|c| c.number);
-                SavedAllocation {
-                    client: a.tuple.client,
-                    server: a.tuple.server,
-                    username: a.username.clone(),
-                    realm: realm.clone(),
-                    relayed: a.relayed().map(|r| r.addr).collect(),
-                    expires_ns: clock.ns(a.expires),
-                    permissions,
-                    channels,
-                    dont_fragment: a.dont_fragment,
-                    byte_quota: a.byte_quota,
-                    bandwidth_limit: a.bucket.as_ref().map_or(0, |_| self.config.bandwidth_limit),
-                    traffic: {
-                        let t = self.fwd.traffic(*id, a);
-                        SavedTraffic {
-                            packets_to_peer: t.packets_to_peer,
-                            bytes_to_peer: t.bytes_to_peer,
-                            packets_to_client: t.packets_to_client,
-                            bytes_to_client: t.bytes_to_client,
-                        }
-                    },
-                    kernel: self.fast.export(*id),
-                }
-            })
-            .collect();
+    /// The UDP allocations of this server still alive at `now`, for the state file,
+    /// ordered by 5-tuple, taken all at once. Deadlines through `clock`
+    /// (CLOCK_MONOTONIC). A worker takes it a slice at a time instead
+    /// ([`TurnServer::snapshot_begin`]).
+    pub fn snapshot(&mut self, now: Instant, clock: &MonoClock) -> Vec<SavedAllocation> {
+        let job = self.snapshot_begin();
+        let mut out = self.snapshot_finish(job, now, clock);
         out.sort_by_key(|a| (a.client, a.server));
         out
+    }
+
+    /// Allocation `id` as the state file keeps it, if it is a UDP allocation still alive
+    /// at `now`.
+    pub(super) fn saved_allocation(
+        &self,
+        id: u64,
+        now: Instant,
+        clock: &MonoClock,
+        realm: &str,
+    ) -> Option<SavedAllocation> {
+        let a = self.allocs.get(&id)?;
+        if a.tuple.transport != Transport::Udp || a.expires <= now {
+            return None;
+        }
+        let mut permissions: Vec<SavedPermission> = a
+            .permissions
+            .iter()
+            .filter(|&(_, &e)| e > now)
+            .map(|(ip, e)| SavedPermission {
+                peer: *ip,
+                expires_ns: clock.ns(*e),
+            })
+            .collect();
+        permissions.sort_by_key(|p| p.peer);
+        let mut channels: Vec<SavedChannel> = a
+            .channels
+            .iter()
+            .filter(|(_, c)| c.expires > now)
+            .map(|(n, c)| SavedChannel {
+                number: *n,
+                peer: c.peer,
+                expires_ns: clock.ns(c.expires),
+            })
+            .collect();
+        channels.sort_by_key(|c| c.number);
+        let t = self.fwd.traffic(id, a);
+        Some(SavedAllocation {
+            client: a.tuple.client,
+            server: a.tuple.server,
+            username: a.username.clone(),
+            realm: realm.to_owned(),
+            relayed: a.relayed().map(|r| r.addr).collect(),
+            expires_ns: clock.ns(a.expires),
+            permissions,
+            channels,
+            dont_fragment: a.dont_fragment,
+            byte_quota: a.byte_quota,
+            bandwidth_limit: a.bucket.as_ref().map_or(0, |_| self.config.bandwidth_limit),
+            traffic: SavedTraffic {
+                packets_to_peer: t.packets_to_peer,
+                bytes_to_peer: t.bytes_to_peer,
+                packets_to_client: t.packets_to_client,
+                bytes_to_client: t.bytes_to_client,
+            },
+            kernel: self.fast.export(id),
+        })
     }
 
     /// Re-creates a saved allocation in this server: its relayed sockets are already
