@@ -12,6 +12,7 @@ mod af_xdp;
 mod operator;
 pub mod sfu;
 mod state;
+mod state_writer;
 
 pub use operator::{DaemonCommands, Reloader, TurnSetupError, turn_json};
 
@@ -55,6 +56,9 @@ pub enum DaemonError {
     /// A worker stopped while the daemon was serving.
     #[error("a data path worker stopped unexpectedly")]
     WorkerExited,
+    /// The thread that writes the TURN state file could not be started.
+    #[error("cannot start the TURN state writer thread: {0}")]
+    StateWriter(#[source] std::io::Error),
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. Logging must already be initialised.
@@ -164,6 +168,13 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
         }
         None => None,
     };
+    // Periodic saves on a low-priority thread of their own (see `state_writer`).
+    let writer = match &state_file {
+        Some(path) => {
+            Some(state_writer::StateWriter::start(path.clone()).map_err(DaemonError::StateWriter)?)
+        }
+        None => None,
+    };
     // Last, once everything (control socket, workers, XDP, metrics) is serving: tests and
     // supervisors wait for this line.
     tracing::info!(
@@ -177,7 +188,6 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
     );
     let mut last_snapshot = std::time::Instant::now();
     let mut last_save = std::time::Instant::now();
-    let mut save_failing = false;
     let mut result = Ok(());
     while !shutdown.load(Ordering::Relaxed) {
         control.serve_for(TICK, &commands);
@@ -192,11 +202,11 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(s);
         }
-        if let Some(path) = &state_file
+        if let Some(w) = &writer
             && last_save.elapsed() >= state::SAVE_EVERY
         {
             last_save = std::time::Instant::now();
-            state::save(path, &dataplane, &mut save_failing);
+            w.offer(|| state::gather(&dataplane));
         }
         if dataplane.any_worker_exited() {
             tracing::error!("a data path worker stopped; shutting down");
@@ -210,7 +220,11 @@ pub fn run_reloadable(config: &Config, reloader: Option<&Reloader>) -> Result<()
     if let Some(s) = sfu {
         s.stop();
     }
-    // Before the workers stop: the allocations as they are now, for the next daemon.
+    // Before the workers stop: the allocations as they are now, for the next daemon
+    // (once the periodic save in progress, if any, is on disk).
+    if let Some(w) = writer {
+        w.finish();
+    }
     if let Some(path) = &state_file
         && state::save(path, &dataplane, &mut false)
     {
