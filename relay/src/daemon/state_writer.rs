@@ -120,7 +120,7 @@ fn lower_priority() -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::turn::snapshot::{SavedTraffic, Snapshot, boot_id};
+    use crate::turn::snapshot::{Snapshot, boot_id};
 
     fn nice_of_this_thread() -> i32 {
         // SAFETY: gettid has no preconditions.
@@ -130,21 +130,11 @@ mod tests {
     }
 
     fn allocation(port: u16) -> SavedAllocation {
-        SavedAllocation {
-            client: format!("192.0.2.1:{port}").parse().expect("addr"),
-            server: "192.0.2.2:3478".parse().expect("addr"),
-            username: "alice".into(),
-            realm: "example.org".into(),
-            relayed: vec!["192.0.2.2:50000".parse().expect("addr")],
-            expires_ns: u64::MAX,
-            permissions: Vec::new(),
-            channels: Vec::new(),
-            dont_fragment: false,
-            byte_quota: 0,
-            bandwidth_limit: 0,
-            traffic: SavedTraffic::default(),
-            kernel: None,
-        }
+        SavedAllocation::bare(
+            format!("192.0.2.1:{port}").parse().expect("addr"),
+            "192.0.2.2:50000".parse().expect("addr"),
+            u64::MAX,
+        )
     }
 
     #[test]

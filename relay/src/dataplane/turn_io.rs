@@ -1753,24 +1753,9 @@ fn read_some(conn: &mut Conn) -> io::Result<ReadOutcome> {
 mod tests {
     use super::*;
     use crate::policy::Quotas;
-    use crate::turn::snapshot::SavedTraffic;
 
     fn saved(client: &str, relayed: SocketAddr, expires_ns: u64) -> SavedAllocation {
-        SavedAllocation {
-            client: client.parse().expect("addr"),
-            server: "127.0.0.1:3478".parse().expect("addr"),
-            username: "alice".into(),
-            realm: "example.org".into(),
-            relayed: vec![relayed],
-            expires_ns,
-            permissions: Vec::new(),
-            channels: Vec::new(),
-            dont_fragment: false,
-            byte_quota: 0,
-            bandwidth_limit: 0,
-            traffic: SavedTraffic::default(),
-            kernel: None,
-        }
+        SavedAllocation::bare(client.parse().expect("addr"), relayed, expires_ns)
     }
 
     fn free_port() -> SocketAddr {

@@ -221,6 +221,29 @@ impl SavedAllocation {
     }
 }
 
+#[cfg(test)]
+impl SavedAllocation {
+    /// A UDP allocation of "alice" with no permissions, channels, traffic or kernel
+    /// rules (a test fixture).
+    pub(crate) fn bare(client: SocketAddr, relayed: SocketAddr, expires_ns: u64) -> Self {
+        SavedAllocation {
+            client,
+            server: "127.0.0.1:3478".parse().expect("addr"),
+            username: "alice".into(),
+            realm: "example.org".into(),
+            relayed: vec![relayed],
+            expires_ns,
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            dont_fragment: false,
+            byte_quota: 0,
+            bandwidth_limit: 0,
+            traffic: SavedTraffic::default(),
+            kernel: None,
+        }
+    }
+}
+
 /// The state file's content.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
