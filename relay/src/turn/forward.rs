@@ -20,36 +20,89 @@
 //! state per datagram), for peers on the relay's own addresses, nor for Send and Data
 //! indications.
 //!
+//! Layout: IPv4 channels (client, server and peer all IPv4: nearly every deployment) have
+//! maps of their own with packed keys and values, 64 bytes an entry instead of 144–152 in
+//! the general maps, so 10 000 channels take 1 MiB per direction instead of about 2.4.
+//! Everything else (IPv6, or families mixed within a channel) keeps the general maps,
+//! which a lookup reaches only when they hold something. Measured on the AF_XDP path at
+//! 10 000 allocations: about 3% less CPU per datagram in each direction, within this
+//! VM's noise. The entry's cache miss on every datagram stays (`perf`: about 90 ns of
+//! 900 peer → client): with every allocation active, an entry's line is evicted between
+//! two of its datagrams whatever the table's size. Hiding it would take a prefetch per
+//! batch, which needs a table whose slot follows from the hash alone.
+//!
 //! Counters: the entries' counters are folded into the allocation's when its entries are
 //! rebuilt or removed, and [`ForwardIndex::traffic`] adds what is not folded yet, so
 //! `relay allocations`, the snapshot and the final log line see exact totals.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
 use super::allocation::{Allocation, Traffic};
-use super::{FiveTuple, IpFamily, RelayHandle};
+use super::{FiveTuple, IpFamily, RelayHandle, Transport};
+
+/// Packets and payload bytes one entry relayed since it was made.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    packets: u64,
+    bytes: u64,
+}
+
+impl Counts {
+    #[inline]
+    fn add(&mut self, len: usize) {
+        self.packets += 1;
+        self.bytes += len as u64;
+    }
+}
 
 /// ChannelData from a client: where it goes.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct ToPeer {
-    pub peer: SocketAddr,
-    pub relay: RelayHandle,
+struct ToPeer {
+    peer: SocketAddr,
+    relay: RelayHandle,
     /// Usable while `now < until`.
-    pub until: Instant,
-    pub packets: u64,
-    pub bytes: u64,
+    until: Instant,
+    counts: Counts,
 }
 
 /// Data from a peer on a bound channel: where it goes.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct ToClient {
-    pub tuple: FiveTuple,
-    pub channel: u16,
+struct ToClient {
+    tuple: FiveTuple,
+    channel: u16,
     /// Usable while `now < until`.
-    pub until: Instant,
-    pub packets: u64,
-    pub bytes: u64,
+    until: Instant,
+    counts: Counts,
+}
+
+/// [`ToPeer`]'s key for an all-IPv4 channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ChannelKeyV4 {
+    client: SocketAddrV4,
+    server: SocketAddrV4,
+    transport: Transport,
+    channel: u16,
+}
+
+/// [`ToPeer`] for an all-IPv4 channel.
+#[derive(Debug, Clone, Copy)]
+struct ToPeerV4 {
+    peer: SocketAddrV4,
+    relay: RelayHandle,
+    until: Instant,
+    counts: Counts,
+}
+
+/// [`ToClient`] for an all-IPv4 channel (keyed by relayed handle and peer).
+#[derive(Debug, Clone, Copy)]
+struct ToClientV4 {
+    client: SocketAddrV4,
+    server: SocketAddrV4,
+    transport: Transport,
+    channel: u16,
+    until: Instant,
+    counts: Counts,
 }
 
 /// One channel's pair of entries, as installed (to find them again).
@@ -60,26 +113,128 @@ struct Installed {
     peer: SocketAddr,
 }
 
+/// The client side of `tuple` when the tuple and `peer` are all IPv4: the channel's
+/// entries then live in the packed maps.
+#[inline]
+fn packed(
+    tuple: &FiveTuple,
+    peer: SocketAddr,
+) -> Option<(SocketAddrV4, SocketAddrV4, SocketAddrV4)> {
+    match (tuple.client, tuple.server, peer) {
+        (SocketAddr::V4(c), SocketAddr::V4(s), SocketAddr::V4(p)) => Some((c, s, p)),
+        _ => None,
+    }
+}
+
 /// The index of one [`super::TurnServer`].
 #[derive(Debug, Default)]
 pub(super) struct ForwardIndex {
-    pub to_peer: super::Map<(FiveTuple, u16), ToPeer>,
-    pub to_client: super::Map<(RelayHandle, SocketAddr), ToClient>,
+    to_peer: super::Map<(FiveTuple, u16), ToPeer>,
+    to_client: super::Map<(RelayHandle, SocketAddr), ToClient>,
+    to_peer_v4: super::Map<ChannelKeyV4, ToPeerV4>,
+    to_client_v4: super::Map<(RelayHandle, SocketAddrV4), ToClientV4>,
     installed: super::Map<u64, Vec<Installed>>,
     /// No entries are made (tests compare the full path against the index with it).
     pub off: bool,
 }
 
 impl ForwardIndex {
+    /// ChannelData `channel` from `tuple` with a `len`-byte payload: the relayed handle
+    /// and peer to send it from and to, if an entry is live at `now` (then counted).
+    #[inline]
+    pub fn relay_to_peer(
+        &mut self,
+        tuple: &FiveTuple,
+        channel: u16,
+        now: Instant,
+        len: usize,
+    ) -> Option<(RelayHandle, SocketAddr)> {
+        if let (SocketAddr::V4(client), SocketAddr::V4(server)) = (tuple.client, tuple.server) {
+            let key = ChannelKeyV4 {
+                client,
+                server,
+                transport: tuple.transport,
+                channel,
+            };
+            if let Some(e) = self.to_peer_v4.get_mut(&key) {
+                if e.until <= now {
+                    return None;
+                }
+                e.counts.add(len);
+                return Some((e.relay, SocketAddr::V4(e.peer)));
+            }
+        }
+        if self.to_peer.is_empty() {
+            return None;
+        }
+        let e = self.to_peer.get_mut(&(*tuple, channel))?;
+        if e.until <= now {
+            return None;
+        }
+        e.counts.add(len);
+        Some((e.relay, e.peer))
+    }
+
+    /// A `len`-byte datagram from `peer` (canonical) to relayed handle `relay`: the
+    /// client's 5-tuple and the channel to send it on, if an entry is live at `now`
+    /// (then counted).
+    #[inline]
+    pub fn relay_to_client(
+        &mut self,
+        relay: RelayHandle,
+        peer: SocketAddr,
+        now: Instant,
+        len: usize,
+    ) -> Option<(FiveTuple, u16)> {
+        if let SocketAddr::V4(p) = peer
+            && let Some(e) = self.to_client_v4.get_mut(&(relay, p))
+        {
+            if e.until <= now {
+                return None;
+            }
+            e.counts.add(len);
+            let tuple = FiveTuple {
+                client: SocketAddr::V4(e.client),
+                server: SocketAddr::V4(e.server),
+                transport: e.transport,
+            };
+            return Some((tuple, e.channel));
+        }
+        if self.to_client.is_empty() {
+            return None;
+        }
+        let e = self.to_client.get_mut(&(relay, peer))?;
+        if e.until <= now {
+            return None;
+        }
+        e.counts.add(len);
+        Some((e.tuple, e.channel))
+    }
+
     /// Removes allocation `id`'s entries, folding their counters into `a`.
     pub fn forget(&mut self, id: u64, a: &mut Allocation) {
         let Some(list) = self.installed.remove(&id) else {
             return;
         };
         for i in &list {
-            let out = self.to_peer.remove(&(a.tuple, i.channel));
-            let back = self.to_client.remove(&(i.relay, i.peer));
-            add(&mut a.traffic, out.as_ref(), back.as_ref());
+            let (out, back) = match packed(&a.tuple, i.peer) {
+                Some((client, server, peer)) => (
+                    self.to_peer_v4
+                        .remove(&ChannelKeyV4 {
+                            client,
+                            server,
+                            transport: a.tuple.transport,
+                            channel: i.channel,
+                        })
+                        .map(|e| e.counts),
+                    self.to_client_v4.remove(&(i.relay, peer)).map(|e| e.counts),
+                ),
+                None => (
+                    self.to_peer.remove(&(a.tuple, i.channel)).map(|e| e.counts),
+                    self.to_client.remove(&(i.relay, i.peer)).map(|e| e.counts),
+                ),
+            };
+            add(&mut a.traffic, out, back);
         }
     }
 
@@ -108,27 +263,53 @@ impl ForwardIndex {
             if until <= now {
                 continue;
             }
-            self.to_peer.insert(
-                (a.tuple, channel),
-                ToPeer {
-                    peer: ch.peer,
-                    relay: relay.handle,
-                    until,
-                    packets: 0,
-                    bytes: 0,
-                },
-            );
-            if a.peer_channels.get(&ch.peer) == Some(&channel) && peer_allowed(ch.peer) {
-                self.to_client.insert(
-                    (relay.handle, ch.peer),
-                    ToClient {
-                        tuple: a.tuple,
+            let back = a.peer_channels.get(&ch.peer) == Some(&channel) && peer_allowed(ch.peer);
+            let counts = Counts::default();
+            match packed(&a.tuple, ch.peer) {
+                Some((client, server, peer)) => {
+                    let key = ChannelKeyV4 {
+                        client,
+                        server,
+                        transport: a.tuple.transport,
                         channel,
+                    };
+                    let out = ToPeerV4 {
+                        peer,
+                        relay: relay.handle,
                         until,
-                        packets: 0,
-                        bytes: 0,
-                    },
-                );
+                        counts,
+                    };
+                    self.to_peer_v4.insert(key, out);
+                    if back {
+                        let e = ToClientV4 {
+                            client,
+                            server,
+                            transport: a.tuple.transport,
+                            channel,
+                            until,
+                            counts,
+                        };
+                        self.to_client_v4.insert((relay.handle, peer), e);
+                    }
+                }
+                None => {
+                    let out = ToPeer {
+                        peer: ch.peer,
+                        relay: relay.handle,
+                        until,
+                        counts,
+                    };
+                    self.to_peer.insert((a.tuple, channel), out);
+                    if back {
+                        let e = ToClient {
+                            tuple: a.tuple,
+                            channel,
+                            until,
+                            counts,
+                        };
+                        self.to_client.insert((relay.handle, ch.peer), e);
+                    }
+                }
             }
             list.push(Installed {
                 channel,
@@ -145,8 +326,23 @@ impl ForwardIndex {
     pub fn traffic(&self, id: u64, a: &Allocation) -> Traffic {
         let mut t = a.traffic;
         for i in self.installed.get(&id).into_iter().flatten() {
-            let out = self.to_peer.get(&(a.tuple, i.channel));
-            let back = self.to_client.get(&(i.relay, i.peer));
+            let (out, back) = match packed(&a.tuple, i.peer) {
+                Some((client, server, peer)) => (
+                    self.to_peer_v4
+                        .get(&ChannelKeyV4 {
+                            client,
+                            server,
+                            transport: a.tuple.transport,
+                            channel: i.channel,
+                        })
+                        .map(|e| e.counts),
+                    self.to_client_v4.get(&(i.relay, peer)).map(|e| e.counts),
+                ),
+                None => (
+                    self.to_peer.get(&(a.tuple, i.channel)).map(|e| e.counts),
+                    self.to_client.get(&(i.relay, i.peer)).map(|e| e.counts),
+                ),
+            };
             add(&mut t, out, back);
         }
         t
@@ -155,18 +351,63 @@ impl ForwardIndex {
     /// Entries in both directions (for tests and stats).
     #[cfg(test)]
     pub fn len(&self) -> (usize, usize) {
-        (self.to_peer.len(), self.to_client.len())
+        (
+            self.to_peer.len() + self.to_peer_v4.len(),
+            self.to_client.len() + self.to_client_v4.len(),
+        )
+    }
+
+    /// Packets the packed and the general entries counted since they were made (for
+    /// tests: what took the index rather than the full path).
+    #[cfg(test)]
+    pub fn entry_packets(&self) -> (u64, u64) {
+        let packed = self
+            .to_peer_v4
+            .values()
+            .map(|e| e.counts.packets)
+            .sum::<u64>()
+            + self
+                .to_client_v4
+                .values()
+                .map(|e| e.counts.packets)
+                .sum::<u64>();
+        let general = self.to_peer.values().map(|e| e.counts.packets).sum::<u64>()
+            + self
+                .to_client
+                .values()
+                .map(|e| e.counts.packets)
+                .sum::<u64>();
+        (packed, general)
+    }
+
+    /// Entries in the packed IPv4 maps, both directions (for tests).
+    #[cfg(test)]
+    pub fn len_v4(&self) -> (usize, usize) {
+        (self.to_peer_v4.len(), self.to_client_v4.len())
     }
 }
 
 /// Adds one channel's entry counters to `t`.
-fn add(t: &mut Traffic, out: Option<&ToPeer>, back: Option<&ToClient>) {
-    if let Some(e) = out {
-        t.packets_to_peer += e.packets;
-        t.bytes_to_peer += e.bytes;
+fn add(t: &mut Traffic, out: Option<Counts>, back: Option<Counts>) {
+    if let Some(c) = out {
+        t.packets_to_peer += c.packets;
+        t.bytes_to_peer += c.bytes;
     }
-    if let Some(e) = back {
-        t.packets_to_client += e.packets;
-        t.bytes_to_client += e.bytes;
+    if let Some(c) = back {
+        t.packets_to_client += c.packets;
+        t.bytes_to_client += c.bytes;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout the module doc promises: one 64-byte bucket per packed entry.
+    #[test]
+    fn packed_entries_take_64_bytes() {
+        assert_eq!(size_of::<(ChannelKeyV4, ToPeerV4)>(), 64);
+        assert_eq!(size_of::<((RelayHandle, SocketAddrV4), ToClientV4)>(), 64);
+        assert!(size_of::<((FiveTuple, u16), ToPeer)>() > 128);
     }
 }

@@ -277,17 +277,15 @@ impl TurnServer {
         tx: &mut impl Transmit,
     ) {
         let peer = canonical(peer);
-        if let Some(e) = self.fwd.to_client.get_mut(&(relay, peer))
-            && e.until > now
-            && let Ok(len) = u16::try_from(datagram.len())
+        if let Ok(len) = u16::try_from(datagram.len())
+            && let Some((tuple, channel)) =
+                self.fwd.relay_to_client(relay, peer, now, datagram.len())
         {
-            let stream = e.tuple.transport.is_stream();
-            let n = write_channel_data(&mut self.scratch, e.channel, len, datagram, stream);
-            e.packets += 1;
-            e.bytes += datagram.len() as u64;
+            let stream = tuple.transport.is_stream();
+            let n = write_channel_data(&mut self.scratch, channel, len, datagram, stream);
             self.stats.packets_peer_to_client += 1;
             self.stats.bytes_peer_to_client += datagram.len() as u64;
-            tx.to_client(&e.tuple, &self.scratch[..n]);
+            tx.to_client(&tuple, &self.scratch[..n]);
             return;
         }
         let Some(a) = self
@@ -387,14 +385,10 @@ impl TurnServer {
             self.stats.dropped_malformed += 1;
             return;
         };
-        if let Some(e) = self.fwd.to_peer.get_mut(&(*tuple, number))
-            && e.until > now
-        {
-            e.packets += 1;
-            e.bytes += payload.len() as u64;
+        if let Some((relay, peer)) = self.fwd.relay_to_peer(tuple, number, now, payload.len()) {
             self.stats.packets_client_to_peer += 1;
             self.stats.bytes_client_to_peer += payload.len() as u64;
-            tx.to_peer(e.relay, e.peer, payload);
+            tx.to_peer(relay, peer, payload);
             return;
         }
         let Some(a) = self
