@@ -440,6 +440,14 @@ impl Relays {
         self.port_hook = Some(hook);
     }
 
+    /// The handle registered for `port` (AF_XDP path), without checking the relay
+    /// behind it: for prefetch hints, which must not wait on the relay's slot.
+    #[inline]
+    pub(super) fn handle_by_port(&self, port: u16) -> Option<RelayHandle> {
+        let h = *self.by_port.as_ref()?.get(usize::from(port))?;
+        (h != NO_RELAY).then_some(h)
+    }
+
     /// The live relay on `port` (AF_XDP path) and its relayed address.
     #[inline]
     pub(super) fn by_port(&self, port: u16) -> Option<(RelayHandle, SocketAddr)> {
@@ -1239,6 +1247,33 @@ impl TurnIo {
         self.server
             .on_client(&tuple, bytes, self.now, self.wall, &mut ports, &mut tx);
         self.after_call();
+    }
+
+    /// Starts loading what handling a UDP datagram from `source` to `destination` will
+    /// touch first (the forwarding entry), for the first pass over an AF_XDP batch.
+    /// Changes nothing; a datagram for no address of ours costs a failed lookup.
+    #[inline]
+    pub(super) fn prefetch_datagram(
+        &self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        bytes: &[u8],
+    ) {
+        if let Some(i) = self.listen_index_for(destination) {
+            if let Some(&(mut server, _)) = self.listen.get(i) {
+                if server.ip().is_unspecified() {
+                    server.set_ip(destination.ip());
+                }
+                let tuple = FiveTuple {
+                    client: source,
+                    server,
+                    transport: Transport::Udp,
+                };
+                self.server.prefetch_client(&tuple, bytes);
+            }
+        } else if let Some(h) = self.relays.borrow().handle_by_port(destination.port()) {
+            self.server.prefetch_peer(h, source);
+        }
     }
 
     /// A datagram from a peer on relayed socket `relay`.

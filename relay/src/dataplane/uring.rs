@@ -17,7 +17,7 @@ use super::counters::{Counts, IoDrop, WorkerCounters};
 use super::slots::SendSlots;
 use super::socket::{NAME_LEN, decode_sockaddr};
 use super::turn_io::{Op, TurnIo, UdpSend};
-use super::xsk_path::{self, RX_BATCH, XskPath, XskPoll};
+use super::xsk_path::{self, Pass, RX_BATCH, XskPath, XskPoll};
 use super::{DatagramHandler, DataplaneError, Verdict};
 
 /// Submission queue entries.
@@ -784,7 +784,10 @@ fn drain_xsk(x: &mut XskPath, turn: &mut TurnIo, tx: &mut UringSend<'_, '_, '_>)
     let mut more = false;
     for i in 0..x.ports.len() {
         for _ in 0..XSK_ROUNDS {
-            let n = x.with_batch(i, |x, frame| on_xsk_frame(frame, x, turn, tx));
+            let n = x.with_batch(i, |x, frame, pass| match pass {
+                Pass::Prefetch => prefetch_xsk_frame(frame, turn),
+                Pass::Handle => on_xsk_frame(frame, x, turn, tx),
+            });
             if x.flush() != 0 {
                 tx.counts.errors += 1;
             }
@@ -802,6 +805,15 @@ fn drain_xsk(x: &mut XskPath, turn: &mut TurnIo, tx: &mut UringSend<'_, '_, '_>)
         tx.counts.errors += 1;
     }
     more
+}
+
+/// The first pass over a frame: its addresses parsed (checksums are checked in the
+/// second), and the forwarding entry it will use asked for.
+#[inline]
+fn prefetch_xsk_frame(frame: &[u8], turn: &TurnIo) {
+    if let Ok(f) = crate::wire::parse_udp_frame(frame) {
+        turn.prefetch_datagram(f.src, f.dst, f.payload);
+    }
 }
 
 /// One frame from an AF_XDP socket: a client's datagram to a listen address, or a

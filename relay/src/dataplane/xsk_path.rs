@@ -184,6 +184,19 @@ pub struct XskCounts {
 /// How often the kernel's per-socket drop counters are read (two `getsockopt` a socket).
 const KERNEL_COUNTS_EVERY: Duration = Duration::from_secs(1);
 
+/// Which of a batch's two passes a frame is handed to [`XskPath::with_batch`]'s callback in.
+///
+/// Why two: at 10 000 allocations each frame's forwarding entry is a cache miss (about
+/// 90 ns). A first pass that only asks the CPU to load every frame's entry lets the
+/// batch's misses overlap; the second pass then handles the frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pass {
+    /// Start loading what the frame will need; change nothing.
+    Prefetch,
+    /// Handle the frame.
+    Handle,
+}
+
 /// The worker's AF_XDP sockets and what sending through them needs.
 pub(super) struct XskPath {
     pub(super) ports: Vec<XskPort>,
@@ -311,13 +324,20 @@ impl XskPath {
     }
 
     /// Receives a batch from socket `i` and calls `f` with each frame and the path
-    /// itself (free to send on any socket while the frame is borrowed).
-    pub(super) fn with_batch(&mut self, i: usize, mut f: impl FnMut(&mut XskPath, &[u8])) -> usize {
+    /// itself (free to send on any socket while the frame is borrowed): first for every
+    /// frame with [`Pass::Prefetch`], then for every frame with [`Pass::Handle`].
+    pub(super) fn with_batch(
+        &mut self,
+        i: usize,
+        mut f: impl FnMut(&mut XskPath, &[u8], Pass),
+    ) -> usize {
         let n = self.take_batch(i);
         let batch = std::mem::take(&mut self.batch);
         let lens = self.batch_len;
-        for (k, len) in lens.iter().enumerate().take(n) {
-            f(self, &batch[k * FRAME_SIZE..k * FRAME_SIZE + len]);
+        for pass in [Pass::Prefetch, Pass::Handle] {
+            for (k, len) in lens.iter().enumerate().take(n) {
+                f(self, &batch[k * FRAME_SIZE..k * FRAME_SIZE + len], pass);
+            }
         }
         self.batch = batch;
         n

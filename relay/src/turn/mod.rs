@@ -51,6 +51,7 @@ pub mod framing;
 mod handlers;
 pub mod nonce;
 pub mod server;
+mod slot_map;
 pub mod snapshot;
 pub mod snapshot_job;
 pub mod stats;
