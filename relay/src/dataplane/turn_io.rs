@@ -451,10 +451,7 @@ impl Relays {
     /// The live relay on `port` (AF_XDP path) and its relayed address.
     #[inline]
     pub(super) fn by_port(&self, port: u16) -> Option<(RelayHandle, SocketAddr)> {
-        let h = *self.by_port.as_ref()?.get(usize::from(port))?;
-        if h == NO_RELAY {
-            return None;
-        }
+        let h = self.handle_by_port(port)?;
         self.local(h).map(|(_, local)| (h, local))
     }
 
@@ -1217,18 +1214,8 @@ impl TurnIo {
         destination: Option<IpAddr>,
         bytes: &[u8],
     ) {
-        let Some(&(mut server, _)) = self.listen.get(listen_index) else {
+        let Some(tuple) = self.client_tuple(listen_index, source, destination) else {
             return;
-        };
-        if let Some(ip) = destination
-            && server.ip().is_unspecified()
-        {
-            server.set_ip(ip);
-        }
-        let tuple = FiveTuple {
-            client: source,
-            server,
-            transport: Transport::Udp,
         };
         if self.pool.restored_len() != 0 && !self.server.has_allocation(&tuple) {
             match self.pool.claim_restored(&tuple) {
@@ -1260,20 +1247,34 @@ impl TurnIo {
         bytes: &[u8],
     ) {
         if let Some(i) = self.listen_index_for(destination) {
-            if let Some(&(mut server, _)) = self.listen.get(i) {
-                if server.ip().is_unspecified() {
-                    server.set_ip(destination.ip());
-                }
-                let tuple = FiveTuple {
-                    client: source,
-                    server,
-                    transport: Transport::Udp,
-                };
+            if let Some(tuple) = self.client_tuple(i, source, Some(destination.ip())) {
                 self.server.prefetch_client(&tuple, bytes);
             }
         } else if let Some(h) = self.relays.borrow().handle_by_port(destination.port()) {
             self.server.prefetch_peer(h, source);
         }
+    }
+
+    /// The 5-tuple of a UDP datagram from `source` to listen socket `listen_index`; a
+    /// wildcard listen address takes the datagram's `destination` when it is known.
+    #[inline]
+    fn client_tuple(
+        &self,
+        listen_index: usize,
+        source: SocketAddr,
+        destination: Option<IpAddr>,
+    ) -> Option<FiveTuple> {
+        let &(mut server, _) = self.listen.get(listen_index)?;
+        if let Some(ip) = destination
+            && server.ip().is_unspecified()
+        {
+            server.set_ip(ip);
+        }
+        Some(FiveTuple {
+            client: source,
+            server,
+            transport: Transport::Udp,
+        })
     }
 
     /// A datagram from a peer on relayed socket `relay`.
