@@ -14,6 +14,7 @@ mod compare;
 mod load;
 mod sfu;
 mod socket_floor;
+mod tcp_probe;
 mod turn_compare;
 mod turn_load;
 mod turn_xdp;

@@ -48,6 +48,11 @@
 //! processing runs inline in whoever transmits to it (for userspace relays: in their
 //! `sendto`, on the relay's CPU); `--threaded-sink` moves it to a thread on the
 //! generator's CPU, so that a relay's CPU time holds its own work only.
+//!
+//! During each step of a path with a TCP listener (the relay, which the bench configures
+//! with `listen_tcp`, and coturn), a thread in the client namespace sends STUN Binding
+//! requests over TCP (`tcp_probe`): how long a TCP client waits while UDP keeps the relay
+//! busy. The smoke run checks it at saturation for (b) and (b').
 
 #[path = "../../ebpf/bench-ebpf/src/common.rs"]
 #[allow(dead_code)]
@@ -60,10 +65,11 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use aya::{
     Ebpf,
     maps::{Array, PerCpuArray, PerCpuValues, XskMap},
@@ -75,6 +81,7 @@ use common::{
 };
 use relay_e2e::{Daemon, Netns, Process, TURN_PEER_NET_V4, TempDir, TurnTopology};
 
+use crate::tcp_probe::{self, TcpProbes};
 use crate::turn_load::{self, TurnLoadArgs};
 
 /// THE SWITCH for path (a): `false` while the kernel TURN relaying (issue 4, points 1–2)
@@ -93,6 +100,15 @@ const USER: &str = "u";
 const PASSWORD: &str = "p";
 const REALM: &str = "bench.relay";
 const LOSS_LIMIT_PCT: f64 = 0.1;
+/// The TCP probe (see `tcp_probe`) starts this long into a step (or at a fifth of it)...
+const TCP_PROBE_DELAY: Duration = Duration::from_millis(500);
+/// ... and then sends a Binding request this often, at most this many times.
+const TCP_PROBE_EVERY: Duration = Duration::from_millis(100);
+const TCP_PROBE_LIMIT: usize = 1000;
+/// The smoke run fails when a TCP Binding to our relay takes longer than this while the
+/// generator saturates it (a worker that ran its deferred completion work only when idle
+/// took 0.5–2.8 s; with it run from busy rounds, about 1 ms).
+const SMOKE_TCP_LIMIT: Duration = Duration::from_millis(250);
 const LIVE_BATCH: u32 = 64;
 /// A step during which the hypervisor stole more than this share of the server CPU is
 /// run again (at most [`STEAL_RETRIES`] times; the least-stolen run counts): a vCPU
@@ -860,6 +876,9 @@ struct Step {
     server_steal_s: f64,
     /// Seconds the hypervisor stole from the generator's CPU (where the XDP paths run).
     client_steal_s: f64,
+    /// STUN Binding requests over TCP to the path's listen address during the step
+    /// (paths with a TCP listener: the relay and coturn).
+    tcp: Option<TcpProbes>,
 }
 
 impl Step {
@@ -941,6 +960,8 @@ struct Bench<'a> {
     /// The relay's veth the generator's frames arrive on: `vc`, or `vp` for the other
     /// direction.
     rx_dev: String,
+    /// Whether the current path listens on TCP, so steps probe it (see `tcp_probe`).
+    tcp_probe: bool,
 }
 
 impl Bench<'_> {
@@ -983,14 +1004,42 @@ impl Bench<'_> {
         let r0 = udp_rcvbuf_errors(&self.topo.relay);
         let st0 = cpu_steal(self.server_cpu);
         let cst0 = cpu_steal(self.args.client_cpu);
-        let (sent, secs) = self.bpf.generate(
-            self.gen_ns,
-            self.gen_ifindex,
-            &self.tpl.frame,
-            self.gen_cfg,
-            rate,
-            seconds,
-        )?;
+        let stop = AtomicBool::new(false);
+        let topo = self.topo;
+        let listen = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT);
+        let (generated, tcp) = std::thread::scope(|scope| {
+            let probe = self.tcp_probe.then(|| {
+                let stop = &stop;
+                scope.spawn(move || -> Result<TcpProbes> {
+                    let _ns = enter(&topo.client)?;
+                    Ok(tcp_probe::run(
+                        listen,
+                        stop,
+                        Duration::from_secs_f64(seconds / 5.0).min(TCP_PROBE_DELAY),
+                        TCP_PROBE_EVERY,
+                        TCP_PROBE_LIMIT,
+                    ))
+                })
+            });
+            let generated = self.bpf.generate(
+                self.gen_ns,
+                self.gen_ifindex,
+                &self.tpl.frame,
+                self.gen_cfg,
+                rate,
+                seconds,
+            );
+            stop.store(true, Ordering::Relaxed);
+            let tcp = probe
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow!("the TCP probe thread panicked"))?
+                })
+                .transpose();
+            (generated, tcp)
+        });
+        let (sent, secs) = generated?;
+        let tcp = tcp?;
         let (s1, c1) = (cpu_busy(self.server_cpu), cpu_busy(self.args.client_cpu));
         let st1 = cpu_steal(self.server_cpu);
         let cst1 = cpu_steal(self.args.client_cpu);
@@ -1033,6 +1082,7 @@ impl Bench<'_> {
             },
             server_steal_s: st1.saturating_sub(st0) as f64 / tck,
             client_steal_s: cst1.saturating_sub(cst0) as f64 / tck,
+            tcp,
             rcvbuf_drops: match (r0, r1) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a)),
                 _ => None,
@@ -1164,7 +1214,11 @@ impl Bench<'_> {
                     .unwrap_or_default(),
                 s.rcvbuf_drops
                     .map(|k| format!(", socket-buffer drops {k}"))
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    + &s.tcp
+                        .as_ref()
+                        .map(|t| format!(", {}", t.summary()))
+                        .unwrap_or_default(),
             );
         };
         if self.args.smoke {
@@ -1176,6 +1230,13 @@ impl Bench<'_> {
                 if out.best.as_ref().is_none_or(|b| s.received > b.received) {
                     out.best = Some(s);
                 }
+            }
+            if matches!(path, Path4::IoUring | Path4::IoUringXsk) {
+                // And one as fast as the generator goes, for the TCP probe's check: our
+                // workers must answer TCP clients while UDP keeps them busy.
+                let s = self.step(0, secs)?;
+                show(&s);
+                out.saturated = Some(s);
             }
             return Ok(out);
         }
@@ -1348,6 +1409,7 @@ level = "info"
 
 [turn]
 enabled = true
+listen_tcp = ["{listen}"]
 realm = "{REALM}"
 relay_ipv4 = "{relay}"
 
@@ -1691,6 +1753,7 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
         } else {
             vc.clone()
         },
+        tcp_probe: false,
         gen_cfg: GenConfig {
             allocations: 1,
             first_port: 0,
@@ -1762,8 +1825,33 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
                     o.note.as_deref().unwrap_or("")
                 );
             }
+            if let Some(t) = o.saturated.as_ref().and_then(|s| s.tcp.as_ref()) {
+                check_tcp_probes(o.path, t)?;
+            }
         }
     }
+    Ok(())
+}
+
+/// The smoke run's check of the TCP probes of a saturated step: some were made, all were
+/// answered, none took longer than [`SMOKE_TCP_LIMIT`].
+fn check_tcp_probes(path: Path4, t: &TcpProbes) -> Result<()> {
+    let label = path.label();
+    ensure!(
+        t.failures.is_empty(),
+        "{label}: TCP Binding requests failed while the generator saturated the relay: {:?}",
+        t.failures
+    );
+    let Some((_, max)) = t.p50_max() else {
+        bail!("{label}: no TCP Binding request was made during the saturated step");
+    };
+    ensure!(
+        max <= SMOKE_TCP_LIMIT,
+        "{label}: a TCP Binding took {:.0} ms while the generator saturated the relay (limit {} ms): the worker leaves its kernel sockets' completions waiting while busy ({})",
+        max.as_secs_f64() * 1e3,
+        SMOKE_TCP_LIMIT.as_millis(),
+        t.summary()
+    );
     Ok(())
 }
 
@@ -1851,6 +1939,10 @@ fn run_path(
             bench.server_pid = None;
         }
     }
+    bench.tcp_probe = matches!(
+        path,
+        Path4::Xdp | Path4::IoUring | Path4::IoUringXsk | Path4::Coturn
+    );
     let napi = if bench.args.threaded_rx {
         thread_napi(&bench.topo.relay, &bench.rx_dev, server_cpu)
     } else {
