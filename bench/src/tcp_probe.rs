@@ -17,6 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use relay_e2e::binding_request;
+
 /// How long one probe may take before it counts as unanswered.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -84,15 +86,6 @@ pub fn run(
     out
 }
 
-/// The 20-byte Binding request (RFC 8489 §5) with transaction id `id`.
-fn request(id: [u8; 12]) -> [u8; 20] {
-    let mut r = [0u8; 20];
-    r[..2].copy_from_slice(&0x0001u16.to_be_bytes());
-    r[4..8].copy_from_slice(&0x2112_a442u32.to_be_bytes());
-    r[8..].copy_from_slice(&id);
-    r
-}
-
 /// Whether `header` (the first 20 bytes of a response) is a Binding success response to
 /// the request with transaction id `id`.
 fn answers(header: &[u8; 20], id: &[u8; 12]) -> bool {
@@ -110,7 +103,7 @@ fn binding(server: SocketAddr, seq: u32) -> Result<(), String> {
     s.set_read_timeout(Some(PROBE_TIMEOUT))
         .and_then(|()| s.set_write_timeout(Some(PROBE_TIMEOUT)))
         .map_err(|e| format!("socket timeouts: {e}"))?;
-    s.write_all(&request(id))
+    s.write_all(&binding_request(id))
         .map_err(|e| format!("send the Binding request: {e}"))?;
     let mut header = [0u8; 20];
     s.read_exact(&mut header)
@@ -132,7 +125,7 @@ mod tests {
     #[test]
     fn request_and_response_checks() {
         let id = [7u8; 12];
-        let r = request(id);
+        let r = binding_request(id);
         assert_eq!(&r[..8], &[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42]);
         let mut resp = r;
         resp[..2].copy_from_slice(&[0x01, 0x01]);
