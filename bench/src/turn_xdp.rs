@@ -161,6 +161,14 @@ pub struct TurnXdpArgs {
     /// happens on another machine. With this flag the relay's CPU holds its own work only.
     #[arg(long)]
     pub threaded_sink: bool,
+    /// Probe the relay's paths and coturn with STUN Binding over TCP during every step
+    /// (see `tcp_probe`), and report how fast they answer. Off by default outside the
+    /// smoke run (which probes our relay's paths and checks (b')): the probes cost
+    /// coturn about 60% more CPU per relayed packet at 10 000 allocations peer → client
+    /// here (it answers them seconds late, with the connections waiting), which would
+    /// flatter every ratio to coturn.
+    #[arg(long)]
+    pub tcp_probe: bool,
     /// `xdp.turn_rules` of the relay for path (a): entries of each kernel TURN rule table
     /// (default: the relay's default).
     #[arg(long)]
@@ -478,6 +486,7 @@ impl Bpf {
             common::PROG_SINK,
             common::PROG_PASS,
             common::PROG_XSK,
+            common::PROG_DROP,
         ] {
             Self::xdp_of(&mut ebpf, name)?
                 .load()
@@ -931,6 +940,29 @@ struct Outcome {
     /// The first step (as fast as the generator goes): the relay is saturated, so its
     /// CPU time per packet there is its cost per packet on one core.
     saturated: Option<Step>,
+    /// For the XDP paths: the generator's own CPU time per frame in this round (see
+    /// [`Bench::generator_alone`]), which [`Outcome::core_ns`] subtracts.
+    generator_ns: Option<f64>,
+}
+
+impl Outcome {
+    /// What one delivered packet cost on one core in the saturated step. For the
+    /// userspace paths: the relay process's CPU time per packet. For the XDP paths,
+    /// which run inside the generator's calls: the busy time of both CPUs per packet
+    /// less the generator's own time per frame, i.e. the relay program, its redirect
+    /// and the sink's receive of what it sent. (The userspace figure leaves out their
+    /// receive processing on the generator's CPU, so the comparison favours them.)
+    fn core_ns(&self) -> Option<f64> {
+        let s = self.saturated.as_ref()?;
+        if !self.path.is_xdp() {
+            return s.proc_ns_per_packet();
+        }
+        if s.received == 0 {
+            return None;
+        }
+        let total = (s.client_cpu_s + s.server_cpu_s) * 1e9 / s.received as f64;
+        Some(total - self.generator_ns?).filter(|ns| *ns > 0.0)
+    }
 }
 
 /// Everything a measurement needs.
@@ -962,6 +994,8 @@ struct Bench<'a> {
     rx_dev: String,
     /// Whether the current path listens on TCP, so steps probe it (see `tcp_probe`).
     tcp_probe: bool,
+    /// The generator's own CPU time per frame, measured at the start of the round.
+    generator_ns: Option<f64>,
 }
 
 impl Bench<'_> {
@@ -1182,6 +1216,11 @@ impl Bench<'_> {
             generator_bound: false,
             note: None,
             saturated: None,
+            generator_ns: if path.is_xdp() {
+                self.generator_ns
+            } else {
+                None
+            },
         };
         let server_cpu = self.server_cpu;
         let show = |s: &Step| {
@@ -1231,9 +1270,10 @@ impl Bench<'_> {
                     out.best = Some(s);
                 }
             }
-            if matches!(path, Path4::IoUring | Path4::IoUringXsk) {
-                // And one as fast as the generator goes, for the TCP probe's check: our
-                // workers must answer TCP clients while UDP keeps them busy.
+            if matches!(path, Path4::IoUring | Path4::IoUringXsk | Path4::Xdp) {
+                // And one as fast as the generator goes, for the TCP probe's check (our
+                // workers must answer TCP clients while UDP keeps them busy) and the
+                // per-core figures.
                 let s = self.step(0, secs)?;
                 show(&s);
                 out.saturated = Some(s);
@@ -1277,6 +1317,72 @@ impl Bench<'_> {
         Ok(out)
     }
 
+    /// The generator's settings for `n` allocations from client port `first_port`.
+    fn gen_config(&self, n: usize, first_port: u16) -> Result<GenConfig> {
+        Ok(GenConfig {
+            allocations: n as u32,
+            first_port: u32::from(first_port),
+            to_client: u32::from(self.args.direction.to_client()),
+            _pad: 0,
+            csum_base: self.tpl.csum_base,
+            rate: 0,
+            start_ns: 0,
+            head: self.tpl.frame[..common::GEN_HEAD_LEN]
+                .try_into()
+                .context("frame shorter than its head")?,
+        })
+    }
+
+    /// The generator's own CPU time per frame: one step as fast as it goes with
+    /// `bench_drop` on the relay's veth, so that each frame ends where a relay's work
+    /// would begin. The XDP paths run inside the generator's calls, on its CPU, so
+    /// their cost per packet is what a step costs beyond this ([`Outcome::core_ns`]).
+    /// Measured once a round, at the largest allocation count (the generator's work per
+    /// frame does not depend on it).
+    fn generator_alone(&mut self) -> Result<f64> {
+        let n = self
+            .args
+            .allocations
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let first_port = self.next_port;
+        self.gen_cfg = self.gen_config(n, first_port)?;
+        if self.args.direction.to_client() {
+            let ports: Vec<u16> = (0..n).map(|i| first_port.wrapping_add(i as u16)).collect();
+            self.bpf.set_gen_ports(&ports)?;
+        }
+        self.bpf
+            .attach(&self.topo.relay, &self.rx_dev, common::PROG_DROP)?;
+        self.tcp_probe = false;
+        let secs = if self.args.smoke {
+            1.0
+        } else {
+            self.args.step_seconds
+        };
+        let step = self.step_unstolen(Path4::Floor, 0, secs);
+        self.bpf.detach(common::PROG_DROP)?;
+        let s = step?;
+        ensure!(
+            s.sent > 0,
+            "the generator sent nothing with bench_drop on the relay's {}",
+            self.rx_dev
+        );
+        let ns = (s.client_cpu_s + s.server_cpu_s) * 1e9 / s.sent as f64;
+        eprintln!(
+            "   generator alone (frames dropped at the relay's {}): {:.0}/s, CPU {} busy {:.0}%, {ns:.0} ns per frame on CPUs {} and {}",
+            self.rx_dev,
+            s.offered(),
+            self.args.client_cpu,
+            100.0 * s.client_cpu_s / s.seconds.max(1e-9),
+            self.args.client_cpu,
+            self.server_cpu,
+        );
+        Ok(ns)
+    }
+
     fn run_allocations(&mut self, path: Path4, n: usize) -> Result<Outcome> {
         let first_port = self.next_port;
         let next = usize::from(self.next_port) + n;
@@ -1286,18 +1392,7 @@ impl Bench<'_> {
             next as u16
         };
         let to_client = self.args.direction.to_client();
-        self.gen_cfg = GenConfig {
-            allocations: n as u32,
-            first_port: u32::from(first_port),
-            to_client: u32::from(to_client),
-            _pad: 0,
-            csum_base: self.tpl.csum_base,
-            rate: 0,
-            start_ns: 0,
-            head: self.tpl.frame[..common::GEN_HEAD_LEN]
-                .try_into()
-                .context("frame shorter than its head")?,
-        };
+        self.gen_cfg = self.gen_config(n, first_port)?;
         if matches!(path, Path4::Floor | Path4::SocketFloor | Path4::XskFloor) {
             if to_client {
                 // The floor relays to the relayed address's any port: spread the load
@@ -1754,6 +1849,7 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
             vc.clone()
         },
         tcp_probe: false,
+        generator_ns: None,
         gen_cfg: GenConfig {
             allocations: 1,
             first_port: 0,
@@ -1777,6 +1873,10 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
     let rounds = if args.smoke { 1 } else { args.rounds };
     for round in 0..rounds {
         bench.round = round;
+        if paths.iter().any(|p| p.is_xdp()) {
+            eprintln!("== generator alone (round {})", round + 1);
+            bench.generator_ns = Some(bench.generator_alone()?);
+        }
         let order: Vec<Path4> = if round % 2 == 1 {
             paths.iter().rev().copied().collect()
         } else {
@@ -1943,10 +2043,11 @@ fn run_path(
             bench.server_pid = None;
         }
     }
-    bench.tcp_probe = matches!(
-        path,
-        Path4::Xdp | Path4::IoUring | Path4::IoUringXsk | Path4::Coturn
-    );
+    bench.tcp_probe = match path {
+        Path4::Xdp | Path4::IoUring | Path4::IoUringXsk => bench.args.tcp_probe || bench.args.smoke,
+        Path4::Coturn => bench.args.tcp_probe,
+        Path4::Floor | Path4::SocketFloor | Path4::XskFloor => false,
+    };
     let napi = if bench.args.threaded_rx {
         thread_napi(&bench.topo.relay, &bench.rx_dev, server_cpu)
     } else {
@@ -2004,17 +2105,14 @@ fn run_path(
     Ok(())
 }
 
-/// The cost per packet of the userspace relays on one core, from the saturated first
-/// step: what "per core" means once scheduling stalls (steal) are taken out of the loss
-/// criterion.
+/// The cost per packet on one core, from the saturated first step
+/// ([`Outcome::core_ns`]): what "per core" means once scheduling stalls (steal) are
+/// taken out of the loss criterion.
 fn per_core_table(md: &mut String, outcomes: &[Outcome], n: usize) {
     let rows: Vec<(&Outcome, &Step, f64)> = outcomes
         .iter()
-        .filter(|o| o.allocations == n && !o.path.is_xdp())
-        .filter_map(|o| {
-            let s = o.saturated.as_ref()?;
-            Some((o, s, s.proc_ns_per_packet()?))
-        })
+        .filter(|o| o.allocations == n)
+        .filter_map(|o| Some((o, o.saturated.as_ref()?, o.core_ns()?)))
         .collect();
     if rows.is_empty() {
         return;
@@ -2025,12 +2123,12 @@ fn per_core_table(md: &mut String, outcomes: &[Outcome], n: usize) {
         .map(|(_, _, ns)| *ns);
     let _ = writeln!(
         md,
-        "Userspace relays saturated ({n} allocation{}; first step, generator at full speed):\n",
+        "Saturated, per core ({n} allocation{}; first step, generator at full speed; ns/pkt: the relay process's CPU time for the userspace paths, both CPUs' busy time beyond the generator's own for the XDP paths):\n",
         if n == 1 { "" } else { "s" }
     );
     let _ = writeln!(
         md,
-        "| path | delivered Mpps | relay process ns/pkt | packets per CPU-second | vs coturn | CPU steal |"
+        "| path | delivered Mpps | ns/pkt on one core | packets per CPU-second | vs coturn | CPU steal |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
     for (o, s, ns) in rows {
@@ -2041,7 +2139,7 @@ fn per_core_table(md: &mut String, outcomes: &[Outcome], n: usize) {
             s.rate() / 1e6,
             1e6 / ns,
             coturn_ns.map_or("-".to_string(), |c| format!("{:.2}×", c / ns)),
-            s.steal_pct(),
+            s.path_steal_pct(o.path),
         );
     }
     let _ = writeln!(md);
@@ -2286,15 +2384,13 @@ fn round_rate(outcomes: &[Outcome], p: Path4, n: usize, round: u32) -> Option<f6
         .filter(|r| *r > 0.0)
 }
 
-/// The relay process's packets per CPU-second in one round at `n` allocations, from the
-/// saturated first step (the userspace paths; `None` for the XDP paths, which have no
-/// process doing the work).
+/// A path's packets per CPU-second in one round at `n` allocations, from the saturated
+/// first step ([`Outcome::core_ns`]).
 fn round_core_rate(outcomes: &[Outcome], p: Path4, n: usize, round: u32) -> Option<f64> {
     outcomes
         .iter()
         .find(|o| o.path == p && o.allocations == n && o.round == round)
-        .and_then(|o| o.saturated.as_ref())
-        .and_then(Step::proc_ns_per_packet)
+        .and_then(Outcome::core_ns)
         .filter(|ns| *ns > 0.0)
         .map(|ns| 1e9 / ns)
 }
@@ -2339,11 +2435,14 @@ const RATIOS: [(Path4, Path4); 4] = [
     (Path4::IoUringXsk, Path4::Coturn),
 ];
 
-/// The per-core ratios the userspace target is read by: packets per CPU-second of the
-/// relay process, saturated. Rates at < 0.1% loss say little for these paths here (the
-/// VM's process stalls overflow socket buffers long before the CPU is busy), so their
-/// rounds are summarised by CPU cost as well.
-const CORE_RATIOS: [(Path4, Path4); 6] = [
+/// The per-core ratios the targets are read by: packets per CPU-second, saturated
+/// ([`Outcome::core_ns`]). Rates at < 0.1% loss say little for the userspace paths here
+/// (the VM's process stalls overflow socket buffers long before the CPU is busy, and
+/// peer → client coturn queues for seconds rather than lose), so rounds are summarised
+/// by CPU cost as well.
+const CORE_RATIOS: [(Path4, Path4); 8] = [
+    (Path4::Xdp, Path4::Coturn),
+    (Path4::Xdp, Path4::Floor),
     (Path4::IoUring, Path4::Coturn),
     (Path4::IoUringXsk, Path4::Coturn),
     (Path4::IoUringXsk, Path4::XskFloor),
@@ -2468,8 +2567,9 @@ fn rounds_section(md: &mut String, outcomes: &[Outcome], allocations: &[usize], 
         rounds,
         &core,
         round_core_rate,
-        "Per core: packets per CPU-second of the relay process, saturated (first step), \
-         each round's ratio:\n\n",
+        "Per core: packets per CPU-second, saturated (first step; the relay process's CPU \
+         time for the userspace paths, both CPUs' busy time beyond the generator's own for \
+         the XDP paths), each round's ratio:\n\n",
     );
 }
 
@@ -3095,6 +3195,7 @@ mod tests {
             generator_bound: false,
             note: None,
             saturated: None,
+            generator_ns: None,
         }
     }
 
@@ -3143,6 +3244,34 @@ mod tests {
             md.contains("| 10 | 2 | 0.010 | 0.010 | 1.00× | 300 | 125 |"),
             "{md}"
         );
+    }
+
+    /// An XDP path's cost per packet on one core is both CPUs' busy time per delivered
+    /// packet less the generator's own time per frame; without that baseline, or with a
+    /// baseline at or above the total, there is no figure (not a negative one).
+    #[test]
+    fn xdp_per_core_cost_is_what_a_step_costs_beyond_the_generator() {
+        let mut x = saturated(Path4::Xdp, 0, 2_000_000, 0.0);
+        if let Some(s) = x.saturated.as_mut() {
+            s.client_cpu_s = 0.9;
+            s.server_cpu_s = 0.1;
+        }
+        assert_eq!(x.core_ns(), None);
+        x.generator_ns = Some(300.0);
+        let ns = x.core_ns().expect("a figure");
+        assert!((ns - 200.0).abs() < 1e-6, "{ns}");
+        let o = vec![x.clone(), saturated(Path4::Coturn, 0, 250_000, 1.0)];
+        let v = ratios_by(round_core_rate, &o, Path4::Xdp, Path4::Coturn, 10, 1);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!((v[0] - 20.0).abs() < 1e-6, "{v:?}");
+        let mut md = String::new();
+        per_core_table(&mut md, &o, 10);
+        assert!(
+            md.contains("| (a) relay, XDP fast path | 2.000 | 200 | 5000 k | 20.00× |"),
+            "{md}"
+        );
+        x.generator_ns = Some(500.0);
+        assert_eq!(x.core_ns(), None);
     }
 
     /// Ratios pair the two paths of the same round, skip rounds where either path has

@@ -37,6 +37,9 @@ pub const PROG_SINK: &str = "bench_sink";
 pub const PROG_XSK: &str = "bench_xsk";
 /// Passes everything (makes a veth receive XDP_TX'ed frames).
 pub const PROG_PASS: &str = "bench_pass";
+/// Drops everything: on the relay's veth it leaves the generator's own cost per frame
+/// (what the XDP paths' CPU time is measured beyond).
+pub const PROG_DROP: &str = "bench_drop";
 
 /// Index in [`SINK_STATS`]: packets counted.
 pub const SINK_PACKETS: u32 = 0;

@@ -164,6 +164,11 @@ pub fn bench_pass(_ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
+pub fn bench_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
 pub fn bench_sink(ctx: XdpContext) -> u32 {
     sink(&ctx).unwrap_or(xdp_action::XDP_PASS)
 }
