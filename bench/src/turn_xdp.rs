@@ -1333,6 +1333,13 @@ impl Bench<'_> {
         })
     }
 
+    /// Peer → client without real allocations: the generator sends to `n` consecutive
+    /// ports from `first_port`.
+    fn spread_gen_ports(&mut self, n: usize, first_port: u16) -> Result<()> {
+        let ports: Vec<u16> = (0..n).map(|i| first_port.wrapping_add(i as u16)).collect();
+        self.bpf.set_gen_ports(&ports)
+    }
+
     /// The generator's own CPU time per frame: one step as fast as it goes with
     /// `bench_drop` on the relay's veth, so that each frame ends where a relay's work
     /// would begin. The XDP paths run inside the generator's calls, on its CPU, so
@@ -1351,8 +1358,7 @@ impl Bench<'_> {
         let first_port = self.next_port;
         self.gen_cfg = self.gen_config(n, first_port)?;
         if self.args.direction.to_client() {
-            let ports: Vec<u16> = (0..n).map(|i| first_port.wrapping_add(i as u16)).collect();
-            self.bpf.set_gen_ports(&ports)?;
+            self.spread_gen_ports(n, first_port)?;
         }
         self.bpf
             .attach(&self.topo.relay, &self.rx_dev, common::PROG_DROP)?;
@@ -1362,6 +1368,7 @@ impl Bench<'_> {
         } else {
             self.args.step_seconds
         };
+        // Steal is judged on the generator's CPU, as for the XDP paths (the floor's rule).
         let step = self.step_unstolen(Path4::Floor, 0, secs);
         self.bpf.detach(common::PROG_DROP)?;
         let s = step?;
@@ -1397,8 +1404,7 @@ impl Bench<'_> {
             if to_client {
                 // The floor relays to the relayed address's any port: spread the load
                 // over as many as there are allocations, as for the relays.
-                let ports: Vec<u16> = (0..n).map(|i| first_port.wrapping_add(i as u16)).collect();
-                self.bpf.set_gen_ports(&ports)?;
+                self.spread_gen_ports(n, first_port)?;
             }
             return self.search(path, n);
         }
