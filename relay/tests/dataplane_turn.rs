@@ -95,6 +95,16 @@ fn start(choice: BackendChoice, workers: usize) -> Server {
 }
 
 fn start_on(choice: BackendChoice, workers: usize, udp: SocketAddr) -> Server {
+    start_with_quotas(choice, workers, udp, Quotas::new(100, 1000))
+}
+
+/// [`start_on`] with its own allocation quotas.
+fn start_with_quotas(
+    choice: BackendChoice,
+    workers: usize,
+    udp: SocketAddr,
+    quotas: Quotas,
+) -> Server {
     let dir = TempDir::new("turn-test");
     let cert = write_cert(&dir, "a");
     let tls = Arc::new(TlsReloader::load(&cert.cert, &cert.key).expect("certificate loads"));
@@ -115,7 +125,7 @@ fn start_on(choice: BackendChoice, workers: usize, udp: SocketAddr) -> Server {
             secrets: vec![],
         },
         Arc::new(policy),
-        Arc::new(Quotas::new(100, 1000)),
+        Arc::new(quotas),
     );
     let config = TurnConfig {
         relay_ipv4: Some("127.0.0.1".parse().unwrap()),
@@ -982,6 +992,67 @@ fn io_uring_ipv6_relay() {
 #[test]
 fn portable_ipv6_relay() {
     with_backend(BackendChoice::Portable, ipv6_relay);
+}
+
+/// `relay allocations` on a worker with more allocations than one listing slice (256 per
+/// loop round, `turn::listing_job`): every allocation is listed once, and the worker keeps
+/// building the listing round after round instead of waiting for traffic between slices.
+fn listing_spans_slices(choice: BackendChoice) {
+    const N: usize = 800;
+    raise_fd_limit(N as u64 + 256);
+    let server = start_with_quotas(
+        choice,
+        1,
+        "127.0.0.1:0".parse().unwrap(),
+        Quotas::new(N as u32, N as u32),
+    );
+    let udp = server.dp.listen()[0];
+    let mut clients: Vec<Client> = (0..N).map(|_| Client::new(Link::udp(udp))).collect();
+    let mut relayed: Vec<SocketAddr> = clients.iter_mut().map(|c| c.allocate().0).collect();
+    relayed.sort();
+    // An idle worker only wakes every 100 ms (its wait timeout) to see a command, so an
+    // answer takes up to that long; had it gone back to waiting between its 4 slices,
+    // the answer would take at least 300 ms. The quickest of three answers decides.
+    let mut quickest = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let listed = server.dp.allocations(Some(USER), None);
+        quickest = quickest.min(t.elapsed());
+        let mut got: Vec<SocketAddr> = listed.iter().flat_map(|a| a.relayed.clone()).collect();
+        got.sort();
+        assert_eq!(got.len(), N, "every allocation listed once");
+        assert_eq!(got, relayed);
+    }
+    assert!(
+        quickest < Duration::from_millis(250),
+        "the listing took {quickest:?}: the worker waited between slices"
+    );
+    drop(clients);
+}
+
+/// Lifts this process's open-file limit to at least `n` (within its hard limit).
+fn raise_fd_limit(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    if lim.rlim_cur < n {
+        lim.rlim_cur = n.min(lim.rlim_max);
+        // SAFETY: setrlimit reads one rlimit from `lim`.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    }
+}
+
+#[test]
+fn io_uring_listing_spans_slices() {
+    with_backend(BackendChoice::IoUring, listing_spans_slices);
+}
+
+#[test]
+fn portable_listing_spans_slices() {
+    with_backend(BackendChoice::Portable, listing_spans_slices);
 }
 
 /// Many TCP clients connecting at once are all accepted and served (accept bursts are

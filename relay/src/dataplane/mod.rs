@@ -42,6 +42,7 @@ pub use xsk_path::{XskCounts, XskInterface, XskSetup};
 use crate::config::BackendChoice;
 use crate::stun::binding::{self, DropReason, Reply};
 use crate::tls::{TlsError, TlsReloader};
+use crate::turn::listing_job::ListingFilter;
 use crate::turn::snapshot::SavedAllocation;
 use crate::turn::{AllocationInfo, KickTarget, Shared, TurnConfig, TurnStats};
 
@@ -562,8 +563,10 @@ impl Dataplane {
     pub fn allocations(&self, user: Option<&str>, addr: Option<SocketAddr>) -> Vec<AllocationInfo> {
         let mut all: Vec<AllocationInfo> = self
             .ask_all(|reply| WorkerCommand::Allocations {
-                user: user.map(str::to_owned),
-                addr,
+                filter: ListingFilter {
+                    user: user.map(str::to_owned),
+                    addr,
+                },
                 reply,
             })
             .into_iter()

@@ -29,6 +29,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::policy::QuotaTicket;
 use crate::tls::{ReadStatus, TlsReloader, TlsStream};
+use crate::turn::listing_job::{ListingFilter, ListingJob};
 use crate::turn::snapshot::SavedAllocation;
 use crate::turn::snapshot_job::SnapshotJob;
 use crate::turn::{
@@ -264,13 +265,11 @@ impl Reservations {
 /// A request from the control plane to one worker, answered within one loop iteration.
 #[derive(Debug)]
 pub enum WorkerCommand {
-    /// The allocations of this worker matching the filter.
+    /// The allocations of this worker matching the filter, built a slice per loop round
+    /// (`turn::listing_job`).
     Allocations {
-        /// Only this user.
-        user: Option<String>,
-        /// Only allocations whose client, server or relayed address has this IP (and port,
-        /// when non-zero).
-        addr: Option<SocketAddr>,
+        /// Which allocations to list.
+        filter: ListingFilter,
         /// Where to answer.
         reply: mpsc::Sender<Vec<AllocationInfo>>,
     },
@@ -1117,12 +1116,18 @@ pub(super) struct TurnIo {
     xsk_request: Option<XskRequest>,
     /// The state snapshot being taken, and who waits for it.
     snapshot: Option<(SnapshotJob, Vec<mpsc::Sender<Vec<SavedAllocation>>>)>,
+    /// Listings being built (the first one advances), and who waits for each.
+    listings: VecDeque<(ListingJob, mpsc::Sender<Vec<AllocationInfo>>)>,
 }
 
 /// Allocations a state snapshot in progress takes per loop round: about half a
 /// millisecond of work (2 µs each were measured with 10 000 allocations), so a save never
 /// holds up the packets for long (`turn::snapshot_job`).
 const SNAPSHOT_SLICE: usize = 256;
+
+/// Allocations a listing in progress looks at per loop round: a row costs about what a
+/// snapshot record does (`turn::listing_job`), so the same bound.
+const LISTING_SLICE: usize = SNAPSHOT_SLICE;
 
 impl TurnIo {
     pub(super) fn new(
@@ -1177,6 +1182,7 @@ impl TurnIo {
             xsk_capable: false,
             xsk_request: None,
             snapshot: None,
+            listings: VecDeque::new(),
         })
     }
 
@@ -1485,7 +1491,10 @@ impl TurnIo {
     /// Whether some connection waits in [`TurnIo::retry_pending`] (the loop should not
     /// block).
     pub(super) fn has_pending(&self) -> bool {
-        !self.pending_read.is_empty() || !self.pending_accept.is_empty() || self.snapshot.is_some()
+        !self.pending_read.is_empty()
+            || !self.pending_accept.is_empty()
+            || self.snapshot.is_some()
+            || !self.listings.is_empty()
     }
 
     /// Connection `token` is readable: read, cut into messages, hand them to the core.
@@ -1616,6 +1625,7 @@ impl TurnIo {
             self.command(cmd);
         }
         self.continue_snapshot();
+        self.continue_listing();
         if self.now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
             self.last_sweep = self.now;
             self.relays.borrow_mut().expire_reservations(self.now);
@@ -1632,6 +1642,20 @@ impl TurnIo {
             self.sweep_connections();
             // Kernel-relayed traffic into the allocations' counters (and byte quotas).
             self.server.fold_fast_counters(self.now);
+        }
+    }
+
+    /// Takes the next slice of the first listing in progress; answers once it is done.
+    fn continue_listing(&mut self) {
+        let Some((job, _)) = self.listings.front_mut() else {
+            return;
+        };
+        if !self.server.listing_step(job, self.now, LISTING_SLICE) {
+            return;
+        }
+        if let Some((job, reply)) = self.listings.pop_front() {
+            // The asker may have given up waiting: nothing to do then.
+            let _ = reply.send(job.into_rows());
         }
     }
 
@@ -1683,14 +1707,9 @@ impl TurnIo {
 
     fn command(&mut self, cmd: WorkerCommand) {
         match cmd {
-            WorkerCommand::Allocations { user, addr, reply } => {
-                let list = self
-                    .server
-                    .allocations(self.now)
-                    .filter(|a| user.as_ref().is_none_or(|u| &a.user == u))
-                    .filter(|a| addr.is_none_or(|f| allocation_matches(a, f)))
-                    .collect();
-                let _ = reply.send(list);
+            WorkerCommand::Allocations { filter, reply } => {
+                let job = self.server.listing_begin(filter);
+                self.listings.push_back((job, reply));
             }
             WorkerCommand::Kick { target, reply } => {
                 let mut ports = Ports(&self.relays);
@@ -1743,11 +1762,6 @@ impl TurnIo {
             self.close_conn(t);
         }
     }
-}
-
-fn allocation_matches(a: &AllocationInfo, f: SocketAddr) -> bool {
-    let hit = |s: &SocketAddr| s.ip() == f.ip() && (f.port() == 0 || s.port() == f.port());
-    hit(&a.client) || hit(&a.server) || a.relayed.iter().any(hit)
 }
 
 enum ReadOutcome {

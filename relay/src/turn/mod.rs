@@ -49,6 +49,7 @@ pub mod fast;
 mod forward;
 pub mod framing;
 mod handlers;
+pub mod listing_job;
 pub mod nonce;
 pub mod server;
 mod slot_map;

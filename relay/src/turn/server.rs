@@ -585,33 +585,38 @@ impl TurnServer {
 
     /// The allocations of this server, as of `now`.
     pub fn allocations(&self, now: Instant) -> impl Iterator<Item = AllocationInfo> + '_ {
-        self.allocs.iter().map(move |(&id, a)| {
-            let traffic = self.fwd.traffic(id, a);
-            AllocationInfo {
-                user: a.username.clone(),
-                client: a.tuple.client,
-                server: a.tuple.server,
-                transport: a.tuple.transport,
-                relayed: a.relayed().map(|r| r.addr).collect(),
-                expires_in_s: a.expires.saturating_duration_since(now).as_secs(),
-                permissions: a
-                    .permissions
-                    .iter()
-                    .filter(|&(_, &e)| e > now)
-                    .map(|(ip, _)| *ip)
-                    .collect(),
-                channels: a
-                    .channels
-                    .iter()
-                    .filter(|(_, c)| c.expires > now)
-                    .map(|(n, c)| (*n, c.peer))
-                    .collect(),
-                packets_to_peer: traffic.packets_to_peer,
-                bytes_to_peer: traffic.bytes_to_peer,
-                packets_to_client: traffic.packets_to_client,
-                bytes_to_client: traffic.bytes_to_client,
-            }
-        })
+        self.allocs
+            .iter()
+            .map(move |(&id, a)| self.allocation_info(id, a, now))
+    }
+
+    /// Allocation `id` (`a`) as `relay allocations` shows it, as of `now`.
+    pub(super) fn allocation_info(&self, id: u64, a: &Allocation, now: Instant) -> AllocationInfo {
+        let traffic = self.fwd.traffic(id, a);
+        AllocationInfo {
+            user: a.username.clone(),
+            client: a.tuple.client,
+            server: a.tuple.server,
+            transport: a.tuple.transport,
+            relayed: a.relayed().map(|r| r.addr).collect(),
+            expires_in_s: a.expires.saturating_duration_since(now).as_secs(),
+            permissions: a
+                .permissions
+                .iter()
+                .filter(|&(_, &e)| e > now)
+                .map(|(ip, _)| *ip)
+                .collect(),
+            channels: a
+                .channels
+                .iter()
+                .filter(|(_, c)| c.expires > now)
+                .map(|(n, c)| (*n, c.peer))
+                .collect(),
+            packets_to_peer: traffic.packets_to_peer,
+            bytes_to_peer: traffic.bytes_to_peer,
+            packets_to_client: traffic.packets_to_client,
+            bytes_to_client: traffic.bytes_to_client,
+        }
     }
 
     /// Deletes the allocations matching `target`; returns how many.
