@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
             transport: CandidateTransport::Udp,
         }],
     );
-    params.data_channels = data.len() % 2 == 0;
+    params.data_channels = data.len().is_multiple_of(2);
     if let Ok(answer) = sdp::answer(&offer, &params) {
         let text = answer.to_string();
         if text.len() > sdp::MAX_SDP_LEN {
