@@ -400,7 +400,7 @@ impl Harness {
             method::ALLOCATE,
             Class::Request,
             &[
-                transport[0].clone(),
+                transport[0],
                 Attribute::Other {
                     attr_type: attrs::ADDITIONAL_ADDRESS_FAMILY,
                     value: &v6,
@@ -413,7 +413,7 @@ impl Harness {
             method::ALLOCATE,
             Class::Request,
             &[
-                transport[0].clone(),
+                transport[0],
                 Attribute::Other {
                     attr_type: attrs::EVEN_PORT,
                     value: &reserve,
