@@ -101,37 +101,7 @@ mod tests {
     use super::*;
     use crate::stun::Class;
     use crate::turn::attrs::{self, method};
-    use crate::turn::tests::{Client, World, allocate, bind, class_of, peer, udp_tuple, world};
-    use crate::turn::{FiveTuple, Transport};
-
-    fn client(i: u16, user: &str) -> Client {
-        let password = if user == "bob" {
-            "builder"
-        } else {
-            "wonderland"
-        };
-        let tuple = FiveTuple {
-            client: SocketAddr::new(udp_tuple().client.ip(), 40_000 + i),
-            server: udp_tuple().server,
-            transport: Transport::Udp,
-        };
-        Client::new(tuple, user, password)
-    }
-
-    /// `n` allocations of `user`, numbered from `from`, each with a channel to `peer()`.
-    fn clients(w: &mut World, from: u16, n: u16, user: &str) -> Vec<Client> {
-        (from..from + n)
-            .map(|i| {
-                let mut c = client(i, user);
-                assert_eq!(class_of(&allocate(w, &mut c, &[])), Class::SuccessResponse);
-                assert_eq!(
-                    class_of(&bind(w, &mut c, 0x4000 + i, peer())),
-                    Class::SuccessResponse
-                );
-                c
-            })
-            .collect()
-    }
+    use crate::turn::tests::{World, class_of, numbered_clients, world};
 
     fn sorted(mut v: Vec<AllocationInfo>) -> Vec<AllocationInfo> {
         v.sort_by_key(|a| a.client);
@@ -151,7 +121,7 @@ mod tests {
     #[test]
     fn a_job_in_slices_lists_what_one_pass_lists() {
         let mut w = world();
-        clients(&mut w, 0, 7, "alice");
+        numbered_clients(&mut w, 0, 7, "alice");
         let whole: Vec<_> = w.server.allocations(w.now).collect();
         assert_eq!(whole.len(), 7);
         assert!(whole.iter().all(|a| a.channels.len() == 1));
@@ -164,7 +134,7 @@ mod tests {
     #[test]
     fn a_slice_takes_no_more_than_asked() {
         let mut w = world();
-        clients(&mut w, 0, 5, "alice");
+        numbered_clients(&mut w, 0, 5, "alice");
         let mut job = w.server.listing_begin(ListingFilter::default());
         assert!(!w.server.listing_step(&mut job, w.now, 2));
         assert_eq!(job.rows.len(), 2);
@@ -177,7 +147,7 @@ mod tests {
     #[test]
     fn allocations_deleted_during_a_job_are_left_out_and_new_ones_not_listed() {
         let mut w = world();
-        let mut cs = clients(&mut w, 0, 4, "alice");
+        let mut cs = numbered_clients(&mut w, 0, 4, "alice");
         let mut job = w.server.listing_begin(ListingFilter::default());
         assert!(!w.server.listing_step(&mut job, w.now, 1));
         let taken = job.rows[0].client;
@@ -192,7 +162,7 @@ mod tests {
         );
         assert_eq!(class_of(&w.one(&gone.tuple, &req)), Class::SuccessResponse);
         let gone = gone.tuple.client;
-        let fresh = clients(&mut w, 10, 1, "alice")[0].tuple.client;
+        let fresh = numbered_clients(&mut w, 10, 1, "alice")[0].tuple.client;
         w.advance(Duration::from_secs(1));
         run(&w, &mut job, 10);
         let rows = job.into_rows();
@@ -204,8 +174,8 @@ mod tests {
     #[test]
     fn the_filter_keeps_a_user_or_an_address() {
         let mut w = world();
-        clients(&mut w, 0, 3, "alice");
-        let bob = clients(&mut w, 3, 2, "bob");
+        numbered_clients(&mut w, 0, 3, "alice");
+        let bob = numbered_clients(&mut w, 3, 2, "bob");
         let by_user = ListingFilter {
             user: Some("bob".into()),
             addr: None,

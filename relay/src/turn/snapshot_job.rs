@@ -123,36 +123,11 @@ mod tests {
     use crate::stun::Class;
     use crate::turn::attrs::{self, method};
     use crate::turn::tests::{
-        Client, World, allocate, bind, class_of, peer, permit, udp_tuple, world,
+        Client, World, allocate, class_of, numbered_client, numbered_clients, permit, world,
     };
-    use crate::turn::{FiveTuple, Transport};
 
     fn clock(w: &World) -> MonoClock {
         MonoClock::new(w.t0, 9_000_000_000_000)
-    }
-
-    fn client(i: u16) -> Client {
-        let tuple = FiveTuple {
-            client: SocketAddr::new(udp_tuple().client.ip(), 40_000 + i),
-            server: udp_tuple().server,
-            transport: Transport::Udp,
-        };
-        Client::new(tuple, "alice", "wonderland")
-    }
-
-    /// `n` allocations, each with a channel to `peer()`.
-    fn clients(w: &mut World, n: u16) -> Vec<Client> {
-        (0..n)
-            .map(|i| {
-                let mut c = client(i);
-                assert_eq!(class_of(&allocate(w, &mut c, &[])), Class::SuccessResponse);
-                assert_eq!(
-                    class_of(&bind(w, &mut c, 0x4000 + i, peer())),
-                    Class::SuccessResponse
-                );
-                c
-            })
-            .collect()
     }
 
     fn sorted(mut v: Vec<SavedAllocation>) -> Vec<SavedAllocation> {
@@ -171,7 +146,7 @@ mod tests {
     #[test]
     fn a_job_in_slices_takes_what_one_pass_takes() {
         let mut w = world();
-        clients(&mut w, 7);
+        numbered_clients(&mut w, 0, 7, "alice");
         let c = clock(&w);
         let whole = w.server.snapshot(w.now, &c);
         assert_eq!(whole.len(), 7);
@@ -193,7 +168,7 @@ mod tests {
     #[test]
     fn allocations_changed_created_or_deleted_during_a_job_are_taken_as_they_end() {
         let mut w = world();
-        let mut cs = clients(&mut w, 4);
+        let mut cs = numbered_clients(&mut w, 0, 4, "alice");
         let c = clock(&w);
         let mut job = w.server.snapshot_begin();
         // The first two are taken; then the first gets a new permission, the second is
@@ -205,7 +180,7 @@ mod tests {
             Class::SuccessResponse
         );
         delete(&mut w, &mut cs[1]);
-        let mut fifth = client(4);
+        let mut fifth = numbered_client(4, "alice");
         assert_eq!(
             class_of(&allocate(&mut w, &mut fifth, &[])),
             Class::SuccessResponse
@@ -227,7 +202,7 @@ mod tests {
     #[test]
     fn an_allocation_that_expires_during_a_job_is_left_out() {
         let mut w = world();
-        clients(&mut w, 2);
+        numbered_clients(&mut w, 0, 2, "alice");
         let c = clock(&w);
         let mut job = w.server.snapshot_begin();
         // Past every lifetime, without the timers having run: the deadline alone

@@ -208,6 +208,38 @@ pub(super) fn peer() -> SocketAddr {
     "203.0.113.5:7000".parse().expect("addr")
 }
 
+/// Client `i` of `user` ("alice" or "bob", with the password [`creds`] gives them) on UDP
+/// port 40 000 + `i` of the usual client address.
+pub(super) fn numbered_client(i: u16, user: &str) -> Client {
+    let tuple = FiveTuple {
+        client: SocketAddr::new(udp_tuple().client.ip(), 40_000 + i),
+        server: udp_tuple().server,
+        transport: Transport::Udp,
+    };
+    let password = if user == "bob" {
+        "builder"
+    } else {
+        "wonderland"
+    };
+    Client::new(tuple, user, password)
+}
+
+/// `n` allocations of `user` from clients numbered from `from`, each with channel
+/// 0x4000 + its number bound to [`peer`].
+pub(super) fn numbered_clients(w: &mut World, from: u16, n: u16, user: &str) -> Vec<Client> {
+    (from..from + n)
+        .map(|i| {
+            let mut c = numbered_client(i, user);
+            assert_eq!(class_of(&allocate(w, &mut c, &[])), Class::SuccessResponse);
+            assert_eq!(
+                class_of(&bind(w, &mut c, 0x4000 + i, peer())),
+                Class::SuccessResponse
+            );
+            c
+        })
+        .collect()
+}
+
 impl World {
     pub fn advance(&mut self, d: Duration) {
         self.now += d;
