@@ -18,6 +18,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::id_cursor::IdCursor;
 use super::{AllocationInfo, TurnServer};
 
 /// Which allocations a listing keeps.
@@ -45,10 +46,8 @@ impl ListingFilter {
 /// A listing in progress (see the module doc).
 #[derive(Debug)]
 pub struct ListingJob {
-    /// The allocations when the job began.
-    ids: Vec<u64>,
-    /// How many of `ids` were looked at.
-    next: usize,
+    /// The allocations when the job began, and how many were looked at.
+    ids: IdCursor,
     filter: ListingFilter,
     /// The rows taken so far.
     rows: Vec<AllocationInfo>,
@@ -57,7 +56,7 @@ pub struct ListingJob {
 impl ListingJob {
     /// Whether every allocation listed at the start was looked at.
     pub fn is_done(&self) -> bool {
-        self.next >= self.ids.len()
+        self.ids.is_done()
     }
 
     /// The rows, in no particular order.
@@ -70,8 +69,7 @@ impl TurnServer {
     /// Starts a listing of the allocations `filter` keeps.
     pub fn listing_begin(&self, filter: ListingFilter) -> ListingJob {
         ListingJob {
-            ids: self.allocs.keys().copied().collect(),
-            next: 0,
+            ids: IdCursor::new(self.allocs.keys().copied().collect()),
             filter,
             rows: Vec::new(),
         }
@@ -79,8 +77,7 @@ impl TurnServer {
 
     /// Looks at up to `max` more allocations of `job`, as of `now`; true when it is done.
     pub fn listing_step(&self, job: &mut ListingJob, now: Instant, max: usize) -> bool {
-        let end = job.ids.len().min(job.next.saturating_add(max));
-        for &id in &job.ids[job.next..end] {
+        for &id in job.ids.next_slice(max) {
             let Some(a) = self.allocs.get(&id) else {
                 continue;
             };
@@ -89,7 +86,6 @@ impl TurnServer {
                 job.rows.push(row);
             }
         }
-        job.next = end;
         job.is_done()
     }
 }

@@ -49,6 +49,7 @@ pub mod fast;
 mod forward;
 pub mod framing;
 mod handlers;
+mod id_cursor;
 pub mod listing_job;
 pub mod nonce;
 pub mod server;

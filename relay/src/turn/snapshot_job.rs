@@ -20,16 +20,15 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
+use super::id_cursor::IdCursor;
 use super::snapshot::SavedAllocation;
 use super::{MonoClock, Transport, TurnServer};
 
 /// A snapshot in progress (see the module doc).
 #[derive(Debug)]
 pub struct SnapshotJob {
-    /// The UDP allocations when the job began, in id order.
-    ids: Vec<u64>,
-    /// How many of `ids` were taken.
-    next: usize,
+    /// The UDP allocations when the job began, in id order, and how many were taken.
+    ids: IdCursor,
     /// The records taken, with their allocation ids.
     taken: Vec<(u64, SavedAllocation)>,
 }
@@ -37,7 +36,7 @@ pub struct SnapshotJob {
 impl SnapshotJob {
     /// Whether every allocation listed at the start was taken (the job may finish).
     pub fn is_done(&self) -> bool {
-        self.next >= self.ids.len()
+        self.ids.is_done()
     }
 }
 
@@ -56,8 +55,7 @@ impl TurnServer {
         self.snapshot_touched = Some(HashSet::new());
         SnapshotJob {
             taken: Vec::with_capacity(ids.len()),
-            ids,
-            next: 0,
+            ids: IdCursor::new(ids),
         }
     }
 
@@ -69,15 +67,14 @@ impl TurnServer {
         clock: &MonoClock,
         max: usize,
     ) -> bool {
-        let end = job.ids.len().min(job.next.saturating_add(max));
-        if job.next < end {
+        let ids = job.ids.next_slice(max);
+        if !ids.is_empty() {
             let realm = self.shared.credentials().realm.clone();
-            for &id in &job.ids[job.next..end] {
+            for &id in ids {
                 if let Some(s) = self.saved_allocation(id, now, clock, &realm) {
                     job.taken.push((id, s));
                 }
             }
-            job.next = end;
         }
         job.is_done()
     }
