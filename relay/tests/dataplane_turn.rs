@@ -994,10 +994,12 @@ fn portable_ipv6_relay() {
     with_backend(BackendChoice::Portable, ipv6_relay);
 }
 
-/// `relay allocations` on a worker with more allocations than one listing slice (256 per
-/// loop round, `turn::listing_job`): every allocation is listed once, and the worker keeps
-/// building the listing round after round instead of waiting for traffic between slices.
-fn listing_spans_slices(choice: BackendChoice) {
+/// `relay allocations` and `relay kick` on a worker with more allocations than one slice
+/// (a listing looks at 256 per loop round, `turn::listing_job`; a kick deletes 64,
+/// `turn::kick_job`): every allocation is listed once, then every one is kicked once, and
+/// the worker carries either job on round after round instead of waiting for traffic
+/// between slices.
+fn listing_and_kick_span_slices(choice: BackendChoice) {
     const N: usize = 800;
     raise_fd_limit(N as u64 + 256);
     let server = start_with_quotas(
@@ -1027,6 +1029,21 @@ fn listing_spans_slices(choice: BackendChoice) {
         quickest < Duration::from_millis(250),
         "the listing took {quickest:?}: the worker waited between slices"
     );
+    // 13 kick slices; waiting 100 ms between them would take over a second (checked on
+    // the portable backend: 1.3 s. The io_uring one is woken between slices anyway, by
+    // the completions of the relayed sockets each slice closes).
+    let t = Instant::now();
+    assert_eq!(server.dp.kick(&KickTarget::User(USER.into())), N);
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(250),
+        "the kick took {took:?}: the worker waited between slices"
+    );
+    assert!(server.dp.allocations(None, None).is_empty());
+    assert_eq!(server.dp.kick(&KickTarget::User(USER.into())), 0);
+    // The user's quota (N) was given back: a kicked client allocates again.
+    assert!(!clients[0].allocate().0.ip().is_unspecified());
+    assert_eq!(server.dp.allocations(Some(USER), None).len(), 1);
     drop(clients);
 }
 
@@ -1046,13 +1063,13 @@ fn raise_fd_limit(n: u64) {
 }
 
 #[test]
-fn io_uring_listing_spans_slices() {
-    with_backend(BackendChoice::IoUring, listing_spans_slices);
+fn io_uring_listing_and_kick_span_slices() {
+    with_backend(BackendChoice::IoUring, listing_and_kick_span_slices);
 }
 
 #[test]
-fn portable_listing_spans_slices() {
-    with_backend(BackendChoice::Portable, listing_spans_slices);
+fn portable_listing_and_kick_span_slices() {
+    with_backend(BackendChoice::Portable, listing_and_kick_span_slices);
 }
 
 /// Many TCP clients connecting at once are all accepted and served (accept bursts are

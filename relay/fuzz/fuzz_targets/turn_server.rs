@@ -2,7 +2,8 @@
 //! TURN request, indication and relayed datagram) with sequences of operations: raw
 //! datagrams from clients, authenticated requests built around fuzzed attributes (random
 //! bytes alone never pass MESSAGE-INTEGRITY), ChannelData, datagrams from peers, time
-//! jumps, kicks and closed connections. Raw bytes on the stream client's tuple are cut
+//! jumps, kicks (carried out a slice at a time, as a worker does, with other operations
+//! in between) and closed connections. Raw bytes on the stream client's tuple are cut
 //! into frames by `relay::turn::framing::frame_len`, as the workers cut TCP and TLS.
 //!
 //! It must never panic, and:
@@ -30,6 +31,7 @@ use relay::stun::{Attribute, Class, Message, MessageBuilder, MessageType, Method
 use relay::turn::attrs::{self, method};
 use relay::turn::auth::{Credentials, PasswordAlgorithm, long_term_key};
 use relay::turn::framing::frame_len;
+use relay::turn::kick_job::KickJob;
 use relay::turn::server::TurnServer;
 use relay::turn::{
     FiveTuple, IpFamily, KickTarget, PortError, PortRequest, RelayHandle, RelayPorts, Shared,
@@ -131,6 +133,8 @@ struct Harness {
     key: Vec<u8>,
     now: Instant,
     wall: SystemTime,
+    /// A kick in progress: one allocation deleted per kick operation.
+    kick: Option<KickJob>,
 }
 
 /// Peers the operations pick from: two the set-up permits, the first one's IP on
@@ -226,6 +230,7 @@ impl Harness {
             .to_vec(),
             now: Instant::now(),
             wall: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            kick: None,
         }
     }
 
@@ -518,21 +523,44 @@ impl Harness {
         self.check();
     }
 
+    /// Begins a kick, or takes the next slice (one allocation) of the one in progress.
     fn kick(&mut self, sel: u8) {
-        let target = match sel % 3 {
-            0 => KickTarget::User(USER.into()),
-            1 => KickTarget::Client(self.sessions[usize::from(sel >> 2) % 3].tuple.client),
-            _ => match self.ports.open.values().next() {
-                Some(a) => KickTarget::Relay(*a),
-                None => return,
-            },
+        let mut job = match self.kick.take() {
+            Some(job) => job,
+            None => {
+                let target = match sel % 3 {
+                    0 => KickTarget::User(USER.into()),
+                    1 => KickTarget::Client(self.sessions[usize::from(sel >> 2) % 3].tuple.client),
+                    _ => match self.ports.open.values().next() {
+                        Some(a) => KickTarget::Relay(*a),
+                        None => return,
+                    },
+                };
+                self.server.kick_begin(&target)
+            }
         };
-        self.server.kick(&target, &mut self.ports);
+        let before = job.kicked();
+        let mut tuples = Vec::new();
+        let done = self
+            .server
+            .kick_step(&mut job, &mut self.ports, 1, &mut tuples);
+        assert_eq!(
+            job.kicked() - before,
+            tuples.len(),
+            "one tuple per kicked allocation"
+        );
+        assert!(tuples.len() <= 1, "a slice of 1 deleted {}", tuples.len());
+        if !done {
+            self.kick = Some(job);
+        }
         self.check();
     }
 
     /// Everything kicked and every reservation expired: nothing may be left open.
     fn tear_down(&mut self) {
+        while self.kick.is_some() {
+            self.kick(0);
+        }
         self.server
             .kick(&KickTarget::User(USER.into()), &mut self.ports);
         self.check();

@@ -29,6 +29,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::policy::QuotaTicket;
 use crate::tls::{ReadStatus, TlsReloader, TlsStream};
+use crate::turn::kick_job::KickJob;
 use crate::turn::listing_job::{ListingFilter, ListingJob};
 use crate::turn::snapshot::SavedAllocation;
 use crate::turn::snapshot_job::SnapshotJob;
@@ -273,7 +274,8 @@ pub enum WorkerCommand {
         /// Where to answer.
         reply: mpsc::Sender<Vec<AllocationInfo>>,
     },
-    /// Deletes matching allocations; answers how many.
+    /// Deletes matching allocations, a slice per loop round (`turn::kick_job`); answers
+    /// how many.
     Kick {
         /// What to delete.
         target: KickTarget,
@@ -1118,6 +1120,10 @@ pub(super) struct TurnIo {
     snapshot: Option<(SnapshotJob, Vec<mpsc::Sender<Vec<SavedAllocation>>>)>,
     /// Listings being built (the first one advances), and who waits for each.
     listings: VecDeque<(ListingJob, mpsc::Sender<Vec<AllocationInfo>>)>,
+    /// Kicks in progress (the first one advances), and who waits for each.
+    kicks: VecDeque<(KickJob, mpsc::Sender<usize>)>,
+    /// The kicked clients' 5-tuples of the current slice (reused).
+    kicked: Vec<FiveTuple>,
 }
 
 /// Allocations a state snapshot in progress takes per loop round: about half a
@@ -1128,6 +1134,11 @@ const SNAPSHOT_SLICE: usize = 256;
 /// Allocations a listing in progress looks at per loop round: a row costs about what a
 /// snapshot record does (`turn::listing_job`), so the same bound.
 const LISTING_SLICE: usize = SNAPSHOT_SLICE;
+
+/// Allocations a kick in progress deletes per loop round: about 0.5 µs each in
+/// userspace, several times that with kernel rules to delete by syscall, so a quarter of
+/// a listing slice keeps a round near the same bound (`turn::kick_job`).
+const KICK_SLICE: usize = 64;
 
 impl TurnIo {
     pub(super) fn new(
@@ -1183,6 +1194,8 @@ impl TurnIo {
             xsk_request: None,
             snapshot: None,
             listings: VecDeque::new(),
+            kicks: VecDeque::new(),
+            kicked: Vec::new(),
         })
     }
 
@@ -1495,6 +1508,7 @@ impl TurnIo {
             || !self.pending_accept.is_empty()
             || self.snapshot.is_some()
             || !self.listings.is_empty()
+            || !self.kicks.is_empty()
     }
 
     /// Connection `token` is readable: read, cut into messages, hand them to the core.
@@ -1626,6 +1640,7 @@ impl TurnIo {
         }
         self.continue_snapshot();
         self.continue_listing();
+        self.continue_kick();
         if self.now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
             self.last_sweep = self.now;
             self.relays.borrow_mut().expire_reservations(self.now);
@@ -1656,6 +1671,31 @@ impl TurnIo {
         if let Some((job, reply)) = self.listings.pop_front() {
             // The asker may have given up waiting: nothing to do then.
             let _ = reply.send(job.into_rows());
+        }
+    }
+
+    /// Deletes the next slice of the first kick in progress; answers once it is done.
+    fn continue_kick(&mut self) {
+        let Some((job, _)) = self.kicks.front_mut() else {
+            return;
+        };
+        let mut ports = Ports(&self.relays);
+        let mut kicked = std::mem::take(&mut self.kicked);
+        let done = self
+            .server
+            .kick_step(job, &mut ports, KICK_SLICE, &mut kicked);
+        // A kicked TCP/TLS client loses its connection too, so it cannot keep using (or
+        // re-allocating over) the session the operator ended.
+        for tuple in kicked.drain(..) {
+            let token = self.streams.borrow().by_tuple.get(&tuple).copied();
+            if let Some(token) = token {
+                self.close_conn(token);
+            }
+        }
+        self.kicked = kicked;
+        if done && let Some((job, reply)) = self.kicks.pop_front() {
+            // The asker may have given up waiting: nothing to do then.
+            let _ = reply.send(job.kicked());
         }
     }
 
@@ -1712,17 +1752,8 @@ impl TurnIo {
                 self.listings.push_back((job, reply));
             }
             WorkerCommand::Kick { target, reply } => {
-                let mut ports = Ports(&self.relays);
-                let kicked = self.server.kick_tuples(&target, &mut ports);
-                // A kicked TCP/TLS client loses its connection too, so it cannot keep
-                // using (or re-allocating over) the session the operator ended.
-                for tuple in &kicked {
-                    let token = self.streams.borrow().by_tuple.get(tuple).copied();
-                    if let Some(token) = token {
-                        self.close_conn(token);
-                    }
-                }
-                let _ = reply.send(kicked.len());
+                let job = self.server.kick_begin(&target);
+                self.kicks.push_back((job, reply));
             }
             WorkerCommand::Stats { reply } => {
                 let _ = reply.send(self.server.stats().clone());

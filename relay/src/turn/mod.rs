@@ -50,6 +50,7 @@ mod forward;
 pub mod framing;
 mod handlers;
 mod id_cursor;
+pub mod kick_job;
 pub mod listing_job;
 pub mod nonce;
 pub mod server;

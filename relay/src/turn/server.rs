@@ -22,8 +22,7 @@ use super::forward::ForwardIndex;
 use super::stats::{AuthFailure, TurnStats};
 use super::timers::{Timer, Timers};
 use super::{
-    AllocationInfo, FiveTuple, IpFamily, KickTarget, RelayHandle, RelayPorts, Shared, Transmit,
-    TurnConfig,
+    AllocationInfo, FiveTuple, IpFamily, RelayHandle, RelayPorts, Shared, Transmit, TurnConfig,
 };
 use crate::stun::attr::{self as sattr, Attribute};
 use crate::stun::binding::{self, Reply};
@@ -617,41 +616,6 @@ impl TurnServer {
             packets_to_client: traffic.packets_to_client,
             bytes_to_client: traffic.bytes_to_client,
         }
-    }
-
-    /// Deletes the allocations matching `target`; returns how many.
-    pub fn kick(&mut self, target: &KickTarget, ports: &mut impl RelayPorts) -> usize {
-        self.kick_tuples(target, ports).len()
-    }
-
-    /// Deletes the allocations matching `target` and returns their clients' 5-tuples, so
-    /// that the IO layer can also close the TCP/TLS connections of kicked stream clients.
-    pub fn kick_tuples(
-        &mut self,
-        target: &KickTarget,
-        ports: &mut impl RelayPorts,
-    ) -> Vec<FiveTuple> {
-        let ids: Vec<u64> = self
-            .allocs
-            .iter()
-            .filter(|(_, a)| match target {
-                KickTarget::User(u) => {
-                    a.username == *u || super::auth::user_part(&a.username) == u.as_str()
-                }
-                KickTarget::Client(c) => canonical(a.tuple.client) == canonical(*c),
-                KickTarget::Relay(r) => a.relayed().any(|x| canonical(x.addr) == canonical(*r)),
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        let mut tuples = Vec::with_capacity(ids.len());
-        for id in &ids {
-            if let Some(a) = self.allocs.get(id) {
-                tuples.push(a.tuple);
-            }
-            self.remove(*id, ports);
-            self.stats.allocations_deleted += 1;
-        }
-        tuples
     }
 
     /// Counters of this server.
