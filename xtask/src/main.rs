@@ -463,6 +463,17 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
             "warnings",
         ]),
     )?;
+    // The fuzz targets are linted too (they are outside the workspace). The workspace's
+    // target directory lets them reuse what the clippy run above already checked.
+    run(
+        "clippy fuzz targets",
+        cargo()
+            .args(["clippy", "--manifest-path"])
+            .arg(root.join("relay/fuzz/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir(root))
+            .args(["--bins", "--", "-D", "warnings"]),
+    )?;
     // The end-to-end tests run the `relay` binary; a dependent crate cannot build another
     // package's binary, so build it here and hand its path over.
     run(
