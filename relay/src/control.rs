@@ -215,10 +215,12 @@ pub struct ReloadReport {
 pub trait Commands {
     /// The stats answer.
     fn stats(&self) -> Stats;
-    /// Every live allocation (the control socket applies the filter).
-    fn allocations(&self) -> Vec<AllocationRow>;
-    /// Removes the matching allocations; returns how many went.
-    fn kick(&self, target: &KickTarget) -> usize;
+    /// Every live allocation (the control socket applies the filter), or why the list
+    /// would be incomplete.
+    fn allocations(&self) -> Result<Vec<AllocationRow>, String>;
+    /// Removes the matching allocations; returns how many went, or why that count would
+    /// be incomplete.
+    fn kick(&self, target: &KickTarget) -> Result<usize, String>;
     /// Re-reads the configuration file and applies what can change live (TLS
     /// certificate and key, users and shared secrets, peer policy, quotas) without
     /// dropping allocations. On error nothing is changed.
@@ -233,11 +235,11 @@ impl<F: Fn() -> Stats> Commands for StatsOnly<F> {
     fn stats(&self) -> Stats {
         (self.0)()
     }
-    fn allocations(&self) -> Vec<AllocationRow> {
-        Vec::new()
+    fn allocations(&self) -> Result<Vec<AllocationRow>, String> {
+        Ok(Vec::new())
     }
-    fn kick(&self, _: &KickTarget) -> usize {
-        0
+    fn kick(&self, _: &KickTarget) -> Result<usize, String> {
+        Ok(0)
     }
     fn reload(&self) -> Result<ReloadReport, String> {
         Err("reload is not supported by this daemon".into())
@@ -487,11 +489,12 @@ pub fn answer(line: &str, commands: &dyn Commands) -> String {
                 }
             };
             let filter = AllocationFilter { user: r.user, addr };
-            let rows: Vec<AllocationRow> = commands
-                .allocations()
-                .into_iter()
-                .filter(|row| filter.matches(row))
-                .collect();
+            let rows = match commands.allocations() {
+                Ok(rows) => rows,
+                Err(e) => return error(e),
+            };
+            let rows: Vec<AllocationRow> =
+                rows.into_iter().filter(|row| filter.matches(row)).collect();
             to_json(serde_json::to_string(
                 &serde_json::json!({ "allocations": rows }),
             ))
@@ -514,8 +517,10 @@ pub fn answer(line: &str, commands: &dyn Commands) -> String {
                     );
                 }
             };
-            let n = commands.kick(&target);
-            serde_json::json!({ "kicked": n }).to_string()
+            match commands.kick(&target) {
+                Ok(n) => serde_json::json!({ "kicked": n }).to_string(),
+                Err(e) => error(e),
+            }
         }
         "reload" => match commands.reload() {
             Ok(report) => to_json(serde_json::to_string(&report)),
@@ -647,6 +652,8 @@ mod tests {
 
     struct Fake {
         kicked: std::cell::RefCell<Vec<KickTarget>>,
+        /// Answer as a daemon with a worker that did not answer in time.
+        silent: bool,
     }
 
     fn row(user: &str, client: &str, relayed: &str) -> AllocationRow {
@@ -676,15 +683,21 @@ mod tests {
             });
             s
         }
-        fn allocations(&self) -> Vec<AllocationRow> {
-            vec![
+        fn allocations(&self) -> Result<Vec<AllocationRow>, String> {
+            if self.silent {
+                return Err("1 of 2 worker(s) did not answer".into());
+            }
+            Ok(vec![
                 row("alice", "198.51.100.1:5000", "203.0.113.1:50000"),
                 row("1700000000:bob", "198.51.100.2:5000", "203.0.113.1:50002"),
-            ]
+            ])
         }
-        fn kick(&self, target: &KickTarget) -> usize {
+        fn kick(&self, target: &KickTarget) -> Result<usize, String> {
             self.kicked.borrow_mut().push(target.clone());
-            1
+            if self.silent {
+                return Err("kicked 1 allocation(s) on the workers that answered".into());
+            }
+            Ok(1)
         }
         fn reload(&self) -> Result<ReloadReport, String> {
             Err("tls_cert: cannot read".into())
@@ -694,6 +707,7 @@ mod tests {
     fn fake() -> Fake {
         Fake {
             kicked: std::cell::RefCell::new(Vec::new()),
+            silent: false,
         }
     }
 
@@ -779,6 +793,25 @@ mod tests {
             assert!(answer(bad, &f).contains("error"), "{bad}");
         }
         assert_eq!(f.kicked.borrow().len(), 3, "no kick on a bad request");
+    }
+
+    #[test]
+    fn a_worker_that_does_not_answer_is_an_error_not_a_short_answer() {
+        let f = Fake {
+            silent: true,
+            ..fake()
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&answer("{\"cmd\":\"allocations\"}", &f)).unwrap();
+        assert_eq!(v["error"], "1 of 2 worker(s) did not answer");
+        assert!(v.get("allocations").is_none(), "{v}");
+        let v: serde_json::Value =
+            serde_json::from_str(&answer("{\"cmd\":\"kick\",\"user\":\"alice\"}", &f)).unwrap();
+        assert_eq!(
+            v["error"],
+            "kicked 1 allocation(s) on the workers that answered"
+        );
+        assert!(v.get("kicked").is_none(), "{v}");
     }
 
     #[test]

@@ -669,13 +669,13 @@ fn kick_and_close(choice: BackendChoice) {
     // Kick by user.
     let mut c = Client::new(Link::udp(server.dp.listen()[0]));
     let (relayed, _) = c.allocate();
-    assert_eq!(server.dp.kick(&KickTarget::User(USER.into())), 1);
+    assert_eq!(server.dp.kick(&KickTarget::User(USER.into())), (1, 0));
     assert!(server.dp.allocations(None, Some(relayed)).is_empty());
-    assert_eq!(server.dp.kick(&KickTarget::User(USER.into())), 0);
+    assert_eq!(server.dp.kick(&KickTarget::User(USER.into())), (0, 0));
     // Kicking a TCP client's allocation also closes its connection.
     let mut c = Client::new(Link::tcp(server.dp.listen_tcp()[0]));
     let (relayed, _) = c.allocate();
-    assert_eq!(server.dp.kick(&KickTarget::Relay(relayed)), 1);
+    assert_eq!(server.dp.kick(&KickTarget::Relay(relayed)), (1, 0));
     let Link::Tcp(stream, _) = &mut c.link else {
         unreachable!("a TCP link")
     };
@@ -1033,14 +1033,14 @@ fn listing_and_kick_span_slices(choice: BackendChoice) {
     // the portable backend: 1.3 s. The io_uring one is woken between slices anyway, by
     // the completions of the relayed sockets each slice closes).
     let t = Instant::now();
-    assert_eq!(server.dp.kick(&KickTarget::User(USER.into())), N);
+    assert_eq!(server.dp.kick(&KickTarget::User(USER.into())), (N, 0));
     let took = t.elapsed();
     assert!(
         took < Duration::from_millis(250),
         "the kick took {took:?}: the worker waited between slices"
     );
     assert!(server.dp.allocations(None, None).is_empty());
-    assert_eq!(server.dp.kick(&KickTarget::User(USER.into())), 0);
+    assert_eq!(server.dp.kick(&KickTarget::User(USER.into())), (0, 0));
     // The user's quota (N) was given back: a kicked client allocates again.
     assert!(!clients[0].allocate().0.ip().is_unspecified());
     assert_eq!(server.dp.allocations(Some(USER), None).len(), 1);

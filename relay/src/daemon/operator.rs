@@ -296,9 +296,16 @@ impl Commands for DaemonCommands<'_> {
         s
     }
 
-    fn allocations(&self) -> Vec<AllocationRow> {
-        self.dataplane
-            .allocations(None, None)
+    fn allocations(&self) -> Result<Vec<AllocationRow>, String> {
+        let (rows, silent) = self.dataplane.allocations_answered(None, None);
+        if silent > 0 {
+            return Err(format!(
+                "{silent} of {} worker(s) did not answer within 2 s (busy or stuck; see the \
+                 daemon's log), so the listing would be incomplete; try again",
+                self.dataplane.workers()
+            ));
+        }
+        Ok(rows
             .into_iter()
             .map(|a| AllocationRow {
                 user: a.user,
@@ -314,18 +321,27 @@ impl Commands for DaemonCommands<'_> {
                 packets_to_client: a.packets_to_client,
                 bytes_to_client: a.bytes_to_client,
             })
-            .collect()
+            .collect())
     }
 
-    fn kick(&self, target: &KickTarget) -> usize {
+    fn kick(&self, target: &KickTarget) -> Result<usize, String> {
         let t = match target {
             KickTarget::User(u) => crate::turn::KickTarget::User(u.clone()),
             KickTarget::Client(a) => crate::turn::KickTarget::Client(*a),
             KickTarget::Relayed(a) => crate::turn::KickTarget::Relay(*a),
         };
-        let n = self.dataplane.kick(&t);
-        tracing::info!(target = ?target, kicked = n, "kick from the control socket");
-        n
+        let (n, silent) = self.dataplane.kick(&t);
+        tracing::info!(target = ?target, kicked = n, silent, "kick from the control socket");
+        if silent > 0 {
+            return Err(format!(
+                "kicked {n} allocation(s) on the workers that answered, but {silent} of {} \
+                 worker(s) did not answer within 2 s (busy or stuck; see the daemon's log); \
+                 their part of the kick goes on when they get to it: check with `relay \
+                 allocations`",
+                self.dataplane.workers()
+            ));
+        }
+        Ok(n)
     }
 
     fn reload(&self) -> Result<ReloadReport, String> {

@@ -561,29 +561,38 @@ impl Dataplane {
     /// The allocations of all workers, optionally only of `user` and/or touching `addr`
     /// (its IP, and its port when non-zero, as client, server or relayed address).
     pub fn allocations(&self, user: Option<&str>, addr: Option<SocketAddr>) -> Vec<AllocationInfo> {
-        let mut all: Vec<AllocationInfo> = self
-            .ask_all(|reply| WorkerCommand::Allocations {
+        self.allocations_answered(user, addr).0
+    }
+
+    /// [`Dataplane::allocations`], and how many workers did not answer within
+    /// [`COMMAND_TIMEOUT`] (their allocations are missing from the list).
+    pub fn allocations_answered(
+        &self,
+        user: Option<&str>,
+        addr: Option<SocketAddr>,
+    ) -> (Vec<AllocationInfo>, usize) {
+        let (answers, silent) =
+            self.ask_all_within(COMMAND_TIMEOUT, |reply| WorkerCommand::Allocations {
                 filter: ListingFilter {
                     user: user.map(str::to_owned),
                     addr,
                 },
                 reply,
-            })
-            .into_iter()
-            .flatten()
-            .collect();
+            });
+        let mut all: Vec<AllocationInfo> = answers.into_iter().flatten().collect();
         all.sort_by(|a, b| (a.user.as_str(), a.client).cmp(&(b.user.as_str(), b.client)));
-        all
+        (all, silent)
     }
 
-    /// Deletes the allocations matching `target` on every worker; returns how many.
-    pub fn kick(&self, target: &KickTarget) -> usize {
-        self.ask_all(|reply| WorkerCommand::Kick {
+    /// Deletes the allocations matching `target` on every worker; returns how many, and
+    /// how many workers did not answer within [`COMMAND_TIMEOUT`] (their part of the
+    /// kick goes on, but is not counted).
+    pub fn kick(&self, target: &KickTarget) -> (usize, usize) {
+        let (answers, silent) = self.ask_all_within(COMMAND_TIMEOUT, |reply| WorkerCommand::Kick {
             target: target.clone(),
             reply,
-        })
-        .into_iter()
-        .sum()
+        });
+        (answers.into_iter().sum(), silent)
     }
 
     /// Re-checks every worker's permissions and channels against the (replaced) peer
