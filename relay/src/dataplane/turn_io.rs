@@ -1136,8 +1136,9 @@ const SNAPSHOT_SLICE: usize = 256;
 const LISTING_SLICE: usize = SNAPSHOT_SLICE;
 
 /// Allocations a kick in progress deletes per loop round: about 0.5 µs each in
-/// userspace, several times that with kernel rules to delete by syscall, so a quarter of
-/// a listing slice keeps a round near the same bound (`turn::kick_job`).
+/// userspace, and 8–10 µs more for each channel with kernel rules (its channel and peer
+/// rule removed from the real maps), so 64 keep a round near the half millisecond of a
+/// snapshot slice (`turn::kick_job`).
 const KICK_SLICE: usize = 64;
 
 impl TurnIo {
