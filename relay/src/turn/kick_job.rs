@@ -109,9 +109,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::stun::Class;
-    use crate::turn::attrs::{self, method};
-    use crate::turn::tests::{World, class_of, numbered_clients, world};
+    use crate::turn::tests::{World, numbered_clients, one_gone_one_new, world};
 
     /// Runs `job` in slices of `max`; returns the calls that left work and the tuples.
     fn run(w: &mut World, job: &mut KickJob, max: usize) -> (usize, Vec<FiveTuple>) {
@@ -166,17 +164,7 @@ mod tests {
         assert!(!w.server.kick_step(&mut job, &mut w.ports, 1, &mut tuples));
         let first = tuples[0].client;
         // One allocation the job has not reached yet is refreshed to 0; a new one comes.
-        let gone = cs
-            .iter_mut()
-            .find(|c| c.tuple.client != first)
-            .expect("an allocation not kicked yet");
-        let req = gone.request(
-            method::REFRESH,
-            &[(attrs::LIFETIME, 0u32.to_be_bytes().to_vec())],
-        );
-        assert_eq!(class_of(&w.one(&gone.tuple, &req)), Class::SuccessResponse);
-        let gone = gone.tuple.client;
-        let fresh = numbered_clients(&mut w, 10, 1, "alice")[0].tuple.client;
+        let (gone, fresh) = one_gone_one_new(&mut w, &mut cs, first, "alice");
         w.advance(Duration::from_secs(1));
         let (_, rest) = run(&mut w, &mut job, 10);
         assert_eq!(job.kicked(), 3);

@@ -95,9 +95,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::stun::Class;
-    use crate::turn::attrs::{self, method};
-    use crate::turn::tests::{World, class_of, numbered_clients, world};
+    use crate::turn::tests::{World, numbered_clients, one_gone_one_new, world};
 
     fn sorted(mut v: Vec<AllocationInfo>) -> Vec<AllocationInfo> {
         v.sort_by_key(|a| a.client);
@@ -148,17 +146,7 @@ mod tests {
         assert!(!w.server.listing_step(&mut job, w.now, 1));
         let taken = job.rows[0].client;
         // Delete one allocation the job has not looked at yet, and make a new one.
-        let gone = cs
-            .iter_mut()
-            .find(|c| c.tuple.client != taken)
-            .expect("an allocation not taken yet");
-        let req = gone.request(
-            method::REFRESH,
-            &[(attrs::LIFETIME, 0u32.to_be_bytes().to_vec())],
-        );
-        assert_eq!(class_of(&w.one(&gone.tuple, &req)), Class::SuccessResponse);
-        let gone = gone.tuple.client;
-        let fresh = numbered_clients(&mut w, 10, 1, "alice")[0].tuple.client;
+        let (gone, fresh) = one_gone_one_new(&mut w, &mut cs, taken, "alice");
         w.advance(Duration::from_secs(1));
         run(&w, &mut job, 10);
         let rows = job.into_rows();

@@ -240,6 +240,29 @@ pub(super) fn numbered_clients(w: &mut World, from: u16, n: u16, user: &str) -> 
         .collect()
 }
 
+/// What a sliced job (listing, kick) meets between two of its slices: one of `cs` other
+/// than `not` is refreshed to 0, and a new allocation of `user` (client number 10) comes.
+/// Returns the deleted and the new client addresses.
+pub(super) fn one_gone_one_new(
+    w: &mut World,
+    cs: &mut [Client],
+    not: SocketAddr,
+    user: &str,
+) -> (SocketAddr, SocketAddr) {
+    let gone = cs
+        .iter_mut()
+        .find(|c| c.tuple.client != not)
+        .expect("another allocation");
+    let req = gone.request(
+        method::REFRESH,
+        &[(attrs::LIFETIME, 0u32.to_be_bytes().to_vec())],
+    );
+    assert_eq!(class_of(&w.one(&gone.tuple, &req)), Class::SuccessResponse);
+    let gone = gone.tuple.client;
+    let fresh = numbered_clients(w, 10, 1, user)[0].tuple.client;
+    (gone, fresh)
+}
+
 impl World {
     pub fn advance(&mut self, d: Duration) {
         self.now += d;
