@@ -300,9 +300,10 @@ impl Commands for DaemonCommands<'_> {
         let (rows, silent) = self.dataplane.allocations_answered(None, None);
         if silent > 0 {
             return Err(format!(
-                "{silent} of {} worker(s) did not answer within 2 s (busy or stuck; see the \
+                "{silent} of {} worker(s) did not answer within {:?} (busy or stuck; see the \
                  daemon's log), so the listing would be incomplete; try again",
-                self.dataplane.workers()
+                self.dataplane.workers(),
+                crate::dataplane::COMMAND_TIMEOUT
             ));
         }
         Ok(rows
@@ -335,10 +336,11 @@ impl Commands for DaemonCommands<'_> {
         if silent > 0 {
             return Err(format!(
                 "kicked {n} allocation(s) on the workers that answered, but {silent} of {} \
-                 worker(s) did not answer within 2 s (busy or stuck; see the daemon's log); \
+                 worker(s) did not answer within {:?} (busy or stuck; see the daemon's log); \
                  their part of the kick goes on when they get to it: check with `relay \
                  allocations`",
-                self.dataplane.workers()
+                self.dataplane.workers(),
+                crate::dataplane::COMMAND_TIMEOUT
             ));
         }
         Ok(n)

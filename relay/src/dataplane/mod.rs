@@ -200,7 +200,7 @@ pub struct TurnDataplane {
 }
 
 /// How long the control plane waits for a worker's answer.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long it waits for a worker's state snapshot, which the worker takes a slice per
 /// loop round (`turn::snapshot_job`): a few hundred rounds with 100 000 allocations.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
