@@ -1887,6 +1887,103 @@ fn loaded_with_turn_on(tag: &str) -> Loaded {
     }
 }
 
+/// The daemon's record of which keys its rule hash maps hold (so that it skips deleting
+/// keys they do not hold) against the real maps: a rule an older daemon left under the
+/// wide key is known from the moment the maps are taken, and goes when the daemon writes
+/// that channel into its table; removing the channel then leaves the program no rule to
+/// relay by. An IPv6 client's rule, which lives in a hash map, is known and removed too.
+#[test]
+fn the_daemon_knows_which_rules_its_hash_maps_hold() {
+    if !privileged() {
+        return;
+    }
+    use relay::xdp::rules::TurnMaps;
+    let mut loaded = loaded_with_turn_on("k");
+    let (x, ifindex) = (&mut loaded.x, loaded.ifindex);
+    // A channel of a client of `f`'s family to its peer (no userspace allocation needed:
+    // the rules are written by hand).
+    let alloc = |f: &Family, port: u16| Alloc {
+        tuple: FiveTuple {
+            client: SocketAddr::new(f.client, port),
+            server: SocketAddr::new(f.listen, LISTEN_PORT),
+            transport: Transport::Udp,
+        },
+        handle: 0,
+        relay: SocketAddr::new(f.relay, port + 10_000),
+        peer: SocketAddr::new(f.peer, PEER_PORT),
+    };
+    let (v4f, v6f) = (fam(false), fam(true));
+    let a = alloc(&v4f, CLIENT_PORT + 7);
+    let exp = monotonic_ns() + 60_000_000_000;
+    let (k, v) = channel_rule(&a, CHANNEL, a.peer, exp, 3);
+    Rules { x }.channel_left_wide(&a, CHANNEL, a.peer, 3);
+    let f = frame(
+        MAC_CLIENT,
+        a.tuple.client,
+        a.tuple.server,
+        &channel_data(10, 0, 1),
+        0,
+    );
+    assert_eq!(
+        run(x, ifindex, &f).action,
+        XdpAction::Tx,
+        "the left rule relays"
+    );
+
+    let maps = TurnMaps::take(x.ebpf_mut()).expect("the TURN maps");
+    assert_eq!(
+        maps.hash_map_keys(),
+        [Some(1), Some(0), Some(0), Some(0)],
+        "the left rule is known"
+    );
+    maps.insert_channel(&k, &v).expect("the channel rule");
+    assert_eq!(
+        maps.hash_map_keys(),
+        [Some(0), Some(0), Some(0), Some(0)],
+        "written into the table, its wide copy deleted"
+    );
+    assert_eq!(
+        run(x, ifindex, &f).action,
+        XdpAction::Tx,
+        "the table relays"
+    );
+    assert!(maps.remove_channel(&k).expect("remove"));
+    assert_eq!(
+        run(x, ifindex, &f).action,
+        XdpAction::Pass,
+        "no copy left anywhere for the program to relay by"
+    );
+
+    let a6 = alloc(&v6f, CLIENT_PORT + 8);
+    let (k6, v6rule) = channel_rule(&a6, CHANNEL, a6.peer, exp, 4);
+    maps.insert_channel(&k6, &v6rule)
+        .expect("the IPv6 channel rule");
+    assert_eq!(
+        maps.hash_map_keys()[0],
+        Some(1),
+        "an IPv6 rule is in TURN_CHANNELS"
+    );
+    let f6 = frame(
+        MAC_CLIENT,
+        a6.tuple.client,
+        a6.tuple.server,
+        &channel_data(10, 0, 1),
+        0,
+    );
+    assert_eq!(
+        run(x, ifindex, &f6).action,
+        XdpAction::Tx,
+        "the IPv6 rule relays"
+    );
+    assert!(maps.remove_channel(&k6).expect("remove"));
+    assert_eq!(maps.hash_map_keys()[0], Some(0));
+    assert_eq!(run(x, ifindex, &f6).action, XdpAction::Pass, "and is gone");
+    assert!(
+        !maps.remove_channel(&k6).expect("a second remove"),
+        "nothing left to remove"
+    );
+}
+
 /// The channel table's seqlock against the real program: while another thread rewrites
 /// a slot back and forth between two rules as fast as it can, every frame the program
 /// relays is exactly one rule's output (never addresses of one and ports of the other),

@@ -2,11 +2,12 @@
 //!
 //! Why: a worker deleted every allocation a kick matched in one loop round. Deleting one
 //! costs about 0.5 µs in userspace (800 in 0.39 ms, measured in the dataplane tests), and
-//! with the kernel fast path on, 8–10 µs more per channel, whose channel and peer rules
-//! leave the BPF maps (5 000 pairs removed from the real maps, three runs). A kick of a
-//! user with tens of thousands of allocations (REST credentials share the part after
-//! `expiry:` across every session of an application) would stop the worker for tens to
-//! hundreds of milliseconds, longer than its receive ring lasts under load, so ending one user's
+//! with the kernel fast path on, its channels' rules leave the BPF maps too: 3 µs per
+//! channel when this was measured, 5–8 µs while the slot tables shrink (0.36 µs since the
+//! daemon skips deletes of keys the hash maps do not hold, `xdp::rules::Tracked`). A kick
+//! of a user with tens of thousands of allocations (REST credentials share the part after
+//! `expiry:` across every session of an application) stopped the worker for tens of
+//! milliseconds or more, longer than its receive ring lasts under load, so ending one user's
 //! sessions would drop every other user's packets on that worker. A [`KickJob`] notes the
 //! matching allocations when it begins and deletes a bounded number per call, between the
 //! worker's batches of packets (as [`super::listing_job`] does for listings).
