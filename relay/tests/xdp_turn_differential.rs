@@ -1917,18 +1917,18 @@ fn the_daemon_knows_which_rules_its_hash_maps_hold() {
     let exp = monotonic_ns() + 60_000_000_000;
     let (k, v) = channel_rule(&a, CHANNEL, a.peer, exp, 3);
     Rules { x }.channel_left_wide(&a, CHANNEL, a.peer, 3);
-    let f = frame(
-        MAC_CLIENT,
-        a.tuple.client,
-        a.tuple.server,
-        &channel_data(10, 0, 1),
-        0,
-    );
-    assert_eq!(
-        run(x, ifindex, &f).action,
-        XdpAction::Tx,
-        "the left rule relays"
-    );
+    // What the program does with ChannelData from `a`'s client.
+    let action = |x: &XdpTestRun, a: &Alloc| {
+        let f = frame(
+            MAC_CLIENT,
+            a.tuple.client,
+            a.tuple.server,
+            &channel_data(10, 0, 1),
+            0,
+        );
+        run(x, ifindex, &f).action
+    };
+    assert_eq!(action(x, &a), XdpAction::Tx, "the left rule relays");
 
     let maps = TurnMaps::take(x.ebpf_mut()).expect("the TURN maps");
     assert_eq!(
@@ -1942,14 +1942,10 @@ fn the_daemon_knows_which_rules_its_hash_maps_hold() {
         [Some(0), Some(0), Some(0), Some(0)],
         "written into the table, its wide copy deleted"
     );
-    assert_eq!(
-        run(x, ifindex, &f).action,
-        XdpAction::Tx,
-        "the table relays"
-    );
+    assert_eq!(action(x, &a), XdpAction::Tx, "the table relays");
     assert!(maps.remove_channel(&k).expect("remove"));
     assert_eq!(
-        run(x, ifindex, &f).action,
+        action(x, &a),
         XdpAction::Pass,
         "no copy left anywhere for the program to relay by"
     );
@@ -1963,21 +1959,10 @@ fn the_daemon_knows_which_rules_its_hash_maps_hold() {
         Some(1),
         "an IPv6 rule is in TURN_CHANNELS"
     );
-    let f6 = frame(
-        MAC_CLIENT,
-        a6.tuple.client,
-        a6.tuple.server,
-        &channel_data(10, 0, 1),
-        0,
-    );
-    assert_eq!(
-        run(x, ifindex, &f6).action,
-        XdpAction::Tx,
-        "the IPv6 rule relays"
-    );
+    assert_eq!(action(x, &a6), XdpAction::Tx, "the IPv6 rule relays");
     assert!(maps.remove_channel(&k6).expect("remove"));
     assert_eq!(maps.hash_map_keys()[0], Some(0));
-    assert_eq!(run(x, ifindex, &f6).action, XdpAction::Pass, "and is gone");
+    assert_eq!(action(x, &a6), XdpAction::Pass, "and is gone");
     assert!(
         !maps.remove_channel(&k6).expect("a second remove"),
         "nothing left to remove"
