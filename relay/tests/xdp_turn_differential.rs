@@ -2277,3 +2277,77 @@ fn resized_tables_never_hide_a_rule_from_the_program() {
     // Both rules are back in their tables (not only in the hash maps).
     assert!(maps.peer_in_table(&peer_key(relayed.port())));
 }
+
+/// A table that grew or shrank is laid out in another part of its map and the program is
+/// told where (`SlotTableInfo::base`): a rule written after the move lives only there,
+/// and the program relays by it. (A program that ignored the base would look where the
+/// table was, find nothing, and pass the frame up.)
+#[test]
+fn the_program_reads_a_moved_table_where_it_now_is() {
+    if !privileged() {
+        return;
+    }
+    use relay::xdp::rules::TurnMaps;
+    let mut loaded = loaded_with_turn_on("b");
+    let (x, ifindex) = (&mut loaded.x, loaded.ifindex);
+    let maps = TurnMaps::take(x.ebpf_mut()).expect("the TURN maps");
+    let listen = SocketAddr::new(v4(1), LISTEN_PORT);
+    let peer = SocketAddr::new(v4(200), PEER_PORT);
+    let far = monotonic_ns() + 600_000_000_000;
+    let alloc = |port: u16| Alloc {
+        tuple: FiveTuple {
+            client: SocketAddr::new(v4(100), port),
+            server: listen,
+            transport: Transport::Udp,
+        },
+        handle: 0,
+        relay: SocketAddr::new(v4(2), port + 10_000),
+        peer,
+    };
+    let put = |port: u16, idx: u32| {
+        let a = alloc(port);
+        let (k, v) = channel_rule(&a, CHANNEL, a.peer, far, idx);
+        maps.insert_channel(&k, &v).expect("the channel rule");
+        k
+    };
+    let relayed = |x: &XdpTestRun, port: u16| {
+        let a = alloc(port);
+        let f = frame(
+            MAC_CLIENT,
+            a.tuple.client,
+            a.tuple.server,
+            &channel_data(24, 0, 3),
+            0,
+        );
+        run(x, ifindex, &f).action
+    };
+    // 800 rules: past 11/16 of 1 024 slots, so the table moved to 2 048 slots elsewhere.
+    let fillers: Vec<_> = (0..800u16)
+        .map(|i| put(20_000 + i, 10 + u32::from(i)))
+        .collect();
+    assert_eq!(maps.table_sizes()[0].0, 2048, "the table grew");
+    put(CLIENT_PORT, 3);
+    assert_eq!(
+        relayed(x, CLIENT_PORT),
+        XdpAction::Tx,
+        "a rule written after the move"
+    );
+    assert_eq!(relayed(x, 20_123), XdpAction::Tx, "a rule the move carried");
+    // And back: the table shrinks to another place again.
+    for k in &fillers {
+        assert!(maps.remove_channel(k).expect("remove"));
+    }
+    assert_eq!(maps.table_sizes()[0], (1024, 1), "the table shrank");
+    put(CLIENT_PORT + 1, 4);
+    assert_eq!(
+        relayed(x, CLIENT_PORT + 1),
+        XdpAction::Tx,
+        "written after the shrink"
+    );
+    assert_eq!(
+        relayed(x, CLIENT_PORT),
+        XdpAction::Tx,
+        "carried by the shrink"
+    );
+    assert_eq!(relayed(x, 20_123), XdpAction::Pass, "removed");
+}

@@ -373,8 +373,11 @@ pub struct SlotTableInfo {
     pub seed: u64,
     /// Slots − 1 (the slot count is a power of two).
     pub mask: u32,
-    /// Zero.
-    pub _pad: u32,
+    /// The table's first slot in its map: slot `i` of the table is map entry
+    /// `base + i`. The daemon lays a resized table out beside the one the kernel reads
+    /// and then moves `base` and `mask` together, so the kernel keeps a full table
+    /// throughout. Zero for a daemon that predates it (the field was padding).
+    pub base: u32,
 }
 
 /// A [`ChannelKeyV4`] as the two native-order words the kernel builds it from.

@@ -21,12 +21,69 @@ use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::{Ebpf, Pod};
 use relay_common::turn::{
     AllocKey, AllocRule, Bandwidth, COARSE_CLOCK_SLACK_NS, ChannelKey, ChannelKeyV4, ChannelRule,
-    MAX_ALLOCATIONS, MAX_RULES, PeerKey, PeerKeyV4, PeerRule, RuleStats, SlotTableInfo,
-    TurnSettings, maps,
+    ChannelSlot, MAX_ALLOCATIONS, MAX_RULES, PeerKey, PeerKeyV4, PeerRule, PeerSlot, RuleStats,
+    SlotTableInfo, TurnSettings, maps,
 };
 
 use super::bpf_sys;
 use super::slot_table::{ChannelTable, CompactSlot, MappedSlots, PeerTable, SlotTable, Slots};
+
+/// A compact rule table and what its owner keeps beside it across resizes.
+pub struct OwnedTable<T: CompactSlot> {
+    slots: SlotTable<MappedSlots<T>>,
+    /// When the kernel was last told a new region: a frame that read the old one just
+    /// before may still be reading it until [`RESIZE_GRACE`] has passed.
+    moved_at: Option<Instant>,
+    /// Keys that the last move gave a slot while their rules were in the hash map (the
+    /// table had refused them): their copies there go once [`RESIZE_GRACE`] has passed
+    /// (see [`OwnedTable::settle`]).
+    stale_copies: Vec<T::Key>,
+}
+
+/// Slots of the place a moved table left that each later change of the table empties
+/// (64 KiB: a few microseconds), so that no change pays for a whole region.
+const RETIRED_CLEARED_PER_CHANGE: usize = 1024;
+
+impl<T: CompactSlot> OwnedTable<T> {
+    fn new(slots: SlotTable<MappedSlots<T>>) -> Self {
+        OwnedTable {
+            slots,
+            moved_at: None,
+            stale_copies: Vec::new(),
+        }
+    }
+
+    /// Once the grace period since the last move has passed: empties up to
+    /// [`RETIRED_CLEARED_PER_CHANGE`] slots of the place the table left, and returns the
+    /// keys whose hash-map copies can go: those of [`OwnedTable::stale_copies`] still in
+    /// the table (a key removed since, or refused again, has no copy to drop, or its
+    /// only rule there). Before then, nothing.
+    fn settle(&mut self, now: Instant) -> Vec<T::Key> {
+        if self
+            .moved_at
+            .is_some_and(|at| now.saturating_duration_since(at) < RESIZE_GRACE)
+        {
+            return Vec::new();
+        }
+        self.slots.clear_retired(RETIRED_CLEARED_PER_CHANGE);
+        let mut keys = std::mem::take(&mut self.stale_copies);
+        keys.retain(|k| self.slots.contains(k));
+        keys
+    }
+}
+
+impl<T: CompactSlot> std::ops::Deref for OwnedTable<T> {
+    type Target = SlotTable<MappedSlots<T>>;
+    fn deref(&self) -> &Self::Target {
+        &self.slots
+    }
+}
+
+impl<T: CompactSlot> std::ops::DerefMut for OwnedTable<T> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.slots
+    }
+}
 use crate::turn::{FastRules, MonoClock};
 
 /// Errors of the TURN map handle.
@@ -260,10 +317,10 @@ pub struct TurnMaps {
     /// The IPv4 clients' channel rules (see `maps::CHANNELS_V4`).
     channels_v4: RuleMap<ChannelKeyV4, ChannelRule>,
     /// `TURN_CHANNEL_TABLE`, in front of `channels_v4` (None: off, see [`open_channel_table`]).
-    table: Option<Mutex<ChannelTable>>,
+    table: Option<Mutex<OwnedTable<ChannelSlot>>>,
     peers: RuleMap<PeerKey, PeerRule>,
     /// `TURN_PEER_TABLE`, in front of `peers` (None: off, as `table`).
-    peer_table: Option<Mutex<PeerTable>>,
+    peer_table: Option<Mutex<OwnedTable<PeerSlot>>>,
     allocs: RuleMap<AllocKey, AllocRule>,
     stats: Mutex<PerCpuArray<MapData, RuleStats>>,
     bandwidth: Mutex<Array<MapData, Bandwidth>>,
@@ -312,8 +369,8 @@ impl TurnMaps {
             T::try_from(map).map_err(map_err(name))
         }
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| RulesError::Cpus(what, e))?;
-        let table = open_channel_table(ebpf)?.map(Mutex::new);
-        let peer_table = open_peer_table(ebpf)?.map(Mutex::new);
+        let table = open_channel_table(ebpf)?.map(|t| Mutex::new(OwnedTable::new(t)));
+        let peer_table = open_peer_table(ebpf)?.map(|t| Mutex::new(OwnedTable::new(t)));
         Ok(TurnMaps {
             channels: Mutex::new(Tracked::new(take(ebpf, maps::CHANNELS)?)),
             channels_v4: Mutex::new(Tracked::new(take(ebpf, maps::CHANNELS_V4)?)),
@@ -343,6 +400,7 @@ impl TurnMaps {
         let in_table = match &self.table {
             Some(t) => {
                 let mut t = lock(t);
+                self.settle_channel_table(&mut t);
                 if !t.contains(&k4)
                     && let Some(mask) = t.grow_mask()
                 {
@@ -357,7 +415,7 @@ impl TurnMaps {
         } else {
             insert_rule(&self.channels_v4, maps::CHANNELS_V4, &k4, v)?;
             if let Some(t) = &self.table {
-                lock(t).remove(&k4);
+                lock(t).vacate(&k4);
             }
         }
         remove_rule(&self.channels, maps::CHANNELS, k).map(|_| ())
@@ -385,6 +443,7 @@ impl TurnMaps {
             Some(k4) => {
                 let slot = self.table.as_ref().is_some_and(|t| {
                     let mut t = lock(t);
+                    self.settle_channel_table(&mut t);
                     let removed = t.remove(&k4);
                     if let Some(mask) = t.shrink_mask() {
                         self.resize_channel_table(&mut t, mask);
@@ -439,6 +498,7 @@ impl TurnMaps {
         let in_table = match (&self.peer_table, &k4) {
             (Some(t), Some(k4)) => {
                 let mut t = lock(t);
+                self.settle_peer_table(&mut t);
                 if !t.contains(k4)
                     && let Some(mask) = t.grow_mask()
                 {
@@ -453,7 +513,7 @@ impl TurnMaps {
         }
         insert_rule(&self.peers, maps::PEERS, k, v)?;
         if let (Some(t), Some(k4)) = (&self.peer_table, &k4) {
-            lock(t).remove(k4);
+            lock(t).vacate(k4);
         }
         Ok(())
     }
@@ -481,6 +541,7 @@ impl TurnMaps {
         let slot = match (&self.peer_table, k.v4()) {
             (Some(t), Some(k4)) => {
                 let mut t = lock(t);
+                self.settle_peer_table(&mut t);
                 let removed = t.remove(&k4);
                 if let Some(mask) = t.shrink_mask() {
                     self.resize_peer_table(&mut t, mask);
@@ -492,9 +553,32 @@ impl TurnMaps {
         Ok(remove_rule(&self.peers, maps::PEERS, k)? || slot)
     }
 
+    /// Once a table move's grace period has passed, empties part of the place it left
+    /// and drops the hash-map copies of the channel rules it placed (see
+    /// [`OwnedTable::settle`]); a failure is logged (a copy left behind is only a second,
+    /// identical place for the rule, dropped when the rule is next written).
+    fn settle_channel_table(&self, t: &mut OwnedTable<ChannelSlot>) {
+        for k in t.settle(Instant::now()) {
+            logged(
+                "drop a moved channel rule's hash-map copy",
+                remove_rule(&self.channels_v4, maps::CHANNELS_V4, &k),
+            );
+        }
+    }
+
+    /// As [`TurnMaps::settle_channel_table`], for the peer table.
+    fn settle_peer_table(&self, t: &mut OwnedTable<PeerSlot>) {
+        for k in t.settle(Instant::now()) {
+            logged(
+                "drop a moved peer rule's hash-map copy",
+                remove_rule(&self.peers, maps::PEERS, &k.widen()),
+            );
+        }
+    }
+
     /// Moves the channel table to `mask + 1` slots (see [`resize_table`]); a failure is
     /// logged: the rules stay where the kernel finds them.
-    fn resize_channel_table(&self, t: &mut ChannelTable, mask: u32) {
+    fn resize_channel_table(&self, t: &mut OwnedTable<ChannelSlot>, mask: u32) {
         let copy = |k: &ChannelKeyV4, v: &ChannelRule| {
             insert_rule(&self.channels_v4, maps::CHANNELS_V4, k, v)
         };
@@ -507,7 +591,7 @@ impl TurnMaps {
     }
 
     /// As [`TurnMaps::resize_channel_table`], for the peer table.
-    fn resize_peer_table(&self, t: &mut PeerTable, mask: u32) {
+    fn resize_peer_table(&self, t: &mut OwnedTable<PeerSlot>, mask: u32) {
         let copy =
             |k: &PeerKeyV4, v: &PeerRule| insert_rule(&self.peers, maps::PEERS, &k.widen(), v);
         let drop_copy = |k: &PeerKeyV4| remove_rule(&self.peers, maps::PEERS, &k.widen());
@@ -733,10 +817,12 @@ pub fn open_slot_table<T: CompactSlot>(
         info.get(&0, 0).map_err(map_err(info_name))?
     };
     // A table in use (adopted: its slots stay where they are) keeps its seed and mask.
-    let in_use =
-        old.mask != 0 && (old.mask as usize + 1).is_power_of_two() && (old.mask as usize) < len;
+    let in_use = old.mask != 0
+        && (old.mask as usize + 1).is_power_of_two()
+        && (old.mask as usize) < len
+        && (old.base as usize + old.mask as usize) < len;
     let table = if in_use {
-        SlotTable::new(slots, old.seed, Some(old.mask))
+        SlotTable::new(slots, old.seed, Some((old.mask, old.base)))
     } else {
         SlotTable::new(slots, random_seed(), None)
     };
@@ -747,9 +833,10 @@ pub fn open_slot_table<T: CompactSlot>(
     Ok(Some(table))
 }
 
-/// How long a resized table's rules keep their hash-map copies after the kernel was told
-/// the new mask: a program run that read the old "off" just before still finds them
-/// (a run takes well under a microsecond; this also covers one interrupted for long).
+/// How long after the kernel was told a table's new place the old place stays as it was:
+/// a program run that read the old base (or the old "off") just before still finds its
+/// rules there (a run takes well under a microsecond; this also covers one interrupted
+/// for long).
 const RESIZE_GRACE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What a resize did: slots before and after, rules moved, rules left in the hash map.
@@ -765,15 +852,25 @@ pub struct Resized {
     pub in_hash_map: usize,
 }
 
-/// Moves table `t` to `mask + 1` slots so that the kernel finds every rule throughout:
-/// each rule is copied to its hash map (`copy`), then [`SlotTable::rebuild`] turns the
-/// table off, re-places the rules, along with those it had refused for want of a slot
-/// (read back from the hash map with `get`), and turns it on at the new mask; after
-/// [`RESIZE_GRACE`] the hash-map entries of the rules now in the table are removed
-/// (`drop_copy`). If a copy fails, the copies made so far are removed and the table
-/// keeps its size; if the rebuild fails, the table stays off and every copy stays.
+/// Moves table `t` to `mask + 1` slots so that the kernel finds every rule throughout,
+/// taking in the rules it had refused for want of a slot (read back from the hash map
+/// with `get`).
+///
+/// Where the map has room beside the table ([`SlotTable::region_beside`]), the rules are
+/// laid out there while the kernel reads the old place ([`SlotTable::stage`]); those
+/// without a slot in the new layout are copied to their hash map (`copy`), then the
+/// kernel is told the new place. The refused rules now placed keep their hash-map copies
+/// until [`RESIZE_GRACE`] has passed ([`OwnedTable::settle`]). On an error the
+/// table stays where it was, and the copies made are removed.
+///
+/// Otherwise (a table over half its map) the table is rebuilt in place: each rule is
+/// copied to its hash map, then [`SlotTable::rebuild`] turns the table off, re-places the
+/// rules and turns it on at the new mask; after [`RESIZE_GRACE`] the hash-map entries of
+/// the rules now in the table are removed (`drop_copy`). If a copy fails, the copies made
+/// so far are removed and the table keeps its size; if the rebuild fails, the table stays
+/// off and every copy stays.
 pub fn resize_table<T: CompactSlot>(
-    t: &mut SlotTable<MappedSlots<T>>,
+    t: &mut OwnedTable<T>,
     mask: u32,
     info_name: &'static str,
     get: impl Fn(&T::Key) -> Result<Option<T::Rule>, RulesError>,
@@ -787,6 +884,49 @@ pub fn resize_table<T: CompactSlot>(
             rules.push((k, v));
         }
     }
+    if let Some(region) = t.region_beside(mask) {
+        if region.reuses_retired
+            && let Some(at) = t.moved_at
+        {
+            std::thread::sleep(RESIZE_GRACE.saturating_sub(at.elapsed()));
+        }
+        let staged = t.slots.stage(region, mask, &rules);
+        let unplaced = staged.unplaced().to_vec();
+        let mut copied = Vec::new();
+        let mut outcome = Ok(());
+        for &i in unplaced.iter().filter(|&&i| i < own) {
+            let (k, v) = &rules[i];
+            outcome = copy(k, v);
+            if outcome.is_err() {
+                break;
+            }
+            copied.push(k);
+        }
+        if outcome.is_ok() {
+            outcome = staged
+                .commit()
+                .map_err(|e| RulesError::TableInfo(info_name, e));
+        } else {
+            drop(staged);
+        }
+        if let Err(e) = outcome {
+            for k in copied {
+                // Best effort: these rules are still in the table the kernel reads.
+                let _ = drop_copy(k);
+            }
+            return Err(e);
+        }
+        t.moved_at = Some(Instant::now());
+        let unplaced: HashSet<usize> = unplaced.into_iter().collect();
+        let placed_refused = (own..rules.len()).filter(|i| !unplaced.contains(i));
+        t.stale_copies.extend(placed_refused.map(|i| rules[i].0));
+        return Ok(Resized {
+            from,
+            to: t.in_use(),
+            rules: rules.len(),
+            in_hash_map: unplaced.len(),
+        });
+    }
     for (i, (k, v)) in rules[..own].iter().enumerate() {
         if let Err(e) = copy(k, v) {
             for (k, _) in &rules[..i] {
@@ -798,6 +938,7 @@ pub fn resize_table<T: CompactSlot>(
         }
     }
     let unplaced: HashSet<T::Key> = t
+        .slots
         .rebuild(mask, &rules)
         .map_err(|e| RulesError::TableInfo(info_name, e))?
         .into_iter()
@@ -1371,6 +1512,74 @@ mod privileged {
         // Replacing an existing rule still works in a full table.
         m.insert_channel(&key(0), &rule)
             .expect("replace in a full table");
+    }
+
+    /// A table moved to a bigger place takes in the rules it had refused for want of a
+    /// slot. Their hash-map copies, and the old place, stay for the grace period (a frame
+    /// that read the old place may look there, or in the hash map) and go with the first
+    /// rule change after it.
+    #[test]
+    fn a_moved_table_takes_in_refused_rules_and_drops_their_copies_after_the_grace() {
+        if !can_run("a_moved_table_takes_in_refused_rules_and_drops_their_copies_after_the_grace") {
+            return;
+        }
+        let mut ebpf = super::super::load_object_pinned(&[3478], None, 8192)
+            .expect("load the embedded object");
+        let m = TurnMaps::take(&mut ebpf).expect("the TURN maps");
+        let t = m.table.as_ref().expect("the table is on (x86_64)");
+        let info = lock(t).info();
+        assert_eq!((info.base, info.mask), (0, 1023));
+        // 20 keys with one home slot: 16 probes place 16, the other 4 are refused.
+        let home = |k: &ChannelKey| {
+            let (w0, w1) = relay_common::turn::channel_key_words(&k.v4().expect("IPv4"));
+            relay_common::turn::slot_home(w0, w1, &info)
+        };
+        let h = home(&numbered_key(0));
+        let keys: Vec<ChannelKey> = (0..60_000)
+            .map(numbered_key)
+            .filter(|k| home(k) == h)
+            .take(20)
+            .collect();
+        assert_eq!(keys.len(), 20);
+        for (i, k) in keys.iter().enumerate() {
+            m.insert_channel(k, &far_rule(i as u32, 5, 0))
+                .expect("insert");
+        }
+        assert_eq!(lock(t).refused().len(), 4);
+        assert_eq!(m.hash_map_keys()[1], Some(4), "the refused rules' home");
+
+        let mut guard = lock(t);
+        m.resize_channel_table(&mut guard, 2047);
+        assert_eq!(
+            (guard.info().base, guard.info().mask),
+            (2048, 2047),
+            "moved beside"
+        );
+        assert_eq!(guard.live(), 20, "all taken in");
+        drop(guard);
+        assert_eq!(
+            m.hash_map_keys()[1],
+            Some(4),
+            "copies kept through the grace"
+        );
+        assert_eq!(
+            lock(t).outside(),
+            16,
+            "the old place kept through the grace"
+        );
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(m.channel(k).expect("get"), Some(far_rule(i as u32, 5, 0)));
+        }
+        std::thread::sleep(RESIZE_GRACE);
+        // Any change of the table after the grace drops them; the rules stay in the table.
+        m.insert_channel(&numbered_key(60_001), &far_rule(30, 5, 0))
+            .expect("insert");
+        assert_eq!(m.hash_map_keys()[1], Some(0), "copies dropped");
+        assert_eq!(lock(t).outside(), 0, "the old place emptied");
+        for (i, k) in keys.iter().enumerate() {
+            let k4 = k.v4().expect("IPv4");
+            assert_eq!(lock(t).get(&k4), Some(far_rule(i as u32, 5, 0)), "key {i}");
+        }
     }
 
     #[test]

@@ -405,7 +405,7 @@ fn table_slot<T>(table: &Array<T>, info: &Array<SlotTableInfo>, key: &[u32; 10])
     let Some(info) = info.get(0) else {
         return Slot::Miss;
     };
-    let mask = info.mask;
+    let (mask, base) = (info.mask, info.base);
     if mask == 0 {
         return Slot::Miss;
     }
@@ -421,7 +421,8 @@ fn table_slot<T>(table: &Array<T>, info: &Array<SlotTableInfo>, key: &[u32; 10])
     );
     let home = relay_common::turn::slot_home(w0, w1, info);
     for i in 0..CHANNEL_PROBES {
-        let Some(s) = table.get_ptr((home + i) & mask) else {
+        // Past the map's end (a base and mask no daemon writes): no slot.
+        let Some(s) = table.get_ptr(base.wrapping_add((home + i) & mask)) else {
             return Slot::Miss;
         };
         let s = s as usize;
