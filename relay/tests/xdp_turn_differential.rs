@@ -2351,3 +2351,93 @@ fn the_program_reads_a_moved_table_where_it_now_is() {
     );
     assert_eq!(relayed(x, 20_123), XdpAction::Pass, "removed");
 }
+
+/// 20 000 channel bindings' rules (a channel rule and its peer rule each) set up into
+/// empty tables and removed again, three rounds, then 1 000 on top of 3 000: the tables
+/// grow to 32 768 slots by moves and shrink back, every rule found where the kernel
+/// looks at each end. Prints what a pair costs the calling worker, on average and at
+/// worst (one call that moved a table): the figures in docs/BENCHMARKS.md, "Rule tables
+/// that move instead of rebuilding in place".
+#[test]
+fn rule_tables_grow_to_twenty_thousand_channels_and_back() {
+    if !privileged() {
+        return;
+    }
+    use relay::xdp::rules::TurnMaps;
+    use std::time::Duration;
+    let mut loaded = loaded_with_turn_on("g");
+    let maps = TurnMaps::take(loaded.x.ebpf_mut()).expect("the TURN maps");
+    let listen = SocketAddr::new(v4(1), LISTEN_PORT);
+    let (relayed, peer) = (v4(2), SocketAddr::new(v4(200), PEER_PORT));
+    let far = monotonic_ns() + 600_000_000_000;
+    // Binding `i`: client 10.0.x.y:(1000 + i % 30 000), relayed port 30 000 + i.
+    let client = |i: u32| {
+        let ip = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, (i / 30_000) as u8, 100));
+        SocketAddr::new(ip, 1000 + (i % 30_000) as u16)
+    };
+    let alloc = |i: u32| Alloc {
+        tuple: FiveTuple {
+            client: client(i),
+            server: listen,
+            transport: Transport::Udp,
+        },
+        handle: rc::NO_BUDGET,
+        relay: SocketAddr::new(relayed, 30_000 + i as u16),
+        peer,
+    };
+    let rules = |i: u32| {
+        let a = alloc(i);
+        let (ck, cr) = channel_rule(&a, CHANNEL, peer, far, i);
+        let (pk, pr) = peer_rule(&a, peer.port(), CHANNEL, far, i + 30_000);
+        (ck, cr, pk, pr)
+    };
+    let timed = |range: std::ops::Range<u32>, add: bool| {
+        let (start, mut worst, n) = (Instant::now(), Duration::ZERO, range.len() as f64);
+        for i in range {
+            let (ck, cr, pk, pr) = rules(i);
+            let t = Instant::now();
+            if add {
+                maps.insert_channel(&ck, &cr).expect("channel rule");
+                maps.insert_peer(&pk, &pr).expect("peer rule");
+            } else {
+                assert!(maps.remove_channel(&ck).expect("remove"), "channel {i}");
+                assert!(maps.remove_peer(&pk).expect("remove"), "peer {i}");
+            }
+            worst = worst.max(t.elapsed());
+        }
+        (start.elapsed().as_secs_f64() * 1e6 / n, worst)
+    };
+    let all_found = |range: std::ops::Range<u32>| {
+        range.into_iter().all(|i| {
+            let (ck, cr, pk, pr) = rules(i);
+            maps.channel(&ck).ok().flatten() == Some(cr)
+                && maps.peer(&pk).ok().flatten() == Some(pr)
+        })
+    };
+    for round in 0..3 {
+        let (grow, grow_worst) = timed(0..20_000, true);
+        let sizes = maps.table_sizes();
+        assert_eq!(
+            (sizes[0].0, sizes[1].0),
+            (32_768, 32_768),
+            "both tables grew"
+        );
+        assert!(all_found(0..20_000), "every rule where the kernel looks");
+        let (shrink, shrink_worst) = timed(0..20_000, false);
+        assert_eq!(
+            maps.table_sizes(),
+            [(1024, 0), (1024, 0)],
+            "both shrank back"
+        );
+        timed(0..3_000, true);
+        let (add, add_worst) = timed(3_000..4_000, true);
+        assert!(all_found(0..4_000));
+        let (del, del_worst) = timed(3_000..4_000, false);
+        timed(0..3_000, false);
+        eprintln!(
+            "round {round}: 20 000 pairs into empty tables {grow:.2} µs a pair (worst call \
+             {grow_worst:?}), out again {shrink:.2} µs (worst {shrink_worst:?}); 1 000 on top \
+             of 3 000: in {add:.2} µs (worst {add_worst:?}), out {del:.2} µs (worst {del_worst:?})"
+        );
+    }
+}
