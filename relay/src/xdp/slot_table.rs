@@ -935,7 +935,7 @@ mod tests {
         SlotTable::new(HeapSlots::new(slots), seed, Some((slots as u32 - 1, 0)))
     }
 
-    fn key(port: u16, channel: u16) -> ChannelKeyV4 {
+    pub(super) fn key(port: u16, channel: u16) -> ChannelKeyV4 {
         ChannelKeyV4 {
             client_addr: [192, 0, 2, 7],
             server_addr: [198, 51, 100, 1],
@@ -946,7 +946,7 @@ mod tests {
         }
     }
 
-    fn rule(stats_idx: u32) -> ChannelRule {
+    pub(super) fn rule(stats_idx: u32) -> ChannelRule {
         ChannelRule {
             expires_ns: 1_000 + u64::from(stats_idx),
             relay_addr: mapped_v4([203, 0, 113, 9]),
@@ -1285,14 +1285,14 @@ mod tests {
     /// removal when it should shrink; beside the old place where there is room, in
     /// place otherwise. (The hash-map copies of refused rules a move placed are dropped
     /// at once here: there is no concurrent reader.)
-    struct Owner {
-        t: SlotTable<HeapSlots<ChannelSlot>>,
-        map: std::collections::HashMap<ChannelKeyV4, ChannelRule>,
-        resizes: Vec<(usize, usize)>,
+    pub(super) struct Owner {
+        pub(super) t: SlotTable<HeapSlots<ChannelSlot>>,
+        pub(super) map: std::collections::HashMap<ChannelKeyV4, ChannelRule>,
+        pub(super) resizes: Vec<(usize, usize)>,
     }
 
     impl Owner {
-        fn new(slots: usize, seed: u64) -> Owner {
+        pub(super) fn new(slots: usize, seed: u64) -> Owner {
             Owner {
                 t: SlotTable::new(HeapSlots::new(slots), seed, None),
                 map: Default::default(),
@@ -1327,7 +1327,7 @@ mod tests {
             }
             self.resizes.push((from, self.t.in_use()));
         }
-        fn insert(&mut self, k: &ChannelKeyV4, v: &ChannelRule) {
+        pub(super) fn insert(&mut self, k: &ChannelKeyV4, v: &ChannelRule) {
             if !self.t.contains(k)
                 && let Some(m) = self.t.grow_mask()
             {
@@ -1340,7 +1340,7 @@ mod tests {
                 self.t.vacate(k);
             }
         }
-        fn remove(&mut self, k: &ChannelKeyV4) {
+        pub(super) fn remove(&mut self, k: &ChannelKeyV4) {
             if !self.t.remove(k) {
                 assert!(self.map.remove(k).is_some(), "{k:?} was somewhere");
             }
@@ -1467,7 +1467,10 @@ mod tests {
 
     /// Where the kernel finds `k` by what it was told last (relay-ebpf's `table_slot`:
     /// slot `base + (home + i) & mask`, up to the first empty one).
-    fn kernel_sees(t: &SlotTable<HeapSlots<ChannelSlot>>, k: &ChannelKeyV4) -> Option<ChannelRule> {
+    pub(super) fn kernel_sees(
+        t: &SlotTable<HeapSlots<ChannelSlot>>,
+        k: &ChannelKeyV4,
+    ) -> Option<ChannelRule> {
         let info = *t.slots.published.last()?;
         if info.mask == 0 {
             return None;
@@ -1673,5 +1676,118 @@ mod tests {
         assert!(!t.contains(&key(5, 0x4000)));
         let none = ChannelKeyV4::default();
         assert!((0..4096).all(|i| t.read(i).key == none && t.read(i).seq & 1 == 0));
+    }
+}
+
+/// Random rule traffic through the owner's moves and in-place rebuilds, with restarts
+/// (a new table adopting the map) and the owner emptying left places: after every step
+/// the kernel, reading by what it was last told, finds exactly the installed rule of the
+/// key touched, and after every resize or restart that holds for every key.
+#[cfg(test)]
+mod moves_proptest {
+    use super::tests::{Owner, kernel_sees, key, rule};
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every key of `0..keys`: installed ones found (table or map, one place only),
+    /// others nowhere; no key stored past an empty slot; counts right.
+    fn check_all(o: &mut Owner, model: &std::collections::HashMap<u16, u32>, keys: u16) {
+        for p in 0..keys {
+            let k = key(p, 0x4000);
+            let want = model.get(&p).map(|&i| rule(i));
+            let kernel = kernel_sees(&o.t, &k);
+            let map = o.map.get(&k).copied();
+            assert!(kernel.is_none() || map.is_none(), "key {p} in two places");
+            assert_eq!(kernel.or(map), want, "key {p}");
+            assert_eq!(o.t.get(&k).or(map), want, "key {p} on this side");
+        }
+        assert_eq!(o.t.hidden(), 0);
+        let (live, vacated) = (o.t.live(), o.t.vacated());
+        o.t.count();
+        assert_eq!((live, vacated), (o.t.live(), o.t.vacated()));
+        assert_eq!(live + o.map.len(), model.len());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_kernel_finds_every_rule_through_moves_rebuilds_and_restarts(seed in any::<u64>()) {
+            const KEYS: u16 = 5_000;
+            let mut rng = seed | 1;
+            let mut next = move || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            // 8 192 slots: 1 024 → 2 048 → 4 096 are moves, 8 192 is in place.
+            let mut o = Owner::new(8192, next());
+            o.t.publish().expect("publish");
+            let mut model = std::collections::HashMap::new();
+            for step in 0..16_000u32 {
+                // Waves: 2 000 steps of mostly inserts, then 2 000 of mostly removals, so
+                // that the table moves back and forth over places it used before.
+                let insert = (next() % 10) < if (step / 2_000) % 2 == 0 { 8 } else { 2 };
+                let p = (next() % 2_200) as u16;
+                let k = key(p, 0x4000);
+                let resizes = o.resizes.len();
+                if insert {
+                    let idx = (next() % 1_000_000) as u32;
+                    o.insert(&k, &rule(idx));
+                    model.insert(p, idx);
+                } else if model.remove(&p).is_some() {
+                    o.remove(&k);
+                }
+                let want = model.get(&p).map(|&i| rule(i));
+                prop_assert_eq!(kernel_sees(&o.t, &k).or(o.map.get(&k).copied()), want);
+                match next() % 1_000 {
+                    0 => {
+                        // A restart: a new table adopts the map where the kernel reads it.
+                        let info = *o.t.slots.published.last().expect("published");
+                        let slots = std::mem::replace(&mut o.t.slots, HeapSlots::new(1));
+                        o.t = SlotTable::new(slots, info.seed, Some((info.mask, info.base)));
+                        o.t.retain(|_, _| true);
+                        check_all(&mut o, &model, KEYS);
+                    }
+                    1 => {
+                        o.t.clear_retired((next() % 2048) as usize);
+                    }
+                    _ => {}
+                }
+                if o.resizes.len() != resizes {
+                    check_all(&mut o, &model, KEYS);
+                }
+            }
+            check_all(&mut o, &model, KEYS);
+            // Every key in: the table grows to the whole map, rebuilt in place.
+            for p in 0..KEYS {
+                let resizes = o.resizes.len();
+                let idx = (next() % 1_000_000) as u32;
+                o.insert(&key(p, 0x4000), &rule(idx));
+                model.insert(p, idx);
+                if o.resizes.len() != resizes {
+                    check_all(&mut o, &model, KEYS);
+                }
+            }
+            // And every rule out again, in key order: the table shrinks back.
+            let mut left: Vec<u16> = model.keys().copied().collect();
+            left.sort_unstable();
+            for p in left {
+                let resizes = o.resizes.len();
+                model.remove(&p);
+                o.remove(&key(p, 0x4000));
+                if o.resizes.len() != resizes {
+                    check_all(&mut o, &model, KEYS);
+                }
+            }
+            check_all(&mut o, &model, KEYS);
+            prop_assert_eq!((o.t.in_use(), o.t.live()), (MIN_SLOTS, 0));
+            // The traffic went through both kinds of resize, both ways.
+            let sizes: std::collections::HashSet<usize> =
+                o.resizes.iter().map(|&(_, to)| to).collect();
+            let shrank = o.resizes.iter().any(|&(from, to)| to < from);
+            prop_assert!(sizes.contains(&4096) && sizes.contains(&8192) && shrank, "{:?}", o.resizes);
+        }
     }
 }
