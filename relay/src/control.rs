@@ -254,6 +254,14 @@ pub struct XdpStats {
     /// Kernel counters by name (`stun_answered_v4`, ...), summed over CPUs; null when
     /// they could not be read.
     pub counters: Option<BTreeMap<String, u64>>,
+    /// The TURN rule tables (with TURN relayed in the kernel): per table
+    /// (`channel_table_*`, `peer_table_*`) `slots` in use, `rules` in it, resizes done
+    /// by a `moves` and `rebuilt_in_place` (slow: a table over half its map; raise
+    /// `xdp.turn_rules`), `longest_resize_us` a resize held a worker; and the rules in
+    /// the slower hash maps behind them (`channel_hash_map_rules`,
+    /// `peer_hash_map_rules`). Absent without kernel TURN.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rule_tables: BTreeMap<String, u64>,
 }
 
 /// One attachment.

@@ -347,6 +347,22 @@ pub fn render(s: &Stats) -> String {
             &labelled("counter", c),
         );
     }
+    if let Some(t) = s
+        .xdp
+        .as_ref()
+        .map(|x| &x.rule_tables)
+        .filter(|t| !t.is_empty())
+    {
+        family(
+            &mut out,
+            "relay_xdp_rule_tables",
+            "gauge",
+            "The TURN rule tables, by stat: slots in use and rules per table, resizes by a \
+             move or rebuilt in place (slow: raise xdp.turn_rules), the longest resize in \
+             microseconds, and the rules in the slower hash maps behind the tables.",
+            &labelled("stat", t),
+        );
+    }
     let Some(t) = &s.turn else {
         return out;
     };
@@ -484,6 +500,7 @@ mod tests {
                     ("stun_answered_v6".into(), 2),
                     ("passed".into(), 9),
                 ])),
+                rule_tables: BTreeMap::from([("channel_table_moves".into(), 3)]),
             }),
             userspace: UserspaceStats {
                 received: 10,
@@ -561,6 +578,7 @@ mod tests {
             "relay_stun_dropped_total{reason=\"not_stun\"} 2",
             "relay_af_xdp_frames_total{event=\"sent\"} 4",
             "relay_xdp_events_total{counter=\"passed\"} 9",
+            "relay_xdp_rule_tables{stat=\"channel_table_moves\"} 3",
             "# TYPE relay_turn_allocations gauge",
             "relay_turn_allocations 3",
             "relay_turn_permissions 4",

@@ -150,11 +150,24 @@ fn run(s: &Setup, send: bool, clients: u32, messages: u32) {
     // While it runs: the allocations' counters must carry the kernel's traffic (folded
     // about once a second), not only what userspace relayed.
     let mut best: Option<(u64, u64)> = None; // (allocation packets, kernel packets then)
+    // The most rules `xdp.rule_tables` showed in the channel table and in the peer hash
+    // map (where permissions live), and the table's slots.
+    let mut tables = (0u64, 0u64, 0u64);
     let deadline = Instant::now() + RUN_LIMIT;
     while !runner.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(400));
         let (alloc_packets, _) = allocation_totals(relay, &topo.relay);
-        let now = xdp_counters(&relay.stats().expect("stats"));
+        let stats = relay.stats().expect("stats");
+        tables.0 = tables
+            .0
+            .max(get_u64(&stats, "/xdp/rule_tables/channel_table_rules"));
+        tables.1 = tables
+            .1
+            .max(get_u64(&stats, "/xdp/rule_tables/peer_hash_map_rules"));
+        tables.2 = tables
+            .2
+            .max(get_u64(&stats, "/xdp/rule_tables/channel_table_slots"));
+        let now = xdp_counters(&stats);
         let kernel: u64 = [
             "turn_channel_to_peer",
             "turn_peer_to_channel",
@@ -224,6 +237,24 @@ fn run(s: &Setup, send: bool, clients: u32, messages: u32) {
     );
     // `relay allocations` during the run: it showed more than userspace alone relayed
     // (at most 10% of the datagrams), i.e. the kernel's counts were folded in.
+    // `xdp.rule_tables` showed the rules: channels in the channel table, permissions in
+    // the peer hash map.
+    let (channel_rules, permission_rules, slots) = tables;
+    assert!(
+        slots >= 1024,
+        "xdp.rule_tables showed {slots} channel table slots"
+    );
+    if send {
+        assert!(
+            permission_rules >= 1,
+            "no permission rule in xdp.rule_tables: {tables:?}"
+        );
+    } else {
+        assert!(
+            channel_rules >= 1,
+            "no channel rule in xdp.rule_tables: {tables:?}"
+        );
+    }
     let (alloc_packets, kernel_then) = best.unwrap_or((0, 0));
     assert!(
         kernel_then > 0 && alloc_packets as f64 >= 0.5 * kernel_then as f64,

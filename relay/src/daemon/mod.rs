@@ -552,6 +552,8 @@ pub fn collect_stats(dataplane: &Dataplane, fast_path: Option<&FastPath>) -> Sta
                 None
             }
         },
+        // Filled in by the caller that knows the TURN rule maps.
+        rule_tables: Default::default(),
     });
     Stats {
         version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -291,6 +291,12 @@ impl DaemonCommands<'_> {
 impl Commands for DaemonCommands<'_> {
     fn stats(&self) -> Stats {
         let mut s = super::collect_stats(self.dataplane, self.fast_path);
+        if let (Some(x), Some(rules)) = (
+            s.xdp.as_mut(),
+            self.shared.as_ref().and_then(|sh| sh.fast_rules()),
+        ) {
+            x.rule_tables = rules.table_report();
+        }
         s.turn = self.dataplane.turn_stats().map(|t| turn_json(&t));
         s.sfu = self.sfu.map(super::sfu::SfuService::stats);
         s

@@ -89,6 +89,11 @@ pub trait FastRules: Send + Sync {
         let _ = (stats, allocs);
         0
     }
+    /// The kernel rule tables' state for operators (`xdp.rule_tables` of `relay stats`):
+    /// names to values, see `TurnMaps`. The default (no maps) reports nothing.
+    fn table_report(&self) -> std::collections::BTreeMap<String, u64> {
+        std::collections::BTreeMap::new()
+    }
 }
 
 /// The sink used when there is no fast path: takes no index, so nothing is installed.

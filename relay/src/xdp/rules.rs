@@ -38,6 +38,11 @@ pub struct OwnedTable<T: CompactSlot> {
     /// table had refused them): their copies there go once [`RESIZE_GRACE`] has passed
     /// (see [`OwnedTable::settle`]).
     stale_copies: Vec<T::Key>,
+    /// Resizes so far by a move, and in place (see [`resize_table`]).
+    moves: u64,
+    rebuilt_in_place: u64,
+    /// The longest a resize held its caller.
+    longest_resize: Duration,
 }
 
 /// Slots of the place a moved table left that each later change of the table empties
@@ -50,6 +55,9 @@ impl<T: CompactSlot> OwnedTable<T> {
             slots,
             moved_at: None,
             stale_copies: Vec::new(),
+            moves: 0,
+            rebuilt_in_place: 0,
+            longest_resize: Duration::ZERO,
         }
     }
 
@@ -472,6 +480,46 @@ impl TurnMaps {
         ]
     }
 
+    /// What `relay stats` shows of the rule tables (`xdp.rule_tables`): per table
+    /// (`channel_table_*`, `peer_table_*`) the slots in use, the rules in it, how many
+    /// resizes were moves and how many were rebuilt in place (the slow way, for a table
+    /// over half its map: raise `xdp.turn_rules`), and the longest time a resize held a
+    /// worker, in µs; and the rules in the hash maps behind the tables
+    /// (`*_hash_map_rules`: slower lookups; IPv6 and permission rules live there too).
+    pub fn table_report(&self) -> std::collections::BTreeMap<String, u64> {
+        fn table<T: CompactSlot>(
+            out: &mut std::collections::BTreeMap<String, u64>,
+            name: &str,
+            t: &Option<Mutex<OwnedTable<T>>>,
+        ) {
+            let Some(t) = t else {
+                return;
+            };
+            let t = lock(t);
+            let us = u64::try_from(t.longest_resize.as_micros()).unwrap_or(u64::MAX);
+            for (what, v) in [
+                ("slots", t.in_use() as u64),
+                ("rules", t.live() as u64),
+                ("moves", t.moves),
+                ("rebuilt_in_place", t.rebuilt_in_place),
+                ("longest_resize_us", us),
+            ] {
+                out.insert(format!("{name}_table_{what}"), v);
+            }
+        }
+        let mut out = std::collections::BTreeMap::new();
+        table(&mut out, "channel", &self.table);
+        table(&mut out, "peer", &self.peer_table);
+        let [channels, channels_v4, peers, _] = self.hash_map_keys();
+        if let (Some(a), Some(b)) = (channels, channels_v4) {
+            out.insert("channel_hash_map_rules".into(), (a + b) as u64);
+        }
+        if let Some(p) = peers {
+            out.insert("peer_hash_map_rules".into(), p as u64);
+        }
+        out
+    }
+
     /// Whether `TURN_CHANNEL_TABLE` is in use.
     pub fn has_channel_table(&self) -> bool {
         self.table.is_some()
@@ -877,6 +925,7 @@ pub fn resize_table<T: CompactSlot>(
     copy: impl Fn(&T::Key, &T::Rule) -> Result<(), RulesError>,
     drop_copy: impl Fn(&T::Key) -> Result<bool, RulesError>,
 ) -> Result<Resized, RulesError> {
+    let started = Instant::now();
     let mut rules = t.rules();
     let (from, own) = (t.in_use(), rules.len());
     for k in t.refused() {
@@ -917,6 +966,8 @@ pub fn resize_table<T: CompactSlot>(
             return Err(e);
         }
         t.moved_at = Some(Instant::now());
+        t.moves += 1;
+        t.longest_resize = t.longest_resize.max(started.elapsed());
         let unplaced: HashSet<usize> = unplaced.into_iter().collect();
         let placed_refused = (own..rules.len()).filter(|i| !unplaced.contains(i));
         t.stale_copies.extend(placed_refused.map(|i| rules[i].0));
@@ -947,6 +998,8 @@ pub fn resize_table<T: CompactSlot>(
     for (k, _) in rules.iter().filter(|(k, _)| !unplaced.contains(k)) {
         drop_copy(k)?;
     }
+    t.rebuilt_in_place += 1;
+    t.longest_resize = t.longest_resize.max(started.elapsed());
     Ok(Resized {
         from,
         to: t.in_use(),
@@ -1123,6 +1176,10 @@ impl FastRules for TurnMaps {
 
     fn del_alloc(&self, key: &AllocKey) {
         logged("removing an allocation rule", self.remove_alloc(key));
+    }
+
+    fn table_report(&self) -> std::collections::BTreeMap<String, u64> {
+        TurnMaps::table_report(self)
     }
 
     fn rule_stats(&self, stats_idx: u32) -> RuleStats {
@@ -1576,6 +1633,19 @@ mod privileged {
             .expect("insert");
         assert_eq!(m.hash_map_keys()[1], Some(0), "copies dropped");
         assert_eq!(lock(t).outside(), 0, "the old place emptied");
+        let report = m.table_report();
+        for (what, want) in [
+            ("channel_table_slots", 2048),
+            ("channel_table_rules", 21),
+            ("channel_table_moves", 1),
+            ("channel_table_rebuilt_in_place", 0),
+            ("channel_hash_map_rules", 0),
+            ("peer_table_slots", 1024),
+            ("peer_hash_map_rules", 0),
+        ] {
+            assert_eq!(report.get(what), Some(&want), "{what} in {report:?}");
+        }
+        assert!(report["channel_table_longest_resize_us"] > 0);
         for (i, k) in keys.iter().enumerate() {
             let k4 = k.v4().expect("IPv4");
             assert_eq!(lock(t).get(&k4), Some(far_rule(i as u32, 5, 0)), "key {i}");
