@@ -256,10 +256,10 @@ pub struct XdpStats {
     pub counters: Option<BTreeMap<String, u64>>,
     /// The TURN rule tables (with TURN relayed in the kernel): per table
     /// (`channel_table_*`, `peer_table_*`) `slots` in use, `rules` in it, resizes done
-    /// by a `moves` and `rebuilt_in_place` (slow: a table over half its map; raise
-    /// `xdp.turn_rules`), `longest_resize_us` a resize held a worker; and the rules in
-    /// the slower hash maps behind them (`channel_hash_map_rules`,
-    /// `peer_hash_map_rules`). Absent without kernel TURN.
+    /// as `moves` and `rebuilt_in_place` (slow; only in a map too small to halve),
+    /// `longest_resize_us` a resize held a worker; and the rules in the slower hash maps
+    /// behind them (`channel_hash_map_rules`, `peer_hash_map_rules`). Absent without
+    /// kernel TURN.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rule_tables: BTreeMap<String, u64>,
 }

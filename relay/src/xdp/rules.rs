@@ -482,10 +482,11 @@ impl TurnMaps {
 
     /// What `relay stats` shows of the rule tables (`xdp.rule_tables`): per table
     /// (`channel_table_*`, `peer_table_*`) the slots in use, the rules in it, how many
-    /// resizes were moves and how many were rebuilt in place (the slow way, for a table
-    /// over half its map: raise `xdp.turn_rules`), and the longest time a resize held a
-    /// worker, in µs; and the rules in the hash maps behind the tables
-    /// (`*_hash_map_rules`: slower lookups; IPv6 and permission rules live there too).
+    /// resizes were moves and how many were rebuilt in place (the slow way, only in a
+    /// map too small to halve), and the longest time a resize held a worker, in µs; and
+    /// the rules in the hash maps behind the tables (`*_hash_map_rules`: slower lookups;
+    /// IPv6 and permission rules live there too; many IPv4 channel rules there mean
+    /// `xdp.turn_rules` is too small for the load).
     pub fn table_report(&self) -> std::collections::BTreeMap<String, u64> {
         fn table<T: CompactSlot>(
             out: &mut std::collections::BTreeMap<String, u64>,
@@ -911,12 +912,12 @@ pub struct Resized {
 /// until [`RESIZE_GRACE`] has passed ([`OwnedTable::settle`]). On an error the
 /// table stays where it was, and the copies made are removed.
 ///
-/// Otherwise (a table over half its map) the table is rebuilt in place: each rule is
-/// copied to its hash map, then [`SlotTable::rebuild`] turns the table off, re-places the
-/// rules and turns it on at the new mask; after [`RESIZE_GRACE`] the hash-map entries of
-/// the rules now in the table are removed (`drop_copy`). If a copy fails, the copies made
-/// so far are removed and the table keeps its size; if the rebuild fails, the table stays
-/// off and every copy stays.
+/// Otherwise (a map too small to halve, whose table is all of it) the table is rebuilt
+/// in place: each rule is copied to its hash map, then [`SlotTable::rebuild`] turns the
+/// table off, re-places the rules and turns it on at the new mask; after
+/// [`RESIZE_GRACE`] the hash-map entries of the rules now in the table are removed
+/// (`drop_copy`). If a copy fails, the copies made so far are removed and the table
+/// keeps its size; if the rebuild fails, the table stays off and every copy stays.
 pub fn resize_table<T: CompactSlot>(
     t: &mut OwnedTable<T>,
     mask: u32,
