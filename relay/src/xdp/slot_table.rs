@@ -1353,6 +1353,11 @@ mod tests {
                 self.t.vacate(k);
             }
         }
+        /// (base, mask) of everything told to the kernel, in order.
+        fn places(&self) -> Vec<(u32, u32)> {
+            let p = &self.t.slots.published;
+            p.iter().map(|i| (i.base, i.mask)).collect()
+        }
         pub(super) fn remove(&mut self, k: &ChannelKeyV4) {
             if !self.t.remove(k) {
                 assert!(self.map.remove(k).is_some(), "{k:?} was somewhere");
@@ -1389,12 +1394,7 @@ mod tests {
         }
         // Every move told the kernel the new place and size in one write, same seed,
         // never "off": each table was laid out beside the one before.
-        let places: Vec<(u32, u32)> =
-            o.t.slots
-                .published
-                .iter()
-                .map(|i| (i.base, i.mask))
-                .collect();
+        let places = o.places();
         assert_eq!(
             places,
             [(2048, 2047), (4096, 4095), (8192, 8191), (16_384, 16_383)]
@@ -1432,12 +1432,7 @@ mod tests {
         assert_eq!(o.t.in_use(), 2048);
         assert_eq!(o.resizes, [(1024, 2048)]);
         // Moved beside, never "off".
-        let places: Vec<(u32, u32)> =
-            o.t.slots
-                .published
-                .iter()
-                .map(|i| (i.base, i.mask))
-                .collect();
+        let places = o.places();
         assert_eq!(places, [(2048, 2047)]);
         assert_eq!(o.t.live() + o.map.len(), 3_000);
         assert_eq!(
@@ -1473,12 +1468,7 @@ mod tests {
                 .iter()
                 .all(|&(from, to)| (from, to) == (1024, 1024))
         );
-        let places: Vec<(u32, u32)> =
-            o.t.slots
-                .published
-                .iter()
-                .map(|i| (i.base, i.mask))
-                .collect();
+        let places = o.places();
         assert_eq!(
             places[..2],
             [(0, 0), (0, 1023)],
