@@ -1318,6 +1318,19 @@ allow = ["{TURN_PEER_NET_V4}", "{TURN_PEER_NET_V6}"]
         cmd
     }
 
+    /// Whether a failed `turnutils_uclient` run ended on its own channel-number clash,
+    /// not on the relay. Each uclient client binds a random channel number to the peer's
+    /// port + 1, then draws a second random number for the peer itself
+    /// (`start_connection` in coturn's `startuclient.c`); when the draw repeats the first
+    /// number, the relay must refuse the bind with 400 (RFC 8656 §12: a channel is bound
+    /// to one peer), and uclient gives up. Numbers are drawn from the 16 384 of
+    /// 0x4000-0x7FFF, so this ends about one client in 16 384 (about 1% of CI runs, which
+    /// start a few hundred clients); a run that ended this way is worth one more try, and
+    /// a relay that refused good binds would fail the second run too.
+    pub fn uclient_channel_number_clash(output: &str) -> bool {
+        output.contains("channel bind: error 400")
+    }
+
     /// Checks a finished [`uclient_command`] run: it exited successfully, lost nothing and
     /// every one of at least `clients × messages` messages came back. Returns its totals.
     pub fn check_uclient(
