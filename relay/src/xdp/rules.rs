@@ -942,23 +942,22 @@ pub fn resize_table<T: CompactSlot>(
         }
         let staged = t.slots.stage(region, mask, &rules);
         let unplaced = staged.unplaced().to_vec();
+        // The table's own rules without a slot go to the hash map before the kernel is
+        // told; on an error `staged` is dropped uncommitted (the table as it was).
         let mut copied = Vec::new();
-        let mut outcome = Ok(());
-        for &i in unplaced.iter().filter(|&&i| i < own) {
-            let (k, v) = &rules[i];
-            outcome = copy(k, v);
-            if outcome.is_err() {
-                break;
-            }
-            copied.push(k);
-        }
-        if outcome.is_ok() {
-            outcome = staged
-                .commit()
-                .map_err(|e| RulesError::TableInfo(info_name, e));
-        } else {
-            drop(staged);
-        }
+        let outcome = unplaced
+            .iter()
+            .filter(|&&i| i < own)
+            .try_for_each(|&i| {
+                copy(&rules[i].0, &rules[i].1)?;
+                copied.push(&rules[i].0);
+                Ok(())
+            })
+            .and_then(|()| {
+                staged
+                    .commit()
+                    .map_err(|e| RulesError::TableInfo(info_name, e))
+            });
         if let Err(e) = outcome {
             for k in copied {
                 // Best effort: these rules are still in the table the kernel reads.

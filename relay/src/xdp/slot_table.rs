@@ -499,20 +499,18 @@ impl<S: Slots> SlotTable<S> {
             r.is_some_and(|(rb, rs)| b < rb + rs && rb < b + size)
         };
         let current = (self.in_use() > 0).then(|| (self.info.base as usize, self.in_use()));
-        let free: Vec<usize> = (0..=count - size)
-            .step_by(size)
-            .filter(|&b| !overlaps(current, b))
-            .collect();
-        let pick = |b: usize| {
-            Some(Region {
-                base: u32::try_from(b).ok()?,
-                reuses_retired: overlaps(self.retired, b),
-            })
+        let free = || {
+            (0..=count - size)
+                .step_by(size)
+                .filter(move |&b| !overlaps(current, b))
         };
-        match free.iter().find(|&&b| !overlaps(self.retired, b)) {
-            Some(&b) => pick(b),
-            None => free.first().and_then(|&b| pick(b)),
-        }
+        let b = free()
+            .find(|&b| !overlaps(self.retired, b))
+            .or_else(|| free().next())?;
+        Some(Region {
+            base: u32::try_from(b).ok()?,
+            reuses_retired: overlaps(self.retired, b),
+        })
     }
 
     /// Lays the table out at `mask + 1` slots from `region`, holding `rules` (as for
