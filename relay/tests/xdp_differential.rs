@@ -26,26 +26,9 @@ const COOKIE: u32 = 0x2112_A442;
 mod root;
 use root::privileged;
 
-/// A small deterministic generator (xorshift64*), so failures replay.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        let mut b = [0u8; N];
-        for x in &mut b {
-            *x = self.next() as u8;
-        }
-        b
-    }
-}
+#[path = "common/mutate.rs"]
+mod mutate;
+use mutate::{Rng, fix_checksums};
 
 /// Attributes to put in a request.
 #[derive(Clone, Copy, Debug)]
@@ -298,27 +281,6 @@ fn generated_binding_requests_match_userspace_byte_for_byte() {
         n4 + n6,
         "nothing else counted: {counters:?}"
     );
-}
-
-/// Recomputes the IPv4 header and UDP checksums after a mutation, so that the frame
-/// is rejected (or not) for the mutation itself.
-fn fix_checksums(f: &mut [u8]) {
-    let Ok(p) = wire::parse_udp_frame(f) else {
-        return;
-    };
-    let (ip, udp, end) = (
-        p.ip_offset,
-        p.udp_offset,
-        p.payload_offset + p.payload.len(),
-    );
-    let (src, dst) = (p.src.ip(), p.dst.ip());
-    if !p.is_ipv6() {
-        f[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
-        let c = wire::ipv4_header_checksum(&f[ip..udp]);
-        f[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
-    }
-    let c = wire::udp_checksum(src, dst, &f[udp..end]);
-    f[udp + 6..udp + 8].copy_from_slice(&c.to_be_bytes());
 }
 
 fn v4_req(payload: &[u8]) -> Vec<u8> {

@@ -351,7 +351,10 @@ fn from_client(
     if !live(expires, now) {
         return Err(Some(TURN_NO_RULE_PASSED));
     }
-    if payload < 4 + len || payload > 4 + len + 3 {
+    // Padding of 1–3 bytes is taken out of the checksum one aligned word at a time
+    // (`emit::checksum`), which needs it to end the message on a multiple of 4, as
+    // RFC 8656 §12.5 pads; odder padding (userspace relays it too) passes up.
+    if payload < 4 + len || payload > 4 + len + 3 || (payload != 4 + len && payload & 3 != 0) {
         return Err(Some(TURN_UNHANDLED_PASSED));
     }
     let v6 = !is_mapped(&peer_addr);
