@@ -1203,6 +1203,13 @@ pub mod turn_xdp {
         for ns in [&topo.client, &topo.peer] {
             must_run_in(ns, "ethtool", &["-K", "eth0", "tx", "off"]);
         }
+        prepare_topology_offloading(topo, forwarding)
+    }
+
+    /// [`prepare_topology`] with the senders' TX checksumming left on, a veth's default:
+    /// their datagrams carry partial checksums (the pseudo-header's sum only), as those
+    /// of containers on the relay's host do.
+    pub fn prepare_topology_offloading(topo: &TurnTopology, forwarding: bool) -> Vec<XdpPass> {
         let on = u8::from(forwarding);
         for key in [
             format!("net.ipv4.conf.all.forwarding={on}"),

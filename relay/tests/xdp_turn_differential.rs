@@ -1269,6 +1269,52 @@ fn scenario(
             &format!("{tag}: IPv4 UDP checksum 0"),
         );
     }
+    // A partial UDP checksum (the pseudo-header's sum only), as a sender on this host with
+    // checksum offload leaves it over a veth: passed up in every direction (updated
+    // incrementally, it would leave unfinished and the receiver would drop the datagram).
+    for (mut f, what) in [
+        (
+            frame(
+                MAC_CLIENT,
+                tuple.client,
+                tuple.server,
+                &channel_data(10, 2, 3),
+                0,
+            ),
+            "ChannelData",
+        ),
+        (frame(MAC_PEER, peer, a.relay, &data(20, 5), 0), "peer data"),
+        (
+            frame(
+                MAC_PEER,
+                SocketAddr::new(peer.ip(), PEER_PORT + 1),
+                a.relay,
+                &data(9, 1),
+                0,
+            ),
+            "peer data for a Data indication",
+        ),
+        (
+            frame(
+                MAC_CLIENT,
+                tuple.client,
+                tuple.server,
+                &send_indication(peer, b"hi"),
+                0,
+            ),
+            "Send indication",
+        ),
+    ] {
+        let p = wire::parse_udp_frame(&f).expect("the frame parses");
+        let (at, len) = (p.udp_offset + 6, p.udp_segment().len());
+        let partial = wire::udp_partial_checksum(p.src.ip(), p.dst.ip(), len);
+        f[at..at + 2].copy_from_slice(&partial.to_be_bytes());
+        assert_passed(
+            &run(x, ifindex, &f),
+            &f,
+            &format!("{tag}: {what} with a partial UDP checksum"),
+        );
+    }
     // Send indications of other shapes: attributes in uclient's order, DONT-FRAGMENT,
     // FINGERPRINT (verified in the kernel); relayed exactly as userspace relays them.
     let mut sends = 0;

@@ -57,13 +57,19 @@ struct Setup {
     _files: TempDir,
 }
 
-fn setup() -> Setup {
+/// `offloading`: the senders' TX checksumming stays on (partial checksums).
+fn setup(offloading: bool) -> Setup {
     let topo = TurnTopology::new("rlf").expect("create the TURN topology");
-    // Senders' checksums complete, relay_xdp_pass on the client's and peer's veths, and
-    // forwarding OFF on every interface of the relay namespace (a new namespace inherits
-    // IPv4's from the host): the daemon turns it on for `lo` only (xdp.fib_interface) and
-    // looks routes up through it, so the relay's veths never route.
-    let pass = turn_xdp::prepare_topology(&topo, false);
+    // Senders' checksums complete (unless `offloading`), relay_xdp_pass on the client's
+    // and peer's veths, and forwarding OFF on every interface of the relay namespace (a
+    // new namespace inherits IPv4's from the host): the daemon turns it on for `lo` only
+    // (xdp.fib_interface) and looks routes up through it, so the relay's veths never
+    // route.
+    let pass = if offloading {
+        turn_xdp::prepare_topology_offloading(&topo, false)
+    } else {
+        turn_xdp::prepare_topology(&topo, false)
+    };
     let files = TempDir::new("relay-turn-fastpath").unwrap();
     let config = relay_config(&topo, &files);
     let peer = turn_xdp::spawn_peer(&topo);
@@ -269,8 +275,38 @@ fn uclient_through_the_kernel(test: &str, send: bool) {
     if !require_root(test) {
         return;
     }
-    let mut s = setup();
+    let mut s = setup(false);
     run(&s, send, 5, 200);
+    s.relay.take().unwrap().stop_cleanly();
+}
+
+/// Senders with TX checksumming on (a veth's default, as for containers on the relay's
+/// host) leave partial UDP checksums. The kernel must not relay those (updated
+/// incrementally they would leave unfinished, and the receivers drop them: before the
+/// check, every datagram of this run was lost): each is passed up, counted as
+/// `turn_unhandled_passed`, and userspace relays it, with nothing lost.
+#[test]
+fn uclient_with_checksum_offload_is_relayed_by_userspace() {
+    if !require_root("uclient_with_checksum_offload_is_relayed_by_userspace") {
+        return;
+    }
+    let mut s = setup(true);
+    let relay = s.relay.as_ref().unwrap();
+    let xdp0 = xdp_counters(&relay.stats().expect("relay stats --json"));
+    let (clients, messages) = (5, 200);
+    let mut cmd = turn_xdp::uclient_command(&s.topo, false, clients, messages, MSG_LEN);
+    let totals = turn_xdp::check_uclient(run_bounded(&mut cmd, RUN_LIMIT), clients, messages);
+    let xdp1 = xdp_counters(&relay.stats().expect("relay stats --json"));
+    let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
+    let in_kernel = grew("turn_channel_to_peer") + grew("turn_peer_to_channel");
+    assert_eq!(
+        in_kernel, 0,
+        "the kernel relayed {in_kernel} datagrams with partial checksums; xdp counters {xdp1:?}"
+    );
+    assert!(
+        grew("turn_unhandled_passed") >= 2 * totals.received,
+        "{totals:?}: fewer datagrams passed up than relayed both ways; xdp counters {xdp1:?}"
+    );
     s.relay.take().unwrap().stop_cleanly();
 }
 

@@ -59,8 +59,8 @@ pub mod counter {
     /// passed up for userspace.
     pub const TURN_NO_RULE_PASSED: u32 = 10;
     /// TURN frames with a rule that the kernel does not relay (fragments, IP options, bad
-    /// lengths, too large once a header is added, TTL exhausted, unusual attributes):
-    /// passed up.
+    /// lengths, too large once a header is added, TTL exhausted, unusual attributes, a
+    /// partial UDP checksum from a sender on this host with checksum offload): passed up.
     pub const TURN_UNHANDLED_PASSED: u32 = 11;
     /// TURN frames whose next hop the FIB could not resolve yet (no neighbour entry, or
     /// not forwardable): passed up so that the stack resolves it.

@@ -117,7 +117,13 @@ pub fn udp_checksum(src: IpAddr, dst: IpAddr, segment: &[u8]) -> u16 {
 pub fn udp_checksum_partial(src: IpAddr, dst: IpAddr, segment: &[u8]) -> bool {
     segment.len() >= 8
         && u16::from_be_bytes([segment[6], segment[7]])
-            == fold(pseudo_header_sum(src, dst, segment.len()))
+            == udp_partial_checksum(src, dst, segment.len())
+}
+
+/// The value such a sender leaves in the checksum field of a `udp_len`-byte datagram
+/// (header included) from `src` to `dst`: the pseudo-header's sum, folded.
+pub fn udp_partial_checksum(src: IpAddr, dst: IpAddr, udp_len: usize) -> u16 {
+    fold(pseudo_header_sum(src, dst, udp_len))
 }
 
 /// Whether `segment`'s UDP checksum is valid as received from `src` to `dst`. A zero

@@ -12,7 +12,7 @@ mod frame;
 
 pub use checksum::{
     fold, ipv4_header_checksum, ones_complement_sum, udp_checksum, udp_checksum_partial,
-    udp_checksum_valid,
+    udp_checksum_valid, udp_partial_checksum,
 };
 pub use frame::{
     ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV4_HLEN, IPV6_HLEN, UDP_HLEN, UdpFrame, WireError,

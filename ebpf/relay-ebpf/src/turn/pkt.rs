@@ -2,12 +2,12 @@
 //! at a time, with every check a relayed frame needs. A frame that is not UDP over plain
 //! IPv4/IPv6 is not TURN's business (`Err(None)`); a UDP frame that is odd in a way the
 //! kernel does not relay (fragment, options, bad lengths or header checksum, no UDP
-//! checksum, TTL ≤ 1, multicast source) is marked `unusual` and passed up later, once it
+//! checksum or a partial one, TTL ≤ 1, multicast source) is marked `unusual` and passed up later, once it
 //! is known to be TURN traffic (so that it is counted as such).
 
 use aya_ebpf::programs::XdpContext;
 
-use super::words::{Addr, fold, host, mapped, rd_addr, rd16, rd32};
+use super::words::{Addr, addr_sum, fold, host, mapped, rd_addr, rd16, rd32};
 
 /// Ethernet header length.
 pub const ETH: usize = 14;
@@ -171,6 +171,15 @@ fn finish(p: &mut Pkt, ttl: u8) -> Result<(), Option<u32>> {
     }
     if p.csum == 0 || ttl <= 1 || p.sport() == 0 {
         // No checksum to update incrementally (userspace relays it); TTL would expire.
+        p.unusual = true;
+    }
+    // A sender on this host with checksum offload (a container behind a veth) leaves
+    // only the pseudo-header sum in the field (CHECKSUM_PARTIAL: skb metadata that XDP
+    // does not see, which tells the stack to trust the datagram). Updated incrementally
+    // it would leave unfinished, and the receiver would drop it: userspace relays it. A
+    // complete checksum that happens to equal that sum (1 in 65 536) is passed up too.
+    let len_word = u32::from_ne_bytes([0, 17, (p.ulen >> 8) as u8, p.ulen as u8]);
+    if fold(addr_sum(&p.src, p.v6) + addr_sum(&p.dst, p.v6) + len_word as u64) == p.csum {
         p.unusual = true;
     }
     Ok(())
