@@ -1742,14 +1742,9 @@ fn mutated_frames_are_relayed_as_userspace_relays_them_or_passed_unchanged() {
     };
     let cases = env("RELAY_MUTATION_CASES", 40_000) as usize;
     let seed = env("RELAY_MUTATION_SEED", 0x7e57_ab1e_5eed_0004);
-    let ns = Netns::create("m");
-    let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
-    let _in = ns.enter();
-    let ifindex = v0_ifindex();
+    let mut loaded = loaded_with("m", ALL_TURN);
+    let (x, ifindex) = (&mut loaded.x, loaded.ifindex);
     let mut r = Reference::new();
-    Rules { x: &mut x }.settings(
-        rc::SETTING_ENABLED | rc::SETTING_DATA_INDICATIONS | rc::SETTING_SEND_INDICATIONS,
-    );
     let families = [(false, false), (true, true), (false, true), (true, false)];
     let mut allocs = Vec::new();
     let mut seeds = Vec::new();
@@ -1766,14 +1761,14 @@ fn mutated_frames_are_relayed_as_userspace_relays_them_or_passed_unchanged() {
             SocketAddr::new(pf.peer, PEER_PORT),
             (n * 16) as u8,
         );
-        Rules { x: &mut x }.install(&a, n * 8);
+        Rules { x: &mut *x }.install(&a, n * 8);
         seeds.extend(seed_frames(&a, c6));
         allocs.push(a);
     }
     let judged = |r: &mut Reference, f: &[u8], what: &str| {
-        let before = counters(&x);
-        let out = run(&x, ifindex, f);
-        let after = counters(&x);
+        let before = counters(x);
+        let out = run(x, ifindex, f);
+        let after = counters(x);
         let moved: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
         (judge(r, &allocs, f, &out, &moved, what), out)
     };
@@ -2139,14 +2134,9 @@ fn turn_fast_path_cost() {
     if !privileged() {
         return;
     }
-    let ns = Netns::create("c");
-    let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
-    let _in = ns.enter();
-    let ifindex = v0_ifindex();
+    let mut loaded = loaded_with("c", ALL_TURN);
+    let (x, ifindex) = (&mut loaded.x, loaded.ifindex);
     let mut r = Reference::new();
-    Rules { x: &mut x }.settings(
-        rc::SETTING_ENABLED | rc::SETTING_DATA_INDICATIONS | rc::SETTING_SEND_INDICATIONS,
-    );
     let mut cases = Vec::new();
     for (v6, n) in [(false, 1u32), (true, 2)] {
         let f = fam(v6);
@@ -2157,7 +2147,7 @@ fn turn_fast_path_cost() {
         };
         let peer = SocketAddr::new(f.peer, PEER_PORT);
         let a = r.allocate(tuple, v6, peer, (n * 16) as u8);
-        Rules { x: &mut x }.install(&a, n * 8);
+        Rules { x: &mut *x }.install(&a, n * 8);
         let name = fam_name(v6);
         cases.push((
             format!("ChannelData→peer {name} (172 B)"),
@@ -2198,7 +2188,7 @@ fn turn_fast_path_cost() {
             XdpAction::Tx,
         ));
         let unresolved = SocketAddr::new(f.unresolved, PEER_PORT);
-        Rules { x: &mut x }.channel(&a, 0x4003, unresolved, monotonic_ns() + 60_000_000_000, 7);
+        Rules { x: &mut *x }.channel(&a, 0x4003, unresolved, monotonic_ns() + 60_000_000_000, 7);
         let mut cd = channel_data(172, 0, 1);
         cd[1] = 0x03;
         cases.push((
@@ -2224,7 +2214,7 @@ fn turn_fast_path_cost() {
         x.translated_instructions()
     );
     for ttl in [0u32, 1000] {
-        Rules { x: &mut x }.settings_with(
+        Rules { x: &mut *x }.settings_with(
             rc::SETTING_ENABLED | rc::SETTING_DATA_INDICATIONS | rc::SETTING_SEND_INDICATIONS,
             ttl,
             LO_IFINDEX,
@@ -2267,11 +2257,20 @@ struct Loaded {
 
 /// `tag` names the namespace: one per test (tests run in parallel in one process).
 fn loaded_with_turn_on(tag: &str) -> Loaded {
+    loaded_with(tag, rc::SETTING_ENABLED)
+}
+
+/// Every kernel TURN case on: channels, Data indications and Send indications.
+const ALL_TURN: u32 =
+    rc::SETTING_ENABLED | rc::SETTING_DATA_INDICATIONS | rc::SETTING_SEND_INDICATIONS;
+
+/// [`loaded_with_turn_on`] with the settings `flags`.
+fn loaded_with(tag: &str, flags: u32) -> Loaded {
     let ns = Netns::create(tag);
     let mut x = XdpTestRun::load(&[LISTEN_PORT]).expect("load the XDP program");
     let entered = ns.enter();
     let ifindex = v0_ifindex();
-    Rules { x: &mut x }.settings(rc::SETTING_ENABLED);
+    Rules { x: &mut x }.settings(flags);
     Loaded {
         _in: entered,
         x,
