@@ -2018,6 +2018,77 @@ where
     T::try_from(map).unwrap_or_else(|e| panic!("map {name} has another type: {e:?}"))
 }
 
+/// With `SETTING_EGRESS_CHECKED`, a relayed frame leaves only by an interface in
+/// TURN_EGRESS (the daemon's attached ones): one whose next hop is out of any other is
+/// passed up unchanged, counted as TURN_FIB_PASSED, for the stack to send (an XDP
+/// redirect to, say, a VLAN or bridge device would lose it). Without the setting, as
+/// before, any interface the FIB names.
+#[test]
+fn relayed_frames_leave_only_by_the_interfaces_in_turn_egress() {
+    if !privileged() {
+        return;
+    }
+    let mut loaded = loaded_with("e", ALL_TURN);
+    let (x, ifindex) = (&mut loaded.x, loaded.ifindex);
+    let mut r = Reference::new();
+    let (cf, pf) = (fam(false), fam(false));
+    let tuple = FiveTuple {
+        client: SocketAddr::new(cf.client, CLIENT_PORT),
+        server: SocketAddr::new(cf.listen, LISTEN_PORT),
+        transport: Transport::Udp,
+    };
+    let a = r.allocate(tuple, false, SocketAddr::new(pf.peer, PEER_PORT), 16);
+    Rules { x: &mut *x }.install(&a, 8);
+    let msg = channel_data(40, 0, 1);
+    let f = frame(MAC_CLIENT, tuple.client, tuple.server, &msg, 0);
+    let reference = ref_to_peer(&mut r, &a, &msg, 0, v4f(&f, false)).expect("userspace relays");
+    let set_egress = |x: &mut XdpTestRun, ifindexes: &[u32]| {
+        let mut m: HashMap<_, u32, u32> = map_as(x, rc::maps::EGRESS);
+        let old: Vec<u32> = m.keys().map(|k| k.expect("key")).collect();
+        for k in old {
+            m.remove(&k).expect("remove");
+        }
+        for &i in ifindexes {
+            m.insert(i, 1, 0).expect("insert");
+        }
+    };
+    // No next-hop cache: every frame asks the FIB, and meets the check.
+    let checked = ALL_TURN | rc::SETTING_EGRESS_CHECKED;
+    Rules { x: &mut *x }.settings_with(checked, 0, LO_IFINDEX);
+    for (egress, relayed, what) in [
+        (vec![], false, "no interface allowed"),
+        (
+            vec![LO_IFINDEX, ifindex + 100],
+            false,
+            "other interfaces allowed",
+        ),
+        (vec![ifindex], true, "its interface allowed"),
+        (
+            vec![LO_IFINDEX, ifindex],
+            true,
+            "its interface among others",
+        ),
+    ] {
+        set_egress(x, &egress);
+        let fib_before = counters(x)[counter::TURN_FIB_PASSED as usize];
+        let out = run(x, ifindex, &f);
+        if relayed {
+            assert_relayed(&out, &reference, what);
+        } else {
+            assert_passed(&out, &f, what);
+            assert_eq!(
+                counters(x)[counter::TURN_FIB_PASSED as usize],
+                fib_before + 1,
+                "{what}: counted as TURN_FIB_PASSED"
+            );
+        }
+    }
+    // Unchecked, the set is not read.
+    set_egress(x, &[]);
+    Rules { x: &mut *x }.settings_with(ALL_TURN, 0, LO_IFINDEX);
+    assert_relayed(&run(x, ifindex, &f), &reference, "egress not checked");
+}
+
 /// Empties TURN_NEXT_HOPS (the shared cache behind the per-CPU slots).
 fn clear_next_hops(x: &mut XdpTestRun) {
     let mut m: HashMap<_, rc::NextHopKey, rc::NextHop> = map_as(x, rc::maps::NEXT_HOPS);

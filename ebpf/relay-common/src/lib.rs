@@ -63,7 +63,8 @@ pub mod counter {
     /// partial UDP checksum from a sender on this host with checksum offload): passed up.
     pub const TURN_UNHANDLED_PASSED: u32 = 11;
     /// TURN frames whose next hop the FIB could not resolve yet (no neighbour entry, or
-    /// not forwardable): passed up so that the stack resolves it.
+    /// not forwardable), or is out of an interface the program is not attached to:
+    /// passed up so that the stack resolves it or sends the frame.
     pub const TURN_FIB_PASSED: u32 = 12;
     /// TURN frames dropped for exceeding the allocation's bandwidth limit in the kernel.
     pub const TURN_BANDWIDTH_DROPPED: u32 = 13;

@@ -99,6 +99,11 @@ pub mod maps {
     pub const BANDWIDTH: &str = "TURN_BANDWIDTH";
     /// `Array<TurnSettings>` of one entry.
     pub const SETTINGS: &str = "TURN_SETTINGS";
+    /// `HashMap<u32, u32>` of [`super::MAX_EGRESS`] entries: the ifindexes (value 1) the
+    /// kernel may send relayed frames out of, with [`super::SETTING_EGRESS_CHECKED`]:
+    /// the interfaces the program is attached to. Pinned: a restarted daemon's program
+    /// relays through the same ones until that daemon rewrites them.
+    pub const EGRESS: &str = "TURN_EGRESS";
     /// `LruHashMap<NextHopKey, NextHop>`: `bpf_fib_lookup` results reused for
     /// `TurnSettings::next_hop_ttl_ms` (written only by the kernel).
     pub const NEXT_HOPS: &str = "TURN_NEXT_HOPS";
@@ -725,6 +730,15 @@ pub const SETTING_ENABLED: u32 = 1;
 pub const SETTING_DATA_INDICATIONS: u32 = 2;
 /// Setting: relay Send indications in the kernel (otherwise pass them up).
 pub const SETTING_SEND_INDICATIONS: u32 = 4;
+/// Setting: relay only out of the interfaces in `TURN_EGRESS`; a frame whose next hop is
+/// through any other passes up (`TURN_FIB_PASSED`) and the stack sends it. Why: an
+/// XDP redirect to an interface that cannot take one (a VLAN or bridge device, a driver
+/// without `ndo_xdp_xmit`, a NIC whose XDP transmit rings exist only while it has a
+/// program of its own) loses the frame, where userspace would have relayed it.
+pub const SETTING_EGRESS_CHECKED: u32 = 8;
+
+/// Entries of `TURN_EGRESS`.
+pub const MAX_EGRESS: u32 = 64;
 
 /// Entries in `TURN_NEXT_HOPS` (least recently used ones are evicted).
 pub const MAX_NEXT_HOPS: u32 = 65_536;

@@ -405,7 +405,8 @@ fn start_kernel_turn(
     owned: Option<&(Vec<u32>, Vec<u32>)>,
 ) -> bool {
     use relay_common::turn::{
-        SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS, TurnSettings,
+        SETTING_DATA_INDICATIONS, SETTING_EGRESS_CHECKED, SETTING_ENABLED,
+        SETTING_SEND_INDICATIONS, TurnSettings,
     };
     if !config.xdp.turn {
         tracing::info!(
@@ -444,8 +445,31 @@ fn start_kernel_turn(
             return false;
         }
     };
+    // Relayed frames leave only by the interfaces the program is attached to: a redirect
+    // to any other may be lost (see SETTING_EGRESS_CHECKED); the stack sends those.
+    let mut egress = Vec::new();
+    for (name, _) in fp.attachments() {
+        match crate::xdp::fib::ifindex(name) {
+            Ok(i) => egress.push(i),
+            Err(e) => tracing::warn!(
+                interface = %name,
+                error = %e,
+                "cannot name this interface to the TURN fast path: frames routed out of it                  are sent by the stack"
+            ),
+        }
+    }
+    if let Err(e) = maps.set_egress(&egress) {
+        tracing::warn!(
+            error = %e,
+            "cannot tell the TURN fast path which interfaces it may relay out of: TURN stays              in userspace"
+        );
+        return false;
+    }
     let settings = TurnSettings {
-        flags: SETTING_ENABLED | SETTING_DATA_INDICATIONS | SETTING_SEND_INDICATIONS,
+        flags: SETTING_ENABLED
+            | SETTING_DATA_INDICATIONS
+            | SETTING_SEND_INDICATIONS
+            | SETTING_EGRESS_CHECKED,
         relay_port_min: config.turn.port_range.0,
         relay_port_max: config.turn.port_range.1,
         // Next hops reused for 1 s: the FIB lookup is most of a relayed frame's cost, and

@@ -267,7 +267,7 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> XdpError {
 /// Deliberately not pinned: the next-hop caches (`TURN_NEXT_HOPS`, `TURN_HOP_SLOTS`:
 /// rebuilt from the FIB), the scratch maps, and the AF_XDP steering maps
 /// ([`UNPINNED_XSK_MAPS`]).
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 14] = [
     relay_common::turn::maps::CHANNELS,
     relay_common::turn::maps::CHANNELS_V4,
     relay_common::turn::maps::CHANNEL_TABLE,
@@ -279,6 +279,7 @@ pub const PINNED_MAPS: [&str; 13] = [
     relay_common::turn::maps::RULE_STATS,
     relay_common::turn::maps::BANDWIDTH,
     relay_common::turn::maps::SETTINGS,
+    relay_common::turn::maps::EGRESS,
     names::COUNTERS,
     names::STUN_PORTS,
 ];

@@ -333,6 +333,8 @@ pub struct TurnMaps {
     stats: Mutex<PerCpuArray<MapData, RuleStats>>,
     bandwidth: Mutex<Array<MapData, Bandwidth>>,
     settings: Mutex<Array<MapData, TurnSettings>>,
+    /// `TURN_EGRESS`: the interfaces relayed frames may leave by.
+    egress: Mutex<HashMap<MapData, u32, u32>>,
     stats_pool: Mutex<IndexPool>,
     alloc_pool: Mutex<IndexPool>,
     cpus: usize,
@@ -364,6 +366,7 @@ impl TurnMaps {
             maps::RULE_STATS,
             maps::BANDWIDTH,
             maps::SETTINGS,
+            maps::EGRESS,
         ] {
             if ebpf.map(name).is_none() {
                 return Err(RulesError::Missing(name));
@@ -389,6 +392,7 @@ impl TurnMaps {
             stats: Mutex::new(take(ebpf, maps::RULE_STATS)?),
             bandwidth: Mutex::new(take(ebpf, maps::BANDWIDTH)?),
             settings: Mutex::new(take(ebpf, maps::SETTINGS)?),
+            egress: Mutex::new(take(ebpf, maps::EGRESS)?),
             stats_pool: Mutex::new(IndexPool::new(MAX_RULES)),
             alloc_pool: Mutex::new(IndexPool::new(MAX_ALLOCATIONS)),
             cpus,
@@ -781,6 +785,34 @@ impl TurnMaps {
         lock(&self.settings)
             .set(0, v, 0)
             .map_err(map_err(maps::SETTINGS))
+    }
+
+    /// Makes `ifindexes` the interfaces the kernel may relay out of (`TURN_EGRESS`, read
+    /// with `SETTING_EGRESS_CHECKED`; at most `MAX_EGRESS`): the new ones are added
+    /// before the others go, so that an interface in both sets is never missing.
+    pub fn set_egress(&self, ifindexes: &[u32]) -> Result<(), RulesError> {
+        let mut m = lock(&self.egress);
+        for &i in ifindexes {
+            m.insert(i, 1, 0).map_err(map_err(maps::EGRESS))?;
+        }
+        let old: Vec<u32> = m
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(maps::EGRESS))?;
+        for i in old.into_iter().filter(|i| !ifindexes.contains(i)) {
+            m.remove(&i).map_err(map_err(maps::EGRESS))?;
+        }
+        Ok(())
+    }
+
+    /// The interfaces in `TURN_EGRESS`, in ascending order.
+    pub fn egress(&self) -> Result<Vec<u32>, RulesError> {
+        let mut v: Vec<u32> = lock(&self.egress)
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(maps::EGRESS))?;
+        v.sort_unstable();
+        Ok(v)
     }
 
     /// Rule and allocation indices in use.
@@ -1473,6 +1505,21 @@ mod privileged {
             .expect("load the embedded object with small rule maps");
         let m = TurnMaps::take(&mut ebpf).expect("the object has the TURN maps");
         (ebpf, m)
+    }
+
+    #[test]
+    fn the_egress_set_is_replaced_whole() {
+        if !can_run("the_egress_set_is_replaced_whole") {
+            return;
+        }
+        let (_ebpf, m) = small_maps();
+        assert_eq!(m.egress().expect("read"), Vec::<u32>::new());
+        m.set_egress(&[5, 3]).expect("set");
+        assert_eq!(m.egress().expect("read"), vec![3, 5]);
+        m.set_egress(&[7, 5]).expect("set");
+        assert_eq!(m.egress().expect("read"), vec![5, 7]);
+        m.set_egress(&[]).expect("set");
+        assert_eq!(m.egress().expect("read"), Vec::<u32>::new());
     }
 
     /// Channel key `i`: IPv4 client 198.51.x.y:40000 to 192.0.2.1:3478, channel 0x4001.

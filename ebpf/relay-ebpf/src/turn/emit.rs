@@ -32,7 +32,7 @@ use relay_common::{
 };
 
 use super::{
-    Hop, Out, TURN_BANDWIDTH, TURN_HOP_SLOTS, TURN_NEXT_HOPS, TURN_RULE_STATS, Work,
+    Hop, Out, TURN_BANDWIDTH, TURN_EGRESS, TURN_HOP_SLOTS, TURN_NEXT_HOPS, TURN_RULE_STATS, Work,
     pkt::{ETH, Pkt},
     words::{
         Addr, MAGIC_W, addr_neg, addr_sum, be, fold, packet_ptr, rd_addr, rd16, rd32, same,
@@ -157,7 +157,8 @@ pub fn emit(ctx: &XdpContext, work: *mut Work) -> Result<u32, Option<u32>> {
 /// check), stored in both on success. The kernel answers FWD_DISABLED unless forwarding
 /// is on for the lookup's interface (checked on 6.18, with and without
 /// BPF_FIB_LOOKUP_OUTPUT): the daemon turns it on for `fib_ifindex` only (`lo` by
-/// default), else everything passes up counted as TURN_FIB_PASSED.
+/// default), else everything passes up counted as TURN_FIB_PASSED; so does a hop out of
+/// an interface not in `TURN_EGRESS` (with `SETTING_EGRESS_CHECKED`).
 #[inline(always)]
 fn next_hop(
     ctx: &XdpContext,
@@ -216,6 +217,13 @@ fn next_hop(
         }
     }
     lookup(ctx, p, o, fib, ip_total, hop.fib_ifindex)?;
+    // Out of an interface that may not take a redirect: the stack sends it. Checked
+    // before the hop is cached, so cached hops need no check.
+    let egress = fib.ifindex;
+    // SAFETY: the value is only tested for presence.
+    if hop.egress_checked && unsafe { TURN_EGRESS.get(&egress) }.is_none() {
+        return Err(Some(TURN_FIB_PASSED));
+    }
     let f = fib as *const bpf_fib_lookup as usize;
     let smac = core::mem::offset_of!(bpf_fib_lookup, smac);
     let dmac = core::mem::offset_of!(bpf_fib_lookup, dmac);

@@ -40,10 +40,10 @@ use relay_common::{
     },
     turn::{
         AllocKey, AllocRule, Bandwidth, CHANNEL_PROBES, ChannelKey, ChannelKeyV4, ChannelRule,
-        ChannelSlot, HOP_SLOTS, HopSlot, MAX_ALLOCATIONS, MAX_MAP_ENTRIES, MAX_NEXT_HOPS,
-        MAX_RULES, NextHop, NextHopKey, PeerKey, PeerRule, PeerSlot, RuleStats,
-        SETTING_DATA_INDICATIONS, SETTING_ENABLED, SETTING_SEND_INDICATIONS, SlotTableInfo,
-        TurnClock, TurnSettings,
+        ChannelSlot, HOP_SLOTS, HopSlot, MAX_ALLOCATIONS, MAX_EGRESS, MAX_MAP_ENTRIES,
+        MAX_NEXT_HOPS, MAX_RULES, NextHop, NextHopKey, PeerKey, PeerRule, PeerSlot, RuleStats,
+        SETTING_DATA_INDICATIONS, SETTING_EGRESS_CHECKED, SETTING_ENABLED,
+        SETTING_SEND_INDICATIONS, SlotTableInfo, TurnClock, TurnSettings,
     },
 };
 
@@ -89,6 +89,10 @@ static TURN_RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(M
 static TURN_BANDWIDTH: Array<Bandwidth> = Array::with_max_entries(MAX_ALLOCATIONS, 0);
 #[map(name = "TURN_SETTINGS")]
 pub static TURN_SETTINGS: Array<TurnSettings> = Array::with_max_entries(1, 0);
+/// The interfaces relayed frames may leave by, with `SETTING_EGRESS_CHECKED` (see
+/// relay_common::turn::maps::EGRESS).
+#[map(name = "TURN_EGRESS")]
+static TURN_EGRESS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_EGRESS, 0);
 /// The rule clock's calibration (see `TurnClock`); written by the daemon, not pinned.
 #[map(name = "TURN_CLOCK")]
 static TURN_CLOCK: Array<TurnClock> = Array::with_max_entries(1, 0);
@@ -164,6 +168,8 @@ pub struct Hop {
     ttl_ms: u32,
     fib_ifindex: u32,
     now: u64,
+    /// `SETTING_EGRESS_CHECKED`.
+    egress_checked: bool,
 }
 
 /// [`relay`]'s result, packed in one register (a BPF-to-BPF call returns one value):
@@ -233,6 +239,7 @@ fn find_rule(ctx: &XdpContext, work: *mut Work) -> Result<(), Option<u32>> {
         ttl_ms: settings.next_hop_ttl_ms,
         fib_ifindex: settings.fib_ifindex,
         now,
+        egress_checked: flags & SETTING_EGRESS_CHECKED != 0,
     };
     let dport = host(p.dport());
     let payload = p.ulen - 8;
