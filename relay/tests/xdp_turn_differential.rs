@@ -884,6 +884,21 @@ fn ref_to_client(
     Some(build_relayed_frame(&hop, tuple.server, tuple.client, tos, v4, &bytes).expect("reference"))
 }
 
+/// The frame `build(x)` for the first `x` whose (complete, right) UDP checksum equals
+/// the pseudo-header's sum, the value a partial checksum has.
+fn equal_to_partial(build: impl Fn(u16) -> Vec<u8>) -> Vec<u8> {
+    (0..=u16::MAX)
+        .map(build)
+        .find(|f| {
+            let p = wire::parse_udp_frame(f).expect("parses");
+            let seg = p.udp_segment();
+            let field = u16::from_be_bytes([seg[6], seg[7]]);
+            p.udp_checksum_valid()
+                && field == wire::udp_partial_checksum(p.src.ip(), p.dst.ip(), seg.len())
+        })
+        .expect("some value gives the checksum any value")
+}
+
 /// Userspace's Data indication `bytes` with transaction id `t` (the kernel's random one)
 /// in place of its own, and its XOR-PEER-ADDRESS encoded under `t`.
 fn with_kernel_txid(bytes: &mut [u8], t: [u8; 12]) {
@@ -1313,6 +1328,39 @@ fn scenario(
             &run(x, ifindex, &f),
             &f,
             &format!("{tag}: {what} with a partial UDP checksum"),
+        );
+    }
+    // A complete checksum that equals the pseudo-header's sum (a partial checksum's
+    // value; in a stream of numbered packets one in a few thousand has it): relayed as
+    // userspace relays it, at every length modulo 4 (the kernel sums such a datagram to
+    // tell, lane by lane to its last byte).
+    for len in [20usize, 21, 22, 23] {
+        let ch = equal_to_partial(|x| {
+            let mut m = channel_data(len, 0, 7);
+            m[8..10].copy_from_slice(&x.to_be_bytes());
+            frame(MAC_CLIENT, tuple.client, tuple.server, &m, 0)
+        });
+        let p = wire::parse_udp_frame(&ch).expect("parses");
+        let msg = p.payload.to_vec();
+        let reference = ref_to_peer(r, &a, &msg, 0, v4f(&ch, false)).expect("userspace relays");
+        assert_relayed(
+            &run(x, ifindex, &ch),
+            &reference,
+            &format!("{tag}: ChannelData len {len} whose checksum equals a partial one"),
+        );
+        let pd = equal_to_partial(|v| {
+            let mut d = data(len, 3);
+            d[4..6].copy_from_slice(&v.to_be_bytes());
+            frame(MAC_PEER, peer, a.relay, &d, 0)
+        });
+        let p = wire::parse_udp_frame(&pd).expect("parses");
+        let payload = p.payload.to_vec();
+        let reference = ref_to_client(r, &a, peer, &payload, 0, v4f(&pd, false), None)
+            .expect("userspace relays");
+        assert_relayed(
+            &run(x, ifindex, &pd),
+            &reference,
+            &format!("{tag}: peer data len {len} whose checksum equals a partial one"),
         );
     }
     // Send indications of other shapes: attributes in uclient's order, DONT-FRAGMENT,

@@ -7,7 +7,7 @@
 
 use aya_ebpf::programs::XdpContext;
 
-use super::words::{Addr, addr_sum, fold, host, mapped, rd_addr, rd16, rd32};
+use super::words::{Addr, addr_sum, fold, host, mapped, packet_ptr, rd_addr, rd16, rd32};
 
 /// Ethernet header length.
 pub const ETH: usize = 14;
@@ -121,7 +121,7 @@ pub fn parse(ctx: &XdpContext, p: &mut Pkt) -> Result<(), Option<u32>> {
             frame_len,
             unusual,
         };
-        finish(p, ttl)
+        finish(ctx, p, ttl)
     } else if ethertype == u16::from_ne_bytes([0x86, 0xDD]) {
         if data + L4_V6 + 8 > end {
             return Err(None);
@@ -156,7 +156,7 @@ pub fn parse(ctx: &XdpContext, p: &mut Pkt) -> Result<(), Option<u32>> {
             frame_len,
             unusual,
         };
-        finish(p, (w1 >> 24) as u8)
+        finish(ctx, p, (w1 >> 24) as u8)
     } else {
         Err(None)
     }
@@ -164,7 +164,7 @@ pub fn parse(ctx: &XdpContext, p: &mut Pkt) -> Result<(), Option<u32>> {
 
 /// The checks common to both families.
 #[inline(always)]
-fn finish(p: &mut Pkt, ttl: u8) -> Result<(), Option<u32>> {
+fn finish(ctx: &XdpContext, p: &mut Pkt, ttl: u8) -> Result<(), Option<u32>> {
     if p.ulen < 8 {
         // Nothing sane to classify by.
         return Err(None);
@@ -176,11 +176,64 @@ fn finish(p: &mut Pkt, ttl: u8) -> Result<(), Option<u32>> {
     // A sender on this host with checksum offload (a container behind a veth) leaves
     // only the pseudo-header sum in the field (CHECKSUM_PARTIAL: skb metadata that XDP
     // does not see, which tells the stack to trust the datagram). Updated incrementally
-    // it would leave unfinished, and the receiver would drop it: userspace relays it. A
-    // complete checksum that happens to equal that sum (1 in 65 536) is passed up too.
+    // it would leave unfinished, and the receiver would drop it: userspace relays it.
+    // A complete checksum can have that value too, and in a stream of numbered packets
+    // one in a few thousand does: those are told apart by summing the datagram.
     let len_word = u32::from_ne_bytes([0, 17, (p.ulen >> 8) as u8, p.ulen as u8]);
-    if fold(addr_sum(&p.src, p.v6) + addr_sum(&p.dst, p.v6) + len_word as u64) == p.csum {
+    let pseudo = addr_sum(&p.src, p.v6) + addr_sum(&p.dst, p.v6) + len_word as u64;
+    if !p.unusual && fold(pseudo) == p.csum && !checksum_complete(ctx, p.v6, p.ulen, pseudo) {
         p.unusual = true;
     }
     Ok(())
+}
+
+/// The longest datagram [`checksum_complete`] sums (longer ones count as partial and
+/// pass up).
+const MAX_SUMMED: usize = 2048;
+
+/// Whether the datagram's UDP checksum is complete and right: the ones' complement sum
+/// of the pseudo-header (`pseudo`), the UDP header and the payload. Asked only of the
+/// rare datagram whose checksum field equals the pseudo-header's sum (see [`finish`]),
+/// so its loop costs nothing on the common path.
+#[inline(never)]
+fn checksum_complete(ctx: &XdpContext, v6: bool, ulen: usize, pseudo: u64) -> bool {
+    if v6 {
+        sum_is_complete::<L4_V6>(ctx, ulen, pseudo)
+    } else {
+        sum_is_complete::<L4_V4>(ctx, ulen, pseudo)
+    }
+}
+
+#[inline(always)]
+fn sum_is_complete<const L4: usize>(ctx: &XdpContext, ulen: usize, pseudo: u64) -> bool {
+    if ulen > MAX_SUMMED {
+        return false;
+    }
+    let mut sum = pseudo;
+    let mut i = 0;
+    while i < MAX_SUMMED / 4 {
+        if 4 * i + 4 > ulen {
+            break;
+        }
+        let Some(w) = packet_ptr::<4>(ctx, L4 + 4 * i) else {
+            return false;
+        };
+        // SAFETY: `packet_ptr` checked the 4 bytes.
+        sum += unsafe { rd32(w) } as u64;
+        i += 1;
+    }
+    let rem = ulen & 3;
+    if rem != 0 {
+        // The last `rem` bytes: the end of the word that ends the datagram (the bytes
+        // before them were summed above). That word starts `rem` bytes before a multiple
+        // of 4, so for an odd `rem` its bytes sit in the other lane: swapped back.
+        let Some(w) = packet_ptr::<4>(ctx, L4 + ulen - 4) else {
+            return false;
+        };
+        // SAFETY: `packet_ptr` checked the 4 bytes.
+        let tail = unsafe { rd32(w) } & (u32::MAX << (8 * (4 - rem)));
+        let t = fold(tail as u64);
+        sum += if rem & 1 == 1 { t.swap_bytes() } else { t } as u64;
+    }
+    fold(sum) == 0xffff
 }
