@@ -2339,7 +2339,7 @@ fn turn_fast_path_cost() {
             LO_IFINDEX,
         );
         eprintln!("-- next_hop_ttl_ms = {ttl} (FIB through lo)");
-        time_cases(&x, ifindex, &cases);
+        time_cases(x, ifindex, &cases);
     }
 }
 
