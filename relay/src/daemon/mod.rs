@@ -454,14 +454,16 @@ fn start_kernel_turn(
             Err(e) => tracing::warn!(
                 interface = %name,
                 error = %e,
-                "cannot name this interface to the TURN fast path: frames routed out of it                  are sent by the stack"
+                "cannot name this interface to the TURN fast path: frames routed out of it \
+                 are sent by the stack"
             ),
         }
     }
     if let Err(e) = maps.set_egress(&egress) {
         tracing::warn!(
             error = %e,
-            "cannot tell the TURN fast path which interfaces it may relay out of: TURN stays              in userspace"
+            "cannot tell the TURN fast path which interfaces it may relay out of: TURN stays \
+             in userspace"
         );
         return false;
     }

@@ -331,8 +331,9 @@ fn checksum(ctx: &XdpContext, p: &Pkt, o: &Out, ulen: usize) -> Result<u64, Opti
     if o.in_pad > 0 {
         // The removed padding: the last `in_pad` bytes of the word that ends it. That
         // word lies inside the payload and padding (their length is a positive multiple
-        // of 4: `from_client` passes other padding up) and starts at an even offset of the datagram, so its bytes keep their
-        // checksum lanes and the masked word is the term to remove.
+        // of 4: `from_client` passes other padding up) and starts at an even offset of
+        // the datagram, so its bytes keep their checksum lanes and the masked word is the
+        // term to remove.
         let at = o.payload_off + o.payload_len + o.in_pad - 4;
         let w = word_at(ctx, at).ok_or(Some(TURN_UNHANDLED_PASSED))?;
         s += (!(w & top_bytes(o.in_pad))) as u64;

@@ -2,8 +2,8 @@
 //! at a time, with every check a relayed frame needs. A frame that is not UDP over plain
 //! IPv4/IPv6 is not TURN's business (`Err(None)`); a UDP frame that is odd in a way the
 //! kernel does not relay (fragment, options, bad lengths or header checksum, no UDP
-//! checksum or a partial one, TTL ≤ 1, multicast source) is marked `unusual` and passed up later, once it
-//! is known to be TURN traffic (so that it is counted as such).
+//! checksum or a partial one, TTL ≤ 1, multicast source) is marked `unusual` and passed
+//! up later, once it is known to be TURN traffic (so that it is counted as such).
 
 use aya_ebpf::programs::XdpContext;
 
