@@ -1721,51 +1721,26 @@ fn judge(
         return Fate::BadStaysBad;
     }
     let tos = relay::xdp::turn_frames::tos_of_frame(&p).expect("TOS");
+    let refused = || format!("{what}: userspace does not relay it: {f:02x?}");
     let expected = if let Some(a) = allocs.iter().find(|a| a.relay == p.dst) {
-        r.peer_sends(a.handle, p.src, p.payload);
-        let mut sent = std::mem::take(&mut r.sink.client);
-        assert_eq!(
-            sent.len(),
-            1,
-            "{what}: userspace does not relay it: {f:02x?}"
-        );
-        let (tuple, mut bytes) = sent.remove(0);
-        if bytes.starts_with(&[0x00, 0x17]) {
-            with_kernel_txid(&mut bytes, kernel_txid(out));
-        }
-        let hop = Hop {
-            src_mac: MAC_RELAY,
-            dst_mac: MAC_CLIENT,
-        };
         let v4 = Ipv4Fields::for_frame(&p, false).expect("IPv4 fields");
-        build_relayed_frame(&hop, tuple.server, tuple.client, tos, v4, &bytes)
+        let indication = moved[counter::TURN_PEER_TO_DATA_INDICATION as usize] == 1;
+        let txid = indication.then(|| kernel_txid(out));
+        ref_to_client(r, a, p.src, p.payload, tos, v4, txid)
+            .unwrap_or_else(|| panic!("{}", refused()))
     } else {
-        let tuple = FiveTuple {
-            client: p.src,
-            server: p.dst,
-            transport: Transport::Udp,
-        };
-        r.client_sends(&tuple, p.payload);
-        let mut sent = std::mem::take(&mut r.sink.peer);
-        assert_eq!(
-            sent.len(),
-            1,
-            "{what}: userspace does not relay it: {f:02x?}"
-        );
-        let (handle, peer, bytes, dont_fragment) = sent.remove(0);
+        let a = allocs
+            .iter()
+            .find(|a| a.tuple.client == p.src && a.tuple.server == p.dst)
+            .unwrap_or_else(|| panic!("{what}: relayed from a client without an allocation"));
         let send = p.payload.starts_with(&[0x00, 0x16]);
         let v4 = Ipv4Fields::for_frame(&p, send).expect("IPv4 fields");
-        let v4 = Ipv4Fields {
-            df: v4.df || dont_fragment,
-            ..v4
-        };
-        let hop = Hop {
-            src_mac: MAC_RELAY,
-            dst_mac: MAC_PEER,
-        };
-        build_relayed_frame(&hop, r.ports.open[&handle], peer, tos, v4, &bytes)
-    }
-    .expect("reference frame");
+        ref_to_peer(r, a, p.payload, tos, v4).unwrap_or_else(|| panic!("{}", refused()))
+    };
+    assert!(
+        r.sink.peer.is_empty() && r.sink.client.is_empty(),
+        "{what}: userspace sent more than one datagram for it"
+    );
     assert_relayed(out, &expected, what);
     Fate::Relayed
 }
