@@ -242,11 +242,17 @@ try {
     };
     result.audioField = { firefox: audioField(f2), chromium: audioField(c2) };
   }
-  result.firefoxPublished = await published(ff);
-  result.chromiumPublished = await published(cr);
   // Firefox sends the camera as simulcast only when the SFU's answer accepted its rids
-  // (a=simulcast:recv); the top layer may still be starting (bandwidth ramp-up).
-  const layers = result.firefoxPublished.filter((x) => x.kind === "video" && x.rid && x.bytesSent > 0).map((x) => x.rid);
+  // (a=simulcast:recv); a second layer starts once its bandwidth estimate allows, which
+  // on a loaded machine can be seconds after the first frames: waited for, bounded.
+  const sending = (p) => p.filter((x) => x.kind === "video" && x.rid && x.bytesSent > 0).map((x) => x.rid);
+  result.firefoxPublished =
+    (await until(async () => {
+      const p = await published(ff);
+      return sending(p).length >= 2 ? p : null;
+    }, 15000)) || (await published(ff));
+  result.chromiumPublished = await published(cr);
+  const layers = sending(result.firefoxPublished);
   check("Firefox sends its camera as simulcast (at least two rids carry media)", layers.length >= 2, result.firefoxPublished);
   await Promise.all([ff.evaluate(() => window.demo.leave()), cr.evaluate(() => window.demo.leave())]);
 } catch (e) {
