@@ -19,6 +19,9 @@
 //! the relay namespace does NOT forward: the daemon enables forwarding on `lo` only and the
 //! program's `bpf_fib_lookup` goes through it (`xdp.fib_interface`).
 //!
+//! `peer_side_behind_a_bridge_is_sent_by_the_stack` puts the relay's peer side behind a
+//! bridge, out of which the program may not relay (it is not attached there).
+//!
 //! Needs root; without it the tests print "skipped: needs root" (or fail when
 //! RELAY_REQUIRE_PRIVILEGED=1, as `cargo xtask test` sets).
 #![allow(clippy::unwrap_used)]
@@ -57,15 +60,50 @@ struct Setup {
     _files: TempDir,
 }
 
-/// `offloading`: the senders' TX checksumming stays on (partial checksums).
-fn setup(offloading: bool) -> Setup {
+/// How a test's topology departs from the plain one.
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    /// As [`turn_xdp::prepare_topology`] leaves it.
+    Plain,
+    /// The senders' TX checksumming stays on (partial checksums).
+    Offloading,
+    /// The relay's peer-side veth `vp` is a port of a bridge, `brp`, which holds the
+    /// relay's peer-side addresses: routes to the peers name `brp`, to which the program
+    /// is not attached.
+    PeerBridge,
+}
+
+/// Moves the relay's peer-side addresses from `vp` to a new bridge `brp` with `vp` as
+/// its one port (no STP, so the port forwards at once). The XDP program stays on `vp`
+/// (a bridge port's XDP program sees its frames before the bridge does).
+fn bridge_peer_side(topo: &TurnTopology) {
+    let r = &topo.relay;
+    let v4 = format!("{}/24", topo.relay_peer_v4);
+    let v6 = format!("{}/64", topo.relay_peer_v6);
+    for args in [
+        &["link", "add", "brp", "type", "bridge", "stp_state", "0"][..],
+        &["addr", "del", &v4, "dev", "vp"],
+        &["addr", "del", &v6, "dev", "vp"],
+        &["link", "set", "vp", "master", "brp"],
+        &["addr", "add", &v4, "dev", "brp"],
+        &["addr", "add", &v6, "dev", "brp", "nodad"],
+        &["link", "set", "brp", "up"],
+    ] {
+        r.ip(args).expect("bridge the relay's peer side");
+    }
+}
+
+fn setup(variant: Variant) -> Setup {
     let topo = TurnTopology::new("rlf").expect("create the TURN topology");
+    if variant == Variant::PeerBridge {
+        bridge_peer_side(&topo);
+    }
     // Senders' checksums complete (unless `offloading`), relay_xdp_pass on the client's
     // and peer's veths, and forwarding OFF on every interface of the relay namespace (a
     // new namespace inherits IPv4's from the host): the daemon turns it on for `lo` only
     // (xdp.fib_interface) and looks routes up through it, so the relay's veths never
     // route.
-    let pass = if offloading {
+    let pass = if variant == Variant::Offloading {
         turn_xdp::prepare_topology_offloading(&topo, false)
     } else {
         turn_xdp::prepare_topology(&topo, false)
@@ -275,7 +313,7 @@ fn uclient_through_the_kernel(test: &str, send: bool) {
     if !require_root(test) {
         return;
     }
-    let mut s = setup(false);
+    let mut s = setup(Variant::Plain);
     run(&s, send, 5, 200);
     s.relay.take().unwrap().stop_cleanly();
 }
@@ -291,7 +329,7 @@ fn uclient_with_checksum_offload_is_relayed_by_userspace() {
     if !require_root("uclient_with_checksum_offload_is_relayed_by_userspace") {
         return;
     }
-    let mut s = setup(true);
+    let mut s = setup(Variant::Offloading);
     let relay = s.relay.as_ref().unwrap();
     let xdp0 = xdp_counters(&relay.stats().expect("relay stats --json"));
     let (clients, messages) = (5, 200);
@@ -322,4 +360,43 @@ fn uclient_channels_through_the_kernel() {
 #[test]
 fn uclient_send_indications_data_through_the_kernel() {
     uclient_through_the_kernel("uclient_send_indications_data_through_the_kernel", true);
+}
+
+/// The relay's peer side behind a bridge (`vp` a port of `brp`, the addresses on `brp`),
+/// as on a host whose uplink is bridged for containers or VMs. Routes to the peers name
+/// `brp`, which the program is not attached to and which has no XDP transmit: a frame
+/// redirected there would be lost. So client → peer ChannelData passes up
+/// (`turn_fib_passed`) and the stack sends it through the bridge, while peer → client
+/// ChannelData (out of `vc`, attached) is still relayed in the kernel, and nothing is
+/// lost. Without the egress check (52fe9c0) 1 199 of this run's 1 200 messages were lost.
+#[test]
+fn peer_side_behind_a_bridge_is_sent_by_the_stack() {
+    if !require_root("peer_side_behind_a_bridge_is_sent_by_the_stack") {
+        return;
+    }
+    let mut s = setup(Variant::PeerBridge);
+    let relay = s.relay.as_ref().unwrap();
+    let xdp0 = xdp_counters(&relay.stats().expect("relay stats --json"));
+    let (clients, messages) = (5, 200);
+    let mut cmd = turn_xdp::uclient_command(&s.topo, false, clients, messages, MSG_LEN);
+    let totals = turn_xdp::check_uclient(run_bounded(&mut cmd, RUN_LIMIT), clients, messages);
+    let xdp1 = xdp_counters(&relay.stats().expect("relay stats --json"));
+    let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
+    eprintln!("{totals:?}; xdp counters after: {xdp1:?}");
+    assert_eq!(
+        grew("turn_channel_to_peer"),
+        0,
+        "the kernel relayed ChannelData toward the bridge; xdp counters {xdp1:?}"
+    );
+    assert!(
+        grew("turn_fib_passed") >= totals.received,
+        "{totals:?}: fewer ChannelData messages passed up for the stack to send than were \
+         echoed; xdp counters {xdp1:?}"
+    );
+    assert!(
+        grew("turn_peer_to_channel") as f64 >= KERNEL_SHARE * totals.received as f64,
+        "{totals:?}: the peer → client direction (out of the attached `vc`) was not relayed \
+         in the kernel; xdp counters {xdp1:?}"
+    );
+    s.relay.take().unwrap().stop_cleanly();
 }
