@@ -1338,6 +1338,30 @@ allow = ["{TURN_PEER_NET_V4}", "{TURN_PEER_NET_V6}"]
         output.contains("channel bind: error 400")
     }
 
+    /// Runs [`uclient_command`] bounded by `limit`, once more when a channel run ended on
+    /// uclient's own channel-number clash ([`uclient_channel_number_clash`]).
+    pub fn run_uclient(
+        topo: &TurnTopology,
+        send: bool,
+        clients: u32,
+        messages: u32,
+        len: u64,
+        limit: std::time::Duration,
+    ) -> super::Result<super::BoundedOutput> {
+        let out = super::run_bounded(
+            &mut uclient_command(topo, send, clients, messages, len),
+            limit,
+        )?;
+        if !out.success() && !send && uclient_channel_number_clash(&out.text()) {
+            eprintln!("uclient drew a channel number it had bound already; once more");
+            return super::run_bounded(
+                &mut uclient_command(topo, send, clients, messages, len),
+                limit,
+            );
+        }
+        Ok(out)
+    }
+
     /// Checks a finished [`uclient_command`] run: it exited successfully, lost nothing and
     /// every one of at least `clients × messages` messages came back. Returns its totals.
     pub fn check_uclient(

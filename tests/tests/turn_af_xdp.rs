@@ -21,9 +21,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use relay_e2e::{
-    Daemon, Process, TempDir, TurnTopology, XdpPass, require_root, run_bounded, turn_xdp,
-};
+use relay_e2e::{Daemon, Process, TempDir, TurnTopology, XdpPass, require_root, turn_xdp};
 
 /// Longest a single uclient run may take.
 const RUN_LIMIT: Duration = Duration::from_secs(90);
@@ -88,8 +86,8 @@ fn run(s: &Setup, send: bool, clients: u32, messages: u32) {
     let relay = s.relay.as_ref().unwrap();
     let topo = &s.topo;
     let before = relay.stats().expect("relay stats --json");
-    let mut cmd = turn_xdp::uclient_command(topo, send, clients, messages, MSG_LEN);
-    let totals = turn_xdp::check_uclient(run_bounded(&mut cmd, RUN_LIMIT), clients, messages);
+    let out = turn_xdp::run_uclient(topo, send, clients, messages, MSG_LEN, RUN_LIMIT);
+    let totals = turn_xdp::check_uclient(out, clients, messages);
     // Counters are published every loop round; give the workers one.
     std::thread::sleep(Duration::from_millis(500));
     let after = relay.stats().expect("relay stats --json");

@@ -30,7 +30,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use relay_e2e::{
-    Daemon, Process, TempDir, TurnTopology, XdpPass, relay_bin, require_root, run_bounded, turn_xdp,
+    Daemon, Process, TempDir, TurnTopology, XdpPass, relay_bin, require_root, turn_xdp,
 };
 
 /// Longest a single uclient run may take.
@@ -188,43 +188,46 @@ fn run(s: &Setup, send: bool, clients: u32, messages: u32) {
     let before = relay.stats().expect("relay stats --json");
     let xdp0 = xdp_counters(&before);
 
-    let mut cmd = turn_xdp::uclient_command(topo, send, clients, messages, MSG_LEN);
-    let runner = std::thread::spawn(move || run_bounded(&mut cmd, RUN_LIMIT));
+    let (out, best, tables) = std::thread::scope(|scope| {
+        let runner = scope
+            .spawn(|| turn_xdp::run_uclient(topo, send, clients, messages, MSG_LEN, RUN_LIMIT));
 
-    // While it runs: the allocations' counters must carry the kernel's traffic (folded
-    // about once a second), not only what userspace relayed.
-    let mut best: Option<(u64, u64)> = None; // (allocation packets, kernel packets then)
-    // The most rules `xdp.rule_tables` showed in the channel table and in the peer hash
-    // map (where permissions live), and the table's slots.
-    let mut tables = (0u64, 0u64, 0u64);
-    let deadline = Instant::now() + RUN_LIMIT;
-    while !runner.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(400));
-        let (alloc_packets, _) = allocation_totals(relay, &topo.relay);
-        let stats = relay.stats().expect("stats");
-        tables.0 = tables
-            .0
-            .max(get_u64(&stats, "/xdp/rule_tables/channel_table_rules"));
-        tables.1 = tables
-            .1
-            .max(get_u64(&stats, "/xdp/rule_tables/peer_hash_map_rules"));
-        tables.2 = tables
-            .2
-            .max(get_u64(&stats, "/xdp/rule_tables/channel_table_slots"));
-        let now = xdp_counters(&stats);
-        let kernel: u64 = [
-            "turn_channel_to_peer",
-            "turn_peer_to_channel",
-            "turn_peer_to_data_indication",
-        ]
-        .iter()
-        .map(|n| counter(&now, n) - counter(&xdp0, n))
-        .sum();
-        if best.is_none_or(|(a, _)| alloc_packets > a) {
-            best = Some((alloc_packets, kernel));
+        // While it runs: the allocations' counters must carry the kernel's traffic (folded
+        // about once a second), not only what userspace relayed.
+        let mut best: Option<(u64, u64)> = None; // (allocation packets, kernel packets then)
+        // The most rules `xdp.rule_tables` showed in the channel table and in the peer hash
+        // map (where permissions live), and the table's slots.
+        let mut tables = (0u64, 0u64, 0u64);
+        let deadline = Instant::now() + 2 * RUN_LIMIT; // a clash may run uclient twice
+        while !runner.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(400));
+            let (alloc_packets, _) = allocation_totals(relay, &topo.relay);
+            let stats = relay.stats().expect("stats");
+            tables.0 = tables
+                .0
+                .max(get_u64(&stats, "/xdp/rule_tables/channel_table_rules"));
+            tables.1 = tables
+                .1
+                .max(get_u64(&stats, "/xdp/rule_tables/peer_hash_map_rules"));
+            tables.2 = tables
+                .2
+                .max(get_u64(&stats, "/xdp/rule_tables/channel_table_slots"));
+            let now = xdp_counters(&stats);
+            let kernel: u64 = [
+                "turn_channel_to_peer",
+                "turn_peer_to_channel",
+                "turn_peer_to_data_indication",
+            ]
+            .iter()
+            .map(|n| counter(&now, n) - counter(&xdp0, n))
+            .sum();
+            if best.is_none_or(|(a, _)| alloc_packets > a) {
+                best = Some((alloc_packets, kernel));
+            }
         }
-    }
-    let totals = turn_xdp::check_uclient(runner.join().expect("uclient thread"), clients, messages);
+        (runner.join().expect("uclient thread"), best, tables)
+    });
+    let totals = turn_xdp::check_uclient(out, clients, messages);
 
     // Let the workers fold the last kernel counts (once a second).
     std::thread::sleep(Duration::from_millis(2500));
@@ -333,8 +336,8 @@ fn uclient_with_checksum_offload_is_relayed_by_userspace() {
     let relay = s.relay.as_ref().unwrap();
     let xdp0 = xdp_counters(&relay.stats().expect("relay stats --json"));
     let (clients, messages) = (5, 200);
-    let mut cmd = turn_xdp::uclient_command(&s.topo, false, clients, messages, MSG_LEN);
-    let totals = turn_xdp::check_uclient(run_bounded(&mut cmd, RUN_LIMIT), clients, messages);
+    let out = turn_xdp::run_uclient(&s.topo, false, clients, messages, MSG_LEN, RUN_LIMIT);
+    let totals = turn_xdp::check_uclient(out, clients, messages);
     let xdp1 = xdp_counters(&relay.stats().expect("relay stats --json"));
     let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
     // A partial checksum that happens to be the datagram's complete checksum too (its
@@ -378,8 +381,8 @@ fn peer_side_behind_a_bridge_is_sent_by_the_stack() {
     let relay = s.relay.as_ref().unwrap();
     let xdp0 = xdp_counters(&relay.stats().expect("relay stats --json"));
     let (clients, messages) = (5, 200);
-    let mut cmd = turn_xdp::uclient_command(&s.topo, false, clients, messages, MSG_LEN);
-    let totals = turn_xdp::check_uclient(run_bounded(&mut cmd, RUN_LIMIT), clients, messages);
+    let out = turn_xdp::run_uclient(&s.topo, false, clients, messages, MSG_LEN, RUN_LIMIT);
+    let totals = turn_xdp::check_uclient(out, clients, messages);
     let xdp1 = xdp_counters(&relay.stats().expect("relay stats --json"));
     let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
     eprintln!("{totals:?}; xdp counters after: {xdp1:?}");
