@@ -128,8 +128,11 @@ fn setup(variant: Variant) -> Setup {
     }
 }
 
+/// XDP counters by name.
+type Counters = serde_json::Map<String, serde_json::Value>;
+
 /// The XDP counters of `relay stats --json`.
-fn xdp_counters(stats: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+fn xdp_counters(stats: &serde_json::Value) -> Counters {
     stats
         .pointer("/xdp/counters")
         .and_then(serde_json::Value::as_object)
@@ -137,7 +140,7 @@ fn xdp_counters(stats: &serde_json::Value) -> serde_json::Map<String, serde_json
         .unwrap_or_else(|| panic!("relay stats --json has no xdp.counters: {stats}"))
 }
 
-fn counter(c: &serde_json::Map<String, serde_json::Value>, name: &str) -> u64 {
+fn counter(c: &Counters, name: &str) -> u64 {
     c.get(name)
         .and_then(serde_json::Value::as_u64)
         .unwrap_or_else(|| panic!("no XDP counter {name}: {c:?}"))
@@ -321,6 +324,18 @@ fn uclient_through_the_kernel(test: &str, send: bool) {
     s.relay.take().unwrap().stop_cleanly();
 }
 
+/// One clean uclient channel run (5 clients × 200 messages) on `s`: its totals and the
+/// XDP counters before and after it.
+fn channel_run(s: &Setup) -> (relay_e2e::UclientTotals, Counters, Counters) {
+    let relay = s.relay.as_ref().unwrap();
+    let xdp0 = xdp_counters(&relay.stats().expect("relay stats --json"));
+    let (clients, messages) = (5, 200);
+    let out = turn_xdp::run_uclient(&s.topo, false, clients, messages, MSG_LEN, RUN_LIMIT);
+    let totals = turn_xdp::check_uclient(out, clients, messages);
+    let xdp1 = xdp_counters(&relay.stats().expect("relay stats --json"));
+    (totals, xdp0, xdp1)
+}
+
 /// Senders with TX checksumming on (a veth's default, as for containers on the relay's
 /// host) leave partial UDP checksums. The kernel must not relay those (updated
 /// incrementally they would leave unfinished, and the receivers drop them: before the
@@ -333,12 +348,7 @@ fn uclient_with_checksum_offload_is_relayed_by_userspace() {
         return;
     }
     let mut s = setup(Variant::Offloading);
-    let relay = s.relay.as_ref().unwrap();
-    let xdp0 = xdp_counters(&relay.stats().expect("relay stats --json"));
-    let (clients, messages) = (5, 200);
-    let out = turn_xdp::run_uclient(&s.topo, false, clients, messages, MSG_LEN, RUN_LIMIT);
-    let totals = turn_xdp::check_uclient(out, clients, messages);
-    let xdp1 = xdp_counters(&relay.stats().expect("relay stats --json"));
+    let (totals, xdp0, xdp1) = channel_run(&s);
     let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
     // A partial checksum that happens to be the datagram's complete checksum too (its
     // sum is right) is relayed in the kernel, correctly: a rare few of the 2 400 may be.
@@ -378,12 +388,7 @@ fn peer_side_behind_a_bridge_is_sent_by_the_stack() {
         return;
     }
     let mut s = setup(Variant::PeerBridge);
-    let relay = s.relay.as_ref().unwrap();
-    let xdp0 = xdp_counters(&relay.stats().expect("relay stats --json"));
-    let (clients, messages) = (5, 200);
-    let out = turn_xdp::run_uclient(&s.topo, false, clients, messages, MSG_LEN, RUN_LIMIT);
-    let totals = turn_xdp::check_uclient(out, clients, messages);
-    let xdp1 = xdp_counters(&relay.stats().expect("relay stats --json"));
+    let (totals, xdp0, xdp1) = channel_run(&s);
     let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
     eprintln!("{totals:?}; xdp counters after: {xdp1:?}");
     assert_eq!(
