@@ -1237,7 +1237,32 @@ pub mod turn_xdp {
         extra_turn: &str,
         extra_sections: &str,
     ) -> String {
+        config_attached(
+            topo,
+            &["vc", "vp"],
+            "native",
+            extra_xdp,
+            extra_turn,
+            extra_sections,
+        )
+    }
+
+    /// [`config`] with XDP on `interfaces` in `mode` (`xdp.mode`) instead of native on
+    /// `vc` and `vp`.
+    pub fn config_attached(
+        topo: &TurnTopology,
+        interfaces: &[&str],
+        mode: &str,
+        extra_xdp: &str,
+        extra_turn: &str,
+        extra_sections: &str,
+    ) -> String {
         let listen = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT);
+        let interfaces = interfaces
+            .iter()
+            .map(|i| format!("\"{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         format!(
             r#"[server]
 listen = ["{listen}"]
@@ -1245,8 +1270,8 @@ workers = 2
 
 [xdp]
 enabled = true
-interfaces = ["vc", "vp"]
-mode = "native"
+interfaces = [{interfaces}]
+mode = "{mode}"
 turn = true
 {extra_xdp}
 [log]

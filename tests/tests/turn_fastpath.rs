@@ -40,9 +40,17 @@ const MSG_LEN: u64 = 180;
 /// Share of the relayed datagrams that must have gone through the kernel.
 const KERNEL_SHARE: f64 = 0.9;
 
-fn relay_config(topo: &TurnTopology, files: &TempDir) -> std::path::PathBuf {
-    let text = turn_xdp::config(
+fn relay_config(topo: &TurnTopology, variant: Variant, files: &TempDir) -> std::path::PathBuf {
+    // With the bridge's own attachment, `brp` (which has no native XDP) gets generic mode.
+    let (interfaces, mode) = match variant {
+        Variant::BridgeAttached => (&["vc", "brp"][..], "auto"),
+        Variant::PeerBridgeGeneric => (&["vc", "vp"][..], "generic"),
+        _ => (&["vc", "vp"][..], "native"),
+    };
+    let text = turn_xdp::config_attached(
         topo,
+        interfaces,
+        mode,
         "",
         "# turnutils_uclient draws channel numbers from RFC 5766's 0x4000-0x7FFF.\n\
          legacy_channel_range = true\n",
@@ -71,6 +79,12 @@ enum Variant {
     /// relay's peer-side addresses: routes to the peers name `brp`, to which the program
     /// is not attached.
     PeerBridge,
+    /// As [`Variant::PeerBridge`], with the program attached to `vc` and to the bridge
+    /// `brp` itself (mode `auto`: native on `vc`, generic on `brp`, which has no native
+    /// XDP), not to `vp`.
+    BridgeAttached,
+    /// As [`Variant::PeerBridge`], with the program in generic mode on `vc` and `vp`.
+    PeerBridgeGeneric,
 }
 
 /// Moves the relay's peer-side addresses from `vp` to a new bridge `brp` with `vp` as
@@ -95,7 +109,10 @@ fn bridge_peer_side(topo: &TurnTopology) {
 
 fn setup(variant: Variant) -> Setup {
     let topo = TurnTopology::new("rlf").expect("create the TURN topology");
-    if variant == Variant::PeerBridge {
+    if matches!(
+        variant,
+        Variant::PeerBridge | Variant::BridgeAttached | Variant::PeerBridgeGeneric
+    ) {
         bridge_peer_side(&topo);
     }
     // Senders' checksums complete (unless `offloading`), relay_xdp_pass on the client's
@@ -109,7 +126,7 @@ fn setup(variant: Variant) -> Setup {
         turn_xdp::prepare_topology(&topo, false)
     };
     let files = TempDir::new("relay-turn-fastpath").unwrap();
-    let config = relay_config(&topo, &files);
+    let config = relay_config(&topo, variant, &files);
     let peer = turn_xdp::spawn_peer(&topo);
     let config_s = config.display().to_string();
     let relay = Daemon::start(&topo.relay, &["--config", &config_s]).expect("start the relay");
@@ -406,5 +423,66 @@ fn peer_side_behind_a_bridge_is_sent_by_the_stack() {
         "{totals:?}: the peer → client direction (out of the attached `vc`) was not relayed \
          in the kernel; xdp counters {xdp1:?}"
     );
+    s.relay.take().unwrap().stop_cleanly();
+}
+
+/// The operator lists the bridge itself in `xdp.interfaces` (with `vc`, mode `auto`):
+/// `vc` gets native XDP, `brp` generic. A redirect from native XDP into a device attached
+/// in generic mode may be lost as into any device without XDP transmit, so client → peer
+/// ChannelData passes up (`turn_fib_passed`) and the stack sends it; peer → client frames,
+/// seen by the bridge's generic program, are relayed in the kernel (a generic redirect
+/// can go to any device). Nothing is lost.
+#[test]
+fn bridge_attached_in_generic_mode_loses_nothing() {
+    if !require_root("bridge_attached_in_generic_mode_loses_nothing") {
+        return;
+    }
+    let mut s = setup(Variant::BridgeAttached);
+    let log = s.relay.as_ref().unwrap().log_text();
+    assert!(
+        log.contains("interface=\"brp\" mode=generic") || log.contains("brp (generic)"),
+        "the bridge was not attached in generic mode; relay log:\n{log}"
+    );
+    let (totals, xdp0, xdp1) = channel_run(&s);
+    let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
+    eprintln!("{totals:?}; xdp counters after: {xdp1:?}");
+    assert_eq!(
+        grew("turn_channel_to_peer"),
+        0,
+        "the kernel redirected ChannelData from native XDP into the generic-mode bridge; \
+         xdp counters {xdp1:?}"
+    );
+    assert!(
+        grew("turn_fib_passed") >= totals.received,
+        "{totals:?}: fewer ChannelData messages passed up for the stack to send than were \
+         echoed; xdp counters {xdp1:?}"
+    );
+    assert!(
+        grew("turn_peer_to_channel") as f64 >= KERNEL_SHARE * totals.received as f64,
+        "{totals:?}: peer → client (through the bridge's generic program) was not relayed \
+         in the kernel; xdp counters {xdp1:?}"
+    );
+    s.relay.take().unwrap().stop_cleanly();
+}
+
+/// Generic mode on both veths, the peer side behind a bridge: every frame the program sees
+/// is an skb, whose redirect is a plain transmit that the bridge takes, so the daemon turns
+/// the egress check off and the kernel relays both ways, through the bridge too.
+#[test]
+fn generic_mode_relays_into_a_bridge_in_the_kernel() {
+    if !require_root("generic_mode_relays_into_a_bridge_in_the_kernel") {
+        return;
+    }
+    let mut s = setup(Variant::PeerBridgeGeneric);
+    let (totals, xdp0, xdp1) = channel_run(&s);
+    let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
+    eprintln!("{totals:?}; xdp counters after: {xdp1:?}");
+    for n in ["turn_channel_to_peer", "turn_peer_to_channel"] {
+        assert!(
+            grew(n) as f64 >= KERNEL_SHARE * totals.received as f64,
+            "{totals:?}: {n} grew by {}; xdp counters {xdp1:?}",
+            grew(n)
+        );
+    }
     s.relay.take().unwrap().stop_cleanly();
 }

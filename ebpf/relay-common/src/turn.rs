@@ -101,7 +101,7 @@ pub mod maps {
     pub const SETTINGS: &str = "TURN_SETTINGS";
     /// `HashMap<u32, u32>` of [`super::MAX_EGRESS`] entries: the ifindexes (value 1) the
     /// kernel may send relayed frames out of, with [`super::SETTING_EGRESS_CHECKED`]:
-    /// the interfaces the program is attached to. Pinned: a restarted daemon's program
+    /// the interfaces the program is attached to natively. Pinned: a restarted daemon's program
     /// relays through the same ones until that daemon rewrites them.
     pub const EGRESS: &str = "TURN_EGRESS";
     /// `LruHashMap<NextHopKey, NextHop>`: `bpf_fib_lookup` results reused for
@@ -732,9 +732,11 @@ pub const SETTING_DATA_INDICATIONS: u32 = 2;
 pub const SETTING_SEND_INDICATIONS: u32 = 4;
 /// Setting: relay only out of the interfaces in `TURN_EGRESS`; a frame whose next hop is
 /// through any other passes up (`TURN_FIB_PASSED`) and the stack sends it. Why: an
-/// XDP redirect to an interface that cannot take one (a VLAN or bridge device, a driver
-/// without `ndo_xdp_xmit`, a NIC whose XDP transmit rings exist only while it has a
-/// program of its own) loses the frame, where userspace would have relayed it.
+/// XDP redirect from native XDP to an interface that cannot take one (a VLAN or bridge
+/// device, a driver without `ndo_xdp_xmit`, a NIC whose XDP transmit rings exist only
+/// while it has a program of its own, anything attached in generic mode) loses the
+/// frame, where userspace would have relayed it. The daemon leaves it off when every
+/// attachment is generic: a generic redirect is a plain transmit, which any device takes.
 pub const SETTING_EGRESS_CHECKED: u32 = 8;
 
 /// Entries of `TURN_EGRESS`.

@@ -395,6 +395,26 @@ fn stop_fast_path(config: &Config, fp: FastPath) {
     }
 }
 
+/// The interfaces the TURN fast path may relay out of, and whether the program must check
+/// (`SETTING_EGRESS_CHECKED`).
+///
+/// A frame received by native XDP can be redirected only into a device that takes XDP
+/// frames (`ndo_xdp_xmit`, and for a veth a program on its peer): the interfaces attached
+/// natively. One attached in generic mode may have no XDP transmit at all (a bridge, or
+/// any device without native XDP, which is why it got generic mode), and the redirect
+/// would lose the frame. A frame received by generic XDP is an skb, and its redirect is a
+/// plain transmit, which any device takes: so with no native attachment, nothing needs
+/// checking.
+fn kernel_egress(attachments: &[(String, crate::xdp::AttachedMode)]) -> (Vec<&str>, bool) {
+    let native: Vec<&str> = attachments
+        .iter()
+        .filter(|(_, m)| *m == crate::xdp::AttachedMode::Native)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let checked = !native.is_empty();
+    (native, checked)
+}
+
 /// Hands the fast path's TURN maps to the workers (through `shared`) and turns TURN
 /// relaying in the kernel on. Returns whether it is on; when it cannot be, says why and
 /// TURN stays in userspace.
@@ -445,10 +465,12 @@ fn start_kernel_turn(
             return false;
         }
     };
-    // Relayed frames leave only by the interfaces the program is attached to: a redirect
-    // to any other may be lost (see SETTING_EGRESS_CHECKED); the stack sends those.
+    // Relayed frames leave only by the interfaces the program is attached to natively: a
+    // redirect to any other may be lost (see SETTING_EGRESS_CHECKED); the stack sends
+    // those. With no native attachment there is nothing to check.
+    let (native, egress_checked) = kernel_egress(fp.attachments());
     let mut egress = Vec::new();
-    for (name, _) in fp.attachments() {
+    for name in native {
         match crate::xdp::fib::ifindex(name) {
             Ok(i) => egress.push(i),
             Err(e) => tracing::warn!(
@@ -467,11 +489,13 @@ fn start_kernel_turn(
         );
         return false;
     }
+    let checked = if egress_checked {
+        SETTING_EGRESS_CHECKED
+    } else {
+        0
+    };
     let settings = TurnSettings {
-        flags: SETTING_ENABLED
-            | SETTING_DATA_INDICATIONS
-            | SETTING_SEND_INDICATIONS
-            | SETTING_EGRESS_CHECKED,
+        flags: SETTING_ENABLED | SETTING_DATA_INDICATIONS | SETTING_SEND_INDICATIONS | checked,
         relay_port_min: config.turn.port_range.0,
         relay_port_max: config.turn.port_range.1,
         // Next hops reused for 1 s: the FIB lookup is most of a relayed frame's cost, and
@@ -597,5 +621,30 @@ pub fn collect_stats(dataplane: &Dataplane, fast_path: Option<&FastPath>) -> Sta
         },
         turn: None,
         sfu: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_egress;
+    use crate::xdp::AttachedMode::{Generic, Native};
+
+    fn attached(
+        list: &[(&str, crate::xdp::AttachedMode)],
+    ) -> Vec<(String, crate::xdp::AttachedMode)> {
+        list.iter().map(|(n, m)| (n.to_string(), *m)).collect()
+    }
+
+    #[test]
+    fn the_kernel_relays_only_out_of_native_attachments() {
+        let a = attached(&[("eth0", Native), ("br0", Generic), ("eth1", Native)]);
+        assert_eq!(kernel_egress(&a), (vec!["eth0", "eth1"], true));
+    }
+
+    #[test]
+    fn generic_attachments_alone_need_no_egress_check() {
+        let a = attached(&[("br0", Generic), ("eth0", Generic)]);
+        assert_eq!(kernel_egress(&a), (vec![], false));
+        assert_eq!(kernel_egress(&[]), (vec![], false));
     }
 }
