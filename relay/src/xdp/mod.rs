@@ -26,6 +26,7 @@
 
 mod bpf_sys;
 pub mod clock;
+pub mod driver;
 pub mod fib;
 pub mod nexthop;
 pub mod rules;
@@ -828,15 +829,39 @@ impl FastPath {
                 },
             }
         };
+        let veth = driver::is_veth(interface);
         match mode {
-            XdpMode::Native => prog
-                .attach(interface, AyaMode::Driver)
-                .map(|l| (l, AttachedMode::Native))
-                .map_err(attach_err("native")),
+            XdpMode::Native => {
+                let attached = prog
+                    .attach(interface, AyaMode::Driver)
+                    .map(|l| (l, AttachedMode::Native))
+                    .map_err(attach_err("native"))?;
+                if veth {
+                    warn!(
+                        interface,
+                        "native XDP on a veth: the kernel's STUN answers and relayed TURN \
+                         frames sent into it are dropped unless the veth's peer runs an XDP \
+                         program or has GRO on (`ethtool -K <peer> gro on`); see to that, or \
+                         set xdp.mode = \"auto\" (generic mode on veths)"
+                    );
+                }
+                Ok(attached)
+            }
             XdpMode::Generic => prog
                 .attach(interface, AyaMode::Skb)
                 .map(|l| (l, AttachedMode::Generic))
                 .map_err(attach_err("generic")),
+            XdpMode::Auto if veth => {
+                info!(
+                    interface,
+                    "a veth: generic mode (native XDP would need an XDP program or GRO on \
+                     the veth's peer, or what the kernel sends into it is dropped; set \
+                     xdp.mode = \"native\" once the peer has either)"
+                );
+                prog.attach(interface, AyaMode::Skb)
+                    .map(|l| (l, AttachedMode::Generic))
+                    .map_err(attach_err("generic"))
+            }
             XdpMode::Auto => match prog.attach(interface, AyaMode::Driver) {
                 Ok(l) => Ok((l, AttachedMode::Native)),
                 Err(native) => {
