@@ -41,7 +41,6 @@ const MSG_LEN: u64 = 180;
 const KERNEL_SHARE: f64 = 0.9;
 
 fn relay_config(topo: &TurnTopology, variant: Variant, files: &TempDir) -> std::path::PathBuf {
-    // With the bridge's own attachment, `brp` (which has no native XDP) gets generic mode.
     let (interfaces, mode) = match variant {
         Variant::BridgeAttached => (&["vc", "brp"][..], "auto"),
         Variant::PeerBridgeGeneric => (&["vc", "vp"][..], "generic"),
@@ -81,8 +80,8 @@ enum Variant {
     /// is not attached.
     PeerBridge,
     /// As [`Variant::PeerBridge`], with the program attached to `vc` and to the bridge
-    /// `brp` itself (mode `auto`: native on `vc`, generic on `brp`, which has no native
-    /// XDP), not to `vp`.
+    /// `brp` itself (mode `auto`: generic on both, `brp` having no native XDP and `vc`
+    /// being a veth), not to `vp`.
     BridgeAttached,
     /// As [`Variant::PeerBridge`], with the program in generic mode on `vc` and `vp`.
     PeerBridgeGeneric,
@@ -433,54 +432,19 @@ fn peer_side_behind_a_bridge_is_sent_by_the_stack() {
     s.relay.take().unwrap().stop_cleanly();
 }
 
-/// The operator lists the bridge itself in `xdp.interfaces` (with `vc`, mode `auto`):
-/// `vc` gets native XDP, `brp` generic. A redirect from native XDP into a device attached
-/// in generic mode may be lost as into any device without XDP transmit, so client → peer
-/// ChannelData passes up (`turn_fib_passed`) and the stack sends it; peer → client frames,
-/// seen by the bridge's generic program, are relayed in the kernel (a generic redirect
-/// can go to any device). Nothing is lost.
-#[test]
-fn bridge_attached_in_generic_mode_loses_nothing() {
-    if !require_root("bridge_attached_in_generic_mode_loses_nothing") {
+/// One channel run on `variant`, whose daemon must say `attached` (its modes, as the
+/// "relay ready" line lists them); at least [`KERNEL_SHARE`] of the echoed messages must
+/// go through the kernel both ways, and nothing may be lost.
+fn kernel_relays_both_ways(test: &str, variant: Variant, attached: &str) {
+    if !require_root(test) {
         return;
     }
-    let mut s = setup(Variant::BridgeAttached);
+    let mut s = setup(variant);
     let log = s.relay.as_ref().unwrap().log_text();
     assert!(
-        log.contains("interface=\"brp\" mode=generic") || log.contains("brp (generic)"),
-        "the bridge was not attached in generic mode; relay log:\n{log}"
+        log.contains(attached),
+        "the daemon's log does not say {attached:?}; relay log:\n{log}"
     );
-    let (totals, xdp0, xdp1) = channel_run(&s);
-    let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
-    eprintln!("{totals:?}; xdp counters after: {xdp1:?}");
-    assert_eq!(
-        grew("turn_channel_to_peer"),
-        0,
-        "the kernel redirected ChannelData from native XDP into the generic-mode bridge; \
-         xdp counters {xdp1:?}"
-    );
-    assert!(
-        grew("turn_fib_passed") >= totals.received,
-        "{totals:?}: fewer ChannelData messages passed up for the stack to send than were \
-         echoed; xdp counters {xdp1:?}"
-    );
-    assert!(
-        grew("turn_peer_to_channel") as f64 >= KERNEL_SHARE * totals.received as f64,
-        "{totals:?}: peer → client (through the bridge's generic program) was not relayed \
-         in the kernel; xdp counters {xdp1:?}"
-    );
-    s.relay.take().unwrap().stop_cleanly();
-}
-
-/// Generic mode on both veths, the peer side behind a bridge: every frame the program sees
-/// is an skb, whose redirect is a plain transmit that the bridge takes, so the daemon turns
-/// the egress check off and the kernel relays both ways, through the bridge too.
-#[test]
-fn generic_mode_relays_into_a_bridge_in_the_kernel() {
-    if !require_root("generic_mode_relays_into_a_bridge_in_the_kernel") {
-        return;
-    }
-    let mut s = setup(Variant::PeerBridgeGeneric);
     let (totals, xdp0, xdp1) = channel_run(&s);
     let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
     eprintln!("{totals:?}; xdp counters after: {xdp1:?}");
@@ -492,6 +456,34 @@ fn generic_mode_relays_into_a_bridge_in_the_kernel() {
         );
     }
     s.relay.take().unwrap().stop_cleanly();
+}
+
+/// The operator lists the bridge itself in `xdp.interfaces` (with `vc`, mode `auto`):
+/// both get generic mode (`brp` has no native XDP, `vc` is a veth), so every frame the
+/// program sees is an skb, whose redirect is a plain transmit any device takes: the
+/// kernel relays both ways, into the bridge too, and nothing is lost. (Had `vc` native
+/// XDP, as a NIC would, a redirect from it into the generic-mode bridge would be lost:
+/// 1 199 of 1 200 messages before 0c3874e. Since then only native attachments are
+/// egress, `daemon::tests`.)
+#[test]
+fn bridge_attached_in_auto_mode_loses_nothing() {
+    kernel_relays_both_ways(
+        "bridge_attached_in_auto_mode_loses_nothing",
+        Variant::BridgeAttached,
+        "vc (generic), brp (generic)",
+    );
+}
+
+/// Generic mode on both veths, the peer side behind a bridge: every frame the program sees
+/// is an skb, so the daemon turns the egress check off and the kernel relays both ways,
+/// into the bridge too.
+#[test]
+fn generic_mode_relays_into_a_bridge_in_the_kernel() {
+    kernel_relays_both_ways(
+        "generic_mode_relays_into_a_bridge_in_the_kernel",
+        Variant::PeerBridgeGeneric,
+        "vc (generic), vp (generic)",
+    );
 }
 
 /// The relay on veths whose other ends have no XDP program and no GRO (a container's
@@ -500,24 +492,9 @@ fn generic_mode_relays_into_a_bridge_in_the_kernel() {
 /// veths in generic mode, and the kernel relays both ways with nothing lost.
 #[test]
 fn auto_mode_on_bare_veths_relays_in_generic_mode() {
-    if !require_root("auto_mode_on_bare_veths_relays_in_generic_mode") {
-        return;
-    }
-    let mut s = setup(Variant::AutoBareVeths);
-    let log = s.relay.as_ref().unwrap().log_text();
-    assert!(
-        log.contains("vc (generic), vp (generic)"),
-        "auto mode did not pick generic mode for the veths; relay log:\n{log}"
+    kernel_relays_both_ways(
+        "auto_mode_on_bare_veths_relays_in_generic_mode",
+        Variant::AutoBareVeths,
+        "vc (generic), vp (generic)",
     );
-    let (totals, xdp0, xdp1) = channel_run(&s);
-    let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
-    eprintln!("{totals:?}; xdp counters after: {xdp1:?}");
-    for n in ["turn_channel_to_peer", "turn_peer_to_channel"] {
-        assert!(
-            grew(n) as f64 >= KERNEL_SHARE * totals.received as f64,
-            "{totals:?}: {n} grew by {}; xdp counters {xdp1:?}",
-            grew(n)
-        );
-    }
-    s.relay.take().unwrap().stop_cleanly();
 }
