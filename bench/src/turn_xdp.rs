@@ -180,8 +180,8 @@ pub struct TurnXdpArgs {
     /// rounds do not. The main tables show round 1.
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
-    /// Paths to run (xdp, io-uring, coturn, floor, socket-floor, xsk-floor;
-    /// comma-separated).
+    /// Paths to run (xdp, io-uring, io-uring-xsk, coturn, floor, socket-floor, xsk-floor,
+    /// and xdp-generic, path (a) in generic mode, not run by default; comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = vec!["xdp".to_string(), "io-uring".to_string(), "io-uring-xsk".to_string(), "coturn".to_string(), "floor".to_string(), "socket-floor".to_string(), "xsk-floor".to_string()])]
     pub paths: Vec<String>,
     /// Where to write the Markdown report (CSV and SVG files go next to it).
@@ -228,6 +228,7 @@ impl Direction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Path4 {
     Xdp,
+    XdpGeneric,
     IoUring,
     IoUringXsk,
     Coturn,
@@ -240,6 +241,7 @@ impl Path4 {
     fn parse(s: &str) -> Result<Path4> {
         Ok(match s {
             "xdp" => Path4::Xdp,
+            "xdp-generic" => Path4::XdpGeneric,
             "io-uring" => Path4::IoUring,
             "io-uring-xsk" => Path4::IoUringXsk,
             "coturn" => Path4::Coturn,
@@ -247,14 +249,15 @@ impl Path4 {
             "socket-floor" => Path4::SocketFloor,
             "xsk-floor" => Path4::XskFloor,
             _ => bail!(
-                "unknown path {s:?}: use xdp, io-uring, io-uring-xsk, coturn, floor, \
-                 socket-floor, xsk-floor"
+                "unknown path {s:?}: use xdp, xdp-generic, io-uring, io-uring-xsk, coturn, \
+                 floor, socket-floor, xsk-floor"
             ),
         })
     }
     fn label(self) -> &'static str {
         match self {
             Path4::Xdp => "(a) relay, XDP fast path",
+            Path4::XdpGeneric => "(a') relay, XDP fast path in generic mode",
             Path4::IoUring => "(b) relay, io_uring (1 worker)",
             Path4::IoUringXsk => "(b') relay, io_uring + AF_XDP sockets (1 worker)",
             Path4::Coturn => "(c) coturn 4.6 (-m 1)",
@@ -265,11 +268,16 @@ impl Path4 {
     }
     /// An XDP program does this path's work (no relay process to time).
     fn is_xdp(self) -> bool {
-        matches!(self, Path4::Xdp | Path4::Floor)
+        matches!(self, Path4::Xdp | Path4::XdpGeneric | Path4::Floor)
+    }
+    /// Our daemon relays in the kernel on this path (its TURN counters must show it).
+    fn is_relay_xdp(self) -> bool {
+        matches!(self, Path4::Xdp | Path4::XdpGeneric)
     }
     fn short(self) -> &'static str {
         match self {
             Path4::Xdp => "xdp",
+            Path4::XdpGeneric => "xdp_generic",
             Path4::IoUring => "io_uring",
             Path4::IoUringXsk => "io_uring_xsk",
             Path4::Coturn => "coturn",
@@ -1270,7 +1278,7 @@ impl Bench<'_> {
                     out.best = Some(s);
                 }
             }
-            if matches!(path, Path4::IoUring | Path4::IoUringXsk | Path4::Xdp) {
+            if matches!(path, Path4::IoUring | Path4::IoUringXsk) || path.is_relay_xdp() {
                 // And one as fast as the generator goes, for the TCP probe's check (our
                 // workers must answer TCP clients while UDP keeps them busy) and the
                 // per-core figures.
@@ -1705,7 +1713,7 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
         args.relay_bin.exists()
             || !paths
                 .iter()
-                .any(|p| matches!(p, Path4::Xdp | Path4::IoUring | Path4::IoUringXsk)),
+                .any(|p| p.is_relay_xdp() || matches!(p, Path4::IoUring | Path4::IoUringXsk)),
         "no relay binary at {}",
         args.relay_bin.display()
     );
@@ -1907,7 +1915,7 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
     if args.smoke {
         for o in &outcomes {
             let got = o.best.as_ref().map_or(0, |b| b.received);
-            if o.path == Path4::Xdp && !FAST_PATH_LANDED {
+            if o.path.is_relay_xdp() && !FAST_PATH_LANDED {
                 if o.note.is_some() {
                     eprintln!(
                         "smoke: (a) XDP path: {} — not a failure while FAST_PATH_LANDED = false (bench/src/turn_xdp.rs)",
@@ -1923,7 +1931,7 @@ pub fn run(args: &TurnXdpArgs) -> Result<()> {
                 "{}: the sink got {bad} frames without the bench's payload",
                 o.path.label()
             );
-            if o.path == Path4::Xdp {
+            if o.path.is_relay_xdp() {
                 ensure!(
                     o.note.is_none(),
                     "{}: {}",
@@ -1993,7 +2001,13 @@ fn run_path(
     // The path's own process when it is not our daemon: coturn or the socket floor.
     let mut server_process = None;
     match path {
-        Path4::Xdp => {
+        Path4::Xdp | Path4::XdpGeneric => {
+            let generic = path == Path4::XdpGeneric;
+            if generic {
+                // Generic XDP does not give the veth NAPI, without which the generator's
+                // frames (XDP_TX into it) are dropped; GRO does (undone after the path).
+                set_gro(&bench.topo.relay, &bench.rx_dev, true)?;
+            }
             let cfg = relay_config(
                 bench.topo,
                 files,
@@ -2001,6 +2015,11 @@ fn run_path(
                 bench.args.turn_rules,
                 false,
             )?;
+            let cfg = if generic {
+                xdp_mode_generic(&cfg)?
+            } else {
+                cfg
+            };
             start_relay(bench, &cfg)?;
             bench.measured_prog = attached_prog_id(&bench.topo.relay, &bench.rx_dev);
         }
@@ -2050,7 +2069,9 @@ fn run_path(
         }
     }
     bench.tcp_probe = match path {
-        Path4::Xdp | Path4::IoUring | Path4::IoUringXsk => bench.args.tcp_probe || bench.args.smoke,
+        Path4::Xdp | Path4::XdpGeneric | Path4::IoUring | Path4::IoUringXsk => {
+            bench.args.tcp_probe || bench.args.smoke
+        }
         Path4::Coturn => bench.args.tcp_probe,
         Path4::Floor | Path4::SocketFloor | Path4::XskFloor => false,
     };
@@ -2074,7 +2095,7 @@ fn run_path(
     for &n in &bench.args.allocations.clone() {
         match bench.run_allocations(path, n) {
             Ok(mut o) => {
-                if path == Path4::Xdp {
+                if path.is_relay_xdp() {
                     let k = o.best.as_ref().and_then(|b| b.kernel_relayed).unwrap_or(0);
                     if k == 0 {
                         o.note = Some("fast path did not relay (counters 0)".into());
@@ -2107,8 +2128,42 @@ fn run_path(
     bench.bpf.detach(common::PROG_FLOOR)?;
     bench.bpf.detach(common::PROG_FLOOR_REV)?;
     bench.bpf.detach(common::PROG_XSK)?;
+    if path == Path4::XdpGeneric {
+        set_gro(&bench.topo.relay, &bench.rx_dev, false)?;
+    }
     result?;
     Ok(())
+}
+
+/// Turns GRO on or off on `dev` in `ns`.
+fn set_gro(ns: &Netns, dev: &str, on: bool) -> Result<()> {
+    let out = ns
+        .command("ethtool")
+        .args(["-K", dev, "gro", if on { "on" } else { "off" }])
+        .output()
+        .context("run ethtool")?;
+    ensure!(
+        out.status.success(),
+        "ethtool -K {dev} gro: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The relay configuration at `cfg` with XDP in generic mode instead of native.
+fn xdp_mode_generic(cfg: &std::path::Path) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(cfg).with_context(|| format!("read {}", cfg.display()))?;
+    ensure!(
+        text.contains("mode = \"native\""),
+        "no native mode in {text}"
+    );
+    let path = cfg.with_file_name("relay-generic.toml");
+    std::fs::write(
+        &path,
+        text.replace("mode = \"native\"", "mode = \"generic\""),
+    )
+    .with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
 }
 
 /// The cost per packet on one core, from the saturated first step
@@ -2446,9 +2501,11 @@ const RATIOS: [(Path4, Path4); 4] = [
 /// (the VM's process stalls overflow socket buffers long before the CPU is busy, and
 /// peer → client coturn queues for seconds rather than lose), so rounds are summarised
 /// by CPU cost as well.
-const CORE_RATIOS: [(Path4, Path4); 8] = [
+const CORE_RATIOS: [(Path4, Path4); 10] = [
     (Path4::Xdp, Path4::Coturn),
     (Path4::Xdp, Path4::Floor),
+    (Path4::XdpGeneric, Path4::Xdp),
+    (Path4::XdpGeneric, Path4::Coturn),
     (Path4::IoUring, Path4::Coturn),
     (Path4::IoUringXsk, Path4::Coturn),
     (Path4::IoUringXsk, Path4::XskFloor),
