@@ -1473,12 +1473,14 @@ fn relay_config(
     xdp_ifaces: Option<&[&str]>,
     turn_rules: Option<u32>,
     af_xdp: bool,
+    generic: bool,
 ) -> Result<PathBuf> {
     let listen = SocketAddr::new(IpAddr::V4(topo.relay_client_v4), PORT);
     let xdp = match xdp_ifaces {
         Some(ifs) => {
             format!(
-                "enabled = true\nmode = \"native\"\ninterfaces = [{}]{}",
+                "enabled = true\nmode = \"{}\"\ninterfaces = [{}]{}",
+                if generic { "generic" } else { "native" },
                 ifs.iter()
                     .map(|i| format!("\"{i}\""))
                     .collect::<Vec<_>>()
@@ -2014,17 +2016,13 @@ fn run_path(
                 Some(&[vc, "vp"]),
                 bench.args.turn_rules,
                 false,
+                generic,
             )?;
-            let cfg = if generic {
-                xdp_mode_generic(&cfg)?
-            } else {
-                cfg
-            };
             start_relay(bench, &cfg)?;
             bench.measured_prog = attached_prog_id(&bench.topo.relay, &bench.rx_dev);
         }
         Path4::IoUring => {
-            let cfg = relay_config(bench.topo, files, None, None, false)?;
+            let cfg = relay_config(bench.topo, files, None, None, false, false)?;
             bench
                 .bpf
                 .attach(&bench.topo.relay, &bench.rx_dev, common::PROG_PASS)?;
@@ -2032,7 +2030,7 @@ fn run_path(
             bench.measured_prog = None;
         }
         Path4::IoUringXsk => {
-            let cfg = relay_config(bench.topo, files, Some(&[vc, "vp"]), None, true)?;
+            let cfg = relay_config(bench.topo, files, Some(&[vc, "vp"]), None, true, false)?;
             start_relay(bench, &cfg)?;
             bench.measured_prog = None;
         }
@@ -2148,22 +2146,6 @@ fn set_gro(ns: &Netns, dev: &str, on: bool) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
-}
-
-/// The relay configuration at `cfg` with XDP in generic mode instead of native.
-fn xdp_mode_generic(cfg: &std::path::Path) -> Result<PathBuf> {
-    let text = std::fs::read_to_string(cfg).with_context(|| format!("read {}", cfg.display()))?;
-    ensure!(
-        text.contains("mode = \"native\""),
-        "no native mode in {text}"
-    );
-    let path = cfg.with_file_name("relay-generic.toml");
-    std::fs::write(
-        &path,
-        text.replace("mode = \"native\"", "mode = \"generic\""),
-    )
-    .with_context(|| format!("write {}", path.display()))?;
-    Ok(path)
 }
 
 /// The cost per packet on one core, from the saturated first step

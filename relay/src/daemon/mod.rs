@@ -395,8 +395,8 @@ fn stop_fast_path(config: &Config, fp: FastPath) {
     }
 }
 
-/// The interfaces the TURN fast path may relay out of, and whether the program must check
-/// (`SETTING_EGRESS_CHECKED`).
+/// The interfaces the TURN fast path may relay out of: those attached natively. With none,
+/// the program need not check (`SETTING_EGRESS_CHECKED` off).
 ///
 /// A frame received by native XDP can be redirected only into a device that takes XDP
 /// frames (`ndo_xdp_xmit`, and for a veth a program on its peer): the interfaces attached
@@ -405,14 +405,12 @@ fn stop_fast_path(config: &Config, fp: FastPath) {
 /// would lose the frame. A frame received by generic XDP is an skb, and its redirect is a
 /// plain transmit, which any device takes: so with no native attachment, nothing needs
 /// checking.
-fn kernel_egress(attachments: &[(String, crate::xdp::AttachedMode)]) -> (Vec<&str>, bool) {
-    let native: Vec<&str> = attachments
+fn kernel_egress(attachments: &[(String, crate::xdp::AttachedMode)]) -> Vec<&str> {
+    attachments
         .iter()
         .filter(|(_, m)| *m == crate::xdp::AttachedMode::Native)
         .map(|(name, _)| name.as_str())
-        .collect();
-    let checked = !native.is_empty();
-    (native, checked)
+        .collect()
 }
 
 /// Hands the fast path's TURN maps to the workers (through `shared`) and turns TURN
@@ -468,7 +466,12 @@ fn start_kernel_turn(
     // Relayed frames leave only by the interfaces the program is attached to natively: a
     // redirect to any other may be lost (see SETTING_EGRESS_CHECKED); the stack sends
     // those. With no native attachment there is nothing to check.
-    let (native, egress_checked) = kernel_egress(fp.attachments());
+    let native = kernel_egress(fp.attachments());
+    let checked = if native.is_empty() {
+        0
+    } else {
+        SETTING_EGRESS_CHECKED
+    };
     let mut egress = Vec::new();
     for name in native {
         match crate::xdp::fib::ifindex(name) {
@@ -489,11 +492,6 @@ fn start_kernel_turn(
         );
         return false;
     }
-    let checked = if egress_checked {
-        SETTING_EGRESS_CHECKED
-    } else {
-        0
-    };
     let settings = TurnSettings {
         flags: SETTING_ENABLED | SETTING_DATA_INDICATIONS | SETTING_SEND_INDICATIONS | checked,
         relay_port_min: config.turn.port_range.0,
@@ -638,13 +636,13 @@ mod tests {
     #[test]
     fn the_kernel_relays_only_out_of_native_attachments() {
         let a = attached(&[("eth0", Native), ("br0", Generic), ("eth1", Native)]);
-        assert_eq!(kernel_egress(&a), (vec!["eth0", "eth1"], true));
+        assert_eq!(kernel_egress(&a), vec!["eth0", "eth1"]);
     }
 
     #[test]
     fn generic_attachments_alone_need_no_egress_check() {
         let a = attached(&[("br0", Generic), ("eth0", Generic)]);
-        assert_eq!(kernel_egress(&a), (vec![], false));
-        assert_eq!(kernel_egress(&[]), (vec![], false));
+        assert!(kernel_egress(&a).is_empty());
+        assert!(kernel_egress(&[]).is_empty());
     }
 }
