@@ -529,13 +529,13 @@ fn test(root: &Path, fuzz_seconds: u64, no_fuzz: bool, no_bench: bool) -> Result
         for (direction, paths, threaded_sink, report) in [
             (
                 "client-to-peer",
-                "xdp,io-uring,io-uring-xsk,coturn,floor,socket-floor,xsk-floor",
+                "xdp,xdp-generic,io-uring,io-uring-xsk,coturn,floor,socket-floor,xsk-floor",
                 false,
                 "bench/turn-xdp-smoke.md",
             ),
             (
                 "peer-to-client",
-                "xdp,io-uring,io-uring-xsk,coturn,floor",
+                "xdp,xdp-generic,io-uring,io-uring-xsk,coturn,floor",
                 true,
                 "bench/turn-xdp-smoke-peer-to-client.md",
             ),
