@@ -64,7 +64,7 @@ impl BackendChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum XdpModeChoice {
-    /// Native (driver) mode, falling back to generic per interface.
+    /// Native (driver) mode, falling back to generic per interface; generic on veths.
     #[default]
     Auto,
     /// Native (driver) mode only.

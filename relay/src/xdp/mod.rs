@@ -57,7 +57,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("RELAY_EBPF_OBJ
 /// How to attach to each interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum XdpMode {
-    /// Native (driver) mode, falling back to generic per interface.
+    /// Native (driver) mode, falling back to generic per interface; generic on veths (see
+    /// [`driver`]).
     #[default]
     Auto,
     /// Native (driver) mode only.
