@@ -44,7 +44,7 @@ fn relay_config(topo: &TurnTopology, variant: Variant, files: &TempDir) -> std::
     let (interfaces, mode) = match variant {
         Variant::BridgeAttached => (&["vc", "brp"][..], "auto"),
         Variant::PeerBridgeGeneric => (&["vc", "vp"][..], "generic"),
-        Variant::AutoBareVeths => (&["vc", "vp"][..], "auto"),
+        Variant::AutoBareVeths | Variant::AutoVeths => (&["vc", "vp"][..], "auto"),
         _ => (&["vc", "vp"][..], "native"),
     };
     let text = turn_xdp::config_attached(
@@ -80,14 +80,16 @@ enum Variant {
     /// is not attached.
     PeerBridge,
     /// As [`Variant::PeerBridge`], with the program attached to `vc` and to the bridge
-    /// `brp` itself (mode `auto`: generic on both, `brp` having no native XDP and `vc`
-    /// being a veth), not to `vp`.
+    /// `brp` itself (mode `auto`: native on `vc`, whose peer runs an XDP program, generic
+    /// on `brp`, which has no native XDP), not to `vp`.
     BridgeAttached,
     /// As [`Variant::PeerBridge`], with the program in generic mode on `vc` and `vp`.
     PeerBridgeGeneric,
     /// `xdp.mode = "auto"` on `vc` and `vp`, and no XDP program (nor GRO) on the veths'
     /// other ends, as when the relay runs in a container.
     AutoBareVeths,
+    /// `xdp.mode = "auto"` on `vc` and `vp`, whose other ends run `relay_xdp_pass`.
+    AutoVeths,
 }
 
 /// Moves the relay's peer-side addresses from `vp` to a new bridge `brp` with `vp` as
@@ -459,19 +461,43 @@ fn kernel_relays_both_ways(test: &str, variant: Variant, attached: &str) {
 }
 
 /// The operator lists the bridge itself in `xdp.interfaces` (with `vc`, mode `auto`):
-/// both get generic mode (`brp` has no native XDP, `vc` is a veth), so every frame the
-/// program sees is an skb, whose redirect is a plain transmit any device takes: the
-/// kernel relays both ways, into the bridge too, and nothing is lost. (Had `vc` native
-/// XDP, as a NIC would, a redirect from it into the generic-mode bridge would be lost:
-/// 1 199 of 1 200 messages before 0c3874e. Since then only native attachments are
-/// egress, `daemon::tests`.)
+/// `vc`, a veth whose peer runs an XDP program, gets native XDP, and `brp` generic (a
+/// bridge has no native XDP). A redirect from native XDP into the generic-mode bridge
+/// would be lost (1 199 of 1 200 messages before 0c3874e), so client → peer ChannelData
+/// passes up (`turn_fib_passed`) and the stack sends it; peer → client frames, seen by the
+/// bridge's generic program, are relayed in the kernel (a generic redirect can go to any
+/// device). Nothing is lost.
 #[test]
 fn bridge_attached_in_auto_mode_loses_nothing() {
-    kernel_relays_both_ways(
-        "bridge_attached_in_auto_mode_loses_nothing",
-        Variant::BridgeAttached,
-        "vc (generic), brp (generic)",
+    if !require_root("bridge_attached_in_auto_mode_loses_nothing") {
+        return;
+    }
+    let mut s = setup(Variant::BridgeAttached);
+    let log = s.relay.as_ref().unwrap().log_text();
+    assert!(
+        log.contains("vc (native), brp (generic)"),
+        "auto mode did not give vc native XDP and the bridge generic XDP; relay log:\n{log}"
     );
+    let (totals, xdp0, xdp1) = channel_run(&s);
+    let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
+    eprintln!("{totals:?}; xdp counters after: {xdp1:?}");
+    assert_eq!(
+        grew("turn_channel_to_peer"),
+        0,
+        "the kernel redirected ChannelData from native XDP into the generic-mode bridge; \
+         xdp counters {xdp1:?}"
+    );
+    assert!(
+        grew("turn_fib_passed") >= totals.received,
+        "{totals:?}: fewer ChannelData messages passed up for the stack to send than were \
+         echoed; xdp counters {xdp1:?}"
+    );
+    assert!(
+        grew("turn_peer_to_channel") as f64 >= KERNEL_SHARE * totals.received as f64,
+        "{totals:?}: peer → client (through the bridge's generic program) was not relayed \
+         in the kernel; xdp counters {xdp1:?}"
+    );
+    s.relay.take().unwrap().stop_cleanly();
 }
 
 /// Generic mode on both veths, the peer side behind a bridge: every frame the program sees
@@ -488,13 +514,26 @@ fn generic_mode_relays_into_a_bridge_in_the_kernel() {
 
 /// The relay on veths whose other ends have no XDP program and no GRO (a container's
 /// view), with `xdp.mode = "auto"`: native XDP there would drop everything the kernel
-/// sends into the veths (all 1 200 messages of this run, measured), so the daemon attaches
-/// veths in generic mode, and the kernel relays both ways with nothing lost.
+/// sends into the veths (all 1 200 messages of this run, measured), and the kernel says
+/// they take no XDP frames, so the daemon attaches them in generic mode, and the kernel
+/// relays both ways with nothing lost.
 #[test]
 fn auto_mode_on_bare_veths_relays_in_generic_mode() {
     kernel_relays_both_ways(
         "auto_mode_on_bare_veths_relays_in_generic_mode",
         Variant::AutoBareVeths,
         "vc (generic), vp (generic)",
+    );
+}
+
+/// `xdp.mode = "auto"` on veths whose other ends run an XDP program: the kernel says the
+/// veths take XDP frames (`NDO_XMIT` in their `xdp-features`), so auto mode attaches them
+/// natively, and the kernel relays both ways.
+#[test]
+fn auto_mode_on_veths_with_receiving_peers_is_native() {
+    kernel_relays_both_ways(
+        "auto_mode_on_veths_with_receiving_peers_is_native",
+        Variant::AutoVeths,
+        "vc (native), vp (native)",
     );
 }

@@ -101,7 +101,7 @@ pub mod maps {
     pub const SETTINGS: &str = "TURN_SETTINGS";
     /// `HashMap<u32, u32>` of [`super::MAX_EGRESS`] entries: the ifindexes (value 1) the
     /// kernel may send relayed frames out of, with [`super::SETTING_EGRESS_CHECKED`]:
-    /// the interfaces the program is attached to natively. Pinned: a restarted daemon's program
+    /// the interfaces the program is attached to natively that take XDP frames. Pinned: a restarted daemon's program
     /// relays through the same ones until that daemon rewrites them.
     pub const EGRESS: &str = "TURN_EGRESS";
     /// `LruHashMap<NextHopKey, NextHop>`: `bpf_fib_lookup` results reused for

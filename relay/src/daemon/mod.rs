@@ -395,22 +395,31 @@ fn stop_fast_path(config: &Config, fp: FastPath) {
     }
 }
 
-/// The interfaces the TURN fast path may relay out of: those attached natively. With none,
-/// the program need not check (`SETTING_EGRESS_CHECKED` off).
+/// The interfaces the TURN fast path may relay out of: those attached natively that take
+/// XDP frames (`takes_frames`: the kernel's `NDO_XMIT` flag, None when it does not say).
+/// With no native attachment the program need not check (`SETTING_EGRESS_CHECKED` off).
 ///
 /// A frame received by native XDP can be redirected only into a device that takes XDP
-/// frames (`ndo_xdp_xmit`, and for a veth a program on its peer): the interfaces attached
-/// natively. One attached in generic mode may have no XDP transmit at all (a bridge, or
-/// any device without native XDP, which is why it got generic mode), and the redirect
-/// would lose the frame. A frame received by generic XDP is an skb, and its redirect is a
-/// plain transmit, which any device takes: so with no native attachment, nothing needs
-/// checking.
-fn kernel_egress(attachments: &[(String, crate::xdp::AttachedMode)]) -> Vec<&str> {
-    attachments
+/// frames (`ndo_xdp_xmit`, and for a veth NAPI on its peer). One attached in generic mode
+/// may have no XDP transmit at all (a bridge, or any device without native XDP, which is
+/// why it got generic mode), and a native NIC may lack it too: the redirect would lose the
+/// frame. A frame received by generic XDP is an skb, and its redirect is a plain transmit,
+/// which any device takes: so with no native attachment, nothing needs checking.
+fn kernel_egress(
+    attachments: &[(String, crate::xdp::AttachedMode)],
+    takes_frames: impl Fn(&str) -> Option<bool>,
+) -> (Vec<&str>, bool) {
+    let native: Vec<&str> = attachments
         .iter()
         .filter(|(_, m)| *m == crate::xdp::AttachedMode::Native)
         .map(|(name, _)| name.as_str())
-        .collect()
+        .collect();
+    let checked = !native.is_empty();
+    let egress = native
+        .into_iter()
+        .filter(|name| takes_frames(name) != Some(false))
+        .collect();
+    (egress, checked)
 }
 
 /// Hands the fast path's TURN maps to the workers (through `shared`) and turns TURN
@@ -466,11 +475,12 @@ fn start_kernel_turn(
     // Relayed frames leave only by the interfaces the program is attached to natively: a
     // redirect to any other may be lost (see SETTING_EGRESS_CHECKED); the stack sends
     // those. With no native attachment there is nothing to check.
-    let native = kernel_egress(fp.attachments());
-    let checked = if native.is_empty() {
-        0
-    } else {
+    let (native, egress_checked) =
+        kernel_egress(fp.attachments(), crate::xdp::features::takes_xdp_frames);
+    let checked = if egress_checked {
         SETTING_EGRESS_CHECKED
+    } else {
+        0
     };
     let mut egress = Vec::new();
     for name in native {
@@ -634,15 +644,29 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_relays_only_out_of_native_attachments() {
-        let a = attached(&[("eth0", Native), ("br0", Generic), ("eth1", Native)]);
-        assert_eq!(kernel_egress(&a), vec!["eth0", "eth1"]);
+    fn the_kernel_relays_only_out_of_native_attachments_that_take_xdp_frames() {
+        let a = attached(&[
+            ("eth0", Native),
+            ("br0", Generic),
+            ("eth1", Native),
+            ("mlx0", Native),
+        ]);
+        // eth1's features unknown (an older kernel): kept, as before the flag existed.
+        let takes = |n: &str| match n {
+            "eth0" | "br0" => Some(true),
+            "mlx0" => Some(false),
+            _ => None,
+        };
+        assert_eq!(kernel_egress(&a, takes), (vec!["eth0", "eth1"], true));
+        // Checked even when no native attachment takes frames: nothing is relayed out.
+        let a = attached(&[("mlx0", Native), ("br0", Generic)]);
+        assert_eq!(kernel_egress(&a, takes), (vec![], true));
     }
 
     #[test]
     fn generic_attachments_alone_need_no_egress_check() {
         let a = attached(&[("br0", Generic), ("eth0", Generic)]);
-        assert!(kernel_egress(&a).is_empty());
-        assert!(kernel_egress(&[]).is_empty());
+        assert_eq!(kernel_egress(&a, |_| Some(true)), (vec![], false));
+        assert_eq!(kernel_egress(&[], |_| Some(true)), (vec![], false));
     }
 }

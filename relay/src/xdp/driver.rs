@@ -3,10 +3,10 @@
 //!
 //! Why: native XDP on a veth works for receiving, but what the program sends back into a
 //! veth (a STUN answer by XDP_TX, a TURN frame redirected there) is received only when
-//! the veth's peer runs NAPI: an XDP program on the peer, or GRO turned on there. The peer
-//! is usually in another namespace (a container's), where the daemon cannot look, and
-//! without NAPI every such frame is dropped (all 1 200 of a uclient run, measured). In
-//! generic mode the same frames are plain transmits, which the peer always receives.
+//! the veth's peer runs NAPI: an XDP program on the peer, or GRO turned on there
+//! ([`super::features`] reads whether it does). Without it every such frame is dropped
+//! (all 1 200 of a uclient run, measured). In generic mode the same frames are plain
+//! transmits, which the peer always receives.
 
 /// `SIOCETHTOOL`'s `ETHTOOL_GDRVINFO` command.
 const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;

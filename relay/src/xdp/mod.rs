@@ -27,6 +27,7 @@
 mod bpf_sys;
 pub mod clock;
 pub mod driver;
+pub mod features;
 pub mod fib;
 pub mod nexthop;
 pub mod rules;
@@ -57,8 +58,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("RELAY_EBPF_OBJ
 /// How to attach to each interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum XdpMode {
-    /// Native (driver) mode, falling back to generic per interface; generic on veths (see
-    /// [`driver`]).
+    /// Native (driver) mode, falling back to generic per interface; generic on a veth whose
+    /// peer takes no XDP frames (see [`features`]).
     #[default]
     Auto,
     /// Native (driver) mode only.
@@ -830,20 +831,23 @@ impl FastPath {
                 },
             }
         };
-        let veth = driver::is_veth(interface);
+        // A veth whose peer cannot receive XDP frames (see `driver`, `features`).
+        let bare_veth =
+            driver::is_veth(interface) && features::takes_xdp_frames(interface) != Some(true);
         match mode {
             XdpMode::Native => {
                 let attached = prog
                     .attach(interface, AyaMode::Driver)
                     .map(|l| (l, AttachedMode::Native))
                     .map_err(attach_err("native"))?;
-                if veth {
+                if bare_veth {
                     warn!(
                         interface,
-                        "native XDP on a veth: the kernel's STUN answers and relayed TURN \
-                         frames sent into it are dropped unless the veth's peer runs an XDP \
-                         program or has GRO on (`ethtool -K <peer> gro on`); see to that, or \
-                         set xdp.mode = \"auto\" (generic mode on veths)"
+                        "native XDP on a veth whose peer takes no XDP frames: the kernel's \
+                         STUN answers and relayed TURN frames sent into it are dropped until \
+                         the peer runs an XDP program or has GRO on (`ethtool -K <peer> gro \
+                         on`); see to that, or set xdp.mode = \"auto\" (generic mode on such \
+                         veths)"
                     );
                 }
                 Ok(attached)
@@ -852,12 +856,12 @@ impl FastPath {
                 .attach(interface, AyaMode::Skb)
                 .map(|l| (l, AttachedMode::Generic))
                 .map_err(attach_err("generic")),
-            XdpMode::Auto if veth => {
+            XdpMode::Auto if bare_veth => {
                 info!(
                     interface,
-                    "a veth: generic mode (native XDP would need an XDP program or GRO on \
-                     the veth's peer, or what the kernel sends into it is dropped; set \
-                     xdp.mode = \"native\" once the peer has either)"
+                    "a veth whose peer takes no XDP frames: generic mode (native XDP would \
+                     drop what the kernel sends into it until the peer runs an XDP program \
+                     or has GRO on; with either in place at start, auto mode picks native)"
                 );
                 prog.attach(interface, AyaMode::Skb)
                     .map(|l| (l, AttachedMode::Generic))
