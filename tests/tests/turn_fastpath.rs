@@ -409,35 +409,28 @@ fn uclient_send_indications_data_through_the_kernel() {
 /// lost. Without the egress check (52fe9c0) 1 199 of this run's 1 200 messages were lost.
 #[test]
 fn peer_side_behind_a_bridge_is_sent_by_the_stack() {
-    if !require_root("peer_side_behind_a_bridge_is_sent_by_the_stack") {
-        return;
-    }
-    let mut s = setup(Variant::PeerBridge);
-    let (totals, xdp0, xdp1) = channel_run(&s);
-    let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
-    eprintln!("{totals:?}; xdp counters after: {xdp1:?}");
-    assert_eq!(
-        grew("turn_channel_to_peer"),
-        0,
-        "the kernel relayed ChannelData toward the bridge; xdp counters {xdp1:?}"
+    channel_run_checked(
+        "peer_side_behind_a_bridge_is_sent_by_the_stack",
+        Variant::PeerBridge,
+        "vc (native), vp (native)",
+        ToPeer::Stack,
     );
-    assert!(
-        grew("turn_fib_passed") >= totals.received,
-        "{totals:?}: fewer ChannelData messages passed up for the stack to send than were \
-         echoed; xdp counters {xdp1:?}"
-    );
-    assert!(
-        grew("turn_peer_to_channel") as f64 >= KERNEL_SHARE * totals.received as f64,
-        "{totals:?}: the peer → client direction (out of the attached `vc`) was not relayed \
-         in the kernel; xdp counters {xdp1:?}"
-    );
-    s.relay.take().unwrap().stop_cleanly();
+}
+
+/// Where a test expects client → peer ChannelData to be relayed.
+#[derive(Clone, Copy, PartialEq)]
+enum ToPeer {
+    /// In the kernel.
+    Kernel,
+    /// Passed up (`turn_fib_passed`) for the stack to send: none in the kernel.
+    Stack,
 }
 
 /// One channel run on `variant`, whose daemon must say `attached` (its modes, as the
-/// "relay ready" line lists them); at least [`KERNEL_SHARE`] of the echoed messages must
-/// go through the kernel both ways, and nothing may be lost.
-fn kernel_relays_both_ways(test: &str, variant: Variant, attached: &str) {
+/// "relay ready" line lists them). Nothing may be lost; at least [`KERNEL_SHARE`] of the
+/// echoed messages must come back peer → client through the kernel, and client → peer
+/// must go as `to_peer` says.
+fn channel_run_checked(test: &str, variant: Variant, attached: &str, to_peer: ToPeer) {
     if !require_root(test) {
         return;
     }
@@ -450,12 +443,29 @@ fn kernel_relays_both_ways(test: &str, variant: Variant, attached: &str) {
     let (totals, xdp0, xdp1) = channel_run(&s);
     let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
     eprintln!("{totals:?}; xdp counters after: {xdp1:?}");
-    for n in ["turn_channel_to_peer", "turn_peer_to_channel"] {
-        assert!(
-            grew(n) as f64 >= KERNEL_SHARE * totals.received as f64,
-            "{totals:?}: {n} grew by {}; xdp counters {xdp1:?}",
-            grew(n)
-        );
+    let in_kernel = |n: &str| grew(n) as f64 >= KERNEL_SHARE * totals.received as f64;
+    assert!(
+        in_kernel("turn_peer_to_channel"),
+        "{totals:?}: peer → client was not relayed in the kernel; xdp counters {xdp1:?}"
+    );
+    match to_peer {
+        ToPeer::Kernel => assert!(
+            in_kernel("turn_channel_to_peer"),
+            "{totals:?}: client → peer was not relayed in the kernel; xdp counters {xdp1:?}"
+        ),
+        ToPeer::Stack => {
+            assert_eq!(
+                grew("turn_channel_to_peer"),
+                0,
+                "the kernel relayed ChannelData out of an interface it may not send by; \
+                 xdp counters {xdp1:?}"
+            );
+            assert!(
+                grew("turn_fib_passed") >= totals.received,
+                "{totals:?}: fewer ChannelData messages passed up for the stack to send \
+                 than were echoed; xdp counters {xdp1:?}"
+            );
+        }
     }
     s.relay.take().unwrap().stop_cleanly();
 }
@@ -469,35 +479,12 @@ fn kernel_relays_both_ways(test: &str, variant: Variant, attached: &str) {
 /// device). Nothing is lost.
 #[test]
 fn bridge_attached_in_auto_mode_loses_nothing() {
-    if !require_root("bridge_attached_in_auto_mode_loses_nothing") {
-        return;
-    }
-    let mut s = setup(Variant::BridgeAttached);
-    let log = s.relay.as_ref().unwrap().log_text();
-    assert!(
-        log.contains("vc (native), brp (generic)"),
-        "auto mode did not give vc native XDP and the bridge generic XDP; relay log:\n{log}"
+    channel_run_checked(
+        "bridge_attached_in_auto_mode_loses_nothing",
+        Variant::BridgeAttached,
+        "vc (native), brp (generic)",
+        ToPeer::Stack,
     );
-    let (totals, xdp0, xdp1) = channel_run(&s);
-    let grew = |n: &str| counter(&xdp1, n) - counter(&xdp0, n);
-    eprintln!("{totals:?}; xdp counters after: {xdp1:?}");
-    assert_eq!(
-        grew("turn_channel_to_peer"),
-        0,
-        "the kernel redirected ChannelData from native XDP into the generic-mode bridge; \
-         xdp counters {xdp1:?}"
-    );
-    assert!(
-        grew("turn_fib_passed") >= totals.received,
-        "{totals:?}: fewer ChannelData messages passed up for the stack to send than were \
-         echoed; xdp counters {xdp1:?}"
-    );
-    assert!(
-        grew("turn_peer_to_channel") as f64 >= KERNEL_SHARE * totals.received as f64,
-        "{totals:?}: peer → client (through the bridge's generic program) was not relayed \
-         in the kernel; xdp counters {xdp1:?}"
-    );
-    s.relay.take().unwrap().stop_cleanly();
 }
 
 /// Generic mode on both veths, the peer side behind a bridge: every frame the program sees
@@ -505,10 +492,11 @@ fn bridge_attached_in_auto_mode_loses_nothing() {
 /// into the bridge too.
 #[test]
 fn generic_mode_relays_into_a_bridge_in_the_kernel() {
-    kernel_relays_both_ways(
+    channel_run_checked(
         "generic_mode_relays_into_a_bridge_in_the_kernel",
         Variant::PeerBridgeGeneric,
         "vc (generic), vp (generic)",
+        ToPeer::Kernel,
     );
 }
 
@@ -519,10 +507,11 @@ fn generic_mode_relays_into_a_bridge_in_the_kernel() {
 /// relays both ways with nothing lost.
 #[test]
 fn auto_mode_on_bare_veths_relays_in_generic_mode() {
-    kernel_relays_both_ways(
+    channel_run_checked(
         "auto_mode_on_bare_veths_relays_in_generic_mode",
         Variant::AutoBareVeths,
         "vc (generic), vp (generic)",
+        ToPeer::Kernel,
     );
 }
 
@@ -531,9 +520,10 @@ fn auto_mode_on_bare_veths_relays_in_generic_mode() {
 /// natively, and the kernel relays both ways.
 #[test]
 fn auto_mode_on_veths_with_receiving_peers_is_native() {
-    kernel_relays_both_ways(
+    channel_run_checked(
         "auto_mode_on_veths_with_receiving_peers_is_native",
         Variant::AutoVeths,
         "vc (native), vp (native)",
+        ToPeer::Kernel,
     );
 }

@@ -102,33 +102,11 @@ mod tests {
         if !crate::xdp::can_run_privileged("a_veth_is_named_one") {
             return;
         }
-        let ns = format!("rdrv-{}", std::process::id());
-        let ip = |args: &[&str]| {
-            std::process::Command::new("ip")
-                .args(args)
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        assert!(ip(&["netns", "add", &ns]), "create namespace {ns}");
-        let ok = ip(&[
-            "-n", &ns, "link", "add", "dv0", "type", "veth", "peer", "name", "dv1",
-        ]);
-        // Ask from inside the namespace: a thread moved there by setns.
-        let ns_path = format!("/run/netns/{ns}");
-        let answer = std::thread::spawn(move || {
-            let f = std::fs::File::open(&ns_path).ok()?;
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on this thread only, with an open namespace descriptor.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return None;
-            }
-            Some((is_veth("dv0"), is_veth("lo")))
-        })
-        .join()
-        .ok()
-        .flatten();
-        ip(&["netns", "del", &ns]);
-        assert!(ok, "create a veth pair");
+        let answer = crate::xdp::in_test_netns(
+            "drv",
+            &[&["add", "dv0", "type", "veth", "peer", "name", "dv1"]],
+            || (is_veth("dv0"), is_veth("lo")),
+        );
         assert_eq!(answer, Some((true, false)));
     }
 }

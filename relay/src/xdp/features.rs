@@ -183,52 +183,31 @@ mod tests {
 
     #[test]
     fn a_veth_takes_xdp_frames_once_its_peer_can_receive_them() {
-        if !crate::xdp::can_run_privileged("a_veth_takes_xdp_frames_once_its_peer_can_receive_them")
-        {
+        let test = "a_veth_takes_xdp_frames_once_its_peer_can_receive_them";
+        if !crate::xdp::can_run_privileged(test) {
             return;
         }
-        let ns = format!("rfeat-{}", std::process::id());
-        let ip = |args: &[&str]| {
-            std::process::Command::new("ip")
-                .args(args)
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        assert!(ip(&["netns", "add", &ns]), "create namespace {ns}");
-        let ns_path = format!("/run/netns/{ns}");
-        let ns_name = ns.clone();
-        let answer = std::thread::spawn(move || {
-            let run = |cmd: &str, args: &[&str]| {
-                std::process::Command::new("ip")
-                    .args(["netns", "exec", &ns_name, cmd])
-                    .args(args)
+        let answer = crate::xdp::in_test_netns(
+            "feat",
+            &[
+                &["add", "fv0", "type", "veth", "peer", "name", "fv1"],
+                &["set", "fv0", "up"],
+                &["set", "fv1", "up"],
+            ],
+            || {
+                let before = takes_xdp_frames("fv0");
+                let gro = std::process::Command::new("ethtool")
+                    .args(["-K", "fv1", "gro", "on"])
                     .status()
-                    .is_ok_and(|s| s.success())
-            };
-            let made = run(
-                "ip",
-                &["link", "add", "fv0", "type", "veth", "peer", "name", "fv1"],
-            ) && run("ip", &["link", "set", "fv0", "up"])
-                && run("ip", &["link", "set", "fv1", "up"]);
-            let f = std::fs::File::open(&ns_path).ok()?;
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on this thread only, with an open namespace descriptor.
-            if !made || unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return None;
-            }
-            let before = takes_xdp_frames("fv0");
-            let gro = run("ethtool", &["-K", "fv1", "gro", "on"]);
-            Some((
-                before,
-                gro,
-                takes_xdp_frames("fv0"),
-                takes_xdp_frames("fv1"),
-            ))
-        })
-        .join()
-        .ok()
-        .flatten();
-        ip(&["netns", "del", &ns]);
+                    .is_ok_and(|s| s.success());
+                (
+                    before,
+                    gro,
+                    takes_xdp_frames("fv0"),
+                    takes_xdp_frames("fv1"),
+                )
+            },
+        );
         assert_eq!(
             answer,
             Some((Some(false), true, Some(true), Some(false))),

@@ -551,6 +551,48 @@ pub(crate) fn can_run_privileged(test: &str) -> bool {
     false
 }
 
+/// For the privileged unit tests that need interfaces of their own: a new namespace,
+/// `ip link …` commands run in it (`link_setup`, each an argument list), then `f` on a
+/// thread moved into it (commands `f` spawns run there too). The namespace is deleted
+/// whatever happened; None when a setup command or entering it failed.
+#[cfg(test)]
+pub(crate) fn in_test_netns<T: Send + 'static>(
+    tag: &str,
+    link_setup: &[&[&str]],
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    use std::os::fd::AsRawFd;
+    let ns = format!("rt{tag}-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert!(ip(&["netns", "add", &ns]), "create namespace {ns}");
+    let made = link_setup
+        .iter()
+        .all(|args| ip(&[&["-n", ns.as_str(), "link"][..], args].concat()));
+    let path = format!("/run/netns/{ns}");
+    let answer = made
+        .then(|| {
+            std::thread::spawn(move || {
+                let file = std::fs::File::open(&path).ok()?;
+                // SAFETY: setns on this thread only, with an open namespace descriptor.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return None;
+                }
+                Some(f())
+            })
+            .join()
+            .ok()
+            .flatten()
+        })
+        .flatten();
+    ip(&["netns", "del", &ns]);
+    answer
+}
+
 /// Loads (without attaching) the program `name` of `ebpf`.
 pub(crate) fn load_program<'a>(
     ebpf: &'a mut Ebpf,
