@@ -873,9 +873,23 @@ impl FastPath {
                 },
             }
         };
-        // A veth whose peer cannot receive XDP frames (see `driver`, `features`).
-        let bare_veth =
-            driver::is_veth(interface) && features::takes_xdp_frames(interface) != Some(true);
+        // A veth whose peer cannot receive XDP frames (see `driver`, `features`): auto mode
+        // takes generic there, native mode is warned about.
+        let bare_veth = mode != XdpMode::Generic
+            && driver::is_veth(interface)
+            && features::takes_xdp_frames(interface) != Some(true);
+        let mode = match mode {
+            XdpMode::Auto if bare_veth => {
+                info!(
+                    interface,
+                    "a veth whose peer takes no XDP frames: generic mode (native XDP would \
+                     drop what the kernel sends into it until the peer runs an XDP program \
+                     or has GRO on; with either in place at start, auto mode picks native)"
+                );
+                XdpMode::Generic
+            }
+            m => m,
+        };
         match mode {
             XdpMode::Native => {
                 let attached = prog
@@ -898,17 +912,6 @@ impl FastPath {
                 .attach(interface, AyaMode::Skb)
                 .map(|l| (l, AttachedMode::Generic))
                 .map_err(attach_err("generic")),
-            XdpMode::Auto if bare_veth => {
-                info!(
-                    interface,
-                    "a veth whose peer takes no XDP frames: generic mode (native XDP would \
-                     drop what the kernel sends into it until the peer runs an XDP program \
-                     or has GRO on; with either in place at start, auto mode picks native)"
-                );
-                prog.attach(interface, AyaMode::Skb)
-                    .map(|l| (l, AttachedMode::Generic))
-                    .map_err(attach_err("generic"))
-            }
             XdpMode::Auto => match prog.attach(interface, AyaMode::Driver) {
                 Ok(l) => Ok((l, AttachedMode::Native)),
                 Err(native) => {
